@@ -1,0 +1,60 @@
+# fsha: see README.md. Every target installs what it needs (make deps).
+SHELL := /bin/bash
+CLANG ?= clang-19
+STRIP ?= llvm-strip-19
+CLANG_FORMAT ?= clang-format-19
+GO ?= go
+BIN := bin/fsha
+
+# Debian packages: the BPF toolchain, the lab's file servers and clients,
+# and the tools the tests drive.
+APT_PACKAGES := clang-19 llvm-19 clang-format-19 libbpf-dev bpftool iproute2 ethtool \
+	hping3 samba smbclient nfs-ganesha nfs-ganesha-vfs libnfs-utils keepalived \
+	util-linux procps
+
+.PHONY: all deps generate check-generate vmlinux build test test-unit lint bench demo clean
+
+all: build
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+generate: deps
+	cd dataplane && BPF2GO_CC=$(CLANG) BPF2GO_STRIP=$(STRIP) $(GO) generate ./...
+
+# The committed bpf2go output must be what bpf/ compiles to.
+check-generate: generate
+	@if [ -n "$$(git status --porcelain -- dataplane/)" ]; then \
+		git status --short -- dataplane/; \
+		echo "generated files are stale: run 'make generate' and commit them"; exit 1; \
+	fi
+
+vmlinux: deps
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > vmlinux.h
+
+build: deps
+	$(GO) build -o $(BIN) ./cmd/fsha
+
+lint: deps
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+	@$(CLANG_FORMAT) --dry-run --Werror bpf/*.c bpf/*.h
+
+# The whole suite: lint, generated code, unit, BPF_PROG_RUN and netns tests.
+# Privileged tests fail instead of skipping when CI=true.
+test: deps lint check-generate build
+	$(GO) test -count=1 -timeout 20m ./...
+
+bench: deps build
+	$(GO) run ./tools/bench
+
+demo: deps build
+	$(GO) run ./tools/demo
+
+clean:
+	rm -rf bin

@@ -1,0 +1,131 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Structures shared between the eBPF programs and Go. bpf2go generates the Go
+ * mirror of every struct and enum here (see dataplane/gen.go): never copy them
+ * by hand. Changing a pinned map's key or value layout makes the maps of a
+ * running node incompatible: the loader then refuses to start rather than lose
+ * the flows silently.
+ */
+#pragma once
+
+#define FSHA_AF_INET  2
+#define FSHA_AF_INET6 10
+
+/*
+ * One TCP connection to a VIP, as seen from the server: the VIP side is the
+ * local socket, the client side is the peer. Addresses are in network byte
+ * order (IPv4 in the first four bytes, the rest zero); ports in host order so
+ * that bpftool's BTF dump prints them readably.
+ */
+struct flow_key {
+	__u8 vip[16];
+	__u8 client[16];
+	__u16 vport;
+	__u16 cport;
+	__u8 family;
+	__u8 pad[3];
+};
+
+enum flow_state {
+	FLOW_STATE_ESTABLISHED = 1,
+	FLOW_STATE_FIN_CLIENT = 2, /* the client sent FIN, the server not yet */
+	FLOW_STATE_FIN_SERVER = 3, /* the server sent FIN, the client not yet */
+	FLOW_STATE_CLOSED = 4,	   /* only ever seen in close events */
+};
+
+enum flow_fin {
+	FLOW_FIN_IN = 1,  /* FIN seen from the client */
+	FLOW_FIN_OUT = 2, /* FIN seen from the VIP */
+};
+
+/*
+ * What we know of a connection. "in" is client -> VIP (XDP ingress), "out" is
+ * VIP -> client (TC egress): each direction writes only its own fields, so the
+ * two programs never race on a counter. Bytes are TCP payload bytes. Times are
+ * CLOCK_MONOTONIC (coarse, jiffy resolution) nanoseconds.
+ */
+struct flow {
+	__u64 first_seen_ns;
+	__u64 last_seen_ns;
+	__u64 bytes_in;
+	__u64 bytes_out;
+	__u64 packets_in;
+	__u64 packets_out;
+	__u32 seq_in;  /* next sequence number expected from the client */
+	__u32 ack_in;  /* last acknowledgement sent by the client */
+	__u32 seq_out; /* next sequence number the VIP side will send */
+	__u32 ack_out; /* last acknowledgement sent by the VIP side */
+	__u16 window_in;
+	__u16 window_out;
+	__u8 state; /* enum flow_state */
+	__u8 fin;   /* enum flow_fin bits */
+	__u8 pad[2];
+};
+
+enum flow_event_type {
+	FLOW_EVENT_OPEN = 1,
+	FLOW_EVENT_CLOSE = 2,
+};
+
+enum flow_close_reason {
+	FLOW_CLOSE_NONE = 0,
+	FLOW_CLOSE_RST_IN = 1,	/* the client reset the connection */
+	FLOW_CLOSE_RST_OUT = 2, /* the server reset the connection */
+	FLOW_CLOSE_FIN = 3,	/* both sides sent FIN */
+};
+
+/* Ring buffer record: a flow opened or closed, with its state at that time. */
+struct flow_event {
+	struct flow_key key;
+	struct flow flow;
+	__u64 time_ns;
+	__u8 type;   /* enum flow_event_type */
+	__u8 reason; /* enum flow_close_reason */
+	__u8 pad[6];
+};
+
+/* Value of the vips map. */
+struct vip_info {
+	__u32 flags; /* enum vip_flags */
+	__u32 reserved;
+};
+
+enum vip_flags {
+	VIP_F_TRACK = 1, /* track connections to this address */
+};
+
+/* Key of the vips map. */
+struct vip_key {
+	__u8 addr[16];
+	__u8 family;
+	__u8 pad[3];
+};
+
+/*
+ * Per-CPU counters, indexed by direction * COUNTER_MAX + counter. The first
+ * group partitions packets (each packet counts exactly one outcome, so their
+ * sum is the number of packets seen); the second counts table events.
+ */
+enum counter {
+	COUNTER_OTHER = 0,	 /* not TCP to/from a VIP on a tracked port */
+	COUNTER_PARSE_ERROR = 1, /* truncated or malformed headers */
+	COUNTER_FRAGMENT = 2,	 /* IP fragments: never tracked */
+	COUNTER_UNTRACKED = 3,	 /* VIP traffic without a flow (SYN, ingress-only) */
+	COUNTER_TRACKED = 4,	 /* updated, created or closed a flow */
+	COUNTER_CREATED = 5,
+	COUNTER_CLOSED = 6,
+	COUNTER_EVICTED = 7,	 /* created while the table was full: LRU evicted one */
+	COUNTER_EVENTS_LOST = 8, /* ring buffer full, event dropped */
+	COUNTER_MAP_ERRORS = 9,	 /* a map update failed */
+	COUNTER_MAX = 10,
+};
+
+enum direction {
+	DIRECTION_INGRESS = 0,
+	DIRECTION_EGRESS = 1,
+	DIRECTION_MAX = 2,
+};
+
+/* The VIP prefilter is a bitmap of VIP_FILTER_BITS bits in u64 words. */
+#define VIP_FILTER_BITS	 65536
+#define VIP_FILTER_WORDS (VIP_FILTER_BITS / 64)

@@ -1,0 +1,70 @@
+// Command fsha keeps SMB and NFS clients of a file-server cluster connected
+// across node failures. See README.md.
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// env is what commands touch outside themselves, injected so tests can run
+// them against buffers.
+type env struct {
+	stdout io.Writer
+	stderr io.Writer
+}
+
+func main() {
+	if err := newApp(env{stdout: os.Stdout, stderr: os.Stderr}).Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "fsha:", err)
+		os.Exit(1)
+	}
+}
+
+func newApp(e env) *cli.App {
+	return &cli.App{
+		Name:      "fsha",
+		Usage:     "SMB/NFS connection failover for file-server clusters",
+		Writer:    e.stdout,
+		ErrWriter: e.stderr,
+		Commands: []*cli.Command{
+			upCommand(e),
+			flowsCommand(e),
+			countersCommand(e),
+			mapsCommand(e),
+			unloadCommand(e),
+		},
+	}
+}
+
+func pinPathFlag() cli.Flag {
+	return &cli.StringFlag{
+		Name: "pin-path", Value: "/sys/fs/bpf/fsha", EnvVars: []string{"FSHA_PIN_PATH"},
+		Usage: "bpffs directory of the pinned maps and links",
+	}
+}
+
+func logLevelFlag() cli.Flag {
+	return &cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FSHA_LOG_LEVEL"}, Usage: "debug, info, warn or error"}
+}
+
+func jsonFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts"}
+}
+
+// newLogger builds the structured logger for long-running commands.
+func newLogger(c *cli.Context, w io.Writer) (*zap.Logger, error) {
+	level, err := zapcore.ParseLevel(c.String("log-level"))
+	if err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	enc := zap.NewProductionEncoderConfig()
+	enc.EncodeTime = zapcore.ISO8601TimeEncoder
+	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.AddSync(w), level)
+	return zap.New(core), nil
+}

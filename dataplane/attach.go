@@ -1,0 +1,244 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// Attachment says where one program runs.
+type Attachment struct {
+	Interface string `json:"interface"`
+	Ifindex   int    `json:"ifindex"`
+	Hook      string `json:"hook"` // "xdp", "tcx-egress" or "tc-egress" (legacy clsact)
+}
+
+type attachment struct {
+	Attachment
+	link link.Link // nil for legacy tc filters
+}
+
+const (
+	linksDir     = "links"
+	legacyTCName = "fsha_egress"
+	// legacyTCPrio is the priority of our clsact filter; a fixed one lets a
+	// restart replace it in place instead of adding a second filter.
+	legacyTCPrio = 0xfa5
+)
+
+func (dp *Dataplane) attachAll(ifaces []string) error {
+	dir := filepath.Join(dp.pinPath, linksDir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create links dir: %w", err)
+	}
+	wanted := make(map[string]bool)
+	for _, name := range ifaces {
+		iface, err := net.InterfaceByName(name)
+		if err != nil {
+			return fmt.Errorf("interface %s: %w", name, err)
+		}
+		xdp, err := dp.attachXDP(iface)
+		if err != nil {
+			return fmt.Errorf("attach xdp to %s: %w", name, err)
+		}
+		dp.attach = append(dp.attach, xdp)
+		wanted[pinName("xdp", name)] = true
+		tc, err := dp.attachEgress(iface)
+		if err != nil {
+			return fmt.Errorf("attach tc egress to %s: %w", name, err)
+		}
+		dp.attach = append(dp.attach, tc)
+		wanted[pinName("tcx", name)] = true
+	}
+	// interfaces dropped from the config since the last start
+	return detachPinnedLinks(dp.log, dp.pinPath, wanted)
+}
+
+func pinName(hook, iface string) string { return hook + "_" + iface }
+
+// attachXDP replaces the program of a pinned XDP link in place (atomic: no
+// packet misses a program) or attaches a new link and pins it.
+func (dp *Dataplane) attachXDP(iface *net.Interface) (attachment, error) {
+	a := attachment{Attachment: Attachment{Interface: iface.Name, Ifindex: iface.Index, Hook: "xdp"}}
+	pin := filepath.Join(dp.pinPath, linksDir, pinName("xdp", iface.Name))
+	if l := dp.reusePinnedLink(pin, iface.Index, dp.objs.FshaXdp); l != nil {
+		a.link = l
+		return a, nil
+	}
+	l, err := link.AttachXDP(link.XDPOptions{Program: dp.objs.FshaXdp, Interface: iface.Index})
+	if err != nil {
+		return a, err
+	}
+	if err := l.Pin(pin); err != nil {
+		l.Close()
+		return a, fmt.Errorf("pin link: %w", err)
+	}
+	a.link = l
+	return a, nil
+}
+
+// attachEgress prefers TCX (kernel 6.6+) and falls back to a clsact
+// direct-action filter where TCX is missing.
+func (dp *Dataplane) attachEgress(iface *net.Interface) (attachment, error) {
+	a := attachment{Attachment: Attachment{Interface: iface.Name, Ifindex: iface.Index, Hook: "tcx-egress"}}
+	pin := filepath.Join(dp.pinPath, linksDir, pinName("tcx", iface.Name))
+	if l := dp.reusePinnedLink(pin, iface.Index, dp.objs.FshaTcEgress); l != nil {
+		a.link = l
+		return a, nil
+	}
+	l, err := link.AttachTCX(link.TCXOptions{
+		Interface: iface.Index,
+		Program:   dp.objs.FshaTcEgress,
+		Attach:    ebpf.AttachTCXEgress,
+	})
+	if errors.Is(err, link.ErrNotSupported) {
+		dp.log.Warn("tcx not supported, falling back to clsact", zap.String("interface", iface.Name))
+		a.Hook = "tc-egress"
+		return a, attachLegacyTC(iface.Index, dp.objs.FshaTcEgress)
+	}
+	if err != nil {
+		return a, err
+	}
+	if err := l.Pin(pin); err != nil {
+		l.Close()
+		return a, fmt.Errorf("pin link: %w", err)
+	}
+	a.link = l
+	return a, nil
+}
+
+// reusePinnedLink returns the pinned link at pin updated to prog, or nil when
+// there is none usable (then any stale pin is removed).
+func (dp *Dataplane) reusePinnedLink(pin string, ifindex int, prog *ebpf.Program) link.Link {
+	l, err := link.LoadPinnedLink(pin, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	log := dp.log.With(zap.String("pin", pin))
+	if err != nil {
+		log.Warn("pinned link unusable, replacing it", zap.Error(err))
+		_ = os.Remove(pin)
+		return nil
+	}
+	if !linkOnIfindex(l, ifindex) {
+		// the interface was recreated: the old link is defunct
+		log.Info("pinned link belongs to a former interface, replacing it")
+		_ = l.Unpin()
+		l.Close()
+		return nil
+	}
+	if err := l.Update(prog); err != nil {
+		log.Warn("update pinned link failed, replacing it", zap.Error(err))
+		_ = l.Unpin()
+		l.Close()
+		return nil
+	}
+	log.Info("replaced program in pinned link")
+	return l
+}
+
+func linkOnIfindex(l link.Link, ifindex int) bool {
+	info, err := l.Info()
+	if err != nil {
+		return false
+	}
+	if x := info.XDP(); x != nil {
+		return int(x.Ifindex) == ifindex
+	}
+	if t := info.TCX(); t != nil {
+		return int(t.Ifindex) == ifindex
+	}
+	return false
+}
+
+// detachPinnedLinks removes the pinned links not in keep (all when keep is nil).
+func detachPinnedLinks(log *zap.Logger, pinPath string, keep map[string]bool) error {
+	dir := filepath.Join(pinPath, linksDir)
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read links dir: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		if keep[e.Name()] {
+			continue
+		}
+		pin := filepath.Join(dir, e.Name())
+		l, err := link.LoadPinnedLink(pin, nil)
+		if err == nil {
+			// Unpinning the last reference detaches the program.
+			errs = append(errs, l.Unpin(), l.Close())
+		} else {
+			errs = append(errs, os.Remove(pin))
+		}
+		log.Info("detached", zap.String("link", e.Name()))
+	}
+	if keep == nil {
+		_ = os.Remove(dir)
+	}
+	return errors.Join(errs...)
+}
+
+func attachLegacyTC(ifindex int, prog *ebpf.Program) error {
+	qdisc := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
+	}
+	if err := netlink.QdiscReplace(qdisc); err != nil {
+		return fmt.Errorf("add clsact qdisc: %w", err)
+	}
+	filter := &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: ifindex,
+			Parent:    netlink.HANDLE_MIN_EGRESS,
+			Handle:    1,
+			Protocol:  unix.ETH_P_ALL,
+			Priority:  legacyTCPrio,
+		},
+		Fd:           prog.FD(),
+		Name:         legacyTCName,
+		DirectAction: true,
+	}
+	if err := netlink.FilterReplace(filter); err != nil {
+		return fmt.Errorf("replace clsact filter: %w", err)
+	}
+	return nil
+}
+
+// detachLegacyTC removes our clsact filters from the given interfaces, or
+// from every interface when ifaces is nil.
+func detachLegacyTC(ifaces []string) error {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return fmt.Errorf("list links: %w", err)
+	}
+	var errs []error
+	for _, l := range links {
+		if ifaces != nil && !slices.Contains(ifaces, l.Attrs().Name) {
+			continue
+		}
+		filters, err := netlink.FilterList(l, netlink.HANDLE_MIN_EGRESS)
+		if err != nil {
+			continue // no clsact qdisc
+		}
+		for _, f := range filters {
+			if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, legacyTCName) {
+				errs = append(errs, netlink.FilterDel(f))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}

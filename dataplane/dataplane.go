@@ -1,0 +1,180 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultPinPath is where the maps and links live unless told otherwise.
+const DefaultPinPath = "/sys/fs/bpf/fsha"
+
+// DefaultFlowsMax is the default capacity of the flows map.
+const DefaultFlowsMax = 1 << 20
+
+// ErrIncompatiblePins is returned when the maps pinned by an earlier fsha do
+// not match what this one would create (another capacity, another layout).
+// Reusing them is impossible and replacing them would lose every tracked
+// flow, so the caller must decide: `fsha unload` removes them.
+var ErrIncompatiblePins = errors.New("pinned maps are incompatible")
+
+// Options configures Load.
+type Options struct {
+	// PinPath is the bpffs directory holding maps and links.
+	PinPath string
+	// FlowsMax is the capacity of the flows map.
+	FlowsMax uint32
+	// Interfaces to attach to, by name. Links pinned for interfaces not in
+	// this list are detached.
+	Interfaces []string
+}
+
+// Dataplane is the loaded and attached set of programs and maps.
+type Dataplane struct {
+	Maps
+	log     *zap.Logger
+	pinPath string
+	objs    fshaObjects
+	lock    *os.File
+	attach  []attachment
+}
+
+// Load loads the programs, reuses the maps pinned under opts.PinPath (so a
+// restart keeps every flow), and attaches to opts.Interfaces, atomically
+// replacing the programs of a previous fsha. The programs stay attached
+// after Close: tracking goes on while the daemon is down.
+func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
+	if opts.PinPath == "" {
+		opts.PinPath = DefaultPinPath
+	}
+	if opts.FlowsMax == 0 {
+		opts.FlowsMax = DefaultFlowsMax
+	}
+	log = log.Named("dataplane")
+
+	if err := EnsureBPFFS(opts.PinPath); err != nil {
+		return nil, err
+	}
+	lock, err := lockDir(opts.PinPath)
+	if err != nil {
+		return nil, err
+	}
+	dp := &Dataplane{log: log, pinPath: opts.PinPath, lock: lock}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, dp.Close())
+		}
+	}()
+
+	spec, err := loadFsha()
+	if err != nil {
+		return nil, fmt.Errorf("load bpf spec: %w", err)
+	}
+	spec.Maps[fshaMapFlows].MaxEntries = opts.FlowsMax
+	if err := spec.Variables[fshaVarFlowsMax].Set(uint64(opts.FlowsMax)); err != nil {
+		return nil, fmt.Errorf("set flows_max: %w", err)
+	}
+	err = spec.LoadAndAssign(&dp.objs, &ebpf.CollectionOptions{
+		Maps: ebpf.MapOptions{PinPath: opts.PinPath},
+	})
+	if err != nil {
+		var verr *ebpf.VerifierError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("load bpf programs: verifier rejected them:\n%+v", verr)
+		}
+		if errors.Is(err, ebpf.ErrMapIncompatible) {
+			return nil, fmt.Errorf("%w under %s (was fsha started with another --flows-max, or upgraded?): %v; run `fsha unload --pin-path %s` to start afresh, losing the tracked flows",
+				ErrIncompatiblePins, opts.PinPath, err, opts.PinPath)
+		}
+		return nil, fmt.Errorf("load bpf objects: %w", err)
+	}
+	dp.Maps = mapsOf(&dp.objs.fshaMaps)
+
+	if err := dp.attachAll(opts.Interfaces); err != nil {
+		return nil, err
+	}
+	log.Info("data plane loaded", zap.String("pin_path", opts.PinPath),
+		zap.Uint32("flows_max", opts.FlowsMax), zap.Strings("interfaces", opts.Interfaces))
+	return dp, nil
+}
+
+// PinPath returns the directory of the pins.
+func (dp *Dataplane) PinPath() string { return dp.pinPath }
+
+// Attachments describes where the programs are attached.
+func (dp *Dataplane) Attachments() []Attachment {
+	out := make([]Attachment, 0, len(dp.attach))
+	for _, a := range dp.attach {
+		out = append(out, a.Attachment)
+	}
+	return out
+}
+
+// Close releases this process's handles. Programs and maps stay pinned and
+// attached: use Unload to remove them.
+func (dp *Dataplane) Close() error {
+	var errs []error
+	for _, a := range dp.attach {
+		if a.link != nil {
+			errs = append(errs, a.link.Close())
+		}
+	}
+	dp.attach = nil
+	errs = append(errs, dp.objs.Close())
+	if dp.lock != nil {
+		errs = append(errs, dp.lock.Close())
+		dp.lock = nil
+	}
+	return errors.Join(errs...)
+}
+
+// lockDir takes an exclusive flock on the pin directory so that two fsha
+// daemons never fight over the same maps and links.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open pin path: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("pin path %s is in use by another fsha", dir)
+		}
+		return nil, fmt.Errorf("lock pin path %s: %w", dir, err)
+	}
+	return f, nil
+}
+
+// Unload detaches the programs and removes every pin under pinPath: the
+// tracked flows are lost. It is what `fsha unload` runs.
+func Unload(log *zap.Logger, pinPath string) error {
+	if _, err := os.Stat(pinPath); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	lock, err := lockDir(pinPath)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	var errs []error
+	errs = append(errs, detachPinnedLinks(log.Named("dataplane"), pinPath, nil))
+	errs = append(errs, detachLegacyTC(nil))
+	entries, err := os.ReadDir(pinPath)
+	if err != nil {
+		return fmt.Errorf("read pin path: %w", err)
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			continue
+		}
+		if err := os.Remove(filepath.Join(pinPath, e.Name())); err != nil {
+			errs = append(errs, fmt.Errorf("remove pin: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}

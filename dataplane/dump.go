@@ -1,0 +1,80 @@
+package dataplane
+
+import (
+	"fmt"
+
+	"github.com/cilium/ebpf"
+)
+
+// MapDump is one map's metadata and raw entries, as `fsha maps` prints them.
+type MapDump struct {
+	Name       string     `json:"name"`
+	Type       string     `json:"type"`
+	KeySize    uint32     `json:"key_size"`
+	ValueSize  uint32     `json:"value_size"`
+	MaxEntries uint32     `json:"max_entries"`
+	Entries    []MapEntry `json:"entries"`
+}
+
+// MapEntry is a raw key and value; per-CPU maps (all u64 counters) have
+// one value per CPU instead.
+type MapEntry struct {
+	Key    []byte   `json:"key"`
+	Value  []byte   `json:"value,omitempty"`
+	PerCPU []uint64 `json:"per_cpu,omitempty"`
+}
+
+// Dump returns the named map, or all of them when name is empty. The ring
+// buffer has no entries to dump and is left out.
+func (m *Maps) Dump(name string) ([]MapDump, error) {
+	var out []MapDump
+	found := false
+	for _, nm := range m.byName() {
+		if name != "" && nm.name != name {
+			continue
+		}
+		found = true
+		if nm.m == nil || nm.m.Type() == ebpf.RingBuf {
+			continue
+		}
+		d := MapDump{
+			Name: nm.name, Type: nm.m.Type().String(), KeySize: nm.m.KeySize(),
+			ValueSize: nm.m.ValueSize(), MaxEntries: nm.m.MaxEntries(),
+		}
+		var (
+			key    []byte
+			value  []byte
+			perCPU []uint64
+		)
+		it := nm.m.Iterate()
+		if nm.m.Type() == ebpf.PerCPUArray {
+			for it.Next(&key, &perCPU) {
+				d.Entries = append(d.Entries, MapEntry{Key: clone(key), PerCPU: append([]uint64(nil), perCPU...)})
+			}
+		} else {
+			for it.Next(&key, &value) {
+				d.Entries = append(d.Entries, MapEntry{Key: clone(key), Value: clone(value)})
+			}
+		}
+		if err := it.Err(); err != nil {
+			return nil, fmt.Errorf("dump map %s: %w", nm.name, err)
+		}
+		out = append(out, d)
+	}
+	if !found {
+		return nil, fmt.Errorf("no map named %q", name)
+	}
+	return out, nil
+}
+
+func clone(b []byte) []byte { return append([]byte(nil), b...) }
+
+// MapNames lists the names of the pinned maps.
+func MapNames() []string {
+	var m Maps
+	var names []string
+	for _, nm := range m.byName() {
+		names = append(names, nm.name)
+	}
+	return names
+}
