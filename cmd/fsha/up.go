@@ -161,4 +161,3 @@ func parsePorts(s string) ([]uint16, error) {
 	}
 	return ports, nil
 }
-
