@@ -27,7 +27,7 @@ func (f *fakeDelegate) NotifyMsg(msg []byte) {
 	defer f.mu.Unlock()
 	f.msgs = append(f.msgs, append([]byte(nil), msg...))
 }
-func (f *fakeDelegate) LocalState() []byte   { return nil }
+func (f *fakeDelegate) LocalState() []byte      { return nil }
 func (f *fakeDelegate) MergeRemoteState([]byte) {}
 
 // testPort is shared by the nodes of one test: they differ by loopback address.
