@@ -10,7 +10,9 @@
  *                   the first non-SYN, non-RST, non-FIN segment a local
  *                   socket sends, updates and closes.
  *
- * Both always let the packet through: tracking never changes forwarding.
+ * Both let every packet through, tracking never changes forwarding, except
+ * when the node is fenced (its lease ran out): then they drop what would
+ * make it answer for a VIP.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -114,6 +116,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } counters SEC(".maps");
 
+/* lease: [0] -> struct node_lease. Written by the daemon (renewal), read by both
+ * programs for packets to or from a VIP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_lease);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lease SEC(".maps");
+
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
 #define TCP_RST 0x04
@@ -157,6 +169,72 @@ static __always_inline int vip_maybe(__u32 h)
 	return w && (*w & (1ULL << (bit % 64)));
 }
 
+/* Reports whether the lease has run out: the node must not answer for VIPs. */
+static __always_inline int fenced(void)
+{
+	__u32 zero = 0;
+	struct node_lease *l = bpf_map_lookup_elem(&lease, &zero);
+
+	return l && l->enabled && bpf_ktime_get_coarse_ns() > l->expires_ns;
+}
+
+/* The authoritative VIP check, behind the prefilter. */
+static __always_inline int is_vip(const void *addr, __u8 family)
+{
+	struct vip_key vk = {};
+
+	__builtin_memcpy(vk.addr, addr, family == FSHA_AF_INET ? 4 : 16);
+	vk.family = family;
+	return bpf_map_lookup_elem(&vips, &vk) != NULL;
+}
+
+/* ARP for IPv4 over Ethernet: the header, then sha, spa, tha, tpa. */
+struct arp_eth_ {
+	__be16 hrd;
+	__be16 pro;
+	__u8 hln;
+	__u8 pln;
+	__be16 op;
+	__u8 sha[6];
+	__u8 spa[4];
+	__u8 tha[6];
+	__u8 tpa[4];
+};
+
+/* While fenced, drop ARP asking for a VIP (ingress) or speaking for one
+ * (egress), so that neighbours stop sending the VIP's traffic here. */
+static __always_inline int fence_arp(struct hdr_cursor *nh, void *data_end, int dir)
+{
+	struct arp_eth_ *arp = nh->pos;
+
+	if ((void *)(arp + 1) > data_end)
+		return COUNTER_PARSE_ERROR;
+	if (arp->hln != 6 || arp->pln != 4)
+		return COUNTER_OTHER;
+	const __u8 *addr = dir == DIRECTION_INGRESS ? arp->tpa : arp->spa;
+	return is_vip(addr, FSHA_AF_INET) ? COUNTER_FENCED : COUNTER_OTHER;
+}
+
+struct nd_msg_ {
+	__u8 type;
+	__u8 code;
+	__sum16 csum;
+	__u32 reserved;
+	struct in6_addr target;
+};
+
+/* While fenced, drop neighbour solicitations for a VIP. */
+static __always_inline int fence_ndp(struct hdr_cursor *nh, void *data_end)
+{
+	struct nd_msg_ *nd = nh->pos;
+
+	if ((void *)(nd + 1) > data_end)
+		return COUNTER_PARSE_ERROR;
+	if (nd->type != ND_NEIGHBOR_SOLICIT_)
+		return COUNTER_OTHER;
+	return is_vip(&nd->target, FSHA_AF_INET6) ? COUNTER_FENCED : COUNTER_OTHER;
+}
+
 static __always_inline int port_tracked(__u16 port)
 {
 	__u32 key = port;
@@ -193,6 +271,8 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 		__be32 vip = dir == DIRECTION_INGRESS ? iph->daddr : iph->saddr;
 		if (!vip_maybe(vip))
 			return COUNTER_OTHER;
+		if (fenced() && is_vip(&vip, FSHA_AF_INET))
+			return COUNTER_FENCED;
 		if (proto == PARSE_FRAGMENT)
 			return COUNTER_FRAGMENT;
 		if (proto != IPPROTO_TCP_)
@@ -209,9 +289,13 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 			return COUNTER_PARSE_ERROR;
 		struct in6_addr *vip = dir == DIRECTION_INGRESS ? &ip6h->daddr : &ip6h->saddr;
 		struct in6_addr *client = dir == DIRECTION_INGRESS ? &ip6h->saddr : &ip6h->daddr;
+		if (proto == IPPROTO_ICMPV6_ && dir == DIRECTION_INGRESS && fenced())
+			return fence_ndp(&nh, data_end);
 		if (!vip_maybe(vip->in6_u.u6_addr32[0] ^ vip->in6_u.u6_addr32[1] ^
 			       vip->in6_u.u6_addr32[2] ^ vip->in6_u.u6_addr32[3]))
 			return COUNTER_OTHER;
+		if (fenced() && is_vip(vip, FSHA_AF_INET6))
+			return COUNTER_FENCED;
 		if (proto == PARSE_FRAGMENT)
 			return COUNTER_FRAGMENT;
 		if (proto != IPPROTO_TCP_)
@@ -219,6 +303,8 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 		pkt->key.family = FSHA_AF_INET6;
 		__builtin_memcpy(pkt->key.vip, vip, 16);
 		__builtin_memcpy(pkt->key.client, client, 16);
+	} else if (eth_type == ETH_P_ARP_BE && fenced()) {
+		return fence_arp(&nh, data_end, dir);
 	} else {
 		return COUNTER_OTHER;
 	}
@@ -433,7 +519,7 @@ int fsha_xdp(struct xdp_md *ctx)
 	if (res == CANDIDATE)
 		res = track_ingress(&pkt);
 	count(DIRECTION_INGRESS, res);
-	return XDP_PASS;
+	return res == COUNTER_FENCED ? XDP_DROP : XDP_PASS;
 }
 
 SEC("tc")
@@ -453,5 +539,5 @@ int fsha_tc_egress(struct __sk_buff *skb)
 	if (res == CANDIDATE)
 		res = track_egress(&pkt);
 	count(DIRECTION_EGRESS, res);
-	return TCX_NEXT;
+	return res == COUNTER_FENCED ? TCX_DROP : TCX_NEXT;
 }

@@ -117,13 +117,27 @@ enum counter {
 	COUNTER_EVICTED = 7,	 /* created while the table was full: LRU evicted one */
 	COUNTER_EVENTS_LOST = 8, /* ring buffer full, event dropped */
 	COUNTER_MAP_ERRORS = 9,	 /* a map update failed */
-	COUNTER_MAX = 10,
+	COUNTER_FENCED = 10,	 /* outcome: dropped, VIP traffic while the lease has expired */
+	COUNTER_MAX = 11,
 };
 
 enum direction {
 	DIRECTION_INGRESS = 0,
 	DIRECTION_EGRESS = 1,
 	DIRECTION_MAX = 2,
+};
+
+/*
+ * Value of the lease map: self-fencing in the data plane. The daemon renews
+ * the lease while it holds VIPs with quorum; if it dies, hangs or the node
+ * freezes, the lease runs out and the programs stop the node from answering
+ * for its VIPs (ARP, neighbour solicitations, traffic both ways) before the
+ * cluster declares it dead and another node takes the VIPs over.
+ */
+struct node_lease {
+	__u64 expires_ns; /* CLOCK_MONOTONIC */
+	__u32 enabled;	  /* 0: no fencing (standalone tracking) */
+	__u32 pad;
 };
 
 /* The VIP prefilter is a bitmap of VIP_FILTER_BITS bits in u64 words. */

@@ -9,15 +9,18 @@
 
 #define ETH_P_IP_BE	bpf_htons(0x0800)
 #define ETH_P_IPV6_BE	bpf_htons(0x86DD)
+#define ETH_P_ARP_BE	bpf_htons(0x0806)
 #define ETH_P_8021Q_BE	bpf_htons(0x8100)
 #define ETH_P_8021AD_BE bpf_htons(0x88A8)
 
-#define IPPROTO_HOPOPTS_  0
-#define IPPROTO_TCP_	  6
-#define IPPROTO_ROUTING_  43
-#define IPPROTO_FRAGMENT_ 44
-#define IPPROTO_AH_	  51
-#define IPPROTO_DSTOPTS_  60
+#define IPPROTO_HOPOPTS_     0
+#define IPPROTO_TCP_	     6
+#define IPPROTO_ROUTING_     43
+#define IPPROTO_FRAGMENT_    44
+#define IPPROTO_AH_	     51
+#define IPPROTO_DSTOPTS_     60
+#define IPPROTO_ICMPV6_	     58
+#define ND_NEIGHBOR_SOLICIT_ 135
 
 #define IP_MF_	   0x2000
 #define IP_OFFSET_ 0x1FFF

@@ -3,7 +3,7 @@ package dataplane
 import "fmt"
 
 // DirectionCounters are the counters of one program. Packets is the sum of
-// the outcomes (Other to Tracked); the rest count table events.
+// the outcomes (Other to Tracked, and Fenced); the rest count table events.
 type DirectionCounters struct {
 	Packets     uint64 `json:"packets"`
 	Other       uint64 `json:"other"`
@@ -11,6 +11,7 @@ type DirectionCounters struct {
 	Fragments   uint64 `json:"fragments"`
 	Untracked   uint64 `json:"untracked"`
 	Tracked     uint64 `json:"tracked"`
+	Fenced      uint64 `json:"fenced"`
 	Created     uint64 `json:"created"`
 	Closed      uint64 `json:"closed"`
 	Evicted     uint64 `json:"evicted"`
@@ -37,6 +38,7 @@ func (m *Maps) ReadCounters() (Counters, error) {
 			fshaCounterCOUNTER_FRAGMENT:    &dc.Fragments,
 			fshaCounterCOUNTER_UNTRACKED:   &dc.Untracked,
 			fshaCounterCOUNTER_TRACKED:     &dc.Tracked,
+			fshaCounterCOUNTER_FENCED:      &dc.Fenced,
 			fshaCounterCOUNTER_CREATED:     &dc.Created,
 			fshaCounterCOUNTER_CLOSED:      &dc.Closed,
 			fshaCounterCOUNTER_EVICTED:     &dc.Evicted,
@@ -53,7 +55,7 @@ func (m *Maps) ReadCounters() (Counters, error) {
 				*dst += v
 			}
 		}
-		dc.Packets = dc.Other + dc.ParseErrors + dc.Fragments + dc.Untracked + dc.Tracked
+		dc.Packets = dc.Other + dc.ParseErrors + dc.Fragments + dc.Untracked + dc.Tracked + dc.Fenced
 	}
 	var n uint64
 	if err := m.FlowCount.Lookup(uint32(0), &n); err != nil {

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 )
 
 // FlowState is the TCP state of a tracked connection.
@@ -76,9 +75,7 @@ type clock struct {
 }
 
 func newClock() clock {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return clock{wall: time.Now(), mono: uint64(ts.Nano())}
+	return clock{wall: time.Now(), mono: monotonicNow()}
 }
 
 func (c clock) time(mono uint64) time.Time {

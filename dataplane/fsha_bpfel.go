@@ -26,7 +26,8 @@ const (
 	fshaCounterCOUNTER_EVICTED     fshaCounter = 7
 	fshaCounterCOUNTER_EVENTS_LOST fshaCounter = 8
 	fshaCounterCOUNTER_MAP_ERRORS  fshaCounter = 9
-	fshaCounterCOUNTER_MAX         fshaCounter = 10
+	fshaCounterCOUNTER_FENCED      fshaCounter = 10
+	fshaCounterCOUNTER_MAX         fshaCounter = 11
 )
 
 type fshaDirection uint32
@@ -108,6 +109,13 @@ const (
 	fshaFlowStateFLOW_STATE_CLOSED      fshaFlowState = 4
 )
 
+type fshaNodeLease struct {
+	_         structs.HostLayout
+	ExpiresNs uint64
+	Enabled   uint32
+	Pad       uint32
+}
+
 type fshaVipFlags uint32
 
 const (
@@ -136,6 +144,7 @@ const (
 	fshaMapEvents                = "events"
 	fshaMapFlowCount             = "flow_count"
 	fshaMapFlows                 = "flows"
+	fshaMapLease                 = "lease"
 	fshaMapPorts                 = "ports"
 	fshaMapVipFilter             = "vip_filter"
 	fshaMapVips                  = "vips"
@@ -207,6 +216,7 @@ type fshaMapSpecs struct {
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	FlowCount   *ebpf.MapSpec `ebpf:"flow_count"`
 	Flows       *ebpf.MapSpec `ebpf:"flows"`
+	Lease       *ebpf.MapSpec `ebpf:"lease"`
 	Ports       *ebpf.MapSpec `ebpf:"ports"`
 	VipFilter   *ebpf.MapSpec `ebpf:"vip_filter"`
 	Vips        *ebpf.MapSpec `ebpf:"vips"`
@@ -252,6 +262,7 @@ type fshaMaps struct {
 	Events      *ebpf.Map `ebpf:"events"`
 	FlowCount   *ebpf.Map `ebpf:"flow_count"`
 	Flows       *ebpf.Map `ebpf:"flows"`
+	Lease       *ebpf.Map `ebpf:"lease"`
 	Ports       *ebpf.Map `ebpf:"ports"`
 	VipFilter   *ebpf.Map `ebpf:"vip_filter"`
 	Vips        *ebpf.Map `ebpf:"vips"`
@@ -264,6 +275,7 @@ func (m *fshaMaps) Close() error {
 		m.Events,
 		m.FlowCount,
 		m.Flows,
+		m.Lease,
 		m.Ports,
 		m.VipFilter,
 		m.Vips,

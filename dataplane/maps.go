@@ -22,12 +22,13 @@ type Maps struct {
 	VipFilter   *ebpf.Map
 	Ports       *ebpf.Map
 	Counters    *ebpf.Map
+	Lease       *ebpf.Map
 }
 
 func mapsOf(m *fshaMaps) Maps {
 	return Maps{
 		Flows: m.Flows, FlowCount: m.FlowCount, ClosedFlows: m.ClosedFlows, Events: m.Events,
-		Vips: m.Vips, VipFilter: m.VipFilter, Ports: m.Ports, Counters: m.Counters,
+		Vips: m.Vips, VipFilter: m.VipFilter, Ports: m.Ports, Counters: m.Counters, Lease: m.Lease,
 	}
 }
 
@@ -36,7 +37,7 @@ func (m *Maps) byName() []namedMap {
 	return []namedMap{
 		{fshaMapFlows, m.Flows}, {fshaMapFlowCount, m.FlowCount}, {fshaMapClosedFlows, m.ClosedFlows},
 		{fshaMapEvents, m.Events}, {fshaMapVips, m.Vips}, {fshaMapVipFilter, m.VipFilter},
-		{fshaMapPorts, m.Ports}, {fshaMapCounters, m.Counters},
+		{fshaMapPorts, m.Ports}, {fshaMapCounters, m.Counters}, {fshaMapLease, m.Lease},
 	}
 }
 
@@ -78,7 +79,7 @@ func OpenPinned(pinPath string) (_ *PinnedMaps, err error) {
 	}{
 		{fshaMapFlows, &p.Flows}, {fshaMapFlowCount, &p.FlowCount}, {fshaMapClosedFlows, &p.ClosedFlows},
 		{fshaMapVips, &p.Vips}, {fshaMapVipFilter, &p.VipFilter}, {fshaMapPorts, &p.Ports},
-		{fshaMapCounters, &p.Counters},
+		{fshaMapCounters, &p.Counters}, {fshaMapLease, &p.Lease},
 	} {
 		if *dst.m, err = open(dst.name); err != nil {
 			return nil, err

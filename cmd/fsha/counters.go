@@ -37,6 +37,7 @@ func countersCommand(e env) *cli.Command {
 				{"  vip, no flow", in.Untracked, out.Untracked},
 				{"  other traffic", in.Other, out.Other},
 				{"  fragments", in.Fragments, out.Fragments},
+				{"  fenced (dropped)", in.Fenced, out.Fenced},
 				{"  parse errors", in.ParseErrors, out.ParseErrors},
 				{"flows created", in.Created, out.Created},
 				{"flows closed", in.Closed, out.Closed},

@@ -82,6 +82,10 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 		return err
 	}
 	defer dp.Close()
+	// Standalone tracking: no cluster decides who may answer, so no fencing.
+	if err := dp.DisableLease(); err != nil {
+		return err
+	}
 	if err := dp.SetPorts(ports); err != nil {
 		return err
 	}
