@@ -1,0 +1,103 @@
+// Package admin is the node's administration API: an HTTP/JSON server on a
+// unix socket under the run directory (mode 0600: root only), its client,
+// and the types both speak. The CLI's status, ip, move, disable, enable,
+// ban and timeline commands are thin wrappers over the client.
+package admin
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"time"
+)
+
+// Node states, as `ctdb status` names them.
+const (
+	StateOK           = "OK"
+	StateUnhealthy    = "UNHEALTHY"
+	StateDisabled     = "DISABLED"
+	StateBanned       = "BANNED"
+	StateDisconnected = "DISCONNECTED"
+)
+
+// NodeStatus is one line of `fsha status`.
+type NodeStatus struct {
+	PNN     int    `json:"pnn"`
+	Address string `json:"address"`
+	State   string `json:"state"`
+	This    bool   `json:"this"`
+	// Quorum is whether that node says it sees a quorum.
+	Quorum bool `json:"quorum"`
+	// VIPs is how many VIPs the node holds.
+	VIPs int `json:"vips"`
+}
+
+// Status is `fsha status`: the cluster as this node sees it.
+type Status struct {
+	Nodes  []NodeStatus `json:"nodes"`
+	Quorum bool         `json:"quorum"`
+	// ThisPNN is this node's number.
+	ThisPNN int    `json:"this_pnn"`
+	Policy  string `json:"failback_policy"`
+	// Lock is the cluster lock file, empty when none; LockHeld whether
+	// this node holds it now.
+	Lock     string `json:"lock,omitempty"`
+	LockHeld bool   `json:"lock_held"`
+}
+
+// IP is one line of `fsha ip`.
+type IP struct {
+	VIP    string `json:"vip"`    // address/prefix
+	Iface  string `json:"iface"`  // interfaces, comma-separated as in public_addresses
+	Owner  string `json:"owner"`  // node address holding it, "" when none
+	PNN    int    `json:"pnn"`    // owner's number, -1 when none
+	Target string `json:"target"` // where the allocation wants it, "" when nowhere
+	// State: "held", "unassigned", "moving" (owner and target differ) and,
+	// with connection draining, "draining".
+	State string `json:"state"`
+}
+
+// TimelineStep is one dated step of a takeover or release.
+type TimelineStep struct {
+	Step string        `json:"step"`
+	At   time.Time     `json:"at"`
+	Took time.Duration `json:"since_decision_ns"`
+}
+
+// Takeover records one VIP taken over or released by this node.
+type Takeover struct {
+	VIP    string         `json:"vip"`
+	Iface  string         `json:"iface"`
+	Kind   string         `json:"kind"`   // "takeover" or "release"
+	Reason string         `json:"reason"` // e.g. "node 198.18.0.2 died", "rebalance", "move", "disabled"
+	From   string         `json:"from"`   // previous holder, "" when none or unknown
+	Steps  []TimelineStep `json:"steps"`
+	Error  string         `json:"error,omitempty"`
+}
+
+// MoveRequest asks for a VIP to go to a node.
+type MoveRequest struct {
+	VIP  string `json:"vip"`
+	Node string `json:"node"` // node address or PNN
+	// Kill ends the VIP's connections at once instead of draining them.
+	Kill bool `json:"kill"`
+}
+
+// BanRequest bans this node for a while.
+type BanRequest struct {
+	Seconds int `json:"seconds"`
+}
+
+// ErrBadRequest wraps errors the caller can fix (unknown VIP, bad node).
+var ErrBadRequest = errors.New("bad request")
+
+// Backend is what the server serves: the node's controller implements it.
+type Backend interface {
+	Status(ctx context.Context) (Status, error)
+	IPs(ctx context.Context) ([]IP, error)
+	Move(ctx context.Context, vip netip.Addr, node string, kill bool) error
+	Disable(ctx context.Context) error
+	Enable(ctx context.Context) error
+	Ban(ctx context.Context, d time.Duration) error
+	Timeline(ctx context.Context) ([]Takeover, error)
+}
