@@ -1,0 +1,469 @@
+package main
+
+// Suite "dataplane": the per-packet cost of fsha's programs.
+//
+// Part 1 runs each program on one packet with BPF_PROG_RUN and a large
+// repeat count, several interleaved rounds, on one pinned CPU, and compares
+// it with an empty program of the same hook measured in the same run.
+// Part 2 (suite_dataplane_pps.go) pushes packets through a veth pair.
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"runtime"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/fsha/fsha/dataplane"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+type dataplaneBench struct {
+	repeat      int
+	rounds      int
+	flows       int
+	cpu         int
+	realtime    bool
+	lease       bool
+	pps         bool
+	ppsDuration time.Duration
+	ppsRounds   int
+}
+
+func dataplaneSuite() *suite {
+	b := &dataplaneBench{}
+	return &suite{
+		name: "dataplane",
+		flags: func(fs *flag.FlagSet) {
+			fs.IntVar(&b.repeat, "repeat", 5_000_000, "dataplane: BPF_PROG_RUN repetitions per round")
+			fs.IntVar(&b.rounds, "rounds", 7, "dataplane: BPF_PROG_RUN rounds per case (the median is reported)")
+			fs.IntVar(&b.flows, "flows", 1_000_000, "dataplane: flows in the map for the tracked cases")
+			fs.IntVar(&b.cpu, "cpu", runtime.NumCPU()-1, "dataplane: CPU to run BPF_PROG_RUN on")
+			fs.BoolVar(&b.realtime, "rt", true, "dataplane: run BPF_PROG_RUN rounds as SCHED_FIFO so that other tasks cannot preempt them")
+			fs.BoolVar(&b.lease, "lease", true, "dataplane: enable the fencing lease (valid), as a clustered node runs")
+			fs.BoolVar(&b.pps, "pps", true, "dataplane: also measure packets per second through a veth pair")
+			fs.DurationVar(&b.ppsDuration, "pps-duration", 3*time.Second, "dataplane: length of one veth measurement")
+			fs.IntVar(&b.ppsRounds, "pps-rounds", 3, "dataplane: veth rounds per mode (the median is reported)")
+		},
+		run: b.run,
+	}
+}
+
+// Addresses: benchmarking ranges only (198.18.0.0/15, 2001:2::/48).
+var (
+	benchVIP4   = netip.MustParseAddr("198.19.0.10")
+	benchVIP6   = netip.MustParseAddr("2001:2::10")
+	benchOther4 = netip.MustParseAddr("198.19.0.99") // a server that is no VIP
+)
+
+const (
+	trackedPort   = 445
+	untrackedPort = 8080
+	payloadLen    = 64 // bytes of TCP payload in every data segment
+	// flows6 of the -flows flows are IPv6, the rest IPv4.
+	flows6 = 1000
+)
+
+// benchClient is the i-th synthetic client: 16,384 ports on each address,
+// so that a packet generator can derive client i with shifts and masks
+// (see ppsSender): 198.18.128.(i>>14) : 10000+(i&0x3fff) for IPv4.
+func benchClient(v6 bool, i int) netip.AddrPort {
+	port := uint16(10000 + i&0x3fff)
+	if v6 {
+		a := benchVIP6.As16()
+		a[7] = 1 // 2001:2:0:1::x
+		a[14], a[15] = byte(i>>22), byte(i>>14)
+		return netip.AddrPortFrom(netip.AddrFrom16(a), port)
+	}
+	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, 128, byte(i >> 14)}), port)
+}
+
+// maxBenchFlows keeps benchClient's IPv4 addresses inside 198.18.128.0/24.
+const maxBenchFlows = 256 << 14
+
+func (b *dataplaneBench) run(ctx context.Context, log *zap.Logger, out io.Writer) error {
+	if b.flows <= flows6 || b.flows > maxBenchFlows {
+		return fmt.Errorf("-flows must be in (%d, %d]", flows6, maxBenchFlows)
+	}
+	if b.repeat < 1000 || b.rounds < 1 || b.ppsRounds < 1 {
+		return errors.New("-repeat must be >= 1000, -rounds and -pps-rounds >= 1")
+	}
+	capacity := uint32(dataplane.DefaultFlowsMax)
+	if uint32(b.flows) > capacity {
+		capacity = uint32(b.flows)
+	}
+	u, err := dataplane.LoadUnpinned(capacity)
+	if err != nil {
+		return err
+	}
+	defer u.Close()
+	if err := u.SetVIPs([]netip.Addr{benchVIP4, benchVIP6}); err != nil {
+		return err
+	}
+	if err := u.SetPorts([]uint16{445, 139, 2049, 111}); err != nil {
+		return err
+	}
+	// As in a cluster: fencing on, lease valid (every VIP packet checks it).
+	if b.lease {
+		if err := u.RenewLease(time.Hour); err != nil {
+			return err
+		}
+	}
+	start := time.Now()
+	n4 := b.flows - flows6
+	if err := u.FillFlows(netip.AddrPortFrom(benchVIP4, trackedPort), n4,
+		func(i int) netip.AddrPort { return benchClient(false, i) }); err != nil {
+		return err
+	}
+	if err := u.FillFlows(netip.AddrPortFrom(benchVIP6, trackedPort), flows6,
+		func(i int) netip.AddrPort { return benchClient(true, i) }); err != nil {
+		return err
+	}
+	log.Info("filled the flows map", zap.Int("flows", b.flows), zap.Uint32("capacity", capacity),
+		zap.Duration("took", time.Since(start)))
+
+	pair, err := newVethPair()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := pair.Close(); cerr != nil {
+			log.Error("clean up namespaces", zap.Error(cerr))
+		}
+	}()
+	log.Debug("namespaces", zap.Strings("netns", pair.nsName[:]), zap.Strings("veth", pair.ifName[:]))
+
+	if err := b.progRun(ctx, log, out, u, pair, n4); err != nil {
+		return err
+	}
+	if !b.pps {
+		return nil
+	}
+	return b.vethPPS(ctx, log, out, u, pair, n4)
+}
+
+// attachXDP attaches prog to side's veth end in native mode.
+func (p *vethPair) attachXDP(side int, prog *ebpf.Program) (link.Link, error) {
+	var l link.Link
+	err := inNetns(p.ns[side], func() (err error) {
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: p.ifIdx[side], Flags: link.XDPDriverMode})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attach xdp to %s: %w", p.ifName[side], err)
+	}
+	return l, nil
+}
+
+// attachTCXEgress attaches prog to side's veth end at TCX egress.
+func (p *vethPair) attachTCXEgress(side int, prog *ebpf.Program) (link.Link, error) {
+	var l link.Link
+	err := inNetns(p.ns[side], func() (err error) {
+		l, err = link.AttachTCX(link.TCXOptions{Program: prog, Interface: p.ifIdx[side], Attach: ebpf.AttachTCXEgress})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attach tcx egress to %s: %w", p.ifName[side], err)
+	}
+	return l, nil
+}
+
+// progCase is one BPF_PROG_RUN measurement.
+type progCase struct {
+	hook string // "xdp" or "tc"
+	name string
+	prog *ebpf.Program
+	pkt  []byte
+	// want is the packet outcome counter the case must hit, -1 for the
+	// empty programs.
+	want int
+	// target is the goal relative to the empty program; nil: none.
+	target *target
+	ns     []float64 // per round
+}
+
+type target struct {
+	maxRatio float64
+	maxNS    float64 // 0: no absolute bound
+}
+
+func (t *target) String() string {
+	s := fmt.Sprintf("<= %.1fx", t.maxRatio)
+	if t.maxNS > 0 {
+		s += fmt.Sprintf(", < %.0f ns", t.maxNS)
+	}
+	return s
+}
+
+func (t *target) met(ns, ratio float64) bool {
+	return ratio <= t.maxRatio && (t.maxNS == 0 || ns < t.maxNS)
+}
+
+// Outcome counter indices, as bpf/fsha.h's enum counter numbers them.
+const (
+	outcomeOther     = 0
+	outcomeUntracked = 3
+	outcomeTracked   = 4
+)
+
+var (
+	nonVIPTarget  = &target{maxRatio: 1.2}
+	trackedTarget = &target{maxRatio: 2, maxNS: 60}
+)
+
+// emptyProgram returns a program of type typ that only returns ret.
+func emptyProgram(typ ebpf.ProgramType, ret int32) (*ebpf.Program, error) {
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name: "bench_empty",
+		Type: typ,
+		Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R0, ret),
+			asm.Return(),
+		},
+		License: "GPL",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load empty %s program: %w", typ, err)
+	}
+	return p, nil
+}
+
+func (b *dataplaneBench) progCases(u *dataplane.Unpinned, xdpEmpty, tcEmpty *ebpf.Program, n4 int) ([]*progCase, error) {
+	// The tracked client sits in the middle of the filled range.
+	client4 := benchClient(false, n4/2)
+	client6 := benchClient(true, flows6/2)
+	vip4 := netip.AddrPortFrom(benchVIP4, trackedPort)
+	vip6 := netip.AddrPortFrom(benchVIP6, trackedPort)
+	flowsNote := thousands(b.flows) + " flows"
+	type def struct {
+		hook, name string
+		prog       *ebpf.Program
+		seg        segment
+		want       int
+		target     *target
+	}
+	var defs []def
+	for _, hook := range []string{"xdp", "tc"} {
+		prog, empty, emptyName := u.XDP, xdpEmpty, "empty program (XDP_PASS)"
+		// orient turns a client -> server segment into what the hook sees
+		orient := func(s segment) segment { return s }
+		if hook == "tc" {
+			prog, empty, emptyName = u.TCEgress, tcEmpty, "empty program (TCX_NEXT)"
+			orient = func(s segment) segment {
+				s.src, s.dst = s.dst, s.src
+				s.srcMAC, s.dstMAC = macB, macA
+				return s
+			}
+		}
+		data := segment{src: client4, dst: vip4, ack: true, payload: payloadLen}
+		nonVIP := data
+		nonVIP.dst = netip.AddrPortFrom(benchOther4, trackedPort)
+		otherPort := data
+		otherPort.dst = netip.AddrPortFrom(benchVIP4, untrackedPort)
+		noFlow := data
+		noFlow.src = netip.AddrPortFrom(client4.Addr(), 9999) // outside the filled ports
+		noFlow.syn, noFlow.payload = true, 0
+		if hook == "tc" {
+			noFlow.ack = true // the server's SYN-ACK: egress never creates on SYN
+		} else {
+			noFlow.ack = false
+		}
+		data6 := segment{src: client6, dst: vip6, ack: true, payload: payloadLen}
+		defs = append(defs,
+			def{hook, emptyName, empty, orient(data), -1, nil},
+			def{hook, "fsha: non-VIP TCP to :445", prog, orient(nonVIP), outcomeOther, nonVIPTarget},
+			def{hook, "fsha: VIP, untracked port", prog, orient(otherPort), outcomeOther, nil},
+			def{hook, "fsha: VIP:445 SYN, no flow", prog, orient(noFlow), outcomeUntracked, nil},
+			def{hook, "fsha: tracked IPv4, " + flowsNote, prog, orient(data), outcomeTracked, trackedTarget},
+			def{hook, "fsha: tracked IPv6, " + flowsNote, prog, orient(data6), outcomeTracked, trackedTarget},
+		)
+	}
+	var cases []*progCase
+	for _, d := range defs {
+		pkt, err := d.seg.build()
+		if err != nil {
+			return nil, err
+		}
+		cases = append(cases, &progCase{hook: d.hook, name: d.name, prog: d.prog, pkt: pkt, want: d.want, target: d.target})
+	}
+	return cases, nil
+}
+
+func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Writer, u *dataplane.Unpinned, pair *vethPair, n4 int) error {
+	xdpEmpty, err := emptyProgram(ebpf.XDP, 2 /* XDP_PASS */)
+	if err != nil {
+		return err
+	}
+	defer xdpEmpty.Close()
+	tcEmpty, err := emptyProgram(ebpf.SchedCLS, -1 /* TCX_NEXT */)
+	if err != nil {
+		return err
+	}
+	defer tcEmpty.Close()
+	cases, err := b.progCases(u, xdpEmpty, tcEmpty, n4)
+	if err != nil {
+		return err
+	}
+	// BPF_PROG_RUN of an XDP program not attached anywhere first adds it to
+	// the kernel's XDP dispatcher and removes it afterwards, which costs
+	// tens of milliseconds per call. Attached programs stay in the
+	// dispatcher, so the wall clock measures only the runs.
+	for side, prog := range []*ebpf.Program{xdpEmpty, u.XDP} {
+		l, err := pair.attachXDP(side, prog)
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+	}
+
+	// BPF_PROG_RUN runs on the calling thread: keep it on one CPU.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var set unix.CPUSet
+	set.Set(b.cpu)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return fmt.Errorf("pin to cpu %d: %w", b.cpu, err)
+	}
+	if b.realtime {
+		// SCHED_FIFO: other tasks cannot preempt a round; they run on the
+		// other CPUs. Rounds are far shorter than the RT throttling period.
+		if err := unix.SchedSetAttr(0, &unix.SchedAttr{Policy: unix.SCHED_FIFO, Priority: 10}, 0); err != nil {
+			return fmt.Errorf("set SCHED_FIFO: %w", err)
+		}
+		defer func() { _ = unix.SchedSetAttr(0, &unix.SchedAttr{Policy: 0 /* SCHED_OTHER */}, 0) }()
+	}
+	defer func() {
+		var all unix.CPUSet
+		for i := range runtime.NumCPU() {
+			all.Set(i)
+		}
+		_ = unix.SchedSetaffinity(0, &all)
+	}()
+
+	// Check that every case takes the path it claims to measure, and warm up.
+	for _, c := range cases {
+		if err := verifyCase(u, c); err != nil {
+			return err
+		}
+		if _, _, err := timeRun(c.prog, c.pkt, b.repeat/10); err != nil {
+			return err
+		}
+	}
+	log.Info("BPF_PROG_RUN", zap.Int("cases", len(cases)), zap.Int("rounds", b.rounds),
+		zap.Int("repeat", b.repeat), zap.Int("cpu", b.cpu))
+	// Rounds interleave the cases so that a slow moment of the machine
+	// hits all of them alike.
+	for r := range b.rounds {
+		for _, c := range cases {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			ns, kernelNS, err := timeRun(c.prog, c.pkt, b.repeat)
+			if err != nil {
+				return fmt.Errorf("%s %s: %w", c.hook, c.name, err)
+			}
+			c.ns = append(c.ns, ns)
+			log.Debug("round", zap.Int("round", r), zap.String("hook", c.hook), zap.String("case", c.name),
+				zap.Float64("ns", ns), zap.Duration("kernel_ns", kernelNS))
+			// Leave the CPU to others for a moment, so that a SCHED_FIFO
+			// bench never reaches the RT throttling limit (95%), which
+			// would stall a round.
+			time.Sleep(time.Duration(ns*float64(b.repeat))/8 + time.Millisecond)
+		}
+	}
+
+	t := &table{header: []string{"hook", "case", "ns/pkt", "spread", "x empty", "target", "result"}}
+	var base float64
+	for _, c := range cases {
+		ns := median(c.ns)
+		if c.want < 0 {
+			base = ns
+		}
+		ratio := ns / base
+		tgt, res := "-", "-"
+		if c.want < 0 {
+			tgt = "baseline"
+		}
+		if c.target != nil {
+			tgt, res = c.target.String(), "MISS"
+			if c.target.met(ns, ratio) {
+				res = "PASS"
+			}
+		}
+		t.add(c.hook, c.name, fmt.Sprintf("%.1f", ns), fmt.Sprintf("%.0f%%", spread(c.ns)),
+			fmt.Sprintf("%.2f", ratio), tgt, res)
+	}
+	fmt.Fprintf(out, "\nBPF_PROG_RUN, one packet repeated %s times, median of %d rounds, CPU %d\n",
+		thousands(b.repeat), b.rounds, b.cpu)
+	fmt.Fprintf(out, "(tc = the TCX egress program; spread = (max-min)/median over the rounds)\n\n")
+	return t.write(out)
+}
+
+// timeRun returns the wall-clock time per run of repeat runs of p on pkt,
+// and the kernel's own figure (whole nanoseconds, without the time the
+// thread was rescheduled) for comparison. If a signal interrupts the
+// syscall, the kernel starts over and so does the clock.
+func timeRun(p *ebpf.Program, pkt []byte, repeat int) (float64, time.Duration, error) {
+	start := time.Now()
+	_, kernel, err := p.Benchmark(pkt, repeat, func() { start = time.Now() })
+	elapsed := time.Since(start)
+	if err != nil {
+		return 0, 0, err
+	}
+	return float64(elapsed.Nanoseconds()) / float64(repeat), kernel, nil
+}
+
+// verifyCase runs c a few times and checks from the counters that fsha
+// classified the packet as the case says: a benchmark of the wrong path
+// would be worse than none.
+func verifyCase(u *dataplane.Unpinned, c *progCase) error {
+	const runs = 1000
+	before, err := u.ReadCounters()
+	if err != nil {
+		return err
+	}
+	ret, err := c.prog.Run(&ebpf.RunOptions{Data: c.pkt, Repeat: runs})
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", c.hook, c.name, err)
+	}
+	wantRet := uint32(2) // XDP_PASS
+	if c.hook == "tc" {
+		wantRet = ^uint32(0) // TCX_NEXT
+	}
+	if ret != wantRet {
+		return fmt.Errorf("%s %s: returned %d, want %d", c.hook, c.name, int32(ret), int32(wantRet))
+	}
+	if c.want < 0 {
+		return nil
+	}
+	after, err := u.ReadCounters()
+	if err != nil {
+		return err
+	}
+	b, a := before.Ingress, after.Ingress
+	if c.hook == "tc" {
+		b, a = before.Egress, after.Egress
+	}
+	got := []uint64{
+		a.Other - b.Other, a.ParseErrors - b.ParseErrors, a.Fragments - b.Fragments,
+		a.Untracked - b.Untracked, a.Tracked - b.Tracked, 0, 0, 0, 0, 0, a.Fenced - b.Fenced,
+	}
+	for i, d := range got {
+		if (i == c.want) != (d >= runs) || (i != c.want && d != 0) {
+			return fmt.Errorf("%s %s: outcome counters moved by %v (other, parse error, fragment, untracked, tracked, ..., fenced), want %d runs in index %d",
+				c.hook, c.name, got, runs, c.want)
+		}
+	}
+	if a.Created != b.Created || a.Closed != b.Closed {
+		return fmt.Errorf("%s %s: created %d and closed %d flows, want none", c.hook, c.name,
+			a.Created-b.Created, a.Closed-b.Closed)
+	}
+	return nil
+}

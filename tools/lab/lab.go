@@ -1,0 +1,451 @@
+// Package lab builds throwaway test networks on this machine: file-server
+// nodes and clients, each in its own network namespace, joined by a bridge
+// in a "switch" namespace, with real kernel TCP stacks, real Samba and
+// nfs-ganesha servers and real smbclient and libnfs clients.
+//
+// Every namespace is named fsha-<runid>-<role>, where runid is random per
+// Lab, so parallel runs never collide. Addresses come from 198.18.0.0/24
+// (RFC 2544 benchmarking space) and there is no default route: nothing a
+// lab does can leave the machine. One bpffs is mounted under the lab's run
+// directory, outside /sys, with a pin path per node (see DESIGN.md, "Lab
+// pitfalls").
+//
+//	client c1 (eth0 198.18.0.101) --veth-- [ br0 in fsha-<id>-sw ] --veth-- node n1 (eth0 198.18.0.11, VIPs 198.18.0.201...)
+//
+// Close tears everything down in reverse order of creation and is safe to
+// call twice; NewT registers it with t.Cleanup.
+package lab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// Prefix is the namespace name prefix of every lab.
+const Prefix = "fsha-"
+
+// Subnet is the lab's one broadcast domain. Node i (from 1) is .10+i,
+// client i is .100+i and VIP i is .200+i.
+var Subnet = netip.MustParsePrefix("198.18.0.0/24")
+
+const (
+	bridgeName = "br0"
+	// HostIface is the name of the lab interface inside every node and client.
+	HostIface = "eth0"
+	maxHosts  = 89
+)
+
+// NodeAddr is the address of the i-th node (from 1), prefix included.
+func NodeAddr(i int) netip.Prefix { return hostAddr(10 + i) }
+
+// ClientAddr is the address of the i-th client (from 1), prefix included.
+func ClientAddr(i int) netip.Prefix { return hostAddr(100 + i) }
+
+// VIP is the i-th public address (from 1), prefix included.
+func VIP(i int) netip.Prefix { return hostAddr(200 + i) }
+
+func hostAddr(last int) netip.Prefix {
+	a := Subnet.Addr().As4()
+	a[3] = byte(last)
+	return netip.PrefixFrom(netip.AddrFrom4(a), Subnet.Bits())
+}
+
+// Options configures a Lab. The zero value works.
+type Options struct {
+	// Dir is the run directory for configs, logs, shares and the bpffs. By
+	// default a new directory under os.TempDir, removed by Close.
+	Dir string
+	// Keep leaves a default Dir in place after Close, for post-mortems.
+	Keep bool
+	// Fsha is the fsha binary the Node fsha helpers run.
+	Fsha string
+	// Log receives what the lab does; nil discards it.
+	Log *zap.Logger
+}
+
+// Lab is one test network. Its methods are safe for concurrent use.
+type Lab struct {
+	// ID is the random run id in every namespace name.
+	ID string
+	// Dir is the run directory.
+	Dir string
+	// BPFFS is the bpffs mount point; each node pins under BPFFS/<role>.
+	BPFFS string
+	// Switch is the namespace that holds the bridge.
+	Switch *Host
+
+	opts    Options
+	log     *zap.Logger
+	passXDP *ebpf.Program
+
+	mu       sync.Mutex
+	undo     []undoStep
+	closed   bool
+	closeErr error
+	nodes    []*Node
+	clients  []*Client
+	roles    map[string]bool
+	procSeq  map[string]int
+}
+
+type undoStep struct {
+	what string
+	fn   func() error
+}
+
+// TB is the part of testing.TB that NewT uses, so that this package does
+// not import testing into programs like the demo.
+type TB interface {
+	Helper()
+	Cleanup(func())
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
+	TempDir() string
+	Failed() bool
+	Name() string
+}
+
+// NewT builds a lab for a test: its run directory is a t.TempDir (kept,
+// with the path logged, when the test fails and FSHA_LAB_KEEP=1), and
+// t.Cleanup closes it. The caller must have checked privileges with
+// tools/testenv first.
+func NewT(t TB, opts Options) *Lab {
+	t.Helper()
+	if opts.Dir == "" {
+		if os.Getenv("FSHA_LAB_KEEP") == "1" {
+			dir, err := os.MkdirTemp("", "fsha-lab-")
+			if err != nil {
+				t.Fatalf("lab run dir: %v", err)
+			}
+			opts.Dir = dir
+		} else {
+			opts.Dir = t.TempDir()
+		}
+	}
+	l, err := New(opts)
+	if err != nil {
+		t.Fatalf("build lab: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("lab %s run dir %s", l.ID, l.Dir)
+		}
+		if err := l.Close(); err != nil {
+			t.Logf("close lab %s: %v", l.ID, err)
+		}
+	})
+	return l
+}
+
+// New builds an empty lab: the run directory, the bpffs and the switch
+// namespace with its bridge. Add nodes and clients with AddNode and
+// AddClient.
+func New(opts Options) (_ *Lab, err error) {
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	id, err := newRunID()
+	if err != nil {
+		return nil, err
+	}
+	l := &Lab{ID: id, opts: opts, log: opts.Log.Named("lab").With(zap.String("lab", id)),
+		roles: map[string]bool{}, procSeq: map[string]int{}}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, l.Close())
+		}
+	}()
+
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock rlimit: %w", err)
+	}
+	if opts.Dir == "" {
+		dir, err := os.MkdirTemp("", Prefix+id+"-")
+		if err != nil {
+			return nil, fmt.Errorf("create run dir: %w", err)
+		}
+		opts.Dir = dir
+		if !opts.Keep {
+			l.push("remove run dir", func() error { return os.RemoveAll(dir) })
+		}
+	}
+	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create run dir: %w", err)
+	}
+	l.Dir = opts.Dir
+
+	if err := l.writeOwner(); err != nil {
+		return nil, err
+	}
+	if err := l.mountBPFFS(); err != nil {
+		return nil, err
+	}
+	if l.passXDP, err = newPassXDP(); err != nil {
+		return nil, err
+	}
+	l.push("close xdp pass program", l.passXDP.Close)
+
+	if l.Switch, err = l.newHost("sw"); err != nil {
+		return nil, err
+	}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeName}}
+	if err := l.Switch.nl.LinkAdd(br); err != nil {
+		return nil, fmt.Errorf("add bridge: %w", err)
+	}
+	if err := l.Switch.nl.LinkSetUp(br); err != nil {
+		return nil, fmt.Errorf("bridge up: %w", err)
+	}
+	l.log.Info("lab up", zap.String("dir", l.Dir))
+	return l, nil
+}
+
+var roleRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,9}$`)
+
+// newRunID returns 6 random lower-case hex digits.
+func newRunID() (string, error) {
+	var b [3]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("random run id: %w", err)
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// NSName is the namespace name of role in this lab.
+func (l *Lab) NSName(role string) string { return Prefix + l.ID + "-" + role }
+
+// push records how to undo a step; Close runs the steps in reverse.
+func (l *Lab) push(what string, fn func() error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.undo = append(l.undo, undoStep{what: what, fn: fn})
+}
+
+// Cleanup registers fn to run when the lab closes, before everything
+// created until now is torn down.
+func (l *Lab) Cleanup(what string, fn func() error) { l.push(what, fn) }
+
+// Close stops every process, deletes every namespace, unmounts the bpffs
+// and removes the run directory (unless kept), in reverse order of
+// creation. Errors are joined; a second Close returns the first's result.
+func (l *Lab) Close() error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return l.closeErr
+	}
+	l.closed = true
+	steps := l.undo
+	l.undo = nil
+	l.mu.Unlock()
+
+	var errs []error
+	for i := len(steps) - 1; i >= 0; i-- {
+		if err := steps[i].fn(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", steps[i].what, err))
+		}
+	}
+	err := errors.Join(errs...)
+	l.mu.Lock()
+	l.closeErr = err
+	l.mu.Unlock()
+	l.log.Info("lab down", zap.Error(err))
+	return err
+}
+
+func (l *Lab) isClosed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.closed
+}
+
+func (l *Lab) mountBPFFS() error {
+	dir := filepath.Join(l.Dir, "bpffs")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create bpffs mount point: %w", err)
+	}
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("mount bpffs on %s: %w", dir, err)
+	}
+	l.BPFFS = dir
+	l.push("unmount bpffs", func() error {
+		// Lazy: a process that still holds a pin's directory open must
+		// not keep the mount, the pins and the programs alive.
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			return err
+		}
+		return nil
+	})
+	return nil
+}
+
+// claimRole checks that role is a valid, unused name.
+func (l *Lab) claimRole(role string) error {
+	if !roleRE.MatchString(role) {
+		return fmt.Errorf("role %q: want 1-10 of [a-z0-9], starting with a letter", role)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return errors.New("lab closed")
+	}
+	if l.roles[role] {
+		return fmt.Errorf("role %q already in the lab", role)
+	}
+	if len(l.roles) >= maxHosts {
+		return errors.New("lab full")
+	}
+	l.roles[role] = true
+	return nil
+}
+
+// Nodes returns the nodes in the order they were added.
+func (l *Lab) Nodes() []*Node {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]*Node(nil), l.nodes...)
+}
+
+// Clients returns the clients in the order they were added.
+func (l *Lab) Clients() []*Client {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]*Client(nil), l.clients...)
+}
+
+// Node is a file server: a namespace with eth0 on the bridge, an XDP_PASS
+// program on the bridge side of its veth (so XDP_TX/REDIRECT out of eth0
+// is delivered) and a pin path in the lab's bpffs.
+type Node struct {
+	*Host
+	// Index counts nodes from 1.
+	Index int
+	// PinPath is this node's directory in the lab's bpffs, for --pin-path.
+	PinPath string
+}
+
+// Client is a namespace with eth0 on the bridge.
+type Client struct {
+	*Host
+	// Index counts clients from 1.
+	Index int
+}
+
+// AddNode adds a node namespace fsha-<id>-<role> with the next node address.
+func (l *Lab) AddNode(role string) (*Node, error) {
+	if err := l.claimRole(role); err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	idx := len(l.nodes) + 1
+	l.mu.Unlock()
+	h, err := l.addHost(role, NodeAddr(idx), true)
+	if err != nil {
+		return nil, fmt.Errorf("add node %s: %w", role, err)
+	}
+	n := &Node{Host: h, Index: idx, PinPath: filepath.Join(l.BPFFS, role)}
+	if err := os.MkdirAll(n.PinPath, 0o700); err != nil {
+		return nil, fmt.Errorf("create pin path: %w", err)
+	}
+	l.mu.Lock()
+	l.nodes = append(l.nodes, n)
+	l.mu.Unlock()
+	return n, nil
+}
+
+// AddClient adds a client namespace fsha-<id>-<role> with the next client address.
+func (l *Lab) AddClient(role string) (*Client, error) {
+	if err := l.claimRole(role); err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	idx := len(l.clients) + 1
+	l.mu.Unlock()
+	h, err := l.addHost(role, ClientAddr(idx), false)
+	if err != nil {
+		return nil, fmt.Errorf("add client %s: %w", role, err)
+	}
+	c := &Client{Host: h, Index: idx}
+	l.mu.Lock()
+	l.clients = append(l.clients, c)
+	l.mu.Unlock()
+	return c, nil
+}
+
+// addHost creates the namespace, the veth pair into the bridge, the
+// address, switches transmit checksum offload off on eth0 and, for nodes,
+// attaches the XDP_PASS program to the bridge-side end.
+func (l *Lab) addHost(role string, addr netip.Prefix, node bool) (*Host, error) {
+	h, err := l.newHost(role)
+	if err != nil {
+		return nil, err
+	}
+	h.Addr = addr
+	br, err := l.Switch.nl.LinkByName(bridgeName)
+	if err != nil {
+		return nil, fmt.Errorf("find bridge: %w", err)
+	}
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: role, MasterIndex: br.Attrs().Index},
+		PeerName:      HostIface,
+		PeerNamespace: netlink.NsFd(int(h.ns)),
+	}
+	if err := l.Switch.nl.LinkAdd(veth); err != nil {
+		return nil, fmt.Errorf("add veth %s: %w", role, err)
+	}
+	// Deleting the namespace deletes its end and with it the pair; this
+	// step only matters when the namespace outlives the lab (a socket the
+	// caller did not close holds it).
+	l.push("delete veth "+role, func() error {
+		lk, err := l.Switch.nl.LinkByName(role)
+		if err != nil {
+			return nil
+		}
+		return l.Switch.nl.LinkDel(lk)
+	})
+	sw, err := l.Switch.nl.LinkByName(role)
+	if err != nil {
+		return nil, fmt.Errorf("find veth %s: %w", role, err)
+	}
+	if err := l.Switch.nl.LinkSetUp(sw); err != nil {
+		return nil, fmt.Errorf("veth %s up: %w", role, err)
+	}
+	eth, err := h.nl.LinkByName(HostIface)
+	if err != nil {
+		return nil, fmt.Errorf("find %s: %w", HostIface, err)
+	}
+	if err := h.nl.AddrAdd(eth, &netlink.Addr{IPNet: prefixNet(addr)}); err != nil {
+		return nil, fmt.Errorf("add address %s: %w", addr, err)
+	}
+	if err := h.nl.LinkSetUp(eth); err != nil {
+		return nil, fmt.Errorf("%s up: %w", HostIface, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Pitfall: a veth sends partial checksums; after XDP_TX nobody
+	// completes them and the receiver drops the segment.
+	if out, err := h.Run(ctx, "ethtool", "-K", HostIface, "tx", "off"); err != nil {
+		return nil, fmt.Errorf("switch tx checksum offload off: %w: %s", err, out)
+	}
+	if node {
+		if err := l.attachPassXDP(role, sw.Attrs().Index); err != nil {
+			return nil, err
+		}
+	}
+	l.log.Info("host up", zap.String("ns", h.NS), zap.Stringer("addr", addr), zap.Bool("node", node))
+	return h, nil
+}
