@@ -1,0 +1,250 @@
+// Package health decides whether this node is fit to hold VIPs: its public
+// interfaces have link and its file services answer. Link changes arrive
+// from netlink at once; service checks run on an interval.
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
+)
+
+// Check is one service check.
+type Check interface {
+	Name() string
+	Run(ctx context.Context) error
+}
+
+// TCPCheck connects to a local service.
+type TCPCheck struct{ Addr string }
+
+func (c TCPCheck) Name() string { return "tcp:" + c.Addr }
+
+func (c TCPCheck) Run(ctx context.Context) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", c.Addr)
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}
+
+// CommandCheck runs a command; exit status 0 is healthy.
+type CommandCheck struct{ Argv []string }
+
+func (c CommandCheck) Name() string { return "cmd:" + strings.Join(c.Argv, " ") }
+
+func (c CommandCheck) Run(ctx context.Context) error {
+	out, err := exec.CommandContext(ctx, c.Argv[0], c.Argv[1:]...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// ParseCheck reads "tcp:PORT" (on the node address), "tcp:HOST:PORT" or
+// "cmd:COMMAND ARGS...".
+func ParseCheck(s string, nodeAddr string) (Check, error) {
+	kind, arg, ok := strings.Cut(s, ":")
+	if !ok || arg == "" {
+		return nil, fmt.Errorf("check %q: want tcp:PORT, tcp:HOST:PORT or cmd:COMMAND", s)
+	}
+	switch kind {
+	case "tcp":
+		if !strings.Contains(arg, ":") || strings.HasPrefix(arg, "[") && !strings.Contains(arg, "]:") {
+			arg = net.JoinHostPort(nodeAddr, arg)
+		}
+		if _, _, err := net.SplitHostPort(arg); err != nil {
+			return nil, fmt.Errorf("check %q: %w", s, err)
+		}
+		return TCPCheck{Addr: arg}, nil
+	case "cmd":
+		argv := strings.Fields(arg)
+		if len(argv) == 0 {
+			return nil, fmt.Errorf("check %q: empty command", s)
+		}
+		return CommandCheck{Argv: argv}, nil
+	}
+	return nil, fmt.Errorf("check %q: unknown kind %q (tcp or cmd)", s, kind)
+}
+
+// Config configures a Checker.
+type Config struct {
+	Interfaces []string
+	Checks     []Check
+	Interval   time.Duration // between check rounds
+	Timeout    time.Duration // of one check
+	// Failures is how many failed rounds in a row make a check fail, so
+	// one slow answer does not move VIPs.
+	Failures int
+}
+
+// Checker tracks the node's health.
+type Checker struct {
+	log     *zap.Logger
+	cfg     Config
+	changed chan struct{}
+
+	mu       sync.Mutex
+	linkUp   map[string]bool
+	failures map[string]int
+	reasons  []string
+}
+
+// New returns a Checker; nothing runs until Run.
+func New(log *zap.Logger, cfg Config) *Checker {
+	if cfg.Interval == 0 {
+		cfg.Interval = time.Second
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 500 * time.Millisecond
+	}
+	if cfg.Failures == 0 {
+		cfg.Failures = 2
+	}
+	c := &Checker{
+		log: log.Named("health"), cfg: cfg, changed: make(chan struct{}, 1),
+		linkUp: map[string]bool{}, failures: map[string]int{},
+	}
+	// Until the first round, service checks count as failed: a node that
+	// just started holds nothing before its services have answered once.
+	for _, ch := range cfg.Checks {
+		c.failures[ch.Name()] = cfg.Failures
+	}
+	return c
+}
+
+// Healthy reports whether every interface has link and every check passes.
+func (c *Checker) Healthy() bool {
+	healthy, _ := c.State()
+	return healthy
+}
+
+// State returns health and, when unhealthy, why.
+func (c *Checker) State() (bool, []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var why []string
+	for _, i := range c.cfg.Interfaces {
+		if !c.linkUp[i] {
+			why = append(why, "no link on "+i)
+		}
+	}
+	for _, ch := range c.cfg.Checks {
+		if c.failures[ch.Name()] >= c.cfg.Failures {
+			why = append(why, ch.Name()+" failing")
+		}
+	}
+	return len(why) == 0, why
+}
+
+// LinkUp reports whether iface has link.
+func (c *Checker) LinkUp(iface string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.linkUp[iface]
+}
+
+// Changed is signalled (coalesced) when health may have changed.
+func (c *Checker) Changed() <-chan struct{} { return c.changed }
+
+func (c *Checker) signal() {
+	select {
+	case c.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Run watches links and runs the checks until ctx ends.
+func (c *Checker) Run(ctx context.Context) error {
+	updates := make(chan netlink.LinkUpdate, 64)
+	done := make(chan struct{})
+	defer close(done)
+	if err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{
+		ErrorCallback: func(err error) { c.log.Warn("link watch", zap.Error(err)) },
+	}); err != nil {
+		return fmt.Errorf("watch links: %w", err)
+	}
+	// Subscribe first, then read the state, so no change falls in between.
+	for _, name := range c.cfg.Interfaces {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("public interface %s: %w", name, err)
+		}
+		c.setLink(name, linkIsUp(l))
+	}
+	c.runChecks(ctx)
+
+	tick := time.NewTicker(c.cfg.Interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case u, ok := <-updates:
+			if !ok {
+				return errors.New("link watch closed")
+			}
+			c.setLink(u.Attrs().Name, linkIsUp(u.Link))
+		case <-tick.C:
+			c.runChecks(ctx)
+		}
+	}
+}
+
+func linkIsUp(l netlink.Link) bool {
+	a := l.Attrs()
+	return a.Flags&net.FlagUp != 0 && (a.OperState == netlink.OperUp || a.OperState == netlink.OperUnknown)
+}
+
+func (c *Checker) setLink(name string, up bool) {
+	c.mu.Lock()
+	was, known := c.linkUp[name]
+	tracked := false
+	for _, i := range c.cfg.Interfaces {
+		tracked = tracked || i == name
+	}
+	if tracked {
+		c.linkUp[name] = up
+	}
+	c.mu.Unlock()
+	if tracked && (!known || was != up) {
+		c.log.Info("link", zap.String("interface", name), zap.Bool("up", up))
+		c.signal()
+	}
+}
+
+func (c *Checker) runChecks(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, ch := range c.cfg.Checks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+			defer cancel()
+			err := ch.Run(cctx)
+			c.mu.Lock()
+			before := c.failures[ch.Name()] >= c.cfg.Failures
+			if err != nil {
+				c.failures[ch.Name()]++
+			} else {
+				c.failures[ch.Name()] = 0
+			}
+			after := c.failures[ch.Name()] >= c.cfg.Failures
+			c.mu.Unlock()
+			if before != after {
+				c.log.Info("check", zap.String("check", ch.Name()), zap.Bool("passing", !after), zap.Error(err))
+				c.signal()
+			}
+		}()
+	}
+	wg.Wait()
+}

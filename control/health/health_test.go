@@ -1,0 +1,91 @@
+package health
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+)
+
+func TestParseCheck(t *testing.T) {
+	for in, want := range map[string]string{
+		"tcp:445":            "tcp:198.18.0.1:445",
+		"tcp:127.0.0.1:2049": "tcp:127.0.0.1:2049",
+		"cmd:/bin/true a b":  "cmd:/bin/true a b",
+	} {
+		c, err := ParseCheck(in, "198.18.0.1")
+		if err != nil || c.Name() != want {
+			t.Errorf("ParseCheck(%q) = %v, %v; want %s", in, c, err, want)
+		}
+	}
+	for _, bad := range []string{"", "tcp", "tcp:", "udp:53", "cmd:", "cmd:   ", "tcp:host:port:x"} {
+		if _, err := ParseCheck(bad, "198.18.0.1"); err == nil {
+			t.Errorf("ParseCheck(%q) accepted", bad)
+		}
+	}
+}
+
+func TestServiceChecksNeedConsecutiveFailures(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	c := New(zaptest.NewLogger(t), Config{Checks: []Check{TCPCheck{Addr: ln.Addr().String()}}, Failures: 2, Timeout: 200 * time.Millisecond})
+	if c.Healthy() {
+		t.Fatal("healthy before any check ran")
+	}
+	ctx := context.Background()
+	c.runChecks(ctx)
+	if !c.Healthy() {
+		t.Fatalf("unhealthy with a listening service: %v", c.failures)
+	}
+	ln.Close()
+	c.runChecks(ctx)
+	if !c.Healthy() {
+		t.Fatal("one failure made the node unhealthy")
+	}
+	c.runChecks(ctx)
+	if ok, why := c.State(); ok || len(why) != 1 {
+		t.Fatalf("two failures: healthy=%v why=%v", ok, why)
+	}
+	select {
+	case <-c.Changed():
+	default:
+		t.Fatal("no change signalled")
+	}
+}
+
+func TestCommandCheck(t *testing.T) {
+	c := New(zaptest.NewLogger(t), Config{Checks: []Check{CommandCheck{Argv: []string{"false"}}}, Failures: 1})
+	c.runChecks(context.Background())
+	if ok, why := c.State(); ok || len(why) == 0 {
+		t.Fatalf("failing command: healthy=%v %v", ok, why)
+	}
+}
+
+func TestLinkState(t *testing.T) {
+	c := New(zaptest.NewLogger(t), Config{Interfaces: []string{"eth9"}})
+	if c.Healthy() {
+		t.Fatal("healthy with unknown link")
+	}
+	c.setLink("eth9", true)
+	c.setLink("other", false) // not a public interface: ignored
+	if !c.Healthy() || !c.LinkUp("eth9") {
+		t.Fatal("link up not seen")
+	}
+	c.setLink("eth9", false)
+	if c.Healthy() {
+		t.Fatal("link down not seen")
+	}
+}
