@@ -251,7 +251,9 @@ func (c *Client) StartSMBSession(vip netip.Addr) (*SMBSession, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := c.StartWith("smbclient", StartOptions{Stdin: r}, "smbclient", "//"+vip.String()+"/"+ShareName, "-N")
+	// stdbuf: smbclient's stdout is a file, which stdio would buffer until exit
+	p, err := c.StartWith("smbclient", StartOptions{Stdin: r},
+		"stdbuf", "-oL", "smbclient", "//"+vip.String()+"/"+ShareName, "-N")
 	r.Close()
 	if err != nil {
 		w.Close()

@@ -43,7 +43,12 @@ func (l *Lab) writeOwner() error {
 	if err := os.WriteFile(l.ownerFile(), data, 0o600); err != nil {
 		return fmt.Errorf("record lab owner: %w", err)
 	}
-	l.push("remove owner record", func() error { return os.Remove(l.ownerFile()) })
+	l.push("remove owner record", func() error {
+		if err := os.Remove(l.ownerFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return nil
+	})
 	return nil
 }
 
