@@ -116,6 +116,7 @@ type Membership struct {
 
 	mu       sync.Mutex
 	badMetas map[string]string
+	stopped  bool
 }
 
 // New starts memberlist on cfg.Addr:cfg.Port. It joins nobody yet: see Join.
@@ -245,11 +246,22 @@ func (m *Membership) Broadcast(msg []byte) {
 
 // Leave tells the cluster this node goes away, then stops gossip.
 func (m *Membership) Leave(timeout time.Duration) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stopped {
+		return nil
+	}
+	m.stopped = true
 	return errors.Join(m.ml.Leave(timeout), m.ml.Shutdown())
 }
 
 // Shutdown stops gossip at once, as a crash would.
-func (m *Membership) Shutdown() error { return m.ml.Shutdown() }
+func (m *Membership) Shutdown() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.stopped = true
+	return m.ml.Shutdown()
+}
 
 type broadcast []byte
 

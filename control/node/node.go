@@ -1,0 +1,723 @@
+// Package node runs this node's part of the cluster: from the membership
+// view, its health and quorum it computes the VIP assignment every node
+// computes, then releases and takes over its own VIPs through the data
+// plane, renewing the data plane's fencing lease only while all is well.
+// It decides; the data plane acts.
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/fsha/fsha/control/admin"
+	"github.com/fsha/fsha/control/allocation"
+	"github.com/fsha/fsha/control/config"
+	"github.com/fsha/fsha/control/membership"
+	"github.com/fsha/fsha/control/quorum"
+)
+
+// DataPlane is what the node asks of the data plane.
+type DataPlane interface {
+	AddVIP(iface string, p netip.Prefix) error
+	RemoveVIP(iface string, p netip.Prefix) error
+	// Announce sends the first gratuitous ARP / unsolicited NA at once and
+	// returns when it left; repeats go on until ctx ends.
+	Announce(ctx context.Context, iface string, addr netip.Addr) (time.Time, error)
+	RenewLease(d time.Duration) error
+	ExpireLease() error
+}
+
+// Health is the node's own fitness.
+type Health interface {
+	Healthy() bool
+	LinkUp(iface string) bool
+	Changed() <-chan struct{}
+}
+
+// Hooks runs the operator's event scripts (takeip, releaseip).
+type Hooks interface {
+	Run(ctx context.Context, event string, env map[string]string) error
+}
+
+// Gossip is the membership as the node uses it.
+type Gossip interface {
+	Members() []membership.Member
+	Changed() <-chan struct{}
+	Join(peers []netip.Addr) (int, error)
+	UpdateMeta(timeout time.Duration) error
+	Broadcast(msg []byte)
+	Leave(timeout time.Duration) error
+}
+
+// Observer is told of every finished takeover or release (metrics).
+type Observer interface {
+	ObserveTakeover(kind string, d time.Duration)
+}
+
+// Timing of the control loop.
+type Timing struct {
+	// Tick is the period of the control loop when nothing happens.
+	Tick time.Duration
+	// Lease is how long the data plane answers for VIPs after the last
+	// renewal. It must be shorter than the time the cluster needs to
+	// declare this node dead, so that a hung daemon is fenced before
+	// another node takes its VIPs.
+	Lease time.Duration
+	// Stall is the gap between two loop runs taken as a freeze (SIGSTOP,
+	// VM pause): the node then releases everything at once.
+	Stall time.Duration
+	// HoldDown is how long the node stays out after a freeze or a start,
+	// until its view of the cluster is fresh again.
+	HoldDown time.Duration
+	// Rejoin is how often unreachable nodes are contacted again.
+	Rejoin time.Duration
+	// Settle is how long the set of eligible nodes must stay the same
+	// before VIPs that nobody held are placed, so that a cluster starting
+	// up spreads them instead of giving them all to the first node up.
+	// Takeovers from a node that died do not wait.
+	Settle time.Duration
+}
+
+// DefaultTiming matches membership.FastTiming (about half a second to
+// declare a node dead).
+func DefaultTiming() Timing {
+	return Timing{
+		Tick: 50 * time.Millisecond, Lease: 300 * time.Millisecond, Stall: 250 * time.Millisecond,
+		HoldDown: 2 * time.Second, Rejoin: time.Second, Settle: 300 * time.Millisecond,
+	}
+}
+
+// Config configures a Node.
+type Config struct {
+	Nodes  []config.Node
+	Self   int // this node's PNN
+	VIPs   []config.PublicAddress
+	Policy allocation.Policy
+	Lock   *quorum.Lock // nil: majority only
+	Timing Timing
+	// StateFile keeps what must survive a restart (maintenance mode).
+	StateFile string
+}
+
+// Node is the control loop of one node.
+type Node struct {
+	log      *zap.Logger
+	cfg      Config
+	gossip   Gossip
+	dp       DataPlane
+	health   Health
+	hooks    Hooks
+	observer Observer
+	hash     uint64
+	wake     chan struct{}
+
+	mu            sync.Mutex
+	held          []bool
+	cancelAnnoun  []context.CancelFunc
+	disabled      bool
+	bannedUntil   time.Time
+	holdDownUntil time.Time
+	lastRun       time.Time
+	pins          map[int]pin
+	pinClock      uint64
+	badMessages   uint64
+	view          view
+	settledSince  time.Time // when the eligible set last changed
+	timeline      []admin.Takeover
+	metaDirty     bool
+}
+
+// view is the last computed picture of the cluster.
+type view struct {
+	alive    map[int]membership.Member // by PNN, peers only
+	eligible []int
+	current  []int // holder per VIP
+	target   []int
+	quorum   bool
+	aliveN   int
+	selfOK   bool
+}
+
+// New builds a node; Run starts it.
+func New(log *zap.Logger, cfg Config, g Gossip, dp DataPlane, h Health, hooks Hooks, obs Observer) (*Node, error) {
+	if cfg.Self < 0 || cfg.Self >= len(cfg.Nodes) || cfg.Nodes[cfg.Self].Deleted {
+		return nil, fmt.Errorf("this node's number %d is not a node of the nodes file", cfg.Self)
+	}
+	if len(cfg.VIPs) > membership.MaxVIPs {
+		return nil, fmt.Errorf("%d public addresses, at most %d supported", len(cfg.VIPs), membership.MaxVIPs)
+	}
+	if cfg.Timing == (Timing{}) {
+		cfg.Timing = DefaultTiming()
+	}
+	n := &Node{
+		log: log.Named("node"), cfg: cfg, gossip: g, dp: dp, health: h, hooks: hooks, observer: obs,
+		hash: configHash(cfg.VIPs), wake: make(chan struct{}, 1),
+		held: make([]bool, len(cfg.VIPs)), cancelAnnoun: make([]context.CancelFunc, len(cfg.VIPs)),
+		pins: map[int]pin{},
+	}
+	n.loadState()
+	return n, nil
+}
+
+// configHash identifies the VIP list: peers with another list are not
+// trusted with VIP indexes.
+func configHash(vips []config.PublicAddress) uint64 {
+	h := fnv.New64a()
+	for _, v := range vips {
+		fmt.Fprintf(h, "%s\n", v.Prefix)
+	}
+	return h.Sum64()
+}
+
+// LocalMeta is this node's metadata for the membership.
+func (n *Node) LocalMeta() membership.Meta {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.localMetaLocked()
+}
+
+func (n *Node) localMetaLocked() membership.Meta {
+	m := membership.Meta{
+		ConfigHash: n.hash, Held: membership.NewBitmap(len(n.held)), Draining: membership.NewBitmap(len(n.held)),
+	}
+	for i, h := range n.held {
+		m.Held.Set(i, h)
+	}
+	if n.health.Healthy() {
+		m.Flags |= membership.FlagHealthy
+	}
+	if n.disabled {
+		m.Flags |= membership.FlagDisabled
+	}
+	if time.Now().Before(n.bannedUntil) {
+		m.Flags |= membership.FlagBanned
+	}
+	if n.view.quorum {
+		m.Flags |= membership.FlagQuorum
+	}
+	if time.Now().Before(n.holdDownUntil) {
+		m.Flags |= membership.FlagStarting
+	}
+	return m
+}
+
+// NotifyMsg applies a move broadcast by a peer.
+func (n *Node) NotifyMsg(msg []byte) { n.mergePins(msg, "broadcast") }
+
+// LocalState is every pin, for memberlist's push/pull.
+func (n *Node) LocalState() []byte {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return encodePinState(n.pins)
+}
+
+// MergeRemoteState merges a peer's pins.
+func (n *Node) MergeRemoteState(buf []byte) {
+	if len(buf) == 0 {
+		return
+	}
+	n.mergePins(buf, "push/pull")
+}
+
+func (n *Node) mergePins(msg []byte, via string) {
+	pins, err := decodePins(msg, len(n.cfg.VIPs))
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if err != nil {
+		n.badMessages++
+		n.log.Warn("cluster message rejected", zap.String("via", via), zap.Error(err))
+		return
+	}
+	changed := false
+	for vip, p := range pins {
+		n.pinClock = max(n.pinClock, p.Version)
+		if cur, ok := n.pins[vip]; !ok || p.newer(cur) {
+			n.pins[vip] = p
+			changed = true
+		}
+	}
+	if changed {
+		n.poke()
+	}
+}
+
+// poke wakes the control loop.
+func (n *Node) poke() {
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run runs the control loop until ctx ends, then releases the VIPs and
+// leaves the cluster so that the others take over at once.
+func (n *Node) Run(ctx context.Context) error {
+	n.releaseStale()
+	n.mu.Lock()
+	n.holdDownUntil = time.Now().Add(n.cfg.Timing.Tick * 4)
+	n.mu.Unlock()
+
+	go n.rejoinLoop(ctx)
+	tick := time.NewTicker(n.cfg.Timing.Tick)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			n.shutdown()
+			return nil
+		case <-tick.C:
+		case <-n.gossip.Changed():
+		case <-n.health.Changed():
+		case <-n.wake:
+		}
+		n.reconcile(ctx)
+	}
+}
+
+// releaseStale removes VIPs a previous run may have left on the interfaces:
+// at start this node holds nothing, as CTDB releases all IPs at start-up.
+func (n *Node) releaseStale() {
+	if err := n.dp.ExpireLease(); err != nil {
+		n.log.Error("fence at start", zap.Error(err))
+	}
+	for _, v := range n.cfg.VIPs {
+		for _, iface := range v.Interfaces {
+			if err := n.dp.RemoveVIP(iface, v.Prefix); err != nil {
+				n.log.Warn("remove stale vip", zap.Stringer("vip", v.Prefix), zap.String("interface", iface), zap.Error(err))
+			}
+		}
+	}
+}
+
+func (n *Node) shutdown() {
+	n.mu.Lock()
+	for i := range n.held {
+		if n.held[i] {
+			n.releaseLocked(i, "shutdown")
+		}
+	}
+	n.view.quorum = false
+	n.mu.Unlock()
+	if err := n.dp.ExpireLease(); err != nil {
+		n.log.Error("fence at shutdown", zap.Error(err))
+	}
+	// Tell the others we hold nothing, then leave.
+	_ = n.gossip.UpdateMeta(500 * time.Millisecond)
+	if err := n.gossip.Leave(time.Second); err != nil {
+		n.log.Warn("leave cluster", zap.Error(err))
+	}
+}
+
+func (n *Node) rejoinLoop(ctx context.Context) {
+	t := time.NewTicker(n.cfg.Timing.Rejoin)
+	defer t.Stop()
+	for {
+		var missing []netip.Addr
+		alive := map[netip.Addr]bool{}
+		for _, m := range n.gossip.Members() {
+			alive[m.Addr] = true
+		}
+		for _, nd := range n.cfg.Nodes {
+			if !nd.Deleted && nd.PNN != n.cfg.Self && !alive[nd.Addr] {
+				missing = append(missing, nd.Addr)
+			}
+		}
+		if len(missing) > 0 {
+			if got, err := n.gossip.Join(missing); got > 0 {
+				n.log.Info("joined", zap.Int("nodes", got))
+			} else if err != nil {
+				n.log.Debug("join", zap.Error(err))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// reconcile is one run of the control loop.
+func (n *Node) reconcile(ctx context.Context) {
+	start := time.Now()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+
+	if !n.lastRun.IsZero() && start.Sub(n.lastRun) > n.cfg.Timing.Stall {
+		// Frozen or starved: the others may have declared us dead and taken
+		// our VIPs. Let go of everything before anything else, and stay out
+		// until the view is fresh.
+		n.log.Warn("control loop stalled: releasing all VIPs", zap.Duration("stall", start.Sub(n.lastRun)))
+		if err := n.dp.ExpireLease(); err != nil {
+			n.log.Error("fence", zap.Error(err))
+		}
+		for i := range n.held {
+			if n.held[i] {
+				n.releaseLocked(i, fmt.Sprintf("woke up after a %v stall", start.Sub(n.lastRun).Round(time.Millisecond)))
+			}
+		}
+		n.holdDownUntil = start.Add(n.cfg.Timing.HoldDown)
+		n.metaDirty = true
+	}
+	n.lastRun = start
+
+	prev := n.view
+	v := n.computeView(start)
+	n.view = v
+	if !slices.Equal(v.eligible, prev.eligible) {
+		n.settledSince = start
+	}
+	if v.quorum != prev.quorum || v.selfOK != prev.selfOK {
+		n.log.Info("state", zap.Bool("quorum", v.quorum), zap.Int("alive", v.aliveN), zap.Bool("eligible", v.selfOK))
+		n.metaDirty = true
+	}
+
+	if !v.quorum {
+		if slices.Contains(n.held, true) {
+			if err := n.dp.ExpireLease(); err != nil {
+				n.log.Error("fence", zap.Error(err))
+			}
+		}
+		for i := range n.held {
+			if n.held[i] {
+				n.releaseLocked(i, "lost quorum")
+			}
+		}
+	} else {
+		for i := range n.held {
+			if n.held[i] && v.target[i] != n.cfg.Self {
+				n.releaseLocked(i, n.releaseReason(v, i))
+			}
+		}
+		// Renew before taking anything, so that the first packets of a
+		// VIP taken now are not dropped by an old expired lease; and only
+		// if this run did not itself stall.
+		if time.Since(start) < n.cfg.Timing.Lease/2 {
+			if err := n.dp.RenewLease(n.cfg.Timing.Lease); err != nil {
+				n.log.Error("renew lease", zap.Error(err))
+			}
+		}
+		for i := range n.held {
+			// Take a VIP only when no live peer still announces it: a
+			// planned move waits for the old holder's release.
+			if !n.held[i] && v.target[i] == n.cfg.Self && (v.current[i] == allocation.None || v.current[i] == n.cfg.Self) {
+				reason, from := n.takeReason(prev, i)
+				if from == "" && start.Sub(n.settledSince) < n.cfg.Timing.Settle {
+					continue // nobody held it: wait until the view settles
+				}
+				n.takeLocked(ctx, i, reason, from)
+			}
+		}
+	}
+
+	if n.metaDirty {
+		n.metaDirty = false
+		go func() {
+			if err := n.gossip.UpdateMeta(time.Second); err != nil {
+				n.log.Debug("announce state", zap.Error(err))
+			}
+		}()
+	}
+}
+
+// computeView reads membership, health and quorum into a view and the
+// assignment all nodes compute from it.
+func (n *Node) computeView(now time.Time) view {
+	v := view{alive: map[int]membership.Member{}}
+	byAddr := map[netip.Addr]membership.Member{}
+	for _, m := range n.gossip.Members() {
+		byAddr[m.Addr] = m
+	}
+	total := 0
+	for _, nd := range n.cfg.Nodes {
+		if nd.Deleted {
+			continue
+		}
+		total++
+		if nd.PNN == n.cfg.Self {
+			v.aliveN++
+			continue
+		}
+		if m, ok := byAddr[nd.Addr]; ok && (m.State == membership.Alive || m.State == membership.Suspect) {
+			v.alive[nd.PNN] = m
+			v.aliveN++
+		}
+	}
+
+	qs := quorum.State{Alive: v.aliveN, Total: total, LockEnabled: n.cfg.Lock != nil}
+	if lock := n.cfg.Lock; lock != nil {
+		if qs.NeedsLock() && !lock.Held() {
+			if ok, err := lock.TryAcquire(); err != nil {
+				n.log.Warn("cluster lock", zap.Error(err))
+			} else if ok {
+				n.log.Info("took the cluster lock", zap.String("lock", lock.Path()))
+			}
+		} else if !qs.NeedsLock() && lock.Held() {
+			if err := lock.Release(); err != nil {
+				n.log.Warn("release cluster lock", zap.Error(err))
+			}
+		}
+		qs.LockHeld = lock.Held()
+	}
+	v.quorum = qs.Has()
+
+	v.selfOK = v.quorum && n.health.Healthy() && !n.disabled && !now.Before(n.bannedUntil) && !now.Before(n.holdDownUntil)
+	if v.selfOK {
+		v.eligible = append(v.eligible, n.cfg.Self)
+	}
+	const notEligible = membership.FlagDisabled | membership.FlagBanned | membership.FlagStarting
+	for pnn, m := range v.alive {
+		f := m.Meta.Flags
+		if m.MetaErr == nil && m.Meta.ConfigHash == n.hash && f&membership.FlagHealthy != 0 &&
+			f&membership.FlagQuorum != 0 && f&notEligible == 0 {
+			v.eligible = append(v.eligible, pnn)
+		}
+	}
+	slices.Sort(v.eligible)
+
+	v.current = make([]int, len(n.cfg.VIPs))
+	for i := range v.current {
+		v.current[i] = allocation.None
+		if n.held[i] {
+			v.current[i] = n.cfg.Self
+			continue
+		}
+		for pnn, m := range v.alive {
+			if m.MetaErr == nil && m.Meta.ConfigHash == n.hash && m.Meta.Held.Has(i) &&
+				(v.current[i] == allocation.None || pnn < v.current[i]) {
+				v.current[i] = pnn
+			}
+		}
+	}
+
+	// Moves to nodes that cannot hold VIPs now are forgotten, the same way
+	// on every node, so a VIP does not jump back when one returns.
+	pins := make([]int, len(n.cfg.VIPs))
+	for i := range pins {
+		pins[i] = allocation.None
+		if p, ok := n.pins[i]; ok && p.PNN != allocation.None {
+			if slices.Contains(v.eligible, p.PNN) {
+				pins[i] = p.PNN
+			} else if _, alive := v.alive[p.PNN]; !alive && p.PNN != n.cfg.Self {
+				delete(n.pins, i)
+			}
+		}
+	}
+	vips := make([]allocation.VIP, len(n.cfg.VIPs))
+	for i, a := range n.cfg.VIPs {
+		vips[i].Addr = a.VIP()
+		if len(a.Nodes) > 0 {
+			vips[i].Allowed = []int{}
+			for _, ref := range a.Nodes {
+				for _, nd := range n.cfg.Nodes {
+					if ref.Matches(nd) {
+						vips[i].Allowed = append(vips[i].Allowed, nd.PNN)
+					}
+				}
+			}
+		}
+	}
+	v.target = allocation.Assign(allocation.Input{
+		VIPs: vips, Eligible: v.eligible, Current: v.current, Pins: pins, Policy: n.cfg.Policy,
+	})
+	return v
+}
+
+func (n *Node) releaseReason(v view, i int) string {
+	switch {
+	case n.disabled:
+		return "disabled"
+	case time.Now().Before(n.bannedUntil):
+		return "banned"
+	case !n.health.Healthy():
+		return "unhealthy"
+	case n.pins[i].PNN == v.target[i] && v.target[i] != allocation.None:
+		return "move"
+	}
+	return "rebalance"
+}
+
+func (n *Node) takeReason(prev view, i int) (string, string) {
+	if prev.current == nil || prev.current[i] == allocation.None || prev.current[i] == n.cfg.Self {
+		return "unassigned", ""
+	}
+	from := n.cfg.Nodes[prev.current[i]].Addr.String()
+	if _, alive := n.view.alive[prev.current[i]]; !alive {
+		return "node " + from + " died", from
+	}
+	return "released by " + from, from
+}
+
+// takeLocked adds VIP i, announces it and runs the takeip hooks.
+func (n *Node) takeLocked(ctx context.Context, i int, reason, from string) {
+	vip := n.cfg.VIPs[i]
+	rec := admin.Takeover{VIP: vip.Prefix.String(), Kind: "takeover", Reason: reason, From: from}
+	t0 := time.Now()
+	step := func(name string) {
+		now := time.Now()
+		rec.Steps = append(rec.Steps, admin.TimelineStep{Step: name, At: now, Took: now.Sub(t0)})
+	}
+	step("decision")
+	iface := n.pickInterface(vip)
+	rec.Iface = iface
+	if err := n.dp.AddVIP(iface, vip.Prefix); err != nil {
+		rec.Error = err.Error()
+		n.log.Error("take over", zap.Stringer("vip", vip.Prefix), zap.String("interface", iface), zap.Error(err))
+		n.recordLocked(rec)
+		return
+	}
+	step("address up")
+	n.held[i] = true
+	n.metaDirty = true
+	actx, cancel := context.WithCancel(ctx)
+	n.cancelAnnoun[i] = cancel
+	first, err := n.dp.Announce(actx, iface, vip.VIP())
+	if err != nil {
+		n.log.Warn("announce", zap.Stringer("vip", vip.Prefix), zap.Error(err))
+	} else {
+		rec.Steps = append(rec.Steps, admin.TimelineStep{Step: "first announcement", At: first, Took: first.Sub(t0)})
+	}
+	n.log.Info("took over", zap.Stringer("vip", vip.Prefix), zap.String("interface", iface), zap.String("reason", reason),
+		zap.Duration("took", time.Since(t0)))
+	idx := n.recordLocked(rec)
+	go n.runHooks(ctx, "takeip", vip, iface, idx, t0)
+}
+
+// releaseLocked removes VIP i and runs the releaseip hooks.
+func (n *Node) releaseLocked(i int, reason string) {
+	vip := n.cfg.VIPs[i]
+	t0 := time.Now()
+	rec := admin.Takeover{VIP: vip.Prefix.String(), Kind: "release", Reason: reason,
+		Steps: []admin.TimelineStep{{Step: "decision", At: t0}}}
+	if c := n.cancelAnnoun[i]; c != nil {
+		c()
+		n.cancelAnnoun[i] = nil
+	}
+	var errs []error
+	for _, iface := range vip.Interfaces {
+		errs = append(errs, n.dp.RemoveVIP(iface, vip.Prefix))
+	}
+	rec.Iface = vip.Interfaces[0]
+	if err := errors.Join(errs...); err != nil {
+		rec.Error = err.Error()
+		n.log.Error("release", zap.Stringer("vip", vip.Prefix), zap.Error(err))
+	}
+	now := time.Now()
+	rec.Steps = append(rec.Steps, admin.TimelineStep{Step: "address down", At: now, Took: now.Sub(t0)})
+	n.held[i] = false
+	n.metaDirty = true
+	n.log.Info("released", zap.Stringer("vip", vip.Prefix), zap.String("reason", reason))
+	idx := n.recordLocked(rec)
+	go n.runHooks(context.Background(), "releaseip", vip, rec.Iface, idx, t0)
+}
+
+// pickInterface returns the first of the VIP's interfaces with link.
+func (n *Node) pickInterface(vip config.PublicAddress) string {
+	for _, i := range vip.Interfaces {
+		if n.health.LinkUp(i) {
+			return i
+		}
+	}
+	return vip.Interfaces[0]
+}
+
+const timelineLen = 256
+
+// recordLocked appends to the timeline; it returns a handle for runHooks.
+func (n *Node) recordLocked(rec admin.Takeover) int {
+	n.timeline = append(n.timeline, rec)
+	if len(n.timeline) > timelineLen {
+		n.timeline = slices.Delete(n.timeline, 0, len(n.timeline)-timelineLen)
+	}
+	return len(n.timeline) - 1
+}
+
+func (n *Node) runHooks(ctx context.Context, event string, vip config.PublicAddress, iface string, idx int, t0 time.Time) {
+	var herr error
+	if n.hooks != nil {
+		herr = n.hooks.Run(ctx, event, map[string]string{
+			"FSHA_VIP": vip.VIP().String(), "FSHA_PREFIX": vip.Prefix.String(), "FSHA_IFACE": iface,
+			"FSHA_NODE": n.cfg.Nodes[n.cfg.Self].Addr.String(),
+		})
+	}
+	now := time.Now()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	// The timeline may have been trimmed meanwhile: find the record again.
+	for j := min(idx, len(n.timeline)-1); j >= 0; j-- {
+		r := &n.timeline[j]
+		if len(r.Steps) > 0 && r.Steps[0].At.Equal(t0) && r.VIP == vip.Prefix.String() {
+			r.Steps = append(r.Steps, admin.TimelineStep{Step: "hooks done", At: now, Took: now.Sub(t0)})
+			if herr != nil && r.Error == "" {
+				r.Error = "hooks: " + herr.Error()
+			}
+			if n.observer != nil {
+				n.observer.ObserveTakeover(r.Kind, now.Sub(t0))
+			}
+			return
+		}
+	}
+}
+
+// persisted is the state kept in StateFile.
+type persisted struct {
+	Disabled bool `json:"disabled"`
+}
+
+func (n *Node) loadState() {
+	if n.cfg.StateFile == "" {
+		return
+	}
+	b, err := os.ReadFile(n.cfg.StateFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	var p persisted
+	if err == nil {
+		err = json.Unmarshal(b, &p)
+	}
+	if err != nil {
+		n.log.Warn("state file unreadable, starting enabled", zap.String("file", n.cfg.StateFile), zap.Error(err))
+		return
+	}
+	n.disabled = p.Disabled
+	if p.Disabled {
+		n.log.Info("node is disabled (maintenance); `fsha enable` to bring it back")
+	}
+}
+
+func (n *Node) saveStateLocked() error {
+	if n.cfg.StateFile == "" {
+		return nil
+	}
+	b, _ := json.Marshal(persisted{Disabled: n.disabled})
+	if err := os.MkdirAll(filepath.Dir(n.cfg.StateFile), 0o700); err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	tmp := n.cfg.StateFile + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	if err := os.Rename(tmp, n.cfg.StateFile); err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	return nil
+}
+
+// BadMessages counts cluster messages rejected as malformed.
+func (n *Node) BadMessages() uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.badMessages
+}
