@@ -96,7 +96,6 @@ type Checker struct {
 	mu       sync.Mutex
 	linkUp   map[string]bool
 	failures map[string]int
-	reasons  []string
 }
 
 // New returns a Checker; nothing runs until Run.
