@@ -1,0 +1,378 @@
+package main
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/fsha/fsha/control/admin"
+)
+
+// adminCommands are the commands that talk to the running daemon through
+// its admin socket: nouns read, verbs change.
+func adminCommands(e env) []*cli.Command {
+	return []*cli.Command{
+		statusCommand(e),
+		ipCommand(e),
+		timelineCommand(e),
+		moveCommand(e),
+		disableCommand(e),
+		enableCommand(e),
+		banCommand(e),
+	}
+}
+
+func runDirFlag() cli.Flag {
+	return &cli.StringFlag{
+		Name: "run-dir", Value: admin.DefaultRunDir, EnvVars: []string{"FSHA_RUN_DIR"},
+		Usage: "directory of the daemon's admin socket (fsha.sock)",
+	}
+}
+
+func adminClient(c *cli.Context) *admin.Client {
+	return admin.NewClient(admin.SocketPath(c.String("run-dir")))
+}
+
+// wantArgs checks the positional arguments' count.
+func wantArgs(c *cli.Context, names ...string) error {
+	if len(names) == 0 && c.NArg() > 0 {
+		return fmt.Errorf("%s takes no arguments, got %q", c.Command.Name, c.Args().Slice())
+	}
+	if c.NArg() != len(names) {
+		return fmt.Errorf("%s: want %d argument(s) %s, got %d (usage: fsha %s %s)",
+			c.Command.Name, len(names), strings.Join(names, " "), c.NArg(), c.Command.Name, c.Command.ArgsUsage)
+	}
+	return nil
+}
+
+func statusCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "show the cluster's nodes, their states and quorum as this node sees them",
+		Flags: []cli.Flag{runDirFlag(), jsonFlag()},
+		Action: func(c *cli.Context) error {
+			if err := wantArgs(c); err != nil {
+				return err
+			}
+			st, err := adminClient(c).Status(c.Context)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				if st.Nodes == nil {
+					st.Nodes = []admin.NodeStatus{}
+				}
+				return writeJSON(e.stdout, st)
+			}
+			return printStatus(e.stdout, st)
+		},
+	}
+}
+
+// printStatus prints the status the way `ctdb status` does.
+func printStatus(w io.Writer, st admin.Status) error {
+	width := 16
+	connected := 0
+	for _, n := range st.Nodes {
+		width = max(width, len(n.Address))
+		if n.State != admin.StateDisconnected {
+			connected++
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "Number of nodes:%d\n", len(st.Nodes))
+	for _, n := range st.Nodes {
+		fmt.Fprintf(&b, "pnn:%d %-*s %s", n.PNN, width, n.Address, n.State)
+		if n.This {
+			b.WriteString(" (THIS NODE)")
+		}
+		b.WriteByte('\n')
+	}
+	lock := "none"
+	if st.Lock != "" {
+		lock = st.Lock + " (not held)"
+		if st.LockHeld {
+			lock = st.Lock + " (held)"
+		}
+	}
+	fmt.Fprintf(&b, "Quorum: %s (%d of %d nodes)   Failback: %s   Lock: %s\n",
+		yesNo(st.Quorum), connected, len(st.Nodes), cmp.Or(st.Policy, "-"), lock)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func ipCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:  "ip",
+		Usage: "show the public addresses (VIPs), who holds them and where they are going",
+		Flags: []cli.Flag{runDirFlag(), jsonFlag()},
+		Action: func(c *cli.Context) error {
+			if err := wantArgs(c); err != nil {
+				return err
+			}
+			cl := adminClient(c)
+			ips, err := cl.IPs(c.Context)
+			if err != nil {
+				return err
+			}
+			if c.Bool("json") {
+				if ips == nil {
+					ips = []admin.IP{}
+				}
+				return writeJSON(e.stdout, ips)
+			}
+			st, err := cl.Status(c.Context)
+			if err != nil {
+				return err
+			}
+			return printIPs(e.stdout, st, ips)
+		},
+	}
+}
+
+// printIPs prints `ctdb ip`'s two columns (address, owner's PNN or -1)
+// followed by the owner's address, the interfaces and the state.
+func printIPs(w io.Writer, st admin.Status, ips []admin.IP) error {
+	pnnOf := map[string]int{}
+	for _, n := range st.Nodes {
+		pnnOf[n.Address] = n.PNN
+	}
+	ips = slices.Clone(ips)
+	slices.SortStableFunc(ips, func(a, b admin.IP) int { return vipAddr(a.VIP).Compare(vipAddr(b.VIP)) })
+
+	if _, err := fmt.Fprintf(w, "Public IPs on node %d\n", st.ThisPNN); err != nil {
+		return err
+	}
+	t := newTable(w, "VIP", "PNN", "OWNER", "IFACE", "STATE")
+	for _, ip := range ips {
+		state := cmp.Or(ip.State, "-")
+		if ip.Target != "" && ip.Target != ip.Owner {
+			to := ip.Target
+			if pnn, ok := pnnOf[ip.Target]; ok {
+				to = fmt.Sprintf("pnn:%d %s", pnn, ip.Target)
+			}
+			state += " to " + to
+		}
+		t.row(ip.VIP, strconv.Itoa(ip.PNN), cmp.Or(ip.Owner, "-"), cmp.Or(ip.Iface, "-"), state)
+	}
+	return t.flush()
+}
+
+// vipAddr is the address of "ADDR/PREFIX" (zero when unparsable, so it
+// sorts first).
+func vipAddr(s string) netip.Addr {
+	a, _ := admin.ParseVIP(s)
+	return a
+}
+
+func timelineCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:  "timeline",
+		Usage: "show this node's recent takeovers and releases of VIPs, step by step",
+		Flags: []cli.Flag{
+			runDirFlag(), jsonFlag(),
+			&cli.StringFlag{Name: "vip", EnvVars: []string{"FSHA_TIMELINE_VIP"}, Usage: "only this VIP"},
+		},
+		Action: func(c *cli.Context) error {
+			if err := wantArgs(c); err != nil {
+				return err
+			}
+			var only netip.Addr
+			if v := c.String("vip"); v != "" {
+				a, err := parseVIPArg("--vip", v)
+				if err != nil {
+					return err
+				}
+				only = a
+			}
+			tl, err := adminClient(c).Timeline(c.Context)
+			if err != nil {
+				return err
+			}
+			if only.IsValid() {
+				tl = slices.DeleteFunc(tl, func(t admin.Takeover) bool { return vipAddr(t.VIP) != only })
+			}
+			if tl == nil {
+				tl = []admin.Takeover{}
+			}
+			if c.Bool("json") {
+				return writeJSON(e.stdout, tl)
+			}
+			return printTimeline(e.stdout, tl)
+		},
+	}
+}
+
+// printTimeline prints each takeover or release and its steps, dated from
+// the decision.
+func printTimeline(w io.Writer, tl []admin.Takeover) error {
+	var b strings.Builder
+	if len(tl) == 0 {
+		b.WriteString("no takeovers or releases recorded yet\n")
+	}
+	for i, t := range tl {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		fmt.Fprintf(&b, "%s %s", cmp.Or(t.Kind, "takeover"), t.VIP)
+		if t.Iface != "" {
+			fmt.Fprintf(&b, " on %s", t.Iface)
+		}
+		if t.From != "" && !strings.Contains(t.Reason, t.From) {
+			fmt.Fprintf(&b, " from %s", t.From)
+		}
+		if len(t.Steps) > 0 && !t.Steps[0].At.IsZero() {
+			fmt.Fprintf(&b, " at %s", t.Steps[0].At.Local().Format("2006-01-02 15:04:05.000"))
+		}
+		if t.Reason != "" {
+			fmt.Fprintf(&b, " (%s)", t.Reason)
+		}
+		b.WriteByte('\n')
+		for j, s := range t.Steps {
+			took := s.Took
+			if took == 0 && j > 0 && !s.At.IsZero() && !t.Steps[0].At.IsZero() {
+				took = s.At.Sub(t.Steps[0].At)
+			}
+			fmt.Fprintf(&b, "  %-8s %s\n", "+"+sinceDecision(took), s.Step)
+		}
+		if t.Error != "" {
+			fmt.Fprintf(&b, "  FAILED: %s\n", t.Error)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// sinceDecision prints a step's offset: whole milliseconds, a tenth of one
+// below 10ms, seconds from one second on.
+func sinceDecision(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "0ms"
+	case d >= time.Second:
+		return strconv.FormatFloat(d.Seconds(), 'f', 3, 64) + "s"
+	case d < 10*time.Millisecond && d%time.Millisecond != 0:
+		return strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 1, 64) + "ms"
+	}
+	return strconv.FormatInt(d.Round(time.Millisecond).Milliseconds(), 10) + "ms"
+}
+
+// parseVIPArg parses a VIP given on the command line.
+func parseVIPArg(what, s string) (netip.Addr, error) {
+	a, err := admin.ParseVIP(s)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("%s: bad VIP %q: want an address such as 198.18.1.10", what, s)
+	}
+	return a, nil
+}
+
+func moveCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:      "move",
+		Usage:     "move a VIP to another node (its connections drain unless --kill)",
+		ArgsUsage: "VIP NODE",
+		Description: "NODE is a node's address or PNN as `fsha status` shows them. Existing\n" +
+			"connections stay with the old node until they end, unless --kill ends them at once.",
+		Flags: []cli.Flag{
+			runDirFlag(),
+			&cli.BoolFlag{Name: "kill", EnvVars: []string{"FSHA_MOVE_KILL"}, Usage: "end the VIP's connections at once instead of draining them"},
+		},
+		Action: func(c *cli.Context) error {
+			if err := wantArgs(c, "VIP", "NODE"); err != nil {
+				return err
+			}
+			vip, err := parseVIPArg("move", c.Args().Get(0))
+			if err != nil {
+				return err
+			}
+			node := strings.TrimSpace(c.Args().Get(1))
+			if node == "" {
+				return errors.New("move: empty NODE: give a node's address or PNN")
+			}
+			if err := adminClient(c).Move(c.Context, vip, node, c.Bool("kill")); err != nil {
+				return err
+			}
+			how := "draining its connections"
+			if c.Bool("kill") {
+				how = "killing its connections"
+			}
+			_, err = fmt.Fprintf(e.stdout, "moving %s to node %s (%s)\n", vip, node, how)
+			return err
+		},
+	}
+}
+
+func disableCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:  "disable",
+		Usage: "stop this node from holding VIPs (they move to other nodes) until `fsha enable`",
+		Flags: []cli.Flag{runDirFlag()},
+		Action: func(c *cli.Context) error {
+			if err := wantArgs(c); err != nil {
+				return err
+			}
+			if err := adminClient(c).Disable(c.Context); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintln(e.stdout, "node disabled: its VIPs move to other nodes")
+			return err
+		},
+	}
+}
+
+func enableCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:  "enable",
+		Usage: "let this node hold VIPs again after `fsha disable`",
+		Flags: []cli.Flag{runDirFlag()},
+		Action: func(c *cli.Context) error {
+			if err := wantArgs(c); err != nil {
+				return err
+			}
+			if err := adminClient(c).Enable(c.Context); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintln(e.stdout, "node enabled")
+			return err
+		},
+	}
+}
+
+func banCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:      "ban",
+		Usage:     "ban this node for SECONDS: it holds no VIPs until the ban ends",
+		ArgsUsage: "SECONDS",
+		Flags:     []cli.Flag{runDirFlag()},
+		Action: func(c *cli.Context) error {
+			if err := wantArgs(c, "SECONDS"); err != nil {
+				return err
+			}
+			secs, err := strconv.Atoi(c.Args().Get(0))
+			if err != nil || secs <= 0 || secs > admin.MaxBanSeconds {
+				return fmt.Errorf("ban: bad SECONDS %q: want a whole number of seconds from 1 to %d", c.Args().Get(0), admin.MaxBanSeconds)
+			}
+			d := time.Duration(secs) * time.Second
+			if err := adminClient(c).Ban(c.Context, d); err != nil {
+				return err
+			}
+			_, err = fmt.Fprintf(e.stdout, "node banned for %s\n", d)
+			return err
+		},
+	}
+}
