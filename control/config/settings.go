@@ -1,0 +1,74 @@
+package config
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+// Setting is one "name = value" line of an fsha settings file. Names are
+// the long flag names of `fsha up` (e.g. gossip-key, failback); flags given
+// on the command line or in FSHA_* variables win over the file.
+type Setting struct {
+	Name  string
+	Value string
+	File  string
+	Line  int
+}
+
+// ParseSettings reads a settings file: "name = value" lines, '#' comments,
+// blank lines. A name given twice is refused. known reports whether a name
+// is a setting at all, so that a typo is refused with its line rather than
+// silently ignored.
+func ParseSettings(name string, r io.Reader, known func(string) bool) ([]Setting, error) {
+	var (
+		out  []Setting
+		errs []error
+		seen = map[string]int{}
+	)
+	sc := bufio.NewScanner(r)
+	for lineNo := 1; sc.Scan(); lineNo++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		fail := func(format string, args ...any) {
+			errs = append(errs, &LineError{File: name, Line: lineNo, Reason: fmt.Sprintf(format, args...)})
+		}
+		k, v, ok := strings.Cut(line, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		switch {
+		case !ok:
+			fail("want name = value, got %q", line)
+		case k == "":
+			fail("missing name before '='")
+		case !known(k):
+			fail("unknown setting %q", k)
+		case seen[k] != 0:
+			fail("setting %q given twice (first on line %d)", k, seen[k])
+		default:
+			seen[k] = lineNo
+			out = append(out, Setting{Name: k, Value: strings.Trim(v, `"`), File: name, Line: lineNo})
+		}
+	}
+	if err := sc.Err(); err != nil {
+		errs = append(errs, fmt.Errorf("read %s: %w", name, err))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return out, nil
+}
+
+// LoadSettings reads a settings file from disk.
+func LoadSettings(path string, known func(string) bool) ([]Setting, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("settings: %w", err)
+	}
+	defer f.Close()
+	return ParseSettings(path, f, known)
+}
