@@ -32,13 +32,13 @@ func newApp(e env) *cli.App {
 		Usage:     "SMB/NFS connection failover for file-server clusters",
 		Writer:    e.stdout,
 		ErrWriter: e.stderr,
-		Commands: []*cli.Command{
+		Commands: append([]*cli.Command{
 			upCommand(e),
 			flowsCommand(e),
 			countersCommand(e),
 			mapsCommand(e),
 			unloadCommand(e),
-		},
+		}, adminCommands(e)...),
 	}
 }
 

@@ -24,17 +24,20 @@ func upCommand(e env) *cli.Command {
 	return &cli.Command{
 		Name:  "up",
 		Usage: "run fsha on this node: load the data plane and track connections to the VIPs",
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "public-addresses", Value: "/etc/fsha/public_addresses", EnvVars: []string{"FSHA_PUBLIC_ADDRESSES"},
 				Usage: "CTDB-format public_addresses file: ADDR/PREFIX IFACE[,IFACE] [node-list]"},
 			&cli.StringFlag{Name: "ports", Value: defaultPorts, EnvVars: []string{"FSHA_PORTS"},
 				Usage: "comma-separated TCP ports to track (SMB 445 139, NFS 2049, rpcbind 111)"},
 			pinPathFlag(), logLevelFlag(),
+			&cli.StringFlag{Name: "config", EnvVars: []string{"FSHA_CONFIG"},
+				Usage: "settings file of 'flag-name = value' lines; flags and FSHA_* variables win over it"},
 			&cli.UintFlag{Name: "flows-max", Value: dataplane.DefaultFlowsMax, EnvVars: []string{"FSHA_FLOWS_MAX"},
 				Usage: "capacity of the flows map (least recently used flows are evicted beyond it)"},
 			&cli.DurationFlag{Name: "stats-interval", Value: time.Minute, EnvVars: []string{"FSHA_STATS_INTERVAL"},
 				Usage: "how often to log the data-plane counters (0: never)"},
-		},
+		}, clusterFlags()...),
+		Before: applySettingsFile,
 		Action: func(c *cli.Context) error {
 			log, err := newLogger(c, e.stderr)
 			if err != nil {
@@ -59,6 +62,12 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	if flowsMax == 0 || flowsMax > 1<<28 {
 		return fmt.Errorf("--flows-max: %d out of range 1..%d", flowsMax, 1<<28)
 	}
+	var cc *clusterConfig
+	if c.String("nodes") != "" {
+		if cc, err = loadClusterConfig(c, log, addrs); err != nil {
+			return err
+		}
+	}
 	var (
 		vips   []netip.Addr
 		ifaces []string
@@ -82,8 +91,12 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 		return err
 	}
 	defer dp.Close()
-	// Standalone tracking: no cluster decides who may answer, so no fencing.
-	if err := dp.DisableLease(); err != nil {
+	if cc == nil {
+		// Standalone tracking: no cluster decides who may answer, so no fencing.
+		if err := dp.DisableLease(); err != nil {
+			return err
+		}
+	} else if err := dp.ExpireLease(); err != nil {
 		return err
 	}
 	if err := dp.SetPorts(ports); err != nil {
@@ -101,6 +114,11 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	done := make(chan error, 1)
 	go func() { done <- logEvents(log, events) }()
 
+	cluster := make(chan error, 1)
+	if cc != nil {
+		go func() { cluster <- runCluster(ctx, c, log, dp, cc, ifaces) }()
+	}
+
 	var tick <-chan time.Time
 	if iv := c.Duration("stats-interval"); iv > 0 {
 		t := time.NewTicker(iv)
@@ -110,10 +128,19 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	for {
 		select {
 		case <-ctx.Done():
+			if cc != nil {
+				if err := <-cluster; err != nil {
+					log.Error("cluster", zap.Error(err))
+				}
+			}
 			log.Info("stopping; programs stay attached and keep tracking", zap.String("pin_path", dp.PinPath()))
 			events.Close()
 			<-done
 			return nil
+		case err := <-cluster:
+			events.Close()
+			<-done
+			return err
 		case err := <-done:
 			return err
 		case <-tick:
@@ -142,6 +169,36 @@ func logEvents(log *zap.Logger, r *dataplane.EventReader) error {
 			zap.String("reason", ev.Reason.String()),
 			zap.Uint64("bytes_in", f.BytesIn), zap.Uint64("bytes_out", f.BytesOut))
 	}
+}
+
+// applySettingsFile fills the flags not given on the command line or in the
+// environment from the --config file; a bad line stops the start.
+func applySettingsFile(c *cli.Context) error {
+	path := c.String("config")
+	if path == "" {
+		return nil
+	}
+	known := map[string]bool{}
+	for _, f := range c.Command.Flags {
+		for _, name := range f.Names() {
+			known[name] = name != "config" && name != "help"
+		}
+	}
+	settings, err := config.LoadSettings(path, func(name string) bool { return known[name] })
+	if err != nil {
+		return err
+	}
+	for _, s := range settings {
+		if c.IsSet(s.Name) {
+			continue
+		}
+		for _, v := range strings.Split(s.Value, ",") {
+			if err := c.Set(s.Name, strings.TrimSpace(v)); err != nil {
+				return fmt.Errorf("%s:%d: %s: %w", s.File, s.Line, s.Name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // parsePorts reads "445,139,2049".

@@ -170,6 +170,11 @@ func New(log *zap.Logger, cfg Config, g Gossip, dp DataPlane, h Health, hooks Ho
 	return n, nil
 }
 
+// SetGossip gives the node its membership. The two refer to each other
+// (the membership asks the node for its metadata), so the node is built
+// first and handed the membership before Run.
+func (n *Node) SetGossip(g Gossip) { n.gossip = g }
+
 // configHash identifies the VIP list: peers with another list are not
 // trusted with VIP indexes.
 func configHash(vips []config.PublicAddress) uint64 {

@@ -1,0 +1,242 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/fsha/fsha/control/admin"
+	"github.com/fsha/fsha/control/allocation"
+	"github.com/fsha/fsha/control/config"
+	"github.com/fsha/fsha/control/health"
+	"github.com/fsha/fsha/control/membership"
+	"github.com/fsha/fsha/control/node"
+	"github.com/fsha/fsha/control/quorum"
+	"github.com/fsha/fsha/dataplane"
+)
+
+// clusterFlags turn `fsha up` from standalone tracking into a cluster node:
+// they apply when --nodes is given.
+func clusterFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "nodes", EnvVars: []string{"FSHA_NODES"},
+			Usage: "CTDB-format nodes file (one node address per line); without it fsha only tracks connections"},
+		&cli.StringFlag{Name: "node-address", EnvVars: []string{"FSHA_NODE_ADDRESS"},
+			Usage: "this node's address in the nodes file (default: the local address found there)"},
+		&cli.StringFlag{Name: "gossip-key", EnvVars: []string{"FSHA_GOSSIP_KEY"},
+			Usage: "file holding the cluster's shared secret: gossip is encrypted and authenticated with it"},
+		&cli.BoolFlag{Name: "insecure-gossip", EnvVars: []string{"FSHA_INSECURE_GOSSIP"},
+			Usage: "run gossip without a key: anyone on the network can join and read"},
+		&cli.IntFlag{Name: "gossip-port", Value: membership.DefaultPort, EnvVars: []string{"FSHA_GOSSIP_PORT"},
+			Usage: "gossip port (TCP and UDP) on every node address"},
+		&cli.StringFlag{Name: "gossip-timing", Value: "fast", EnvVars: []string{"FSHA_GOSSIP_TIMING"},
+			Usage: "fast (a dead node is declared in about 0.5 s on a LAN) or tolerant (about 5 s, for lossy networks)"},
+		&cli.DurationFlag{Name: "probe-interval", EnvVars: []string{"FSHA_PROBE_INTERVAL"},
+			Usage: "override the failure detector's probe interval (slower: more tolerant, slower failover)"},
+		&cli.DurationFlag{Name: "probe-timeout", EnvVars: []string{"FSHA_PROBE_TIMEOUT"},
+			Usage: "override how long a probe waits for its answer"},
+		&cli.IntFlag{Name: "suspicion-mult", EnvVars: []string{"FSHA_SUSPICION_MULT"},
+			Usage: "override how many probe intervals a suspected node has to refute before it is declared dead"},
+		&cli.DurationFlag{Name: "lease", Value: node.DefaultTiming().Lease, EnvVars: []string{"FSHA_LEASE"},
+			Usage: "data-plane lease: without renewal (daemon dead or hung) the node stops answering for its VIPs after this; keep it below the failure-detection time"},
+		&cli.StringFlag{Name: "lock", EnvVars: []string{"FSHA_LOCK"},
+			Usage: "lock file on the cluster file system (like CTDB's recovery lock): needed by two-node clusters"},
+		&cli.BoolFlag{Name: "allow-two-nodes-without-lock", EnvVars: []string{"FSHA_ALLOW_TWO_NODES_WITHOUT_LOCK"},
+			Usage: "run a two-node cluster with no lock: a partition makes both nodes stop holding VIPs"},
+		&cli.StringFlag{Name: "failback", Value: "automatic", EnvVars: []string{"FSHA_FAILBACK"},
+			Usage: "automatic (a recovered node gets its share of VIPs back) or sticky (VIPs stay until moved)"},
+		&cli.StringFlag{Name: "run-dir", Value: admin.DefaultRunDir, EnvVars: []string{"FSHA_RUN_DIR"},
+			Usage: "directory of the admin socket and the node's state"},
+		&cli.StringFlag{Name: "hooks-dir", Value: "/etc/fsha/events.d", EnvVars: []string{"FSHA_HOOKS_DIR"},
+			Usage: "executables run on takeip and releaseip with FSHA_VIP, FSHA_IFACE... in the environment"},
+		&cli.DurationFlag{Name: "hook-timeout", Value: 10 * time.Second, EnvVars: []string{"FSHA_HOOK_TIMEOUT"},
+			Usage: "how long one hook may run before it is killed"},
+		&cli.StringSliceFlag{Name: "check", Value: cli.NewStringSlice("tcp:445", "tcp:2049"), EnvVars: []string{"FSHA_CHECKS"},
+			Usage: "health checks: tcp:PORT (on the node address), tcp:HOST:PORT or cmd:COMMAND; repeat the flag"},
+		&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"FSHA_METRICS_LISTEN"},
+			Usage: "address to serve Prometheus metrics on, e.g. 198.18.0.1:9465 (off when empty)"},
+	}
+}
+
+// clusterConfig is everything the cluster mode reads before it starts.
+type clusterConfig struct {
+	nodes  []config.Node
+	self   int
+	vips   []config.PublicAddress
+	key    []byte
+	timing membership.Timing
+	policy allocation.Policy
+	lock   *quorum.Lock
+	checks []health.Check
+}
+
+// loadClusterConfig checks all of the cluster settings before anything
+// runs: a node never starts on a half-valid configuration.
+func loadClusterConfig(c *cli.Context, log *zap.Logger, vips []config.PublicAddress) (*clusterConfig, error) {
+	cc := &clusterConfig{vips: vips}
+	nodes, err := config.LoadNodes(c.String("nodes"))
+	if err != nil {
+		return nil, err
+	}
+	if err := config.ResolveNodeRefs(vips, nodes); err != nil {
+		return nil, err
+	}
+	cc.nodes = nodes
+	if cc.self, err = findSelf(nodes, c.String("node-address")); err != nil {
+		return nil, err
+	}
+
+	switch {
+	case c.String("gossip-key") != "":
+		secret, err := os.ReadFile(c.String("gossip-key"))
+		if err != nil {
+			return nil, fmt.Errorf("--gossip-key: %w", err)
+		}
+		if len(strings.TrimSpace(string(secret))) < 16 {
+			return nil, fmt.Errorf("--gossip-key %s: the secret must be at least 16 characters", c.String("gossip-key"))
+		}
+		cc.key = membership.KeyFromSecret(secret)
+	case c.Bool("insecure-gossip"):
+		log.Warn("gossip runs WITHOUT encryption or authentication (--insecure-gossip): any host on the network can join the cluster")
+	default:
+		return nil, errors.New("--gossip-key FILE is required (or --insecure-gossip to run without one)")
+	}
+
+	switch c.String("gossip-timing") {
+	case "fast":
+		cc.timing = membership.FastTiming()
+	case "tolerant":
+		cc.timing = membership.TolerantTiming()
+	default:
+		return nil, fmt.Errorf("--gossip-timing: %q is neither fast nor tolerant", c.String("gossip-timing"))
+	}
+	if d := c.Duration("probe-interval"); d > 0 {
+		cc.timing.ProbeInterval = d
+	}
+	if d := c.Duration("probe-timeout"); d > 0 {
+		cc.timing.ProbeTimeout = d
+	}
+	if m := c.Int("suspicion-mult"); m > 0 {
+		cc.timing.SuspicionMult = m
+	}
+	if cc.timing.ProbeTimeout >= cc.timing.ProbeInterval {
+		return nil, fmt.Errorf("probe timeout %v must be shorter than the probe interval %v", cc.timing.ProbeTimeout, cc.timing.ProbeInterval)
+	}
+
+	switch c.String("failback") {
+	case "automatic":
+		cc.policy = allocation.Automatic
+	case "sticky", "manual":
+		cc.policy = allocation.Sticky
+	default:
+		return nil, fmt.Errorf("--failback: %q is neither automatic nor sticky", c.String("failback"))
+	}
+
+	live := 0
+	for _, n := range nodes {
+		if !n.Deleted {
+			live++
+		}
+	}
+	if err := quorum.CheckConfig(live, c.String("lock"), c.Bool("allow-two-nodes-without-lock")); err != nil {
+		return nil, err
+	}
+	if p := c.String("lock"); p != "" {
+		cc.lock = quorum.NewLock(p)
+	}
+
+	for _, s := range c.StringSlice("check") {
+		ch, err := health.ParseCheck(s, nodes[cc.self].Addr.String())
+		if err != nil {
+			return nil, fmt.Errorf("--check: %w", err)
+		}
+		cc.checks = append(cc.checks, ch)
+	}
+	return cc, nil
+}
+
+// findSelf finds this node in the nodes file: the given address, or the one
+// local address the file lists, as CTDB does.
+func findSelf(nodes []config.Node, given string) (int, error) {
+	if given != "" {
+		addr, err := netip.ParseAddr(given)
+		if err != nil {
+			return 0, fmt.Errorf("--node-address: %w", err)
+		}
+		for _, n := range nodes {
+			if !n.Deleted && n.Addr == addr.Unmap() {
+				return n.PNN, nil
+			}
+		}
+		return 0, fmt.Errorf("--node-address %s is not in the nodes file", addr)
+	}
+	ifaddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return 0, fmt.Errorf("list local addresses: %w", err)
+	}
+	found := -1
+	for _, ia := range ifaddrs {
+		p, err := netip.ParsePrefix(ia.String())
+		if err != nil {
+			continue
+		}
+		for _, n := range nodes {
+			if !n.Deleted && n.Addr == p.Addr().Unmap() {
+				if found >= 0 && found != n.PNN {
+					return 0, errors.New("several local addresses are in the nodes file: pick one with --node-address")
+				}
+				found = n.PNN
+			}
+		}
+	}
+	if found < 0 {
+		return 0, errors.New("no local address is in the nodes file: fix the file or pass --node-address")
+	}
+	return found, nil
+}
+
+// runCluster runs this node in the cluster until ctx ends.
+func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *dataplane.Dataplane, cc *clusterConfig, ifaces []string) error {
+	runDir := c.String("run-dir")
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		return fmt.Errorf("create run dir: %w", err)
+	}
+	actions := dataplane.NewActions(log, &dp.Maps)
+	defer actions.Close()
+	checker := health.New(log, health.Config{Interfaces: ifaces, Checks: cc.checks})
+
+	timing := node.DefaultTiming()
+	timing.Lease = c.Duration("lease")
+	nd, err := node.New(log, node.Config{
+		Nodes: cc.nodes, Self: cc.self, VIPs: cc.vips, Policy: cc.policy, Lock: cc.lock, Timing: timing,
+		StateFile: filepath.Join(runDir, "state.json"),
+	}, nil, actions, checker, newHooks(log, c.String("hooks-dir"), c.Duration("hook-timeout")), nil)
+	if err != nil {
+		return err
+	}
+	gossip, err := membership.New(log, membership.Config{
+		Addr: cc.nodes[cc.self].Addr, Port: c.Int("gossip-port"), Key: cc.key, Timing: cc.timing,
+	}, nd)
+	if err != nil {
+		return err
+	}
+	nd.SetGossip(gossip)
+	log.Info("cluster node starting", zap.Int("pnn", cc.self), zap.Stringer("address", cc.nodes[cc.self].Addr),
+		zap.Int("nodes", len(cc.nodes)), zap.Int("vips", len(cc.vips)), zap.String("failback", cc.policy.String()))
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return checker.Run(gctx) })
+	g.Go(func() error { return nd.Run(gctx) })
+	g.Go(func() error { return admin.NewServer(log, nd).Serve(gctx, admin.SocketPath(runDir)) })
+	return g.Wait()
+}
