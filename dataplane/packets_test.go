@@ -122,7 +122,7 @@ func (e extHeader) SerializeTo(b gopacket.SerializeBuffer, _ gopacket.SerializeO
 	h[0] = byte(e.next)
 	switch e.proto {
 	case layers.IPProtocolIPv6HopByHop, layers.IPProtocolIPv6Destination:
-		h[1] = 1                      // (1+1)*8 = 16 bytes
+		h[1] = 1                       // (1+1)*8 = 16 bytes
 		h[2], h[3] = 1, byte(len(h)-4) // one PadN option fills the rest
 	case layers.IPProtocolIPv6Routing:
 		h[1] = 2          // (2+1)*8 = 24 bytes
@@ -290,10 +290,3 @@ func (f frame) bytes(t testing.TB) []byte {
 
 // l3Offset is where the IP header starts in a frame f builds.
 func (f frame) l3Offset() int { return 14 + 4*len(f.vlans) }
-
-// patch returns a copy of b with fn applied, for malformed packets.
-func patch(b []byte, fn func(b []byte)) []byte {
-	b = bytes.Clone(b)
-	fn(b)
-	return b
-}
