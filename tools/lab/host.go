@@ -155,7 +155,7 @@ func (h *Host) Dial(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 func ignoreClosed(err error) error {
-	if errors.Is(err, net.ErrClosed) {
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
 		return nil
 	}
 	return err
