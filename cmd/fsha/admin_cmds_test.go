@@ -253,20 +253,20 @@ VIP             PNN  OWNER       IFACE      STATE
 }
 
 func TestTimelineCommand(t *testing.T) {
-	defer func(l *time.Location) { time.Local = l }(time.Local)
-	time.Local = time.UTC
 	dir := serve(t, &fakeBackend{})
 	out, err := runAdmin(t, "timeline", "--run-dir", dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `takeover 198.18.1.10/24 on eth0 at 2026-03-01 12:30:00.000 (node 198.18.0.2 died)
+	// Times print in the local zone.
+	local := func(d time.Duration) string { return decision.Add(d).Local().Format("2006-01-02 15:04:05.000") }
+	want := `takeover 198.18.1.10/24 on eth0 at ` + local(0) + ` (node 198.18.0.2 died)
   +0ms     decision
   +2ms     address up
   +3.4ms   first announcement (gratuitous ARP)
   +41ms    hooks done
 
-release 198.18.1.11/24 on eth0 at 2026-03-01 12:31:00.000 (move)
+release 198.18.1.11/24 on eth0 at ` + local(time.Minute) + ` (move)
   +0ms     decision
   +1.500s  address down
   FAILED: hook nfs-release: exit status 1
