@@ -41,14 +41,67 @@ func adminClient(c *cli.Context) *admin.Client {
 	return admin.NewClient(admin.SocketPath(c.String("run-dir")))
 }
 
-// wantArgs checks the positional arguments' count.
-func wantArgs(c *cli.Context, names ...string) error {
-	if len(names) == 0 && c.NArg() > 0 {
-		return fmt.Errorf("%s takes no arguments, got %q", c.Command.Name, c.Args().Slice())
+// wantArgs returns the positional arguments after checking their count.
+// urfave/cli stops parsing flags at the first argument; flags given after
+// the arguments (`fsha move VIP NODE --kill`) are applied here.
+func wantArgs(c *cli.Context, names ...string) ([]string, error) {
+	args, err := trailingFlags(c)
+	if err != nil {
+		return nil, err
 	}
-	if c.NArg() != len(names) {
-		return fmt.Errorf("%s: want %d argument(s) %s, got %d (usage: fsha %s %s)",
-			c.Command.Name, len(names), strings.Join(names, " "), c.NArg(), c.Command.Name, c.Command.ArgsUsage)
+	if len(names) == 0 && len(args) > 0 {
+		return nil, fmt.Errorf("%s takes no arguments, got %q", c.Command.Name, args)
+	}
+	if len(args) != len(names) {
+		return nil, fmt.Errorf("%s: want %d argument(s) %s, got %d (usage: fsha %s %s)",
+			c.Command.Name, len(names), strings.Join(names, " "), len(args), c.Command.Name, c.Command.ArgsUsage)
+	}
+	return args, nil
+}
+
+// trailingFlags sets the command's flags found among its arguments and
+// returns the other arguments. "--" ends the flags.
+func trailingFlags(c *cli.Context) ([]string, error) {
+	var args []string
+	in := c.Args().Slice()
+	for i := 0; i < len(in); i++ {
+		a := in[i]
+		if a == "--" {
+			return append(args, in[i+1:]...), nil
+		}
+		if len(a) < 2 || a[0] != '-' || (a[1] >= '0' && a[1] <= '9') {
+			args = append(args, a) // not a flag (negative numbers included)
+			continue
+		}
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		f := lookupFlag(c.Command, name)
+		if f == nil {
+			return nil, fmt.Errorf("%s: unknown flag %s", c.Command.Name, a)
+		}
+		if _, isBool := f.(*cli.BoolFlag); isBool && !hasValue {
+			value, hasValue = "true", true
+		}
+		if !hasValue {
+			if i+1 >= len(in) {
+				return nil, fmt.Errorf("%s: flag %s needs a value", c.Command.Name, a)
+			}
+			i++
+			value = in[i]
+		}
+		if err := c.Set(name, value); err != nil {
+			return nil, fmt.Errorf("%s: %s: %w", c.Command.Name, a, err)
+		}
+	}
+	return args, nil
+}
+
+func lookupFlag(cmd *cli.Command, name string) cli.Flag {
+	for _, f := range cmd.Flags {
+		for _, n := range f.Names() {
+			if n == name {
+				return f
+			}
+		}
 	}
 	return nil
 }
@@ -59,7 +112,7 @@ func statusCommand(e env) *cli.Command {
 		Usage: "show the cluster's nodes, their states and quorum as this node sees them",
 		Flags: []cli.Flag{runDirFlag(), jsonFlag()},
 		Action: func(c *cli.Context) error {
-			if err := wantArgs(c); err != nil {
+			if _, err := wantArgs(c); err != nil {
 				return err
 			}
 			st, err := adminClient(c).Status(c.Context)
@@ -122,7 +175,7 @@ func ipCommand(e env) *cli.Command {
 		Usage: "show the public addresses (VIPs), who holds them and where they are going",
 		Flags: []cli.Flag{runDirFlag(), jsonFlag()},
 		Action: func(c *cli.Context) error {
-			if err := wantArgs(c); err != nil {
+			if _, err := wantArgs(c); err != nil {
 				return err
 			}
 			cl := adminClient(c)
@@ -189,7 +242,7 @@ func timelineCommand(e env) *cli.Command {
 			&cli.StringFlag{Name: "vip", EnvVars: []string{"FSHA_TIMELINE_VIP"}, Usage: "only this VIP"},
 		},
 		Action: func(c *cli.Context) error {
-			if err := wantArgs(c); err != nil {
+			if _, err := wantArgs(c); err != nil {
 				return err
 			}
 			var only netip.Addr
@@ -293,14 +346,15 @@ func moveCommand(e env) *cli.Command {
 			&cli.BoolFlag{Name: "kill", EnvVars: []string{"FSHA_MOVE_KILL"}, Usage: "end the VIP's connections at once instead of draining them"},
 		},
 		Action: func(c *cli.Context) error {
-			if err := wantArgs(c, "VIP", "NODE"); err != nil {
-				return err
-			}
-			vip, err := parseVIPArg("move", c.Args().Get(0))
+			args, err := wantArgs(c, "VIP", "NODE")
 			if err != nil {
 				return err
 			}
-			node := strings.TrimSpace(c.Args().Get(1))
+			vip, err := parseVIPArg("move", args[0])
+			if err != nil {
+				return err
+			}
+			node := strings.TrimSpace(args[1])
 			if node == "" {
 				return errors.New("move: empty NODE: give a node's address or PNN")
 			}
@@ -323,7 +377,7 @@ func disableCommand(e env) *cli.Command {
 		Usage: "stop this node from holding VIPs (they move to other nodes) until `fsha enable`",
 		Flags: []cli.Flag{runDirFlag()},
 		Action: func(c *cli.Context) error {
-			if err := wantArgs(c); err != nil {
+			if _, err := wantArgs(c); err != nil {
 				return err
 			}
 			if err := adminClient(c).Disable(c.Context); err != nil {
@@ -341,7 +395,7 @@ func enableCommand(e env) *cli.Command {
 		Usage: "let this node hold VIPs again after `fsha disable`",
 		Flags: []cli.Flag{runDirFlag()},
 		Action: func(c *cli.Context) error {
-			if err := wantArgs(c); err != nil {
+			if _, err := wantArgs(c); err != nil {
 				return err
 			}
 			if err := adminClient(c).Enable(c.Context); err != nil {
@@ -360,12 +414,13 @@ func banCommand(e env) *cli.Command {
 		ArgsUsage: "SECONDS",
 		Flags:     []cli.Flag{runDirFlag()},
 		Action: func(c *cli.Context) error {
-			if err := wantArgs(c, "SECONDS"); err != nil {
+			args, err := wantArgs(c, "SECONDS")
+			if err != nil {
 				return err
 			}
-			secs, err := strconv.Atoi(c.Args().Get(0))
+			secs, err := strconv.Atoi(args[0])
 			if err != nil || secs <= 0 || secs > admin.MaxBanSeconds {
-				return fmt.Errorf("ban: bad SECONDS %q: want a whole number of seconds from 1 to %d", c.Args().Get(0), admin.MaxBanSeconds)
+				return fmt.Errorf("ban: bad SECONDS %q: want a whole number of seconds from 1 to %d", args[0], admin.MaxBanSeconds)
 			}
 			d := time.Duration(secs) * time.Second
 			if err := adminClient(c).Ban(c.Context, d); err != nil {

@@ -310,6 +310,10 @@ func TestChangeCommands(t *testing.T) {
 		{[]string{"disable", "--run-dir", dir}, "node disabled: its VIPs move to other nodes\n"},
 		{[]string{"enable", "--run-dir", dir}, "node enabled\n"},
 		{[]string{"ban", "--run-dir", dir, "300"}, "node banned for 5m0s\n"},
+		// Flags after the arguments, as ctdb users type them.
+		{[]string{"move", "198.18.1.12", "1", "--kill", "--run-dir", dir}, "moving 198.18.1.12 to node 1 (killing its connections)\n"},
+		{[]string{"ban", "60", "--run-dir=" + dir}, "node banned for 1m0s\n"},
+		{[]string{"move", "--run-dir", dir, "--", "198.18.1.13", "1"}, "moving 198.18.1.13 to node 1 (draining its connections)\n"},
 	} {
 		out, err := runAdmin(t, tc.args...)
 		if err != nil {
@@ -319,7 +323,8 @@ func TestChangeCommands(t *testing.T) {
 			t.Errorf("%v: printed %q, want %q", tc.args, out, tc.out)
 		}
 	}
-	want := "move 198.18.1.10 1 false|move 198.18.1.11 198.18.0.2 true|disable|enable|ban 5m0s"
+	want := "move 198.18.1.10 1 false|move 198.18.1.11 198.18.0.2 true|disable|enable|ban 5m0s|" +
+		"move 198.18.1.12 1 true|ban 1m0s|move 198.18.1.13 1 false"
 	if got := strings.Join(b.Calls(), "|"); got != want {
 		t.Errorf("backend calls %q, want %q", got, want)
 	}
@@ -339,6 +344,9 @@ func TestCommandErrors(t *testing.T) {
 		{[]string{"ban", "--run-dir", dir, "soon"}, `ban: bad SECONDS "soon": want a whole number of seconds from 1 to 31536000`},
 		{[]string{"ban", "--run-dir", dir, "0"}, `ban: bad SECONDS "0"`},
 		{[]string{"status", "--run-dir", dir, "extra"}, `status takes no arguments, got ["extra"]`},
+		{[]string{"move", "--run-dir", dir, "198.18.1.10", "1", "--force"}, "move: unknown flag --force"},
+		{[]string{"ban", "60", "--run-dir"}, "ban: flag --run-dir needs a value"},
+		{[]string{"move", "--run-dir", dir, "198.18.1.10", "1", "--kill=maybe"}, "move: --kill=maybe:"},
 		{[]string{"timeline", "--run-dir", dir, "--vip", "eth0"}, `--vip: bad VIP "eth0"`},
 		{[]string{"status", "--run-dir", missing}, "fsha is not running here (no socket at " + missing + "/fsha.sock): start `fsha up` or pass --run-dir"},
 		{[]string{"ip", "--run-dir", missing, "--json"}, "fsha is not running here (no socket at " + missing + "/fsha.sock)"},
