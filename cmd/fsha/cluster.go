@@ -20,6 +20,7 @@ import (
 	"github.com/fsha/fsha/control/config"
 	"github.com/fsha/fsha/control/health"
 	"github.com/fsha/fsha/control/membership"
+	"github.com/fsha/fsha/control/metrics"
 	"github.com/fsha/fsha/control/node"
 	"github.com/fsha/fsha/control/quorum"
 	"github.com/fsha/fsha/dataplane"
@@ -215,12 +216,13 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	defer actions.Close()
 	checker := health.New(log, health.Config{Interfaces: ifaces, Checks: cc.checks})
 
+	takeovers := metrics.NewTakeovers()
 	timing := node.DefaultTiming()
 	timing.Lease = c.Duration("lease")
 	nd, err := node.New(log, node.Config{
 		Nodes: cc.nodes, Self: cc.self, VIPs: cc.vips, Policy: cc.policy, Lock: cc.lock, Timing: timing,
 		StateFile: filepath.Join(runDir, "state.json"),
-	}, nil, actions, checker, newHooks(log, c.String("hooks-dir"), c.Duration("hook-timeout")), nil)
+	}, nil, actions, checker, newHooks(log, c.String("hooks-dir"), cc.nodes[cc.self].Addr.String(), c.Duration("hook-timeout")), takeovers)
 	if err != nil {
 		return err
 	}
@@ -238,5 +240,11 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	g.Go(func() error { return checker.Run(gctx) })
 	g.Go(func() error { return nd.Run(gctx) })
 	g.Go(func() error { return admin.NewServer(log, nd).Serve(gctx, admin.SocketPath(runDir)) })
+	if addr := c.String("metrics-listen"); addr != "" {
+		collector := metrics.NewCollector(log, metrics.Sources{
+			Backend: nd, Counters: dp.ReadCounters, Gossip: gossip.Members, Takeovers: takeovers,
+		})
+		g.Go(func() error { return collector.Serve(gctx, addr) })
+	}
 	return g.Wait()
 }
