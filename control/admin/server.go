@@ -104,8 +104,10 @@ func (s *Server) Serve(ctx context.Context, socketPath string) (err error) {
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		IdleTimeout:       time.Minute,
-		BaseContext:       func(net.Listener) context.Context { return ctx },
-		ErrorLog:          zap.NewStdLog(s.log),
+		// Requests running at shutdown finish (within shutdownTimeout)
+		// rather than see their context cancelled with ctx.
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		ErrorLog:    zap.NewStdLog(s.log),
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

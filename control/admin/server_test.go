@@ -415,3 +415,60 @@ func TestParseVIP(t *testing.T) {
 		}
 	}
 }
+
+// gateBackend's Disable waits for release (or its request's end).
+type gateBackend struct {
+	*fakeBackend
+	entered, release chan struct{}
+}
+
+func (g gateBackend) Disable(ctx context.Context) error {
+	close(g.entered)
+	select {
+	case <-g.release:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func TestGracefulShutdown(t *testing.T) {
+	g := gateBackend{&fakeBackend{}, make(chan struct{}), make(chan struct{})}
+	sock := SocketPath(shortDir(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- NewServer(zap.NewNop(), g).Serve(ctx, sock) }()
+	waitForSocket(t, sock, done)
+
+	reqErr := make(chan error, 1)
+	go func() { reqErr <- NewClient(sock).Disable(context.Background()) }()
+	select {
+	case <-g.entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("request never reached the backend")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		t.Fatalf("server stopped with a request running: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(g.release)
+	select {
+	case err := <-reqErr:
+		if err != nil {
+			t.Errorf("request running at shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("request did not finish")
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("server did not stop")
+	}
+}

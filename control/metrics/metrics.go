@@ -32,6 +32,9 @@ type Sources struct {
 	Counters func() (dataplane.Counters, error)
 	// Gossip lists the gossip members, e.g. (*membership.Membership).Members.
 	Gossip func() []membership.Member
+	// Takeovers is fed by the controller; nil: the collector makes its own
+	// (see Collector.ObserveTakeover).
+	Takeovers *Takeovers
 }
 
 // ScrapeTimeout bounds the backend calls of one scrape.
@@ -52,13 +55,50 @@ var (
 	vipStates    = []string{"held", "unassigned", "moving", "draining"}
 )
 
+// Takeovers records finished takeovers and releases as they happen. It is
+// made before the controller, which takes it as its observer, and handed to
+// the collector in Sources.
+type Takeovers struct {
+	count    *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+// NewTakeovers returns an empty record.
+func NewTakeovers() *Takeovers {
+	t := &Takeovers{
+		count: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fsha_takeovers_total",
+			Help: "VIP takeovers and releases this node finished (kind: takeover, release).",
+		}, []string{"kind"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "fsha_takeover_duration_seconds",
+			Help:    "Time from the decision to the end of a takeover or release (hooks included).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"kind"}),
+	}
+	for _, kind := range []string{KindTakeover, KindRelease} {
+		t.count.WithLabelValues(kind)
+		t.duration.WithLabelValues(kind)
+	}
+	return t
+}
+
+// ObserveTakeover records a finished takeover or release of one VIP and
+// the time it took from the decision. It implements node.Observer.
+func (t *Takeovers) ObserveTakeover(kind string, d time.Duration) {
+	if kind != KindTakeover && kind != KindRelease {
+		kind = kindOther // keep the label set small whatever the caller says
+	}
+	t.count.WithLabelValues(kind).Inc()
+	t.duration.WithLabelValues(kind).Observe(d.Seconds())
+}
+
 // Collector is a prometheus.Collector for one node.
 type Collector struct {
 	log *zap.Logger
 	src Sources
 
-	takeovers        *prometheus.CounterVec
-	takeoverDuration *prometheus.HistogramVec
+	takeovers        *Takeovers
 	collectionErrors *prometheus.CounterVec
 
 	clusterNodes  *prometheus.Desc
@@ -79,18 +119,13 @@ var _ prometheus.Collector = (*Collector)(nil)
 
 // NewCollector returns a collector reading src.
 func NewCollector(log *zap.Logger, src Sources) *Collector {
+	if src.Takeovers == nil {
+		src.Takeovers = NewTakeovers()
+	}
 	c := &Collector{
-		log: log.Named("metrics"),
-		src: src,
-		takeovers: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "fsha_takeovers_total",
-			Help: "VIP takeovers and releases this node finished (kind: takeover, release).",
-		}, []string{"kind"}),
-		takeoverDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "fsha_takeover_duration_seconds",
-			Help:    "Time from the decision to the end of a takeover or release (hooks included).",
-			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
-		}, []string{"kind"}),
+		log:       log.Named("metrics"),
+		src:       src,
+		takeovers: src.Takeovers,
 		collectionErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "fsha_metrics_collection_errors_total",
 			Help: "Scrapes that could not read a source (backend, gossip, dataplane); that source's metrics were left out.",
@@ -120,30 +155,22 @@ func NewCollector(log *zap.Logger, src Sources) *Collector {
 		flows: prometheus.NewDesc("fsha_dataplane_flows",
 			"Live flows in the flow table.", nil, nil),
 	}
-	for _, kind := range []string{KindTakeover, KindRelease} {
-		c.takeovers.WithLabelValues(kind)
-		c.takeoverDuration.WithLabelValues(kind)
-	}
 	for _, src := range []string{"backend", "gossip", "dataplane"} {
 		c.collectionErrors.WithLabelValues(src)
 	}
 	return c
 }
 
-// ObserveTakeover records a finished takeover or release of one VIP and
-// the time it took from the decision. It implements node.Observer.
+// ObserveTakeover is Takeovers.ObserveTakeover on the collector's record,
+// for callers that make the collector before the controller.
 func (c *Collector) ObserveTakeover(kind string, d time.Duration) {
-	if kind != KindTakeover && kind != KindRelease {
-		kind = kindOther // keep the label set small whatever the caller says
-	}
-	c.takeovers.WithLabelValues(kind).Inc()
-	c.takeoverDuration.WithLabelValues(kind).Observe(d.Seconds())
+	c.takeovers.ObserveTakeover(kind, d)
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	c.takeovers.Describe(ch)
-	c.takeoverDuration.Describe(ch)
+	c.takeovers.count.Describe(ch)
+	c.takeovers.duration.Describe(ch)
 	c.collectionErrors.Describe(ch)
 	for _, d := range []*prometheus.Desc{
 		c.clusterNodes, c.clusterQuorum, c.vipsHeld, c.vips, c.gossipMembers,
@@ -157,8 +184,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	// Last, so that this scrape's errors are in it.
 	defer c.collectionErrors.Collect(ch)
-	c.takeovers.Collect(ch)
-	c.takeoverDuration.Collect(ch)
+	c.takeovers.count.Collect(ch)
+	c.takeovers.duration.Collect(ch)
 
 	if c.src.Backend != nil {
 		if err := c.collectBackend(ch); err != nil {

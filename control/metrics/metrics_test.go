@@ -63,10 +63,13 @@ func gossip() []membership.Member {
 }
 
 func TestCollect(t *testing.T) {
-	c := NewCollector(zap.NewNop(), Sources{Backend: fakeBackend{}, Counters: counters, Gossip: gossip})
-	c.ObserveTakeover(KindTakeover, 40*time.Millisecond)
-	c.ObserveTakeover(KindTakeover, 3*time.Millisecond)
-	c.ObserveTakeover(KindRelease, 2*time.Second)
+	// The controller is made first with the record as its observer, then
+	// the collector with the controller as its backend.
+	tk := NewTakeovers()
+	c := NewCollector(zap.NewNop(), Sources{Backend: fakeBackend{}, Counters: counters, Gossip: gossip, Takeovers: tk})
+	tk.ObserveTakeover(KindTakeover, 40*time.Millisecond)
+	tk.ObserveTakeover(KindTakeover, 3*time.Millisecond)
+	tk.ObserveTakeover(KindRelease, 2*time.Second)
 
 	want := `
 # HELP fsha_cluster_nodes Nodes of the cluster by state, as this node sees them.
@@ -221,7 +224,7 @@ func (o only) Collect(ch chan<- prometheus.Metric) {
 func TestUnknownKindAndState(t *testing.T) {
 	c := NewCollector(zap.NewNop(), Sources{Gossip: func() []membership.Member { return []membership.Member{{State: membership.Dead}} }})
 	c.ObserveTakeover("reboot", time.Millisecond)
-	if got := testutil.ToFloat64(c.takeovers.WithLabelValues("other")); got != 1 {
+	if got := testutil.ToFloat64(c.takeovers.count.WithLabelValues("other")); got != 1 {
 		t.Errorf("unknown kind counted as other %v times, want 1", got)
 	}
 	if n := testutil.CollectAndCount(c, "fsha_cluster_nodes", "fsha_dataplane_flows"); n != 0 {
@@ -313,4 +316,7 @@ func TestServe(t *testing.T) {
 }
 
 // The controller reports takeovers to the collector.
-var _ node.Observer = (*Collector)(nil)
+var (
+	_ node.Observer = (*Takeovers)(nil)
+	_ node.Observer = (*Collector)(nil)
+)
