@@ -101,6 +101,7 @@ type Lab struct {
 	clients  []*Client
 	roles    map[string]bool
 	procSeq  map[string]int
+	procs    []*Process
 }
 
 type undoStep struct {
@@ -143,7 +144,14 @@ func NewT(t TB, opts Options) *Lab {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("lab %s run dir %s", l.ID, l.Dir)
+			for _, p := range l.Processes() {
+				t.Logf("--- %s in %s (pid %d) output:\n%s", p.Name, p.host.NS, p.PID(), p.Tail(3000))
+			}
+			kept := "removed with the test's TempDir; FSHA_LAB_KEEP=1 keeps it"
+			if os.Getenv("FSHA_LAB_KEEP") == "1" {
+				kept = "kept"
+			}
+			t.Logf("lab %s run dir %s (%s)", l.ID, l.Dir, kept)
 		}
 		if err := l.Close(); err != nil {
 			t.Logf("close lab %s: %v", l.ID, err)
@@ -228,11 +236,19 @@ func newRunID() (string, error) {
 // NSName is the namespace name of role in this lab.
 func (l *Lab) NSName(role string) string { return Prefix + l.ID + "-" + role }
 
-// push records how to undo a step; Close runs the steps in reverse.
+// push records how to undo a step; Close runs the steps in reverse. After
+// Close, it undoes the step at once.
 func (l *Lab) push(what string, fn func() error) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.undo = append(l.undo, undoStep{what: what, fn: fn})
+	if !l.closed {
+		l.undo = append(l.undo, undoStep{what: what, fn: fn})
+		l.mu.Unlock()
+		return
+	}
+	l.mu.Unlock()
+	if err := fn(); err != nil {
+		l.log.Warn("undo after close", zap.String("step", what), zap.Error(err))
+	}
 }
 
 // Cleanup registers fn to run when the lab closes, before everything
@@ -311,6 +327,13 @@ func (l *Lab) claimRole(role string) error {
 	}
 	l.roles[role] = true
 	return nil
+}
+
+// Processes returns every process started in the lab, in start order.
+func (l *Lab) Processes() []*Process {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]*Process(nil), l.procs...)
 }
 
 // Nodes returns the nodes in the order they were added.

@@ -115,6 +115,9 @@ func (h *Host) StartWith(name string, opts StartOptions, argv ...string) (_ *Pro
 		close(p.done)
 	}()
 	h.logger().Info("started", zap.String("name", p.Name), zap.Int("pid", p.PID()), zap.Strings("args", argv))
+	h.lab.mu.Lock()
+	h.lab.procs = append(h.lab.procs, p)
+	h.lab.mu.Unlock()
 	h.lab.push("stop "+p.Name+" in "+h.Role, p.Stop)
 	return p, nil
 }
