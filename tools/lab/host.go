@@ -302,5 +302,5 @@ func listeningIn(file string, port uint16) (bool, error) {
 	return false, sc.Err()
 }
 
-// logf logs with the host's namespace.
+// logger is the lab logger with the host's namespace.
 func (h *Host) logger() *zap.Logger { return h.lab.log.With(zap.String("ns", h.NS)) }

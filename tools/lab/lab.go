@@ -114,6 +114,7 @@ type undoStep struct {
 type TB interface {
 	Helper()
 	Cleanup(func())
+	Errorf(format string, args ...any)
 	Fatalf(format string, args ...any)
 	Logf(format string, args ...any)
 	TempDir() string
@@ -121,10 +122,11 @@ type TB interface {
 	Name() string
 }
 
-// NewT builds a lab for a test: its run directory is a t.TempDir (kept,
-// with the path logged, when the test fails and FSHA_LAB_KEEP=1), and
-// t.Cleanup closes it. The caller must have checked privileges with
-// tools/testenv first.
+// NewT builds a lab for a test: its run directory is a t.TempDir (or, with
+// FSHA_LAB_KEEP=1, a directory that outlives the test), and t.Cleanup
+// closes it, failing the test if the teardown fails. When the test failed
+// it logs the tail of every process's output and the run directory. The
+// caller must have checked privileges with tools/testenv first.
 func NewT(t TB, opts Options) *Lab {
 	t.Helper()
 	if opts.Dir == "" {
@@ -154,7 +156,7 @@ func NewT(t TB, opts Options) *Lab {
 			t.Logf("lab %s run dir %s (%s)", l.ID, l.Dir, kept)
 		}
 		if err := l.Close(); err != nil {
-			t.Logf("close lab %s: %v", l.ID, err)
+			t.Errorf("tear down lab %s: %v", l.ID, err)
 		}
 	})
 	return l
