@@ -100,7 +100,8 @@ func (n *Node) StartSmbd(ctx context.Context, share string) (_ *Process, err err
 	}); err != nil {
 		return nil, err
 	}
-	p, err := n.Start("smbd", "smbd", "--foreground", "--no-process-group", "--configfile="+conf)
+	// --log-basename: where smbd logs before it has read smb.conf
+	p, err := n.Start("smbd", "smbd", "--foreground", "--no-process-group", "--configfile="+conf, "--log-basename="+dir)
 	if err != nil {
 		return nil, err
 	}
@@ -120,6 +121,7 @@ NFS_CORE_PARAM {
 }
 NFS_KRB5 {
 	Active_krb5 = false;
+	CCacheDir = "{{.Dir}}/ccache";
 }
 NFSV4 {
 	RecoveryBackend = fs;
@@ -160,8 +162,10 @@ type GaneshaOptions struct {
 // until it listens on 2049.
 func (n *Node) StartGanesha(ctx context.Context, share string, opts GaneshaOptions) (*Process, error) {
 	dir := filepath.Join(n.Dir, "ganesha")
-	if err := os.MkdirAll(filepath.Join(dir, "recovery"), 0o755); err != nil {
-		return nil, fmt.Errorf("create ganesha dir: %w", err)
+	for _, sub := range []string{"recovery", "ccache"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o700); err != nil {
+			return nil, fmt.Errorf("create ganesha dir: %w", err)
+		}
 	}
 	lease := opts.LeaseLifetime
 	if lease <= 0 {
