@@ -473,6 +473,13 @@ func TestDataplane(t *testing.T) {
 			t.Fatal(err)
 		}
 		d.fsha = up
+		// atomic upgrade: the programs were swapped inside the pinned
+		// links, never detached
+		for _, pin := range []string{"xdp_eth0", "tcx_eth0"} {
+			if !logged(t, up.StderrPath, "replaced program in pinned link", "pin", "/links/"+pin) {
+				t.Errorf("restarted fsha up did not reuse the pinned link %s:\n%s", pin, up.Tail(3000))
+			}
+		}
 		grows("flows counting after the restart")
 
 		for _, s := range streams {

@@ -1,17 +1,12 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -178,33 +173,4 @@ func createEmpty(t *testing.T, path string) string {
 	}
 	f.Close()
 	return path
-}
-
-// flowEvents counts the "flow open" and "flow close" debug lines of an
-// fsha up log by "open|close VIP:PORT".
-func flowEvents(t *testing.T, logFile string) map[string]int {
-	t.Helper()
-	f, err := os.Open(logFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	out := map[string]int{}
-	r := bufio.NewReader(f)
-	for {
-		line, err := r.ReadBytes('\n')
-		var ev struct {
-			Msg string `json:"msg"`
-			VIP string `json:"vip"`
-		}
-		if json.Unmarshal(line, &ev) == nil && strings.HasPrefix(ev.Msg, "flow ") {
-			out[strings.TrimPrefix(ev.Msg, "flow ")+" "+ev.VIP]++
-		}
-		if errors.Is(err, io.EOF) {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
 }
