@@ -402,6 +402,20 @@ const (
 	classCandidate
 )
 
+func (c pktClass) String() string {
+	switch c {
+	case classOther:
+		return "OTHER"
+	case classParseError:
+		return "PARSE_ERROR"
+	case classFragment:
+		return "FRAGMENT"
+	case classCandidate:
+		return "candidate"
+	}
+	return fmt.Sprintf("class-%d", int(c))
+}
+
 // stepFor is the step a packet of class cl makes on an empty table; c is
 // the connection a candidate belongs to.
 func stepFor(name string, d fshaDirection, pkt []byte, cl pktClass, c conn) step {

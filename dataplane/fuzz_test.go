@@ -1,0 +1,659 @@
+package dataplane
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+)
+
+// Differential fuzzing of the parsers and the flow logic: random frames go
+// through the programs and through a model that decodes them with gopacket
+// and applies fsha's rules; the counters, the flows map, the tombstones and
+// the ring buffer after the single run must be what the model says.
+//
+// Every input starts from the same state (two seeded flows, no
+// tombstones), so a run depends on its input only. The seeds are in
+// testdata/fuzz/<FuzzName>/; -fsha.write-seeds rewrites the builder-made
+// ones there.
+
+var writeSeeds = flag.Bool("fsha.write-seeds", false, "rewrite the builder-made fuzz seeds in testdata/fuzz")
+
+// maxFuzzFrame bounds the frames run: a VLAN-tagged 1500-byte MTU frame
+// fits, and BPF_PROG_RUN takes it linear for both program types.
+const maxFuzzFrame = 1600
+
+func FuzzXDP(f *testing.F)      { fuzzProg(f, ingress) }
+func FuzzTCEgress(f *testing.F) { fuzzProg(f, egress) }
+
+// seededFlow is a flow present before every fuzz input.
+type seededFlow struct {
+	key  fshaFlowKey
+	flow fshaFlow
+}
+
+// fuzzSeedFlows are the flows each fuzz input starts with: c4 has already
+// seen a FIN from the other side, so a FIN in the fuzzed direction closes
+// it (and leaves a tombstone); c6 is established.
+func fuzzSeedFlows(d fshaDirection) []seededFlow {
+	a := fshaFlow{FirstSeenNs: 1, LastSeenNs: 1, BytesIn: 10, BytesOut: 20, PacketsIn: 1, PacketsOut: 2,
+		SeqIn: 1000, AckIn: 5000, SeqOut: 5000, AckOut: 1000, WindowIn: 100, WindowOut: 200}
+	b := a
+	b.State = uint8(fshaFlowStateFLOW_STATE_ESTABLISHED)
+	if d == ingress {
+		a.State, a.Fin = uint8(fshaFlowStateFLOW_STATE_FIN_SERVER), uint8(fshaFlowFinFLOW_FIN_OUT)
+	} else {
+		a.State, a.Fin = uint8(fshaFlowStateFLOW_STATE_FIN_CLIENT), uint8(fshaFlowFinFLOW_FIN_IN)
+	}
+	return []seededFlow{{c4.key(), a}, {c6.key(), b}}
+}
+
+// fuzzSeedFrames are the builder-made seeds: valid segments of the seeded
+// flows and of new ones in every encapsulation, and broken ones.
+func fuzzSeedFrames(t testing.TB, d fshaDirection) map[string][]byte {
+	t.Helper()
+	newc4 := conn{vip: vip4, client: client4, vport: 445, cport: 50000}
+	newc6 := conn{vip: vip6, client: client6, vport: 111, cport: 50001}
+	seg := func(c conn, flags uint8, payload int, mod func(f *frame)) []byte {
+		f := c.seg(d, flags, 1000, 5000, payload)
+		if mod != nil {
+			mod(&f)
+		}
+		return f.bytes(t)
+	}
+	fix := func(b []byte, fn func(b []byte)) []byte {
+		b = bytes.Clone(b)
+		fn(b)
+		return b
+	}
+	fake := conn{vip: netip.MustParseAddr("198.19.0.11"), client: client4, vport: 445, cport: 1} // vip4's prefilter bit
+	m := map[string][]byte{
+		"ipv4-data":             seg(c4, tcpACK|tcpPSH, 100, nil),
+		"ipv4-fin":              seg(c4, tcpFIN|tcpACK, 0, nil),
+		"ipv4-rst":              seg(c4, tcpRST, 0, nil),
+		"ipv4-syn":              seg(newc4, tcpSYN, 0, nil),
+		"ipv4-new-ack":          seg(newc4, tcpACK, 0, nil),
+		"ipv4-vlan":             seg(c4, tcpACK, 10, withVLANs(7)),
+		"ipv4-qinq-options":     seg(newc4, tcpACK, 10, func(f *frame) { f.vlans, f.ipOptions, f.tcpOptions = []uint16{7, 8}, 8, true }),
+		"ipv4-fragment":         seg(c4, tcpACK, 10, func(f *frame) { f.moreFrags = true }),
+		"ipv4-udp":              seg(c4, 0, 10, func(f *frame) { f.proto = layers.IPProtocolUDP }),
+		"ipv4-icmp":             seg(c4, 0, 10, func(f *frame) { f.proto = layers.IPProtocolICMPv4 }),
+		"ipv4-untracked-port":   seg(conn{vip: vip4, client: client4, vport: 22, cport: 1}, tcpACK, 0, nil),
+		"ipv4-non-vip":          seg(conn{vip: other4, client: client4, vport: 445, cport: 1}, tcpACK, 0, nil),
+		"ipv4-prefilter-only":   seg(fake, tcpACK, 0, nil),
+		"ipv6-data":             seg(c6, tcpACK|tcpPSH, 100, nil),
+		"ipv6-fin":              seg(c6, tcpFIN|tcpACK, 0, nil),
+		"ipv6-new-extensions":   seg(newc6, tcpACK, 10, withExt(hbh, dstOpts, routing, ah)),
+		"ipv6-qinq-tcp-options": seg(c6, tcpACK, 10, func(f *frame) { f.vlans, f.tcpOptions = []uint16{7, 8}, true }),
+		"ipv6-fragment":         seg(c6, tcpACK, 10, withExt(hbh, frag6)),
+		"ipv6-icmp":             seg(c6, 0, 10, func(f *frame) { f.proto = layers.IPProtocolICMPv6 }),
+		"ipv6-six-extensions":   seg(newc6, tcpACK, 0, withExt(hbh, dstOpts, routing, ah, ah, dstOpts)),
+	}
+	m["broken-truncated-tcp"] = m["ipv4-data"][:14+20+12]
+	m["broken-truncated-ext"] = m["ipv6-new-extensions"][:14+40+16+5]
+	m["broken-ihl-4"] = fix(m["ipv4-data"], func(b []byte) { b[14] = 0x44 })
+	m["broken-ihl-15"] = fix(m["ipv4-fin"], func(b []byte) { b[14] = 0x4f })
+	m["broken-doff-4"] = fix(m["ipv4-data"], func(b []byte) { b[14+20+12] = 0x40 })
+	m["broken-doff-15"] = fix(m["ipv6-fin"], func(b []byte) { b[14+40+12] = 0xf0 })
+	m["broken-total-length"] = fix(m["ipv4-data"], func(b []byte) { binary.BigEndian.PutUint16(b[16:], 30) })
+	m["broken-total-length-0"] = fix(m["ipv4-data"], func(b []byte) { binary.BigEndian.PutUint16(b[16:], 0) })
+	m["broken-payload-length"] = fix(m["ipv6-data"], func(b []byte) { binary.BigEndian.PutUint16(b[18:], 12) })
+	m["broken-ah-length-0"] = fix(m["ipv6-new-extensions"], func(b []byte) { b[14+40+16+16+24+1] = 0 })
+	m["broken-short"] = m["ipv4-data"][:13]
+	return m
+}
+
+// TestFuzzSeedCorpus checks that testdata holds the builder-made seeds (so
+// `go test` runs them as the fuzz targets' seed corpus); -fsha.write-seeds
+// writes them.
+func TestFuzzSeedCorpus(t *testing.T) {
+	for _, target := range []struct {
+		name string
+		d    fshaDirection
+	}{{"FuzzXDP", ingress}, {"FuzzTCEgress", egress}} {
+		dir := filepath.Join("testdata", "fuzz", target.name)
+		for name, b := range fuzzSeedFrames(t, target.d) {
+			path := filepath.Join(dir, "seed-"+name)
+			content := fmt.Appendf(nil, "go test fuzz v1\n[]byte(%q)\n", b)
+			if *writeSeeds {
+				if err := os.MkdirAll(dir, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(path, content, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				continue
+			}
+			got, err := os.ReadFile(path)
+			if err != nil || !bytes.Equal(got, content) {
+				t.Errorf("seed %s missing or stale (%v): run go test -run TestFuzzSeedCorpus -fsha.write-seeds ./dataplane", path, err)
+			}
+		}
+	}
+}
+
+// TestFuzzModel checks the model itself on the builder-made seeds, so that
+// a model that agrees with the programs for the wrong reason shows up.
+func TestFuzzModel(t *testing.T) {
+	want := map[string]pktClass{
+		"ipv4-data": classCandidate, "ipv4-fin": classCandidate, "ipv4-rst": classCandidate,
+		"ipv4-syn": classCandidate, "ipv4-new-ack": classCandidate, "ipv4-vlan": classCandidate,
+		"ipv4-qinq-options": classCandidate, "ipv4-fragment": classFragment, "ipv4-udp": classOther,
+		"ipv4-icmp": classOther, "ipv4-untracked-port": classOther, "ipv4-non-vip": classOther,
+		"ipv4-prefilter-only": classCandidate, "ipv6-data": classCandidate, "ipv6-fin": classCandidate,
+		"ipv6-new-extensions": classCandidate, "ipv6-qinq-tcp-options": classCandidate,
+		"ipv6-fragment": classFragment, "ipv6-icmp": classOther, "ipv6-six-extensions": classParseError,
+		"broken-truncated-tcp": classParseError, "broken-truncated-ext": classParseError,
+		"broken-ihl-4": classParseError, "broken-ihl-15": classParseError, "broken-doff-4": classParseError,
+		"broken-doff-15": classParseError, "broken-total-length": classParseError,
+		"broken-total-length-0": classParseError, "broken-payload-length": classParseError,
+		"broken-ah-length-0": classParseError,
+	}
+	for _, d := range []fshaDirection{ingress, egress} {
+		for name, b := range fuzzSeedFrames(t, d) {
+			if runRefused(b, d) {
+				if name != "broken-short" {
+					t.Errorf("%s/%s: refused", name, dirName(d))
+				}
+				continue
+			}
+			p := predict(b, d)
+			if p.class != want[name] {
+				t.Errorf("%s/%s: model says %v (%s), want %v", name, dirName(d), p.class, p, want[name])
+			}
+		}
+	}
+	// what the model takes from a segment it tracks
+	p := predict(c6.out(tcpACK|tcpPSH, 7, 9, 33).bytes(t), egress)
+	if p.key != c6.key() || p.seq != 7 || p.ack != 9 || p.payload != 33 || p.window != 509 || p.flags != tcpACK|tcpPSH {
+		t.Errorf("model read %s", p)
+	}
+	p = predict(c4.in(tcpFIN, 7, 9, 0).bytes(t), ingress)
+	if p.key != c4.key() || p.flags != tcpFIN || p.payload != 0 {
+		t.Errorf("model read %s", p)
+	}
+}
+
+func fuzzProg(f *testing.F, d fshaDirection) {
+	h := newHarness(f, 64)
+	seeds := fuzzSeedFlows(d)
+	prog := h.objs.FshaXdp
+	if d == egress {
+		prog = h.objs.FshaTcEgress
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) > maxFuzzFrame {
+			b = b[:maxFuzzFrame]
+		}
+		if runRefused(b, d) {
+			if _, err := prog.Run(&ebpf.RunOptions{Data: b}); err == nil {
+				t.Fatalf("BPF_PROG_RUN ran a frame it refuses (%d bytes): %x", len(b), b)
+			}
+			return
+		}
+		h.reset(t)
+		for _, s := range seeds {
+			if err := h.maps.Flows.Put(s.key, s.flow); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := h.maps.FlowCount.Put(uint32(0), uint64(len(seeds))); err != nil {
+			t.Fatal(err)
+		}
+
+		p := predict(b, d)
+		want := p.apply(d, seeds)
+		before := h.counters(t)
+		h.run(t, d, b)
+		got := counterDelta(before, h.counters(t))
+		if got != want.counters {
+			t.Fatalf("counters changed%s, want%s\nmodel: %s\nframe %x", got, want.counters, p, b)
+		}
+		h.checkFlows(t, want, p, b)
+	})
+}
+
+// runRefused reports whether BPF_PROG_RUN refuses b: a frame shorter than
+// an Ethernet header for both program types and, for an skb (TC), an
+// untagged IPv4 or IPv6 frame too short for the fixed IP header. The stack
+// never hands the programs the former; an untagged short IP frame can
+// reach TC egress from a packet socket, which only VLAN-tagged frames
+// (TestProgTruncated) and the XDP runs can show here.
+func runRefused(b []byte, d fshaDirection) bool {
+	if len(b) < 14 {
+		return true
+	}
+	if d == ingress {
+		return false
+	}
+	switch layers.EthernetType(binary.BigEndian.Uint16(b[12:14])) {
+	case layers.EthernetTypeIPv4:
+		return len(b) < 14+20
+	case layers.EthernetTypeIPv6:
+		return len(b) < 14+40
+	}
+	return false
+}
+
+// prediction is what the model makes of one frame.
+type prediction struct {
+	class   pktClass
+	why     string // the rule that decided, for failure messages
+	key     fshaFlowKey
+	flags   uint8
+	seq     uint32
+	ack     uint32
+	window  uint16
+	payload uint32
+}
+
+func (p prediction) String() string {
+	if p.class != classCandidate {
+		return p.why
+	}
+	return fmt.Sprintf("candidate %v:%d <-> %v:%d flags %#x seq %d ack %d win %d payload %d",
+		bytesAddr(p.key.Vip, p.key.Family), p.key.Vport, bytesAddr(p.key.Client, p.key.Family), p.key.Cport,
+		p.flags, p.seq, p.ack, p.window, p.payload)
+}
+
+func decided(cl pktClass, format string, args ...any) prediction {
+	return prediction{class: cl, why: fmt.Sprintf(format, args...)}
+}
+
+// The program follows two VLAN tags and five IPv6 extension headers (its
+// loop of MAX_IPV6_EXT_HEADERS = 6 rounds also has to read the upper-layer
+// protocol).
+const (
+	maxVLANTags   = 2
+	maxIPv6ExtHdr = 5
+)
+
+// predict decodes b as the program of direction d would see it, with
+// gopacket doing the decoding. Where gopacket is stricter or looser than
+// the program for reasons that do not matter to tracking, the model
+// follows the program, and says so:
+//
+//   - more than two VLAN tags: the program stops looking (OTHER).
+//   - IPv4 total length 0: gopacket reads it as "the whole frame" (TSO);
+//     for a packet that is not GSO, ip_rcv and the program refuse it.
+//   - IPv4 and TCP options: the program does not read them, gopacket
+//     validates their syntax; the model blanks them (end of list) first.
+//   - IPv6: gopacket folds hop-by-hop and jumbograms into its IPv6 layer
+//     and refuses payload length 0; the program has no jumbograms and
+//     takes the length literally. gopacket decodes the fixed header alone
+//     (next header and length neutralised in a copy); the model walks the
+//     extension headers with gopacket's generic extension decoder (which,
+//     unlike its routing decoder, does not insist on type 0) over the
+//     payload the length claims, and AH with gopacket's AH decoder.
+//   - AH with payload length 0 is 8 bytes, short of AH's own 12-byte
+//     fixed part: gopacket refuses it, the program follows the length.
+//   - a fragment header: the program stops there (FRAGMENT) whatever the
+//     header holds.
+//   - TCP is decoded from the frame past the IP headers, not from the IP
+//     payload: the program reads the TCP header within the frame, checks
+//     the port, and only then that the IP length covers the TCP header.
+func predict(b []byte, d fshaDirection) prediction {
+	var eth layers.Ethernet
+	if err := eth.DecodeFromBytes(b, gopacket.NilDecodeFeedback); err != nil {
+		return decided(classParseError, "ethernet: %v", err)
+	}
+	typ, rest := eth.EthernetType, eth.Payload
+	if eth.Length != 0 { // 802.3 length, not an EtherType
+		return decided(classOther, "802.3 frame")
+	}
+	for tags := 0; typ == layers.EthernetTypeDot1Q || typ == layers.EthernetTypeQinQ; tags++ {
+		if tags == maxVLANTags {
+			return decided(classOther, "a third VLAN tag")
+		}
+		var q layers.Dot1Q
+		if err := q.DecodeFromBytes(rest, gopacket.NilDecodeFeedback); err != nil {
+			return decided(classParseError, "vlan: %v", err)
+		}
+		typ, rest = q.Type, q.Payload
+	}
+	l3Off := len(b) - len(rest)
+
+	var (
+		vip, client net.IP
+		fragment    bool
+		upper       layers.IPProtocol
+		l3Len, hdrs int // what the IP header claims; IP and extension header bytes
+		family      uint8
+	)
+	switch typ {
+	case layers.EthernetTypeIPv4:
+		if len(rest) >= 20 && binary.BigEndian.Uint16(rest[2:4]) == 0 {
+			return decided(classParseError, "ipv4 total length 0")
+		}
+		cp := bytes.Clone(rest)
+		if len(cp) >= 20 {
+			if ihl := int(cp[0]&0x0f) * 4; ihl > 20 && ihl <= len(cp) {
+				cp[20] = 0 // options: end of list
+			}
+		}
+		var ip layers.IPv4
+		if err := ip.DecodeFromBytes(cp, gopacket.NilDecodeFeedback); err != nil {
+			return decided(classParseError, "ipv4: %v", err)
+		}
+		vip, client, family = ip.DstIP, ip.SrcIP, afInet
+		fragment = ip.Flags&layers.IPv4MoreFragments != 0 || ip.FragOffset != 0
+		upper, l3Len, hdrs = ip.Protocol, int(ip.Length), int(ip.IHL)*4
+
+	case layers.EthernetTypeIPv6:
+		cp := bytes.Clone(rest[:min(len(rest), 40)])
+		if len(cp) == 40 {
+			cp[6] = byte(layers.IPProtocolNoNextHeader)
+			cp[4], cp[5] = 0, 1
+		}
+		var ip layers.IPv6
+		if err := ip.DecodeFromBytes(cp, gopacket.NilDecodeFeedback); err != nil {
+			return decided(classParseError, "ipv6: %v", err)
+		}
+		vip, client, family = ip.DstIP, ip.SrcIP, afInet6
+		plen := int(binary.BigEndian.Uint16(rest[4:6]))
+		next := layers.IPProtocol(rest[6])
+		payload := rest[40:min(len(rest), 40+plen)]
+		off := 0
+	walk:
+		for n := 0; ; n++ {
+			var length int
+			switch next {
+			case layers.IPProtocolIPv6HopByHop, layers.IPProtocolIPv6Routing, layers.IPProtocolIPv6Destination:
+				if n == maxIPv6ExtHdr {
+					return decided(classParseError, "a sixth ipv6 extension header")
+				}
+				var x layers.IPv6ExtensionSkipper
+				if err := x.DecodeFromBytes(payload[off:], gopacket.NilDecodeFeedback); err != nil {
+					return decided(classParseError, "ipv6 %v: %v", next, err)
+				}
+				next, length = x.NextHeader, len(x.Contents)
+			case layers.IPProtocolAH:
+				if n == maxIPv6ExtHdr {
+					return decided(classParseError, "a sixth ipv6 extension header")
+				}
+				var err error
+				if next, length, err = decodeAH(payload[off:]); err != nil {
+					return decided(classParseError, "ipv6 AH: %v", err)
+				}
+			case layers.IPProtocolIPv6Fragment:
+				fragment = true
+				break walk
+			default:
+				break walk
+			}
+			off += length
+		}
+		upper, l3Len, hdrs = next, 40+plen, 40+off
+
+	default:
+		return decided(classOther, "ethertype %v", typ)
+	}
+
+	if d == egress {
+		vip, client = client, vip
+	}
+	vipAddr, _ := netip.AddrFromSlice(vip)
+	if !vipMaybe(vipAddr) {
+		return decided(classOther, "%v is not in the vip prefilter", vipAddr)
+	}
+	if fragment {
+		return decided(classFragment, "fragment")
+	}
+	if upper != layers.IPProtocolTCP {
+		return decided(classOther, "protocol %v", upper)
+	}
+
+	l4 := bytes.Clone(rest[hdrs:])
+	if len(l4) >= 20 {
+		if doff := int(l4[12]>>4) * 4; doff > 20 && doff <= len(l4) {
+			l4[20] = 0 // options: end of list
+		}
+	}
+	var tcp layers.TCP
+	if err := tcp.DecodeFromBytes(l4, gopacket.NilDecodeFeedback); err != nil {
+		return decided(classParseError, "tcp: %v", err)
+	}
+	p := prediction{class: classCandidate, seq: tcp.Seq, ack: tcp.Ack, window: tcp.Window}
+	p.flags = l4[13] & (tcpFIN | tcpSYN | tcpRST | tcpPSH | tcpACK)
+	cAddr, _ := netip.AddrFromSlice(client)
+	p.key.Vip, _ = addrBytes(vipAddr)
+	p.key.Client, _ = addrBytes(cAddr)
+	p.key.Family = family
+	p.key.Vport, p.key.Cport = uint16(tcp.DstPort), uint16(tcp.SrcPort)
+	if d == egress {
+		p.key.Vport, p.key.Cport = p.key.Cport, p.key.Vport
+	}
+	if !slices.Contains(defaultPorts, p.key.Vport) {
+		return decided(classOther, "port %d not tracked", p.key.Vport)
+	}
+	tcpLen := int(tcp.DataOffset) * 4
+	if l3Len < hdrs+tcpLen {
+		return decided(classParseError, "ip length %d ends in the tcp header (%d+%d)", l3Len, hdrs, tcpLen)
+	}
+	l4Len := l3Len - hdrs
+	if l4Off := l3Off + hdrs; d == egress && len(b)-l4Off > l4Len {
+		l4Len = len(b) - l4Off // a GSO segment is longer than its IP header says
+	}
+	p.payload = uint32(l4Len - tcpLen)
+	return p
+}
+
+// decodeAH decodes an IPv6 authentication header with gopacket.
+func decodeAH(b []byte) (layers.IPProtocol, int, error) {
+	if len(b) >= 2 && b[1] == 0 {
+		if len(b) < 8 {
+			return 0, 0, errors.New("truncated")
+		}
+		return layers.IPProtocol(b[0]), 8, nil
+	}
+	pkt := gopacket.NewPacket(b, layers.LayerTypeIPSecAH, gopacket.DecodeOptions{NoCopy: true})
+	a, ok := pkt.Layer(layers.LayerTypeIPSecAH).(*layers.IPSecAH)
+	if !ok {
+		if e := pkt.ErrorLayer(); e != nil {
+			return 0, 0, e.Error()
+		}
+		return 0, 0, errors.New("no AH layer")
+	}
+	return a.NextHeader, a.ActualLength, nil
+}
+
+// vipMaybe is the prefilter with the default VIPs.
+func vipMaybe(a netip.Addr) bool {
+	ab, af := addrBytes(a)
+	for _, v := range defaultVIPs {
+		vb, vf := addrBytes(v)
+		if vipFilterBit(ab, af) == vipFilterBit(vb, vf) {
+			return true
+		}
+	}
+	return false
+}
+
+// fuzzWant is the state after one run, as the model has it.
+type fuzzWant struct {
+	counters delta
+	flows    map[fshaFlowKey]fshaFlow // timestamps not compared
+	updated  *fshaFlowKey             // a flow whose last_seen must have moved
+	closed   map[fshaFlowKey]uint32
+	events   []fshaFlowEvent // key, flow, type, reason; times not compared
+}
+
+// apply runs the flow logic of bpf/fsha.c on the seeded table.
+func (p prediction) apply(d fshaDirection, seeds []seededFlow) fuzzWant {
+	w := fuzzWant{flows: map[fshaFlowKey]fshaFlow{}, closed: map[fshaFlowKey]uint32{}}
+	for _, s := range seeds {
+		w.flows[s.key] = s.flow
+	}
+	outcome := func(c fshaCounter) { w.counters[d][c]++ }
+	switch p.class {
+	case classOther:
+		outcome(fshaCounterCOUNTER_OTHER)
+		return w
+	case classParseError:
+		outcome(fshaCounterCOUNTER_PARSE_ERROR)
+		return w
+	case classFragment:
+		outcome(fshaCounterCOUNTER_FRAGMENT)
+		return w
+	}
+
+	f, exists := w.flows[p.key]
+	if !exists {
+		if d == ingress || p.flags&(tcpSYN|tcpRST|tcpFIN) != 0 {
+			outcome(fshaCounterCOUNTER_UNTRACKED)
+			return w
+		}
+		isVIP := func(a netip.Addr) bool { k := vipKey(a); return k.Addr == p.key.Vip && k.Family == p.key.Family }
+		if !slices.ContainsFunc(defaultVIPs, isVIP) {
+			outcome(fshaCounterCOUNTER_OTHER) // only the prefilter matched
+			return w
+		}
+		nf := fshaFlow{BytesOut: uint64(p.payload), PacketsOut: 1, SeqOut: p.seq + p.payload, AckOut: p.ack,
+			SeqIn: p.ack, AckIn: p.seq, WindowOut: p.window, State: uint8(fshaFlowStateFLOW_STATE_ESTABLISHED)}
+		w.flows[p.key] = nf
+		outcome(fshaCounterCOUNTER_TRACKED)
+		w.counters[egress][fshaCounterCOUNTER_CREATED]++
+		w.events = append(w.events, fshaFlowEvent{Key: p.key, Flow: nf, Type: uint8(fshaFlowEventTypeFLOW_EVENT_OPEN)})
+		return w
+	}
+
+	outcome(fshaCounterCOUNTER_TRACKED)
+	closeFlow := func(reason fshaFlowCloseReason) {
+		ev := f
+		ev.State = uint8(fshaFlowStateFLOW_STATE_CLOSED)
+		w.events = append(w.events, fshaFlowEvent{Key: p.key, Flow: ev,
+			Type: uint8(fshaFlowEventTypeFLOW_EVENT_CLOSE), Reason: uint8(reason)})
+		if reason == fshaFlowCloseReasonFLOW_CLOSE_FIN {
+			w.closed[p.key] = f.SeqOut
+		}
+		delete(w.flows, p.key)
+		w.counters[d][fshaCounterCOUNTER_CLOSED]++
+	}
+	if p.flags&tcpRST != 0 {
+		if d == ingress {
+			closeFlow(fshaFlowCloseReasonFLOW_CLOSE_RST_IN)
+		} else {
+			closeFlow(fshaFlowCloseReasonFLOW_CLOSE_RST_OUT)
+		}
+		return w
+	}
+	end := p.seq + p.payload
+	if p.flags&(tcpSYN|tcpFIN) != 0 {
+		end++
+	}
+	mine, theirs := uint8(fshaFlowFinFLOW_FIN_IN), uint8(fshaFlowFinFLOW_FIN_OUT)
+	finState := uint8(fshaFlowStateFLOW_STATE_FIN_CLIENT)
+	if d == ingress {
+		f.PacketsIn++
+		f.BytesIn += uint64(p.payload)
+		if int32(end-f.SeqIn) > 0 {
+			f.SeqIn = end
+		}
+		if p.flags&tcpACK != 0 {
+			f.AckIn = p.ack
+		}
+		f.WindowIn = p.window
+	} else {
+		f.PacketsOut++
+		f.BytesOut += uint64(p.payload)
+		if int32(end-f.SeqOut) > 0 {
+			f.SeqOut = end
+		}
+		if p.flags&tcpACK != 0 {
+			f.AckOut = p.ack
+		}
+		f.WindowOut = p.window
+		mine, theirs = theirs, mine
+		finState = uint8(fshaFlowStateFLOW_STATE_FIN_SERVER)
+	}
+	if p.flags&tcpFIN != 0 {
+		f.Fin |= mine
+		if f.Fin&theirs != 0 {
+			closeFlow(fshaFlowCloseReasonFLOW_CLOSE_FIN)
+			return w
+		}
+		f.State = finState
+	}
+	w.flows[p.key] = f
+	w.updated = &p.key
+	return w
+}
+
+// checkFlows compares the flows map, the tombstones and the ring buffer
+// with the model's.
+func (h *harness) checkFlows(t *testing.T, w fuzzWant, p prediction, b []byte) {
+	t.Helper()
+	got := map[fshaFlowKey]fshaFlow{}
+	var (
+		k fshaFlowKey
+		v fshaFlow
+	)
+	it := h.maps.Flows.Iterate()
+	for it.Next(&k, &v) {
+		got[k] = v
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	noTimes := func(f fshaFlow) fshaFlow { f.FirstSeenNs, f.LastSeenNs = 0, 0; return f }
+	for k, wf := range w.flows {
+		gf, ok := got[k]
+		if !ok || noTimes(gf) != noTimes(wf) {
+			t.Errorf("flow %+v:\n got %+v (present %v)\nwant %+v\nmodel: %s\nframe %x", k, gf, ok, wf, p, b)
+			continue
+		}
+		if wf.FirstSeenNs == 0 && (gf.FirstSeenNs == 0 || gf.LastSeenNs != gf.FirstSeenNs) {
+			t.Errorf("new flow's times %d %d", gf.FirstSeenNs, gf.LastSeenNs)
+		}
+		if w.updated != nil && *w.updated == k && gf.LastSeenNs <= 1 {
+			t.Errorf("updated flow's last_seen stayed %d", gf.LastSeenNs)
+		}
+	}
+	for k := range got {
+		if _, ok := w.flows[k]; !ok {
+			t.Errorf("unexpected flow %+v: %+v\nmodel: %s\nframe %x", k, got[k], p, b)
+		}
+	}
+
+	var seq uint32
+	gotClosed := map[fshaFlowKey]uint32{}
+	it = h.maps.ClosedFlows.Iterate()
+	for it.Next(&k, &seq) {
+		gotClosed[k] = seq
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(gotClosed) != len(w.closed) {
+		t.Errorf("tombstones %v, want %v", gotClosed, w.closed)
+	}
+	for k, s := range w.closed {
+		if gotClosed[k] != s {
+			t.Errorf("tombstones %v, want %v", gotClosed, w.closed)
+		}
+	}
+
+	evs := h.drainEvents(t)
+	if len(evs) != len(w.events) {
+		t.Fatalf("%d events, want %d\nmodel: %s\nframe %x", len(evs), len(w.events), p, b)
+	}
+	for i, g := range evs {
+		we := w.events[i]
+		want := flowOf(&we.Key, &we.Flow, clock{})
+		want.FirstSeen, want.LastSeen = g.Flow.FirstSeen, g.Flow.LastSeen
+		if g.Type != EventType(we.Type) || g.Reason != CloseReason(we.Reason) || g.Flow != want {
+			t.Errorf("event %v %q %+v\nwant %v %q %+v", g.Type, g.Reason, g.Flow, EventType(we.Type), CloseReason(we.Reason), want)
+		}
+	}
+}
