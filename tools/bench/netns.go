@@ -9,10 +9,11 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strings"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
@@ -60,6 +61,10 @@ func newVethPair() (_ *vethPair, err error) {
 		if p.ns[i], err = newNamedNetns(name); err != nil {
 			return nil, err
 		}
+		// IPv4 only: no router solicitations, DAD or MLD on the veth.
+		if err := p.exec(i, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"); err != nil {
+			return nil, err
+		}
 		if p.nl[i], err = netlink.NewHandleAt(p.ns[i]); err != nil {
 			return nil, fmt.Errorf("netlink in %s: %w", name, err)
 		}
@@ -94,30 +99,45 @@ func newVethPair() (_ *vethPair, err error) {
 	return p, nil
 }
 
-// exec runs a command in side's namespace.
-func (p *vethPair) exec(side int, name string, args ...string) error {
-	return p.execInput(side, "", name, args...)
+// attachXDP attaches prog to side's veth end in native mode.
+func (p *vethPair) attachXDP(side int, prog *ebpf.Program) (link.Link, error) {
+	var l link.Link
+	err := inNetns(p.ns[side], func() (err error) {
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: p.ifIdx[side], Flags: link.XDPDriverMode})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attach xdp to %s: %w", p.ifName[side], err)
+	}
+	return l, nil
 }
 
-func (p *vethPair) execInput(side int, stdin, name string, args ...string) error {
+// attachTCXEgress attaches prog to side's veth end at TCX egress.
+func (p *vethPair) attachTCXEgress(side int, prog *ebpf.Program) (link.Link, error) {
+	var l link.Link
+	err := inNetns(p.ns[side], func() (err error) {
+		l, err = link.AttachTCX(link.TCXOptions{Program: prog, Interface: p.ifIdx[side], Attach: ebpf.AttachTCXEgress})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attach tcx egress to %s: %w", p.ifName[side], err)
+	}
+	return l, nil
+}
+
+// exec runs a command in side's namespace.
+func (p *vethPair) exec(side int, name string, args ...string) error {
 	cmd := exec.Command("ip", append([]string{"netns", "exec", p.nsName[side], name}, args...)...)
-	cmd.Stdin = strings.NewReader(stdin)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("%s %s in %s: %w: %s", name, strings.Join(args, " "), p.nsName[side], err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
 
-// writeSysfs writes value to /sys/class/net/<side's veth>/<file>.
-func (p *vethPair) writeSysfs(side int, file, value string) error {
-	path := filepath.Join("/sys/class/net", p.ifName[side], file)
-	return p.execInput(side, value, "tee", path)
-}
-
 // Close deletes both namespaces (and so the veth).
 func (p *vethPair) Close() error {
 	var errs []error
-	for i := range p.nsName {
+	for i, name := range p.nsName {
 		if p.nl[i] != nil {
 			p.nl[i].Close()
 			p.nl[i] = nil
@@ -125,46 +145,47 @@ func (p *vethPair) Close() error {
 		if p.ns[i] >= 0 {
 			errs = append(errs, p.ns[i].Close())
 			p.ns[i] = -1
-			if err := netns.DeleteNamed(p.nsName[i]); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, fmt.Errorf("delete netns %s: %w", p.nsName[i], err))
-			}
+		}
+		// Even when creating it failed halfway.
+		if err := netns.DeleteNamed(name); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("delete netns %s: %w", name, err))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// inNetns runs fn on an OS thread switched into ns. The thread is thrown
-// away afterwards (the goroutine exits still locked), so no other goroutine
-// ever runs in the wrong namespace.
-func inNetns(ns netns.NsHandle, fn func() error) error {
+// onThread runs fn on an OS thread of its own, which is thrown away
+// afterwards (the goroutine exits still locked to it): fn may change the
+// thread's namespace, CPU affinity or scheduling policy freely.
+func onThread(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		if err := netns.Set(ns); err != nil {
-			errc <- fmt.Errorf("enter netns: %w", err)
-			return
-		}
 		errc <- fn()
 	}()
 	return <-errc
 }
 
-// newNamedNetns creates a named namespace (bind-mounted under
-// /var/run/netns, so `ip netns exec` finds it) on a throwaway thread.
-func newNamedNetns(name string) (netns.NsHandle, error) {
-	type result struct {
-		ns  netns.NsHandle
-		err error
-	}
-	c := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		ns, err := netns.NewNamed(name)
-		if err != nil {
-			err = fmt.Errorf("create netns %s: %w", name, err)
+// inNetns runs fn on a thread of its own switched into ns.
+func inNetns(ns netns.NsHandle, fn func() error) error {
+	return onThread(func() error {
+		if err := netns.Set(ns); err != nil {
+			return fmt.Errorf("enter netns: %w", err)
 		}
-		c <- result{ns, err}
-	}()
-	r := <-c
-	return r.ns, r.err
+		return fn()
+	})
+}
+
+// newNamedNetns creates a named namespace (bind-mounted under
+// /var/run/netns, so `ip netns exec` finds it) on a throwaway thread, as
+// creating it moves the calling thread into it.
+func newNamedNetns(name string) (netns.NsHandle, error) {
+	ns := netns.None()
+	err := onThread(func() (err error) {
+		if ns, err = netns.NewNamed(name); err != nil {
+			return fmt.Errorf("create netns %s: %w", name, err)
+		}
+		return nil
+	})
+	return ns, err
 }

@@ -15,11 +15,11 @@ import (
 	"io"
 	"net/netip"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 	"github.com/fsha/fsha/dataplane"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -42,15 +42,15 @@ func dataplaneSuite() *suite {
 	return &suite{
 		name: "dataplane",
 		flags: func(fs *flag.FlagSet) {
-			fs.IntVar(&b.repeat, "repeat", 5_000_000, "dataplane: BPF_PROG_RUN repetitions per round")
-			fs.IntVar(&b.rounds, "rounds", 7, "dataplane: BPF_PROG_RUN rounds per case (the median is reported)")
+			fs.IntVar(&b.repeat, "repeat", 1_000_000, "dataplane: BPF_PROG_RUN repetitions per round")
+			fs.IntVar(&b.rounds, "rounds", 15, "dataplane: BPF_PROG_RUN rounds per case (the median is reported)")
 			fs.IntVar(&b.flows, "flows", 1_000_000, "dataplane: flows in the map for the tracked cases")
 			fs.IntVar(&b.cpu, "cpu", runtime.NumCPU()-1, "dataplane: CPU to run BPF_PROG_RUN on")
 			fs.BoolVar(&b.realtime, "rt", true, "dataplane: run BPF_PROG_RUN rounds as SCHED_FIFO so that other tasks cannot preempt them")
 			fs.BoolVar(&b.lease, "lease", true, "dataplane: enable the fencing lease (valid), as a clustered node runs")
 			fs.BoolVar(&b.pps, "pps", true, "dataplane: also measure packets per second through a veth pair")
-			fs.DurationVar(&b.ppsDuration, "pps-duration", 3*time.Second, "dataplane: length of one veth measurement")
-			fs.IntVar(&b.ppsRounds, "pps-rounds", 3, "dataplane: veth rounds per mode (the median is reported)")
+			fs.DurationVar(&b.ppsDuration, "pps-duration", 2*time.Second, "dataplane: length of one veth measurement")
+			fs.IntVar(&b.ppsRounds, "pps-rounds", 5, "dataplane: veth rounds per mode (the median is reported)")
 		},
 		run: b.run,
 	}
@@ -73,7 +73,7 @@ const (
 
 // benchClient is the i-th synthetic client: 16,384 ports on each address,
 // so that a packet generator can derive client i with shifts and masks
-// (see ppsSender): 198.18.128.(i>>14) : 10000+(i&0x3fff) for IPv4.
+// (see senderProgram): 198.18.128.(i>>14) : 10000+(i&0x3fff) for IPv4.
 func benchClient(v6 bool, i int) netip.AddrPort {
 	port := uint16(10000 + i&0x3fff)
 	if v6 {
@@ -147,32 +147,6 @@ func (b *dataplaneBench) run(ctx context.Context, log *zap.Logger, out io.Writer
 		return nil
 	}
 	return b.vethPPS(ctx, log, out, u, pair, n4)
-}
-
-// attachXDP attaches prog to side's veth end in native mode.
-func (p *vethPair) attachXDP(side int, prog *ebpf.Program) (link.Link, error) {
-	var l link.Link
-	err := inNetns(p.ns[side], func() (err error) {
-		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: p.ifIdx[side], Flags: link.XDPDriverMode})
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("attach xdp to %s: %w", p.ifName[side], err)
-	}
-	return l, nil
-}
-
-// attachTCXEgress attaches prog to side's veth end at TCX egress.
-func (p *vethPair) attachTCXEgress(side int, prog *ebpf.Program) (link.Link, error) {
-	var l link.Link
-	err := inNetns(p.ns[side], func() (err error) {
-		l, err = link.AttachTCX(link.TCXOptions{Program: prog, Interface: p.ifIdx[side], Attach: ebpf.AttachTCXEgress})
-		return err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("attach tcx egress to %s: %w", p.ifName[side], err)
-	}
-	return l, nil
 }
 
 // progCase is one BPF_PROG_RUN measurement.
@@ -278,9 +252,9 @@ func (b *dataplaneBench) progCases(u *dataplane.Unpinned, xdpEmpty, tcEmpty *ebp
 		data6 := segment{src: client6, dst: vip6, ack: true, payload: payloadLen}
 		defs = append(defs,
 			def{hook, emptyName, empty, orient(data), -1, nil},
-			def{hook, "fsha: non-VIP TCP to :445", prog, orient(nonVIP), outcomeOther, nonVIPTarget},
+			def{hook, "fsha: non-VIP, port 445", prog, orient(nonVIP), outcomeOther, nonVIPTarget},
 			def{hook, "fsha: VIP, untracked port", prog, orient(otherPort), outcomeOther, nil},
-			def{hook, "fsha: VIP:445 SYN, no flow", prog, orient(noFlow), outcomeUntracked, nil},
+			def{hook, "fsha: VIP:445, no flow (SYN)", prog, orient(noFlow), outcomeUntracked, nil},
 			def{hook, "fsha: tracked IPv4, " + flowsNote, prog, orient(data), outcomeTracked, trackedTarget},
 			def{hook, "fsha: tracked IPv6, " + flowsNote, prog, orient(data6), outcomeTracked, trackedTarget},
 		)
@@ -323,30 +297,51 @@ func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Wr
 		defer l.Close()
 	}
 
-	// BPF_PROG_RUN runs on the calling thread: keep it on one CPU.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	var set unix.CPUSet
-	set.Set(b.cpu)
-	if err := unix.SchedSetaffinity(0, &set); err != nil {
-		return fmt.Errorf("pin to cpu %d: %w", b.cpu, err)
-	}
-	if b.realtime {
-		// SCHED_FIFO: other tasks cannot preempt a round; they run on the
-		// other CPUs. Rounds are far shorter than the RT throttling period.
-		if err := unix.SchedSetAttr(0, &unix.SchedAttr{Policy: unix.SCHED_FIFO, Priority: 10}, 0); err != nil {
-			return fmt.Errorf("set SCHED_FIFO: %w", err)
+	// BPF_PROG_RUN runs on the calling thread: a thread of its own, pinned.
+	err = onThread(func() error {
+		if err := b.pinThread(); err != nil {
+			return err
 		}
-		defer func() { _ = unix.SchedSetAttr(0, &unix.SchedAttr{Policy: 0 /* SCHED_OTHER */}, 0) }()
+		return b.progRounds(ctx, log, u, cases)
+	})
+	if err != nil {
+		return err
 	}
-	defer func() {
-		var all unix.CPUSet
-		for i := range runtime.NumCPU() {
-			all.Set(i)
-		}
-		_ = unix.SchedSetaffinity(0, &all)
-	}()
 
+	t := &table{header: []string{"hook", "case", "ns/pkt", "best", "spread", "x empty", "target", "result"}}
+	var base float64
+	for _, c := range cases {
+		ns := median(c.ns)
+		if c.want < 0 {
+			base = ns
+		}
+		ratio := ns / base
+		tgt, res := "-", "-"
+		if c.want < 0 {
+			tgt = "baseline"
+		}
+		if c.target != nil {
+			tgt, res = c.target.String(), "MISS"
+			if c.target.met(ns, ratio) {
+				res = "PASS"
+			}
+		}
+		t.add(c.hook, c.name, fmt.Sprintf("%.1f", ns), fmt.Sprintf("%.1f", slices.Min(c.ns)), fmt.Sprintf("%.0f%%", spread(c.ns)),
+			fmt.Sprintf("%.2f", ratio), tgt, res)
+	}
+	lease := "fencing lease off"
+	if b.lease {
+		lease = "fencing lease on and valid"
+	}
+	fmt.Fprintf(out, "\nBPF_PROG_RUN, one %d-byte packet repeated %s times, median of %d rounds, CPU %d, %s\n",
+		len(cases[0].pkt), thousands(b.repeat), b.rounds, b.cpu, lease)
+	fmt.Fprintf(out, "(tc = the TCX egress program; ns/pkt = median, best = fastest round, spread = (max-min)/median;\n")
+	fmt.Fprintf(out, " x empty and the targets use the medians)\n\n")
+	return t.write(out)
+}
+
+// progRounds verifies and warms up every case, then times them in rounds.
+func (b *dataplaneBench) progRounds(ctx context.Context, log *zap.Logger, u *dataplane.Unpinned, cases []*progCase) error {
 	// Check that every case takes the path it claims to measure, and warm up.
 	for _, c := range cases {
 		if err := verifyCase(u, c); err != nil {
@@ -375,35 +370,28 @@ func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Wr
 			// Leave the CPU to others for a moment, so that a SCHED_FIFO
 			// bench never reaches the RT throttling limit (95%), which
 			// would stall a round.
-			time.Sleep(time.Duration(ns*float64(b.repeat))/8 + time.Millisecond)
+			threadSleep(time.Duration(ns*float64(b.repeat))/8 + time.Millisecond)
 		}
 	}
+	return nil
+}
 
-	t := &table{header: []string{"hook", "case", "ns/pkt", "spread", "x empty", "target", "result"}}
-	var base float64
-	for _, c := range cases {
-		ns := median(c.ns)
-		if c.want < 0 {
-			base = ns
-		}
-		ratio := ns / base
-		tgt, res := "-", "-"
-		if c.want < 0 {
-			tgt = "baseline"
-		}
-		if c.target != nil {
-			tgt, res = c.target.String(), "MISS"
-			if c.target.met(ns, ratio) {
-				res = "PASS"
-			}
-		}
-		t.add(c.hook, c.name, fmt.Sprintf("%.1f", ns), fmt.Sprintf("%.0f%%", spread(c.ns)),
-			fmt.Sprintf("%.2f", ratio), tgt, res)
+// pinThread pins the calling thread to b.cpu and, with -rt, makes it
+// SCHED_FIFO: other tasks cannot preempt it, they run on the other CPUs.
+// Callers sleep between runs to stay clear of RT throttling. The thread
+// must be one onThread throws away.
+func (b *dataplaneBench) pinThread() error {
+	var set unix.CPUSet
+	set.Set(b.cpu)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return fmt.Errorf("pin thread to cpu %d: %w", b.cpu, err)
 	}
-	fmt.Fprintf(out, "\nBPF_PROG_RUN, one packet repeated %s times, median of %d rounds, CPU %d\n",
-		thousands(b.repeat), b.rounds, b.cpu)
-	fmt.Fprintf(out, "(tc = the TCX egress program; spread = (max-min)/median over the rounds)\n\n")
-	return t.write(out)
+	if b.realtime {
+		if err := unix.SchedSetAttr(0, &unix.SchedAttr{Policy: unix.SCHED_FIFO, Priority: 10}, 0); err != nil {
+			return fmt.Errorf("set SCHED_FIFO: %w", err)
+		}
+	}
+	return nil
 }
 
 // timeRun returns the wall-clock time per run of repeat runs of p on pkt,
@@ -466,4 +454,14 @@ func verifyCase(u *dataplane.Unpinned, c *progCase) error {
 			a.Created-b.Created, a.Closed-b.Closed)
 	}
 	return nil
+}
+
+// threadSleep blocks the calling OS thread in nanosleep. Unlike
+// time.Sleep, which parks the goroutine and needs another thread of the
+// Go runtime to wake it, a SCHED_FIFO thread wakes right on time even when
+// the other CPUs are busy.
+func threadSleep(d time.Duration) {
+	ts := unix.NsecToTimespec(d.Nanoseconds())
+	for unix.Nanosleep(&ts, &ts) == unix.EINTR {
+	}
 }

@@ -1,13 +1,378 @@
 package main
 
+// Part 2 of suite "dataplane": packets per second through a veth pair.
+//
+// The sender is an XDP program run with BPF_PROG_RUN in live-frame mode
+// (BPF_F_TEST_XDP_LIVE_FRAMES) on a's veth end: every frame it returns
+// XDP_TX goes out of a straight into b's receive queue, far faster than a
+// userspace sender (this kernel has no pktgen). The kernel sends in
+// batches of 64 frames and, at the end of each batch, runs b's NAPI poll
+// on the same CPU: XDP (the mode's program), GRO, IP input and a routing
+// drop (the destination is not local and forwarding is off). One pinned
+// CPU thus does all the work, and the packets b receives per CPU-second of
+// the sending thread give 1 / (send + receive cost); the modes differ only
+// on the receive side.
+
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/fsha/fsha/dataplane"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
+// ppsMode is one configuration of the receiving side and the traffic.
+type ppsMode struct {
+	name string
+	// xdp is attached to b's veth end (nil: none); fsha also gets its TCX
+	// egress program attached.
+	xdp  *ebpf.Program
+	fsha bool
+	// pkt is sent; the sender rewrites the client of each copy to
+	// benchClient(i) for i = 0, 1, ... flows-1, 0, ...
+	pkt   []byte
+	flows int
+	// base is the mode without fsha this one compares with (nil: none).
+	base *ppsMode
+	// per round: packets b received per second of wall time, the share
+	// of the CPU the sending thread (which also runs b's receive path) got,
+	// and that thread's CPU time per packet received
+	pps, cpuShare, nsPerPkt []float64
+}
+
+// xdpMd is struct xdp_md, the context of a live-frame run.
+type xdpMd struct {
+	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
+}
+
 func (b *dataplaneBench) vethPPS(ctx context.Context, log *zap.Logger, out io.Writer, u *dataplane.Unpinned, pair *vethPair, n4 int) error {
-	return nil
+	// NAPI on b is what lets a's XDP_TX frames in when no XDP program is
+	// attached there: GRO turns it on. It stays on in every mode.
+	if err := pair.exec(sideB, "ethtool", "-K", pair.ifName[sideB], "gro", "on"); err != nil {
+		return err
+	}
+
+	state, err := ebpf.NewMap(&ebpf.MapSpec{Name: "bench_sender", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		return fmt.Errorf("create sender map: %w", err)
+	}
+	defer state.Close()
+	sender, err := senderProgram(state)
+	if err != nil {
+		return err
+	}
+	defer sender.Close()
+	// Attached, the sender stays in the kernel's XDP dispatcher instead of
+	// being added and removed (with an RCU grace period) on every run. It
+	// sees nothing on a: with IPv6 off, b never sends anything.
+	senderLink, err := pair.attachXDP(sideA, sender)
+	if err != nil {
+		return err
+	}
+	defer senderLink.Close()
+	xdpEmpty, err := emptyProgram(ebpf.XDP, 2 /* XDP_PASS */)
+	if err != nil {
+		return err
+	}
+	defer xdpEmpty.Close()
+
+	vip := netip.AddrPortFrom(benchVIP4, trackedPort)
+	tracked, err := segment{src: benchClient(false, 0), dst: vip, ack: true, payload: payloadLen, ipID: senderIPID}.build()
+	if err != nil {
+		return err
+	}
+	other, err := segment{src: benchClient(false, 0), dst: netip.AddrPortFrom(benchOther4, trackedPort),
+		ack: true, payload: payloadLen, ipID: senderIPID}.build()
+	if err != nil {
+		return err
+	}
+	// Packets from n4 different clients may cost the kernel more than
+	// one client's (GRO, caches) with or without fsha: they get their own
+	// baseline.
+	none := &ppsMode{name: "no XDP program, 1 client", pkt: tracked, flows: 1}
+	noneMany := &ppsMode{name: "no XDP program, " + thousands(n4) + " clients in turn", pkt: tracked, flows: n4}
+	modes := []*ppsMode{
+		none,
+		{name: "empty XDP program, 1 client", xdp: xdpEmpty, pkt: tracked, flows: 1, base: none},
+		{name: "fsha, non-VIP traffic, 1 client", xdp: u.XDP, fsha: true, pkt: other, flows: 1, base: none},
+		{name: "fsha, tracked, 1 flow", xdp: u.XDP, fsha: true, pkt: tracked, flows: 1, base: none},
+		noneMany,
+		{name: "fsha, tracked, " + thousands(n4) + " flows in turn", xdp: u.XDP, fsha: true, pkt: tracked, flows: n4, base: noneMany},
+	}
+	log.Info("veth pps", zap.Int("modes", len(modes)), zap.Int("rounds", b.ppsRounds),
+		zap.Duration("duration", b.ppsDuration), zap.Int("cpu", b.cpu))
+	before, err := u.ReadCounters()
+	if err != nil {
+		return err
+	}
+	for r := range b.ppsRounds {
+		for _, m := range modes {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			res, err := b.measurePPS(ctx, pair, u, m, sender, state)
+			if err != nil {
+				return fmt.Errorf("%s: %w", m.name, err)
+			}
+			m.pps = append(m.pps, res.pps)
+			m.cpuShare = append(m.cpuShare, res.cpuShare)
+			m.nsPerPkt = append(m.nsPerPkt, res.nsPerPkt)
+			log.Debug("pps round", zap.Int("round", r), zap.String("mode", m.name), zap.Float64("pps", res.pps),
+				zap.Float64("cpu_share", res.cpuShare), zap.Float64("ns_per_pkt", res.nsPerPkt))
+		}
+	}
+	after, err := u.ReadCounters()
+	if err != nil {
+		return err
+	}
+	// fsha saw the traffic it was meant to: tracked packets were tracked.
+	if after.Ingress.Tracked-before.Ingress.Tracked == 0 || after.Ingress.Other-before.Ingress.Other == 0 {
+		return fmt.Errorf("fsha counted %d tracked and %d other packets on the veth, want both > 0",
+			after.Ingress.Tracked-before.Ingress.Tracked, after.Ingress.Other-before.Ingress.Other)
+	}
+	if n := after.Ingress.Untracked - before.Ingress.Untracked; n != 0 {
+		return fmt.Errorf("%d packets of the tracked modes found no flow: the sender and the flows disagree", n)
+	}
+
+	t := &table{header: []string{"receiver (veth b)", "pps", "CPU", "pps per CPU", "spread", "ns/pkt", "vs no program"}}
+	for _, m := range modes {
+		ns := median(m.nsPerPkt)
+		vs := "baseline"
+		if m.base != nil {
+			baseNS := median(m.base.nsPerPkt)
+			vs = fmt.Sprintf("%+.0f ns (x%.2f pps)", ns-baseNS, baseNS/ns)
+		}
+		t.add(m.name, thousands(int(median(m.pps))), fmt.Sprintf("%.0f%%", median(m.cpuShare)*100),
+			thousands(int(1e9/ns)), fmt.Sprintf("%.0f%%", spread(m.nsPerPkt)), fmt.Sprintf("%.0f", ns), vs)
+	}
+	fmt.Fprintf(out, "\nveth pair, %d-byte TCP segments, XDP live-frame sender and b's receive path (NAPI: XDP, GRO,\n", len(tracked))
+	fmt.Fprintf(out, "IP, routing drop) on one thread pinned to CPU %d; %s per round, median of %d rounds.\n",
+		b.cpu, seconds(b.ppsDuration), b.ppsRounds)
+	fmt.Fprintf(out, "pps = b received per second; CPU = share of the CPU the thread got; pps per CPU and ns/pkt =\n")
+	fmt.Fprintf(out, "packets per CPU-second of the thread, send + receive; spread = (max-min)/median of ns/pkt\n\n")
+	return t.write(out)
+}
+
+// senderIPID is the IPv4 identification the sender starts from: it lowers
+// it by as much as it raises the source address, which keeps the header
+// checksum valid (see senderProgram).
+const senderIPID = 0x1000
+
+// senderProgram returns an XDP program that sends every frame back out
+// (XDP_TX) after writing client i into it, i counting 0, 1, ... n-1, 0, ...
+// where state[0] = {next i: u32, n: u32}: source port 10000 + (i & 0x3fff),
+// last byte of the source address i >> 14, as benchClient does, and the IP
+// identification senderIPID - (i >> 14) so the checksum stays right.
+// IPv4 frames with a 20-byte IP header only.
+func senderProgram(state *ebpf.Map) (*ebpf.Program, error) {
+	const (
+		ipID    = 14 + 4
+		srcLast = 14 + 15
+		srcPort = 14 + 20
+	)
+	insns := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.LoadMapPtr(asm.R1, state.FD()),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "tx"),
+		asm.LoadMem(asm.R7, asm.R0, 0, asm.Word), // i
+		asm.LoadMem(asm.R8, asm.R0, 4, asm.Word), // n
+		asm.Mov.Reg(asm.R9, asm.R7),
+		asm.Add.Imm(asm.R9, 1),
+		asm.JLT.Reg(asm.R9, asm.R8, "store"),
+		asm.Mov.Imm(asm.R9, 0),
+		asm.StoreMem(asm.R0, 0, asm.R9, asm.Word).WithSymbol("store"),
+		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word), // data
+		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word), // data_end
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, srcPort+2),
+		asm.JGT.Reg(asm.R4, asm.R3, "tx"),
+		asm.Mov.Reg(asm.R5, asm.R7),
+		asm.And.Imm(asm.R5, 0x3fff),
+		asm.Add.Imm(asm.R5, 10000),
+		asm.HostTo(asm.BE, asm.R5, asm.Half),
+		asm.StoreMem(asm.R2, srcPort, asm.R5, asm.Half),
+		asm.Mov.Reg(asm.R5, asm.R7),
+		asm.RSh.Imm(asm.R5, 14),
+		asm.StoreMem(asm.R2, srcLast, asm.R5, asm.Byte),
+		asm.Mov.Imm(asm.R4, senderIPID),
+		asm.Sub.Reg(asm.R4, asm.R5),
+		asm.HostTo(asm.BE, asm.R4, asm.Half),
+		asm.StoreMem(asm.R2, ipID, asm.R4, asm.Half),
+		asm.Mov.Imm(asm.R0, 3).WithSymbol("tx"), // XDP_TX
+		asm.Return(),
+	}
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "bench_sender", Type: ebpf.XDP, Instructions: insns, License: "GPL"})
+	if err != nil {
+		return nil, fmt.Errorf("load sender program: %w", err)
+	}
+	return p, nil
+}
+
+type ppsResult struct {
+	pps, cpuShare, nsPerPkt float64
+}
+
+// measurePPS runs one mode for one round.
+func (b *dataplaneBench) measurePPS(ctx context.Context, pair *vethPair, u *dataplane.Unpinned,
+	m *ppsMode, sender *ebpf.Program, state *ebpf.Map) (_ ppsResult, err error) {
+	var links []link.Link
+	defer func() {
+		for _, l := range links {
+			_ = l.Close()
+		}
+	}()
+	if m.xdp != nil {
+		l, err := pair.attachXDP(sideB, m.xdp)
+		if err != nil {
+			return ppsResult{}, err
+		}
+		links = append(links, l)
+	}
+	if m.fsha {
+		l, err := pair.attachTCXEgress(sideB, u.TCEgress)
+		if err != nil {
+			return ppsResult{}, err
+		}
+		links = append(links, l)
+	}
+	if err := state.Put(uint32(0), [2]uint32{0, uint32(m.flows)}); err != nil {
+		return ppsResult{}, fmt.Errorf("set sender state: %w", err)
+	}
+
+	stop := make(chan struct{})
+	tid := make(chan int, 1)
+	var (
+		wg        sync.WaitGroup
+		senderErr error
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		senderErr = inNetns(pair.ns[sideA], func() error {
+			return b.sendLoop(sender, m.pkt, pair.ifIdx[sideA], tid, stop)
+		})
+	}()
+	defer func() {
+		close(stop)
+		wg.Wait()
+		err = errors.Join(err, senderErr)
+	}()
+	var thread int
+	select {
+	case thread = <-tid:
+	case <-time.After(5 * time.Second):
+		return ppsResult{}, errors.New("sender did not start")
+	}
+
+	// Warm up, then count what b received over the measurement window,
+	// and the CPU time the sending thread used for it.
+	select {
+	case <-time.After(300 * time.Millisecond):
+	case <-ctx.Done():
+		return ppsResult{}, ctx.Err()
+	}
+	rx0, err := pair.rxPackets(sideB)
+	if err != nil {
+		return ppsResult{}, err
+	}
+	cpu0, err := threadCPUTime(thread)
+	if err != nil {
+		return ppsResult{}, err
+	}
+	t0 := time.Now()
+	select {
+	case <-time.After(b.ppsDuration):
+	case <-ctx.Done():
+		return ppsResult{}, ctx.Err()
+	}
+	rx1, err := pair.rxPackets(sideB)
+	if err != nil {
+		return ppsResult{}, err
+	}
+	cpu1, err := threadCPUTime(thread)
+	if err != nil {
+		return ppsResult{}, err
+	}
+	elapsed := time.Since(t0)
+	if rx1 <= rx0 || cpu1 <= cpu0 {
+		return ppsResult{}, fmt.Errorf("%s received no packets", pair.ifName[sideB])
+	}
+	pkts := float64(rx1 - rx0)
+	return ppsResult{
+		pps:      pkts / elapsed.Seconds(),
+		cpuShare: float64(cpu1-cpu0) / float64(elapsed),
+		nsPerPkt: float64(cpu1-cpu0) / pkts,
+	}, nil
+}
+
+// sendLoop runs the sender program in live-frame mode on ifindex, in
+// batches, until stop is closed. It must run on a locked thread in that
+// interface's namespace; it sends that thread's id on tid.
+func (b *dataplaneBench) sendLoop(sender *ebpf.Program, pkt []byte, ifindex int, tid chan<- int, stop <-chan struct{}) error {
+	if err := b.pinThread(); err != nil {
+		return err
+	}
+	tid <- unix.Gettid()
+	opts := &ebpf.RunOptions{
+		Data:    pkt,
+		Context: xdpMd{DataEnd: uint32(len(pkt)), IngressIfindex: uint32(ifindex)},
+		Repeat:  1 << 16,
+		Flags:   unix.BPF_F_TEST_XDP_LIVE_FRAMES,
+	}
+	for {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		start := time.Now()
+		if _, err := sender.Run(opts); err != nil {
+			return fmt.Errorf("live-frame sender: %w", err)
+		}
+		// As in part 1: stay clear of RT throttling.
+		threadSleep(time.Since(start)/8 + time.Millisecond)
+	}
+}
+
+// rxPackets returns the packets side's veth end received.
+func (p *vethPair) rxPackets(side int) (uint64, error) {
+	l, err := p.nl[side].LinkByName(p.ifName[side])
+	if err != nil {
+		return 0, fmt.Errorf("read %s statistics: %w", p.ifName[side], err)
+	}
+	return l.Attrs().Statistics.RxPackets, nil
+}
+
+// threadCPUTime returns the CPU time thread tid of this process has used,
+// from /proc/self/task/<tid>/schedstat (its first field, in nanoseconds).
+func threadCPUTime(tid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/task/%d/schedstat", tid))
+	if err != nil {
+		return 0, fmt.Errorf("read cpu time: %w", err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, fmt.Errorf("read cpu time of thread %d: empty schedstat", tid)
+	}
+	ns, err := strconv.ParseInt(f[0], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("read cpu time of thread %d: %w", tid, err)
+	}
+	return time.Duration(ns), nil
 }
