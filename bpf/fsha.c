@@ -67,6 +67,19 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } closed_flows SEC(".maps");
 
+/* handshakes: flow_key -> the client's initial sequence number + 1, as the
+ * SYN-ACK of a local socket acknowledges it. Written by egress on SYN-ACK,
+ * read and deleted when egress creates the flow, so that bytes_in also
+ * counts what the client sent before the server's first segment (for SMB
+ * and NFS, the first request). A SYN flood can only churn this LRU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow_key);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} handshakes SEC(".maps");
+
 /* events: ring buffer of struct flow_event (open, close). Written by both
  * programs, read by the daemon. */
 struct {
@@ -429,10 +442,21 @@ static __always_inline int create_flow(struct packet *pkt)
 		bpf_map_delete_elem(&closed_flows, &pkt->key);
 	}
 
+	/* what the client sent before this segment, if we saw the handshake */
+	__u64 bytes_in = 0;
+	__u32 *isn = bpf_map_lookup_elem(&handshakes, &pkt->key);
+	if (isn) {
+		__u32 sent = pkt->ack - *isn;
+		if (sent < (1U << 30))
+			bytes_in = sent;
+		bpf_map_delete_elem(&handshakes, &pkt->key);
+	}
+
 	__u64 now = bpf_ktime_get_coarse_ns();
 	struct flow f = {
 	    .first_seen_ns = now,
 	    .last_seen_ns = now,
+	    .bytes_in = bytes_in,
 	    .bytes_out = pkt->payload,
 	    .packets_out = 1,
 	    .seq_out = pkt->seq + pkt->payload,
@@ -479,6 +503,11 @@ static __always_inline int track_egress(struct packet *pkt)
 	struct flow *f = bpf_map_lookup_elem(&flows, &pkt->key);
 
 	if (!f) {
+		if ((pkt->flags & (TCP_SYN | TCP_ACK | TCP_RST)) == (TCP_SYN | TCP_ACK)) {
+			__u32 isn = pkt->ack;
+			bpf_map_update_elem(&handshakes, &pkt->key, &isn, BPF_ANY);
+			return COUNTER_UNTRACKED;
+		}
 		if (pkt->flags & (TCP_SYN | TCP_RST | TCP_FIN))
 			return COUNTER_UNTRACKED;
 		int res = create_flow(pkt);

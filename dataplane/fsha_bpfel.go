@@ -144,6 +144,7 @@ const (
 	fshaMapEvents                = "events"
 	fshaMapFlowCount             = "flow_count"
 	fshaMapFlows                 = "flows"
+	fshaMapHandshakes            = "handshakes"
 	fshaMapLease                 = "lease"
 	fshaMapPorts                 = "ports"
 	fshaMapVipFilter             = "vip_filter"
@@ -216,6 +217,7 @@ type fshaMapSpecs struct {
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	FlowCount   *ebpf.MapSpec `ebpf:"flow_count"`
 	Flows       *ebpf.MapSpec `ebpf:"flows"`
+	Handshakes  *ebpf.MapSpec `ebpf:"handshakes"`
 	Lease       *ebpf.MapSpec `ebpf:"lease"`
 	Ports       *ebpf.MapSpec `ebpf:"ports"`
 	VipFilter   *ebpf.MapSpec `ebpf:"vip_filter"`
@@ -262,6 +264,7 @@ type fshaMaps struct {
 	Events      *ebpf.Map `ebpf:"events"`
 	FlowCount   *ebpf.Map `ebpf:"flow_count"`
 	Flows       *ebpf.Map `ebpf:"flows"`
+	Handshakes  *ebpf.Map `ebpf:"handshakes"`
 	Lease       *ebpf.Map `ebpf:"lease"`
 	Ports       *ebpf.Map `ebpf:"ports"`
 	VipFilter   *ebpf.Map `ebpf:"vip_filter"`
@@ -275,6 +278,7 @@ func (m *fshaMaps) Close() error {
 		m.Events,
 		m.FlowCount,
 		m.Flows,
+		m.Handshakes,
 		m.Lease,
 		m.Ports,
 		m.VipFilter,

@@ -23,12 +23,14 @@ type Maps struct {
 	Ports       *ebpf.Map
 	Counters    *ebpf.Map
 	Lease       *ebpf.Map
+	Handshakes  *ebpf.Map
 }
 
 func mapsOf(m *fshaMaps) Maps {
 	return Maps{
 		Flows: m.Flows, FlowCount: m.FlowCount, ClosedFlows: m.ClosedFlows, Events: m.Events,
 		Vips: m.Vips, VipFilter: m.VipFilter, Ports: m.Ports, Counters: m.Counters, Lease: m.Lease,
+		Handshakes: m.Handshakes,
 	}
 }
 
@@ -38,6 +40,7 @@ func (m *Maps) byName() []namedMap {
 		{fshaMapFlows, m.Flows}, {fshaMapFlowCount, m.FlowCount}, {fshaMapClosedFlows, m.ClosedFlows},
 		{fshaMapEvents, m.Events}, {fshaMapVips, m.Vips}, {fshaMapVipFilter, m.VipFilter},
 		{fshaMapPorts, m.Ports}, {fshaMapCounters, m.Counters}, {fshaMapLease, m.Lease},
+		{fshaMapHandshakes, m.Handshakes},
 	}
 }
 
@@ -80,6 +83,7 @@ func OpenPinned(pinPath string) (_ *PinnedMaps, err error) {
 		{fshaMapFlows, &p.Flows}, {fshaMapFlowCount, &p.FlowCount}, {fshaMapClosedFlows, &p.ClosedFlows},
 		{fshaMapVips, &p.Vips}, {fshaMapVipFilter, &p.VipFilter}, {fshaMapPorts, &p.Ports},
 		{fshaMapCounters, &p.Counters}, {fshaMapLease, &p.Lease},
+		{fshaMapHandshakes, &p.Handshakes},
 	} {
 		if *dst.m, err = open(dst.name); err != nil {
 			return nil, err

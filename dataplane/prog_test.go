@@ -688,7 +688,10 @@ func established(t *testing.T, h *harness, c conn) (cseq, sseq uint32) {
 				}
 				want := Flow{VIP: c.vip, VIPPort: c.vport, Client: c.client, ClientPort: c.cport,
 					FirstSeen: f.FirstSeen, LastSeen: f.LastSeen, PacketsOut: 1,
-					SeqIn: ci + 101, AckIn: si + 1, SeqOut: si + 1, AckOut: ci + 101, WindowOut: 509,
+					// the request sent before the server's first segment,
+					// known from the SYN-ACK's acknowledgement number
+					BytesIn: 100,
+					SeqIn:   ci + 101, AckIn: si + 1, SeqOut: si + 1, AckOut: ci + 101, WindowOut: 509,
 					State: StateEstablished}
 				if f != want {
 					t.Errorf("new flow\n %+v, want\n %+v", f, want)
@@ -760,14 +763,14 @@ func TestProgLifecycle(t *testing.T) {
 					check: func(t *testing.T, h *harness) {
 						f, _ := h.flow(t, c)
 						if f.BytesOut != 300 || f.PacketsOut != 2 || f.SeqOut != ss+300 || f.AckOut != cs ||
-							f.BytesIn != 0 || f.PacketsIn != 0 || !f.LastSeen.After(f.FirstSeen) {
+							f.BytesIn != 100 || f.PacketsIn != 0 || !f.LastSeen.After(f.FirstSeen) {
 							t.Errorf("after server data: %+v", f)
 						}
 					}},
 				{name: "client data", dir: ingress, pkt: c.in(tcpACK|tcpPSH, cs, ss+300, 200).bytes(t), want: tracked,
 					check: func(t *testing.T, h *harness) {
 						f, _ := h.flow(t, c)
-						if f.BytesIn != 200 || f.PacketsIn != 1 || f.SeqIn != cs+200 || f.AckIn != ss+300 ||
+						if f.BytesIn != 300 || f.PacketsIn != 1 || f.SeqIn != cs+200 || f.AckIn != ss+300 ||
 							f.WindowIn != 501 || f.BytesOut != 300 || f.State != StateEstablished {
 							t.Errorf("after client data: %+v", f)
 						}
@@ -775,7 +778,7 @@ func TestProgLifecycle(t *testing.T) {
 				{name: "client retransmission", dir: ingress, pkt: c.in(tcpACK|tcpPSH, cs, ss+300, 200).bytes(t), want: tracked,
 					check: func(t *testing.T, h *harness) {
 						f, _ := h.flow(t, c)
-						if f.BytesIn != 400 || f.PacketsIn != 2 || f.SeqIn != cs+200 {
+						if f.BytesIn != 500 || f.PacketsIn != 2 || f.SeqIn != cs+200 {
 							t.Errorf("after a retransmission: %+v", f)
 						}
 					}},
@@ -1041,8 +1044,8 @@ func TestProgPayloadLength(t *testing.T) {
 	h.step(t, step{name: "padded client ACK", dir: ingress, pkt: pad, want: fshaCounterCOUNTER_TRACKED})
 	h.step(t, step{name: "client data with trailing bytes", dir: ingress,
 		pkt: append(c4.in(tcpACK, cs, ss, 10).bytes(t), make([]byte, 90)...), want: fshaCounterCOUNTER_TRACKED})
-	if fl, _ := h.flow(t, c4); fl.BytesIn != 10 || fl.SeqIn != cs+10 {
-		t.Errorf("ingress counted %d bytes, seq_in %d; want 10, %d", fl.BytesIn, fl.SeqIn, cs+10)
+	if fl, _ := h.flow(t, c4); fl.BytesIn != 100+10 || fl.SeqIn != cs+10 {
+		t.Errorf("ingress counted %d bytes, seq_in %d; want 110 (100 before the flow), %d", fl.BytesIn, fl.SeqIn, cs+10)
 	}
 
 	gso := c4.out(tcpACK|tcpPSH, ss, cs+10, 1000).bytes(t)
