@@ -32,6 +32,7 @@ const enum flow_event_type *unused_flow_event_type __attribute__((unused));
 const enum flow_close_reason *unused_flow_close_reason __attribute__((unused));
 const enum vip_flags *unused_vip_flags __attribute__((unused));
 const struct flow_event *unused_flow_event __attribute__((unused));
+const enum peer_flags *unused_peer_flags __attribute__((unused));
 
 /* Capacity of the flows map, set by the loader: used to count evictions. */
 volatile const __u64 flows_max = 1048576;
@@ -138,6 +139,38 @@ struct {
 	__type(value, struct node_lease);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lease SEC(".maps");
+
+/* peer_flows: flow_key -> peer_flow. Written by the daemon (replication from
+ * the other nodes), read by XDP ingress to steer a draining VIP's old
+ * connections. Not preallocated: memory grows with the cluster's flows. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4194304);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct flow_key);
+	__type(value, struct peer_flow);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} peer_flows SEC(".maps");
+
+/* node_macs: PNN -> node_mac. Written by the daemon, read by XDP ingress
+ * when it steers. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_NODES);
+	__type(key, __u32);
+	__type(value, struct node_mac);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} node_macs SEC(".maps");
+
+/* steering: [0] -> number of VIPs being drained to or from this node. Written
+ * by the daemon; XDP ingress looks up peer flows only while it is non-zero. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} steering SEC(".maps");
 
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
@@ -537,6 +570,39 @@ static __always_inline int track_egress(struct packet *pkt)
 	return COUNTER_TRACKED;
 }
 
+/*
+ * Steering (drain): a packet of a connection whose socket is on another
+ * node goes back out to that node, with the Ethernet addresses rewritten;
+ * that node keeps the VIP as a local, unannounced address and answers the
+ * client directly. Returns COUNTER_UNTRACKED when the packet is not ours to
+ * steer.
+ */
+static __always_inline int steer(struct xdp_md *ctx, struct packet *pkt)
+{
+	__u32 zero = 0;
+	__u32 *active = bpf_map_lookup_elem(&steering, &zero);
+
+	if (!active || !*active)
+		return COUNTER_UNTRACKED;
+	struct peer_flow *pf = bpf_map_lookup_elem(&peer_flows, &pkt->key);
+	if (!pf || !(pf->flags & PEER_F_STEER))
+		return COUNTER_UNTRACKED;
+	__u32 owner = pf->owner;
+	struct node_mac *nm = bpf_map_lookup_elem(&node_macs, &owner);
+	if (!nm || !nm->valid)
+		return COUNTER_STEER_ERRORS;
+
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return COUNTER_PARSE_ERROR;
+	/* it was sent to us: our address becomes the source */
+	__builtin_memcpy(eth->h_source, eth->h_dest, 6);
+	__builtin_memcpy(eth->h_dest, nm->mac, 6);
+	return COUNTER_STEERED;
+}
+
 SEC("xdp")
 int fsha_xdp(struct xdp_md *ctx)
 {
@@ -547,8 +613,12 @@ int fsha_xdp(struct xdp_md *ctx)
 	int res = parse_packet(data, data_end, DIRECTION_INGRESS, 0, &pkt);
 	if (res == CANDIDATE)
 		res = track_ingress(&pkt);
+	if (res == COUNTER_UNTRACKED)
+		res = steer(ctx, &pkt);
 	count(DIRECTION_INGRESS, res);
-	return res == COUNTER_FENCED ? XDP_DROP : XDP_PASS;
+	if (res == COUNTER_FENCED)
+		return XDP_DROP;
+	return res == COUNTER_STEERED ? XDP_TX : XDP_PASS;
 }
 
 SEC("tc")

@@ -114,11 +114,13 @@ enum counter {
 	COUNTER_TRACKED = 4,	 /* updated, created or closed a flow */
 	COUNTER_CREATED = 5,
 	COUNTER_CLOSED = 6,
-	COUNTER_EVICTED = 7,	 /* created while the table was full: LRU evicted one */
-	COUNTER_EVENTS_LOST = 8, /* ring buffer full, event dropped */
-	COUNTER_MAP_ERRORS = 9,	 /* a map update failed */
-	COUNTER_FENCED = 10,	 /* outcome: dropped, VIP traffic while the lease has expired */
-	COUNTER_MAX = 11,
+	COUNTER_EVICTED = 7,	   /* created while the table was full: LRU evicted one */
+	COUNTER_EVENTS_LOST = 8,   /* ring buffer full, event dropped */
+	COUNTER_MAP_ERRORS = 9,	   /* a map update failed */
+	COUNTER_FENCED = 10,	   /* outcome: dropped, VIP traffic while the lease has expired */
+	COUNTER_STEERED = 11,	   /* outcome: sent on to the node that holds the socket (drain) */
+	COUNTER_STEER_ERRORS = 12, /* a flow to steer whose node has no known MAC: passed */
+	COUNTER_MAX = 13,
 };
 
 enum direction {
@@ -139,6 +141,32 @@ struct node_lease {
 	__u32 enabled;	  /* 0: no fencing (standalone tracking) */
 	__u32 pad;
 };
+
+/*
+ * A connection of another node, replicated: every node knows the whole
+ * cluster's connections, so that the node taking a VIP over can tickle its
+ * clients, and the new owner of a VIP being drained can steer packets of the
+ * old owner's connections to it.
+ */
+struct peer_flow {
+	__u64 last_seen_ns; /* the owner's wall clock, Unix nanoseconds */
+	__u32 gen;	    /* the owner's snapshot generation (anti-entropy sweeps) */
+	__u16 owner;	    /* PNN of the node that holds the socket */
+	__u8 flags;	    /* enum peer_flags */
+	__u8 pad;
+};
+
+enum peer_flags {
+	PEER_F_STEER = 1, /* XDP ingress sends this flow's packets to its owner */
+};
+
+/* Value of the node_macs map: where to steer a node's connections. */
+struct node_mac {
+	__u8 mac[6];
+	__u16 valid;
+};
+
+#define MAX_NODES 256
 
 /* The VIP prefilter is a bitmap of VIP_FILTER_BITS bits in u64 words. */
 #define VIP_FILTER_BITS	 65536

@@ -12,6 +12,8 @@ type DirectionCounters struct {
 	Untracked   uint64 `json:"untracked"`
 	Tracked     uint64 `json:"tracked"`
 	Fenced      uint64 `json:"fenced"`
+	Steered     uint64 `json:"steered"`
+	SteerErrors uint64 `json:"steer_errors"`
 	Created     uint64 `json:"created"`
 	Closed      uint64 `json:"closed"`
 	Evicted     uint64 `json:"evicted"`
@@ -33,17 +35,19 @@ func (m *Maps) ReadCounters() (Counters, error) {
 	var c Counters
 	for dir, dc := range []*DirectionCounters{&c.Ingress, &c.Egress} {
 		fields := map[fshaCounter]*uint64{
-			fshaCounterCOUNTER_OTHER:       &dc.Other,
-			fshaCounterCOUNTER_PARSE_ERROR: &dc.ParseErrors,
-			fshaCounterCOUNTER_FRAGMENT:    &dc.Fragments,
-			fshaCounterCOUNTER_UNTRACKED:   &dc.Untracked,
-			fshaCounterCOUNTER_TRACKED:     &dc.Tracked,
-			fshaCounterCOUNTER_FENCED:      &dc.Fenced,
-			fshaCounterCOUNTER_CREATED:     &dc.Created,
-			fshaCounterCOUNTER_CLOSED:      &dc.Closed,
-			fshaCounterCOUNTER_EVICTED:     &dc.Evicted,
-			fshaCounterCOUNTER_EVENTS_LOST: &dc.EventsLost,
-			fshaCounterCOUNTER_MAP_ERRORS:  &dc.MapErrors,
+			fshaCounterCOUNTER_OTHER:        &dc.Other,
+			fshaCounterCOUNTER_PARSE_ERROR:  &dc.ParseErrors,
+			fshaCounterCOUNTER_FRAGMENT:     &dc.Fragments,
+			fshaCounterCOUNTER_UNTRACKED:    &dc.Untracked,
+			fshaCounterCOUNTER_TRACKED:      &dc.Tracked,
+			fshaCounterCOUNTER_FENCED:       &dc.Fenced,
+			fshaCounterCOUNTER_STEERED:      &dc.Steered,
+			fshaCounterCOUNTER_STEER_ERRORS: &dc.SteerErrors,
+			fshaCounterCOUNTER_CREATED:      &dc.Created,
+			fshaCounterCOUNTER_CLOSED:       &dc.Closed,
+			fshaCounterCOUNTER_EVICTED:      &dc.Evicted,
+			fshaCounterCOUNTER_EVENTS_LOST:  &dc.EventsLost,
+			fshaCounterCOUNTER_MAP_ERRORS:   &dc.MapErrors,
 		}
 		for ctr, dst := range fields {
 			var perCPU []uint64
@@ -55,7 +59,7 @@ func (m *Maps) ReadCounters() (Counters, error) {
 				*dst += v
 			}
 		}
-		dc.Packets = dc.Other + dc.ParseErrors + dc.Fragments + dc.Untracked + dc.Tracked + dc.Fenced
+		dc.Packets = dc.Other + dc.ParseErrors + dc.Fragments + dc.Untracked + dc.Tracked + dc.Fenced + dc.Steered + dc.SteerErrors
 	}
 	var n uint64
 	if err := m.FlowCount.Lookup(uint32(0), &n); err != nil {

@@ -17,6 +17,11 @@ const DefaultPinPath = "/sys/fs/bpf/fsha"
 // DefaultFlowsMax is the default capacity of the flows map.
 const DefaultFlowsMax = 1 << 20
 
+// DefaultPeerFlowsMax is the default capacity of the peer flows map: the
+// flows of 16 nodes at 256k each, or fewer nodes with more. It is not
+// preallocated, so only flows that exist take memory.
+const DefaultPeerFlowsMax = 1 << 22
+
 // ErrIncompatiblePins is returned when the maps pinned by an earlier fsha do
 // not match what this one would create (another capacity, another layout).
 // Reusing them is impossible and replacing them would lose every tracked
@@ -29,6 +34,8 @@ type Options struct {
 	PinPath string
 	// FlowsMax is the capacity of the flows map.
 	FlowsMax uint32
+	// PeerFlowsMax is the capacity of the map of the other nodes' flows.
+	PeerFlowsMax uint32
 	// Interfaces to attach to, by name. Links pinned for interfaces not in
 	// this list are detached.
 	Interfaces []string
@@ -55,6 +62,9 @@ func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
 	if opts.FlowsMax == 0 {
 		opts.FlowsMax = DefaultFlowsMax
 	}
+	if opts.PeerFlowsMax == 0 {
+		opts.PeerFlowsMax = DefaultPeerFlowsMax
+	}
 	log = log.Named("dataplane")
 
 	if err := EnsureBPFFS(opts.PinPath); err != nil {
@@ -76,6 +86,7 @@ func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
 		return nil, fmt.Errorf("load bpf spec: %w", err)
 	}
 	spec.Maps[fshaMapFlows].MaxEntries = opts.FlowsMax
+	spec.Maps[fshaMapPeerFlows].MaxEntries = opts.PeerFlowsMax
 	if err := spec.Variables[fshaVarFlowsMax].Set(uint64(opts.FlowsMax)); err != nil {
 		return nil, fmt.Errorf("set flows_max: %w", err)
 	}

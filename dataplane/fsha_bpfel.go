@@ -16,18 +16,20 @@ import (
 type fshaCounter uint32
 
 const (
-	fshaCounterCOUNTER_OTHER       fshaCounter = 0
-	fshaCounterCOUNTER_PARSE_ERROR fshaCounter = 1
-	fshaCounterCOUNTER_FRAGMENT    fshaCounter = 2
-	fshaCounterCOUNTER_UNTRACKED   fshaCounter = 3
-	fshaCounterCOUNTER_TRACKED     fshaCounter = 4
-	fshaCounterCOUNTER_CREATED     fshaCounter = 5
-	fshaCounterCOUNTER_CLOSED      fshaCounter = 6
-	fshaCounterCOUNTER_EVICTED     fshaCounter = 7
-	fshaCounterCOUNTER_EVENTS_LOST fshaCounter = 8
-	fshaCounterCOUNTER_MAP_ERRORS  fshaCounter = 9
-	fshaCounterCOUNTER_FENCED      fshaCounter = 10
-	fshaCounterCOUNTER_MAX         fshaCounter = 11
+	fshaCounterCOUNTER_OTHER        fshaCounter = 0
+	fshaCounterCOUNTER_PARSE_ERROR  fshaCounter = 1
+	fshaCounterCOUNTER_FRAGMENT     fshaCounter = 2
+	fshaCounterCOUNTER_UNTRACKED    fshaCounter = 3
+	fshaCounterCOUNTER_TRACKED      fshaCounter = 4
+	fshaCounterCOUNTER_CREATED      fshaCounter = 5
+	fshaCounterCOUNTER_CLOSED       fshaCounter = 6
+	fshaCounterCOUNTER_EVICTED      fshaCounter = 7
+	fshaCounterCOUNTER_EVENTS_LOST  fshaCounter = 8
+	fshaCounterCOUNTER_MAP_ERRORS   fshaCounter = 9
+	fshaCounterCOUNTER_FENCED       fshaCounter = 10
+	fshaCounterCOUNTER_STEERED      fshaCounter = 11
+	fshaCounterCOUNTER_STEER_ERRORS fshaCounter = 12
+	fshaCounterCOUNTER_MAX          fshaCounter = 13
 )
 
 type fshaDirection uint32
@@ -116,6 +118,27 @@ type fshaNodeLease struct {
 	Pad       uint32
 }
 
+type fshaNodeMac struct {
+	_     structs.HostLayout
+	Mac   [6]uint8
+	Valid uint16
+}
+
+type fshaPeerFlags uint32
+
+const (
+	fshaPeerFlagsPEER_F_STEER fshaPeerFlags = 1
+)
+
+type fshaPeerFlow struct {
+	_          structs.HostLayout
+	LastSeenNs uint64
+	Gen        uint32
+	Owner      uint16
+	Flags      uint8
+	Pad        uint8
+}
+
 type fshaVipFlags uint32
 
 const (
@@ -146,7 +169,10 @@ const (
 	fshaMapFlows                 = "flows"
 	fshaMapHandshakes            = "handshakes"
 	fshaMapLease                 = "lease"
+	fshaMapNodeMacs              = "node_macs"
+	fshaMapPeerFlows             = "peer_flows"
 	fshaMapPorts                 = "ports"
+	fshaMapSteering              = "steering"
 	fshaMapVipFilter             = "vip_filter"
 	fshaMapVips                  = "vips"
 	fshaProgFshaTcEgress         = "fsha_tc_egress"
@@ -159,6 +185,7 @@ const (
 	fshaVarUnusedFlowEventType   = "unused_flow_event_type"
 	fshaVarUnusedFlowFin         = "unused_flow_fin"
 	fshaVarUnusedFlowState       = "unused_flow_state"
+	fshaVarUnusedPeerFlags       = "unused_peer_flags"
 	fshaVarUnusedVipFlags        = "unused_vip_flags"
 )
 
@@ -219,7 +246,10 @@ type fshaMapSpecs struct {
 	Flows       *ebpf.MapSpec `ebpf:"flows"`
 	Handshakes  *ebpf.MapSpec `ebpf:"handshakes"`
 	Lease       *ebpf.MapSpec `ebpf:"lease"`
+	NodeMacs    *ebpf.MapSpec `ebpf:"node_macs"`
+	PeerFlows   *ebpf.MapSpec `ebpf:"peer_flows"`
 	Ports       *ebpf.MapSpec `ebpf:"ports"`
+	Steering    *ebpf.MapSpec `ebpf:"steering"`
 	VipFilter   *ebpf.MapSpec `ebpf:"vip_filter"`
 	Vips        *ebpf.MapSpec `ebpf:"vips"`
 }
@@ -236,6 +266,7 @@ type fshaVariableSpecs struct {
 	UnusedFlowEventType   *ebpf.VariableSpec `ebpf:"unused_flow_event_type"`
 	UnusedFlowFin         *ebpf.VariableSpec `ebpf:"unused_flow_fin"`
 	UnusedFlowState       *ebpf.VariableSpec `ebpf:"unused_flow_state"`
+	UnusedPeerFlags       *ebpf.VariableSpec `ebpf:"unused_peer_flags"`
 	UnusedVipFlags        *ebpf.VariableSpec `ebpf:"unused_vip_flags"`
 }
 
@@ -266,7 +297,10 @@ type fshaMaps struct {
 	Flows       *ebpf.Map `ebpf:"flows"`
 	Handshakes  *ebpf.Map `ebpf:"handshakes"`
 	Lease       *ebpf.Map `ebpf:"lease"`
+	NodeMacs    *ebpf.Map `ebpf:"node_macs"`
+	PeerFlows   *ebpf.Map `ebpf:"peer_flows"`
 	Ports       *ebpf.Map `ebpf:"ports"`
+	Steering    *ebpf.Map `ebpf:"steering"`
 	VipFilter   *ebpf.Map `ebpf:"vip_filter"`
 	Vips        *ebpf.Map `ebpf:"vips"`
 }
@@ -280,7 +314,10 @@ func (m *fshaMaps) Close() error {
 		m.Flows,
 		m.Handshakes,
 		m.Lease,
+		m.NodeMacs,
+		m.PeerFlows,
 		m.Ports,
+		m.Steering,
 		m.VipFilter,
 		m.Vips,
 	)
@@ -298,6 +335,7 @@ type fshaVariables struct {
 	UnusedFlowEventType   *ebpf.Variable `ebpf:"unused_flow_event_type"`
 	UnusedFlowFin         *ebpf.Variable `ebpf:"unused_flow_fin"`
 	UnusedFlowState       *ebpf.Variable `ebpf:"unused_flow_state"`
+	UnusedPeerFlags       *ebpf.Variable `ebpf:"unused_peer_flags"`
 	UnusedVipFlags        *ebpf.Variable `ebpf:"unused_vip_flags"`
 }
 

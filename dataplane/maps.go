@@ -24,13 +24,16 @@ type Maps struct {
 	Counters    *ebpf.Map
 	Lease       *ebpf.Map
 	Handshakes  *ebpf.Map
+	PeerFlows   *ebpf.Map
+	NodeMacs    *ebpf.Map
+	Steering    *ebpf.Map
 }
 
 func mapsOf(m *fshaMaps) Maps {
 	return Maps{
 		Flows: m.Flows, FlowCount: m.FlowCount, ClosedFlows: m.ClosedFlows, Events: m.Events,
 		Vips: m.Vips, VipFilter: m.VipFilter, Ports: m.Ports, Counters: m.Counters, Lease: m.Lease,
-		Handshakes: m.Handshakes,
+		Handshakes: m.Handshakes, PeerFlows: m.PeerFlows, NodeMacs: m.NodeMacs, Steering: m.Steering,
 	}
 }
 
@@ -40,7 +43,8 @@ func (m *Maps) byName() []namedMap {
 		{fshaMapFlows, m.Flows}, {fshaMapFlowCount, m.FlowCount}, {fshaMapClosedFlows, m.ClosedFlows},
 		{fshaMapEvents, m.Events}, {fshaMapVips, m.Vips}, {fshaMapVipFilter, m.VipFilter},
 		{fshaMapPorts, m.Ports}, {fshaMapCounters, m.Counters}, {fshaMapLease, m.Lease},
-		{fshaMapHandshakes, m.Handshakes},
+		{fshaMapHandshakes, m.Handshakes}, {fshaMapPeerFlows, m.PeerFlows},
+		{fshaMapNodeMacs, m.NodeMacs}, {fshaMapSteering, m.Steering},
 	}
 }
 
@@ -83,7 +87,8 @@ func OpenPinned(pinPath string) (_ *PinnedMaps, err error) {
 		{fshaMapFlows, &p.Flows}, {fshaMapFlowCount, &p.FlowCount}, {fshaMapClosedFlows, &p.ClosedFlows},
 		{fshaMapVips, &p.Vips}, {fshaMapVipFilter, &p.VipFilter}, {fshaMapPorts, &p.Ports},
 		{fshaMapCounters, &p.Counters}, {fshaMapLease, &p.Lease},
-		{fshaMapHandshakes, &p.Handshakes},
+		{fshaMapHandshakes, &p.Handshakes}, {fshaMapPeerFlows, &p.PeerFlows},
+		{fshaMapNodeMacs, &p.NodeMacs}, {fshaMapSteering, &p.Steering},
 	} {
 		if *dst.m, err = open(dst.name); err != nil {
 			return nil, err

@@ -38,6 +38,8 @@ func countersCommand(e env) *cli.Command {
 				{"  other traffic", in.Other, out.Other},
 				{"  fragments", in.Fragments, out.Fragments},
 				{"  fenced (dropped)", in.Fenced, out.Fenced},
+				{"  steered to owner", in.Steered, out.Steered},
+				{"  steer errors", in.SteerErrors, out.SteerErrors},
 				{"  parse errors", in.ParseErrors, out.ParseErrors},
 				{"flows created", in.Created, out.Created},
 				{"flows closed", in.Closed, out.Closed},

@@ -293,6 +293,8 @@ func (c *Collector) collectCounters(ch chan<- prometheus.Metric, ctrs dataplane.
 			{"fragment", d.c.Fragments},
 			{"parse_error", d.c.ParseErrors},
 			{"fenced", d.c.Fenced},
+			{"steered", d.c.Steered},
+			{"steer_error", d.c.SteerErrors},
 		} {
 			ch <- counter(c.packets, o.n, d.dir, o.outcome)
 		}

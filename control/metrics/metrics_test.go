@@ -107,12 +107,16 @@ fsha_dataplane_packets_total{direction="egress",outcome="fenced"} 0
 fsha_dataplane_packets_total{direction="egress",outcome="fragment"} 0
 fsha_dataplane_packets_total{direction="egress",outcome="other"} 10
 fsha_dataplane_packets_total{direction="egress",outcome="parse_error"} 0
+fsha_dataplane_packets_total{direction="egress",outcome="steer_error"} 0
+fsha_dataplane_packets_total{direction="egress",outcome="steered"} 0
 fsha_dataplane_packets_total{direction="egress",outcome="tracked"} 90
 fsha_dataplane_packets_total{direction="egress",outcome="untracked"} 0
 fsha_dataplane_packets_total{direction="ingress",outcome="fenced"} 4
 fsha_dataplane_packets_total{direction="ingress",outcome="fragment"} 1
 fsha_dataplane_packets_total{direction="ingress",outcome="other"} 50
 fsha_dataplane_packets_total{direction="ingress",outcome="parse_error"} 2
+fsha_dataplane_packets_total{direction="ingress",outcome="steer_error"} 0
+fsha_dataplane_packets_total{direction="ingress",outcome="steered"} 0
 fsha_dataplane_packets_total{direction="ingress",outcome="tracked"} 100
 fsha_dataplane_packets_total{direction="ingress",outcome="untracked"} 3
 # HELP fsha_dataplane_flows_created_total Flows the data plane started tracking.
