@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -26,7 +27,10 @@ import (
 // Every input starts from the same state (two seeded flows, no
 // tombstones), so a run depends on its input only. The seeds are in
 // testdata/fuzz/<FuzzName>/; -fsha.write-seeds rewrites the builder-made
-// ones there.
+// ones there. Each run costs a few dozen map syscalls, so keep the
+// minimisation of new inputs short or it eats the fuzzing time:
+//
+//	go test -run='^$' -fuzz=FuzzXDP -fuzztime=60s -fuzzminimizetime=200x ./dataplane
 
 var writeSeeds = flag.Bool("fsha.write-seeds", false, "rewrite the builder-made fuzz seeds in testdata/fuzz")
 
@@ -37,16 +41,26 @@ const maxFuzzFrame = 1600
 func FuzzXDP(f *testing.F)      { fuzzProg(f, ingress) }
 func FuzzTCEgress(f *testing.F) { fuzzProg(f, egress) }
 
-// seededFlow is a flow present before every fuzz input.
-type seededFlow struct {
-	key  fshaFlowKey
-	flow fshaFlow
+// fuzzState is the programs' tables as the model has them.
+type fuzzState struct {
+	flows      map[fshaFlowKey]fshaFlow // timestamps not compared
+	closed     map[fshaFlowKey]uint32   // tombstones: the VIP side's next sequence number
+	handshakes map[fshaFlowKey]uint32   // the client's ISN + 1, from the SYN-ACK
 }
 
-// fuzzSeedFlows are the flows each fuzz input starts with: c4 has already
-// seen a FIN from the other side, so a FIN in the fuzzed direction closes
-// it (and leaves a tombstone); c6 is established.
-func fuzzSeedFlows(d fshaDirection) []seededFlow {
+func (s fuzzState) clone() fuzzState {
+	return fuzzState{flows: maps.Clone(s.flows), closed: maps.Clone(s.closed), handshakes: maps.Clone(s.handshakes)}
+}
+
+// newConn4 is a connection with no flow but a handshake seen.
+var newConn4 = conn{vip: vip4, client: client4, vport: 445, cport: 50000}
+
+// fuzzSeedState is what each fuzz input starts with: c4 has already seen
+// a FIN from the other side, so a FIN in the fuzzed direction closes it
+// (and leaves a tombstone); c6 is established; newConn4's SYN-ACK
+// acknowledged ISN 4899, so a flow created for it counts the client's
+// bytes up to the segment's ACK.
+func fuzzSeedState(d fshaDirection) fuzzState {
 	a := fshaFlow{FirstSeenNs: 1, LastSeenNs: 1, BytesIn: 10, BytesOut: 20, PacketsIn: 1, PacketsOut: 2,
 		SeqIn: 1000, AckIn: 5000, SeqOut: 5000, AckOut: 1000, WindowIn: 100, WindowOut: 200}
 	b := a
@@ -56,14 +70,41 @@ func fuzzSeedFlows(d fshaDirection) []seededFlow {
 	} else {
 		a.State, a.Fin = uint8(fshaFlowStateFLOW_STATE_FIN_CLIENT), uint8(fshaFlowFinFLOW_FIN_IN)
 	}
-	return []seededFlow{{c4.key(), a}, {c6.key(), b}}
+	return fuzzState{
+		flows:      map[fshaFlowKey]fshaFlow{c4.key(): a, c6.key(): b},
+		closed:     map[fshaFlowKey]uint32{},
+		handshakes: map[fshaFlowKey]uint32{newConn4.key(): 4900},
+	}
+}
+
+// load makes the programs' tables s (h.reset has emptied them).
+func (s fuzzState) load(t *testing.T, h *harness) {
+	t.Helper()
+	for k, v := range s.flows {
+		if err := h.maps.Flows.Put(k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for k, v := range s.closed {
+		if err := h.maps.ClosedFlows.Put(k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for k, v := range s.handshakes {
+		if err := h.maps.Handshakes.Put(k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.maps.FlowCount.Put(uint32(0), uint64(len(s.flows))); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // fuzzSeedFrames are the builder-made seeds: valid segments of the seeded
 // flows and of new ones in every encapsulation, and broken ones.
 func fuzzSeedFrames(t testing.TB, d fshaDirection) map[string][]byte {
 	t.Helper()
-	newc4 := conn{vip: vip4, client: client4, vport: 445, cport: 50000}
+	newc4 := newConn4
 	newc6 := conn{vip: vip6, client: client6, vport: 111, cport: 50001}
 	seg := func(c conn, flags uint8, payload int, mod func(f *frame)) []byte {
 		f := c.seg(d, flags, 1000, 5000, payload)
@@ -84,6 +125,7 @@ func fuzzSeedFrames(t testing.TB, d fshaDirection) map[string][]byte {
 		"ipv4-rst":              seg(c4, tcpRST, 0, nil),
 		"ipv4-syn":              seg(newc4, tcpSYN, 0, nil),
 		"ipv4-new-ack":          seg(newc4, tcpACK, 0, nil),
+		"ipv4-synack":           seg(conn{vip: vip4, client: client4, vport: 445, cport: 50002}, tcpSYN|tcpACK, 0, nil),
 		"ipv4-vlan":             seg(c4, tcpACK, 10, withVLANs(7)),
 		"ipv4-qinq-options":     seg(newc4, tcpACK, 10, func(f *frame) { f.vlans, f.ipOptions, f.tcpOptions = []uint16{7, 8}, 8, true }),
 		"ipv4-fragment":         seg(c4, tcpACK, 10, func(f *frame) { f.moreFrags = true }),
@@ -111,6 +153,12 @@ func fuzzSeedFrames(t testing.TB, d fshaDirection) map[string][]byte {
 	m["broken-payload-length"] = fix(m["ipv6-data"], func(b []byte) { binary.BigEndian.PutUint16(b[18:], 12) })
 	m["broken-ah-length-0"] = fix(m["ipv6-new-extensions"], func(b []byte) { b[14+40+16+16+24+1] = 0 })
 	m["broken-short"] = m["ipv4-data"][:13]
+	m["broken-jumbo"] = fix(m["ipv6-new-extensions"], func(b []byte) { binary.BigEndian.PutUint16(b[18:], 0) })
+	m["ipv4-ihl-15"] = seg(c4, tcpACK, 1, func(f *frame) { f.ipOptions = 40 })
+	m["ipv4-long-total-length"] = fix(m["ipv4-data"], func(b []byte) { binary.BigEndian.PutUint16(b[16:], 1400) })
+	m["ipv4-gso"] = fix(seg(c4, tcpACK, 1000, nil), func(b []byte) { binary.BigEndian.PutUint16(b[16:], 140) })
+	m["three-vlans"] = seg(c4, tcpACK, 0, withVLANs(1, 2, 3))
+	m["arp"] = fix(m["ipv4-data"], func(b []byte) { b[12], b[13] = 0x08, 0x06 })
 	return m
 }
 
@@ -148,7 +196,7 @@ func TestFuzzSeedCorpus(t *testing.T) {
 func TestFuzzModel(t *testing.T) {
 	want := map[string]pktClass{
 		"ipv4-data": classCandidate, "ipv4-fin": classCandidate, "ipv4-rst": classCandidate,
-		"ipv4-syn": classCandidate, "ipv4-new-ack": classCandidate, "ipv4-vlan": classCandidate,
+		"ipv4-syn": classCandidate, "ipv4-new-ack": classCandidate, "ipv4-synack": classCandidate, "ipv4-vlan": classCandidate,
 		"ipv4-qinq-options": classCandidate, "ipv4-fragment": classFragment, "ipv4-udp": classOther,
 		"ipv4-icmp": classOther, "ipv4-untracked-port": classOther, "ipv4-non-vip": classOther,
 		"ipv4-prefilter-only": classCandidate, "ipv6-data": classCandidate, "ipv6-fin": classCandidate,
@@ -158,7 +206,9 @@ func TestFuzzModel(t *testing.T) {
 		"broken-ihl-4": classParseError, "broken-ihl-15": classParseError, "broken-doff-4": classParseError,
 		"broken-doff-15": classParseError, "broken-total-length": classParseError,
 		"broken-total-length-0": classParseError, "broken-payload-length": classParseError,
-		"broken-ah-length-0": classParseError,
+		"broken-ah-length-0": classParseError, "broken-jumbo": classParseError,
+		"ipv4-ihl-15": classCandidate, "ipv4-long-total-length": classCandidate, "ipv4-gso": classCandidate,
+		"three-vlans": classOther, "arp": classOther,
 	}
 	for _, d := range []fshaDirection{ingress, egress} {
 		for name, b := range fuzzSeedFrames(t, d) {
@@ -187,7 +237,7 @@ func TestFuzzModel(t *testing.T) {
 
 func fuzzProg(f *testing.F, d fshaDirection) {
 	h := newHarness(f, 64)
-	seeds := fuzzSeedFlows(d)
+	start := fuzzSeedState(d)
 	prog := h.objs.FshaXdp
 	if d == egress {
 		prog = h.objs.FshaTcEgress
@@ -203,17 +253,10 @@ func fuzzProg(f *testing.F, d fshaDirection) {
 			return
 		}
 		h.reset(t)
-		for _, s := range seeds {
-			if err := h.maps.Flows.Put(s.key, s.flow); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := h.maps.FlowCount.Put(uint32(0), uint64(len(seeds))); err != nil {
-			t.Fatal(err)
-		}
+		start.load(t, h)
 
 		p := predict(b, d)
-		want := p.apply(d, seeds)
+		want := p.apply(d, start)
 		before := h.counters(t)
 		h.run(t, d, b)
 		got := counterDelta(before, h.counters(t))
@@ -480,21 +523,17 @@ func vipMaybe(a netip.Addr) bool {
 	return false
 }
 
-// fuzzWant is the state after one run, as the model has it.
+// fuzzWant is what one run must do.
 type fuzzWant struct {
 	counters delta
-	flows    map[fshaFlowKey]fshaFlow // timestamps not compared
-	updated  *fshaFlowKey             // a flow whose last_seen must have moved
-	closed   map[fshaFlowKey]uint32
-	events   []fshaFlowEvent // key, flow, type, reason; times not compared
+	fuzzState
+	updated *fshaFlowKey    // a flow whose last_seen must have moved
+	events  []fshaFlowEvent // key, flow, type, reason; times not compared
 }
 
 // apply runs the flow logic of bpf/fsha.c on the seeded table.
-func (p prediction) apply(d fshaDirection, seeds []seededFlow) fuzzWant {
-	w := fuzzWant{flows: map[fshaFlowKey]fshaFlow{}, closed: map[fshaFlowKey]uint32{}}
-	for _, s := range seeds {
-		w.flows[s.key] = s.flow
-	}
+func (p prediction) apply(d fshaDirection, start fuzzState) fuzzWant {
+	w := fuzzWant{fuzzState: start.clone()}
 	outcome := func(c fshaCounter) { w.counters[d][c]++ }
 	switch p.class {
 	case classOther:
@@ -510,6 +549,11 @@ func (p prediction) apply(d fshaDirection, seeds []seededFlow) fuzzWant {
 
 	f, exists := w.flows[p.key]
 	if !exists {
+		if d == egress && p.flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN|tcpACK {
+			w.handshakes[p.key] = p.ack // the client's ISN + 1
+			outcome(fshaCounterCOUNTER_UNTRACKED)
+			return w
+		}
 		if d == ingress || p.flags&(tcpSYN|tcpRST|tcpFIN) != 0 {
 			outcome(fshaCounterCOUNTER_UNTRACKED)
 			return w
@@ -519,7 +563,21 @@ func (p prediction) apply(d fshaDirection, seeds []seededFlow) fuzzWant {
 			outcome(fshaCounterCOUNTER_OTHER) // only the prefilter matched
 			return w
 		}
-		nf := fshaFlow{BytesOut: uint64(p.payload), PacketsOut: 1, SeqOut: p.seq + p.payload, AckOut: p.ack,
+		if tomb, ok := w.closed[p.key]; ok {
+			if p.seq == tomb || p.seq+1 == tomb {
+				outcome(fshaCounterCOUNTER_UNTRACKED) // the end of a closed connection
+				return w
+			}
+			delete(w.closed, p.key)
+		}
+		var bytesIn uint64
+		if isn, ok := w.handshakes[p.key]; ok {
+			if sent := p.ack - isn; sent < 1<<30 {
+				bytesIn = uint64(sent) // what the client sent before
+			}
+			delete(w.handshakes, p.key)
+		}
+		nf := fshaFlow{BytesIn: bytesIn, BytesOut: uint64(p.payload), PacketsOut: 1, SeqOut: p.seq + p.payload, AckOut: p.ack,
 			SeqIn: p.ack, AckIn: p.seq, WindowOut: p.window, State: uint8(fshaFlowStateFLOW_STATE_ESTABLISHED)}
 		w.flows[p.key] = nf
 		outcome(fshaCounterCOUNTER_TRACKED)
@@ -626,21 +684,22 @@ func (h *harness) checkFlows(t *testing.T, w fuzzWant, p prediction, b []byte) {
 		}
 	}
 
-	var seq uint32
-	gotClosed := map[fshaFlowKey]uint32{}
-	it = h.maps.ClosedFlows.Iterate()
-	for it.Next(&k, &seq) {
-		gotClosed[k] = seq
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
-	}
-	if len(gotClosed) != len(w.closed) {
-		t.Errorf("tombstones %v, want %v", gotClosed, w.closed)
-	}
-	for k, s := range w.closed {
-		if gotClosed[k] != s {
-			t.Errorf("tombstones %v, want %v", gotClosed, w.closed)
+	for _, tbl := range []struct {
+		name string
+		m    *ebpf.Map
+		want map[fshaFlowKey]uint32
+	}{{"closed_flows", h.maps.ClosedFlows, w.closed}, {"handshakes", h.maps.Handshakes, w.handshakes}} {
+		var seq uint32
+		got := map[fshaFlowKey]uint32{}
+		it := tbl.m.Iterate()
+		for it.Next(&k, &seq) {
+			got[k] = seq
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
+		if !maps.Equal(got, tbl.want) {
+			t.Errorf("%s %v, want %v\nmodel: %s\nframe %x", tbl.name, got, tbl.want, p, b)
 		}
 	}
 

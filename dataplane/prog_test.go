@@ -58,7 +58,8 @@ type harness struct {
 	objs   fshaObjects
 	maps   Maps
 	events *EventReader
-	runs   [2]uint64 // packets run, per direction
+	runs   [2]uint64   // packets run, per direction
+	state  []*ebpf.Map // the programs' tables: flows, tombstones, handshakes...
 	// dirty says the VIPs or ports may differ from the defaults, which
 	// reset then restores (writing the whole prefilter takes a while).
 	dirty bool
@@ -80,12 +81,25 @@ func newHarness(t testing.TB, flowsMax uint32) *harness {
 		t.Fatalf("set flows_max: %v", err)
 	}
 	h := &harness{}
-	if err := spec.LoadAndAssign(&h.objs, nil); err != nil {
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
 			t.Fatalf("verifier: %+v", verr)
 		}
 		t.Fatalf("load objects: %v", err)
+	}
+	// every hash map but the VIPs is state the programs keep: reset
+	// empties them all, whatever tables the programs grow
+	for name, m := range coll.Maps {
+		if name != fshaMapVips && (m.Type() == ebpf.Hash || m.Type() == ebpf.LRUHash) {
+			h.state = append(h.state, m)
+		}
+	}
+	err = coll.Assign(&h.objs)
+	coll.Close()
+	if err != nil {
+		t.Fatalf("assign objects: %v", err)
 	}
 	t.Cleanup(func() { h.objs.Close() })
 	h.maps = mapsOf(&h.objs.fshaMaps)
@@ -114,19 +128,19 @@ func (h *harness) configure(t testing.TB, vips []netip.Addr, ports []uint16) {
 	}
 }
 
-// reset empties the flow tables and the ring buffer and restores the
+// reset empties the programs' tables and the ring buffer and restores the
 // default VIPs and ports; counters keep counting (tests use deltas).
 func (h *harness) reset(t testing.TB) {
 	t.Helper()
-	for _, m := range []*ebpf.Map{h.maps.Flows, h.maps.ClosedFlows} {
+	for _, m := range h.state {
 		var (
-			k     fshaFlowKey
-			keys  []fshaFlowKey
+			k     = make([]byte, m.KeySize())
+			keys  [][]byte
 			value = make([]byte, m.ValueSize())
 		)
 		it := m.Iterate()
 		for it.Next(&k, &value) {
-			keys = append(keys, k)
+			keys = append(keys, slices.Clone(k))
 		}
 		if err := it.Err(); err != nil {
 			t.Fatalf("list %v: %v", m, err)
