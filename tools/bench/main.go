@@ -57,6 +57,9 @@ func run() error {
 	which := fs.String("suite", "all", "comma-separated suites to run: all or "+strings.Join(names, ", "))
 	verbose := fs.Bool("v", false, "debug logging")
 	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return err
 	}
 	var selected []*suite

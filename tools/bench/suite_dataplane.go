@@ -49,8 +49,8 @@ func dataplaneSuite() *suite {
 			fs.BoolVar(&b.realtime, "rt", true, "dataplane: run BPF_PROG_RUN rounds as SCHED_FIFO so that other tasks cannot preempt them")
 			fs.BoolVar(&b.lease, "lease", true, "dataplane: enable the fencing lease (valid), as a clustered node runs")
 			fs.BoolVar(&b.pps, "pps", true, "dataplane: also measure packets per second through a veth pair")
-			fs.DurationVar(&b.ppsDuration, "pps-duration", 2*time.Second, "dataplane: length of one veth measurement")
-			fs.IntVar(&b.ppsRounds, "pps-rounds", 5, "dataplane: veth rounds per mode (the median is reported)")
+			fs.DurationVar(&b.ppsDuration, "pps-duration", time.Second, "dataplane: length of one veth measurement")
+			fs.IntVar(&b.ppsRounds, "pps-rounds", 9, "dataplane: veth rounds per mode (the median is reported)")
 		},
 		run: b.run,
 	}
@@ -244,17 +244,18 @@ func (b *dataplaneBench) progCases(u *dataplane.Unpinned, xdpEmpty, tcEmpty *ebp
 		noFlow := data
 		noFlow.src = netip.AddrPortFrom(client4.Addr(), 9999) // outside the filled ports
 		noFlow.syn, noFlow.payload = true, 0
+		noFlowName := "fsha: VIP:445, no flow (SYN)"
+		noFlow.ack = false
 		if hook == "tc" {
-			noFlow.ack = true // the server's SYN-ACK: egress never creates on SYN
-		} else {
-			noFlow.ack = false
+			// the server's SYN-ACK: egress never creates a flow on it
+			noFlowName, noFlow.ack = "fsha: VIP:445, no flow (SYN-ACK)", true
 		}
 		data6 := segment{src: client6, dst: vip6, ack: true, payload: payloadLen}
 		defs = append(defs,
 			def{hook, emptyName, empty, orient(data), -1, nil},
 			def{hook, "fsha: non-VIP, port 445", prog, orient(nonVIP), outcomeOther, nonVIPTarget},
 			def{hook, "fsha: VIP, untracked port", prog, orient(otherPort), outcomeOther, nil},
-			def{hook, "fsha: VIP:445, no flow (SYN)", prog, orient(noFlow), outcomeUntracked, nil},
+			def{hook, noFlowName, prog, orient(noFlow), outcomeUntracked, nil},
 			def{hook, "fsha: tracked IPv4, " + flowsNote, prog, orient(data), outcomeTracked, trackedTarget},
 			def{hook, "fsha: tracked IPv6, " + flowsNote, prog, orient(data6), outcomeTracked, trackedTarget},
 		)
