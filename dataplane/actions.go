@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -21,11 +24,12 @@ type Actions struct {
 
 	mu         sync.Mutex
 	announcers map[string]*Announcer
+	ticklers   map[string]*Tickler
 }
 
 // NewActions returns the actions over maps, for VIPs on the given interfaces.
 func NewActions(log *zap.Logger, maps *Maps) *Actions {
-	return &Actions{log: log.Named("dataplane"), maps: maps, addrs: NewVIPAddrs(log), announcers: map[string]*Announcer{}}
+	return &Actions{log: log.Named("dataplane"), maps: maps, addrs: NewVIPAddrs(log), announcers: map[string]*Announcer{}, ticklers: map[string]*Tickler{}}
 }
 
 // AddVIP puts the VIP on iface.
@@ -85,5 +89,114 @@ func (a *Actions) Close() error {
 		errs = append(errs, an.Close())
 	}
 	a.announcers = map[string]*Announcer{}
+	for _, t := range a.ticklers {
+		errs = append(errs, t.Close())
+	}
+	a.ticklers = map[string]*Tickler{}
 	return errors.Join(errs...)
+}
+
+// TickleResult is what a takeover's tickle did.
+type TickleResult struct {
+	Conns      int
+	Sent       int
+	FirstRound time.Duration
+	// Resets is how many RSTs this node's stack sent during the tickle
+	// (TcpOutRsts): the answers to the clients' challenge ACKs.
+	Resets int64
+}
+
+// TickleVIP sends tickle ACKs for the replicated connections of vip owned
+// by owner (all owners when owner < 0), out of iface, and waits for the
+// repeats; FirstRound says when the first round was out.
+func (a *Actions) TickleVIP(ctx context.Context, iface string, vip netip.Addr, owner int) (TickleResult, error) {
+	var conns []Conn
+	err := a.maps.ForEachPeerFlow(func(f PeerFlow) bool {
+		if f.VIP == vip && (owner < 0 || f.Owner == owner) {
+			conns = append(conns, PeerConn(f))
+		}
+		return true
+	})
+	if err != nil {
+		return TickleResult{}, err
+	}
+	res := TickleResult{Conns: len(conns)}
+	if len(conns) == 0 {
+		return res, nil
+	}
+	t, err := a.tickler(iface)
+	if err != nil {
+		return res, err
+	}
+	rstBefore := tcpOutRsts()
+	st, err := t.Tickle(ctx, conns, DefaultTickleRepeats, DefaultTickleSpacing)
+	res.Sent, res.FirstRound = st.Sent, st.FirstRound
+	res.Resets = tcpOutRsts() - rstBefore
+	return res, err
+}
+
+func (a *Actions) tickler(iface string) (*Tickler, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if t := a.ticklers[iface]; t != nil {
+		return t, nil
+	}
+	t, err := NewTickler(a.log, iface)
+	if err != nil {
+		return nil, fmt.Errorf("tickler on %s: %w", iface, err)
+	}
+	a.ticklers[iface] = t
+	return t, nil
+}
+
+// DropPeerFlows forgets the replicated connections of owner (of vip only,
+// when vip is valid): after a takeover they have been tickled.
+func (a *Actions) DropPeerFlows(owner int, vip netip.Addr) (int, error) {
+	return a.maps.DeletePeerFlowsWhere(func(f PeerFlow) bool {
+		return f.Owner == owner && (!vip.IsValid() || f.VIP == vip)
+	})
+}
+
+// KillVIP ends every local connection to vip at once (SOCK_DESTROY, or
+// precise RSTs), so that its clients reconnect to the VIP's new owner.
+func (a *Actions) KillVIP(vip netip.Addr) (KillStats, error) {
+	var conns []Conn
+	if err := a.maps.ForEachFlow(func(f Flow) bool {
+		if f.VIP == vip {
+			conns = append(conns, ConnOf(f))
+		}
+		return true
+	}); err != nil {
+		return KillStats{}, err
+	}
+	if len(conns) == 0 {
+		return KillStats{}, nil
+	}
+	return KillConns(a.log, conns)
+}
+
+// tcpOutRsts reads the RSTs this network namespace's TCP stack has sent.
+func tcpOutRsts() int64 {
+	b, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		return 0
+	}
+	var header []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "Tcp:") {
+			continue
+		}
+		fields := strings.Fields(line)
+		if header == nil {
+			header = fields
+			continue
+		}
+		for i, h := range header {
+			if h == "OutRsts" && i < len(fields) {
+				n, _ := strconv.ParseInt(fields[i], 10, 64)
+				return n
+			}
+		}
+	}
+	return 0
 }

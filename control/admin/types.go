@@ -73,6 +73,10 @@ type Takeover struct {
 	From   string         `json:"from"`   // previous holder, "" when none or unknown
 	Steps  []TimelineStep `json:"steps"`
 	Error  string         `json:"error,omitempty"`
+	// Tickled is how many replicated connections of the previous holder
+	// were tickled; Resets how many RSTs this node's stack sent meanwhile.
+	Tickled int   `json:"tickled"`
+	Resets  int64 `json:"resets"`
 }
 
 // MoveRequest asks for a VIP to go to a node.

@@ -25,6 +25,7 @@ import (
 	"github.com/fsha/fsha/control/config"
 	"github.com/fsha/fsha/control/membership"
 	"github.com/fsha/fsha/control/quorum"
+	"github.com/fsha/fsha/dataplane"
 )
 
 // DataPlane is what the node asks of the data plane.
@@ -36,6 +37,14 @@ type DataPlane interface {
 	Announce(ctx context.Context, iface string, addr netip.Addr) (time.Time, error)
 	RenewLease(d time.Duration) error
 	ExpireLease() error
+	// TickleVIP makes the clients of owner's replicated connections to vip
+	// reconnect now (tickle ACKs); it returns after the repeats.
+	TickleVIP(ctx context.Context, iface string, vip netip.Addr, owner int) (dataplane.TickleResult, error)
+	// DropPeerFlows forgets owner's replicated connections (to vip only,
+	// when vip is valid).
+	DropPeerFlows(owner int, vip netip.Addr) (int, error)
+	// KillVIP ends this node's own connections to vip at once.
+	KillVIP(vip netip.Addr) (dataplane.KillStats, error)
 }
 
 // Health is the node's own fitness.
@@ -421,7 +430,11 @@ func (n *Node) reconcile(ctx context.Context) {
 				if from == "" && start.Sub(n.settledSince) < n.cfg.Timing.Settle {
 					continue // nobody held it: wait until the view settles
 				}
-				n.takeLocked(ctx, i, reason, from)
+				prevOwner := allocation.None
+				if prev.current != nil {
+					prevOwner = prev.current[i]
+				}
+				n.takeLocked(ctx, i, reason, from, prevOwner)
 			}
 		}
 	}
@@ -565,7 +578,7 @@ func (n *Node) takeReason(prev view, i int) (string, string) {
 }
 
 // takeLocked adds VIP i, announces it and runs the takeip hooks.
-func (n *Node) takeLocked(ctx context.Context, i int, reason, from string) {
+func (n *Node) takeLocked(ctx context.Context, i int, reason, from string, prevOwner int) {
 	vip := n.cfg.VIPs[i]
 	rec := admin.Takeover{VIP: vip.Prefix.String(), Kind: "takeover", Reason: reason, From: from}
 	t0 := time.Now()
@@ -595,8 +608,44 @@ func (n *Node) takeLocked(ctx context.Context, i int, reason, from string) {
 	}
 	n.log.Info("took over", zap.Stringer("vip", vip.Prefix), zap.String("interface", iface), zap.String("reason", reason),
 		zap.Duration("took", time.Since(t0)))
-	idx := n.recordLocked(rec)
-	go n.runHooks(ctx, "takeip", vip, iface, idx, t0)
+	n.recordLocked(rec)
+	if prevOwner != allocation.None && prevOwner != n.cfg.Self {
+		go n.tickle(ctx, vip, iface, prevOwner, t0)
+	}
+	go n.runHooks(ctx, "takeip", vip, iface, t0)
+}
+
+// tickle makes the clients of the previous holder's connections to the VIP
+// reconnect to this node at once, then forgets those connections.
+func (n *Node) tickle(ctx context.Context, vip config.PublicAddress, iface string, owner int, t0 time.Time) {
+	start := time.Now()
+	res, err := n.dp.TickleVIP(ctx, iface, vip.VIP(), owner)
+	end := time.Now()
+	if err != nil {
+		n.log.Warn("tickle", zap.Stringer("vip", vip.Prefix), zap.Error(err))
+	}
+	if res.Conns > 0 {
+		n.log.Info("tickled", zap.Stringer("vip", vip.Prefix), zap.Int("connections", res.Conns),
+			zap.Duration("first_round", res.FirstRound), zap.Int64("resets", res.Resets))
+	}
+	if _, derr := n.dp.DropPeerFlows(owner, vip.VIP()); derr != nil {
+		n.log.Warn("forget tickled connections", zap.Error(derr))
+	}
+	n.updateRecord(vip, t0, func(r *admin.Takeover) {
+		first := start.Add(res.FirstRound)
+		r.Tickled, r.Resets = res.Conns, res.Resets
+		r.Steps = append(r.Steps,
+			admin.TimelineStep{Step: fmt.Sprintf("tickles sent (%d connections)", res.Conns), At: first, Took: first.Sub(t0)},
+			admin.TimelineStep{Step: fmt.Sprintf("tickle repeats done (%d resets from our stack)", res.Resets), At: end, Took: end.Sub(t0)})
+		if err != nil && r.Error == "" {
+			r.Error = "tickle: " + err.Error()
+		}
+	})
+	if n.observer != nil {
+		if o, ok := n.observer.(interface{ ObserveTickles(conns int, resets int64) }); ok {
+			o.ObserveTickles(res.Conns, res.Resets)
+		}
+	}
 }
 
 // releaseLocked removes VIP i and runs the releaseip hooks.
@@ -608,6 +657,16 @@ func (n *Node) releaseLocked(i int, reason string) {
 	if c := n.cancelAnnoun[i]; c != nil {
 		c()
 		n.cancelAnnoun[i] = nil
+	}
+	// End our connections to it while the address is still here, so that
+	// their clients reconnect to the next holder at once instead of
+	// waiting for a timeout.
+	if ks, err := n.dp.KillVIP(vip.VIP()); err != nil {
+		n.log.Warn("reset connections", zap.Stringer("vip", vip.Prefix), zap.Error(err))
+	} else if ks.Conns > 0 {
+		now := time.Now()
+		rec.Steps = append(rec.Steps, admin.TimelineStep{
+			Step: fmt.Sprintf("connections reset (%d of %d)", ks.Destroyed+ks.Reset, ks.Conns), At: now, Took: now.Sub(t0)})
 	}
 	var errs []error
 	for _, iface := range vip.Interfaces {
@@ -623,8 +682,8 @@ func (n *Node) releaseLocked(i int, reason string) {
 	n.held[i] = false
 	n.metaDirty = true
 	n.log.Info("released", zap.Stringer("vip", vip.Prefix), zap.String("reason", reason))
-	idx := n.recordLocked(rec)
-	go n.runHooks(context.Background(), "releaseip", vip, rec.Iface, idx, t0)
+	n.recordLocked(rec)
+	go n.runHooks(context.Background(), "releaseip", vip, rec.Iface, t0)
 }
 
 // pickInterface returns the first of the VIP's interfaces with link.
@@ -639,16 +698,15 @@ func (n *Node) pickInterface(vip config.PublicAddress) string {
 
 const timelineLen = 256
 
-// recordLocked appends to the timeline; it returns a handle for runHooks.
-func (n *Node) recordLocked(rec admin.Takeover) int {
+// recordLocked appends to the timeline.
+func (n *Node) recordLocked(rec admin.Takeover) {
 	n.timeline = append(n.timeline, rec)
 	if len(n.timeline) > timelineLen {
 		n.timeline = slices.Delete(n.timeline, 0, len(n.timeline)-timelineLen)
 	}
-	return len(n.timeline) - 1
 }
 
-func (n *Node) runHooks(ctx context.Context, event string, vip config.PublicAddress, iface string, idx int, t0 time.Time) {
+func (n *Node) runHooks(ctx context.Context, event string, vip config.PublicAddress, iface string, t0 time.Time) {
 	var herr error
 	if n.hooks != nil {
 		herr = n.hooks.Run(ctx, event, map[string]string{
@@ -657,19 +715,26 @@ func (n *Node) runHooks(ctx context.Context, event string, vip config.PublicAddr
 		})
 	}
 	now := time.Now()
+	n.updateRecord(vip, t0, func(r *admin.Takeover) {
+		r.Steps = append(r.Steps, admin.TimelineStep{Step: "hooks done", At: now, Took: now.Sub(t0)})
+		if herr != nil && r.Error == "" {
+			r.Error = "hooks: " + herr.Error()
+		}
+		if n.observer != nil {
+			n.observer.ObserveTakeover(r.Kind, now.Sub(t0))
+		}
+	})
+}
+
+// updateRecord changes the timeline record of vip that started at t0, if
+// it is still in the timeline.
+func (n *Node) updateRecord(vip config.PublicAddress, t0 time.Time, fn func(*admin.Takeover)) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	// The timeline may have been trimmed meanwhile: find the record again.
-	for j := min(idx, len(n.timeline)-1); j >= 0; j-- {
+	for j := len(n.timeline) - 1; j >= 0; j-- {
 		r := &n.timeline[j]
 		if len(r.Steps) > 0 && r.Steps[0].At.Equal(t0) && r.VIP == vip.Prefix.String() {
-			r.Steps = append(r.Steps, admin.TimelineStep{Step: "hooks done", At: now, Took: now.Sub(t0)})
-			if herr != nil && r.Error == "" {
-				r.Error = "hooks: " + herr.Error()
-			}
-			if n.observer != nil {
-				n.observer.ObserveTakeover(r.Kind, now.Sub(t0))
-			}
+			fn(r)
 			return
 		}
 	}

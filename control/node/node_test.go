@@ -13,6 +13,7 @@ import (
 	"github.com/fsha/fsha/control/allocation"
 	"github.com/fsha/fsha/control/config"
 	"github.com/fsha/fsha/control/membership"
+	"github.com/fsha/fsha/dataplane"
 )
 
 // fakeDP records which VIPs a node has up; the shared world checks that no
@@ -51,7 +52,12 @@ func (d *fakeDP) Announce(context.Context, string, netip.Addr) (time.Time, error
 	return time.Now(), nil
 }
 func (d *fakeDP) RenewLease(time.Duration) error { return nil }
-func (d *fakeDP) ExpireLease() error             { return nil }
+func (d *fakeDP) TickleVIP(context.Context, string, netip.Addr, int) (dataplane.TickleResult, error) {
+	return dataplane.TickleResult{}, nil
+}
+func (d *fakeDP) DropPeerFlows(int, netip.Addr) (int, error)      { return 0, nil }
+func (d *fakeDP) KillVIP(netip.Addr) (dataplane.KillStats, error) { return dataplane.KillStats{}, nil }
+func (d *fakeDP) ExpireLease() error                              { return nil }
 
 type fakeHealth struct {
 	mu      sync.Mutex
