@@ -52,14 +52,18 @@ func (s fuzzState) clone() fuzzState {
 	return fuzzState{flows: maps.Clone(s.flows), closed: maps.Clone(s.closed), handshakes: maps.Clone(s.handshakes)}
 }
 
-// newConn4 is a connection with no flow but a handshake seen.
-var newConn4 = conn{vip: vip4, client: client4, vport: 445, cport: 50000}
+var (
+	// newConn4 is a connection with no flow but a handshake seen.
+	newConn4 = conn{vip: vip4, client: client4, vport: 445, cport: 50000}
+	// closedConn4 closed with FINs; the server's next sequence was 1000.
+	closedConn4 = conn{vip: vip4, client: client4, vport: 445, cport: 50003}
+)
 
 // fuzzSeedState is what each fuzz input starts with: c4 has already seen
 // a FIN from the other side, so a FIN in the fuzzed direction closes it
 // (and leaves a tombstone); c6 is established; newConn4's SYN-ACK
 // acknowledged ISN 4899, so a flow created for it counts the client's
-// bytes up to the segment's ACK.
+// bytes up to the segment's ACK; closedConn4 left a tombstone.
 func fuzzSeedState(d fshaDirection) fuzzState {
 	a := fshaFlow{FirstSeenNs: 1, LastSeenNs: 1, BytesIn: 10, BytesOut: 20, PacketsIn: 1, PacketsOut: 2,
 		SeqIn: 1000, AckIn: 5000, SeqOut: 5000, AckOut: 1000, WindowIn: 100, WindowOut: 200}
@@ -72,7 +76,7 @@ func fuzzSeedState(d fshaDirection) fuzzState {
 	}
 	return fuzzState{
 		flows:      map[fshaFlowKey]fshaFlow{c4.key(): a, c6.key(): b},
-		closed:     map[fshaFlowKey]uint32{},
+		closed:     map[fshaFlowKey]uint32{closedConn4.key(): 1000},
 		handshakes: map[fshaFlowKey]uint32{newConn4.key(): 4900},
 	}
 }
@@ -120,11 +124,17 @@ func fuzzSeedFrames(t testing.TB, d fshaDirection) map[string][]byte {
 	}
 	fake := conn{vip: netip.MustParseAddr("198.19.0.11"), client: client4, vport: 445, cport: 1} // vip4's prefilter bit
 	m := map[string][]byte{
-		"ipv4-data":             seg(c4, tcpACK|tcpPSH, 100, nil),
-		"ipv4-fin":              seg(c4, tcpFIN|tcpACK, 0, nil),
-		"ipv4-rst":              seg(c4, tcpRST, 0, nil),
-		"ipv4-syn":              seg(newc4, tcpSYN, 0, nil),
-		"ipv4-new-ack":          seg(newc4, tcpACK, 0, nil),
+		"ipv4-data":        seg(c4, tcpACK|tcpPSH, 100, nil),
+		"ipv4-fin":         seg(c4, tcpFIN|tcpACK, 0, nil),
+		"ipv4-rst":         seg(c4, tcpRST, 0, nil),
+		"ipv4-syn":         seg(newc4, tcpSYN, 0, nil),
+		"ipv4-new-ack":     seg(newc4, tcpACK, 0, nil),
+		"ipv4-after-close": seg(closedConn4, tcpACK, 0, nil),
+		"ipv4-reuse-after-close": seg(closedConn4, tcpACK, 0, func(f *frame) {
+			if f.sport == 445 {
+				f.seq = 0x12345678
+			}
+		}),
 		"ipv4-synack":           seg(conn{vip: vip4, client: client4, vport: 445, cport: 50002}, tcpSYN|tcpACK, 0, nil),
 		"ipv4-vlan":             seg(c4, tcpACK, 10, withVLANs(7)),
 		"ipv4-qinq-options":     seg(newc4, tcpACK, 10, func(f *frame) { f.vlans, f.ipOptions, f.tcpOptions = []uint16{7, 8}, 8, true }),
@@ -196,7 +206,8 @@ func TestFuzzSeedCorpus(t *testing.T) {
 func TestFuzzModel(t *testing.T) {
 	want := map[string]pktClass{
 		"ipv4-data": classCandidate, "ipv4-fin": classCandidate, "ipv4-rst": classCandidate,
-		"ipv4-syn": classCandidate, "ipv4-new-ack": classCandidate, "ipv4-synack": classCandidate, "ipv4-vlan": classCandidate,
+		"ipv4-syn": classCandidate, "ipv4-new-ack": classCandidate, "ipv4-synack": classCandidate,
+		"ipv4-after-close": classCandidate, "ipv4-reuse-after-close": classCandidate, "ipv4-vlan": classCandidate,
 		"ipv4-qinq-options": classCandidate, "ipv4-fragment": classFragment, "ipv4-udp": classOther,
 		"ipv4-icmp": classOther, "ipv4-untracked-port": classOther, "ipv4-non-vip": classOther,
 		"ipv4-prefilter-only": classCandidate, "ipv6-data": classCandidate, "ipv6-fin": classCandidate,

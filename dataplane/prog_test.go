@@ -75,6 +75,9 @@ func newHarness(t testing.TB, flowsMax uint32) *harness {
 	}
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinNone
+		if m.Type == ebpf.LRUHash && m.MaxEntries > 4096 {
+			m.MaxEntries = 4096 // small tables reset fast; flows is sized below
+		}
 	}
 	spec.Maps[fshaMapFlows].MaxEntries = flowsMax
 	if err := spec.Variables[fshaVarFlowsMax].Set(uint64(flowsMax)); err != nil {
@@ -89,10 +92,11 @@ func newHarness(t testing.TB, flowsMax uint32) *harness {
 		}
 		t.Fatalf("load objects: %v", err)
 	}
-	// every hash map but the VIPs is state the programs keep: reset
-	// empties them all, whatever tables the programs grow
-	for name, m := range coll.Maps {
-		if name != fshaMapVips && (m.Type() == ebpf.Hash || m.Type() == ebpf.LRUHash) {
+	// The programs' own tables (flows, tombstones, handshakes...) are the
+	// LRU hashes: entries made from packets must be evictable. reset
+	// empties them all; the plain hashes are the daemon's (VIPs, peers).
+	for _, m := range coll.Maps {
+		if m.Type() == ebpf.LRUHash {
 			h.state = append(h.state, m)
 		}
 	}
