@@ -21,11 +21,12 @@ import (
 
 // Differential fuzzing of the parsers and the flow logic: random frames go
 // through the programs and through a model that decodes them with gopacket
-// and applies fsha's rules; the counters, the flows map, the tombstones and
-// the ring buffer after the single run must be what the model says.
+// and applies fsha's rules; the counters, the flows, the tombstones, the
+// handshakes and the ring buffer after the single run must be what the
+// model says.
 //
-// Every input starts from the same state (two seeded flows, no
-// tombstones), so a run depends on its input only. The seeds are in
+// Every input starts from the same tables (fuzzSeedState), so a run
+// depends on its input only. The seeds are in
 // testdata/fuzz/<FuzzName>/; -fsha.write-seeds rewrites the builder-made
 // ones there. Each run costs a few dozen map syscalls, so keep the
 // minimisation of new inputs short or it eats the fuzzing time:
@@ -108,7 +109,6 @@ func (s fuzzState) load(t *testing.T, h *harness) {
 // flows and of new ones in every encapsulation, and broken ones.
 func fuzzSeedFrames(t testing.TB, d fshaDirection) map[string][]byte {
 	t.Helper()
-	newc4 := newConn4
 	newc6 := conn{vip: vip6, client: client6, vport: 111, cport: 50001}
 	seg := func(c conn, flags uint8, payload int, mod func(f *frame)) []byte {
 		f := c.seg(d, flags, 1000, 5000, payload)
@@ -127,8 +127,8 @@ func fuzzSeedFrames(t testing.TB, d fshaDirection) map[string][]byte {
 		"ipv4-data":        seg(c4, tcpACK|tcpPSH, 100, nil),
 		"ipv4-fin":         seg(c4, tcpFIN|tcpACK, 0, nil),
 		"ipv4-rst":         seg(c4, tcpRST, 0, nil),
-		"ipv4-syn":         seg(newc4, tcpSYN, 0, nil),
-		"ipv4-new-ack":     seg(newc4, tcpACK, 0, nil),
+		"ipv4-syn":         seg(newConn4, tcpSYN, 0, nil),
+		"ipv4-new-ack":     seg(newConn4, tcpACK, 0, nil),
 		"ipv4-after-close": seg(closedConn4, tcpACK, 0, nil),
 		"ipv4-reuse-after-close": seg(closedConn4, tcpACK, 0, func(f *frame) {
 			if f.sport == 445 {
@@ -137,7 +137,7 @@ func fuzzSeedFrames(t testing.TB, d fshaDirection) map[string][]byte {
 		}),
 		"ipv4-synack":           seg(conn{vip: vip4, client: client4, vport: 445, cport: 50002}, tcpSYN|tcpACK, 0, nil),
 		"ipv4-vlan":             seg(c4, tcpACK, 10, withVLANs(7)),
-		"ipv4-qinq-options":     seg(newc4, tcpACK, 10, func(f *frame) { f.vlans, f.ipOptions, f.tcpOptions = []uint16{7, 8}, 8, true }),
+		"ipv4-qinq-options":     seg(newConn4, tcpACK, 10, func(f *frame) { f.vlans, f.ipOptions, f.tcpOptions = []uint16{7, 8}, 8, true }),
 		"ipv4-fragment":         seg(c4, tcpACK, 10, func(f *frame) { f.moreFrags = true }),
 		"ipv4-udp":              seg(c4, 0, 10, func(f *frame) { f.proto = layers.IPProtocolUDP }),
 		"ipv4-icmp":             seg(c4, 0, 10, func(f *frame) { f.proto = layers.IPProtocolICMPv4 }),
@@ -229,9 +229,12 @@ func TestFuzzModel(t *testing.T) {
 				}
 				continue
 			}
-			p := predict(b, d)
-			if p.class != want[name] {
-				t.Errorf("%s/%s: model says %v (%s), want %v", name, dirName(d), p.class, p, want[name])
+			w, ok := want[name]
+			if !ok {
+				t.Errorf("seed %s: no expected class", name)
+			}
+			if p := predict(b, d); p.class != w {
+				t.Errorf("%s/%s: model says %v (%s), want %v", name, dirName(d), p.class, p, w)
 			}
 		}
 	}
