@@ -23,6 +23,7 @@ import (
 	"github.com/fsha/fsha/control/metrics"
 	"github.com/fsha/fsha/control/node"
 	"github.com/fsha/fsha/control/quorum"
+	"github.com/fsha/fsha/control/replication"
 	"github.com/fsha/fsha/dataplane"
 )
 
@@ -40,6 +41,8 @@ func clusterFlags() []cli.Flag {
 			Usage: "run gossip without a key: anyone on the network can join and read"},
 		&cli.IntFlag{Name: "gossip-port", Value: membership.DefaultPort, EnvVars: []string{"FSHA_GOSSIP_PORT"},
 			Usage: "gossip port (TCP and UDP) on every node address"},
+		&cli.IntFlag{Name: "replication-port", Value: replication.DefaultPort, EnvVars: []string{"FSHA_REPLICATION_PORT"},
+			Usage: "TCP port on every node address for the replication of connections"},
 		&cli.StringFlag{Name: "gossip-timing", Value: "fast", EnvVars: []string{"FSHA_GOSSIP_TIMING"},
 			Usage: "fast (a dead node is declared in about 0.5 s on a LAN) or tolerant (about 5 s, for lossy networks)"},
 		&cli.DurationFlag{Name: "probe-interval", EnvVars: []string{"FSHA_PROBE_INTERVAL"},
@@ -206,8 +209,23 @@ func findSelf(nodes []config.Node, given string) (int, error) {
 	return found, nil
 }
 
+// newReplicator sets up the replication of this node's flows to its peers
+// and theirs into the data plane's peer flows map.
+func newReplicator(c *cli.Context, log *zap.Logger, dp *dataplane.Dataplane, cc *clusterConfig) *replication.Replicator {
+	nodes := map[int]netip.Addr{}
+	for _, n := range cc.nodes {
+		if !n.Deleted {
+			nodes[n.PNN] = n.Addr
+		}
+	}
+	return replication.New(log, replication.Config{
+		Self: cc.self, Addr: cc.nodes[cc.self].Addr, Port: c.Int("replication-port"), Key: cc.key, Nodes: nodes,
+	}, &dp.Maps, dp.ForEachFlow)
+}
+
 // runCluster runs this node in the cluster until ctx ends.
-func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *dataplane.Dataplane, cc *clusterConfig, ifaces []string) error {
+func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *dataplane.Dataplane, cc *clusterConfig,
+	repl *replication.Replicator, ifaces []string) error {
 	runDir := c.String("run-dir")
 	if err := os.MkdirAll(runDir, 0o700); err != nil {
 		return fmt.Errorf("create run dir: %w", err)
@@ -233,12 +251,20 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 		return err
 	}
 	nd.SetGossip(gossip)
+	nd.OnAlive(func(alive map[int]netip.Addr) {
+		peers := make([]replication.Peer, 0, len(alive))
+		for pnn, addr := range alive {
+			peers = append(peers, replication.Peer{PNN: pnn, Addr: addr})
+		}
+		repl.SetPeers(ctx, peers)
+	})
 	log.Info("cluster node starting", zap.Int("pnn", cc.self), zap.Stringer("address", cc.nodes[cc.self].Addr),
 		zap.Int("nodes", len(cc.nodes)), zap.Int("vips", len(cc.vips)), zap.String("failback", cc.policy.String()))
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return checker.Run(gctx) })
 	g.Go(func() error { return nd.Run(gctx) })
+	g.Go(func() error { return repl.Run(gctx) })
 	g.Go(func() error { return admin.NewServer(log, nd).Serve(gctx, admin.SocketPath(runDir)) })
 	if addr := c.String("metrics-listen"); addr != "" {
 		collector := metrics.NewCollector(log, metrics.Sources{

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fsha/fsha/control/config"
+	"github.com/fsha/fsha/control/replication"
 	"github.com/fsha/fsha/dataplane"
 )
 
@@ -111,12 +112,19 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	// In a cluster every open and close also goes to the other nodes.
+	var repl *replication.Replicator
+	publish := func(dataplane.Event) {}
+	if cc != nil {
+		repl = newReplicator(c, log, dp, cc)
+		publish = repl.Publish
+	}
 	done := make(chan error, 1)
-	go func() { done <- logEvents(log, events) }()
+	go func() { done <- logEvents(log, events, publish) }()
 
 	cluster := make(chan error, 1)
 	if cc != nil {
-		go func() { cluster <- runCluster(ctx, c, log, dp, cc, ifaces) }()
+		go func() { cluster <- runCluster(ctx, c, log, dp, cc, repl, ifaces) }()
 	}
 
 	var tick <-chan time.Time
@@ -153,7 +161,7 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	}
 }
 
-func logEvents(log *zap.Logger, r *dataplane.EventReader) error {
+func logEvents(log *zap.Logger, r *dataplane.EventReader, publish func(dataplane.Event)) error {
 	for {
 		ev, err := r.Read()
 		if errors.Is(err, dataplane.ErrClosed) {
@@ -162,6 +170,7 @@ func logEvents(log *zap.Logger, r *dataplane.EventReader) error {
 		if err != nil {
 			return err
 		}
+		publish(ev)
 		f := ev.Flow
 		log.Debug("flow "+ev.Type.String(),
 			zap.Stringer("vip", netip.AddrPortFrom(f.VIP, f.VIPPort)),

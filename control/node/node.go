@@ -145,6 +145,8 @@ type Node struct {
 	settledSince  time.Time // when the eligible set last changed
 	timeline      []admin.Takeover
 	metaDirty     bool
+	onAlive       func(map[int]netip.Addr)
+	deadSince     map[int]time.Time
 }
 
 // view is the last computed picture of the cluster.
@@ -178,6 +180,10 @@ func New(log *zap.Logger, cfg Config, g Gossip, dp DataPlane, h Health, hooks Ho
 	n.loadState()
 	return n, nil
 }
+
+// OnAlive registers fn, called with the live peers (PNN -> address)
+// whenever that set changes; replication follows it.
+func (n *Node) OnAlive(fn func(map[int]netip.Addr)) { n.onAlive = fn }
 
 // SetGossip gives the node its membership. The two refer to each other
 // (the membership asks the node for its metadata), so the node is built
@@ -389,6 +395,14 @@ func (n *Node) reconcile(ctx context.Context) {
 	prev := n.view
 	v := n.computeView(start)
 	n.view = v
+	if n.onAlive != nil && !sameKeys(v.alive, prev.alive) {
+		alive := make(map[int]netip.Addr, len(v.alive))
+		for pnn := range v.alive {
+			alive[pnn] = n.cfg.Nodes[pnn].Addr
+		}
+		go n.onAlive(alive)
+	}
+	n.forgetDeadPeers(v, start)
 	if !slices.Equal(v.eligible, prev.eligible) {
 		n.settledSince = start
 	}
@@ -446,6 +460,56 @@ func (n *Node) reconcile(ctx context.Context) {
 				n.log.Debug("announce state", zap.Error(err))
 			}
 		}()
+	}
+}
+
+func sameKeys(a, b map[int]membership.Member) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if _, ok := b[k]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// deadPeerGrace is how long the replicated connections of a node that died
+// are kept: long enough for the takeovers of its VIPs to tickle them.
+const deadPeerGrace = 30 * time.Second
+
+// forgetDeadPeers drops the replicated connections of nodes dead for longer
+// than deadPeerGrace. A takeover tickles and drops the connections of its
+// VIP at once; this catches the rest (VIPs nobody could take).
+func (n *Node) forgetDeadPeers(v view, now time.Time) {
+	if n.deadSince == nil {
+		n.deadSince = map[int]time.Time{}
+	}
+	for _, nd := range n.cfg.Nodes {
+		if nd.Deleted || nd.PNN == n.cfg.Self {
+			continue
+		}
+		if _, alive := v.alive[nd.PNN]; alive {
+			delete(n.deadSince, nd.PNN)
+			continue
+		}
+		since, ok := n.deadSince[nd.PNN]
+		if !ok {
+			n.deadSince[nd.PNN] = now
+			continue
+		}
+		if !since.IsZero() && now.Sub(since) > deadPeerGrace {
+			n.deadSince[nd.PNN] = time.Time{} // done until it comes back
+			pnn := nd.PNN
+			go func() {
+				if k, err := n.dp.DropPeerFlows(pnn, netip.Addr{}); err != nil {
+					n.log.Warn("forget dead node's connections", zap.Int("node", pnn), zap.Error(err))
+				} else if k > 0 {
+					n.log.Info("forgot dead node's connections", zap.Int("node", pnn), zap.Int("connections", k))
+				}
+			}()
+		}
 	}
 }
 

@@ -172,10 +172,10 @@ func (c *testCluster) allHeld() bool {
 
 func (c *testCluster) waitFor(what string, cond func() bool) {
 	c.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			c.t.Fatalf("not within 10s: %s (holders %v)", what, c.holders())
+			c.t.Fatalf("not within 20s: %s (holders %v)", what, c.holders())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
