@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -32,6 +33,10 @@ type flowJSON struct {
 	AckOut     uint32    `json:"ack_out"`
 	WindowIn   uint16    `json:"window_in"`
 	WindowOut  uint16    `json:"window_out"`
+	// With --all: the node holding the socket, and whether this node
+	// steers the connection's packets to it (a draining VIP).
+	Owner string `json:"owner,omitempty"`
+	Steer bool   `json:"steer,omitempty"`
 }
 
 func toFlowJSON(f dataplane.Flow) flowJSON {
@@ -39,10 +44,17 @@ func toFlowJSON(f dataplane.Flow) flowJSON {
 		VIP: f.VIP.String(), VPort: f.VIPPort, Client: f.Client.String(), CPort: f.ClientPort,
 		Proto: dataplane.Proto(f.VIPPort), State: f.State.String(),
 		BytesIn: f.BytesIn, BytesOut: f.BytesOut, PacketsIn: f.PacketsIn, PacketsOut: f.PacketsOut,
-		FirstSeen: f.FirstSeen.UTC(), LastSeen: f.LastSeen.UTC(),
+		FirstSeen: utc(f.FirstSeen), LastSeen: utc(f.LastSeen),
 		SeqIn: f.SeqIn, AckIn: f.AckIn, SeqOut: f.SeqOut, AckOut: f.AckOut,
 		WindowIn: f.WindowIn, WindowOut: f.WindowOut,
 	}
+}
+
+func utc(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	return t.UTC()
 }
 
 type flowFilter struct {
@@ -90,6 +102,8 @@ func flowsCommand(e env) *cli.Command {
 			&cli.StringFlag{Name: "vip", Usage: "only connections to this VIP"},
 			&cli.StringFlag{Name: "client", Usage: "only connections from this client address"},
 			&cli.StringFlag{Name: "port", Usage: "only connections to this VIP port"},
+			&cli.BoolFlag{Name: "all", Usage: "also the other nodes' connections, as replicated here, with their owner"},
+			runDirFlag(),
 		},
 		Action: func(c *cli.Context) error {
 			ff, err := parseFlowFilter(c)
@@ -112,14 +126,19 @@ func flowsCommand(e env) *cli.Command {
 				return err
 			}
 			sortFlows(flows)
-			if c.Bool("json") {
-				out := make([]flowJSON, 0, len(flows))
-				for _, f := range flows {
-					out = append(out, toFlowJSON(f))
+			out := make([]flowJSON, 0, len(flows))
+			for _, f := range flows {
+				out = append(out, toFlowJSON(f))
+			}
+			if c.Bool("all") {
+				if out, err = withPeerFlows(c, maps, ff, out); err != nil {
+					return err
 				}
+			}
+			if c.Bool("json") {
 				return writeJSON(e.stdout, out)
 			}
-			return printFlows(e, flows)
+			return printFlows(e, out, c.Bool("all"))
 		},
 	}
 }
@@ -139,13 +158,60 @@ func sortFlows(flows []dataplane.Flow) {
 	})
 }
 
-func printFlows(e env, flows []dataplane.Flow) error {
+// withPeerFlows adds the replicated flows and names every flow's owner,
+// by address when the daemon answers, else by node number.
+func withPeerFlows(c *cli.Context, maps *dataplane.PinnedMaps, ff flowFilter, out []flowJSON) ([]flowJSON, error) {
+	self, names := "local", map[int]string{}
+	ctx, cancel := context.WithTimeout(c.Context, time.Second)
+	defer cancel()
+	if st, err := adminClient(c).Status(ctx); err == nil {
+		for _, n := range st.Nodes {
+			names[n.PNN] = n.Address
+			if n.This {
+				self = n.Address
+			}
+		}
+	}
+	for i := range out {
+		out[i].Owner = self
+	}
+	err := maps.ForEachPeerFlow(func(pf dataplane.PeerFlow) bool {
+		f := dataplane.Flow{VIP: pf.VIP, VIPPort: pf.VIPPort, Client: pf.Client, ClientPort: pf.ClientPort, LastSeen: pf.LastSeen}
+		if !ff.match(f) {
+			return true
+		}
+		j := toFlowJSON(f)
+		j.State, j.FirstSeen = "replicated", time.Time{}
+		j.Owner, j.Steer = names[pf.Owner], pf.Steer
+		if j.Owner == "" {
+			j.Owner = "pnn:" + strconv.Itoa(pf.Owner)
+		}
+		out = append(out, j)
+		return true
+	})
+	return out, err
+}
+
+func printFlows(e env, flows []flowJSON, all bool) error {
 	now := time.Now()
-	t := newTable(e.stdout, "VIP", "CLIENT", "PROTO", "STATE", "IN", "OUT", "PKTS IN/OUT", "AGE", "IDLE")
+	header := []string{"VIP", "CLIENT", "PROTO", "STATE", "IN", "OUT", "PKTS IN/OUT", "AGE", "IDLE"}
+	if all {
+		header = append(header, "OWNER")
+	}
+	t := newTable(e.stdout, header...)
 	for _, f := range flows {
-		t.row(netip.AddrPortFrom(f.VIP, f.VIPPort).String(), netip.AddrPortFrom(f.Client, f.ClientPort).String(),
-			dataplane.Proto(f.VIPPort), f.State.String(), humanBytes(f.BytesIn), humanBytes(f.BytesOut),
-			fmt.Sprintf("%d/%d", f.PacketsIn, f.PacketsOut), age(now, f.FirstSeen), age(now, f.LastSeen))
+		vip, client := netip.MustParseAddr(f.VIP), netip.MustParseAddr(f.Client)
+		row := []string{netip.AddrPortFrom(vip, f.VPort).String(), netip.AddrPortFrom(client, f.CPort).String(),
+			f.Proto, f.State, humanBytes(f.BytesIn), humanBytes(f.BytesOut),
+			fmt.Sprintf("%d/%d", f.PacketsIn, f.PacketsOut), age(now, f.FirstSeen), age(now, f.LastSeen)}
+		if all {
+			owner := f.Owner
+			if f.Steer {
+				owner += " (steered)"
+			}
+			row = append(row, owner)
+		}
+		t.row(row...)
 	}
 	if err := t.flush(); err != nil {
 		return err

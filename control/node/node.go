@@ -650,7 +650,7 @@ func (n *Node) takeLocked(ctx context.Context, i int, reason, from string, prevO
 		now := time.Now()
 		rec.Steps = append(rec.Steps, admin.TimelineStep{Step: name, At: now, Took: now.Sub(t0)})
 	}
-	step("decision")
+	rec.Steps = append(rec.Steps, admin.TimelineStep{Step: "decision", At: t0})
 	iface := n.pickInterface(vip)
 	rec.Iface = iface
 	if err := n.dp.AddVIP(iface, vip.Prefix); err != nil {
