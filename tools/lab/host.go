@@ -304,3 +304,72 @@ func listeningIn(file string, port uint16) (bool, error) {
 
 // logger is the lab logger with the host's namespace.
 func (h *Host) logger() *zap.Logger { return h.lab.log.With(zap.String("ns", h.NS)) }
+
+// eth0 returns the host's lab interface.
+func (h *Host) eth0() (netlink.Link, error) {
+	lk, err := h.nl.LinkByName(HostIface)
+	if err != nil {
+		return nil, fmt.Errorf("find %s in %s: %w", HostIface, h.NS, err)
+	}
+	return lk, nil
+}
+
+// MAC is the hardware address of eth0: who answered, as the client's
+// neighbour table and captured frames show it.
+func (h *Host) MAC() (net.HardwareAddr, error) {
+	lk, err := h.eth0()
+	if err != nil {
+		return nil, err
+	}
+	return lk.Attrs().HardwareAddr, nil
+}
+
+// LinkDown takes eth0 down from inside the namespace: the host's network
+// is gone but its processes run on.
+func (h *Host) LinkDown() error {
+	lk, err := h.eth0()
+	if err != nil {
+		return err
+	}
+	if err := h.nl.LinkSetDown(lk); err != nil {
+		return fmt.Errorf("%s down in %s: %w", HostIface, h.NS, err)
+	}
+	h.logger().Info("link down")
+	return nil
+}
+
+// LinkUp brings eth0 back up.
+func (h *Host) LinkUp() error {
+	lk, err := h.eth0()
+	if err != nil {
+		return err
+	}
+	if err := h.nl.LinkSetUp(lk); err != nil {
+		return fmt.Errorf("%s up in %s: %w", HostIface, h.NS, err)
+	}
+	h.logger().Info("link up")
+	return nil
+}
+
+// Addrs lists the IPv4 and IPv6 addresses on eth0 (link-local ones
+// excluded), as `ip addr show eth0` in the namespace would.
+func (h *Host) Addrs() ([]netip.Prefix, error) {
+	lk, err := h.eth0()
+	if err != nil {
+		return nil, err
+	}
+	list, err := h.nl.AddrList(lk, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses in %s: %w", h.NS, err)
+	}
+	var out []netip.Prefix
+	for _, a := range list {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || ip.IsLinkLocalUnicast() {
+			continue
+		}
+		bits, _ := a.Mask.Size()
+		out = append(out, netip.PrefixFrom(ip.Unmap(), bits))
+	}
+	return out, nil
+}

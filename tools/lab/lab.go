@@ -102,6 +102,10 @@ type Lab struct {
 	roles    map[string]bool
 	procSeq  map[string]int
 	procs    []*Process
+
+	partMu  sync.Mutex
+	side    map[string]string // bridge port -> bridge, for ports Partition moved
+	bridges []string          // bridges Partition added
 }
 
 type undoStep struct {

@@ -5,16 +5,19 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/fsha/fsha/tools/lab"
@@ -422,5 +425,174 @@ func TestCleanupStale(t *testing.T) {
 	}
 	if err := crashed.Close(); err != nil {
 		t.Errorf("closing a lab cleaned up under it: %v", err)
+	}
+}
+
+func TestPartitionLinkAndWatch(t *testing.T) {
+	l := newLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var nodes []*lab.Node
+	for _, role := range []string{"n1", "n2"} {
+		n, err := l.AddNode(role)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	c, err := l.AddClient("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := lab.VIP(1)
+	if err := nodes[0].AddAddr(vip); err != nil {
+		t.Fatal(err)
+	}
+	if addrs, err := nodes[0].Addrs(); err != nil || !slices.Contains(addrs, vip) || !slices.Contains(addrs, nodes[0].Addr) {
+		t.Fatalf("n1 addresses %v (%v), want %s and %s", addrs, err, nodes[0].Addr, vip)
+	}
+	ports := map[*lab.Node]netip.AddrPort{}
+	for _, n := range nodes {
+		ln, err := n.Listen("tcp", ":7001")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for {
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				conn.Close()
+			}
+		}()
+		ports[n] = netip.AddrPortFrom(n.IP(), 7001)
+	}
+	reach := func(to netip.AddrPort) error {
+		_, err := c.TryConnect(ctx, to, 300*time.Millisecond)
+		return err
+	}
+
+	// the watch sees the SYN-ACK of n1 for the VIP, with n1's MAC
+	w, err := c.WatchAddr(vip.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := c.TryConnect(ctx, netip.AddrPortFrom(vip.Addr(), 7001), 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac1, err := nodes[0].MAC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var synack, arp bool
+	for _, f := range w.Frames() {
+		if !f.ARP && f.DstPort == local.Port() && f.Flags&(lab.FlagSYN|lab.FlagACK) == lab.FlagSYN|lab.FlagACK && bytes.Equal(f.Src, mac1) {
+			synack = true
+		}
+		if f.ARP && f.ARPOp == 2 && bytes.Equal(f.Src, mac1) {
+			arp = true
+		}
+	}
+	if !synack || !arp || w.Err() != nil {
+		t.Errorf("watch of %s: SYN-ACK from n1 %v, ARP reply from n1 %v (%v): %v", vip, synack, arp, w.Err(), w.Frames())
+	}
+	if m, err := c.Neighbour(vip.Addr()); err != nil || !bytes.Equal(m, mac1) {
+		t.Errorf("client's neighbour entry for %s: %s (%v), want %s", vip, m, err, mac1)
+	}
+
+	// a partition: n2 alone on a bridge of its own, links up
+	if err := l.Partition(ctx, []*lab.Host{nodes[1].Host}); err != nil {
+		t.Fatal(err)
+	}
+	if err := reach(ports[nodes[0]]); err != nil {
+		t.Errorf("n1 on the client's side: %v", err)
+	}
+	if err := reach(ports[nodes[1]]); err == nil {
+		t.Error("n2 reachable across the partition")
+	}
+	if lk, err := nodes[1].Netlink().LinkByName(lab.HostIface); err != nil || lk.Attrs().OperState != netlink.OperUp {
+		t.Errorf("n2's link in the partition: %v %v, want up", lk.Attrs().OperState, err)
+	}
+	if err := l.Heal(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if err := lab.Eventually(ctx, 5*time.Second, "reach "+n.Role+" after healing", func(context.Context) error {
+			return reach(ports[n])
+		}); err != nil {
+			t.Error(err)
+		}
+	}
+
+	// link down from inside the node, and back
+	if err := nodes[1].LinkDown(); err != nil {
+		t.Fatal(err)
+	}
+	if err := reach(ports[nodes[1]]); err == nil {
+		t.Error("n2 reachable with its link down")
+	}
+	if err := nodes[1].LinkUp(); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.Eventually(ctx, 5*time.Second, "reach n2 with its link up", func(context.Context) error {
+		return reach(ports[nodes[1]])
+	}); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestSignalSessionAndKill(t *testing.T) {
+	l := newLab(t)
+	n, err := l.AddNode("n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p, err := n.Start("tree", "sh", "-c", `sleep 1000 & echo child $!; wait`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WaitLog(ctx, "child "); err != nil {
+		t.Fatal(err)
+	}
+	child := strings.Fields(p.Output())[1]
+	state := func(pid string) string {
+		stat, err := os.ReadFile("/proc/" + pid + "/stat")
+		if err != nil {
+			return "gone"
+		}
+		i := bytes.LastIndexByte(stat, ')')
+		return strings.Fields(string(stat[i+1:]))[0]
+	}
+	if err := p.SignalSession(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range []string{strconv.Itoa(p.PID()), child} {
+		if err := lab.Eventually(ctx, 5*time.Second, "stopped "+pid, func(context.Context) error {
+			if s := state(pid); s != "T" {
+				return errors.New("state " + s)
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+	}
+	if err := p.SignalSession(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if sig := exitSignal(p.ExitErr()); sig != syscall.SIGKILL {
+		t.Errorf("killed process ended by %v, want SIGKILL", sig)
+	}
+	if alive(child) {
+		t.Errorf("child %s survives Kill", child)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -178,6 +179,44 @@ func (p *Process) Signal(sig os.Signal) error {
 		return os.ErrProcessDone
 	}
 	return p.cmd.Process.Signal(sig)
+}
+
+// SignalSession sends sig, by PID, to the process and to everything left
+// in its session: a daemon's children too (smbd forks one per client).
+// SIGSTOP freezes the whole server, SIGCONT wakes it.
+func (p *Process) SignalSession(sig syscall.Signal) error {
+	pids, err := sessionMembers(p.PID())
+	if err != nil {
+		return err
+	}
+	if !p.Exited() && !slices.Contains(pids, p.PID()) {
+		pids = append(pids, p.PID())
+	}
+	if len(pids) == 0 {
+		return os.ErrProcessDone
+	}
+	var errs []error
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+			errs = append(errs, fmt.Errorf("signal %d: %w", pid, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Kill crashes the process: SIGKILL to it and to everything in its
+// session at once, then waits (bounded) until it is gone. Unlike Stop, it
+// leaves no chance to clean up, like a power cut.
+func (p *Process) Kill() error {
+	if err := p.SignalSession(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return err
+	}
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		return fmt.Errorf("%s (pid %d) survives SIGKILL", p.Name, p.PID())
+	}
+	return killSession(p.PID())
 }
 
 // Stop ends the process: SIGTERM (after SIGCONT, in case it was stopped),

@@ -1,0 +1,340 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// PutSMB writes data as file name in //vip/share with smbclient, from a
+// local file in the client's directory.
+func (c *Client) PutSMB(ctx context.Context, vip netip.Addr, name string, data []byte) error {
+	f, err := os.CreateTemp(c.Dir, "put-*")
+	if err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	local := f.Name()
+	defer os.Remove(local)
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("put %s: %w", name, err)
+	}
+	_, err = c.SMBClient(ctx, vip, fmt.Sprintf("put %q %q", local, name))
+	return err
+}
+
+// GetSMB reads file name of //vip/share with smbclient into a local file
+// of the client's directory and returns its content.
+func (c *Client) GetSMB(ctx context.Context, vip netip.Addr, name string) ([]byte, error) {
+	return c.getSMB(ctx, "//"+vip.String()+"/"+ShareName, name)
+}
+
+// WhoAnswers reads MarkerFile of //vip/node: the role of the node whose
+// smbd answered on vip.
+func (c *Client) WhoAnswers(ctx context.Context, vip netip.Addr) (string, error) {
+	b, err := c.getSMB(ctx, "//"+vip.String()+"/"+MarkerShare, MarkerFile)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+func (c *Client) getSMB(ctx context.Context, service, name string) ([]byte, error) {
+	got, err := c.getSMBFiles(ctx, service, []string{name})
+	if err != nil {
+		return nil, err
+	}
+	return got[name], nil
+}
+
+// GetSMBFiles reads several files of //vip/share in one smbclient session
+// and returns their contents by name.
+func (c *Client) GetSMBFiles(ctx context.Context, vip netip.Addr, names ...string) (map[string][]byte, error) {
+	return c.getSMBFiles(ctx, "//"+vip.String()+"/"+ShareName, names)
+}
+
+func (c *Client) getSMBFiles(ctx context.Context, service string, names []string) (map[string][]byte, error) {
+	dir, err := os.MkdirTemp(c.Dir, "get-")
+	if err != nil {
+		return nil, fmt.Errorf("smbclient get from %s: %w", service, err)
+	}
+	defer os.RemoveAll(dir)
+	var cmds []string
+	for i, name := range names {
+		cmds = append(cmds, fmt.Sprintf("get %q %q", name, filepath.Join(dir, strconv.Itoa(i))))
+	}
+	out, err := c.Run(ctx, "smbclient", service, "-N", "-c", strings.Join(cmds, "; "))
+	if err != nil {
+		return nil, fmt.Errorf("smbclient get %v from %s: %w: %s", names, service, err, bytes.TrimSpace(out))
+	}
+	// smbclient reports some failures only in its output
+	if bytes.Contains(out, []byte("NT_STATUS_")) {
+		return nil, fmt.Errorf("smbclient get %v from %s: %s", names, service, bytes.TrimSpace(out))
+	}
+	got := map[string][]byte{}
+	for i, name := range names {
+		b, err := os.ReadFile(filepath.Join(dir, strconv.Itoa(i)))
+		if err != nil {
+			return nil, fmt.Errorf("smbclient get %s from %s: %w: %s", name, service, err, bytes.TrimSpace(out))
+		}
+		got[name] = b
+	}
+	return got, nil
+}
+
+// TryConnect opens one TCP connection from the client to addr within
+// timeout and closes it at once (RST). It returns the client's end.
+func (c *Client) TryConnect(ctx context.Context, addr netip.AddrPort, timeout time.Duration) (netip.AddrPort, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var local netip.AddrPort
+	err := c.Do(func() error {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", addr.String())
+		if err != nil {
+			return err
+		}
+		local = conn.LocalAddr().(*net.TCPAddr).AddrPort()
+		_ = conn.(*net.TCPConn).SetLinger(0)
+		return conn.Close()
+	})
+	return local, err
+}
+
+// Neighbour returns the MAC address the client's neighbour table holds for
+// addr (nil when none or not resolved).
+func (c *Client) Neighbour(addr netip.Addr) (net.HardwareAddr, error) {
+	lk, err := c.eth0()
+	if err != nil {
+		return nil, err
+	}
+	family := unix.AF_INET
+	if addr.Is6() {
+		family = unix.AF_INET6
+	}
+	neighs, err := c.nl.NeighList(lk.Attrs().Index, family)
+	if err != nil {
+		return nil, fmt.Errorf("list neighbours in %s: %w", c.NS, err)
+	}
+	for _, n := range neighs {
+		if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == addr && len(n.HardwareAddr) > 0 {
+			return n.HardwareAddr, nil
+		}
+	}
+	return nil, nil
+}
+
+// Frame is a frame the client received that speaks for a watched address:
+// a TCP segment from it or an ARP packet with it as sender.
+type Frame struct {
+	// At is the kernel's receive time.
+	At time.Time
+	// Src is the sender's MAC address: which node sent it.
+	Src net.HardwareAddr
+	// ARP is set for ARP packets (Op 1 request, 2 reply), else TCP.
+	ARP   bool
+	ARPOp uint16
+	// TCP ports and flags (SYN 0x02, RST 0x04, ACK 0x10).
+	SrcPort, DstPort uint16
+	Flags            uint8
+}
+
+// TCP flags of Frame.Flags.
+const (
+	FlagSYN = 0x02
+	FlagRST = 0x04
+	FlagACK = 0x10
+)
+
+func (f Frame) String() string {
+	if f.ARP {
+		return fmt.Sprintf("%s arp op %d from %s", f.At.Format("15:04:05.000000"), f.ARPOp, f.Src)
+	}
+	return fmt.Sprintf("%s tcp :%d->:%d flags %#02x from %s", f.At.Format("15:04:05.000000"), f.SrcPort, f.DstPort, f.Flags, f.Src)
+}
+
+// Watch records, from a packet socket on the client's eth0, every frame
+// the client receives that speaks for one address (a VIP): TCP segments
+// from it and ARP packets with it as sender. It tells which node answered
+// and when, to the microsecond.
+type Watch struct {
+	addr   [4]byte
+	fd     int
+	done   chan struct{}
+	mu     sync.Mutex
+	frames []Frame
+	err    error
+
+	closeFn func() error
+}
+
+// WatchAddr starts a Watch of the IPv4 address addr. The lab closes it on
+// Close if the caller has not.
+func (c *Client) WatchAddr(addr netip.Addr) (*Watch, error) {
+	if !addr.Is4() {
+		return nil, errors.New("watch: IPv4 only")
+	}
+	lk, err := c.eth0()
+	if err != nil {
+		return nil, err
+	}
+	w := &Watch{addr: addr.As4(), fd: -1, done: make(chan struct{})}
+	proto := int(htons(unix.ETH_P_ALL))
+	err = c.Do(func() error {
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
+		if err != nil {
+			return fmt.Errorf("packet socket: %w", err)
+		}
+		w.fd = fd
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: lk.Attrs().Index}); err != nil {
+			return fmt.Errorf("bind packet socket: %w", err)
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+			return fmt.Errorf("SO_TIMESTAMPNS: %w", err)
+		}
+		tv := unix.NsecToTimeval((50 * time.Millisecond).Nanoseconds())
+		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return fmt.Errorf("SO_RCVTIMEO: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		if w.fd >= 0 {
+			unix.Close(w.fd)
+		}
+		return nil, fmt.Errorf("watch %s from %s: %w", addr, c.NS, err)
+	}
+	stop := make(chan struct{})
+	go w.read(stop)
+	var once sync.Once
+	closeFn := func() error {
+		once.Do(func() {
+			close(stop)
+			<-w.done
+			unix.Close(w.fd)
+		})
+		return nil
+	}
+	w.closeFn = closeFn
+	c.lab.push("close watch of "+addr.String()+" in "+c.Role, closeFn)
+	return w, nil
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+func (w *Watch) read(stop <-chan struct{}) {
+	defer close(w.done)
+	buf := make([]byte, 2048)
+	oob := make([]byte, 256)
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		n, oobn, _, from, err := unix.Recvmsg(w.fd, buf, oob, unix.MSG_TRUNC)
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			w.mu.Lock()
+			w.err = err
+			w.mu.Unlock()
+			return
+		}
+		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
+			continue
+		}
+		at := time.Now()
+		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+			for _, m := range msgs {
+				if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SO_TIMESTAMPNS && len(m.Data) >= 16 {
+					sec := int64(binary.NativeEndian.Uint64(m.Data[0:8]))
+					nsec := int64(binary.NativeEndian.Uint64(m.Data[8:16]))
+					at = time.Unix(sec, nsec)
+				}
+			}
+		}
+		if f, ok := w.parse(buf[:min(n, len(buf))]); ok {
+			f.At = at
+			w.mu.Lock()
+			w.frames = append(w.frames, f)
+			w.mu.Unlock()
+		}
+	}
+}
+
+// parse keeps TCP from the address and ARP with it as sender.
+func (w *Watch) parse(b []byte) (Frame, bool) {
+	if len(b) < 14 {
+		return Frame{}, false
+	}
+	f := Frame{Src: net.HardwareAddr(bytes.Clone(b[6:12]))}
+	eth := binary.BigEndian.Uint16(b[12:14])
+	p := b[14:]
+	switch eth {
+	case unix.ETH_P_ARP:
+		// htype ptype hlen plen op sha[6] spa[4] ...
+		if len(p) < 28 || p[4] != 6 || p[5] != 4 || !bytes.Equal(p[14:18], w.addr[:]) {
+			return Frame{}, false
+		}
+		f.ARP, f.ARPOp = true, binary.BigEndian.Uint16(p[6:8])
+		return f, true
+	case unix.ETH_P_IP:
+		if len(p) < 20 || p[0]>>4 != 4 || p[9] != unix.IPPROTO_TCP || !bytes.Equal(p[12:16], w.addr[:]) {
+			return Frame{}, false
+		}
+		ihl := int(p[0]&0x0f) * 4
+		if ihl < 20 || len(p) < ihl+14 {
+			return Frame{}, false
+		}
+		t := p[ihl:]
+		f.SrcPort, f.DstPort, f.Flags = binary.BigEndian.Uint16(t[0:2]), binary.BigEndian.Uint16(t[2:4]), t[13]
+		return f, true
+	}
+	return Frame{}, false
+}
+
+// Frames returns what was recorded so far, in arrival order.
+func (w *Watch) Frames() []Frame {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]Frame(nil), w.frames...)
+}
+
+// Err is the error that stopped the watch early, if any.
+func (w *Watch) Err() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// Close stops the watch; Frames still works.
+func (w *Watch) Close() error { return w.closeFn() }
+
+// SaveFrames writes frames to a file of the host's directory, one a line,
+// for post-mortems; it returns the path.
+func (h *Host) SaveFrames(name string, frames []Frame) (string, error) {
+	var b strings.Builder
+	for _, f := range frames {
+		b.WriteString(f.String())
+		b.WriteByte('\n')
+	}
+	path := filepath.Join(h.Dir, name)
+	return path, os.WriteFile(path, []byte(b.String()), 0o644)
+}

@@ -1,0 +1,701 @@
+package lab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/fsha/fsha/control/admin"
+)
+
+// ClusterOptions configures NewCluster. The zero value is three nodes with
+// smbd, nfs-ganesha and fsha each, three VIPs and one client.
+type ClusterOptions struct {
+	// Nodes is the number of file-server nodes (2 to MaxClusterNodes); 0 is 3.
+	Nodes int
+	// VIPs is the number of public addresses; 0 is one per node.
+	VIPs int
+	// Clients is the number of client namespaces; 0 is 1, -1 is none.
+	Clients int
+	// Lock gives every node `--lock` on a file of the shared file system,
+	// like CTDB's recovery lock; fsha requires it for two nodes.
+	Lock bool
+	// FailbackSticky runs `--failback sticky`: VIPs stay where they are
+	// when a node comes back. By default a node gets its share back.
+	FailbackSticky bool
+	// NoServers starts neither smbd nor nfs-ganesha; fsha's health check
+	// is then `cmd:true`.
+	NoServers bool
+	// ManualFsha lists nodes (by index, from 1) whose fsha the caller
+	// starts itself with StartFsha, e.g. with a wrong gossip key.
+	ManualFsha []int
+	// FshaArgs are added to every node's `fsha up`.
+	FshaArgs []string
+}
+
+// MaxClusterNodes bounds ClusterOptions.Nodes.
+const MaxClusterNodes = 16
+
+// ClusterStartTimeout bounds how long NewCluster waits for the servers,
+// the daemons and a first stable assignment of the VIPs.
+const ClusterStartTimeout = 30 * time.Second
+
+// Cluster is an fsha cluster in a lab: nodes n1..nN on the bridge, each
+// running smbd and nfs-ganesha on one shared directory (the lab's file
+// system plays the cluster file system: every namespace sees it) and
+// `fsha up --nodes`, with clients c1..cM. The lab writes the nodes file,
+// public_addresses and the gossip key. Node i has PNN i-1 and address
+// NodeAddr(i); VIP i is VIP(i).
+type Cluster struct {
+	Lab     *Lab
+	Nodes   []*ClusterNode
+	Clients []*Client
+	// VIPs are the public addresses, in public_addresses order.
+	VIPs []netip.Prefix
+	// Share is the shared directory: //VIP/share and nfs://VIP/export.
+	Share string
+	// Files fsha reads: nodes, public_addresses, the gossip key, and the
+	// lock file (empty without ClusterOptions.Lock).
+	NodesFile, PublicAddressesFile, KeyFile, LockFile string
+
+	opts ClusterOptions
+}
+
+// ClusterNode is one node of a Cluster.
+type ClusterNode struct {
+	*Node
+	// PNN is the node's number in the nodes file (Index-1).
+	PNN int
+	// RunDir holds the admin socket (--run-dir); HooksDir the event
+	// scripts (--hooks-dir, empty unless a test adds some).
+	RunDir, HooksDir string
+
+	cluster *Cluster
+
+	mu                  sync.Mutex
+	fsha, smbd, ganesha *Process
+	fshaOpts            FshaOptions
+}
+
+// NewCluster builds a cluster in l, starts everything and, unless some
+// nodes are ManualFsha, waits until every VIP is held by exactly one node
+// and all nodes agree.
+func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, err error) {
+	if opts.Nodes == 0 {
+		opts.Nodes = 3
+	}
+	if opts.Nodes < 2 || opts.Nodes > MaxClusterNodes {
+		return nil, fmt.Errorf("cluster of %d nodes: want 2 to %d", opts.Nodes, MaxClusterNodes)
+	}
+	if opts.VIPs == 0 {
+		opts.VIPs = opts.Nodes
+	}
+	if opts.VIPs < 0 || opts.VIPs > 50 {
+		return nil, fmt.Errorf("%d VIPs: want 1 to 50", opts.VIPs)
+	}
+	switch {
+	case opts.Clients == 0:
+		opts.Clients = 1
+	case opts.Clients < 0:
+		opts.Clients = 0
+	}
+	for _, i := range opts.ManualFsha {
+		if i < 1 || i > opts.Nodes {
+			return nil, fmt.Errorf("ManualFsha: no node %d", i)
+		}
+	}
+	if _, err := l.fshaBin(); err != nil {
+		return nil, err
+	}
+	c := &Cluster{Lab: l, opts: opts}
+	dir := filepath.Join(l.Dir, "cluster")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create cluster dir: %w", err)
+	}
+	if c.Share, err = l.NewShare("data"); err != nil {
+		return nil, err
+	}
+	if opts.Lock {
+		// on the shared file system, beside the share, as CTDB's
+		// recovery lock sits on the cluster file system
+		c.LockFile = filepath.Join(filepath.Dir(c.Share), "fsha.lock")
+	}
+	var nodes, pa strings.Builder
+	for i := 1; i <= opts.Nodes; i++ {
+		fmt.Fprintln(&nodes, NodeAddr(i).Addr())
+	}
+	for i := 1; i <= opts.VIPs; i++ {
+		c.VIPs = append(c.VIPs, VIP(i))
+		fmt.Fprintf(&pa, "%s %s\n", VIP(i), HostIface)
+	}
+	c.NodesFile = filepath.Join(dir, "nodes")
+	c.PublicAddressesFile = filepath.Join(dir, "public_addresses")
+	if err := os.WriteFile(c.NodesFile, []byte(nodes.String()), 0o644); err != nil {
+		return nil, fmt.Errorf("write nodes: %w", err)
+	}
+	if err := os.WriteFile(c.PublicAddressesFile, []byte(pa.String()), 0o644); err != nil {
+		return nil, fmt.Errorf("write public_addresses: %w", err)
+	}
+	if c.KeyFile, err = WriteGossipKey(filepath.Join(dir, "gossip.key")); err != nil {
+		return nil, err
+	}
+
+	for i := 1; i <= opts.Nodes; i++ {
+		n, err := l.AddNode("n" + strconv.Itoa(i))
+		if err != nil {
+			return nil, err
+		}
+		cn := &ClusterNode{Node: n, PNN: i - 1, HooksDir: filepath.Join(n.Dir, "hooks"), cluster: c}
+		if err := os.MkdirAll(cn.HooksDir, 0o755); err != nil {
+			return nil, fmt.Errorf("create hooks dir: %w", err)
+		}
+		if cn.RunDir, err = l.runDir(n); err != nil {
+			return nil, err
+		}
+		c.Nodes = append(c.Nodes, cn)
+	}
+	for i := 1; i <= opts.Clients; i++ {
+		cl, err := l.AddClient("c" + strconv.Itoa(i))
+		if err != nil {
+			return nil, err
+		}
+		c.Clients = append(c.Clients, cl)
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, ClusterStartTimeout)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	for _, n := range c.Nodes {
+		g.Go(func() error { return n.StartServers(gctx) })
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	g, gctx = errgroup.WithContext(ctx)
+	for _, n := range c.Nodes {
+		if !slices.Contains(opts.ManualFsha, n.Index) {
+			g.Go(func() error { _, err := n.StartFsha(gctx, FshaOptions{}); return err })
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	if len(opts.ManualFsha) == 0 {
+		if err := c.WaitConverged(ctx, ClusterStartTimeout, c.Nodes...); err != nil {
+			return nil, fmt.Errorf("cluster start: %w", err)
+		}
+	}
+	l.log.Info("cluster up", zap.Int("nodes", opts.Nodes), zap.Int("vips", opts.VIPs))
+	return c, nil
+}
+
+// WriteGossipKey writes a new random gossip secret to path (mode 0600) and
+// returns path.
+func WriteGossipKey(path string) (string, error) {
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("gossip key: %w", err)
+	}
+	if err := os.WriteFile(path, []byte(hex.EncodeToString(b[:])+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write gossip key: %w", err)
+	}
+	return path, nil
+}
+
+// runDir is the node's fsha run directory. A unix socket path must fit in
+// 108 bytes: when the lab's directory is too deep, the run directory goes
+// to a short temporary directory removed with the lab.
+func (l *Lab) runDir(n *Node) (string, error) {
+	dir := filepath.Join(n.Dir, "run")
+	if len(admin.SocketPath(dir)) < 100 {
+		return dir, os.MkdirAll(dir, 0o700)
+	}
+	dir, err := os.MkdirTemp("", Prefix+l.ID+"-"+n.Role+"-")
+	if err != nil {
+		return "", fmt.Errorf("create run dir: %w", err)
+	}
+	l.push("remove run dir of "+n.Role, func() error { return os.RemoveAll(dir) })
+	return dir, nil
+}
+
+// Node returns node i (from 1).
+func (c *Cluster) Node(i int) *ClusterNode { return c.Nodes[i-1] }
+
+// NodeByAddr returns the node with address addr (as fsha prints it), or nil.
+func (c *Cluster) NodeByAddr(addr string) *ClusterNode {
+	for _, n := range c.Nodes {
+		if n.IP().String() == addr {
+			return n
+		}
+	}
+	return nil
+}
+
+// NodeByRole returns the node with role (n1...), or nil.
+func (c *Cluster) NodeByRole(role string) *ClusterNode {
+	for _, n := range c.Nodes {
+		if n.Role == role {
+			return n
+		}
+	}
+	return nil
+}
+
+// Others returns the nodes other than the given ones.
+func (c *Cluster) Others(not ...*ClusterNode) []*ClusterNode {
+	var out []*ClusterNode
+	for _, n := range c.Nodes {
+		if !slices.Contains(not, n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// FshaOptions tunes StartFsha.
+type FshaOptions struct {
+	// KeyFile replaces the cluster's gossip key file.
+	KeyFile string
+	// NoKey runs gossip with no key (--insecure-gossip).
+	NoKey bool
+	// Args are added to the command line.
+	Args []string
+}
+
+// fshaArgs is the node's `fsha up` command line.
+func (n *ClusterNode) fshaArgs(opts FshaOptions) ([]string, error) {
+	c := n.cluster
+	bin, err := n.lab.fshaBin()
+	if err != nil {
+		return nil, err
+	}
+	argv := []string{bin, "up",
+		"--nodes", c.NodesFile, "--public-addresses", c.PublicAddressesFile,
+		"--pin-path", n.PinPath, "--run-dir", n.RunDir, "--hooks-dir", n.HooksDir,
+		"--log-level", "debug",
+	}
+	switch {
+	case opts.NoKey:
+		argv = append(argv, "--insecure-gossip")
+	case opts.KeyFile != "":
+		argv = append(argv, "--gossip-key", opts.KeyFile)
+	default:
+		argv = append(argv, "--gossip-key", c.KeyFile)
+	}
+	if c.LockFile != "" {
+		argv = append(argv, "--lock", c.LockFile)
+	}
+	if c.opts.FailbackSticky {
+		argv = append(argv, "--failback", "sticky")
+	}
+	if c.opts.NoServers {
+		argv = append(argv, "--check", "cmd:true")
+	}
+	argv = append(argv, c.opts.FshaArgs...)
+	return append(argv, opts.Args...), nil
+}
+
+// StartFsha starts `fsha up` on the node and waits until its admin socket
+// answers. The options are kept for PowerUp.
+func (n *ClusterNode) StartFsha(ctx context.Context, opts FshaOptions) (*Process, error) {
+	argv, err := n.fshaArgs(opts)
+	if err != nil {
+		return nil, err
+	}
+	n.mu.Lock()
+	if n.fsha != nil && !n.fsha.Exited() {
+		n.mu.Unlock()
+		return nil, fmt.Errorf("fsha already runs on %s (pid %d)", n.Role, n.fsha.PID())
+	}
+	n.fshaOpts = opts
+	n.mu.Unlock()
+	p, err := n.Start("fsha-up", argv...)
+	if err != nil {
+		return nil, err
+	}
+	n.mu.Lock()
+	n.fsha = p
+	n.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, FshaStartTimeout)
+	defer cancel()
+	for {
+		qctx, qcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := n.Status(qctx)
+		qcancel()
+		if err == nil {
+			return p, nil
+		}
+		select {
+		case <-p.Done():
+			return nil, fmt.Errorf("fsha up on %s exited (%v): %s", n.Role, p.ExitErr(), p.Tail(2000))
+		case <-ctx.Done():
+			return nil, errors.Join(fmt.Errorf("fsha up on %s: admin socket does not answer: %w: %w", n.Role, err, ctx.Err()), p.Stop())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// FshaProcess is the node's current `fsha up`, nil before StartFsha.
+func (n *ClusterNode) FshaProcess() *Process {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.fsha
+}
+
+// StopFsha stops `fsha up` the orderly way (SIGTERM): it releases its VIPs
+// and leaves the cluster.
+func (n *ClusterNode) StopFsha() error {
+	p := n.FshaProcess()
+	if p == nil {
+		return nil
+	}
+	return p.Stop()
+}
+
+// KillFsha crashes only the node's fsha daemon (SIGKILL); the servers and
+// the network stay up, and the VIPs stay on eth0.
+func (n *ClusterNode) KillFsha() error {
+	p := n.FshaProcess()
+	if p == nil {
+		return errors.New("no fsha on " + n.Role)
+	}
+	n.logger().Info("kill fsha", zap.Int("pid", p.PID()))
+	return p.Kill()
+}
+
+// StartServers starts smbd and nfs-ganesha on the shared directory (unless
+// the cluster has NoServers).
+func (n *ClusterNode) StartServers(ctx context.Context) error {
+	if n.cluster.opts.NoServers {
+		return nil
+	}
+	smbd, err := n.StartSmbd(ctx, n.cluster.Share)
+	if err != nil {
+		return err
+	}
+	ganesha, err := n.StartGanesha(ctx, n.cluster.Share, GaneshaOptions{})
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	n.smbd, n.ganesha = smbd, ganesha
+	n.mu.Unlock()
+	return nil
+}
+
+// Processes returns the node's daemons (fsha, smbd, nfs-ganesha) that run.
+func (n *ClusterNode) Processes() []*Process {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []*Process
+	for _, p := range []*Process{n.fsha, n.smbd, n.ganesha} {
+		if p != nil && !p.Exited() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// NetworkDown takes the node's eth0 down from inside the node: processes
+// run on, the node is cut off. NetworkUp undoes it.
+func (n *ClusterNode) NetworkDown() error { return n.LinkDown() }
+
+// NetworkUp brings eth0 back after NetworkDown.
+func (n *ClusterNode) NetworkUp() error { return n.LinkUp() }
+
+// PowerDown crashes the node as a power cut would: SIGKILL to every one
+// of its processes (fsha first, servers with their children), then its
+// link goes down. Addresses and the data plane stay in the namespace,
+// unanswered; PowerUp reboots the node.
+func (n *ClusterNode) PowerDown() error {
+	procs := n.Processes()
+	n.logger().Info("power down")
+	var errs []error
+	for _, p := range procs {
+		if err := p.SignalSession(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			errs = append(errs, err)
+		}
+	}
+	for _, p := range procs {
+		errs = append(errs, p.Kill())
+	}
+	errs = append(errs, n.LinkDown())
+	return errors.Join(errs...)
+}
+
+// PowerUp boots a powered-down node: what a reboot clears goes (the VIPs
+// on eth0, the data plane), the link comes up, then the servers and fsha
+// start again (fsha with the options of its last StartFsha).
+func (n *ClusterNode) PowerUp(ctx context.Context) error {
+	if len(n.Processes()) > 0 {
+		return fmt.Errorf("power up %s: processes still run", n.Role)
+	}
+	n.logger().Info("power up")
+	held, err := n.HeldVIPs()
+	if err != nil {
+		return err
+	}
+	for _, v := range held {
+		if err := n.DelAddr(v); err != nil {
+			return err
+		}
+	}
+	if _, err := n.Fsha(ctx, "unload"); err != nil {
+		return fmt.Errorf("power up %s: unload data plane: %w", n.Role, err)
+	}
+	if err := n.LinkUp(); err != nil {
+		return err
+	}
+	if err := n.StartServers(ctx); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	opts := n.fshaOpts
+	n.mu.Unlock()
+	_, err = n.StartFsha(ctx, opts)
+	return err
+}
+
+// Freeze stops (SIGSTOP) every process of the node, children included, as
+// a hung VM: the network stays up, nothing answers. Thaw wakes them.
+func (n *ClusterNode) Freeze() error {
+	n.logger().Info("freeze")
+	var errs []error
+	for _, p := range n.Processes() {
+		errs = append(errs, p.SignalSession(syscall.SIGSTOP))
+	}
+	return errors.Join(errs...)
+}
+
+// Thaw wakes (SIGCONT) the processes Freeze stopped, servers first.
+func (n *ClusterNode) Thaw() error {
+	n.logger().Info("thaw")
+	procs := n.Processes()
+	slices.Reverse(procs)
+	var errs []error
+	for _, p := range procs {
+		errs = append(errs, p.SignalSession(syscall.SIGCONT))
+	}
+	return errors.Join(errs...)
+}
+
+// Admin runs an fsha admin command against the node's daemon, e.g.
+// Admin(ctx, "disable") or Admin(ctx, "status", "--json"), and returns its
+// stdout.
+func (n *ClusterNode) Admin(ctx context.Context, args ...string) ([]byte, error) {
+	bin, err := n.lab.fshaBin()
+	if err != nil {
+		return nil, err
+	}
+	return n.Output(ctx, bin, append(args, "--run-dir", n.RunDir)...)
+}
+
+func (n *ClusterNode) adminJSON(ctx context.Context, v any, args ...string) error {
+	out, err := n.Admin(ctx, append(args, "--json")...)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(out, v); err != nil {
+		return fmt.Errorf("parse fsha %s --json of %s: %w: %s", args[0], n.Role, err, out)
+	}
+	return nil
+}
+
+// Status is `fsha status --json` of the node.
+func (n *ClusterNode) Status(ctx context.Context) (admin.Status, error) {
+	var st admin.Status
+	return st, n.adminJSON(ctx, &st, "status")
+}
+
+// IPs is `fsha ip --json` of the node.
+func (n *ClusterNode) IPs(ctx context.Context) ([]admin.IP, error) {
+	var ips []admin.IP
+	return ips, n.adminJSON(ctx, &ips, "ip")
+}
+
+// Timeline is `fsha timeline --json` of the node.
+func (n *ClusterNode) Timeline(ctx context.Context) ([]admin.Takeover, error) {
+	var tl []admin.Takeover
+	return tl, n.adminJSON(ctx, &tl, "timeline")
+}
+
+// HeldVIPs lists the cluster's VIPs that are on the node's eth0 now, as
+// `ip addr` in its namespace shows them.
+func (n *ClusterNode) HeldVIPs() ([]netip.Prefix, error) {
+	addrs, err := n.Addrs()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		if slices.Contains(n.cluster.VIPs, a) {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// Holds tells whether vip is on the node's eth0 now.
+func (n *ClusterNode) Holds(vip netip.Prefix) (bool, error) {
+	held, err := n.HeldVIPs()
+	return slices.Contains(held, vip), err
+}
+
+// Holders returns the nodes among among (all when empty) that have vip on
+// their eth0 now.
+func (c *Cluster) Holders(vip netip.Prefix, among ...*ClusterNode) ([]*ClusterNode, error) {
+	if len(among) == 0 {
+		among = c.Nodes
+	}
+	var out []*ClusterNode
+	for _, n := range among {
+		ok, err := n.Holds(vip)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// Owner returns the one node among among (all when empty) that has vip on
+// its eth0, or an error when none or several do.
+func (c *Cluster) Owner(vip netip.Prefix, among ...*ClusterNode) (*ClusterNode, error) {
+	hs, err := c.Holders(vip, among...)
+	if err != nil {
+		return nil, err
+	}
+	if len(hs) != 1 {
+		return nil, fmt.Errorf("%s is on %d nodes (%s), want exactly one", vip, len(hs), roles(hs))
+	}
+	return hs[0], nil
+}
+
+func roles(ns []*ClusterNode) string {
+	var r []string
+	for _, n := range ns {
+		r = append(r, n.Role)
+	}
+	if len(r) == 0 {
+		return "none"
+	}
+	return strings.Join(r, " ")
+}
+
+// Converged checks, once, that the cluster of the nodes up is settled:
+// each sees quorum and all of up as OK; each VIP is on the eth0 of exactly
+// one node of up; and every node of up reports, in `fsha ip`, that owner
+// with state "held" (no move pending).
+func (c *Cluster) Converged(ctx context.Context, up ...*ClusterNode) error {
+	owners := make([]*ClusterNode, len(c.VIPs))
+	for i, v := range c.VIPs {
+		o, err := c.Owner(v, up...)
+		if err != nil {
+			return err
+		}
+		owners[i] = o
+	}
+	for _, n := range up {
+		st, err := n.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if !st.Quorum {
+			return fmt.Errorf("%s has no quorum", n.Role)
+		}
+		for _, m := range up {
+			if i := slices.IndexFunc(st.Nodes, func(s admin.NodeStatus) bool { return s.PNN == m.PNN }); i < 0 || st.Nodes[i].State != admin.StateOK {
+				return fmt.Errorf("%s does not see %s OK: %+v", n.Role, m.Role, st.Nodes)
+			}
+		}
+		ips, err := n.IPs(ctx)
+		if err != nil {
+			return err
+		}
+		for i, v := range c.VIPs {
+			j := slices.IndexFunc(ips, func(ip admin.IP) bool { return ip.VIP == v.String() })
+			if j < 0 {
+				return fmt.Errorf("%s does not list %s: %+v", n.Role, v, ips)
+			}
+			if ip := ips[j]; ip.Owner != owners[i].IP().String() || ip.State != "held" {
+				return fmt.Errorf("%s says %s is %s by %q (target %q); it is on %s", n.Role, v, ip.State, ip.Owner, ip.Target, owners[i].Role)
+			}
+		}
+	}
+	return nil
+}
+
+// WaitConverged waits, at most timeout, until Converged holds for the
+// nodes up.
+func (c *Cluster) WaitConverged(ctx context.Context, timeout time.Duration, up ...*ClusterNode) error {
+	return Eventually(ctx, timeout, "cluster of "+roles(up)+" converged", func(ctx context.Context) error {
+		return c.Converged(ctx, up...)
+	})
+}
+
+// Assignment maps each VIP to the role of the node holding it (by the
+// addresses on the nodes' eth0), "-" for none and "a+b" for several.
+func (c *Cluster) Assignment() (map[netip.Prefix]string, error) {
+	out := map[netip.Prefix]string{}
+	for _, v := range c.VIPs {
+		hs, err := c.Holders(v)
+		if err != nil {
+			return nil, err
+		}
+		r := "-"
+		if len(hs) > 0 {
+			r = strings.ReplaceAll(roles(hs), " ", "+")
+		}
+		out[v] = r
+	}
+	return out, nil
+}
+
+// Partition splits the lab's switch; see Lab.Partition.
+func (c *Cluster) Partition(ctx context.Context, groups ...[]*Host) error {
+	return c.Lab.Partition(ctx, groups...)
+}
+
+// Heal ends a Partition; see Lab.Heal.
+func (c *Cluster) Heal(ctx context.Context) error { return c.Lab.Heal(ctx) }
+
+// Eventually calls check every 50 ms until it returns nil, for at most
+// timeout (and never past ctx). The error names what was awaited and
+// carries check's last error (the last one not caused by the deadline).
+func Eventually(ctx context.Context, timeout time.Duration, what string, check func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	start := time.Now()
+	var last error
+	for {
+		err := check(ctx)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() == nil || last == nil {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: not within %v: %w", what, time.Since(start).Round(time.Millisecond), last)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
