@@ -200,3 +200,42 @@ func tcpOutRsts() int64 {
 	}
 	return 0
 }
+
+// CountFlows counts this node's connections to vip.
+func (a *Actions) CountFlows(vip netip.Addr) (int, error) {
+	n := 0
+	err := a.maps.ForEachFlow(func(f Flow) bool {
+		if f.VIP == vip {
+			n++
+		}
+		return true
+	})
+	return n, err
+}
+
+// Steer marks (on) or unmarks owner's replicated connections to vip for
+// XDP steering, records where owner is, and sets how many (VIP, owner)
+// pairs are steered (0: the lookup is off).
+func (a *Actions) Steer(vip netip.Addr, owner int, mac [6]byte, on bool, active int) error {
+	if vip.IsValid() {
+		if on {
+			if err := a.maps.SetNodeMAC(owner, mac[:]); err != nil {
+				return err
+			}
+		}
+		var flows []PeerFlow
+		if err := a.maps.ForEachPeerFlow(func(f PeerFlow) bool {
+			if f.VIP == vip && f.Owner == owner && f.Steer != on {
+				f.Steer = on
+				flows = append(flows, f)
+			}
+			return true
+		}); err != nil {
+			return err
+		}
+		if err := a.maps.UpsertPeerFlows(flows); err != nil {
+			return err
+		}
+	}
+	return a.maps.SetSteering(active)
+}

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -153,7 +154,7 @@ func (m *Maps) SetNodeMAC(pnn int, mac net.HardwareAddr) error {
 		return fmt.Errorf("node %d out of range 0..%d", pnn, MaxNodes-1)
 	}
 	var v fshaNodeMac
-	if len(mac) == 6 {
+	if len(mac) == 6 && !bytes.Equal(mac, make([]byte, 6)) {
 		copy(v.Mac[:], mac)
 		v.Valid = 1
 	}

@@ -57,6 +57,8 @@ func clusterFlags() []cli.Flag {
 			Usage: "lock file on the cluster file system (like CTDB's recovery lock): needed by two-node clusters"},
 		&cli.BoolFlag{Name: "allow-two-nodes-without-lock", EnvVars: []string{"FSHA_ALLOW_TWO_NODES_WITHOUT_LOCK"},
 			Usage: "run a two-node cluster with no lock: a partition makes both nodes stop holding VIPs"},
+		&cli.DurationFlag{Name: "drain-timeout", Value: 5 * time.Minute, EnvVars: []string{"FSHA_DRAIN_TIMEOUT"},
+			Usage: "a VIP moved away in a planned move keeps serving its old connections this long, then resets them (0: reset at once)"},
 		&cli.StringFlag{Name: "failback", Value: "automatic", EnvVars: []string{"FSHA_FAILBACK"},
 			Usage: "automatic (a recovered node gets its share of VIPs back) or sticky (VIPs stay until moved)"},
 		&cli.StringFlag{Name: "run-dir", Value: admin.DefaultRunDir, EnvVars: []string{"FSHA_RUN_DIR"},
@@ -223,6 +225,19 @@ func newReplicator(c *cli.Context, log *zap.Logger, dp *dataplane.Dataplane, cc 
 	}, &dp.Maps, dp.ForEachFlow)
 }
 
+// setARPSysctls makes iface answer ARP only for its own addresses and use
+// them as ARP sources, like an LVS real server (arp_ignore=1,
+// arp_announce=2).
+func setARPSysctls(iface string) error {
+	for name, v := range map[string]string{"arp_ignore": "1", "arp_announce": "2"} {
+		p := filepath.Join("/proc/sys/net/ipv4/conf", iface, name)
+		if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // runCluster runs this node in the cluster until ctx ends.
 func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *dataplane.Dataplane, cc *clusterConfig,
 	repl *replication.Replicator, ifaces []string) error {
@@ -237,9 +252,20 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	takeovers := metrics.NewTakeovers()
 	timing := node.DefaultTiming()
 	timing.Lease = c.Duration("lease")
+	var mac [6]byte
+	if ifi, err := net.InterfaceByName(ifaces[0]); err == nil && len(ifi.HardwareAddr) == 6 {
+		copy(mac[:], ifi.HardwareAddr)
+	}
+	// A VIP draining from here lives on loopback: the public interfaces
+	// must not answer ARP for it, nor announce it as a source.
+	for _, iface := range ifaces {
+		if err := setARPSysctls(iface); err != nil {
+			log.Warn("arp sysctls", zap.String("interface", iface), zap.Error(err))
+		}
+	}
 	nd, err := node.New(log, node.Config{
 		Nodes: cc.nodes, Self: cc.self, VIPs: cc.vips, Policy: cc.policy, Lock: cc.lock, Timing: timing,
-		StateFile: filepath.Join(runDir, "state.json"),
+		StateFile: filepath.Join(runDir, "state.json"), DrainTimeout: c.Duration("drain-timeout"), MAC: mac,
 	}, nil, actions, checker, newHooks(log, c.String("hooks-dir"), cc.nodes[cc.self].Addr.String(), c.Duration("hook-timeout")), takeovers)
 	if err != nil {
 		return err
@@ -251,6 +277,7 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 		return err
 	}
 	nd.SetGossip(gossip)
+	repl.SetSteer(nd.SteerFor)
 	nd.OnAlive(func(alive map[int]netip.Addr) {
 		peers := make([]replication.Peer, 0, len(alive))
 		for pnn, addr := range alive {

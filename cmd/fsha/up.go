@@ -35,6 +35,8 @@ func upCommand(e env) *cli.Command {
 				Usage: "settings file of 'flag-name = value' lines; flags and FSHA_* variables win over it"},
 			&cli.UintFlag{Name: "flows-max", Value: dataplane.DefaultFlowsMax, EnvVars: []string{"FSHA_FLOWS_MAX"},
 				Usage: "capacity of the flows map (least recently used flows are evicted beyond it)"},
+			&cli.DurationFlag{Name: "prune-interval", Value: 30 * time.Second, EnvVars: []string{"FSHA_PRUNE_INTERVAL"},
+				Usage: "how often flows without a local socket (a killed server, a close missed while restarting) are removed"},
 			&cli.DurationFlag{Name: "stats-interval", Value: time.Minute, EnvVars: []string{"FSHA_STATS_INTERVAL"},
 				Usage: "how often to log the data-plane counters (0: never)"},
 		}, clusterFlags()...),
@@ -127,6 +129,25 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 		go func() { cluster <- runCluster(ctx, c, log, dp, cc, repl, ifaces) }()
 	}
 
+	prune := func() {
+		n, err := dp.PruneFlows()
+		if err != nil {
+			log.Warn("prune flows", zap.Error(err))
+		} else if n > 0 {
+			log.Info("removed flows without a local socket", zap.Int("flows", n))
+			if repl != nil {
+				repl.Resync() // the peers never saw these close
+			}
+		}
+	}
+	prune()
+	var pruneTick <-chan time.Time
+	if iv := c.Duration("prune-interval"); iv > 0 {
+		t := time.NewTicker(iv)
+		defer t.Stop()
+		pruneTick = t.C
+	}
+
 	var tick <-chan time.Time
 	if iv := c.Duration("stats-interval"); iv > 0 {
 		t := time.NewTicker(iv)
@@ -151,6 +172,8 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 			return err
 		case err := <-done:
 			return err
+		case <-pruneTick:
+			prune()
 		case <-tick:
 			if ctrs, err := dp.ReadCounters(); err != nil {
 				log.Warn("read counters", zap.Error(err))

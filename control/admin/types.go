@@ -55,6 +55,9 @@ type IP struct {
 	// State: "held", "unassigned", "moving" (owner and target differ) and,
 	// with connection draining, "draining".
 	State string `json:"state"`
+	// DrainingFrom is the node that still serves the VIP's old
+	// connections after a planned move, "" when none.
+	DrainingFrom string `json:"draining_from,omitempty"`
 }
 
 // TimelineStep is one dated step of a takeover or release.

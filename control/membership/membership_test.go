@@ -151,7 +151,8 @@ func TestWrongOrMissingKeyCannotJoin(t *testing.T) {
 }
 
 func TestMetaRoundTrip(t *testing.T) {
-	m := Meta{Flags: FlagHealthy | FlagQuorum, ConfigHash: 0xdeadbeefcafe, Held: NewBitmap(13), Draining: NewBitmap(13)}
+	m := Meta{Flags: FlagHealthy | FlagQuorum, ConfigHash: 0xdeadbeefcafe, Held: NewBitmap(13), Draining: NewBitmap(13),
+		MAC: [6]byte{2, 0, 0, 0, 0, 9}}
 	m.Held.Set(0, true)
 	m.Held.Set(12, true)
 	m.Draining.Set(5, true)
@@ -163,7 +164,7 @@ func TestMetaRoundTrip(t *testing.T) {
 	if err := got.UnmarshalBinary(b); err != nil {
 		t.Fatal(err)
 	}
-	if got.Flags != m.Flags || got.ConfigHash != m.ConfigHash || got.Held.Count() != 2 || !got.Held.Has(12) ||
+	if got.Flags != m.Flags || got.ConfigHash != m.ConfigHash || got.MAC != m.MAC || got.Held.Count() != 2 || !got.Held.Has(12) ||
 		!got.Draining.Has(5) || got.Draining.Count() != 1 || got.Held.Len() != 13 {
 		t.Fatalf("round trip: %+v", got)
 	}
@@ -180,7 +181,7 @@ func TestMetaRejectsBadInput(t *testing.T) {
 		"version":   append([]byte{9}, good[1:]...),
 		"truncated": good[:len(good)-1],
 		"trailing":  append(append([]byte(nil), good...), 0),
-		"too many":  {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff},
+		"too many":  {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff},
 	} {
 		var m Meta
 		if err := m.UnmarshalBinary(b); !errors.Is(err, ErrBadMeta) {
@@ -192,7 +193,7 @@ func TestMetaRejectsBadInput(t *testing.T) {
 func FuzzMeta(f *testing.F) {
 	good, _ := Meta{Flags: FlagHealthy, Held: NewBitmap(9), Draining: NewBitmap(9)}.MarshalBinary()
 	f.Add(good)
-	f.Add([]byte{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	f.Add([]byte{1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m Meta
 		if err := m.UnmarshalBinary(b); err != nil {

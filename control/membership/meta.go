@@ -18,6 +18,9 @@ type Meta struct {
 	// VIPs it still serves for old connections after a planned move.
 	Held     Bitmap
 	Draining Bitmap
+	// MAC is the hardware address of the node's public interface: where
+	// the new owner of a draining VIP steers the old connections.
+	MAC [6]byte
 }
 
 // Flags is the node's state as it sees it.
@@ -36,7 +39,7 @@ const MetaLimit = 512
 
 const (
 	metaVersion    = 1
-	metaHeaderSize = 1 + 1 + 8 + 2
+	metaHeaderSize = 1 + 1 + 8 + 6 + 2
 	// MaxVIPs is how many VIPs fit twice (held, draining) in the metadata.
 	MaxVIPs = (MetaLimit - metaHeaderSize) / 2 * 8
 )
@@ -45,7 +48,7 @@ const (
 // not decode is treated as holding nothing and able to hold nothing.
 var ErrBadMeta = errors.New("bad node metadata")
 
-// MarshalBinary encodes m: version, flags, config hash, VIP count, then the
+// MarshalBinary encodes m: version, flags, config hash, MAC, VIP count, then the
 // two bitmaps. Encoding is total; its size is bounded by MaxVIPs.
 func (m Meta) MarshalBinary() ([]byte, error) {
 	n := max(m.Held.Len(), m.Draining.Len())
@@ -57,7 +60,8 @@ func (m Meta) MarshalBinary() ([]byte, error) {
 	b[0] = metaVersion
 	b[1] = byte(m.Flags)
 	binary.BigEndian.PutUint64(b[2:10], m.ConfigHash)
-	binary.BigEndian.PutUint16(b[10:12], uint16(n))
+	copy(b[10:16], m.MAC[:])
+	binary.BigEndian.PutUint16(b[16:18], uint16(n))
 	b = append(b, m.Held.bytes(size)...)
 	b = append(b, m.Draining.bytes(size)...)
 	return b, nil
@@ -71,7 +75,7 @@ func (m *Meta) UnmarshalBinary(b []byte) error {
 	if b[0] != metaVersion {
 		return fmt.Errorf("%w: version %d, this fsha speaks %d", ErrBadMeta, b[0], metaVersion)
 	}
-	n := int(binary.BigEndian.Uint16(b[10:12]))
+	n := int(binary.BigEndian.Uint16(b[16:18]))
 	if n > MaxVIPs {
 		return fmt.Errorf("%w: %d VIPs, max %d", ErrBadMeta, n, MaxVIPs)
 	}
@@ -81,6 +85,7 @@ func (m *Meta) UnmarshalBinary(b []byte) error {
 	}
 	m.Flags = Flags(b[1])
 	m.ConfigHash = binary.BigEndian.Uint64(b[2:10])
+	copy(m.MAC[:], b[10:16])
 	m.Held = bitmapFrom(b[metaHeaderSize:metaHeaderSize+size], n)
 	m.Draining = bitmapFrom(b[metaHeaderSize+size:], n)
 	return nil

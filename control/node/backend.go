@@ -87,13 +87,24 @@ func (n *Node) IPs(context.Context) ([]admin.IP, error) {
 				ip.State = "moving"
 			}
 		}
+		if n.draining[i].active {
+			ip.DrainingFrom = n.cfg.Nodes[n.cfg.Self].Addr.String()
+		}
+		for pnn := range v.alive {
+			if n.peerDrains(pnn, i) {
+				ip.DrainingFrom = n.cfg.Nodes[pnn].Addr.String()
+			}
+		}
+		if ip.DrainingFrom != "" {
+			ip.State = "draining"
+		}
 		out = append(out, ip)
 	}
 	return out, nil
 }
 
 // Move pins a VIP to a node and tells every node.
-func (n *Node) Move(_ context.Context, vip netip.Addr, node string, _ bool) error {
+func (n *Node) Move(_ context.Context, vip netip.Addr, node string, kill bool) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	idx := slices.IndexFunc(n.cfg.VIPs, func(a config.PublicAddress) bool { return a.VIP() == vip.Unmap() })
@@ -111,10 +122,10 @@ func (n *Node) Move(_ context.Context, vip netip.Addr, node string, _ bool) erro
 		return fmt.Errorf("%w: node %d cannot hold VIPs now (down, unhealthy, disabled, banned or without quorum)", admin.ErrBadRequest, pnn)
 	}
 	n.pinClock++
-	p := pin{PNN: pnn, Version: n.pinClock, Origin: n.cfg.Self}
+	p := pin{PNN: pnn, Version: n.pinClock, Origin: n.cfg.Self, Kill: kill}
 	n.pins[idx] = p
 	n.gossip.Broadcast(encodePinMsg(idx, p))
-	n.log.Info("move requested", zap.Stringer("vip", vip), zap.Int("to", pnn))
+	n.log.Info("move requested", zap.Stringer("vip", vip), zap.Int("to", pnn), zap.Bool("kill", kill))
 	n.poke()
 	return nil
 }

@@ -45,6 +45,12 @@ type DataPlane interface {
 	DropPeerFlows(owner int, vip netip.Addr) (int, error)
 	// KillVIP ends this node's own connections to vip at once.
 	KillVIP(vip netip.Addr) (dataplane.KillStats, error)
+	// CountFlows counts this node's own connections to vip.
+	CountFlows(vip netip.Addr) (int, error)
+	// Steer makes XDP send the packets of owner's connections to vip on to
+	// owner at mac (on), or stops it; active is the number of (VIP, owner)
+	// pairs steered, 0 turns the lookup off.
+	Steer(vip netip.Addr, owner int, mac [6]byte, on bool, active int) error
 }
 
 // Health is the node's own fitness.
@@ -117,6 +123,14 @@ type Config struct {
 	Timing Timing
 	// StateFile keeps what must survive a restart (maintenance mode).
 	StateFile string
+	// DrainTimeout is how long a VIP moved away in a planned move (move,
+	// disable, failback, rebalance) keeps serving its old connections here
+	// before they are reset; 0 turns draining off (planned moves reset
+	// the connections at once).
+	DrainTimeout time.Duration
+	// MAC is this node's public interface address, announced so that the
+	// new owner of a VIP draining from here can steer packets back.
+	MAC [6]byte
 }
 
 // Node is the control loop of one node.
@@ -147,7 +161,21 @@ type Node struct {
 	metaDirty     bool
 	onAlive       func(map[int]netip.Addr)
 	deadSince     map[int]time.Time
+	// draining[i]: VIP i was moved away but still serves its old
+	// connections here from loopback.
+	draining []drain
+	// steered: (VIP, owner) pairs whose old connections this node steers.
+	steered map[steerKey]bool
 }
+
+type drain struct {
+	active    bool
+	since     time.Time
+	lastCheck time.Time
+	t0        time.Time // of its timeline record
+}
+
+type steerKey struct{ vip, owner int }
 
 // view is the last computed picture of the cluster.
 type view struct {
@@ -175,7 +203,7 @@ func New(log *zap.Logger, cfg Config, g Gossip, dp DataPlane, h Health, hooks Ho
 		log: log.Named("node"), cfg: cfg, gossip: g, dp: dp, health: h, hooks: hooks, observer: obs,
 		hash: configHash(cfg.VIPs), wake: make(chan struct{}, 1),
 		held: make([]bool, len(cfg.VIPs)), cancelAnnoun: make([]context.CancelFunc, len(cfg.VIPs)),
-		pins: map[int]pin{},
+		pins: map[int]pin{}, draining: make([]drain, len(cfg.VIPs)), steered: map[steerKey]bool{},
 	}
 	n.loadState()
 	return n, nil
@@ -213,7 +241,9 @@ func (n *Node) localMetaLocked() membership.Meta {
 	}
 	for i, h := range n.held {
 		m.Held.Set(i, h)
+		m.Draining.Set(i, n.draining[i].active)
 	}
+	m.MAC = n.cfg.MAC
 	if n.health.Healthy() {
 		m.Flags |= membership.FlagHealthy
 	}
@@ -425,7 +455,12 @@ func (n *Node) reconcile(ctx context.Context) {
 	} else {
 		for i := range n.held {
 			if n.held[i] && v.target[i] != n.cfg.Self {
-				n.releaseLocked(i, n.releaseReason(v, i))
+				reason := n.releaseReason(v, i)
+				if n.plannedLocked(v, i, reason) {
+					n.startDrainLocked(i, reason, v.target[i])
+				} else {
+					n.releaseLocked(i, reason)
+				}
 			}
 		}
 		// Renew before taking anything, so that the first packets of a
@@ -451,7 +486,9 @@ func (n *Node) reconcile(ctx context.Context) {
 				n.takeLocked(ctx, i, reason, from, prevOwner)
 			}
 		}
+		n.checkDrainsLocked(start)
 	}
+	n.updateSteeringLocked(ctx, v, prev)
 
 	if n.metaDirty {
 		n.metaDirty = false
@@ -652,6 +689,10 @@ func (n *Node) takeLocked(ctx context.Context, i int, reason, from string, prevO
 	}
 	rec.Steps = append(rec.Steps, admin.TimelineStep{Step: "decision", At: t0})
 	iface := n.pickInterface(vip)
+	if n.draining[i].active {
+		// it comes back to us while draining: off loopback, on the interface
+		n.endDrainLocked(i, "taken back")
+	}
 	rec.Iface = iface
 	if err := n.dp.AddVIP(iface, vip.Prefix); err != nil {
 		rec.Error = err.Error()
@@ -673,10 +714,184 @@ func (n *Node) takeLocked(ctx context.Context, i int, reason, from string, prevO
 	n.log.Info("took over", zap.Stringer("vip", vip.Prefix), zap.String("interface", iface), zap.String("reason", reason),
 		zap.Duration("took", time.Since(t0)))
 	n.recordLocked(rec)
-	if prevOwner != allocation.None && prevOwner != n.cfg.Self {
+	// A previous holder that drains the VIP keeps its connections (they
+	// are steered to it); any other lost its sockets or reset them.
+	if prevOwner != allocation.None && prevOwner != n.cfg.Self && !n.peerDrains(prevOwner, i) {
 		go n.tickle(ctx, vip, iface, prevOwner, t0)
 	}
 	go n.runHooks(ctx, "takeip", vip, iface, t0)
+}
+
+// plannedLocked tells whether releasing VIP i for reason is a planned move
+// that drains: the VIP goes to a live node that takes it over, and this
+// node is fit to keep serving.
+func (n *Node) plannedLocked(v view, i int, reason string) bool {
+	if n.cfg.DrainTimeout <= 0 || v.target[i] == allocation.None {
+		return false
+	}
+	if p, ok := n.pins[i]; ok && p.Kill {
+		return false
+	}
+	switch reason {
+	case "move", "rebalance", "disabled":
+		return true
+	}
+	return false
+}
+
+// peerDrains tells whether live peer pnn announces VIP i as draining.
+func (n *Node) peerDrains(pnn, i int) bool {
+	m, ok := n.view.alive[pnn]
+	return ok && m.MetaErr == nil && m.Meta.ConfigHash == n.hash && m.Meta.Draining.Has(i)
+}
+
+// startDrainLocked hands VIP i over without dropping its connections: the
+// address moves to loopback (no longer announced, still local), the next
+// holder announces it and steers the old connections' packets back here.
+func (n *Node) startDrainLocked(i int, reason string, to int) {
+	vip := n.cfg.VIPs[i]
+	t0 := time.Now()
+	rec := admin.Takeover{VIP: vip.Prefix.String(), Kind: "drain", Reason: reason,
+		From: n.cfg.Nodes[n.cfg.Self].Addr.String(), Steps: []admin.TimelineStep{{Step: "decision", At: t0}}}
+	if c := n.cancelAnnoun[i]; c != nil {
+		c()
+		n.cancelAnnoun[i] = nil
+	}
+	host := netip.PrefixFrom(vip.VIP(), vip.VIP().BitLen())
+	err := n.dp.AddVIP("lo", host)
+	for _, iface := range vip.Interfaces {
+		err = errors.Join(err, n.dp.RemoveVIP(iface, vip.Prefix))
+	}
+	rec.Iface = vip.Interfaces[0]
+	now := time.Now()
+	rec.Steps = append(rec.Steps, admin.TimelineStep{Step: "address moved to loopback, no longer announced", At: now, Took: now.Sub(t0)})
+	if err != nil {
+		rec.Error = err.Error()
+	}
+	n.held[i] = false
+	n.draining[i] = drain{active: true, since: t0, t0: t0}
+	n.metaDirty = true
+	n.log.Info("draining", zap.Stringer("vip", vip.Prefix), zap.String("reason", reason),
+		zap.String("to", n.cfg.Nodes[to].Addr.String()), zap.Duration("timeout", n.cfg.DrainTimeout))
+	n.recordLocked(rec)
+	go n.runHooks(context.Background(), "releaseip", vip, rec.Iface, t0)
+}
+
+// checkDrainsLocked ends the drains whose connections are all gone, and
+// resets the connections of those past the drain timeout.
+func (n *Node) checkDrainsLocked(now time.Time) {
+	for i := range n.draining {
+		d := &n.draining[i]
+		if !d.active || now.Sub(d.lastCheck) < time.Second/4 {
+			continue
+		}
+		d.lastCheck = now
+		vip := n.cfg.VIPs[i].VIP()
+		left, err := n.dp.CountFlows(vip)
+		if err != nil {
+			n.log.Warn("count draining connections", zap.Error(err))
+			continue
+		}
+		switch {
+		case left == 0:
+			n.endDrainLocked(i, "last connection closed")
+		case now.Sub(d.since) > n.cfg.DrainTimeout:
+			ks, err := n.dp.KillVIP(vip)
+			if err != nil {
+				n.log.Warn("reset drained connections", zap.Error(err))
+			}
+			n.endDrainLocked(i, fmt.Sprintf("drain timeout: %d connections reset", ks.Destroyed+ks.Reset))
+		}
+	}
+}
+
+// endDrainLocked removes a draining VIP from loopback.
+func (n *Node) endDrainLocked(i int, why string) {
+	vip := n.cfg.VIPs[i]
+	err := n.dp.RemoveVIP("lo", netip.PrefixFrom(vip.VIP(), vip.VIP().BitLen()))
+	t0 := n.draining[i].t0
+	n.draining[i] = drain{}
+	n.metaDirty = true
+	n.log.Info("drain ended", zap.Stringer("vip", vip.Prefix), zap.String("why", why), zap.Error(err))
+	now := time.Now()
+	for j := len(n.timeline) - 1; j >= 0; j-- {
+		r := &n.timeline[j]
+		if r.Kind == "drain" && len(r.Steps) > 0 && r.Steps[0].At.Equal(t0) && r.VIP == vip.Prefix.String() {
+			r.Steps = append(r.Steps, admin.TimelineStep{Step: "drain ended: " + why, At: now, Took: now.Sub(t0)})
+			break
+		}
+	}
+}
+
+// updateSteeringLocked steers the old connections of every VIP this node
+// holds that a live peer still drains, and stops steering (and tickles)
+// those whose drainer is done or dead.
+func (n *Node) updateSteeringLocked(ctx context.Context, v view, prev view) {
+	want := map[steerKey]bool{}
+	for i := range n.held {
+		if !n.held[i] {
+			continue
+		}
+		for pnn := range v.alive {
+			if n.peerDrains(pnn, i) {
+				want[steerKey{i, pnn}] = true
+			}
+		}
+	}
+	changed := false
+	for k := range want {
+		if !n.steered[k] {
+			n.steered[k] = true
+			changed = true
+		}
+	}
+	for k := range n.steered {
+		if want[k] {
+			continue
+		}
+		delete(n.steered, k)
+		changed = true
+		vip := n.cfg.VIPs[k.vip]
+		if err := n.dp.Steer(vip.VIP(), k.owner, [6]byte{}, false, len(want)); err != nil {
+			n.log.Warn("stop steering", zap.Error(err))
+		}
+		if _, alive := v.alive[k.owner]; !alive && n.held[k.vip] {
+			// the old owner died mid-drain: its clients reconnect here now
+			n.log.Info("draining node died: tickling its connections", zap.Stringer("vip", vip.Prefix), zap.Int("node", k.owner))
+			t0 := time.Now()
+			n.recordLocked(admin.Takeover{VIP: vip.Prefix.String(), Iface: n.pickInterface(vip), Kind: "takeover",
+				Reason: "draining node " + n.cfg.Nodes[k.owner].Addr.String() + " died",
+				From:   n.cfg.Nodes[k.owner].Addr.String(), Steps: []admin.TimelineStep{{Step: "decision", At: t0}}})
+			go n.tickle(ctx, vip, n.pickInterface(vip), k.owner, t0)
+		}
+	}
+	if !changed {
+		return
+	}
+	for k := range want {
+		m := v.alive[k.owner].Meta
+		if err := n.dp.Steer(n.cfg.VIPs[k.vip].VIP(), k.owner, m.MAC, true, len(want)); err != nil {
+			n.log.Warn("steer", zap.Error(err))
+		}
+	}
+	if len(want) == 0 {
+		if err := n.dp.Steer(netip.Addr{}, allocation.None, [6]byte{}, false, 0); err != nil {
+			n.log.Warn("steering off", zap.Error(err))
+		}
+	}
+}
+
+// SteerFor tells replication whether a connection of owner's to vip must be
+// steered: this node holds vip and owner drains it.
+func (n *Node) SteerFor(vip netip.Addr, owner int) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for k := range n.steered {
+		if k.owner == owner && n.cfg.VIPs[k.vip].VIP() == vip {
+			return true
+		}
+	}
+	return false
 }
 
 // tickle makes the clients of the previous holder's connections to the VIP

@@ -56,6 +56,8 @@ func (d *fakeDP) TickleVIP(context.Context, string, netip.Addr, int) (dataplane.
 	return dataplane.TickleResult{}, nil
 }
 func (d *fakeDP) DropPeerFlows(int, netip.Addr) (int, error)      { return 0, nil }
+func (d *fakeDP) CountFlows(netip.Addr) (int, error)              { return 0, nil }
+func (d *fakeDP) Steer(netip.Addr, int, [6]byte, bool, int) error { return nil }
 func (d *fakeDP) KillVIP(netip.Addr) (dataplane.KillStats, error) { return dataplane.KillStats{}, nil }
 func (d *fakeDP) ExpireLease() error                              { return nil }
 

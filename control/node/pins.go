@@ -12,6 +12,9 @@ type pin struct {
 	PNN     int // target node, or -1: cleared
 	Version uint64
 	Origin  int // node that made it; breaks version ties
+	// Kill resets the VIP's connections on the old holder instead of
+	// draining them (fsha move --kill).
+	Kill bool
 }
 
 func (p pin) newer(q pin) bool {
@@ -28,7 +31,7 @@ const (
 	wireVersion  = 1
 	msgPin       = 1
 	msgPinState  = 2
-	pinEntrySize = 2 + 2 + 8 + 2 // vip index, target, version, origin
+	pinEntrySize = 2 + 2 + 8 + 2 + 1 // vip index, target, version, origin, flags
 	maxPins      = 4096
 )
 
@@ -38,14 +41,22 @@ func encodePinEntry(b []byte, vip int, p pin) []byte {
 	b = binary.BigEndian.AppendUint16(b, uint16(vip))
 	b = binary.BigEndian.AppendUint16(b, uint16(int16(p.PNN)))
 	b = binary.BigEndian.AppendUint64(b, p.Version)
-	return binary.BigEndian.AppendUint16(b, uint16(p.Origin))
+	b = binary.BigEndian.AppendUint16(b, uint16(p.Origin))
+	var flags byte
+	if p.Kill {
+		flags |= pinFlagKill
+	}
+	return append(b, flags)
 }
+
+const pinFlagKill = 1
 
 func decodePinEntry(b []byte) (int, pin) {
 	return int(binary.BigEndian.Uint16(b[0:2])), pin{
 		PNN:     int(int16(binary.BigEndian.Uint16(b[2:4]))),
 		Version: binary.BigEndian.Uint64(b[4:12]),
 		Origin:  int(binary.BigEndian.Uint16(b[12:14])),
+		Kill:    b[14]&pinFlagKill != 0,
 	}
 }
 

@@ -122,6 +122,20 @@ func New(log *zap.Logger, cfg Config, store Store, local LocalFlows) *Replicator
 	return r
 }
 
+// SetSteer sets the steering policy (see Config.Steer) once the node that
+// decides it exists; call it before Run.
+func (r *Replicator) SetSteer(fn func(vip netip.Addr, owner int) bool) { r.cfg.Steer = fn }
+
+// Resync sends every peer a fresh snapshot, e.g. after flows were removed
+// without close events.
+func (r *Replicator) Resync() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, pc := range r.peers {
+		pc.resync.Store(true)
+	}
+}
+
 // Stats returns the counters.
 func (r *Replicator) Stats() Stats {
 	return Stats{
