@@ -27,6 +27,7 @@ func adminCommands(e env) []*cli.Command {
 		disableCommand(e),
 		enableCommand(e),
 		banCommand(e),
+		tickleCommand(e),
 	}
 }
 

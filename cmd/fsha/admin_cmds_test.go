@@ -98,6 +98,11 @@ func (f *fakeBackend) Ban(_ context.Context, d time.Duration) error {
 	return nil
 }
 
+func (f *fakeBackend) Tickle(_ context.Context, vip netip.Addr) (admin.TickleResult, error) {
+	f.record("tickle " + vip.String())
+	return admin.TickleResult{VIP: vip.String(), Conns: 3, Sent: 9, Resets: 3}, nil
+}
+
 // serve runs an admin server for b in a fresh run directory until the test
 // ends and returns the directory.
 func serve(t *testing.T, b admin.Backend) string {
@@ -400,5 +405,27 @@ func TestAdminFlagsFollowStyle(t *testing.T) {
 		if !hasRunDir {
 			t.Errorf("%s: no --run-dir", cmd.Name)
 		}
+	}
+}
+
+func TestTickleCommand(t *testing.T) {
+	b := &fakeBackend{}
+	dir := serve(t, b)
+	out, err := runAdmin(t, "tickle", "--run-dir", dir, "198.18.1.10")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "tickled 3 connections of 198.18.1.10 (9 segments, first round in 0s, 3 resets from this node's stack)\n"; out != want {
+		t.Errorf("printed %q, want %q", out, want)
+	}
+	out, err = runAdmin(t, "tickle", "--run-dir", dir, "--json", "198.18.1.11")
+	if err != nil || !strings.Contains(out, `"connections": 3`) || !strings.Contains(out, `"vip": "198.18.1.11"`) {
+		t.Errorf("json: %q %v", out, err)
+	}
+	if _, err := runAdmin(t, "tickle", "--run-dir", dir, "nonsense"); err == nil {
+		t.Error("bad VIP accepted")
+	}
+	if got := strings.Join(b.Calls(), "|"); got != "tickle 198.18.1.10|tickle 198.18.1.11" {
+		t.Errorf("backend calls %q", got)
 	}
 }

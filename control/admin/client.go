@@ -87,6 +87,13 @@ func (c *Client) Move(ctx context.Context, vip netip.Addr, node string, kill boo
 	return c.call(ctx, http.MethodPost, "move", MoveRequest{VIP: vip.String(), Node: node, Kill: kill}, nil)
 }
 
+// Tickle tickles the clients of vip.
+func (c *Client) Tickle(ctx context.Context, vip netip.Addr) (TickleResult, error) {
+	var res TickleResult
+	err := c.call(ctx, http.MethodPost, "tickle", TickleRequest{VIP: vip.String()}, &res)
+	return res, err
+}
+
 // Disable stops this node from holding VIPs.
 func (c *Client) Disable(ctx context.Context) error {
 	return c.call(ctx, http.MethodPost, "disable", struct{}{}, nil)

@@ -63,6 +63,7 @@ func NewServer(log *zap.Logger, b Backend) *Server {
 		{http.MethodPost, "/v1/disable", s.disable},
 		{http.MethodPost, "/v1/enable", s.enable},
 		{http.MethodPost, "/v1/ban", s.ban},
+		{http.MethodPost, "/v1/tickle", s.tickle},
 	}
 	for _, rt := range routes {
 		s.mux.HandleFunc(rt.path, s.handle(rt.method, rt.h))
@@ -329,6 +330,18 @@ func (s *Server) move(r *http.Request) (any, error) {
 		return nil, fmt.Errorf("%w: no node to move %s to", ErrBadRequest, vip)
 	}
 	return nil, s.backend.Move(r.Context(), vip, node, req.Kill)
+}
+
+func (s *Server) tickle(r *http.Request) (any, error) {
+	var req TickleRequest
+	if err := decode(r, &req); err != nil {
+		return nil, err
+	}
+	vip, err := ParseVIP(req.VIP)
+	if err != nil {
+		return nil, err
+	}
+	return s.backend.Tickle(r.Context(), vip)
 }
 
 func (s *Server) disable(r *http.Request) (any, error) {

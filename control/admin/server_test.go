@@ -61,7 +61,10 @@ func (f *fakeBackend) Move(_ context.Context, vip netip.Addr, node string, kill 
 }
 
 func (f *fakeBackend) Disable(context.Context) error { return f.record("disable") }
-func (f *fakeBackend) Enable(context.Context) error  { return f.record("enable") }
+func (f *fakeBackend) Tickle(_ context.Context, vip netip.Addr) (TickleResult, error) {
+	return TickleResult{VIP: vip.String(), Conns: 2, Sent: 6}, f.record("tickle %s", vip)
+}
+func (f *fakeBackend) Enable(context.Context) error { return f.record("enable") }
 func (f *fakeBackend) Ban(_ context.Context, d time.Duration) error {
 	return f.record("ban %s", d)
 }

@@ -95,6 +95,20 @@ type BanRequest struct {
 	Seconds int `json:"seconds"`
 }
 
+// TickleRequest asks this node to tickle the clients of a VIP it holds.
+type TickleRequest struct {
+	VIP string `json:"vip"`
+}
+
+// TickleResult is what `fsha tickle` did.
+type TickleResult struct {
+	VIP        string        `json:"vip"`
+	Conns      int           `json:"connections"`
+	Sent       int           `json:"sent"`
+	FirstRound time.Duration `json:"first_round_ns"`
+	Resets     int64         `json:"resets"`
+}
+
 // ErrBadRequest wraps errors the caller can fix (unknown VIP, bad node).
 var ErrBadRequest = errors.New("bad request")
 
@@ -107,4 +121,7 @@ type Backend interface {
 	Enable(ctx context.Context) error
 	Ban(ctx context.Context, d time.Duration) error
 	Timeline(ctx context.Context) ([]Takeover, error)
+	// Tickle makes every client of vip known to this node (the other
+	// nodes' replicated connections) reconnect now, like ctdb's tickles.
+	Tickle(ctx context.Context, vip netip.Addr) (TickleResult, error)
 }

@@ -188,6 +188,26 @@ func (n *Node) Ban(_ context.Context, d time.Duration) error {
 	return nil
 }
 
+// Tickle tickles every replicated connection to vip, which this node must
+// hold: its clients reset and reconnect here.
+func (n *Node) Tickle(ctx context.Context, vip netip.Addr) (admin.TickleResult, error) {
+	n.mu.Lock()
+	idx := slices.IndexFunc(n.cfg.VIPs, func(a config.PublicAddress) bool { return a.VIP() == vip.Unmap() })
+	if idx < 0 {
+		n.mu.Unlock()
+		return admin.TickleResult{}, fmt.Errorf("%w: %s is not a public address", admin.ErrBadRequest, vip)
+	}
+	if !n.held[idx] {
+		n.mu.Unlock()
+		return admin.TickleResult{}, fmt.Errorf("%w: this node does not hold %s: run fsha tickle on its owner (fsha ip)", admin.ErrBadRequest, vip)
+	}
+	a := n.cfg.VIPs[idx]
+	iface := n.pickInterface(a)
+	n.mu.Unlock()
+	res, err := n.dp.TickleVIP(ctx, iface, a.VIP(), allocation.None)
+	return admin.TickleResult{VIP: a.Prefix.String(), Conns: res.Conns, Sent: res.Sent, FirstRound: res.FirstRound, Resets: res.Resets}, err
+}
+
 // Timeline is `fsha timeline`: the latest takeovers and releases.
 func (n *Node) Timeline(context.Context) ([]admin.Takeover, error) {
 	n.mu.Lock()

@@ -1014,6 +1014,8 @@ func (n *Node) updateRecord(vip config.PublicAddress, t0 time.Time, fn func(*adm
 		r := &n.timeline[j]
 		if len(r.Steps) > 0 && r.Steps[0].At.Equal(t0) && r.VIP == vip.Prefix.String() {
 			fn(r)
+			// steps of concurrent work (tickles, hooks) arrive in any order
+			slices.SortStableFunc(r.Steps, func(a, b admin.TimelineStep) int { return a.At.Compare(b.At) })
 			return
 		}
 	}
