@@ -278,6 +278,7 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	}
 	nd.SetGossip(gossip)
 	repl.SetSteer(nd.SteerFor)
+	nd.SetCounters(repl.Counters)
 	nd.OnAlive(func(alive map[int]netip.Addr) {
 		peers := make([]replication.Peer, 0, len(alive))
 		for pnn, addr := range alive {

@@ -43,6 +43,9 @@ type Status struct {
 	// this node holds it now.
 	Lock     string `json:"lock,omitempty"`
 	LockHeld bool   `json:"lock_held"`
+	// Counters are this node's cluster counters: rejected gossip and
+	// replication messages, replicated records...
+	Counters map[string]uint64 `json:"counters,omitempty"`
 }
 
 // IP is one line of `fsha ip`.

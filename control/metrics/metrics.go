@@ -103,6 +103,7 @@ type Collector struct {
 
 	clusterNodes  *prometheus.Desc
 	clusterQuorum *prometheus.Desc
+	nodeCounters  *prometheus.Desc
 	vipsHeld      *prometheus.Desc
 	vips          *prometheus.Desc
 	gossipMembers *prometheus.Desc
@@ -132,6 +133,9 @@ func NewCollector(log *zap.Logger, src Sources) *Collector {
 		}, []string{"source"}),
 		clusterNodes: prometheus.NewDesc("fsha_cluster_nodes",
 			"Nodes of the cluster by state, as this node sees them.", []string{"state"}, nil),
+		nodeCounters: prometheus.NewDesc("fsha_cluster_events_total",
+			"Cluster events this node counted, by name: replication records sent and received, rejected gossip and replication messages, resyncs.",
+			[]string{"name"}, nil),
 		clusterQuorum: prometheus.NewDesc("fsha_cluster_quorum",
 			"1 when this node sees a quorum, else 0.", nil, nil),
 		vipsHeld: prometheus.NewDesc("fsha_vips_held",
@@ -173,7 +177,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	c.takeovers.duration.Describe(ch)
 	c.collectionErrors.Describe(ch)
 	for _, d := range []*prometheus.Desc{
-		c.clusterNodes, c.clusterQuorum, c.vipsHeld, c.vips, c.gossipMembers,
+		c.clusterNodes, c.clusterQuorum, c.nodeCounters, c.vipsHeld, c.vips, c.gossipMembers,
 		c.packets, c.flowsCreated, c.flowsClosed, c.flowsEvicted, c.eventsLost, c.mapErrors, c.flows,
 	} {
 		ch <- d
@@ -264,6 +268,9 @@ func (c *Collector) collectBackend(ch chan<- prometheus.Metric) error {
 		}
 	}
 	ch <- gauge(c.vipsHeld, float64(held))
+	for name, v := range st.Counters {
+		ch <- counter(c.nodeCounters, v, name)
+	}
 	keys, counts = countBy(vipStates, ips, func(ip admin.IP) string { return ip.State })
 	for _, k := range keys {
 		ch <- gauge(c.vips, float64(counts[k]), k)

@@ -29,6 +29,12 @@ func (n *Node) Status(context.Context) (admin.Status, error) {
 	if n.cfg.Lock != nil {
 		st.Lock, st.LockHeld = n.cfg.Lock.Path(), n.cfg.Lock.Held()
 	}
+	st.Counters = map[string]uint64{"gossip_bad_messages": n.badMessages}
+	if n.counters != nil {
+		for k, v := range n.counters() {
+			st.Counters[k] = v
+		}
+	}
 	for _, nd := range n.cfg.Nodes {
 		if nd.Deleted {
 			continue

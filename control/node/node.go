@@ -160,6 +160,7 @@ type Node struct {
 	timeline      []admin.Takeover
 	metaDirty     bool
 	onAlive       func(map[int]netip.Addr)
+	counters      func() map[string]uint64
 	deadSince     map[int]time.Time
 	// draining[i]: VIP i was moved away but still serves its old
 	// connections here from loopback.
@@ -208,6 +209,9 @@ func New(log *zap.Logger, cfg Config, g Gossip, dp DataPlane, h Health, hooks Ho
 	n.loadState()
 	return n, nil
 }
+
+// SetCounters adds fn's counters (e.g. replication's) to Status.
+func (n *Node) SetCounters(fn func() map[string]uint64) { n.counters = fn }
 
 // OnAlive registers fn, called with the live peers (PNN -> address)
 // whenever that set changes; replication follows it.

@@ -136,6 +136,17 @@ func (r *Replicator) Resync() {
 	}
 }
 
+// Counters returns Stats as named counters for `fsha status --json`.
+func (r *Replicator) Counters() map[string]uint64 {
+	s := r.Stats()
+	return map[string]uint64{
+		"replication_records_sent": s.RecordsSent, "replication_bytes_sent": s.BytesSent,
+		"replication_records_received": s.RecordsReceived, "replication_snapshots_sent": s.Snapshots,
+		"replication_resyncs": s.Resyncs, "replication_bad_messages": s.BadMessages,
+		"replication_bad_streams": s.BadStreams, "replication_store_errors": s.StoreErrors,
+	}
+}
+
 // Stats returns the counters.
 func (r *Replicator) Stats() Stats {
 	return Stats{
