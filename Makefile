@@ -1,5 +1,7 @@
 # fsha: see README.md. Every target installs what it needs (make deps).
 SHELL := /bin/bash
+# Debian's Go lives outside the default PATH on these machines.
+export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
 CLANG ?= clang-19
 STRIP ?= llvm-strip-19
 CLANG_FORMAT ?= clang-format-19
@@ -47,8 +49,11 @@ lint: deps
 
 # The whole suite: lint, generated code, unit, BPF_PROG_RUN and netns tests.
 # Privileged tests fail instead of skipping when CI=true.
+# Unit, BPF_PROG_RUN and fuzz-seed tests in parallel; the netns labs one
+# package at a time, so that their timings do not fight over two cores.
 test: deps lint check-generate build
-	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v '/tools/lab')
+	$(GO) test -count=1 -p 1 -timeout 20m ./tools/lab/...
 
 bench: deps build
 	$(GO) run ./tools/bench
