@@ -147,8 +147,16 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *nh, void *data_end,
 		if (nh->pos > data_end)
 			return PARSE_ERROR;
 	}
-	/* more extension headers than we follow: leave the packet alone */
-	return PARSE_ERROR;
+	switch (next) {
+	case IPPROTO_HOPOPTS_:
+	case IPPROTO_ROUTING_:
+	case IPPROTO_DSTOPTS_:
+	case IPPROTO_AH_:
+	case IPPROTO_FRAGMENT_:
+		/* more extension headers than we follow: leave the packet alone */
+		return PARSE_ERROR;
+	}
+	return next;
 }
 
 /* Checks the TCP header and its data offset; returns its length or -1. */

@@ -151,6 +151,7 @@ func fuzzSeedFrames(t testing.TB, d fshaDirection) map[string][]byte {
 		"ipv6-fragment":         seg(c6, tcpACK, 10, withExt(hbh, frag6)),
 		"ipv6-icmp":             seg(c6, 0, 10, func(f *frame) { f.proto = layers.IPProtocolICMPv6 }),
 		"ipv6-six-extensions":   seg(newc6, tcpACK, 0, withExt(hbh, dstOpts, routing, ah, ah, dstOpts)),
+		"ipv6-seven-extensions": seg(newc6, tcpACK, 0, withExt(hbh, dstOpts, routing, ah, ah, dstOpts, dstOpts)),
 	}
 	m["broken-truncated-tcp"] = m["ipv4-data"][:14+20+12]
 	m["broken-truncated-ext"] = m["ipv6-new-extensions"][:14+40+16+5]
@@ -212,7 +213,7 @@ func TestFuzzModel(t *testing.T) {
 		"ipv4-icmp": classOther, "ipv4-untracked-port": classOther, "ipv4-non-vip": classOther,
 		"ipv4-prefilter-only": classCandidate, "ipv6-data": classCandidate, "ipv6-fin": classCandidate,
 		"ipv6-new-extensions": classCandidate, "ipv6-qinq-tcp-options": classCandidate,
-		"ipv6-fragment": classFragment, "ipv6-icmp": classOther, "ipv6-six-extensions": classParseError,
+		"ipv6-fragment": classFragment, "ipv6-icmp": classOther, "ipv6-six-extensions": classCandidate, "ipv6-seven-extensions": classParseError,
 		"broken-truncated-tcp": classParseError, "broken-truncated-ext": classParseError,
 		"broken-ihl-4": classParseError, "broken-ihl-15": classParseError, "broken-doff-4": classParseError,
 		"broken-doff-15": classParseError, "broken-total-length": classParseError,
@@ -328,12 +329,11 @@ func decided(cl pktClass, format string, args ...any) prediction {
 	return prediction{class: cl, why: fmt.Sprintf(format, args...)}
 }
 
-// The program follows two VLAN tags and five IPv6 extension headers (its
-// loop of MAX_IPV6_EXT_HEADERS = 6 rounds also has to read the upper-layer
-// protocol).
+// The program follows two VLAN tags and MAX_IPV6_EXT_HEADERS = 6 IPv6
+// extension headers.
 const (
 	maxVLANTags   = 2
-	maxIPv6ExtHdr = 5
+	maxIPv6ExtHdr = 6
 )
 
 // predict decodes b as the program of direction d would see it, with
@@ -428,7 +428,7 @@ func predict(b []byte, d fshaDirection) prediction {
 			switch next {
 			case layers.IPProtocolIPv6HopByHop, layers.IPProtocolIPv6Routing, layers.IPProtocolIPv6Destination:
 				if n == maxIPv6ExtHdr {
-					return decided(classParseError, "a sixth ipv6 extension header")
+					return decided(classParseError, "a seventh ipv6 extension header")
 				}
 				var x layers.IPv6ExtensionSkipper
 				if err := x.DecodeFromBytes(payload[off:], gopacket.NilDecodeFeedback); err != nil {
@@ -437,7 +437,7 @@ func predict(b []byte, d fshaDirection) prediction {
 				next, length = x.NextHeader, len(x.Contents)
 			case layers.IPProtocolAH:
 				if n == maxIPv6ExtHdr {
-					return decided(classParseError, "a sixth ipv6 extension header")
+					return decided(classParseError, "a seventh ipv6 extension header")
 				}
 				var err error
 				if next, length, err = decodeAH(payload[off:]); err != nil {

@@ -549,9 +549,10 @@ func TestProgParse(t *testing.T) {
 		{"ipv6 ah", c6, dataSeg(c6, withExt(ah), nil), classCandidate},
 		{"ipv6 hbh dst routing ah", c6, dataSeg(c6, withExt(hbh, dstOpts, routing, ah), nil), classCandidate},
 		{"ipv6 five extension headers", c6, dataSeg(c6, withExt(hbh, dstOpts, routing, ah, dstOpts), nil), classCandidate},
-		// The program follows MAX_IPV6_EXT_HEADERS (6) headers counting
-		// the upper-layer one: a sixth extension header is too many.
-		{"ipv6 six extension headers", c6, dataSeg(c6, withExt(hbh, dstOpts, routing, ah, ah, dstOpts), nil), classParseError},
+		// The program follows MAX_IPV6_EXT_HEADERS (6) extension headers:
+		// a seventh is too many.
+		{"ipv6 six extension headers", c6, dataSeg(c6, withExt(hbh, dstOpts, routing, ah, ah, dstOpts), nil), classCandidate},
+		{"ipv6 seven extension headers", c6, dataSeg(c6, withExt(hbh, dstOpts, routing, ah, ah, dstOpts, dstOpts), nil), classParseError},
 		{"ipv6 vlan hbh ah tcp options", c6, dataSeg(c6, func(f *frame) {
 			f.vlans, f.ext, f.tcpOptions = []uint16{7}, []layers.IPProtocol{hbh, ah}, true
 		}, nil), classCandidate},
