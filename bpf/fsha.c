@@ -172,6 +172,12 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } steering SEC(".maps");
 
+/* An ingress RST closes a flow only with a sequence number in
+ * [seq_in - RST_SLACK, seq_in + RST_WINDOW): the receive window of the
+ * server, whose scale we do not see, bounded generously. */
+#define RST_SLACK  65536
+#define RST_WINDOW (1 << 24)
+
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
 #define TCP_RST 0x04
@@ -448,7 +454,12 @@ static __always_inline int track_ingress(struct packet *pkt)
 
 	__u64 now = pkt_now(pkt);
 	if (pkt->flags & TCP_RST) {
-		close_flow(DIRECTION_INGRESS, pkt, f, FLOW_CLOSE_RST_IN, now);
+		/* Like the kernel, believe only a RST near the expected sequence
+		 * number: a blind or spoofed one must not make us forget a
+		 * connection (and skip its tickle at failover). */
+		__s32 off = (__s32)(pkt->seq - f->seq_in);
+		if (off >= -RST_SLACK && off < RST_WINDOW)
+			close_flow(DIRECTION_INGRESS, pkt, f, FLOW_CLOSE_RST_IN, now);
 		return COUNTER_TRACKED;
 	}
 	f->last_seen_ns = now;

@@ -614,7 +614,10 @@ func (p prediction) apply(d fshaDirection, start fuzzState) fuzzWant {
 	}
 	if p.flags&tcpRST != 0 {
 		if d == ingress {
-			closeFlow(fshaFlowCloseReasonFLOW_CLOSE_RST_IN)
+			// only a RST near the expected sequence number closes
+			if off := int32(p.seq - f.SeqIn); off >= -65536 && off < 1<<24 {
+				closeFlow(fshaFlowCloseReasonFLOW_CLOSE_RST_IN)
+			}
 		} else {
 			closeFlow(fshaFlowCloseReasonFLOW_CLOSE_RST_OUT)
 		}

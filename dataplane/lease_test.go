@@ -165,3 +165,18 @@ func TestFlowWithoutHandshake(t *testing.T) {
 		t.Fatalf("flow %+v (found %v)", f, ok)
 	}
 }
+
+// TestBlindRSTIsIgnored: a client RST far from the expected sequence
+// number (blind, spoofed) does not make the flow go; one in the window does.
+func TestBlindRSTIsIgnored(t *testing.T) {
+	h := newHarness(t, 64)
+	h.run(t, egress, c4.out(tcpACK, 5000, 9000, 0).bytes(t)) // seq_in 9000
+	h.run(t, ingress, c4.in(tcpRST, 9000+0x40000000, 0, 0).bytes(t))
+	if _, ok := h.flow(t, c4); !ok {
+		t.Fatal("a blind RST closed the flow")
+	}
+	h.run(t, ingress, c4.in(tcpRST, 9000, 0, 0).bytes(t))
+	if _, ok := h.flow(t, c4); ok {
+		t.Fatal("an in-window RST did not close the flow")
+	}
+}
