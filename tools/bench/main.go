@@ -38,6 +38,7 @@ type suite struct {
 // suites, in the order `make bench` runs them.
 var suites = []*suite{
 	dataplaneSuite(),
+	tickleSuite(),
 }
 
 func main() {

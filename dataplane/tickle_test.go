@@ -1,0 +1,996 @@
+package dataplane
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"github.com/fsha/fsha/tools/testenv"
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/mdlayher/packet"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
+)
+
+var (
+	tickleSrcMAC = net.HardwareAddr{0x02, 0xf5, 0x71, 0x00, 0x00, 0x01}
+	tickleDstMAC = net.HardwareAddr{0x02, 0xf5, 0x71, 0x00, 0x00, 0x02}
+)
+
+// decodeTickleFrame decodes an Ethernet frame with gopacket and checks the
+// IP and TCP checksums by recomputing them with gopacket's serializer.
+func decodeTickleFrame(t *testing.T, frame []byte) (*layers.Ethernet, gopacket.NetworkLayer, *layers.TCP) {
+	t.Helper()
+	pkt := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+	if el := pkt.ErrorLayer(); el != nil {
+		t.Fatalf("decode frame: %v", el.Error())
+	}
+	eth, _ := pkt.Layer(layers.LayerTypeEthernet).(*layers.Ethernet)
+	tcp, _ := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	if eth == nil || tcp == nil || pkt.NetworkLayer() == nil {
+		t.Fatalf("frame lacks a layer: %v", pkt)
+	}
+	return eth, pkt.NetworkLayer(), tcp
+}
+
+// wantTCPChecksum recomputes the checksum of tcp over nl's pseudo-header
+// with gopacket.
+func wantTCPChecksum(t *testing.T, nl gopacket.NetworkLayer, tcp *layers.TCP) uint16 {
+	t.Helper()
+	sum, err := tcpChecksumOf(nl, tcp)
+	if err != nil {
+		t.Fatalf("tcp checksum: %v", err)
+	}
+	return sum
+}
+
+func TestTickleFrameIPv4(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		conn          Conn
+		wantSeq, wAck uint32
+	}{
+		{"unknown sequence", Conn{VIP: netip.MustParseAddr("198.18.0.10"), VIPPort: 445,
+			Client: netip.MustParseAddr("198.18.1.20"), ClientPort: 50123}, 0, 0},
+		{"tracked sequence", Conn{VIP: netip.MustParseAddr("198.18.0.10"), VIPPort: 2049,
+			Client: netip.MustParseAddr("198.19.255.254"), ClientPort: 1023, Seq: 0x10000000, Ack: 0xfffffff0},
+			0x10000000 - tickleSeqBehind + 1<<32, 0xfffffff0},
+		{"sequence wraps", Conn{VIP: netip.MustParseAddr("198.18.0.10"), VIPPort: 139,
+			Client: netip.MustParseAddr("198.18.0.11"), ClientPort: 65535, Seq: 5, Ack: 7}, 5 - tickleSeqBehind + 1<<32, 7},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := tickleSegment(tc.conn)
+			b := make([]byte, frameStride)
+			n := s.putFrame(b, tickleSrcMAC, tickleDstMAC)
+			if n != ethMinFrame {
+				t.Fatalf("frame length %d, want %d (54 padded)", n, ethMinFrame)
+			}
+			if !bytes.Equal(b[54:60], make([]byte, 6)) {
+				t.Errorf("padding % x, want zeros", b[54:60])
+			}
+			eth, nl, tcp := decodeTickleFrame(t, b[:n])
+			ip, ok := nl.(*layers.IPv4)
+			if !ok {
+				t.Fatalf("network layer %T, want IPv4", nl)
+			}
+			if !bytes.Equal(eth.SrcMAC, tickleSrcMAC) || !bytes.Equal(eth.DstMAC, tickleDstMAC) || eth.EthernetType != layers.EthernetTypeIPv4 {
+				t.Errorf("ethernet %v > %v type %v", eth.SrcMAC, eth.DstMAC, eth.EthernetType)
+			}
+			if ip.Version != 4 || ip.IHL != 5 || ip.TOS != 0 || ip.Length != 40 || ip.Id != 0 ||
+				ip.Flags != layers.IPv4DontFragment || ip.FragOffset != 0 || ip.TTL != 64 ||
+				ip.Protocol != layers.IPProtocolTCP || len(ip.Options) != 0 {
+				t.Errorf("ipv4 header %+v", ip)
+			}
+			if got, want := ip.SrcIP.String(), tc.conn.VIP.String(); got != want {
+				t.Errorf("ip src %s, want %s", got, want)
+			}
+			if got, want := ip.DstIP.String(), tc.conn.Client.String(); got != want {
+				t.Errorf("ip dst %s, want %s", got, want)
+			}
+			// A header with its checksum sums to 0xffff.
+			if sum := checksumFold(checksumAdd(0, b[14:34])); sum != 0 {
+				t.Errorf("ipv4 header checksum %#04x is wrong", ip.Checksum)
+			}
+			checkTickleTCP(t, nl, tcp, tc.conn, tc.wantSeq, tc.wAck)
+		})
+	}
+}
+
+func TestTickleFrameIPv6(t *testing.T) {
+	c := Conn{VIP: netip.MustParseAddr("2001:2::10"), VIPPort: 445, Client: netip.MustParseAddr("2001:2:0:ffff::abcd"),
+		ClientPort: 40001, Seq: 0x80000001, Ack: 0x1234}
+	s := tickleSegment(c)
+	b := make([]byte, frameStride)
+	n := s.putFrame(b, tickleSrcMAC, tickleDstMAC)
+	if n != 74 {
+		t.Fatalf("frame length %d, want 74", n)
+	}
+	eth, nl, tcp := decodeTickleFrame(t, b[:n])
+	ip, ok := nl.(*layers.IPv6)
+	if !ok {
+		t.Fatalf("network layer %T, want IPv6", nl)
+	}
+	if eth.EthernetType != layers.EthernetTypeIPv6 || !bytes.Equal(eth.DstMAC, tickleDstMAC) {
+		t.Errorf("ethernet type %v dst %v", eth.EthernetType, eth.DstMAC)
+	}
+	if ip.Version != 6 || ip.TrafficClass != 0 || ip.FlowLabel != 0 || ip.Length != 20 ||
+		ip.NextHeader != layers.IPProtocolTCP || ip.HopLimit != 64 {
+		t.Errorf("ipv6 header %+v", ip)
+	}
+	if ip.SrcIP.String() != c.VIP.String() || ip.DstIP.String() != c.Client.String() {
+		t.Errorf("ipv6 %s > %s", ip.SrcIP, ip.DstIP)
+	}
+	checkTickleTCP(t, nl, tcp, c, 0x80000001-tickleSeqBehind, 0x1234)
+}
+
+func checkTickleTCP(t *testing.T, nl gopacket.NetworkLayer, tcp *layers.TCP, c Conn, seq, ack uint32) {
+	t.Helper()
+	if uint16(tcp.SrcPort) != c.VIPPort || uint16(tcp.DstPort) != c.ClientPort {
+		t.Errorf("tcp ports %d > %d, want %d > %d", tcp.SrcPort, tcp.DstPort, c.VIPPort, c.ClientPort)
+	}
+	if tcp.Seq != seq || tcp.Ack != ack {
+		t.Errorf("tcp seq %#x ack %#x, want %#x %#x", tcp.Seq, tcp.Ack, seq, ack)
+	}
+	if tcp.DataOffset != 5 || len(tcp.Options) != 0 || len(tcp.Payload) != 0 {
+		t.Errorf("tcp data offset %d, %d options, %d payload bytes", tcp.DataOffset, len(tcp.Options), len(tcp.Payload))
+	}
+	if !tcp.ACK || tcp.SYN || tcp.FIN || tcp.RST || tcp.PSH || tcp.URG || tcp.ECE || tcp.CWR || tcp.NS {
+		t.Errorf("tcp flags: want ACK only: %+v", tcp)
+	}
+	if tcp.Window != tickleWindow || tcp.Urgent != 0 {
+		t.Errorf("tcp window %d urgent %d", tcp.Window, tcp.Urgent)
+	}
+	if want := wantTCPChecksum(t, nl, tcp); tcp.Checksum != want {
+		t.Errorf("tcp checksum %#04x, want %#04x", tcp.Checksum, want)
+	}
+}
+
+// TestTickleSeqOutsideWindow checks the property tickles rely on: with a
+// tracked sequence number, the tickle's lies before the client's window
+// however far (up to 512 MiB either way) the tracked number is off.
+func TestTickleSeqOutsideWindow(t *testing.T) {
+	const maxWindow = 1 << 30 // RFC 7323's largest
+	for _, seq := range []uint32{1, 0x7fffffff, 0x80000000, 0xffffffff, 0x12345678} {
+		for _, off := range []int64{0, 1, -1, 1 << 20, -(1 << 20), 1 << 29, -(1 << 29)} {
+			rcvNxt := uint32(int64(seq) + off) // the client's real rcv_nxt
+			s := tickleSegment(Conn{VIP: netip.MustParseAddr("198.18.0.1"), Client: netip.MustParseAddr("198.18.0.2"), Seq: seq, Ack: 1})
+			// Acceptable (RFC 793): rcv_nxt <= seq < rcv_nxt + window.
+			if d := s.seq - rcvNxt; d < maxWindow {
+				t.Errorf("seq %#x off %d: tickle seq %#x is %d into the window", seq, off, s.seq, d)
+			}
+		}
+	}
+}
+
+func TestIPSegmentForRawSocket(t *testing.T) {
+	for _, s := range []tcpSegment{
+		{src: netip.MustParseAddr("198.18.1.2"), dst: netip.MustParseAddr("198.18.0.10"), sport: 50000, dport: 445,
+			seq: 0xdeadbeef, flags: tcpFlagRST},
+		{src: netip.MustParseAddr("2001:2::1:2"), dst: netip.MustParseAddr("2001:2::10"), sport: 50000, dport: 445,
+			seq: 1, ack: 2, flags: tcpFlagRST | tcpFlagACK, window: 7},
+	} {
+		b := make([]byte, s.ipLen())
+		s.put(b)
+		first := layers.LayerTypeIPv4
+		if s.src.Is6() {
+			first = layers.LayerTypeIPv6
+		}
+		pkt := gopacket.NewPacket(b, first, gopacket.Default)
+		if el := pkt.ErrorLayer(); el != nil {
+			t.Fatalf("decode %s: %v", s.src, el.Error())
+		}
+		tcp, _ := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP)
+		if tcp == nil {
+			t.Fatalf("no tcp layer in %v", pkt)
+		}
+		if tcp.RST != (s.flags&tcpFlagRST != 0) || tcp.ACK != (s.flags&tcpFlagACK != 0) || tcp.Seq != s.seq || tcp.Ack != s.ack ||
+			tcp.Window != s.window || uint16(tcp.SrcPort) != s.sport || uint16(tcp.DstPort) != s.dport {
+			t.Errorf("%s: tcp %+v, want %+v", s.src, tcp, s)
+		}
+		if want := wantTCPChecksum(t, pkt.NetworkLayer(), tcp); tcp.Checksum != want {
+			t.Errorf("%s: tcp checksum %#04x, want %#04x", s.src, tcp.Checksum, want)
+		}
+		src, dst := pkt.NetworkLayer().NetworkFlow().Endpoints()
+		if src.String() != s.src.String() || dst.String() != s.dst.String() {
+			t.Errorf("addresses %s > %s, want %s > %s", src, dst, s.src, s.dst)
+		}
+	}
+}
+
+func TestConnNormalize(t *testing.T) {
+	v4 := netip.MustParseAddr("198.18.0.1")
+	v6 := netip.MustParseAddr("2001:2::1")
+	mapped := netip.AddrFrom16(v4.As16())
+	for _, tc := range []struct {
+		name string
+		c    Conn
+		ok   bool
+	}{
+		{"ipv4", Conn{VIP: v4, VIPPort: 445, Client: v4.Next(), ClientPort: 1}, true},
+		{"ipv6", Conn{VIP: v6, VIPPort: 445, Client: v6.Next(), ClientPort: 1}, true},
+		{"mapped", Conn{VIP: mapped, VIPPort: 445, Client: v4.Next(), ClientPort: 1}, true},
+		{"mixed", Conn{VIP: v4, VIPPort: 445, Client: v6, ClientPort: 1}, false},
+		{"no client", Conn{VIP: v4, VIPPort: 445, ClientPort: 1}, false},
+		{"port 0", Conn{VIP: v4, VIPPort: 445, Client: v4.Next()}, false},
+		{"zone", Conn{VIP: v6.WithZone("eth0"), VIPPort: 445, Client: v6, ClientPort: 1}, false},
+	} {
+		c, err := tc.c.normalize()
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: err %v, want ok %v", tc.name, err, tc.ok)
+		}
+		if err == nil && (!c.VIP.Is4() && c.VIP.Is4In6()) {
+			t.Errorf("%s: VIP %s still mapped", tc.name, c.VIP)
+		}
+	}
+}
+
+func TestConnOf(t *testing.T) {
+	f := Flow{VIP: netip.MustParseAddr("198.18.0.1"), VIPPort: 445, Client: netip.MustParseAddr("198.18.0.2"), ClientPort: 5,
+		SeqIn: 100, AckIn: 200, SeqOut: 300, AckOut: 90}
+	want := Conn{VIP: f.VIP, VIPPort: 445, Client: f.Client, ClientPort: 5, Seq: 300, Ack: 100}
+	if got := ConnOf(f); got != want {
+		t.Errorf("ConnOf = %+v, want %+v", got, want)
+	}
+}
+
+// testNextHops returns next hops with routes (like the kernel returns
+// them, in any order) and neighbours.
+func testNextHops(ifindex int, routes []netlink.Route, neigh map[string]net.HardwareAddr) *nextHops {
+	h := &nextHops{ifindex: ifindex, neigh: map[[16]byte]net.HardwareAddr{}}
+	for _, r := range routes {
+		fam := netlink.FAMILY_V4
+		if r.Dst != nil && r.Dst.IP.To4() == nil || r.Gw != nil && r.Gw.To4() == nil {
+			fam = netlink.FAMILY_V6
+		}
+		if hr, ok := hopRouteOf(fam, r, ifindex); ok {
+			h.routes = append(h.routes, hr)
+		}
+	}
+	h.sortRoutes()
+	for ip, mac := range neigh {
+		h.neigh[netip.MustParseAddr(ip).As16()] = mac
+	}
+	return h
+}
+
+func mustCIDR(s string) *net.IPNet {
+	_, n, err := net.ParseCIDR(s)
+	if err != nil {
+		panic(err)
+	}
+	return n
+}
+
+func TestNextHops(t *testing.T) {
+	const ifindex = 7
+	gwMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0xfe}
+	gw6MAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0xf6}
+	cliMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0x21}
+	routes := []netlink.Route{
+		{LinkIndex: ifindex, Type: unix.RTN_UNICAST, Gw: net.ParseIP("198.18.0.254")},                                 // default
+		{LinkIndex: ifindex, Type: unix.RTN_UNICAST, Dst: mustCIDR("198.18.0.0/24")},                                  // on link
+		{LinkIndex: ifindex + 1, Type: unix.RTN_UNICAST, Dst: mustCIDR("198.18.5.0/24")},                              // other interface
+		{LinkIndex: ifindex, Type: unix.RTN_BLACKHOLE, Dst: mustCIDR("198.18.6.0/24")},                                // blackhole
+		{LinkIndex: ifindex, Type: unix.RTN_UNICAST, Dst: mustCIDR("198.18.0.128/26"), Gw: net.ParseIP("198.18.0.2")}, // more specific
+		{LinkIndex: ifindex, Type: unix.RTN_UNICAST, Dst: mustCIDR("2001:2::/64")},
+		{LinkIndex: ifindex, Type: unix.RTN_UNICAST, Dst: mustCIDR("::/0"), Gw: net.ParseIP("2001:2::fe")},
+	}
+	neigh := map[string]net.HardwareAddr{"198.18.0.254": gwMAC, "198.18.0.21": cliMAC, "2001:2::fe": gw6MAC,
+		"2001:2::21": cliMAC, "198.18.5.9": cliMAC}
+	for _, cached := range []bool{false, true} {
+		h := testNextHops(ifindex, routes, neigh)
+		if cached {
+			h.cache = map[[16]byte]netip.Addr{}
+		}
+		for _, tc := range []struct {
+			client string
+			want   net.HardwareAddr
+		}{
+			{"198.18.0.21", cliMAC}, // on link, resolved
+			{"198.18.0.22", nil},    // on link, not resolved
+			{"198.18.1.1", gwMAC},   // default route
+			{"198.19.200.1", gwMAC}, // default route
+			{"198.18.0.130", nil},   // via 198.18.0.2, not resolved
+			{"198.18.5.9", nil},     // another interface: the kernel routes it
+			{"198.18.6.1", nil},     // blackhole
+			{"2001:2::21", cliMAC},  // on link
+			{"2001:2:1::1", gw6MAC}, // default
+			{"198.18.0.21", cliMAC}, // again (cache)
+			{"198.18.0.254", gwMAC}, // the gateway itself, on link
+			{"2001:2::22", nil},     // on link, not resolved
+			{"198.18.1.1", gwMAC},   // again
+		} {
+			if got := h.lookup(netip.MustParseAddr(tc.client)); !bytes.Equal(got, tc.want) {
+				t.Errorf("cached %v: lookup(%s) = %v, want %v", cached, tc.client, got, tc.want)
+			}
+		}
+	}
+	// Without a default route, off-link clients are the kernel's.
+	h := testNextHops(ifindex, routes[1:2], neigh)
+	if got := h.lookup(netip.MustParseAddr("198.18.1.1")); got != nil {
+		t.Errorf("lookup without a matching route = %v, want nil", got)
+	}
+}
+
+// TestTicklePlan checks which connections go by packet socket and which
+// by raw socket, and that the frames are the tickles of the right ones.
+func TestTicklePlan(t *testing.T) {
+	const ifindex = 3
+	gwMAC := net.HardwareAddr{0x02, 0, 0, 0, 0, 0xfe}
+	h := testNextHops(ifindex, []netlink.Route{
+		{LinkIndex: ifindex, Type: unix.RTN_UNICAST, Dst: mustCIDR("198.18.0.0/24")},
+		{LinkIndex: ifindex, Type: unix.RTN_UNICAST, Gw: net.ParseIP("198.18.0.1")},
+	}, map[string]net.HardwareAddr{"198.18.0.1": gwMAC})
+	vip := netip.MustParseAddr("198.18.0.10")
+	conns := []Conn{
+		{VIP: vip, VIPPort: 445, Client: netip.MustParseAddr("198.19.0.1"), ClientPort: 1000},                               // via gateway
+		{VIP: vip, VIPPort: 445, Client: netip.MustParseAddr("198.18.0.99"), ClientPort: 1001},                              // on link, unresolved
+		{VIP: netip.MustParseAddr("2001:2::10"), VIPPort: 445, Client: netip.MustParseAddr("2001:2::99"), ClientPort: 1002}, // no v6 route
+		{VIP: vip, VIPPort: 2049, Client: netip.MustParseAddr("198.19.0.2"), ClientPort: 1003, Seq: 77},                     // via gateway
+	}
+	tk := &Tickler{mac: tickleSrcMAC}
+	p := tk.plan(conns, h)
+	if p.pkt.n != 2 || p.raw4.n != 1 || p.raw6.n != 1 {
+		t.Fatalf("plan: %d packet, %d raw4, %d raw6; want 2, 1, 1", p.pkt.n, p.raw4.n, p.raw6.n)
+	}
+	for i, ci := range []int{0, 3} {
+		eth, _, tcp := decodeTickleFrame(t, p.pkt.frame(i))
+		if !bytes.Equal(eth.DstMAC, gwMAC) || uint16(tcp.DstPort) != conns[ci].ClientPort {
+			t.Errorf("packet frame %d: to %v port %d, want %v port %d", i, eth.DstMAC, tcp.DstPort, gwMAC, conns[ci].ClientPort)
+		}
+	}
+	if p.raw4.dsts[0] != conns[1].Client || p.raw6.dsts[0] != conns[2].Client {
+		t.Errorf("raw destinations %v %v", p.raw4.dsts, p.raw6.dsts)
+	}
+	// Without next hops (no Ethernet), everything is raw.
+	p = (&Tickler{}).plan(conns, nil)
+	if p.pkt.n != 0 || p.raw4.n != 3 || p.raw6.n != 1 {
+		t.Errorf("plan without hops: %d packet, %d raw4, %d raw6; want 0, 3, 1", p.pkt.n, p.raw4.n, p.raw6.n)
+	}
+}
+
+func BenchmarkTicklePlan(b *testing.B) {
+	const ifindex = 3
+	h := testNextHops(ifindex, []netlink.Route{
+		{LinkIndex: ifindex, Type: unix.RTN_UNICAST, Dst: mustCIDR("198.18.0.0/24")},
+		{LinkIndex: ifindex, Type: unix.RTN_UNICAST, Gw: net.ParseIP("198.18.0.1")},
+	}, map[string]net.HardwareAddr{"198.18.0.1": tickleDstMAC})
+	conns := make([]Conn, 100_000)
+	a := netip.MustParseAddr("198.19.0.0")
+	for i := range conns {
+		conns[i] = Conn{VIP: netip.MustParseAddr("198.18.0.10"), VIPPort: 445, Client: a, ClientPort: 40000}
+		a = a.Next()
+	}
+	tk := &Tickler{mac: tickleSrcMAC}
+	b.ReportAllocs()
+	for b.Loop() {
+		if p := tk.plan(conns, h); p.pkt.n != len(conns) {
+			b.Fatalf("%d frames", p.pkt.n)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(len(conns)), "ns/conn")
+}
+
+// tickleLab is two network namespaces, fsha-<tag>-s (the node that took
+// over the VIPs) and fsha-<tag>-c (their client), joined by a veth. The
+// test thread stays locked; in runs code inside one namespace.
+type tickleLab struct {
+	tag        string
+	orig       netns.NsHandle
+	nsS, nsC   netns.NsHandle
+	hS, hC     *netlink.Handle
+	ifS, ifC   string
+	idxS, idxC int
+	vip4, vip6 netip.Addr
+	cli4, cli6 netip.Addr
+}
+
+func newTickleLab(t *testing.T) *tickleLab {
+	t.Helper()
+	testenv.RequireRoot(t)
+	lockVIPTestThread(t)
+	l := &tickleLab{
+		tag:  vipTestTag(t),
+		vip4: netip.MustParseAddr("198.18.9.10"), vip6: netip.MustParseAddr("2001:2:0:9::10"),
+		cli4: netip.MustParseAddr("198.18.9.2"), cli6: netip.MustParseAddr("2001:2:0:9::2"),
+	}
+	var err error
+	if l.orig, err = netns.Get(); err != nil {
+		t.Fatalf("get netns: %v", err)
+	}
+	t.Cleanup(func() { l.orig.Close() })
+	l.nsS = newVIPTestNetns(t, l.tag, "s")
+	l.nsC = newVIPTestNetns(t, l.tag, "c")
+	for _, h := range []struct {
+		ns netns.NsHandle
+		h  **netlink.Handle
+	}{{l.nsS, &l.hS}, {l.nsC, &l.hC}} {
+		if *h.h, err = netlink.NewHandleAt(h.ns); err != nil {
+			t.Fatalf("netlink handle: %v", err)
+		}
+		t.Cleanup((*h.h).Close)
+	}
+	l.ifS, l.ifC = "fsha"+l.tag+"s", "fsha"+l.tag+"c"
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: l.ifS}, PeerName: l.ifC, PeerNamespace: netlink.NsFd(l.nsC)}
+	if err := l.hS.LinkAdd(veth); err != nil {
+		t.Fatalf("add veth: %v", err)
+	}
+	for _, side := range []struct {
+		h     *netlink.Handle
+		name  string
+		idx   *int
+		addrs []string
+	}{
+		{l.hS, l.ifS, &l.idxS, []string{"198.18.9.1/24", "198.18.9.10/24", "2001:2:0:9::1/64", "2001:2:0:9::10/64"}},
+		{l.hC, l.ifC, &l.idxC, []string{"198.18.9.2/24", "2001:2:0:9::2/64"}},
+	} {
+		link, err := side.h.LinkByName(side.name)
+		if err != nil {
+			t.Fatalf("find %s: %v", side.name, err)
+		}
+		*side.idx = link.Attrs().Index
+		for _, s := range side.addrs {
+			a, err := netlink.ParseAddr(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a.Flags = unix.IFA_F_NODAD
+			if err := side.h.AddrAdd(link, a); err != nil {
+				t.Fatalf("add %s to %s: %v", s, side.name, err)
+			}
+		}
+		if err := side.h.LinkSetUp(link); err != nil {
+			t.Fatalf("set %s up: %v", side.name, err)
+		}
+	}
+	// Loopback up, as on any node: packets to local addresses need it.
+	for _, h := range []*netlink.Handle{l.hS, l.hC} {
+		lo, err := h.LinkByName("lo")
+		if err != nil {
+			t.Fatalf("find lo: %v", err)
+		}
+		if err := h.LinkSetUp(lo); err != nil {
+			t.Fatalf("set lo up: %v", err)
+		}
+	}
+	// With both ends up (carrier), IPv6 gets its multicast routes, which
+	// neighbour discovery needs.
+	for _, side := range []struct {
+		h   *netlink.Handle
+		idx int
+	}{{l.hS, l.idxS}, {l.hC, l.idxC}} {
+		link, err := side.h.LinkByIndex(side.idx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitMcastRoute(t, side.h, link)
+	}
+	return l
+}
+
+// in runs fn with the test thread in ns.
+func (l *tickleLab) in(t *testing.T, ns netns.NsHandle, fn func()) {
+	t.Helper()
+	if err := netns.Set(ns); err != nil {
+		t.Fatalf("enter netns: %v", err)
+	}
+	defer func() {
+		if err := netns.Set(l.orig); err != nil {
+			t.Fatalf("leave netns: %v", err)
+		}
+	}()
+	fn()
+}
+
+// labConn is a real TCP connection from the client namespace to VIP:445
+// in the server namespace.
+type labConn struct {
+	client, server *net.TCPConn
+	conn           Conn
+	// readErr gets the error of the client's blocked Read.
+	readErr chan error
+}
+
+// dial connects from the client namespace to vip:445, exchanges a
+// request and a reply, and starts a goroutine blocked in the client's
+// Read.
+func (l *tickleLab) dial(t *testing.T, vip netip.Addr) *labConn {
+	t.Helper()
+	var ln net.Listener
+	var err error
+	l.in(t, l.nsS, func() {
+		ln, err = net.Listen("tcp", netip.AddrPortFrom(vip, 445).String())
+	})
+	if err != nil {
+		t.Fatalf("listen on %s: %v", vip, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var c net.Conn
+	l.in(t, l.nsC, func() {
+		d := net.Dialer{Timeout: 3 * time.Second}
+		c, err = d.Dial("tcp", netip.AddrPortFrom(vip, 445).String())
+	})
+	if err != nil {
+		t.Fatalf("dial %s: %v", vip, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	lc := &labConn{client: c.(*net.TCPConn), server: s.(*net.TCPConn), readErr: make(chan error, 1)}
+	// A request and a reply, as an SMB client's negotiate.
+	buf := make([]byte, 64)
+	if _, err := lc.client.Write([]byte("request")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(lc.server, buf[:7]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lc.server.Write([]byte("reply")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(lc.client, buf[:5]); err != nil {
+		t.Fatal(err)
+	}
+	local := lc.client.LocalAddr().(*net.TCPAddr).AddrPort()
+	lc.conn = Conn{VIP: vip, VIPPort: 445, Client: local.Addr().Unmap(), ClientPort: local.Port()}
+	go func() {
+		_, err := lc.client.Read(buf)
+		lc.readErr <- err
+	}()
+	return lc
+}
+
+// expectBlocked fails if the client's Read has returned.
+func (lc *labConn) expectBlocked(t *testing.T) {
+	t.Helper()
+	select {
+	case err := <-lc.readErr:
+		t.Fatalf("client read returned early: %v", err)
+	default:
+	}
+}
+
+// expectReset waits (bounded) for the client's Read to fail with
+// ECONNRESET, and returns how long it took.
+func (lc *labConn) expectReset(t *testing.T, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	select {
+	case err := <-lc.readErr:
+		if !errors.Is(err, unix.ECONNRESET) {
+			t.Fatalf("client read: %v, want ECONNRESET", err)
+		}
+		return time.Since(start)
+	case <-time.After(within):
+		t.Fatalf("client read still blocked %v later: the client was not reset", within)
+	}
+	return 0
+}
+
+// vanish closes the server's socket without anything reaching the client,
+// as when its node dies: a TCX egress program on the server's veth drops
+// everything meanwhile, and SO_LINGER 0 makes close send a RST (dropped)
+// and free the socket at once, so nothing is retransmitted later.
+func (l *tickleLab) vanish(t *testing.T, lc *labConn) {
+	t.Helper()
+	testenv.RequireBPF(t)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "fsha_drop", Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* TCX_DROP */), asm.Return()}})
+	if err != nil {
+		t.Fatalf("load drop program: %v", err)
+	}
+	defer prog.Close()
+	var lk link.Link
+	l.in(t, l.nsS, func() {
+		lk, err = link.AttachTCX(link.TCXOptions{Program: prog, Interface: l.idxS, Attach: ebpf.AttachTCXEgress})
+	})
+	if err != nil {
+		t.Fatalf("attach drop program: %v", err)
+	}
+	if err := lc.server.SetLinger(0); err != nil {
+		t.Fatal(err)
+	}
+	if err := lc.server.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := lk.Close(); err != nil {
+		t.Fatalf("detach drop program: %v", err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	lc.expectBlocked(t)
+}
+
+func TestTickleResetsClient(t *testing.T) {
+	l := newTickleLab(t)
+	var tk *Tickler
+	var err error
+	l.in(t, l.nsS, func() { tk, err = NewTickler(zaptest.NewLogger(t), l.ifS) })
+	if err != nil {
+		t.Fatalf("NewTickler: %v", err)
+	}
+	t.Cleanup(func() { tk.Close() })
+	if tk.Method() != TicklePacket {
+		t.Errorf("method %v, want %v", tk.Method(), TicklePacket)
+	}
+	for _, tc := range []struct {
+		name     string
+		vip      netip.Addr
+		noNeigh  bool // the server has no neighbour entry for the client
+		wantRaw  int
+		withSeqs bool
+	}{
+		{name: "ipv4", vip: l.vip4},
+		{name: "ipv6", vip: l.vip6},
+		{name: "ipv4 no neighbour entry", vip: l.vip4, noNeigh: true, wantRaw: 1},
+		{name: "ipv6 no neighbour entry", vip: l.vip6, noNeigh: true, wantRaw: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lc := l.dial(t, tc.vip)
+			l.vanish(t, lc)
+			// Control: a tickle for another connection resets nothing.
+			other := lc.conn
+			other.ClientPort++
+			if _, err := tk.Tickle(context.Background(), []Conn{other}, 0, 0); err != nil {
+				t.Fatalf("Tickle: %v", err)
+			}
+			time.Sleep(50 * time.Millisecond)
+			lc.expectBlocked(t)
+			if tc.noNeigh {
+				ip := lc.conn.Client
+				err := l.hS.NeighDel(&netlink.Neigh{LinkIndex: l.idxS, Family: familyOf(ip), IP: ip.AsSlice()})
+				if err != nil {
+					t.Fatalf("delete neighbour %s: %v", ip, err)
+				}
+			}
+			st, err := tk.Tickle(context.Background(), []Conn{lc.conn}, 0, 0)
+			if err != nil {
+				t.Fatalf("Tickle: %v", err)
+			}
+			if st.Sent != 1 || st.Errors != 0 || st.Rounds != 1 || st.Raw != tc.wantRaw || st.Packet != 1-tc.wantRaw {
+				t.Errorf("stats %+v, want 1 sent, %d raw", st, tc.wantRaw)
+			}
+			took := lc.expectReset(t, time.Second)
+			t.Logf("client reset %v after the tickle", took)
+		})
+	}
+	if c := tk.Counters(); c.Calls != 8 || c.Conns != 8 || c.Sent != 8 || c.Errors != 0 {
+		t.Errorf("counters %+v, want 8 calls, 8 sent", c)
+	}
+}
+
+// labCapture records, on an AF_PACKET socket in the client namespace,
+// every TCP segment to or from port 445 on the client's veth.
+type labCapture struct {
+	conn *packet.Conn
+	mu   sync.Mutex
+	segs []capturedSegment
+	done chan struct{}
+}
+
+type capturedSegment struct {
+	src, dst     netip.AddrPort
+	seq, ack     uint32
+	payload      int
+	syn, fin     bool
+	ackFlag, rst bool
+	checksumOK   bool
+}
+
+func (l *tickleLab) capture(t *testing.T) *labCapture {
+	t.Helper()
+	var conn *packet.Conn
+	var err error
+	l.in(t, l.nsC, func() {
+		conn, err = packet.Listen(&net.Interface{Index: l.idxC, Name: l.ifC}, packet.Raw, unix.ETH_P_ALL, nil)
+	})
+	if err != nil {
+		t.Fatalf("packet socket: %v", err)
+	}
+	// Room for every burst: the capture must not drop any.
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20)
+	}); err != nil || serr != nil {
+		t.Fatalf("receive buffer: %v %v", err, serr)
+	}
+	c := &labCapture{conn: conn, done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		buf := make([]byte, 2048)
+		for {
+			n, _, err := conn.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pkt := gopacket.NewPacket(buf[:n], layers.LayerTypeEthernet, gopacket.Default)
+			tcp, _ := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP)
+			if tcp == nil || (tcp.SrcPort != 445 && tcp.DstPort != 445) {
+				continue
+			}
+			nl := pkt.NetworkLayer()
+			src, dst := nl.NetworkFlow().Endpoints()
+			seg := capturedSegment{
+				src: netip.AddrPortFrom(netip.MustParseAddr(src.String()), uint16(tcp.SrcPort)),
+				dst: netip.AddrPortFrom(netip.MustParseAddr(dst.String()), uint16(tcp.DstPort)),
+				seq: tcp.Seq, ack: tcp.Ack, payload: len(tcp.Payload),
+				syn: tcp.SYN, fin: tcp.FIN, ackFlag: tcp.ACK, rst: tcp.RST,
+			}
+			// Segments the client sends carry partial checksums (veth
+			// offload): only received ones are checked.
+			if seg.src.Addr() == l.vip4 || seg.src.Addr() == l.vip6 {
+				want, err := tcpChecksumOf(nl, tcp)
+				seg.checksumOK = err == nil && want == tcp.Checksum
+			}
+			c.mu.Lock()
+			c.segs = append(c.segs, seg)
+			c.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		conn.Close()
+		<-c.done
+	})
+	return c
+}
+
+// tcpChecksumOf recomputes tcp's checksum over nl's pseudo-header.
+func tcpChecksumOf(nl gopacket.NetworkLayer, tcp *layers.TCP) (uint16, error) {
+	c := *tcp
+	if err := c.SetNetworkLayerForChecksum(nl); err != nil {
+		return 0, err
+	}
+	buf := gopacket.NewSerializeBuffer()
+	if err := c.SerializeTo(buf, gopacket.SerializeOptions{ComputeChecksums: true}); err != nil {
+		return 0, err
+	}
+	return uint16(buf.Bytes()[16])<<8 | uint16(buf.Bytes()[17]), nil
+}
+
+// segments returns what was captured so far.
+func (c *labCapture) segments() []capturedSegment {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.segs)
+}
+
+// isTickle reports whether seg is a tickle from one of l's VIPs.
+func (l *tickleLab) isTickle(seg capturedSegment) bool {
+	return (seg.src.Addr() == l.vip4 || seg.src.Addr() == l.vip6) && seg.src.Port() == 445 &&
+		seg.ackFlag && !seg.rst && !seg.syn && !seg.fin && seg.payload == 0
+}
+
+// waitTickles waits (bounded) until want tickles arrived, then a little
+// more for any extra one, and checks them all.
+func (l *tickleLab) waitTickles(t *testing.T, c *labCapture, want int) {
+	t.Helper()
+	count := func() (n int, bad []capturedSegment) {
+		for _, s := range c.segments() {
+			if l.isTickle(s) {
+				n++
+				if !s.checksumOK {
+					bad = append(bad, s)
+				}
+			}
+		}
+		return n, bad
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for n, _ := count(); n < want && time.Now().Before(deadline); n, _ = count() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	n, bad := count()
+	if n != want {
+		st, _ := c.conn.Stats()
+		t.Errorf("client received %d tickles, want %d (capture socket stats %+v)", n, want, st)
+	}
+	for _, s := range bad {
+		t.Errorf("tickle with a bad checksum: %+v", s)
+	}
+}
+
+// TestTickleRepeats tickles connections the client does not have (it
+// answers each tickle with a RST) and counts every round at the client.
+func TestTickleRepeats(t *testing.T) {
+	l := newTickleLab(t)
+	var tk *Tickler
+	var err error
+	l.in(t, l.nsS, func() { tk, err = NewTickler(zaptest.NewLogger(t), l.ifS) })
+	if err != nil {
+		t.Fatalf("NewTickler: %v", err)
+	}
+	t.Cleanup(func() { tk.Close() })
+	// The server resolves the client once, as the real connections did.
+	l.in(t, l.nsS, func() {
+		for _, a := range []netip.Addr{l.cli4, l.cli6} {
+			d := net.Dialer{Timeout: 3 * time.Second}
+			if c, err := d.Dial("tcp", netip.AddrPortFrom(a, 9).String()); err == nil {
+				c.Close()
+			}
+		}
+	})
+	const n, repeats = 150, 2
+	var conns []Conn
+	for i := range n {
+		conns = append(conns,
+			Conn{VIP: l.vip4, VIPPort: 445, Client: l.cli4, ClientPort: uint16(20000 + i)},
+			Conn{VIP: l.vip6, VIPPort: 445, Client: l.cli6, ClientPort: uint16(20000 + i), Seq: uint32(i) << 20, Ack: 1})
+	}
+	conns = append(conns, Conn{VIP: l.vip4, VIPPort: 445, ClientPort: 1}) // invalid
+	capt := l.capture(t)
+	before := l.tcpCounters(t)
+	const spacing = 40 * time.Millisecond
+	st, err := tk.Tickle(context.Background(), conns, repeats, spacing)
+	if err == nil || !strings.Contains(err.Error(), "missing address") {
+		t.Errorf("Tickle error %v, want one about the invalid connection", err)
+	}
+	want := TickleStats{Conns: 2*n + 1, Invalid: 1, Packet: 2 * n, Rounds: 1 + repeats, Sent: 2 * n * (1 + repeats)}
+	if st.Conns != want.Conns || st.Invalid != want.Invalid || st.Packet != want.Packet || st.Raw != 0 ||
+		st.Rounds != want.Rounds || st.Sent != want.Sent || st.Errors != 0 {
+		t.Errorf("stats %+v, want %+v", st, want)
+	}
+	if st.Duration < repeats*spacing || st.FirstRound <= 0 || st.FirstRound > st.Duration {
+		t.Errorf("first round %v, duration %v: want rounds %v apart", st.FirstRound, st.Duration, spacing)
+	}
+	l.waitTickles(t, capt, 2*n*(1+repeats))
+	after := l.tcpCounters(t)
+	if d := after["InCsumErrors"] - before["InCsumErrors"]; d != 0 {
+		t.Errorf("client counted %d TCP checksum errors", d)
+	}
+	// No socket: the client answers every tickle with a RST.
+	if d := after["OutRsts"] - before["OutRsts"]; d != int64(2*n*(1+repeats)) {
+		t.Errorf("client sent %d RSTs, want %d", d, 2*n*(1+repeats))
+	}
+}
+
+func TestTickleContextEndsRepeats(t *testing.T) {
+	l := newTickleLab(t)
+	var tk *Tickler
+	var err error
+	l.in(t, l.nsS, func() { tk, err = NewTickler(zaptest.NewLogger(t), l.ifS, WithTickleMethod(TickleRaw)) })
+	if err != nil {
+		t.Fatalf("NewTickler: %v", err)
+	}
+	t.Cleanup(func() { tk.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	conns := []Conn{{VIP: l.vip4, VIPPort: 445, Client: l.cli4, ClientPort: 30000}}
+	st, err := tk.Tickle(ctx, conns, 10, 40*time.Millisecond)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Tickle error %v, want deadline exceeded", err)
+	}
+	if st.Rounds < 2 || st.Rounds > 4 || st.Sent != st.Rounds || st.Raw != 1 {
+		t.Errorf("stats %+v: want 2 to 4 rounds by raw socket before the deadline", st)
+	}
+	if err := tk.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, err := tk.Tickle(context.Background(), conns, 0, 0); !errors.Is(err, ErrTicklerClosed) {
+		t.Errorf("Tickle after Close: %v, want ErrTicklerClosed", err)
+	}
+}
+
+// tcpCounters reads the client namespace's Tcp counters.
+func (l *tickleLab) tcpCounters(t *testing.T) map[string]int64 {
+	t.Helper()
+	var b []byte
+	var err error
+	l.in(t, l.nsC, func() { b, err = os.ReadFile("/proc/thread-self/net/snmp") })
+	if err != nil {
+		t.Fatalf("read snmp: %v", err)
+	}
+	var names []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Tcp:" {
+			continue
+		}
+		if names == nil {
+			names = f[1:]
+			continue
+		}
+		m := map[string]int64{}
+		for i, v := range f[1:] {
+			m[names[i]], _ = strconv.ParseInt(v, 10, 64)
+		}
+		return m
+	}
+	t.Fatalf("no Tcp counters in snmp")
+	return nil
+}
+
+// TestTickleBypassesEgressHook checks that tickles sent with the qdisc
+// bypass never reach the tc egress hook, where fsha's egress program
+// would take them for a local socket's segments, and that without the
+// bypass they do.
+func TestTickleBypassesEgressHook(t *testing.T) {
+	testenv.RequireBPF(t)
+	l := newTickleLab(t)
+	counter, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		t.Fatalf("create counter: %v", err)
+	}
+	defer counter.Close()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "fsha_count", Type: ebpf.SchedCLS, License: "GPL",
+		Instructions: asm.Instructions{
+			asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -4),
+			asm.LoadMapPtr(asm.R1, counter.FD()),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "out"),
+			asm.Mov.Imm(asm.R1, 1),
+			asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+			asm.Mov.Imm(asm.R0, -1).WithSymbol("out"), // TCX_NEXT
+			asm.Return(),
+		}})
+	if err != nil {
+		t.Fatalf("load counting program: %v", err)
+	}
+	defer prog.Close()
+	var lk link.Link
+	l.in(t, l.nsS, func() {
+		lk, err = link.AttachTCX(link.TCXOptions{Program: prog, Interface: l.idxS, Attach: ebpf.AttachTCXEgress})
+	})
+	if err != nil {
+		t.Fatalf("attach counting program: %v", err)
+	}
+	defer lk.Close()
+	if err := l.hS.NeighAdd(&netlink.Neigh{LinkIndex: l.idxS, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+		IP: l.cli4.AsSlice(), HardwareAddr: net.HardwareAddr{0x02, 0, 0, 0, 0, 0x02}}); err != nil {
+		t.Fatalf("add neighbour: %v", err)
+	}
+	const n = 100
+	var conns []Conn
+	for i := range n {
+		conns = append(conns, Conn{VIP: l.vip4, VIPPort: 445, Client: l.cli4, ClientPort: uint16(20000 + i)})
+	}
+	for _, tc := range []struct {
+		method                  TickleMethod
+		seenAtLeast, seenAtMost uint64
+	}{{TicklePacket, 0, n / 10}, {TicklePacketQdisc, n, 2 * n}} {
+		var tk *Tickler
+		l.in(t, l.nsS, func() { tk, err = NewTickler(zaptest.NewLogger(t), l.ifS, WithTickleMethod(tc.method)) })
+		if err != nil {
+			t.Fatalf("NewTickler: %v", err)
+		}
+		var before, after uint64
+		if err := counter.Lookup(uint32(0), &before); err != nil {
+			t.Fatal(err)
+		}
+		st, err := tk.Tickle(context.Background(), conns, 0, 0)
+		tk.Close()
+		if err != nil || st.Packet != n || st.Sent != n {
+			t.Fatalf("%v: Tickle %+v, %v", tc.method, st, err)
+		}
+		if err := counter.Lookup(uint32(0), &after); err != nil {
+			t.Fatal(err)
+		}
+		if seen := after - before; seen < tc.seenAtLeast || seen > tc.seenAtMost {
+			t.Errorf("%v: egress hook saw %d packets for %d tickles, want %d to %d", tc.method, seen, n, tc.seenAtLeast, tc.seenAtMost)
+		}
+	}
+}
