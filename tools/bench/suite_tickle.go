@@ -6,14 +6,17 @@ package main
 // Side a of a veth pair holds the VIP (its own address) and routes the
 // client prefixes through b. Each measurement is one Tickle call with no
 // repeats; "first round" is its FirstRound (resolve next hops, build,
-// send). Two receivers on b:
+// send). Receivers on b:
 //
-//   - XDP drop: a counting XDP program drops every frame, so the time is
-//     the sender's (plus veth's hand-over);
+//   - tc drop: a counting TCX ingress program drops every frame, so the
+//     time is mostly the sender's, plus veth's hand-over and b's cheapest
+//     receive path (on veth it runs in the sender's softirq);
+//   - XDP drop: the same in XDP, which on veth costs an skb copy per
+//     frame and funnels all senders into one NAPI ring;
 //   - kernel TCP: b owns the client addresses and, having no such sockets,
-//     answers every tickle with a RST, which a's kernel drops. On veth
-//     the receive path runs on the sending CPU, so this is the cost of
-//     both ends, as on a one-machine lab, more than a real NIC would cost.
+//     answers every tickle with a RST, which a's kernel drops: the cost
+//     of both ends on the same two CPUs, as in a one-machine lab, more
+//     than a real NIC and real clients would cost the sender.
 //
 // Every measurement checks that b got every segment, with a valid
 // checksum (the counter, or TCP OutRsts and InCsumErrors).
@@ -28,6 +31,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -124,7 +128,9 @@ func (b *tickleBench) run(ctx context.Context, log *zap.Logger, out io.Writer) e
 		if _, ok := tickleMethods[m]; !ok {
 			return fmt.Errorf("unknown -tickle-methods entry %q", m)
 		}
-		methods = append(methods, m)
+		if !slices.Contains(methods, m) {
+			methods = append(methods, m)
+		}
 	}
 	var receivers []string
 	for _, r := range strings.Split(b.receivers, ",") {
@@ -181,51 +187,11 @@ func (b *tickleBench) run(ctx context.Context, log *zap.Logger, out io.Writer) e
 	}
 	var cases []*tickleCase
 	for _, receiver := range receivers {
-		var prog io.Closer
-		switch receiver {
-		case tickleXDPDrop:
-			if prog, err = pair.attachXDP(sideB, xdpDropper); err != nil {
-				return err
-			}
-		case tickleTCDrop:
-			if prog, err = pair.attachTCXIngress(sideB, tcDropper); err != nil {
-				return err
-			}
+		rc, err := b.runReceiver(ctx, log, pair, receiver, sizes, methods, ticklers, counter, xdpDropper, tcDropper)
+		if err != nil {
+			return err
 		}
-		for _, n := range sizes {
-			conns := tickleConns(n)
-			for _, m := range methods {
-				c := &tickleCase{method: m, receiver: receiver, conns: n}
-				cases = append(cases, c)
-				for r := range b.rounds {
-					if err := ctx.Err(); err != nil {
-						return err
-					}
-					var d, cpu time.Duration
-					err := onThread(func() (err error) {
-						if err := b.pinThread(); err != nil {
-							return err
-						}
-						d, cpu, err = b.measure(ctx, pair, ticklers[m], conns, receiver, counter)
-						return err
-					})
-					if err != nil {
-						return fmt.Errorf("%s, %s, %d conns, round %d: %w", m, receiver, n, r, err)
-					}
-					c.first = append(c.first, d.Seconds())
-					c.cpu = append(c.cpu, cpu.Seconds())
-					log.Debug("tickle round", zap.String("method", m), zap.String("receiver", receiver),
-						zap.Int("conns", n), zap.Duration("first_round", d), zap.Duration("cpu", cpu))
-					// Leave the CPU to others between SCHED_FIFO runs.
-					time.Sleep(d/4 + 10*time.Millisecond)
-				}
-			}
-		}
-		if prog != nil {
-			if err := prog.Close(); err != nil {
-				return fmt.Errorf("detach %s program: %w", receiver, err)
-			}
-		}
+		cases = append(cases, rc...)
 	}
 
 	t := &table{header: []string{"sender", "receiver (veth b)", "conns", "first round", "pps", "spread", "CPU", "ns/conn CPU"}}
@@ -290,6 +256,56 @@ func (b *tickleBench) setupPair(pair *vethPair) error {
 		}
 	}
 	return nil
+}
+
+// runReceiver measures every size and method with receiver on b.
+func (b *tickleBench) runReceiver(ctx context.Context, log *zap.Logger, pair *vethPair, receiver string, sizes []int,
+	methods []string, ticklers map[string]*dataplane.Tickler, counter *ebpf.Map, xdpDropper, tcDropper *ebpf.Program) ([]*tickleCase, error) {
+	var prog link.Link
+	var err error
+	switch receiver {
+	case tickleXDPDrop:
+		prog, err = pair.attachXDP(sideB, xdpDropper)
+	case tickleTCDrop:
+		prog, err = pair.attachTCXIngress(sideB, tcDropper)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if prog != nil {
+		defer prog.Close()
+	}
+	var cases []*tickleCase
+	for _, n := range sizes {
+		conns := tickleConns(n)
+		for _, m := range methods {
+			c := &tickleCase{method: m, receiver: receiver, conns: n}
+			cases = append(cases, c)
+			for r := range b.rounds {
+				if err := ctx.Err(); err != nil {
+					return nil, err
+				}
+				var d, cpu time.Duration
+				err := onThread(func() (err error) {
+					if err := b.pinThread(); err != nil {
+						return err
+					}
+					d, cpu, err = b.measure(ctx, pair, ticklers[m], conns, receiver, counter)
+					return err
+				})
+				if err != nil {
+					return nil, fmt.Errorf("%s, %s, %d conns, round %d: %w", m, receiver, n, r, err)
+				}
+				c.first = append(c.first, d.Seconds())
+				c.cpu = append(c.cpu, cpu.Seconds())
+				log.Debug("tickle round", zap.String("method", m), zap.String("receiver", receiver),
+					zap.Int("conns", n), zap.Duration("first_round", d), zap.Duration("cpu", cpu))
+				// Leave the CPU to others between SCHED_FIFO runs.
+				time.Sleep(d/4 + 10*time.Millisecond)
+			}
+		}
+	}
+	return cases, nil
 }
 
 // pinThread pins the calling thread to b.cpu and, with -tickle-rt, makes
