@@ -97,12 +97,10 @@ func killConns(log *zap.Logger, conns []Conn, destroy destroyFunc) (KillStats, e
 	if len(unsupported) > 0 {
 		log.Info("kernel cannot destroy sockets (no CONFIG_INET_DIAG_DESTROY), resetting by hand",
 			zap.Int("conns", len(unsupported)))
-		reset, failed, err := resetConns(unsupported)
+		reset, failed := resetConns(unsupported)
 		st.Reset += reset
-		if len(failed) > 0 {
-			for _, c := range failed {
-				fail(fmt.Errorf("reset %s: %w", c, err))
-			}
+		for _, f := range failed {
+			fail(fmt.Errorf("reset %s: %w", f.conn, f.err))
 		}
 	}
 	st.Duration = time.Since(start)
@@ -117,11 +115,10 @@ func killConns(log *zap.Logger, conns []Conn, destroy destroyFunc) (KillStats, e
 
 // Socket diagnostics (linux/inet_diag.h, linux/sock_diag.h).
 const (
-	inetDiagReqV2Len  = 56         // struct inet_diag_req_v2
-	inetDiagMsgLen    = 72         // struct inet_diag_msg
-	inetDiagNoCookie  = ^uint32(0) // INET_DIAG_NOCOOKIE
-	nlmsgHeaderLen    = 16         // struct nlmsghdr
-	nlmsgErrHeaderLen = nlmsgHeaderLen + 4
+	inetDiagReqV2Len = 56         // struct inet_diag_req_v2
+	inetDiagMsgLen   = 72         // struct inet_diag_msg
+	inetDiagNoCookie = ^uint32(0) // INET_DIAG_NOCOOKIE
+	nlmsgHeaderLen   = 16         // struct nlmsghdr
 	// destroyBatch is how many requests go in one datagram; the kernel's
 	// answers to them (one skb each) fit in destroyRecvBuffer.
 	destroyBatch      = 128
@@ -340,61 +337,60 @@ func destroySockets(conns []Conn) ([]error, error) {
 
 func nlmsgAlign(n int) int { return (n + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1) }
 
+// connError is a connection that could not be reset, and why.
+type connError struct {
+	conn Conn
+	err  error
+}
+
 // resetConns sends, for every connection, a RST to its local socket (from
 // the client, with the sequence number the socket expects next) and one to
 // the client (from the VIP, with the one the client expects), through raw
-// sockets. It returns how many were reset, and the ones that were not with
-// the first reason.
-func resetConns(conns []Conn) (reset int, failed []Conn, err error) {
-	var l4, l6 frameList
+// sockets. It returns how many were reset and the ones that were not.
+func resetConns(conns []Conn) (reset int, failed []connError) {
 	var c4, c6 []Conn
 	for _, c := range conns {
-		if c.Seq == 0 && c.Ack == 0 {
-			failed = append(failed, c)
-			err = ErrNoSequence
-			continue
-		}
-		if c.VIP.Is4() {
+		switch {
+		case c.Seq == 0 && c.Ack == 0:
+			failed = append(failed, connError{c, ErrNoSequence})
+		case c.VIP.Is4():
 			c4 = append(c4, c)
-		} else {
+		default:
 			c6 = append(c6, c)
 		}
 	}
 	for _, g := range []struct {
 		family int
 		conns  []Conn
-		l      *frameList
-	}{{unix.AF_INET, c4, &l4}, {unix.AF_INET6, c6, &l6}} {
+	}{{unix.AF_INET, c4}, {unix.AF_INET6, c6}} {
 		if len(g.conns) == 0 {
 			continue
 		}
-		*g.l = newFrameList(2 * len(g.conns))
-		g.l.dsts = make([]netip.Addr, 2*len(g.conns))
+		l := newFrameList(2 * len(g.conns))
+		l.dsts = make([]netip.Addr, 2*len(g.conns))
 		for _, c := range g.conns {
 			toLocal := tcpSegment{src: c.Client, dst: c.VIP, sport: c.ClientPort, dport: c.VIPPort, seq: c.Ack, flags: tcpFlagRST}
 			toClient := tcpSegment{src: c.VIP, dst: c.Client, sport: c.VIPPort, dport: c.ClientPort, seq: c.Seq, flags: tcpFlagRST}
 			for _, s := range []*tcpSegment{&toLocal, &toClient} {
 				n := s.ipLen()
-				s.put(g.l.next()[:n])
-				g.l.dsts[g.l.n] = s.dst
-				g.l.commit(n)
+				s.put(l.next()[:n])
+				l.dsts[l.n] = s.dst
+				l.commit(n)
 			}
 		}
-		fd, e := openTickleRawSocket(g.family)
-		if e != nil {
-			failed = append(failed, g.conns...)
-			err = e
-			continue
+		fd, err := openTickleRawSocket(g.family)
+		if err == nil {
+			_, _, err = sendFrames(context.Background(), fd, &l, true)
+			unix.Close(fd)
 		}
-		_, _, e = sendFrames(context.Background(), fd, g.l, true)
-		unix.Close(fd)
-		if e != nil {
+		if err != nil {
 			// Which pairs made it is not known: count them all failed.
-			failed = append(failed, g.conns...)
-			err = e
+			for _, c := range g.conns {
+				failed = append(failed, connError{c, err})
+			}
 			continue
 		}
 		reset += len(g.conns)
 	}
-	return reset, failed, err
+	return reset, failed
 }
