@@ -927,7 +927,9 @@ type hopRoute struct {
 func (t *Tickler) loadNextHops() (*nextHops, error) {
 	h := &nextHops{ifindex: t.ifindex}
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		routes, err := t.nl.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		routes, err := retryDump(func() ([]netlink.Route, error) {
+			return t.nl.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		})
 		if err != nil {
 			return nil, fmt.Errorf("list routes: %w", err)
 		}
@@ -998,7 +1000,7 @@ func (h *nextHops) reloadNeighbours(t *Tickler) error {
 	h.neigh = map[[16]byte]net.HardwareAddr{}
 	h.last, h.lastMAC = netip.Addr{}, nil
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		ns, err := t.nl.NeighList(h.ifindex, fam)
+		ns, err := retryDump(func() ([]netlink.Neigh, error) { return t.nl.NeighList(h.ifindex, fam) })
 		if err != nil {
 			return fmt.Errorf("list neighbours: %w", err)
 		}
@@ -1013,6 +1015,18 @@ func (h *nextHops) reloadNeighbours(t *Tickler) error {
 		}
 	}
 	return nil
+}
+
+// retryDump runs a netlink dump again (a few times) when the table
+// changed under it, as it may right after a takeover added addresses.
+func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
+	for range 3 {
+		xs, err := dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return xs, err
+		}
+	}
+	return dump()
 }
 
 func isZeroMAC(m net.HardwareAddr) bool {
