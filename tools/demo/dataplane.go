@@ -1,136 +1,43 @@
-// Command demo shows fsha's data plane on this machine (`make demo`, as
-// root): a file-server node running smbd, nfs-ganesha and `fsha up`
-// behind a VIP, and a client, each in its own network namespace. Real SMB,
-// NFS and raw TCP connections go through the VIP; the demo prints what
-// `fsha flows` and `fsha counters` see, closes some connections, restarts
-// the daemon while traffic flows, and tears everything down.
 package main
 
 import (
 	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
-	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/fsha/fsha/tools/lab"
 )
 
-func main() {
-	fsha := flag.String("fsha", "./bin/fsha", "the fsha binary (make build)")
-	keep := flag.Bool("keep", false, "keep the run directory (configs, logs) after the demo")
-	verbose := flag.Bool("v", false, "log what the lab does")
-	timeout := flag.Duration("timeout", 3*time.Minute, "give up after this long")
-	flag.Parse()
-
-	if os.Geteuid() != 0 {
-		fmt.Fprintln(os.Stderr, "demo: must run as root: it creates network namespaces, mounts a bpffs and loads eBPF programs (try: sudo make demo)")
-		os.Exit(2)
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
-	defer cancel()
-	start := time.Now()
-	if err := run(ctx, os.Stdout, *fsha, *keep, *verbose); err != nil {
-		fmt.Fprintln(os.Stderr, "demo:", err)
-		os.Exit(1)
-	}
-	fmt.Printf("\n== done in %s: every namespace, process and mount of the lab is gone\n", time.Since(start).Round(100*time.Millisecond))
-}
-
-// demo is the lab and what runs in it.
+// demo is the data-plane demo (-dataplane): one node running
+// smbd, nfs-ganesha and standalone `fsha up` behind a VIP, and a client.
+// Real SMB, NFS and raw TCP connections go through the VIP; it prints what
+// `fsha flows` and `fsha counters` see, closes some connections and
+// restarts the daemon while traffic flows.
 type demo struct {
-	out    io.Writer
+	printer
 	lab    *lab.Lab
 	node   *lab.Node
 	client *lab.Client
 	vip    netip.Prefix
 }
 
-func run(ctx context.Context, out io.Writer, fsha string, keep, verbose bool) (err error) {
-	bin, err := findFsha(fsha)
+func runDataplane(ctx context.Context, out io.Writer, newLab func() (*lab.Lab, error)) error {
+	l, err := newLab()
 	if err != nil {
 		return err
 	}
-	for _, cmd := range []string{"ip", "ethtool", "smbd", "smbclient", "ganesha.nfsd", "nfs-cat", "stdbuf"} {
-		if _, err := exec.LookPath(cmd); err != nil {
-			return fmt.Errorf("%s not installed: run `make deps`", cmd)
-		}
-	}
-	log := zap.NewNop()
-	if verbose {
-		if log, err = zap.NewDevelopment(); err != nil {
-			return err
-		}
-	}
-	if removed, err := lab.CleanupStale(log); err != nil {
-		return fmt.Errorf("clean up after an earlier crashed run: %w", err)
-	} else if len(removed) > 0 {
-		fmt.Fprintf(out, "(removed namespaces of an earlier crashed run: %s)\n", strings.Join(removed, " "))
-	}
-
-	l, err := lab.New(lab.Options{Fsha: bin, Keep: keep, Log: log})
-	if err != nil {
-		return err
-	}
-	d := &demo{out: out, lab: l, vip: lab.VIP(1)}
-	defer func() {
-		d.step("tearing down: stopping every process, deleting the namespaces, unmounting the bpffs")
-		if cerr := l.Close(); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("tear down: %w", cerr))
-		}
-		if keep {
-			fmt.Fprintf(out, "   run directory kept: %s\n", l.Dir)
-		}
-	}()
-	defer func() {
-		if err != nil {
-			fmt.Fprintf(out, "\n!! %v\n   logs are in %s (rerun with -keep to keep them)\n", err, l.Dir)
-		}
-	}()
+	d := &demo{printer: printer{out}, lab: l, vip: lab.VIP(1)}
 	return d.show(ctx)
-}
-
-// findFsha resolves the fsha binary to an absolute path.
-func findFsha(path string) (string, error) {
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return "", err
-	}
-	st, err := os.Stat(abs)
-	if err != nil {
-		return "", fmt.Errorf("fsha binary %s: %w (run `make build`, or pass -fsha PATH)", path, err)
-	}
-	if st.IsDir() || st.Mode()&0o111 == 0 {
-		return "", fmt.Errorf("fsha binary %s is not an executable file", path)
-	}
-	return abs, nil
-}
-
-func (d *demo) heading(format string, args ...any) {
-	fmt.Fprintf(d.out, "\n== "+format+"\n", args...)
-}
-
-func (d *demo) step(format string, args ...any) {
-	fmt.Fprintf(d.out, "\n-- "+format+"\n", args...)
-}
-
-func (d *demo) say(format string, args ...any) {
-	fmt.Fprintf(d.out, "   "+format+"\n", args...)
 }
 
 // fsha runs an fsha command on the node and prints its output indented.
@@ -140,9 +47,7 @@ func (d *demo) fsha(ctx context.Context, title string, args ...string) error {
 	if err != nil {
 		return err
 	}
-	for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
-		fmt.Fprintln(d.out, "   "+line)
-	}
+	d.block(out)
 	return nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -337,4 +338,109 @@ func (h *Host) SaveFrames(name string, frames []Frame) (string, error) {
 	}
 	path := filepath.Join(h.Dir, name)
 	return path, os.WriteFile(path, []byte(b.String()), 0o644)
+}
+
+// Probe is one TCP connection attempt of ProbeTCP.
+type Probe struct {
+	// Start and End bound the attempt.
+	Start, End time.Time
+	// Local is the client's end, when connected.
+	Local netip.AddrPort
+	// Err is why it failed (nil: connected).
+	Err error
+	// By is the MAC address that sent the SYN-ACK, when the watch saw it:
+	// which node answered.
+	By net.HardwareAddr
+}
+
+// ProbeOptions tunes ProbeTCP.
+type ProbeOptions struct {
+	// Interval between attempts; 0 is 10 ms.
+	Interval time.Duration
+	// Timeout of one attempt; 0 is 200 ms.
+	Timeout time.Duration
+	// Max bounds the whole run; 0 is 15 s.
+	Max time.Duration
+	// Until stops the run after the first probe for which it is true
+	// (probes that are under way then are waited for); nil runs for Max.
+	Until func(Probe) bool
+	// Watch attributes the probes' SYN-ACKs to MAC addresses; it must
+	// watch the probed address. Nil: no attribution.
+	Watch *Watch
+}
+
+// ProbeTCP opens a new TCP connection from the client to addr every
+// Interval, each closed at once, until Until holds for one or Max passes.
+// Attempts overlap: one that hangs (a SYN into a dead node) does not delay
+// the next. It returns the probes in start order.
+func (c *Client) ProbeTCP(ctx context.Context, addr netip.AddrPort, opts ProbeOptions) []Probe {
+	if opts.Interval <= 0 {
+		opts.Interval = 10 * time.Millisecond
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 200 * time.Millisecond
+	}
+	if opts.Max <= 0 {
+		opts.Max = 15 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, opts.Max)
+	defer cancel()
+	var (
+		mu     sync.Mutex
+		probes []*Probe
+		wg     sync.WaitGroup
+		done   = make(chan struct{})
+		once   sync.Once
+	)
+	// The watch reads frames on its own: give it a moment to catch up.
+	attribute := func(p *Probe, tries int) {
+		if opts.Watch == nil || p.Err != nil {
+			return
+		}
+		for range tries {
+			for _, f := range opts.Watch.Frames() {
+				if !f.ARP && f.DstPort == p.Local.Port() && f.SrcPort == addr.Port() && f.Flags&(FlagSYN|FlagACK) == FlagSYN|FlagACK {
+					p.By = f.Src
+					return
+				}
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	tick := time.NewTicker(opts.Interval)
+	defer tick.Stop()
+loop:
+	for {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := &Probe{Start: time.Now()}
+			p.Local, p.Err = c.TryConnect(ctx, addr, opts.Timeout)
+			p.End = time.Now()
+			attribute(p, 20)
+			mu.Lock()
+			probes = append(probes, p)
+			mu.Unlock()
+			if opts.Until != nil && opts.Until(*p) {
+				once.Do(func() { close(done) })
+			}
+		}()
+		select {
+		case <-done:
+			break loop
+		case <-ctx.Done():
+			break loop
+		case <-tick.C:
+		}
+	}
+	wg.Wait()
+	out := make([]Probe, len(probes))
+	for i, p := range probes {
+		if p.By == nil {
+			attribute(p, 1)
+		}
+		out[i] = *p
+	}
+	slices.SortFunc(out, func(a, b Probe) int { return a.Start.Compare(b.Start) })
+	return out
 }

@@ -699,3 +699,41 @@ func Eventually(ctx context.Context, timeout time.Duration, what string, check f
 		}
 	}
 }
+
+// LogLine is one JSON line of a daemon's log.
+type LogLine struct {
+	At     time.Time
+	Msg    string
+	Fields map[string]any
+}
+
+// FshaLog returns the lines of the node's `fsha up` logs (every start
+// so far, in order) whose message is msg, or every line when msg is "".
+func (n *ClusterNode) FshaLog(msg string) ([]LogLine, error) {
+	var out []LogLine
+	for _, p := range n.lab.Processes() {
+		if p.Host() != n.Host || !strings.HasPrefix(p.Name, "fsha-up") {
+			continue
+		}
+		data, err := os.ReadFile(p.StderrPath)
+		if err != nil {
+			return nil, fmt.Errorf("read fsha log of %s: %w", n.Role, err)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) != nil {
+				continue
+			}
+			l := LogLine{Fields: m}
+			l.Msg, _ = m["msg"].(string)
+			if msg != "" && l.Msg != msg {
+				continue
+			}
+			if ts, ok := m["ts"].(string); ok {
+				l.At, _ = time.Parse(time.RFC3339Nano, ts)
+			}
+			out = append(out, l)
+		}
+	}
+	return out, nil
+}
