@@ -39,6 +39,8 @@ type suite struct {
 var suites = []*suite{
 	dataplaneSuite(),
 	tickleSuite(),
+	failoverSuite(),
+	replicationSuite(),
 }
 
 func main() {
