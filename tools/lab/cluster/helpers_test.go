@@ -25,7 +25,7 @@ import (
 // measure anything (a 2-core CI machine runs other packages meanwhile).
 const (
 	testTimeout     = 90 * time.Second
-	failoverTimeout = 15 * time.Second
+	failoverTimeout = 20 * time.Second
 	// lease is fsha's default data-plane lease: after it, a node whose
 	// daemon stopped renewing answers nothing for its VIPs.
 	lease = 300 * time.Millisecond
@@ -105,13 +105,32 @@ func (e *env) waitConverged(up ...*lab.ClusterNode) {
 	}
 }
 
+// owner waits until exactly one node among among (all when empty) has
+// vip on its eth0, and returns it.
 func (e *env) owner(vip netip.Prefix, among ...*lab.ClusterNode) *lab.ClusterNode {
 	e.t.Helper()
-	o, err := e.c.Owner(vip, among...)
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	var o *lab.ClusterNode
+	e.eventually("one holder of "+vip.String(), func(context.Context) error {
+		var err error
+		o, err = e.c.Owner(vip, among...)
+		return err
+	})
 	return o
+}
+
+// vipOf waits until n holds a VIP and returns one.
+func (e *env) vipOf(n *lab.ClusterNode) netip.Prefix {
+	e.t.Helper()
+	var v netip.Prefix
+	e.eventually(n.Role+" holds a VIP", func(context.Context) error {
+		h := e.held(n)
+		if len(h) == 0 {
+			return errors.New("none")
+		}
+		v = h[0]
+		return nil
+	})
+	return v
 }
 
 // held returns the VIPs on the node's eth0.

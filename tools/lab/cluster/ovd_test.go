@@ -18,22 +18,12 @@ import (
 // the cluster lock on the shared file system, end to end through the VIPs
 // with real smbd, nfs-ganesha, smbclient and nfs-cat.
 
-func newTwoNodes(t *testing.T) *env {
+// newTwoNodes builds the two-node cluster with the lock; it returns the
+// VIP each node holds at start (one each, or losing one proves nothing).
+func newTwoNodes(t *testing.T) (*env, map[*lab.ClusterNode]netip.Prefix) {
 	t.Helper()
 	e := newEnv(t, lab.ClusterOptions{Nodes: 2, Lock: true})
-	// every node holds a VIP, or losing one would prove nothing
-	e.eventually("one VIP on each node", func(ctx context.Context) error {
-		if err := e.c.Converged(ctx, e.c.Nodes...); err != nil {
-			return err
-		}
-		for _, n := range e.c.Nodes {
-			if h := e.held(n); len(h) != 1 {
-				return fmt.Errorf("%s holds %v", n.Role, h)
-			}
-		}
-		return nil
-	})
-	return e
+	return e, e.both()
 }
 
 func (e *env) powerDown(n *lab.ClusterNode) {
@@ -74,26 +64,31 @@ func (e *env) alone(survivor, gone *lab.ClusterNode) {
 	})
 }
 
-// both waits until the two nodes are back together, one VIP each.
-func (e *env) both() {
+// both waits until the two nodes are back together, one VIP each, and
+// returns the VIP each holds.
+func (e *env) both() map[*lab.ClusterNode]netip.Prefix {
 	e.t.Helper()
+	got := map[*lab.ClusterNode]netip.Prefix{}
 	e.eventually("both nodes back with one VIP each", func(ctx context.Context) error {
 		if err := e.c.Converged(ctx, e.c.Nodes...); err != nil {
 			return err
 		}
 		for _, n := range e.c.Nodes {
-			if h := e.held(n); len(h) != 1 {
+			h := e.held(n)
+			if len(h) != 1 {
 				return fmt.Errorf("%s holds %v, want one VIP", n.Role, h)
 			}
+			got[n] = h[0]
 		}
 		return nil
 	})
+	return got
 }
 
 // Test 1: node 2 goes down (power cut): data still accessible through
 // every VIP; new files work.
 func TestOVD1NodeTwoDown(t *testing.T) {
-	e := newTwoNodes(t)
+	e, _ := newTwoNodes(t)
 	n1, n2 := e.c.Node(1), e.c.Node(2)
 	e.works("state1")
 
@@ -108,7 +103,7 @@ func TestOVD1NodeTwoDown(t *testing.T) {
 // 2. When the network comes back, node 1 gets its VIP back (automatic
 // failback) and the data is the same everywhere.
 func TestOVD2NodeOneDown(t *testing.T) {
-	e := newTwoNodes(t)
+	e, _ := newTwoNodes(t)
 	n1, n2 := e.c.Node(1), e.c.Node(2)
 	e.works("state1")
 
@@ -137,7 +132,7 @@ func TestOVD2NodeOneDown(t *testing.T) {
 // Test 3: node 2 in maintenance (fsha disable): everything works through
 // node 1; back online (fsha enable): it serves a VIP again, data in sync.
 func TestOVD3Maintenance(t *testing.T) {
-	e := newTwoNodes(t)
+	e, _ := newTwoNodes(t)
 	n1, n2 := e.c.Node(1), e.c.Node(2)
 	e.works("state1")
 
@@ -179,7 +174,7 @@ func TestOVD3Maintenance(t *testing.T) {
 // Test 4: a session creates a file and disconnects; new sessions (through
 // every VIP) read it: data in sync and accessible.
 func TestOVD4Reconnect(t *testing.T) {
-	e := newTwoNodes(t)
+	e, _ := newTwoNodes(t)
 
 	name := "session.txt"
 	data := content(name)
@@ -236,9 +231,9 @@ func (e *env) session(vip netip.Addr, first, name string, want []byte) {
 // and writes more; node 2 recovers (reboot): it gets a VIP back
 // (automatic failback) and serves the same data.
 func TestOVD5Recovery(t *testing.T) {
-	e := newTwoNodes(t)
+	e, start := newTwoNodes(t)
 	n1, n2 := e.c.Node(1), e.c.Node(2)
-	vip := e.held(n2)[0]
+	vip := start[n2]
 
 	name := "before-the-cut.txt"
 	data := content(name)
@@ -257,8 +252,7 @@ func TestOVD5Recovery(t *testing.T) {
 	e.works("n2-down")
 
 	e.powerUp(n2)
-	e.both()
-	back := e.held(n2)[0]
+	back := e.both()[n2]
 	t.Logf("n2 held %s before its power cut and %s after recovery", vip, back)
 	e.answering()
 	e.inSync()
