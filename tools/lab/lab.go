@@ -14,6 +14,16 @@
 //
 // Close tears everything down in reverse order of creation and is safe to
 // call twice; NewT registers it with t.Cleanup.
+//
+// NewCluster builds an fsha cluster on a lab: nodes running smbd,
+// nfs-ganesha and `fsha up --nodes` on one shared directory, with the
+// nodes file, public_addresses and gossip key written for them. Its nodes
+// fail on demand as the OVD guide's tests want them to: NetworkDown (eth0
+// down inside the node), PowerDown/PowerUp (SIGKILL of everything and link
+// down; reboot), Freeze/Thaw (SIGSTOP/SIGCONT), KillFsha (the daemon
+// only); Lab.Partition splits the switch with links up. Clients read and
+// write through the VIPs with smbclient and nfs-cat, tell which node
+// answered (WhoAnswers, Watch) and time reconnections (ProbeTCP).
 package lab
 
 import (
