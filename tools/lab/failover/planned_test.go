@@ -1,0 +1,543 @@
+package failover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fsha/fsha/control/admin"
+	"github.com/fsha/fsha/tools/lab"
+)
+
+// Planned moves drain: the old owner keeps the VIP on loopback and serves
+// its connections, the new owner announces the VIP, takes the new
+// connections and steers the old ones' packets back to the old owner
+// (XDP_TX) until they end. No client may notice.
+
+const (
+	// pingEvery is the raw sessions' pace: a stall of the data path
+	// longer than a few of these shows in their longest gap.
+	pingEvery = 50 * time.Millisecond
+	// transferSize and transferRate make each real client's transfer
+	// last about 4 s: it is in flight when the VIP moves.
+	transferSize = 12 << 20
+	transferRate = 3 << 20
+	// drainTimeout is far above what the transfers need: the drains of
+	// these tests must end because their last connection closed.
+	drainTimeout = "60s"
+)
+
+// TestPlannedMoves moves a VIP with `fsha move` while a real smbclient
+// and a real nfs-cat read through it and two raw sessions (SMB2 ECHO to
+// smbd, RPC NULL to nfs-ganesha) talk every 50 ms; then it puts the new
+// owner in maintenance (`fsha disable`) under the same load. Each time:
+// every session and transfer completes on its one TCP connection (the
+// new owner lists them as steered to the old one meanwhile), new
+// connections go to the new owner, and the drain ends when the last old
+// connection closes.
+func TestPlannedMoves(t *testing.T) {
+	e := newEnv(t, lab.ClusterOptions{Nodes: 3, FshaArgs: []string{"--drain-timeout", drainTimeout}})
+	vip := e.c.VIPs[0]
+	old := e.owner(vip)
+	to := e.c.Others(old)[0]
+
+	e.drain("move", vip, func() {
+		if out, err := old.Admin(e.ctx, "move", vip.Addr().String(), to.IP().String()); err != nil {
+			t.Fatalf("fsha move %s %s: %v: %s", vip.Addr(), to.IP(), err, out)
+		}
+	}, to)
+	e.waitConverged(e.c.Nodes...)
+
+	holder := e.owner(vip)
+	e.drain("disable", vip, func() {
+		if out, err := holder.Admin(e.ctx, "disable"); err != nil {
+			t.Fatalf("fsha disable on %s: %v: %s", holder.Role, err, out)
+		}
+	}, nil)
+}
+
+// drain runs one planned move of vip away from its owner, triggered by
+// trigger, under load, and checks that nothing was dropped. want is the
+// expected new owner (nil: any other node).
+func (e *env) drain(phase string, vip netip.Prefix, trigger func(), want *lab.ClusterNode) {
+	t := e.t
+	t.Helper()
+	old := e.owner(vip)
+	peers := slices.DeleteFunc(e.up(), func(n *lab.ClusterNode) bool { return n == old })
+	t.Logf("%s: %s from %s", phase, vip, old.Role)
+
+	smbFile, nfsFile := phase+"-smb.bin", phase+"-nfs.bin"
+	smbData, nfsData := content(smbFile, transferSize), content(nfsFile, transferSize)
+	e.writeShare(smbFile, smbData)
+	e.writeShare(nfsFile, nfsData)
+
+	smbRaw, err := dialSMB(e.ctx, e.client, vip.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	nfsRaw, err := dialNFS(e.ctx, e.client, vip.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sessions := []*session{startSession(smbRaw, pingEvery), startSession(nfsRaw, pingEvery)}
+	defer func() {
+		for _, s := range sessions {
+			s.Close()
+		}
+	}()
+	smbGet, err := startSMBGet(e.client, vip.Addr(), smbFile, smbData, transferRate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nfsCat, err := startNFSCat(e.client, vip.Addr(), nfsFile, nfsData, transferRate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	transfers := []*transfer{smbGet, nfsCat}
+	keys := []string{smbRaw.Key(), nfsRaw.Key()}
+	for _, tr := range transfers {
+		tr.key = e.socketOf(vip, tr.port, tr.process)
+		keys = append(keys, tr.key)
+	}
+	// every peer knows the old owner's connections before the move
+	for _, p := range peers {
+		e.waitFlows(p, old, false, keys...)
+	}
+	steered0 := map[*lab.ClusterNode]uint64{}
+	for _, p := range peers {
+		steered0[p] = e.steered(p)
+	}
+
+	w, err := e.client.WatchAddr(vip.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	start := time.Now()
+	trigger()
+	var next *lab.ClusterNode
+	e.eventually(phase+": "+vip.String()+" announced by another node, on "+old.Role+"'s loopback", func(ctx context.Context) error {
+		o, err := e.c.Owner(vip)
+		if err != nil {
+			return err
+		}
+		if o == old {
+			return fmt.Errorf("%s still on %s's eth0", vip, old.Role)
+		}
+		lo, err := loVIPs(old, e.c.VIPs)
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(lo, vip.Addr()) {
+			return fmt.Errorf("%s not on %s's loopback (%v)", vip.Addr(), old.Role, lo)
+		}
+		next = o
+		return nil
+	})
+	moved := time.Since(start)
+	if want != nil && next != want {
+		t.Fatalf("%s: %s went to %s, want %s", phase, vip, next.Role, want.Role)
+	}
+	e.waitFlows(next, old, true, keys...)
+	steering := time.Since(start)
+	t.Logf("%s: %s on %s's eth0 %v after the request, its 4 connections steered back to %s after %v",
+		phase, vip, next.Role, moved.Round(time.Millisecond), old.Role, steering.Round(time.Millisecond))
+	for _, tr := range transfers {
+		if tr.proc.Exited() {
+			t.Fatalf("%s: %s ended before the drain began (%v): %s\nresets seen by the client: %v",
+				phase, tr.name, tr.proc.ExitErr(), tr.proc.Tail(500), e.resetsTo(w, start, keys...))
+		}
+	}
+	for _, n := range []*lab.ClusterNode{old, next} {
+		ip, err := ipOf(e.ctx, n, vip)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ip.State != "draining" || ip.DrainingFrom != old.IP().String() || ip.Owner != next.IP().String() {
+			t.Errorf("%s: %s says %+v, want owner %s, state draining, draining_from %s", phase, n.Role, ip, next.IP(), old.IP())
+		}
+	}
+
+	// new connections go to the new owner, by SMB and by NFS
+	e.newConnLandsOn(vip, next, old)
+	if who, err := e.client.WhoAnswers(e.ctx, vip.Addr()); err != nil || who != next.Role {
+		t.Errorf("%s: the smbd answering a new connection to %s is %q (%v), want %s's", phase, vip, who, err, next.Role)
+	}
+
+	// the real clients still run on the connections they started with
+	for _, tr := range transfers {
+		now, err := socketsOf(e.ctx, e.client, vip.Addr(), tr.port, tr.process)
+		if err == nil && !tr.proc.Exited() && (len(now) != 1 || now[0] != tr.key) {
+			t.Errorf("%s: %s reconnected: its connections are %v, it started on %s", phase, tr.name, now, tr.key)
+		}
+	}
+	// the transfers complete, on their one connection
+	for _, tr := range transfers {
+		ctx, cancel := context.WithTimeout(e.ctx, 30*time.Second)
+		err := tr.Wait(ctx)
+		cancel()
+		if err != nil {
+			t.Errorf("%s: %v", phase, err)
+		}
+	}
+	// the raw sessions go on through the steering a little longer
+	time.Sleep(500 * time.Millisecond)
+	total := time.Since(start)
+	for _, r := range e.resetsTo(w, start, keys...) {
+		t.Errorf("%s: %s: an old connection was reset during the drain", phase, r)
+	}
+	for _, s := range sessions {
+		s.Close()
+		t.Logf("%s: %s", phase, s)
+		if err := s.Err(); err != nil {
+			t.Errorf("%s: %s session through %s broke during the move: %v", phase, s.rc.proto, vip, err)
+		}
+		if min := int(total / pingEvery / 4); s.OK() < min {
+			t.Errorf("%s: %s session answered %d pings in %v, want at least %d", phase, s.rc.proto, s.OK(), total.Round(time.Millisecond), min)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	steered := e.steered(next) - steered0[next]
+	t.Logf("%s: %s steered %d packets to %s", phase, next.Role, steered, old.Role)
+	if steered == 0 {
+		t.Errorf("%s: %s steered no packet (counters ingress.steered)", phase, next.Role)
+	}
+
+	// once the old connections are gone, the drain ends
+	e.waitFlowsGone(next, keys...)
+	e.eventually(phase+": the drain of "+vip.String()+" ends", func(ctx context.Context) error {
+		lo, err := loVIPs(old, e.c.VIPs)
+		if err != nil {
+			return err
+		}
+		if slices.Contains(lo, vip.Addr()) {
+			return fmt.Errorf("%s still on %s's loopback", vip.Addr(), old.Role)
+		}
+		for _, n := range e.up() {
+			ip, err := ipOf(ctx, n, vip)
+			if err != nil {
+				return err
+			}
+			if ip.State == "draining" || ip.DrainingFrom != "" {
+				return fmt.Errorf("%s says %+v", n.Role, ip)
+			}
+		}
+		return nil
+	})
+	rec, ok := lastRecord(e.ctx, old, vip, "drain")
+	if !ok {
+		t.Fatalf("%s: no drain of %s in %s's timeline:\n%s", phase, vip, old.Role, timelineJSON(e.ctx, old))
+	}
+	last := rec.Steps[len(rec.Steps)-1]
+	t.Logf("%s: %s's drain of %s (%s): %q after %v (all traffic over at +%v)", phase, old.Role, vip, rec.Reason,
+		last.Step, last.Took.Round(time.Millisecond), total.Round(time.Millisecond))
+	if last.Step != "drain ended: last connection closed" {
+		t.Errorf("%s: %s's drain of %s ended with %q, want the last connection closed:\n%s", phase, old.Role, vip, last.Step, timelineJSON(e.ctx, old))
+	}
+	if tl, err := next.Timeline(e.ctx); err == nil {
+		for _, r := range tl {
+			if r.VIP == vip.String() && r.Kind == "takeover" && r.From == old.IP().String() && r.Tickled > 0 {
+				t.Errorf("%s: %s tickled %d connections of a planned move: %+v", phase, next.Role, r.Tickled, r)
+			}
+		}
+	}
+}
+
+// socketOf waits until the named client process has exactly one
+// connection to vip:port and returns it.
+func (e *env) socketOf(vip netip.Prefix, port uint16, process string) string {
+	e.t.Helper()
+	var key string
+	e.eventually(process+" connected to "+vip.Addr().String(), func(ctx context.Context) error {
+		keys, err := socketsOf(ctx, e.client, vip.Addr(), port, process)
+		if err != nil {
+			return err
+		}
+		if len(keys) != 1 {
+			return fmt.Errorf("%s has connections %v", process, keys)
+		}
+		key = keys[0]
+		return nil
+	})
+	return key
+}
+
+// newConnLandsOn opens a new NFS connection through vip: next serves it
+// (its own flow), old does not.
+func (e *env) newConnLandsOn(vip netip.Prefix, next, old *lab.ClusterNode) {
+	e.t.Helper()
+	rc, err := dialNFS(e.ctx, e.client, vip.Addr())
+	if err != nil {
+		e.t.Fatalf("new connection to %s during the drain: %v", vip, err)
+	}
+	defer rc.conn.Close()
+	e.waitFlows(next, next, false, rc.Key())
+	fs, out, err := flowsAll(e.ctx, old)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if f, ok := findFlow(fs, rc.Key()); ok && f.Owner == old.IP().String() {
+		e.t.Errorf("new connection %s landed on the old owner %s:\n%s", rc.Key(), old.Role, out)
+	}
+}
+
+// steered is the node's ingress.steered counter.
+func (e *env) steered(n *lab.ClusterNode) uint64 {
+	e.t.Helper()
+	c, err := n.Counters(e.ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return c.Ingress.Steered
+}
+
+// lastRecord is the node's latest timeline record of vip of that kind.
+func lastRecord(ctx context.Context, n *lab.ClusterNode, vip netip.Prefix, kind string) (admin.Takeover, bool) {
+	tl, err := n.Timeline(ctx)
+	if err != nil {
+		return admin.Takeover{}, false
+	}
+	for i := len(tl) - 1; i >= 0; i-- {
+		if tl[i].VIP == vip.String() && tl[i].Kind == kind && len(tl[i].Steps) > 0 {
+			return tl[i], true
+		}
+	}
+	return admin.Takeover{}, false
+}
+
+// TestFailback powers a node down, lets its VIPs go to a survivor, opens
+// raw sessions (SMB2 ECHO, RPC NULL, every 50 ms) through every VIP of
+// that survivor, and powers the node back up: the automatic failback
+// gives it a VIP back by draining it, and no session sees an error.
+func TestFailback(t *testing.T) {
+	e := newEnv(t, lab.ClusterOptions{Nodes: 3, FshaArgs: []string{"--drain-timeout", drainTimeout}})
+	// not node 1 (PNN 0): see TestFailbackReasonNodeZero
+	gone := e.c.Node(2)
+	vip := e.held(gone)[0]
+	e.powerDown(gone)
+	e.waitConverged(e.up()...)
+	surv := e.owner(vip, e.up()...)
+	held, err := surv.HeldVIPs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s down, %s holds %v", gone.Role, surv.Role, held)
+
+	type vipSessions struct {
+		vip      netip.Prefix
+		sessions []*session
+	}
+	var all []vipSessions
+	for _, v := range held {
+		smb, err := dialSMB(e.ctx, e.client, v.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		nfs, err := dialNFS(e.ctx, e.client, v.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, vipSessions{v, []*session{startSession(smb, pingEvery), startSession(nfs, pingEvery)}})
+	}
+	defer func() {
+		for _, vs := range all {
+			for _, s := range vs.sessions {
+				s.Close()
+			}
+		}
+	}()
+	var keys []string
+	for _, vs := range all {
+		for _, s := range vs.sessions {
+			keys = append(keys, s.rc.Key())
+		}
+	}
+	for _, p := range e.c.Others(gone, surv) {
+		e.waitFlows(p, surv, false, keys...)
+	}
+
+	start := time.Now()
+	e.powerUp(gone)
+	t.Logf("%s powered up in %v", gone.Role, time.Since(start).Round(time.Millisecond))
+	var back netip.Prefix
+	e.eventually(gone.Role+" gets a VIP of "+surv.Role+" back, draining", func(ctx context.Context) error {
+		h, err := gone.HeldVIPs()
+		if err != nil {
+			return err
+		}
+		if len(h) != 1 {
+			return fmt.Errorf("%s holds %v", gone.Role, h)
+		}
+		if !slices.Contains(held, h[0]) {
+			return fmt.Errorf("%s got %s, not one of %s's %v", gone.Role, h[0], surv.Role, held)
+		}
+		back = h[0]
+		return nil
+	})
+	var backKeys []string
+	for _, vs := range all {
+		if vs.vip == back {
+			for _, s := range vs.sessions {
+				backKeys = append(backKeys, s.rc.Key())
+			}
+		}
+	}
+	e.waitFlows(gone, surv, true, backKeys...)
+	t.Logf("failback: %s back on %s %v after power-up, its sessions steered to %s", back, gone.Role,
+		time.Since(start).Round(time.Millisecond), surv.Role)
+	rec, ok := lastRecord(e.ctx, surv, back, "drain")
+	if !ok || !strings.Contains(rec.Reason, "rebalance") {
+		t.Errorf("no rebalance drain of %s in %s's timeline:\n%s", back, surv.Role, timelineJSON(e.ctx, surv))
+	}
+	steered0 := e.steered(gone)
+
+	// the sessions keep talking through the steering
+	time.Sleep(2 * time.Second)
+	for _, vs := range all {
+		for _, s := range vs.sessions {
+			if err := s.Err(); err != nil {
+				t.Errorf("%s session through %s broke during the failback: %v", s.rc.proto, vs.vip, err)
+			}
+		}
+	}
+	steered := e.steered(gone) - steered0
+	t.Logf("failback: %s steered %d packets to %s in 2 s", gone.Role, steered, surv.Role)
+	if steered == 0 {
+		t.Errorf("%s steered no packet of the sessions through %s to %s", gone.Role, back, surv.Role)
+	}
+	total := time.Since(start)
+	for _, vs := range all {
+		for _, s := range vs.sessions {
+			s.Close()
+			t.Logf("failback: %s", s)
+			if err := s.Err(); err != nil {
+				t.Errorf("%s session through %s broke: %v", s.rc.proto, vs.vip, err)
+			}
+			if min := int(total / pingEvery / 4); s.OK() < min {
+				t.Errorf("%s session through %s answered %d pings in %v, want at least %d", s.rc.proto, vs.vip, s.OK(), total.Round(time.Millisecond), min)
+			}
+		}
+	}
+	e.waitFlowsGone(gone, backKeys...)
+	e.eventually("the failback drain of "+back.String()+" ends", func(ctx context.Context) error {
+		lo, err := loVIPs(surv, e.c.VIPs)
+		if err != nil {
+			return err
+		}
+		if len(lo) > 0 {
+			return fmt.Errorf("%v still on %s's loopback", lo, surv.Role)
+		}
+		return e.c.Converged(ctx, e.c.Nodes...)
+	})
+	if rec, ok := lastRecord(e.ctx, surv, back, "drain"); ok {
+		last := rec.Steps[len(rec.Steps)-1]
+		t.Logf("failback: %s's drain of %s: %q after %v", surv.Role, back, last.Step, last.Took.Round(time.Millisecond))
+		if last.Step != "drain ended: last connection closed" {
+			t.Errorf("%s's drain of %s ended with %q, want the last connection closed", surv.Role, back, last.Step)
+		}
+	}
+}
+
+// TestDrainTimeoutAndKill moves a VIP with a short --drain-timeout while
+// a raw SMB session talks through it: the session works on through the
+// drain until the timeout, then the old owner resets it and the drain
+// ends; the client reconnects to the new owner. Then `fsha move --kill`
+// moves the VIP back without draining: an idle client of it is reset at
+// once and the VIP never goes to loopback.
+func TestDrainTimeoutAndKill(t *testing.T) {
+	const timeout = 3 * time.Second
+	e := newEnv(t, lab.ClusterOptions{Nodes: 3, FshaArgs: []string{"--drain-timeout", timeout.String()}})
+	vip := e.c.VIPs[0]
+	old := e.owner(vip)
+	to := e.c.Others(old)[0]
+
+	rc, err := dialSMB(e.ctx, e.client, vip.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startSession(rc, pingEvery)
+	defer s.Close()
+	e.waitFlows(to, old, false, rc.Key())
+	start := time.Now()
+	if out, err := old.Admin(e.ctx, "move", vip.Addr().String(), to.IP().String()); err != nil {
+		t.Fatalf("fsha move: %v: %s", err, out)
+	}
+	e.waitFlows(to, old, true, rc.Key())
+	e.eventually("the drain's timeout resets the session", func(context.Context) error {
+		if s.Err() == nil {
+			return fmt.Errorf("%s", s)
+		}
+		return nil
+	})
+	s.mu.Lock()
+	resetAfter, serr := s.errAt.Sub(start), s.err
+	s.mu.Unlock()
+	t.Logf("drain timeout %v: %s", timeout, s)
+	if !errors.Is(serr, syscall.ECONNRESET) {
+		t.Errorf("session ended by %v, want a reset", serr)
+	}
+	// the drain is checked every 250 ms; a loaded machine may add some
+	if resetAfter < timeout-300*time.Millisecond || resetAfter > timeout+resetBound {
+		t.Errorf("session reset %v after the move, want about the drain timeout %v", resetAfter.Round(time.Millisecond), timeout)
+	}
+	if min := int(timeout / pingEvery / 4); s.OK() < min {
+		t.Errorf("session answered %d pings before the reset, want at least %d", s.OK(), min)
+	}
+	e.eventually("the drain of "+vip.String()+" ends", func(ctx context.Context) error {
+		lo, err := loVIPs(old, e.c.VIPs)
+		if err != nil {
+			return err
+		}
+		if len(lo) > 0 {
+			return fmt.Errorf("%v on %s's loopback", lo, old.Role)
+		}
+		return e.c.Converged(ctx, e.c.Nodes...)
+	})
+	if rec, ok := lastRecord(e.ctx, old, vip, "drain"); !ok || rec.Steps[len(rec.Steps)-1].Step != "drain ended: drain timeout: 1 connections reset" {
+		t.Errorf("%s's drain of %s did not end by its timeout resetting 1 connection:\n%s", old.Role, vip, timelineJSON(e.ctx, old))
+	} else {
+		last := rec.Steps[len(rec.Steps)-1]
+		t.Logf("%s's drain of %s: %q after %v", old.Role, vip, last.Step, last.Took.Round(time.Millisecond))
+	}
+	again, err := dialSMB(e.ctx, e.client, vip.Addr())
+	if err != nil {
+		t.Fatalf("reconnecting after the drain: %v", err)
+	}
+	e.waitFlows(to, to, false, again.Key())
+	again.conn.Close()
+
+	// --kill: no drain, the connections are reset at once
+	idle, err := dialNFS(e.ctx, e.client, vip.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := blockedRead(idle)
+	e.waitFlows(old, to, false, idle.Key())
+	kill := time.Now()
+	if out, err := to.Admin(e.ctx, "move", vip.Addr().String(), old.IP().String(), "--kill"); err != nil {
+		t.Fatalf("fsha move --kill: %v: %s", err, out)
+	}
+	d := e.waitReset("idle NFS client of a VIP moved with --kill", done, kill)
+	t.Logf("move --kill: idle client reset after %v", d.Round(time.Millisecond))
+	e.waitConverged(e.c.Nodes...)
+	if o := e.owner(vip); o != old {
+		t.Fatalf("%s on %s after the move --kill, want %s", vip, o.Role, old.Role)
+	}
+	if rec, ok := lastRecord(e.ctx, to, vip, "drain"); ok && rec.Steps[0].At.After(kill) {
+		t.Errorf("%s drained %s after a move --kill:\n%s", to.Role, vip, timelineJSON(e.ctx, to))
+	}
+	rel, ok := lastRecord(e.ctx, to, vip, "release")
+	if !ok || rel.Steps[0].At.Before(kill) || !slices.ContainsFunc(rel.Steps, func(s admin.TimelineStep) bool {
+		return strings.HasPrefix(s.Step, "connections reset (1 of 1)")
+	}) {
+		t.Errorf("%s's timeline has no release of %s resetting its connection:\n%s", to.Role, vip, timelineJSON(e.ctx, to))
+	}
+}
