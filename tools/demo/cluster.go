@@ -70,6 +70,29 @@ func runCluster(ctx context.Context, out io.Writer, newLab func() (*lab.Lab, err
 		return err
 	}
 	p.say("%d reads so far, each answered by %s (the node holding %s)", reads.count(), old.Role, vip.Addr())
+	sess, err := client.StartSMBSession(vip.Addr())
+	if err != nil {
+		return err
+	}
+	if err := sess.Command("ls hello.txt"); err != nil {
+		return err
+	}
+	if err := waitLog(ctx, sess.Process, "hello.txt"); err != nil {
+		return err
+	}
+	// let the other nodes learn of the session (connection replication)
+	time.Sleep(500 * time.Millisecond)
+	var sessPort uint16
+	flows, err := old.Flows(ctx)
+	if err != nil {
+		return err
+	}
+	for _, fl := range flows {
+		if fl.VIP == vip.Addr() && fl.VPort == lab.SMBPort && fl.Client == client.IP() && fl.State == "established" {
+			sessPort = fl.CPort
+		}
+	}
+	p.say("c1 also keeps an interactive smbclient session to %s open, idle (the nodes replicate its connection)", vip.Addr())
 
 	p.step("power cut of %s: SIGKILL to its fsha, smbd and nfs-ganesha, then its link goes down", old.Role)
 	p.say("meanwhile c1 also opens a new TCP connection to %s:445 every 10 ms, and a packet socket on c1 notes which node answers", vip.Addr())
@@ -82,7 +105,14 @@ func runCluster(ctx context.Context, out io.Writer, newLab func() (*lab.Lab, err
 		return err
 	}
 	reads.stop()
+	for _, fr := range f.frames {
+		if sessPort != 0 && !fr.ARP && fr.DstPort == sessPort && fr.Flags&lab.FlagRST != 0 &&
+			bytes.Equal(fr.Src, f.nextMAC) && fr.At.After(f.cut) && f.reset.IsZero() {
+			f.reset = fr.At
+		}
+	}
 	f.print(p, old)
+	_ = sess.Close(ctx) // its connection is gone: whatever smbclient says
 	p.say("%-9s %s  c1's smbclient reads hello.txt again (its attempt made during the gap waited for TCP's 1 s SYN retry)",
 		"+"+ms(firstRead.Sub(f.cut)), clock(firstRead))
 	p.say("")
@@ -154,6 +184,9 @@ type failoverResult struct {
 	takeover  admin.Takeover
 	firstConn time.Time // first connection answered by the new owner
 	lastOld   time.Time // last frame from the old owner
+	reset     time.Time // the open session's reset by the new owner
+	frames    []lab.Frame
+	nextMAC   []byte
 	probes    int
 }
 
@@ -223,7 +256,11 @@ func failover(ctx context.Context, c *lab.Cluster, vip netip.Prefix, f fault) (*
 	if res.next == nil {
 		return nil, fmt.Errorf("no new connection to %s answered by another node within %v", vip.Addr(), convergeTimeout)
 	}
-	for _, fr := range w.Frames() {
+	if res.nextMAC, err = res.next.MAC(); err != nil {
+		return nil, err
+	}
+	res.frames = w.Frames()
+	for _, fr := range res.frames {
 		if bytes.Equal(fr.Src, oldMAC) {
 			res.lastOld = fr.At
 		}
@@ -250,6 +287,12 @@ func failover(ctx context.Context, c *lab.Cluster, vip netip.Prefix, f fault) (*
 		for _, t := range tl {
 			if t.Kind == "takeover" && t.VIP == vip.String() && len(t.Steps) > 0 && t.Steps[0].At.After(res.cut) {
 				res.takeover = t
+				// the tickles finish after the takeover is recorded
+				if time.Since(res.firstConn) < 2*time.Second && !slices.ContainsFunc(t.Steps, func(s admin.TimelineStep) bool {
+					return strings.HasPrefix(s.Step, "tickle repeats done")
+				}) {
+					return errors.New("tickles not done yet")
+				}
 				return nil
 			}
 		}
@@ -280,6 +323,9 @@ func (f *failoverResult) print(p printer, old *lab.ClusterNode) {
 		events = append(events, event{s.At, fmt.Sprintf("%s: %s", f.next.Role, what)})
 	}
 	events = append(events, event{f.firstConn, fmt.Sprintf("c1: new connection to %s:445 answered by %s", f.vip.Addr(), f.next.Role)})
+	if !f.reset.IsZero() {
+		events = append(events, event{f.reset, fmt.Sprintf("c1: its idle smbclient session is reset by %s (tickle ACK, challenge ACK, RST) instead of hanging", f.next.Role)})
+	}
 	sort.SliceStable(events, func(i, j int) bool { return events[i].at.Before(events[j].at) })
 	for _, e := range events {
 		p.say("%-9s %s  %s", "+"+ms(e.at.Sub(f.cut)), clock(e.at), e.what)
