@@ -252,6 +252,8 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	takeovers := metrics.NewTakeovers()
 	timing := node.DefaultTiming()
 	timing.Lease = c.Duration("lease")
+	// a stall matters once the lease has run out meanwhile
+	timing.Stall = timing.Lease
 	var mac [6]byte
 	if ifi, err := net.InterfaceByName(ifaces[0]); err == nil && len(ifi.HardwareAddr) == 6 {
 		copy(mac[:], ifi.HardwareAddr)

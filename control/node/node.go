@@ -90,7 +90,9 @@ type Timing struct {
 	// another node takes its VIPs.
 	Lease time.Duration
 	// Stall is the gap between two loop runs taken as a freeze (SIGSTOP,
-	// VM pause): the node then releases everything at once.
+	// VM pause): the node then releases everything at once. It is the
+	// lease: past it the data plane was fenced and the others may be
+	// taking the VIPs over.
 	Stall time.Duration
 	// HoldDown is how long the node stays out after a freeze or a start,
 	// until its view of the cluster is fresh again.
@@ -108,7 +110,7 @@ type Timing struct {
 // declare a node dead).
 func DefaultTiming() Timing {
 	return Timing{
-		Tick: 50 * time.Millisecond, Lease: 300 * time.Millisecond, Stall: 250 * time.Millisecond,
+		Tick: 50 * time.Millisecond, Lease: 300 * time.Millisecond, Stall: 300 * time.Millisecond,
 		HoldDown: 2 * time.Second, Rejoin: time.Second, Settle: 300 * time.Millisecond,
 	}
 }
@@ -157,6 +159,7 @@ type Node struct {
 	badMessages   uint64
 	view          view
 	settledSince  time.Time // when the eligible set last changed
+	lockSince     time.Time // when this node took the cluster lock
 	timeline      []admin.Takeover
 	metaDirty     bool
 	onAlive       func(map[int]netip.Addr)
@@ -187,6 +190,7 @@ type view struct {
 	quorum   bool
 	aliveN   int
 	selfOK   bool
+	healthy  bool
 }
 
 // New builds a node; Run starts it.
@@ -437,8 +441,24 @@ func (n *Node) reconcile(ctx context.Context) {
 		go n.onAlive(alive)
 	}
 	n.forgetDeadPeers(v, start)
+	if !prev.lastRunZero() && joined(v.alive, prev.alive) {
+		// A node (re)joined, maybe across a healed partition: clients on
+		// its side may still have our VIPs at another MAC. Announce again.
+		for i := range n.held {
+			if n.held[i] {
+				n.announceLocked(ctx, i, n.pickInterface(n.cfg.VIPs[i]))
+			}
+		}
+	}
 	if !slices.Equal(v.eligible, prev.eligible) {
 		n.settledSince = start
+	}
+	if v.healthy && !prev.healthy && !prev.lastRunZero() {
+		// Back from a link or service failure: what the membership says
+		// about the others may be stale (a peer "died" while we could not
+		// see it). Stay out until the view is fresh.
+		n.holdDownUntil = start.Add(n.cfg.Timing.HoldDown)
+		n.metaDirty = true
 	}
 	if v.quorum != prev.quorum || v.selfOK != prev.selfOK {
 		n.log.Info("state", zap.Bool("quorum", v.quorum), zap.Int("alive", v.aliveN), zap.Bool("eligible", v.selfOK))
@@ -458,7 +478,7 @@ func (n *Node) reconcile(ctx context.Context) {
 		}
 	} else {
 		for i := range n.held {
-			if n.held[i] && v.target[i] != n.cfg.Self {
+			if n.held[i] && (v.target[i] != n.cfg.Self || v.current[i] != n.cfg.Self) {
 				reason := n.releaseReason(v, i)
 				if n.plannedLocked(v, i, reason) {
 					n.startDrainLocked(i, reason, v.target[i])
@@ -502,6 +522,29 @@ func (n *Node) reconcile(ctx context.Context) {
 			}
 		}()
 	}
+}
+
+// lastRunZero tells a view never computed (the first run) from a real one.
+func (v view) lastRunZero() bool { return v.alive == nil }
+
+// joined tells whether now has a member that before had not.
+func joined(now, before map[int]membership.Member) bool {
+	for k := range now {
+		if _, ok := before[k]; !ok {
+			return true
+		}
+	}
+	return false
+}
+
+// announceLocked (re)starts the announcements of held VIP i.
+func (n *Node) announceLocked(ctx context.Context, i int, iface string) (time.Time, error) {
+	if c := n.cancelAnnoun[i]; c != nil {
+		c()
+	}
+	actx, cancel := context.WithCancel(ctx)
+	n.cancelAnnoun[i] = cancel
+	return n.dp.Announce(actx, iface, n.cfg.VIPs[i].VIP())
 }
 
 func sameKeys(a, b map[int]membership.Member) bool {
@@ -573,27 +616,40 @@ func (n *Node) computeView(now time.Time) view {
 			continue
 		}
 		if m, ok := byAddr[nd.Addr]; ok && (m.State == membership.Alive || m.State == membership.Suspect) {
+			// A suspect still holds its VIPs, but does not make a
+			// majority: a node cut off from the others lets go as soon
+			// as it suspects them, before they declare it dead.
 			v.alive[nd.PNN] = m
-			v.aliveN++
+			if m.State == membership.Alive {
+				v.aliveN++
+			}
 		}
 	}
 
 	qs := quorum.State{Alive: v.aliveN, Total: total, LockEnabled: n.cfg.Lock != nil}
 	if lock := n.cfg.Lock; lock != nil {
-		if qs.NeedsLock() && !lock.Held() {
+		// Only a node fit to serve may win the lock: a node cut off by
+		// its own link failure must leave it to the healthy one.
+		fit := n.health.Healthy() && !n.disabled && !now.Before(n.bannedUntil)
+		if qs.NeedsLock() && fit && !lock.Held() {
 			if ok, err := lock.TryAcquire(); err != nil {
 				n.log.Warn("cluster lock", zap.Error(err))
 			} else if ok {
+				n.lockSince = now
 				n.log.Info("took the cluster lock", zap.String("lock", lock.Path()))
 			}
-		} else if !qs.NeedsLock() && lock.Held() {
+		} else if (!qs.NeedsLock() || !fit) && lock.Held() {
 			if err := lock.Release(); err != nil {
 				n.log.Warn("release cluster lock", zap.Error(err))
 			}
 		}
-		qs.LockHeld = lock.Held()
+		// The lock makes a quorum only after one lease: by then the other
+		// side, which lost its majority when it began to suspect us, has
+		// let go of its VIPs and its data plane is fenced.
+		qs.LockHeld = lock.Held() && now.Sub(n.lockSince) >= n.cfg.Timing.Lease+n.cfg.Timing.Tick
 	}
 	v.quorum = qs.Has()
+	v.healthy = n.health.Healthy()
 
 	v.selfOK = v.quorum && n.health.Healthy() && !n.disabled && !now.Before(n.bannedUntil) && !now.Before(n.holdDownUntil)
 	if v.selfOK {
@@ -609,12 +665,14 @@ func (n *Node) computeView(now time.Time) view {
 	}
 	slices.Sort(v.eligible)
 
+	// A VIP two nodes announce (after a partition heals, or a stale view)
+	// counts as the lowest-numbered one's, on every node alike: the
+	// allocation keeps it there and the other one lets it go.
 	v.current = make([]int, len(n.cfg.VIPs))
 	for i := range v.current {
 		v.current[i] = allocation.None
 		if n.held[i] {
 			v.current[i] = n.cfg.Self
-			continue
 		}
 		for pnn, m := range v.alive {
 			if m.MetaErr == nil && m.Meta.ConfigHash == n.hash && m.Meta.Held.Has(i) &&
@@ -659,6 +717,8 @@ func (n *Node) computeView(now time.Time) view {
 
 func (n *Node) releaseReason(v view, i int) string {
 	switch {
+	case v.current[i] != n.cfg.Self && v.current[i] != allocation.None:
+		return "also held by " + n.cfg.Nodes[v.current[i]].Addr.String()
 	case n.disabled:
 		return "disabled"
 	case time.Now().Before(n.bannedUntil):
@@ -707,9 +767,7 @@ func (n *Node) takeLocked(ctx context.Context, i int, reason, from string, prevO
 	step("address up")
 	n.held[i] = true
 	n.metaDirty = true
-	actx, cancel := context.WithCancel(ctx)
-	n.cancelAnnoun[i] = cancel
-	first, err := n.dp.Announce(actx, iface, vip.VIP())
+	first, err := n.announceLocked(ctx, i, iface)
 	if err != nil {
 		n.log.Warn("announce", zap.Stringer("vip", vip.Prefix), zap.Error(err))
 	} else {
