@@ -160,6 +160,7 @@ type Node struct {
 	view          view
 	settledSince  time.Time // when the eligible set last changed
 	lockSince     time.Time // when this node took the cluster lock
+	wasHealthy    bool      // healthy at least once since the start
 	timeline      []admin.Takeover
 	metaDirty     bool
 	onAlive       func(map[int]netip.Addr)
@@ -453,13 +454,14 @@ func (n *Node) reconcile(ctx context.Context) {
 	if !slices.Equal(v.eligible, prev.eligible) {
 		n.settledSince = start
 	}
-	if v.healthy && !prev.healthy && !prev.lastRunZero() {
+	if v.healthy && !prev.healthy && n.wasHealthy {
 		// Back from a link or service failure: what the membership says
 		// about the others may be stale (a peer "died" while we could not
 		// see it). Stay out until the view is fresh.
 		n.holdDownUntil = start.Add(n.cfg.Timing.HoldDown)
 		n.metaDirty = true
 	}
+	n.wasHealthy = n.wasHealthy || v.healthy
 	if v.quorum != prev.quorum || v.selfOK != prev.selfOK {
 		n.log.Info("state", zap.Bool("quorum", v.quorum), zap.Int("alive", v.aliveN), zap.Bool("eligible", v.selfOK))
 		n.metaDirty = true
