@@ -420,3 +420,20 @@ func (e *env) resetsTo(w *lab.Watch, since time.Time, keys ...string) []string {
 	}
 	return out
 }
+
+// vipViews is what every live node's `fsha ip` says of vip, one line per
+// node, for failure messages: nodes that disagree on the target show.
+func (e *env) vipViews(vip netip.Prefix) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var b strings.Builder
+	for _, n := range e.up() {
+		ip, err := ipOf(ctx, n, vip)
+		if err != nil {
+			fmt.Fprintf(&b, "\n  %s: %v", n.Role, err)
+			continue
+		}
+		fmt.Fprintf(&b, "\n  %s says %s: owner %q target %q state %s draining_from %q", n.Role, vip, ip.Owner, ip.Target, ip.State, ip.DrainingFrom)
+	}
+	return b.String()
+}

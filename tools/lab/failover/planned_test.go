@@ -122,7 +122,7 @@ func (e *env) drain(phase string, vip netip.Prefix, trigger func(), want *lab.Cl
 	start := time.Now()
 	trigger()
 	var next *lab.ClusterNode
-	e.eventually(phase+": "+vip.String()+" announced by another node, on "+old.Role+"'s loopback", func(ctx context.Context) error {
+	e.eventuallyVIP(vip, phase+": "+vip.String()+" announced by another node, on "+old.Role+"'s loopback", func(ctx context.Context) error {
 		o, err := e.c.Owner(vip)
 		if err != nil {
 			return err
@@ -251,6 +251,15 @@ func (e *env) drain(phase string, vip netip.Prefix, trigger func(), want *lab.Cl
 	}
 }
 
+// eventuallyVIP is eventually, with every node's view of vip in the
+// failure message.
+func (e *env) eventuallyVIP(vip netip.Prefix, what string, check func(ctx context.Context) error) {
+	e.t.Helper()
+	if err := lab.Eventually(e.ctx, failoverTimeout, what, check); err != nil {
+		e.t.Fatalf("%v%s", err, e.vipViews(vip))
+	}
+}
+
 // socketOf waits until the named client process has exactly one
 // connection to vip:port and returns it.
 func (e *env) socketOf(vip netip.Prefix, port uint16, process string) string {
@@ -355,10 +364,17 @@ func TestFailback(t *testing.T) {
 		}
 	}()
 	var keys []string
+	var watches []*lab.Watch
 	for _, vs := range all {
 		for _, s := range vs.sessions {
 			keys = append(keys, s.rc.Key())
 		}
+		w, err := e.client.WatchAddr(vs.vip.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		watches = append(watches, w)
 	}
 	for _, p := range e.c.Others(gone, surv) {
 		e.waitFlows(p, surv, false, keys...)
@@ -368,7 +384,7 @@ func TestFailback(t *testing.T) {
 	e.powerUp(gone)
 	t.Logf("%s powered up in %v", gone.Role, time.Since(start).Round(time.Millisecond))
 	var back netip.Prefix
-	e.eventually(gone.Role+" gets a VIP of "+surv.Role+" back, draining", func(ctx context.Context) error {
+	e.eventuallyVIP(vip, gone.Role+" gets a VIP of "+surv.Role+" back, draining", func(ctx context.Context) error {
 		h, err := gone.HeldVIPs()
 		if err != nil {
 			return err
@@ -401,6 +417,11 @@ func TestFailback(t *testing.T) {
 
 	// the sessions keep talking through the steering
 	time.Sleep(2 * time.Second)
+	for _, w := range watches {
+		for _, r := range e.resetsTo(w, start, keys...) {
+			t.Errorf("failback: %s: a session was reset instead of steered", r)
+		}
+	}
 	for _, vs := range all {
 		for _, s := range vs.sessions {
 			if err := s.Err(); err != nil {
