@@ -120,6 +120,10 @@ type trialResult struct {
 	// loop stalled" reports.
 	hostStall    time.Duration
 	daemonStalls []float64
+	// holders is how many surviving nodes had the VIP on eth0 when the
+	// trial ended (after the blocked client's wait): 1 unless it moved
+	// again or was dropped after it first answered.
+	holders int
 	// fenced counts the VIP packets the survivors' data planes dropped
 	// because their lease had run out (fsha only).
 	fenced uint64
@@ -241,7 +245,7 @@ func (b *failoverBench) run(ctx context.Context, log *zap.Logger, out io.Writer)
 				log.Info("trial", zap.String("system", name), zap.String("failure", f), zap.Int("n", k+1),
 					zap.String("vip_owner", tr.owner), zap.String("connect", fmtDur(tr.connect, b.probe.Limit)),
 					zap.String("reset", fmtDur(tr.reset, b.blockTimeout)), zap.String("outcome", tr.outcome),
-					zap.Duration("host_stall", tr.hostStall), zap.Float64s("fsha_stalls", tr.daemonStalls),
+					zap.Int("holders_after", tr.holders), zap.Duration("host_stall", tr.hostStall), zap.Float64s("fsha_stalls", tr.daemonStalls),
 					zap.Uint64("fenced", tr.fenced), zap.String("decision", fmtDur(tr.decision, 0)),
 					zap.String("arp_at_client", fmtDur(tr.garpSeen, 0)), zap.String("tickle_at_client", fmtDur(tr.tickleSeen, 0)))
 			}
@@ -353,10 +357,13 @@ func (b *failoverBench) trial(ctx context.Context, log *zap.Logger, c *lab.Clust
 		}
 		tr.daemonStalls = append(tr.daemonStalls, st...)
 	}
-	if newOwner, err := c.Owner(prefix, survivors...); err == nil {
-		sys.explain(ctx, newOwner, prefix, t0, &tr)
-	} else {
-		log.Warn("after the failure", zap.Error(err))
+	holders, err := c.Holders(prefix, survivors...)
+	if err != nil {
+		return tr, err
+	}
+	tr.holders = len(holders)
+	if len(holders) == 1 {
+		sys.explain(ctx, holders[0], prefix, t0, &tr)
 	}
 	// the watch reads its socket on its own goroutine: let it catch up
 	time.Sleep(100 * time.Millisecond)
@@ -588,7 +595,8 @@ func (b *failoverBench) report(out io.Writer, runs []*failoverRun, took time.Dur
 	fmt.Fprintf(out, "VIP answers = failure -> first new TCP connection to VIP:445 accepted (a connect every %v, each\n", b.probe.Interval)
 	fmt.Fprintf(out, "given %v); blocked reset = failure -> ECONNRESET in an idle SMB client blocked in read (bound %v).\n", b.probe.AttemptTTL, b.blockTimeout)
 	fmt.Fprintf(out, "network down = owner's eth0 down; power down = eth0 down, then SIGKILL to all its processes.\n")
-	fmt.Fprintf(out, "p95 = nearest rank (19th of 20); trials alternate the failures and rotate over the VIPs.\n")
+	fmt.Fprintf(out, "p95 = nearest rank (%s of %d); trials alternate the failures and rotate over the VIPs.\n",
+		ordinal(int(math.Ceil(0.95*float64(b.trials)))), b.trials)
 	fmt.Fprintf(out, "machine during the run: %s\n\n", b.load.summary())
 	t := &table{header: []string{"system", "failure", "metric", "n", "median", "p95", "max", "target", "result"}}
 	var notes []string
@@ -629,7 +637,7 @@ func (b *failoverBench) report(out io.Writer, runs []*failoverRun, took time.Dur
 				fmtDur(percentile(m.xs, 50), m.bound), fmtDur(percentile(m.xs, 95), m.bound),
 				fmtDur(slices.Max(m.xs), m.bound), tgt, result)
 		}
-		var hostStalls, daemonStalls, fencedTrials int
+		var hostStalls, daemonStalls, fencedTrials, notHeld int
 		var fenced uint64
 		var worstHost time.Duration
 		var worstDaemon float64
@@ -637,6 +645,9 @@ func (b *failoverBench) report(out io.Writer, runs []*failoverRun, took time.Dur
 			if tr.hostStall > 0 {
 				hostStalls++
 				worstHost = max(worstHost, tr.hostStall)
+			}
+			if tr.holders != 1 {
+				notHeld++
 			}
 			if tr.fenced > 0 {
 				fencedTrials++
@@ -650,6 +661,10 @@ func (b *failoverBench) report(out io.Writer, runs []*failoverRun, took time.Dur
 		if hostStalls > 0 || daemonStalls > 0 {
 			notes = append(notes, fmt.Sprintf("%s, %s: %d trials with this process stalled >= 100 ms (worst %v); %d with a survivor's fsha reporting \"control loop stalled\" (worst %.0f ms)",
 				r.system, failureNames[r.failure], hostStalls, worstHost.Round(time.Millisecond), daemonStalls, worstDaemon*1000))
+		}
+		if notHeld > 0 {
+			notes = append(notes, fmt.Sprintf("%s, %s: %d trials in which, at their end, the VIP was not on exactly one surviving node (it answered, then was dropped or moved again)",
+				r.system, failureNames[r.failure], notHeld))
 		}
 		if fencedTrials > 0 {
 			notes = append(notes, fmt.Sprintf("%s, %s: %d trials in which a survivor dropped VIP packets as fenced (lease run out), %d packets",
@@ -702,4 +717,18 @@ func (b *failoverBench) report(out io.Writer, runs []*failoverRun, took time.Dur
 		return bt.write(out)
 	}
 	return nil
+}
+
+func ordinal(n int) string {
+	suffix := "th"
+	switch {
+	case n%100 >= 11 && n%100 <= 13:
+	case n%10 == 1:
+		suffix = "st"
+	case n%10 == 2:
+		suffix = "nd"
+	case n%10 == 3:
+		suffix = "rd"
+	}
+	return fmt.Sprint(n) + suffix
 }

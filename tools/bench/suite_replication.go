@@ -1043,7 +1043,8 @@ func (b *replicationBench) report(out io.Writer, lr *replLabResult, ip *replInPr
 
 	fmt.Fprintf(out, "\npeer_flows map memory (hash, BPF_F_NO_PREALLOC, max_entries %s as the daemon loads it):\n", thousands(dataplane.DefaultPeerFlowsMax))
 	fmt.Fprintf(out, "memlock = the kernel's own account (/proc/self/fdinfo, bpftool's bytes_memlock); slab = /proc/meminfo\n")
-	fmt.Fprintf(out, "Slab + Percpu of the whole machine (noisy)\n\n")
+	fmt.Fprintf(out, "Slab + Percpu of the whole machine since the maps were emptied (noisy: other work, and the slab\n")
+	fmt.Fprintf(out, "pages the storm's deleted entries left behind are reused first)\n\n")
 	mt := &table{header: []string{"entries", "memlock (one map)", "per entry above empty", "slab delta (both peers' maps)", "per entry"}}
 	base := ip.mem[0]
 	for _, m := range ip.mem {
