@@ -43,7 +43,7 @@ func FastTiming() Timing {
 	return Timing{
 		ProbeInterval: 100 * time.Millisecond, ProbeTimeout: 50 * time.Millisecond,
 		SuspicionMult: 3, SuspicionMaxTimeoutMult: 2,
-		GossipInterval: 50 * time.Millisecond, PushPullInterval: 15 * time.Second,
+		GossipInterval: 50 * time.Millisecond, PushPullInterval: 5 * time.Second,
 	}
 }
 
@@ -242,6 +242,20 @@ func (m *Membership) UpdateMeta(timeout time.Duration) error {
 // Broadcast queues msg for every member; it is retransmitted a few times.
 func (m *Membership) Broadcast(msg []byte) {
 	m.queue.QueueBroadcast(broadcast(append([]byte(nil), msg...)))
+}
+
+// SendAll sends msg to every other live member over memberlist's reliable
+// (TCP) channel, waiting for each; failures are logged, the gossip
+// broadcast and push/pull are the second chance.
+func (m *Membership) SendAll(msg []byte) {
+	for _, n := range m.ml.Members() {
+		if n.Name == m.ml.LocalNode().Name {
+			continue
+		}
+		if err := m.ml.SendReliable(n, msg); err != nil {
+			m.log.Warn("send to member", zap.String("node", n.Name), zap.Error(err))
+		}
+	}
 }
 
 // Leave tells the cluster this node goes away, then stops gossip.

@@ -130,7 +130,9 @@ func (n *Node) Move(_ context.Context, vip netip.Addr, node string, kill bool) e
 	n.pinClock++
 	p := pin{PNN: pnn, Version: n.pinClock, Origin: n.cfg.Self, Kill: kill}
 	n.pins[idx] = p
-	n.gossip.Broadcast(encodePinMsg(idx, p))
+	msg := encodePinMsg(idx, p)
+	n.gossip.Broadcast(msg)
+	go n.gossip.SendAll(msg)
 	n.log.Info("move requested", zap.Stringer("vip", vip), zap.Int("to", pnn), zap.Bool("kill", kill))
 	n.poke()
 	return nil

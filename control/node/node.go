@@ -72,6 +72,9 @@ type Gossip interface {
 	Join(peers []netip.Addr) (int, error)
 	UpdateMeta(timeout time.Duration) error
 	Broadcast(msg []byte)
+	// SendAll sends msg to every live member over TCP: for what must not
+	// be lost (an operator's move).
+	SendAll(msg []byte)
 	Leave(timeout time.Duration) error
 }
 
@@ -161,6 +164,7 @@ type Node struct {
 	settledSince  time.Time // when the eligible set last changed
 	lockSince     time.Time // when this node took the cluster lock
 	wasHealthy    bool      // healthy at least once since the start
+	handedOver    bool      // a VIP was released or drained since the last state push
 	timeline      []admin.Takeover
 	metaDirty     bool
 	onAlive       func(map[int]netip.Addr)
@@ -518,9 +522,25 @@ func (n *Node) reconcile(ctx context.Context) {
 
 	if n.metaDirty {
 		n.metaDirty = false
+		// A VIP let go is waited for by its next holder: besides the
+		// gossip (UDP, may be lost), push our state to every peer over
+		// TCP (memberlist's push/pull), so a handover never waits for
+		// the next periodic push/pull.
+		var peers []netip.Addr
+		if n.handedOver {
+			n.handedOver = false
+			for pnn := range v.alive {
+				peers = append(peers, n.cfg.Nodes[pnn].Addr)
+			}
+		}
 		go func() {
 			if err := n.gossip.UpdateMeta(time.Second); err != nil {
 				n.log.Debug("announce state", zap.Error(err))
+			}
+			if len(peers) > 0 {
+				if _, err := n.gossip.Join(peers); err != nil {
+					n.log.Debug("push state", zap.Error(err))
+				}
 			}
 		}()
 	}
@@ -727,10 +747,16 @@ func (n *Node) releaseReason(v view, i int) string {
 		return "banned"
 	case !n.health.Healthy():
 		return "unhealthy"
-	case n.pins[i].PNN == v.target[i] && v.target[i] != allocation.None:
+	case n.pinnedTo(i, v.target[i]):
 		return "move"
 	}
 	return "rebalance"
+}
+
+// pinnedTo tells whether an operator moved VIP i to pnn.
+func (n *Node) pinnedTo(i, pnn int) bool {
+	p, ok := n.pins[i]
+	return ok && pnn != allocation.None && p.PNN == pnn
 }
 
 func (n *Node) takeReason(prev view, i int) (string, string) {
@@ -758,6 +784,17 @@ func (n *Node) takeLocked(ctx context.Context, i int, reason, from string, prevO
 	if n.draining[i].active {
 		// it comes back to us while draining: off loopback, on the interface
 		n.endDrainLocked(i, "taken back")
+	}
+	if prevOwner != allocation.None && prevOwner != n.cfg.Self && n.peerDrains(prevOwner, i) {
+		// Steer the old connections before the address is up and
+		// announced: a packet of theirs reaching our stack first would be
+		// answered with a RST.
+		k := steerKey{i, prevOwner}
+		n.steered[k] = true
+		if err := n.dp.Steer(vip.VIP(), prevOwner, n.view.alive[prevOwner].Meta.MAC, true, len(n.steered)); err != nil {
+			n.log.Warn("steer", zap.Error(err))
+		}
+		step("steering the old connections to " + n.cfg.Nodes[prevOwner].Addr.String())
 	}
 	rec.Iface = iface
 	if err := n.dp.AddVIP(iface, vip.Prefix); err != nil {
@@ -834,7 +871,7 @@ func (n *Node) startDrainLocked(i int, reason string, to int) {
 	}
 	n.held[i] = false
 	n.draining[i] = drain{active: true, since: t0, t0: t0}
-	n.metaDirty = true
+	n.metaDirty, n.handedOver = true, true
 	n.log.Info("draining", zap.Stringer("vip", vip.Prefix), zap.String("reason", reason),
 		zap.String("to", n.cfg.Nodes[to].Addr.String()), zap.Duration("timeout", n.cfg.DrainTimeout))
 	n.recordLocked(rec)
@@ -1023,7 +1060,7 @@ func (n *Node) releaseLocked(i int, reason string) {
 	now := time.Now()
 	rec.Steps = append(rec.Steps, admin.TimelineStep{Step: "address down", At: now, Took: now.Sub(t0)})
 	n.held[i] = false
-	n.metaDirty = true
+	n.metaDirty, n.handedOver = true, true
 	n.log.Info("released", zap.Stringer("vip", vip.Prefix), zap.String("reason", reason))
 	n.recordLocked(rec)
 	go n.runHooks(context.Background(), "releaseip", vip, rec.Iface, t0)

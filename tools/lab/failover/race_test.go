@@ -1,8 +1,6 @@
-//go:build knownbugs
-
-// Tests of fsha bugs found by this package and not fixed yet: they fail
-// today. `go test -tags knownbugs -run 'TestMoveBusyConnection|TestFailbackReasonNodeZero|TestMoveLostBroadcast' ./tools/lab/failover/`
-// runs them; drop the build tag once the bugs are fixed.
+// Regression tests of fsha bugs this package found: a planned move that
+// announced the VIP before steering (RSTs to old connections), a lost move
+// broadcast that left a VIP on no node, a failback to node 0 named "move".
 
 package failover
 
