@@ -40,48 +40,64 @@ func registerLabFlags(fs *flag.FlagSet) {
 	if fs.Lookup("fsha-bin") != nil {
 		return
 	}
-	fs.StringVar(&labOpts.fsha, "fsha-bin", "bin/fsha", "failover, replication: the fsha binary the lab nodes run (make build); built into the lab's directory when missing")
+	fs.StringVar(&labOpts.fsha, "fsha-bin", "bin/fsha", "failover, replication: the fsha binary the lab nodes run (a copy of it; make build); built from this tree when missing")
 	fs.BoolVar(&labOpts.keep, "lab-keep", false, "failover, replication: keep the lab's run directory (configs, logs) after the suite")
 }
 
-// benchLab builds an empty lab with the fsha binary (building one when
-// -fsha-bin does not exist). The caller closes it.
-func benchLab(ctx context.Context, log *zap.Logger) (*lab.Lab, error) {
+// benchLab builds an empty lab whose nodes run a private copy of the fsha
+// binary (-fsha-bin, or a build of this tree when that does not exist):
+// a `make build` elsewhere during the run cannot swap the binary under a
+// node that restarts. The caller closes the lab.
+func benchLab(ctx context.Context, log *zap.Logger) (_ *lab.Lab, err error) {
 	labLog := log.Named("lab")
 	if !log.Core().Enabled(zapcore.DebugLevel) {
 		// the lab logs every process start and link change at info
 		labLog = labLog.WithOptions(zap.IncreaseLevel(zapcore.WarnLevel))
 	}
-	bin, err := filepath.Abs(labOpts.fsha)
+	dir, err := os.MkdirTemp("", "fsha-bench-bin-")
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("temp dir for fsha: %w", err)
 	}
-	built := ""
-	if st, err := os.Stat(bin); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
-		dir, err := os.MkdirTemp("", "fsha-bench-bin-")
+	defer func() {
 		if err != nil {
-			return nil, fmt.Errorf("temp dir for fsha: %w", err)
+			os.RemoveAll(dir)
 		}
-		built = dir
-		bin = filepath.Join(dir, "fsha")
-		log.Info("building fsha", zap.String("into", bin))
+	}()
+	bin := filepath.Join(dir, "fsha")
+	if st, serr := os.Stat(labOpts.fsha); serr == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+		if err := copyFile(labOpts.fsha, bin); err != nil {
+			return nil, err
+		}
+	} else {
+		log.Info("no fsha binary, building one", zap.String("fsha_bin", labOpts.fsha), zap.String("into", bin))
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/fsha/fsha/cmd/fsha")
 		if out, err := cmd.CombinedOutput(); err != nil {
-			os.RemoveAll(dir)
 			return nil, fmt.Errorf("build fsha: %w: %s", err, out)
 		}
 	}
 	l, err := lab.New(lab.Options{Fsha: bin, Keep: labOpts.keep, Log: labLog})
 	if err != nil {
-		if built != "" {
-			os.RemoveAll(built)
-		}
 		return nil, err
 	}
-	if built != "" {
-		l.Cleanup("remove the fsha build", func() error { return os.RemoveAll(built) })
-	}
+	l.Cleanup("remove the fsha copy", func() error { return os.RemoveAll(dir) })
 	return l, nil
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("copy fsha: %w", err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o755)
+	if err != nil {
+		return fmt.Errorf("copy fsha: %w", err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return fmt.Errorf("copy fsha: %w", err)
+	}
+	return out.Close()
 }
 
 // smbNegotiate is an SMB2 NEGOTIATE request for dialects 2.0.2 and 2.1,

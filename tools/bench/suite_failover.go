@@ -124,6 +124,9 @@ type trialResult struct {
 	// trial ended (after the blocked client's wait): 1 unless it moved
 	// again or was dropped after it first answered.
 	holders int
+	// preWait is how long the VIP took to answer before the failure,
+	// when that was more than a second (the system was not stable).
+	preWait time.Duration
 	// fenced counts the VIP packets the survivors' data planes dropped
 	// because their lease had run out (fsha only).
 	fenced uint64
@@ -211,6 +214,7 @@ func (b *failoverBench) run(ctx context.Context, log *zap.Logger, out io.Writer)
 		}
 	}()
 	seq := 0
+	fshaRuns := true // NewCluster started it everywhere
 	for _, name := range systems {
 		var sys failSystem
 		switch name {
@@ -220,6 +224,13 @@ func (b *failoverBench) run(ctx context.Context, log *zap.Logger, out io.Writer)
 			sys = newKeepalivedSystem(c, kaDefault, b.stable)
 		case "keepalived-fast":
 			sys = newKeepalivedSystem(c, kaFastest, b.stable)
+		}
+		if _, ka := sys.(*keepalivedSystem); ka && fshaRuns {
+			// keepalived gets the VIPs to itself
+			if err := (&fshaSystem{c: c}).stop(ctx); err != nil {
+				return fmt.Errorf("stop fsha: %w", err)
+			}
+			fshaRuns = false
 		}
 		if err := sys.start(ctx); err != nil {
 			return fmt.Errorf("start %s: %w", sys.label(), err)
@@ -253,6 +264,9 @@ func (b *failoverBench) run(ctx context.Context, log *zap.Logger, out io.Writer)
 		if err := sys.stop(ctx); err != nil {
 			return fmt.Errorf("stop %s: %w", sys.label(), err)
 		}
+		if _, ok := sys.(*fshaSystem); ok {
+			fshaRuns = false
+		}
 	}
 	return nil
 }
@@ -272,8 +286,21 @@ func (b *failoverBench) trial(ctx context.Context, log *zap.Logger, c *lab.Clust
 	tr.owner = owner.Role
 	survivors := c.Others(owner)
 
-	if _, err := client.TryConnect(ctx, dst, 2*time.Second); err != nil {
-		return tr, fmt.Errorf("%s does not answer before the failure: %w", dst, err)
+	// The VIP must answer the client before the failure. Right after a
+	// restore it may not yet (keepalived at 10 ms can flap and leave the
+	// client's ARP entry on a node that let the VIP go, until its next
+	// GARPs 5 s later): wait, and count it.
+	pre := time.Now()
+	err = lab.Eventually(ctx, 20*time.Second, dst.String()+" answers before the failure", func(ctx context.Context) error {
+		_, err := client.TryConnect(ctx, dst, time.Second)
+		return err
+	})
+	if err != nil {
+		return tr, err
+	}
+	if w := time.Since(pre); w > time.Second {
+		tr.preWait = w
+		log.Warn("VIP answered late before the trial", zap.String("vip", dst.String()), zap.Duration("after", w))
 	}
 	blocked, err := dialSMB(ctx, client, dst)
 	if err != nil {
@@ -637,7 +664,7 @@ func (b *failoverBench) report(out io.Writer, runs []*failoverRun, took time.Dur
 				fmtDur(percentile(m.xs, 50), m.bound), fmtDur(percentile(m.xs, 95), m.bound),
 				fmtDur(slices.Max(m.xs), m.bound), tgt, result)
 		}
-		var hostStalls, daemonStalls, fencedTrials, notHeld int
+		var hostStalls, daemonStalls, fencedTrials, notHeld, late int
 		var fenced uint64
 		var worstHost time.Duration
 		var worstDaemon float64
@@ -648,6 +675,9 @@ func (b *failoverBench) report(out io.Writer, runs []*failoverRun, took time.Dur
 			}
 			if tr.holders != 1 {
 				notHeld++
+			}
+			if tr.preWait > 0 {
+				late++
 			}
 			if tr.fenced > 0 {
 				fencedTrials++
@@ -661,6 +691,10 @@ func (b *failoverBench) report(out io.Writer, runs []*failoverRun, took time.Dur
 		if hostStalls > 0 || daemonStalls > 0 {
 			notes = append(notes, fmt.Sprintf("%s, %s: %d trials with this process stalled >= 100 ms (worst %v); %d with a survivor's fsha reporting \"control loop stalled\" (worst %.0f ms)",
 				r.system, failureNames[r.failure], hostStalls, worstHost.Round(time.Millisecond), daemonStalls, worstDaemon*1000))
+		}
+		if late > 0 {
+			notes = append(notes, fmt.Sprintf("%s, %s: %d trials in which the VIP, stable on its node, did not answer the client for more than 1 s before the failure",
+				r.system, failureNames[r.failure], late))
 		}
 		if notHeld > 0 {
 			notes = append(notes, fmt.Sprintf("%s, %s: %d trials in which, at their end, the VIP was not on exactly one surviving node (it answered, then was dropped or moved again)",
