@@ -979,9 +979,10 @@ func wireBytes(d streamDelta) uint64 { return d.payload + 66*(d.segsOut+d.segsBa
 func (b *replicationBench) report(out io.Writer, lr *replLabResult, ip *replInProcResult) error {
 	if lr != nil {
 		fmt.Fprintf(out, "\nreplication in a 3-node lab cluster (fsha defaults: deltas flushed every 10 ms, AES-GCM streams):\n")
-		fmt.Fprintf(out, "%d SMB connections to a VIP opened one at a time; open = the server's answer reached the client ->\n", lr.conns)
-		fmt.Fprintf(out, "the connection is in the other node's peer_flows map (polled every 0.2 ms); close = the client's\n")
-		fmt.Fprintf(out, "RST sent -> gone from it. Bytes: the owner's replication socket to that node (tcp_info)\n\n")
+		fmt.Fprintf(out, "%d SMB connections to a VIP opened one at a time; open = the client's first request written (the\n", lr.conns)
+		fmt.Fprintf(out, "server's quick ACK of it creates the flow) -> the connection is in the other node's peer_flows map\n")
+		fmt.Fprintf(out, "(polled every 0.2 ms); close = the client's RST sent -> gone from it. Bytes: the owner's\n")
+		fmt.Fprintf(out, "replication socket to that node (tcp_info)\n\n")
 		t := &table{header: []string{"to node", "event", "n", "p50", "p99", "max"}}
 		for i, p := range lr.peers {
 			for _, ev := range []struct {
