@@ -249,6 +249,9 @@ func (b *failoverBench) run(ctx context.Context, log *zap.Logger, out io.Writer)
 				vip := seq % len(c.VIPs)
 				seq++
 				tr, err := b.trial(ctx, log, c, sys, f, vip)
+				if err != nil && ctx.Err() != nil {
+					return fmt.Errorf("interrupted: %w", ctx.Err())
+				}
 				if err != nil {
 					return fmt.Errorf("%s, %s, trial %d: %w", sys.label(), failureNames[f], k+1, err)
 				}
