@@ -819,6 +819,15 @@ func (n *Node) takeLocked(ctx context.Context, i int, reason, from string, prevO
 	// are steered to it); any other lost its sockets or reset them.
 	if prevOwner != allocation.None && prevOwner != n.cfg.Self && !n.peerDrains(prevOwner, i) {
 		go n.tickle(ctx, vip, iface, prevOwner, t0)
+	} else if prevOwner == allocation.None {
+		// Nobody held it as far as the last view knew (a stall or a
+		// hold-down hid the death): the connections of any node that is
+		// not alive are just as orphaned.
+		for _, nd := range n.cfg.Nodes {
+			if _, alive := n.view.alive[nd.PNN]; !alive && !nd.Deleted && nd.PNN != n.cfg.Self {
+				go n.tickle(ctx, vip, iface, nd.PNN, t0)
+			}
+		}
 	}
 	go n.runHooks(ctx, "takeip", vip, iface, t0)
 }

@@ -425,7 +425,10 @@ func (n *ClusterNode) NetworkUp() error { return n.LinkUp() }
 func (n *ClusterNode) PowerDown() error {
 	procs := n.Processes()
 	n.logger().Info("power down")
-	var errs []error
+	// The link first: killed processes close their sockets, and the FINs
+	// of a dying server must not reach clients a real power cut leaves
+	// hanging.
+	errs := []error{n.LinkDown()}
 	for _, p := range procs {
 		if err := p.SignalSession(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
 			errs = append(errs, err)
@@ -434,7 +437,6 @@ func (n *ClusterNode) PowerDown() error {
 	for _, p := range procs {
 		errs = append(errs, p.Kill())
 	}
-	errs = append(errs, n.LinkDown())
 	return errors.Join(errs...)
 }
 
