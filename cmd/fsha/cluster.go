@@ -247,7 +247,11 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	}
 	actions := dataplane.NewActions(log, &dp.Maps)
 	defer actions.Close()
-	checker := health.New(log, health.Config{Interfaces: ifaces, Checks: cc.checks})
+	checks := cc.checks
+	if mc := newMonitorCheck(log, c.String("hooks-dir"), cc.nodes[cc.self].Addr.String(), c.Duration("hook-timeout")); mc != nil {
+		checks = append(checks, mc)
+	}
+	checker := health.New(log, health.Config{Interfaces: ifaces, Checks: checks})
 
 	takeovers := metrics.NewTakeovers()
 	timing := node.DefaultTiming()
