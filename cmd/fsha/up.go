@@ -35,6 +35,8 @@ func upCommand(e env) *cli.Command {
 				Usage: "settings file of 'flag-name = value' lines; flags and FSHA_* variables win over it"},
 			&cli.UintFlag{Name: "flows-max", Value: dataplane.DefaultFlowsMax, EnvVars: []string{"FSHA_FLOWS_MAX"},
 				Usage: "capacity of the flows map (least recently used flows are evicted beyond it)"},
+			&cli.UintFlag{Name: "peer-flows-max", Value: dataplane.DefaultPeerFlowsMax, EnvVars: []string{"FSHA_PEER_FLOWS_MAX"},
+				Usage: "capacity of the map of the other nodes' replicated connections (all nodes together)"},
 			&cli.DurationFlag{Name: "prune-interval", Value: 30 * time.Second, EnvVars: []string{"FSHA_PRUNE_INTERVAL"},
 				Usage: "how often flows without a local socket (a killed server, a close missed while restarting) are removed"},
 			&cli.DurationFlag{Name: "stats-interval", Value: time.Minute, EnvVars: []string{"FSHA_STATS_INTERVAL"},
@@ -89,6 +91,7 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 
 	dp, err := dataplane.Load(log, dataplane.Options{
 		PinPath: c.String("pin-path"), FlowsMax: uint32(flowsMax), Interfaces: ifaces,
+		PeerFlowsMax: uint32(min(c.Uint("peer-flows-max"), 1<<28)),
 	})
 	if err != nil {
 		return err
