@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -100,38 +101,50 @@ func (a *Actions) Close() error {
 type TickleResult struct {
 	Conns      int
 	Sent       int
-	FirstRound time.Duration
+	FirstRound time.Duration // sending the first round
+	// FirstRoundAt is when the first round was out (for the timeline).
+	FirstRoundAt time.Time
 	// Resets is how many RSTs this node's stack sent during the tickle
 	// (TcpOutRsts): the answers to the clients' challenge ACKs.
 	Resets int64
 }
 
 // TickleVIP sends tickle ACKs for the replicated connections of vip owned
-// by owner (all owners when owner < 0), out of iface, and waits for the
-// repeats; FirstRound says when the first round was out.
-func (a *Actions) TickleVIP(ctx context.Context, iface string, vip netip.Addr, owner int) (TickleResult, error) {
-	var conns []Conn
+// by one of owners (every owner when owners is nil), out of iface, and
+// waits for the repeats. With forget, the tickled connections are then
+// removed from the peer map: after a takeover their owner's sockets are
+// gone. The peer map is walked once.
+func (a *Actions) TickleVIP(ctx context.Context, iface string, vip netip.Addr, owners []int, forget bool) (TickleResult, error) {
+	var flows []PeerFlow
 	err := a.maps.ForEachPeerFlow(func(f PeerFlow) bool {
-		if f.VIP == vip && (owner < 0 || f.Owner == owner) {
-			conns = append(conns, PeerConn(f))
+		if f.VIP == vip && (owners == nil || slices.Contains(owners, f.Owner)) {
+			flows = append(flows, f)
 		}
 		return true
 	})
 	if err != nil {
 		return TickleResult{}, err
 	}
-	res := TickleResult{Conns: len(conns)}
-	if len(conns) == 0 {
+	res := TickleResult{Conns: len(flows), FirstRoundAt: time.Now()}
+	if len(flows) == 0 {
 		return res, nil
 	}
 	t, err := a.tickler(iface)
 	if err != nil {
 		return res, err
 	}
+	conns := make([]Conn, len(flows))
+	for i, f := range flows {
+		conns[i] = PeerConn(f)
+	}
 	rstBefore := tcpOutRsts()
+	start := time.Now()
 	st, err := t.Tickle(ctx, conns, DefaultTickleRepeats, DefaultTickleSpacing)
-	res.Sent, res.FirstRound = st.Sent, st.FirstRound
+	res.Sent, res.FirstRound, res.FirstRoundAt = st.Sent, st.FirstRound, start.Add(st.FirstRound)
 	res.Resets = tcpOutRsts() - rstBefore
+	if forget {
+		err = errors.Join(err, a.maps.DeletePeerFlows(flows))
+	}
 	return res, err
 }
 
@@ -150,7 +163,7 @@ func (a *Actions) tickler(iface string) (*Tickler, error) {
 }
 
 // DropPeerFlows forgets the replicated connections of owner (of vip only,
-// when vip is valid): after a takeover they have been tickled.
+// when vip is valid): those of a node dead for long.
 func (a *Actions) DropPeerFlows(owner int, vip netip.Addr) (int, error) {
 	return a.maps.DeletePeerFlowsWhere(func(f PeerFlow) bool {
 		return f.Owner == owner && (!vip.IsValid() || f.VIP == vip)

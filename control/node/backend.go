@@ -212,7 +212,7 @@ func (n *Node) Tickle(ctx context.Context, vip netip.Addr) (admin.TickleResult, 
 	a := n.cfg.VIPs[idx]
 	iface := n.pickInterface(a)
 	n.mu.Unlock()
-	res, err := n.dp.TickleVIP(ctx, iface, a.VIP(), allocation.None)
+	res, err := n.dp.TickleVIP(ctx, iface, a.VIP(), nil, false)
 	return admin.TickleResult{VIP: a.Prefix.String(), Conns: res.Conns, Sent: res.Sent, FirstRound: res.FirstRound, Resets: res.Resets}, err
 }
 

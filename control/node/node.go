@@ -37,9 +37,10 @@ type DataPlane interface {
 	Announce(ctx context.Context, iface string, addr netip.Addr) (time.Time, error)
 	RenewLease(d time.Duration) error
 	ExpireLease() error
-	// TickleVIP makes the clients of owner's replicated connections to vip
-	// reconnect now (tickle ACKs); it returns after the repeats.
-	TickleVIP(ctx context.Context, iface string, vip netip.Addr, owner int) (dataplane.TickleResult, error)
+	// TickleVIP makes the clients of the replicated connections to vip of
+	// owners (every owner: nil) reconnect now (tickle ACKs), and with
+	// forget removes them afterwards; it returns after the repeats.
+	TickleVIP(ctx context.Context, iface string, vip netip.Addr, owners []int, forget bool) (dataplane.TickleResult, error)
 	// DropPeerFlows forgets owner's replicated connections (to vip only,
 	// when vip is valid).
 	DropPeerFlows(owner int, vip netip.Addr) (int, error)
@@ -818,15 +819,19 @@ func (n *Node) takeLocked(ctx context.Context, i int, reason, from string, prevO
 	// A previous holder that drains the VIP keeps its connections (they
 	// are steered to it); any other lost its sockets or reset them.
 	if prevOwner != allocation.None && prevOwner != n.cfg.Self && !n.peerDrains(prevOwner, i) {
-		go n.tickle(ctx, vip, iface, prevOwner, t0)
+		go n.tickle(ctx, vip, iface, []int{prevOwner}, t0)
 	} else if prevOwner == allocation.None {
 		// Nobody held it as far as the last view knew (a stall or a
 		// hold-down hid the death): the connections of any node that is
 		// not alive are just as orphaned.
+		var dead []int
 		for _, nd := range n.cfg.Nodes {
 			if _, alive := n.view.alive[nd.PNN]; !alive && !nd.Deleted && nd.PNN != n.cfg.Self {
-				go n.tickle(ctx, vip, iface, nd.PNN, t0)
+				dead = append(dead, nd.PNN)
 			}
+		}
+		if len(dead) > 0 {
+			go n.tickle(ctx, vip, iface, dead, t0)
 		}
 	}
 	go n.runHooks(ctx, "takeip", vip, iface, t0)
@@ -972,7 +977,7 @@ func (n *Node) updateSteeringLocked(ctx context.Context, v view, prev view) {
 			n.recordLocked(admin.Takeover{VIP: vip.Prefix.String(), Iface: n.pickInterface(vip), Kind: "takeover",
 				Reason: "draining node " + n.cfg.Nodes[k.owner].Addr.String() + " died",
 				From:   n.cfg.Nodes[k.owner].Addr.String(), Steps: []admin.TimelineStep{{Step: "decision", At: t0}}})
-			go n.tickle(ctx, vip, n.pickInterface(vip), k.owner, t0)
+			go n.tickle(ctx, vip, n.pickInterface(vip), []int{k.owner}, t0)
 		}
 	}
 	if !changed {
@@ -1004,11 +1009,10 @@ func (n *Node) SteerFor(vip netip.Addr, owner int) bool {
 	return false
 }
 
-// tickle makes the clients of the previous holder's connections to the VIP
-// reconnect to this node at once, then forgets those connections.
-func (n *Node) tickle(ctx context.Context, vip config.PublicAddress, iface string, owner int, t0 time.Time) {
-	start := time.Now()
-	res, err := n.dp.TickleVIP(ctx, iface, vip.VIP(), owner)
+// tickle makes the clients of the previous holders' connections to the VIP
+// reconnect to this node at once; the data plane then forgets them.
+func (n *Node) tickle(ctx context.Context, vip config.PublicAddress, iface string, owners []int, t0 time.Time) {
+	res, err := n.dp.TickleVIP(ctx, iface, vip.VIP(), owners, true)
 	end := time.Now()
 	if err != nil {
 		n.log.Warn("tickle", zap.Stringer("vip", vip.Prefix), zap.Error(err))
@@ -1017,11 +1021,8 @@ func (n *Node) tickle(ctx context.Context, vip config.PublicAddress, iface strin
 		n.log.Info("tickled", zap.Stringer("vip", vip.Prefix), zap.Int("connections", res.Conns),
 			zap.Duration("first_round", res.FirstRound), zap.Int64("resets", res.Resets))
 	}
-	if _, derr := n.dp.DropPeerFlows(owner, vip.VIP()); derr != nil {
-		n.log.Warn("forget tickled connections", zap.Error(derr))
-	}
 	n.updateRecord(vip, t0, func(r *admin.Takeover) {
-		first := start.Add(res.FirstRound)
+		first := res.FirstRoundAt
 		r.Tickled, r.Resets = res.Conns, res.Resets
 		r.Steps = append(r.Steps,
 			admin.TimelineStep{Step: fmt.Sprintf("tickles sent (%d connections)", res.Conns), At: first, Took: first.Sub(t0)},

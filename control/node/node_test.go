@@ -52,7 +52,7 @@ func (d *fakeDP) Announce(context.Context, string, netip.Addr) (time.Time, error
 	return time.Now(), nil
 }
 func (d *fakeDP) RenewLease(time.Duration) error { return nil }
-func (d *fakeDP) TickleVIP(context.Context, string, netip.Addr, int) (dataplane.TickleResult, error) {
+func (d *fakeDP) TickleVIP(context.Context, string, netip.Addr, []int, bool) (dataplane.TickleResult, error) {
 	return dataplane.TickleResult{}, nil
 }
 func (d *fakeDP) DropPeerFlows(int, netip.Addr) (int, error)      { return 0, nil }
