@@ -445,6 +445,20 @@ static __always_inline void track_fin(int dir, struct packet *pkt, struct flow *
 	f->state = dir == DIRECTION_INGRESS ? FLOW_STATE_FIN_CLIENT : FLOW_STATE_FIN_SERVER;
 }
 
+/* Updates the fields of the side of a flow that sent pkt. */
+static __always_inline void update_side(struct packet *pkt, __u64 *packets, __u64 *bytes,
+					__u32 *next_seq, __u32 *last_ack, __u16 *window)
+{
+	*packets += 1;
+	*bytes += pkt->payload;
+	__u32 end = pkt->seq + pkt->payload + ((pkt->flags & (TCP_SYN | TCP_FIN)) ? 1 : 0);
+	if (seq_after(end, *next_seq))
+		*next_seq = end;
+	if (pkt->flags & TCP_ACK)
+		*last_ack = pkt->ack;
+	*window = pkt->window;
+}
+
 static __always_inline int track_ingress(struct packet *pkt)
 {
 	struct flow *f = bpf_map_lookup_elem(&flows, &pkt->key);
@@ -463,14 +477,7 @@ static __always_inline int track_ingress(struct packet *pkt)
 		return COUNTER_TRACKED;
 	}
 	f->last_seen_ns = now;
-	f->packets_in++;
-	f->bytes_in += pkt->payload;
-	__u32 end = pkt->seq + pkt->payload + ((pkt->flags & (TCP_SYN | TCP_FIN)) ? 1 : 0);
-	if (seq_after(end, f->seq_in))
-		f->seq_in = end;
-	if (pkt->flags & TCP_ACK)
-		f->ack_in = pkt->ack;
-	f->window_in = pkt->window;
+	update_side(pkt, &f->packets_in, &f->bytes_in, &f->seq_in, &f->ack_in, &f->window_in);
 	if (pkt->flags & TCP_FIN)
 		track_fin(DIRECTION_INGRESS, pkt, f, now);
 	return COUNTER_TRACKED;
@@ -577,14 +584,7 @@ static __always_inline int track_egress(struct packet *pkt)
 		return COUNTER_TRACKED;
 	}
 	f->last_seen_ns = now;
-	f->packets_out++;
-	f->bytes_out += pkt->payload;
-	__u32 end = pkt->seq + pkt->payload + ((pkt->flags & (TCP_SYN | TCP_FIN)) ? 1 : 0);
-	if (seq_after(end, f->seq_out))
-		f->seq_out = end;
-	if (pkt->flags & TCP_ACK)
-		f->ack_out = pkt->ack;
-	f->window_out = pkt->window;
+	update_side(pkt, &f->packets_out, &f->bytes_out, &f->seq_out, &f->ack_out, &f->window_out);
 	if (pkt->flags & TCP_FIN)
 		track_fin(DIRECTION_EGRESS, pkt, f, now);
 	return COUNTER_TRACKED;
