@@ -13,6 +13,14 @@
  * Both let every packet through, tracking never changes forwarding, except
  * when the node is fenced (its lease ran out): then they drop what would
  * make it answer for a VIP.
+ *
+ * The cost per packet is kept low on three paths, in this order (see
+ * BENCHMARKS.md): prefilter() lets untagged non-VIP traffic go after one
+ * bitmap lookup; fast_track() adds a segment of a flow the CPU already
+ * looked up in this jiffy to its flow cache slot (fsha.h), without the
+ * flows map's lookup, a kernel function call; everything else goes through
+ * parse_packet() and the flows map. Time is jiffies (inlined), never a
+ * clock helper call.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -33,9 +41,22 @@ const enum flow_close_reason *unused_flow_close_reason __attribute__((unused));
 const enum vip_flags *unused_vip_flags __attribute__((unused));
 const struct flow_event *unused_flow_event __attribute__((unused));
 const enum peer_flags *unused_peer_flags __attribute__((unused));
+const struct flow_cache_slot *unused_flow_cache_slot __attribute__((unused));
 
 /* Capacity of the flows map, set by the loader: used to count evictions. */
 volatile const __u64 flows_max = 1048576;
+
+/*
+ * The programs' clock is jiffies: bpf_jiffies64() is inlined by the
+ * verifier, where bpf_ktime_get_coarse_ns() is a function call that costs
+ * about as much as the rest of a tracked packet. The loader measures both
+ * clocks together (fsha_clock) and sets these two so that
+ * jiffies * ns_per_jiffy - jiffies_offset_ns is CLOCK_MONOTONIC in
+ * nanoseconds, at the same jiffy resolution as the coarse clock: every
+ * timestamp in the maps stays CLOCK_MONOTONIC.
+ */
+volatile const __u64 ns_per_jiffy = 4000000;
+volatile const __u64 jiffies_offset_ns = 0;
 
 /* flows: flow_key -> flow. Written by both programs (egress creates),
  * deleted on close by either; read by userspace (fsha flows, replication). */
@@ -162,6 +183,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } node_macs SEC(".maps");
 
+/* flow_cache: direction * FLOW_CACHE_SLOTS + slot -> flow_cache_slot, per
+ * CPU (see fsha.h). Written by both programs, each in its own half; read by
+ * userspace, which adds the pending counts to what the flows map says. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DIRECTION_MAX *FLOW_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct flow_cache_slot);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} flow_cache SEC(".maps");
+
 /* steering: [0] -> number of VIPs being drained to or from this node. Written
  * by the daemon; XDP ingress looks up peer flows only while it is non-zero. */
 struct {
@@ -183,7 +215,8 @@ struct {
 #define TCP_RST 0x04
 #define TCP_ACK 0x10
 
-/* What the programs need of one TCP segment, oriented from the server. */
+/* What the programs need of one TCP segment, oriented from the server.
+ * Aligned so that keys compare as five u64 words (key_equal). */
 struct packet {
 	struct flow_key key;
 	__u32 seq;
@@ -191,15 +224,12 @@ struct packet {
 	__u32 payload;
 	__u16 window;
 	__u8 flags;
-	__u64 now; /* the clock, read at most once per packet (0: not yet) */
-};
+} __attribute__((aligned(8)));
 
-/* The clock costs ~13 ns a read: each packet reads it once, if at all. */
-static __always_inline __u64 pkt_now(struct packet *pkt)
+/* CLOCK_MONOTONIC nanoseconds of a jiffy: see ns_per_jiffy. */
+static __always_inline __u64 jiffies_ns(__u64 j)
 {
-	if (!pkt->now)
-		pkt->now = bpf_ktime_get_coarse_ns();
-	return pkt->now;
+	return j * ns_per_jiffy - jiffies_offset_ns;
 }
 
 /* -1: the packet is a tracking candidate; otherwise an enum counter. */
@@ -230,13 +260,20 @@ static __always_inline int vip_maybe(__u32 h)
 	return w && (*w & (1ULL << (bit % 64)));
 }
 
+/* The prefilter's input for an IPv6 address: must match dataplane.vipFilterBit. */
+static __always_inline __u32 vip6_hash(const struct in6_addr *a)
+{
+	return a->in6_u.u6_addr32[0] ^ a->in6_u.u6_addr32[1] ^ a->in6_u.u6_addr32[2] ^
+	       a->in6_u.u6_addr32[3];
+}
+
 /* Reports whether the lease has run out: the node must not answer for VIPs. */
-static __always_inline int fenced(struct packet *pkt)
+static __always_inline int fenced(void)
 {
 	__u32 zero = 0;
 	struct node_lease *l = bpf_map_lookup_elem(&lease, &zero);
 
-	return l && l->enabled && pkt_now(pkt) > l->expires_ns;
+	return l && l->enabled && jiffies_ns(bpf_jiffies64()) > l->expires_ns;
 }
 
 /* The authoritative VIP check, behind the prefilter. */
@@ -311,7 +348,7 @@ static __always_inline int port_tracked(__u16 port)
  * knows it (a GSO packet on egress is longer than one IP datagram says).
  */
 static __always_inline int parse_packet(void *data, void *data_end, int dir, __u32 skb_len,
-					struct packet *pkt)
+					int prefiltered, struct packet *pkt)
 {
 	struct hdr_cursor nh = {.pos = data};
 	struct tcphdr *tcp;
@@ -324,20 +361,24 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 	l3_off = nh.pos - data;
 
 	if (eth_type == ETH_P_IP_BE) {
-		struct iphdr *iph;
+		struct iphdr *iph = nh.pos;
 
+		/* The prefilter before anything else: most traffic leaves here. */
+		if ((void *)(iph + 1) > data_end)
+			return COUNTER_PARSE_ERROR;
+		__be32 vip = dir == DIRECTION_INGRESS ? iph->daddr : iph->saddr;
+		if (!prefiltered && !vip_maybe(vip))
+			return COUNTER_OTHER;
 		proto = parse_iphdr(&nh, data_end, &iph, &l3_len);
 		if (proto == PARSE_ERROR)
 			return COUNTER_PARSE_ERROR;
-		__be32 vip = dir == DIRECTION_INGRESS ? iph->daddr : iph->saddr;
-		if (!vip_maybe(vip))
-			return COUNTER_OTHER;
-		if (fenced(pkt) && is_vip(&vip, FSHA_AF_INET))
+		if (fenced() && is_vip(&vip, FSHA_AF_INET))
 			return COUNTER_FENCED;
 		if (proto == PARSE_FRAGMENT)
 			return COUNTER_FRAGMENT;
 		if (proto != IPPROTO_TCP_)
 			return COUNTER_OTHER;
+		__builtin_memset(&pkt->key, 0, sizeof(pkt->key));
 		pkt->key.family = FSHA_AF_INET;
 		__be32 client = dir == DIRECTION_INGRESS ? iph->saddr : iph->daddr;
 		__builtin_memcpy(pkt->key.vip, &vip, 4);
@@ -350,21 +391,21 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 			return COUNTER_PARSE_ERROR;
 		struct in6_addr *vip = dir == DIRECTION_INGRESS ? &ip6h->daddr : &ip6h->saddr;
 		struct in6_addr *client = dir == DIRECTION_INGRESS ? &ip6h->saddr : &ip6h->daddr;
-		if (proto == IPPROTO_ICMPV6_ && dir == DIRECTION_INGRESS && fenced(pkt))
+		if (proto == IPPROTO_ICMPV6_ && dir == DIRECTION_INGRESS && fenced())
 			return fence_ndp(&nh, data_end);
-		if (!vip_maybe(vip->in6_u.u6_addr32[0] ^ vip->in6_u.u6_addr32[1] ^
-			       vip->in6_u.u6_addr32[2] ^ vip->in6_u.u6_addr32[3]))
+		if (!vip_maybe(vip6_hash(vip)))
 			return COUNTER_OTHER;
-		if (fenced(pkt) && is_vip(vip, FSHA_AF_INET6))
+		if (fenced() && is_vip(vip, FSHA_AF_INET6))
 			return COUNTER_FENCED;
 		if (proto == PARSE_FRAGMENT)
 			return COUNTER_FRAGMENT;
 		if (proto != IPPROTO_TCP_)
 			return COUNTER_OTHER;
+		__builtin_memset(&pkt->key, 0, sizeof(pkt->key));
 		pkt->key.family = FSHA_AF_INET6;
 		__builtin_memcpy(pkt->key.vip, vip, 16);
 		__builtin_memcpy(pkt->key.client, client, 16);
-	} else if (eth_type == ETH_P_ARP_BE && fenced(pkt)) {
+	} else if (eth_type == ETH_P_ARP_BE && fenced()) {
 		return fence_arp(&nh, data_end, dir);
 	} else {
 		return COUNTER_OTHER;
@@ -396,6 +437,161 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 	return CANDIDATE;
 }
 
+/* The fields of one direction of a flow. */
+struct side {
+	__u64 *packets;
+	__u64 *bytes;
+	__u32 *next_seq;
+	__u32 *last_ack;
+	__u16 *window;
+};
+
+static __always_inline struct side side_of(struct flow *f, int dir)
+{
+	if (dir == DIRECTION_INGRESS)
+		return (struct side){&f->packets_in, &f->bytes_in, &f->seq_in, &f->ack_in,
+				     &f->window_in};
+	return (struct side){&f->packets_out, &f->bytes_out, &f->seq_out, &f->ack_out,
+			     &f->window_out};
+}
+
+/* Where pkt ends in sequence space: SYN and FIN count one. */
+static __always_inline __u32 seq_end(struct packet *pkt)
+{
+	return pkt->seq + pkt->payload + ((pkt->flags & (TCP_SYN | TCP_FIN)) ? 1 : 0);
+}
+
+/* Updates the side of a flow that sent pkt. */
+static __always_inline void update_side(struct side s, struct packet *pkt)
+{
+	*s.packets += 1;
+	*s.bytes += pkt->payload;
+	__u32 end = seq_end(pkt);
+	if (seq_after(end, *s.next_seq))
+		*s.next_seq = end;
+	if (pkt->flags & TCP_ACK)
+		*s.last_ack = pkt->ack;
+	*s.window = pkt->window;
+}
+
+/* Flow cache (see fsha.h). Keys compare and hash as five u64 words. */
+typedef __u64 __attribute__((may_alias)) u64_alias;
+
+static __always_inline int words_equal(const u64_alias *x, const u64_alias *y)
+{
+	return !((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4]));
+}
+
+static __always_inline int key_equal(const struct flow_key *a, const struct flow_key *b)
+{
+	return words_equal((const void *)a, (const void *)b);
+}
+
+/* Returns this CPU's cache slot for the flow whose key is w, in direction
+ * dir. Clients choosing colliding tuples only send each other to the flows
+ * map. */
+static __always_inline struct flow_cache_slot *cache_slot_of(const u64_alias *w, int dir)
+{
+	__u64 h = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4];
+	__u32 idx = ((__u32)(h ^ (h >> 32)) * 0x9e3779b1U) >> (32 - FLOW_CACHE_BITS);
+
+	idx += dir * FLOW_CACHE_SLOTS;
+	return bpf_map_lookup_elem(&flow_cache, &idx);
+}
+
+static __always_inline struct flow_cache_slot *cache_slot(const struct flow_key *k, int dir)
+{
+	return cache_slot_of((const void *)k, dir);
+}
+
+/* Adds a segment of the slot's flow, in the slot's jiffy, to the slot. */
+static __always_inline void slot_add(struct flow_cache_slot *c, __u32 seq, __u32 ack, __u32 payload,
+				     __u16 window, __u8 flags)
+{
+	__u32 end = seq + payload;
+
+	if (!c->packets || seq_after(end, c->next_seq))
+		c->next_seq = end;
+	c->packets += 1;
+	c->bytes += payload;
+	if (flags & TCP_ACK) {
+		c->ack = ack;
+		c->acked = 1;
+	}
+	c->window = window;
+}
+
+/* Folds what a slot holds into side s of its flow (none: the flow is gone,
+ * and so is what the slot held), and empties it. */
+static __always_inline void slot_fold(struct flow_cache_slot *c, struct side *s)
+{
+	if (!c->packets)
+		return;
+	if (s) {
+		*s->packets += c->packets;
+		*s->bytes += c->bytes;
+		if (seq_after(c->next_seq, *s->next_seq))
+			*s->next_seq = c->next_seq;
+		if (c->acked)
+			*s->last_ack = c->ack;
+		*s->window = c->window;
+	}
+	c->packets = 0;
+	c->bytes = 0;
+	c->acked = 0;
+}
+
+/*
+ * Makes the slot ready for pkt's flow f (NULL: not tracked), found in the
+ * flows map in jiffy j: what the slot holds goes to its flow first. Returns
+ * whether pkt's flow may take the slot, which it may not when another flow
+ * took it in this same jiffy.
+ */
+static __always_inline int slot_release(struct flow_cache_slot *c, struct packet *pkt,
+					struct flow *f, int dir, __u64 j)
+{
+	if (key_equal(&c->key, &pkt->key)) {
+		struct side s;
+		if (f)
+			s = side_of(f, dir);
+		slot_fold(c, f ? &s : NULL);
+		return 1;
+	}
+	if (c->jiffies == j)
+		return 0;
+	if (c->packets) {
+		struct flow *other = bpf_map_lookup_elem(&flows, &c->key);
+		struct side s;
+		if (other)
+			s = side_of(other, dir);
+		slot_fold(c, other ? &s : NULL);
+	}
+	return 1;
+}
+
+static __always_inline void slot_fill(struct flow_cache_slot *c, struct packet *pkt, __u64 j)
+{
+	c->key = pkt->key;
+	c->jiffies = j;
+	c->packets = 0;
+	c->bytes = 0;
+	c->acked = 0;
+}
+
+/* Before f closes: this CPU's slots of f, both directions, go into f and
+ * forget it. Other CPUs' slots lose what they hold of it (at most a jiffy
+ * of packets, and only while the flow closes). */
+static __always_inline void slot_forget(struct packet *pkt, struct flow *f, int dir)
+{
+	struct flow_cache_slot *c = cache_slot(&pkt->key, dir);
+
+	if (c && key_equal(&c->key, &pkt->key)) {
+		struct side s = side_of(f, dir);
+		slot_fold(c, &s);
+		c->jiffies = 0;
+	}
+}
+
 /*
  * Removes a flow and reports it. The event is filled before the delete so
  * that it never reads an element another CPU may already reuse, and is only
@@ -404,8 +600,10 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 static __always_inline void close_flow(int dir, struct packet *pkt, struct flow *f, __u8 reason,
 				       __u64 now)
 {
-	struct flow_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	slot_forget(pkt, f, DIRECTION_INGRESS);
+	slot_forget(pkt, f, DIRECTION_EGRESS);
 
+	struct flow_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (ev) {
 		ev->key = pkt->key;
 		ev->flow = *f;
@@ -434,57 +632,78 @@ static __always_inline void close_flow(int dir, struct packet *pkt, struct flow 
 		count(dir, COUNTER_EVENTS_LOST);
 }
 
-/* Applies a FIN seen in direction dir; closes the flow once both sides sent one. */
-static __always_inline void track_fin(int dir, struct packet *pkt, struct flow *f, __u64 now)
+/* Applies a FIN seen in direction dir; closes the flow once both sides sent
+ * one. Returns whether it closed. */
+static __always_inline int track_fin(int dir, struct packet *pkt, struct flow *f, __u64 now)
 {
 	f->fin |= dir == DIRECTION_INGRESS ? FLOW_FIN_IN : FLOW_FIN_OUT;
 	if ((f->fin & (FLOW_FIN_IN | FLOW_FIN_OUT)) == (FLOW_FIN_IN | FLOW_FIN_OUT)) {
 		close_flow(dir, pkt, f, FLOW_CLOSE_FIN, now);
-		return;
+		return 1;
 	}
 	f->state = dir == DIRECTION_INGRESS ? FLOW_STATE_FIN_CLIENT : FLOW_STATE_FIN_SERVER;
+	return 0;
 }
 
-/* Updates the fields of the side of a flow that sent pkt. */
-static __always_inline void update_side(struct packet *pkt, __u64 *packets, __u64 *bytes,
-					__u32 *next_seq, __u32 *last_ack, __u16 *window)
+/*
+ * The fast path of a tracked packet: a data or ACK segment of the flow this
+ * CPU's slot took in this jiffy. Returns whether it took pkt.
+ */
+static __always_inline int cached(struct flow_cache_slot *c, struct packet *pkt, __u64 j)
 {
-	*packets += 1;
-	*bytes += pkt->payload;
-	__u32 end = pkt->seq + pkt->payload + ((pkt->flags & (TCP_SYN | TCP_FIN)) ? 1 : 0);
-	if (seq_after(end, *next_seq))
-		*next_seq = end;
-	if (pkt->flags & TCP_ACK)
-		*last_ack = pkt->ack;
-	*window = pkt->window;
+	if (!c || c->jiffies != j || (pkt->flags & (TCP_SYN | TCP_FIN | TCP_RST)) ||
+	    !key_equal(&c->key, &pkt->key))
+		return 0;
+	slot_add(c, pkt->seq, pkt->ack, pkt->payload, pkt->window, pkt->flags);
+	return 1;
+}
+
+/* Updates flow f with pkt, sent in direction dir, and keeps the slot c for
+ * it when it may (fill). */
+static __always_inline int track(int dir, struct packet *pkt, struct flow *f,
+				 struct flow_cache_slot *c, int fill, __u64 j)
+{
+	__u64 now = jiffies_ns(j);
+
+	if (pkt->flags & TCP_RST) {
+		if (dir == DIRECTION_INGRESS) {
+			/* Like the kernel, believe only a RST near the expected
+			 * sequence number: a blind or spoofed one must not make
+			 * us forget a connection (and skip its tickle at
+			 * failover). */
+			__s32 off = (__s32)(pkt->seq - f->seq_in);
+			if (off >= -RST_SLACK && off < RST_WINDOW)
+				close_flow(dir, pkt, f, FLOW_CLOSE_RST_IN, now);
+		} else {
+			close_flow(dir, pkt, f, FLOW_CLOSE_RST_OUT, now);
+		}
+		return COUNTER_TRACKED;
+	}
+	f->last_seen_ns = now;
+	update_side(side_of(f, dir), pkt);
+	if ((pkt->flags & TCP_FIN) && track_fin(dir, pkt, f, now))
+		return COUNTER_TRACKED;
+	if (c && fill)
+		slot_fill(c, pkt, j);
+	return COUNTER_TRACKED;
 }
 
 static __always_inline int track_ingress(struct packet *pkt)
 {
-	struct flow *f = bpf_map_lookup_elem(&flows, &pkt->key);
+	__u64 j = bpf_jiffies64();
+	struct flow_cache_slot *c = cache_slot(&pkt->key, DIRECTION_INGRESS);
 
+	if (cached(c, pkt, j))
+		return COUNTER_TRACKED;
+	struct flow *f = bpf_map_lookup_elem(&flows, &pkt->key);
+	int fill = c && slot_release(c, pkt, f, DIRECTION_INGRESS, j);
 	if (!f)
 		return COUNTER_UNTRACKED;
-
-	__u64 now = pkt_now(pkt);
-	if (pkt->flags & TCP_RST) {
-		/* Like the kernel, believe only a RST near the expected sequence
-		 * number: a blind or spoofed one must not make us forget a
-		 * connection (and skip its tickle at failover). */
-		__s32 off = (__s32)(pkt->seq - f->seq_in);
-		if (off >= -RST_SLACK && off < RST_WINDOW)
-			close_flow(DIRECTION_INGRESS, pkt, f, FLOW_CLOSE_RST_IN, now);
-		return COUNTER_TRACKED;
-	}
-	f->last_seen_ns = now;
-	update_side(pkt, &f->packets_in, &f->bytes_in, &f->seq_in, &f->ack_in, &f->window_in);
-	if (pkt->flags & TCP_FIN)
-		track_fin(DIRECTION_INGRESS, pkt, f, now);
-	return COUNTER_TRACKED;
+	return track(DIRECTION_INGRESS, pkt, f, c, fill, j);
 }
 
 /* Creates the flow for a segment a local socket sends: see the file comment. */
-static __always_inline int create_flow(struct packet *pkt)
+static __always_inline int create_flow(struct packet *pkt, __u64 now)
 {
 	struct vip_key vk = {};
 
@@ -512,7 +731,6 @@ static __always_inline int create_flow(struct packet *pkt)
 		bpf_map_delete_elem(&handshakes, &pkt->key);
 	}
 
-	__u64 now = pkt_now(pkt);
 	struct flow f = {
 	    .first_seen_ns = now,
 	    .last_seen_ns = now,
@@ -560,8 +778,13 @@ static __always_inline int create_flow(struct packet *pkt)
 
 static __always_inline int track_egress(struct packet *pkt)
 {
-	struct flow *f = bpf_map_lookup_elem(&flows, &pkt->key);
+	__u64 j = bpf_jiffies64();
+	struct flow_cache_slot *c = cache_slot(&pkt->key, DIRECTION_EGRESS);
 
+	if (cached(c, pkt, j))
+		return COUNTER_TRACKED;
+	struct flow *f = bpf_map_lookup_elem(&flows, &pkt->key);
+	int fill = c && slot_release(c, pkt, f, DIRECTION_EGRESS, j);
 	if (!f) {
 		if ((pkt->flags & (TCP_SYN | TCP_ACK | TCP_RST)) == (TCP_SYN | TCP_ACK)) {
 			__u32 isn = pkt->ack;
@@ -570,24 +793,16 @@ static __always_inline int track_egress(struct packet *pkt)
 		}
 		if (pkt->flags & (TCP_SYN | TCP_RST | TCP_FIN))
 			return COUNTER_UNTRACKED;
-		int res = create_flow(pkt);
+		int res = create_flow(pkt, jiffies_ns(j));
+		if (res == COUNTER_TRACKED && fill)
+			slot_fill(c, pkt, j);
 		if (res != CANDIDATE)
 			return res;
 		f = bpf_map_lookup_elem(&flows, &pkt->key);
 		if (!f)
 			return COUNTER_UNTRACKED;
 	}
-
-	__u64 now = pkt_now(pkt);
-	if (pkt->flags & TCP_RST) {
-		close_flow(DIRECTION_EGRESS, pkt, f, FLOW_CLOSE_RST_OUT, now);
-		return COUNTER_TRACKED;
-	}
-	f->last_seen_ns = now;
-	update_side(pkt, &f->packets_out, &f->bytes_out, &f->seq_out, &f->ack_out, &f->window_out);
-	if (pkt->flags & TCP_FIN)
-		track_fin(DIRECTION_EGRESS, pkt, f, now);
-	return COUNTER_TRACKED;
+	return track(DIRECTION_EGRESS, pkt, f, c, fill, j);
 }
 
 /*
@@ -623,14 +838,141 @@ static __always_inline int steer(struct xdp_md *ctx, struct packet *pkt)
 	return COUNTER_STEERED;
 }
 
+/*
+ * The common case first, with nothing else live: untagged IPv4, and
+ * untagged IPv6 carrying TCP without extension headers. parse_packet would
+ * reach the same answers after more work (and register spills); these two
+ * keep non-VIP traffic within a few instructions of an empty program and a
+ * tracked segment of a cached flow (see fsha.h) within a few dozen.
+ */
+#define PREFILTER_NONE	  0 /* anything else: parse_packet decides */
+#define PREFILTER_OTHER	  1 /* the VIP side's address is no VIP: let it pass */
+#define PREFILTER_MAYBE_4 2 /* IPv4, maybe to or from a VIP */
+#define PREFILTER_MAYBE_6 3 /* IPv6 TCP, maybe to or from a VIP */
+
+static __always_inline int prefilter(void *data, void *data_end, int dir)
+{
+	struct ethhdr *eth = data;
+	struct iphdr *iph = (void *)(eth + 1);
+
+	if ((void *)(iph + 1) > data_end)
+		return PREFILTER_NONE;
+	if (eth->h_proto == ETH_P_IP_BE)
+		return vip_maybe(dir == DIRECTION_INGRESS ? iph->daddr : iph->saddr)
+			   ? PREFILTER_MAYBE_4
+			   : PREFILTER_OTHER;
+	struct ipv6hdr *ip6h = (void *)(eth + 1);
+	if (eth->h_proto != ETH_P_IPV6_BE || (void *)(ip6h + 1) > data_end ||
+	    ip6h->nexthdr != IPPROTO_TCP_)
+		return PREFILTER_NONE;
+	return vip_maybe(vip6_hash(dir == DIRECTION_INGRESS ? &ip6h->daddr : &ip6h->saddr))
+		   ? PREFILTER_MAYBE_6
+		   : PREFILTER_OTHER;
+}
+
+/* The last word of a flow_key: ports and family. */
+static __always_inline __u64 key_tail(__u16 vport, __u16 cport, __u8 family)
+{
+	union {
+		struct {
+			__u16 vport;
+			__u16 cport;
+			__u8 family;
+			__u8 pad[3];
+		} f;
+		__u64 w;
+	} t = {.f = {.vport = vport, .cport = cport, .family = family}};
+
+	return t.w;
+}
+
+/*
+ * The fast path of a tracked segment (prefilter said MAYBE_4 or MAYBE_6):
+ * a data or ACK segment, without IP options or extension headers, of a flow
+ * this CPU's cache took in this jiffy. Returns whether it took the packet;
+ * if not, parse_packet and the flows map decide, as for any packet. The
+ * key is built in registers, in the words of struct flow_key.
+ */
+static __always_inline int fast_track(void *data, void *data_end, int dir, __u32 skb_len, int pre)
+{
+	struct tcphdr *tcp;
+	__u32 l4_off, l4_len;
+	__u64 w[5];
+	__u8 family;
+
+	if (pre == PREFILTER_MAYBE_4) {
+		struct iphdr *iph = data + sizeof(struct ethhdr);
+		tcp = (void *)(iph + 1);
+		if ((void *)(tcp + 1) > data_end)
+			return 0;
+		if (*(__u8 *)iph != 0x45 /* version 4, no options */ ||
+		    iph->protocol != IPPROTO_TCP_ ||
+		    (iph->frag_off & bpf_htons(IP_MF_ | IP_OFFSET_)))
+			return 0;
+		__u32 tot_len = bpf_ntohs(iph->tot_len);
+		if (tot_len < sizeof(*iph))
+			return 0;
+		l4_off = sizeof(struct ethhdr) + sizeof(*iph);
+		l4_len = tot_len - sizeof(*iph);
+		w[0] = dir == DIRECTION_INGRESS ? iph->daddr : iph->saddr;
+		w[2] = dir == DIRECTION_INGRESS ? iph->saddr : iph->daddr;
+		w[1] = w[3] = 0;
+		family = FSHA_AF_INET;
+	} else {
+		struct ipv6hdr *ip6h = data + sizeof(struct ethhdr);
+		tcp = (void *)(ip6h + 1);
+		if ((void *)(tcp + 1) > data_end)
+			return 0;
+		const u64_alias *vip =
+		    (const void *)(dir == DIRECTION_INGRESS ? &ip6h->daddr : &ip6h->saddr);
+		const u64_alias *client =
+		    (const void *)(dir == DIRECTION_INGRESS ? &ip6h->saddr : &ip6h->daddr);
+		l4_off = sizeof(struct ethhdr) + sizeof(*ip6h);
+		l4_len = bpf_ntohs(ip6h->payload_len);
+		w[0] = vip[0];
+		w[1] = vip[1];
+		w[2] = client[0];
+		w[3] = client[1];
+		family = FSHA_AF_INET6;
+	}
+	__u8 flags = ((__u8 *)tcp)[13];
+	__u32 doff = tcp->doff * 4;
+	if ((flags & (TCP_SYN | TCP_FIN | TCP_RST)) || doff < sizeof(*tcp) ||
+	    (void *)tcp + doff > data_end || l4_len < doff)
+		return 0;
+	if (skb_len > l4_off && skb_len - l4_off > l4_len)
+		l4_len = skb_len - l4_off; /* a GSO packet on egress */
+	__u16 sport = bpf_ntohs(tcp->source), dport = bpf_ntohs(tcp->dest);
+	w[4] = dir == DIRECTION_INGRESS ? key_tail(dport, sport, family)
+					: key_tail(sport, dport, family);
+
+	struct flow_cache_slot *c = cache_slot_of(w, dir);
+	if (!c || c->jiffies != bpf_jiffies64() || !words_equal((const void *)&c->key, w) ||
+	    fenced())
+		return 0;
+	slot_add(c, bpf_ntohl(tcp->seq), bpf_ntohl(tcp->ack_seq), l4_len - doff,
+		 bpf_ntohs(tcp->window), flags);
+	return 1;
+}
+
 SEC("xdp")
 int fsha_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct packet pkt = {};
+	struct packet pkt; /* parse_packet fills what is read */
 
-	int res = parse_packet(data, data_end, DIRECTION_INGRESS, 0, &pkt);
+	int pre = prefilter(data, data_end, DIRECTION_INGRESS);
+	if (pre == PREFILTER_OTHER) {
+		count(DIRECTION_INGRESS, COUNTER_OTHER);
+		return XDP_PASS;
+	}
+	if (pre != PREFILTER_NONE && fast_track(data, data_end, DIRECTION_INGRESS, 0, pre)) {
+		count(DIRECTION_INGRESS, COUNTER_TRACKED);
+		return XDP_PASS;
+	}
+	int res =
+	    parse_packet(data, data_end, DIRECTION_INGRESS, 0, pre == PREFILTER_MAYBE_4, &pkt);
 	if (res == CANDIDATE)
 		res = track_ingress(&pkt);
 	if (res == COUNTER_UNTRACKED)
@@ -646,17 +988,48 @@ int fsha_tc_egress(struct __sk_buff *skb)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
-	struct packet pkt = {};
+	struct packet pkt; /* parse_packet fills what is read */
 
+	int pre = prefilter(data, data_end, DIRECTION_EGRESS);
+	if (pre == PREFILTER_OTHER) {
+		count(DIRECTION_EGRESS, COUNTER_OTHER);
+		return TCX_NEXT;
+	}
+	if (pre != PREFILTER_NONE && fast_track(data, data_end, DIRECTION_EGRESS, skb->len, pre)) {
+		count(DIRECTION_EGRESS, COUNTER_TRACKED);
+		return TCX_NEXT;
+	}
 	/* headers of a locally built segment are linear; pull them if not */
 	if (data_end - data < 128 && skb->len > data_end - data) {
 		bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
 		data = (void *)(long)skb->data;
 		data_end = (void *)(long)skb->data_end;
 	}
-	int res = parse_packet(data, data_end, DIRECTION_EGRESS, skb->len, &pkt);
+	/* a pull moved the data: the prefilter's answer still holds */
+	int res = parse_packet(data, data_end, DIRECTION_EGRESS, skb->len, pre == PREFILTER_MAYBE_4,
+			       &pkt);
 	if (res == CANDIDATE)
 		res = track_egress(&pkt);
 	count(DIRECTION_EGRESS, res);
 	return res == COUNTER_FENCED ? TCX_DROP : TCX_NEXT;
+}
+
+/*
+ * Never attached: the loader runs it once with BPF_PROG_RUN on a 24-byte
+ * packet to read jiffies and CLOCK_MONOTONIC (coarse) at the same tick, and
+ * sets ns_per_jiffy and jiffies_offset_ns from them. The packet comes back
+ * as three u64: coarse ns, jiffies, coarse ns again (equal unless a tick
+ * fell in between: the loader then asks again).
+ */
+SEC("xdp")
+int fsha_clock(struct xdp_md *ctx)
+{
+	__u64 *p = (void *)(long)ctx->data;
+
+	if ((void *)(p + 3) > (void *)(long)ctx->data_end)
+		return XDP_ABORTED;
+	p[0] = bpf_ktime_get_coarse_ns();
+	p[1] = bpf_jiffies64();
+	p[2] = bpf_ktime_get_coarse_ns();
+	return XDP_PASS;
 }

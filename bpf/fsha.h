@@ -168,6 +168,32 @@ struct node_mac {
 
 #define MAX_NODES 256
 
+/*
+ * Flow cache: a per-CPU, direct-mapped cache in front of the flows map, one
+ * half per direction. A tracked packet whose flow this CPU already looked up
+ * in the same jiffy adds itself to the slot instead of looking the flow up
+ * again: the flows map is a hash map, whose lookup is a kernel function call
+ * that costs more than the rest of the program, while this is an inlined
+ * array access. The first packet of a flow in each jiffy still goes to the
+ * flows map (so last_seen there is exact) and folds in what the slot
+ * gathered before; readers of the flows map add what slots still hold
+ * (dataplane.Maps.ForEachFlow). SYN, FIN and RST always take the map.
+ */
+#define FLOW_CACHE_BITS	 10
+#define FLOW_CACHE_SLOTS (1 << FLOW_CACHE_BITS) /* per direction and CPU */
+
+struct flow_cache_slot {
+	struct flow_key key;
+	__u64 jiffies;	/* the jiffy of the slot's flow map update; 0: empty */
+	__u64 packets;	/* pending: packets after that update, in that jiffy */
+	__u64 bytes;	/* pending: their TCP payload bytes */
+	__u32 next_seq; /* pending: the highest sequence number they end at */
+	__u32 ack;	/* pending: the acknowledgement of the last of them */
+	__u16 window;	/* pending: the window of the last of them */
+	__u8 acked;	/* ack is set */
+	__u8 pad[5];
+};
+
 /* The VIP prefilter is a bitmap of VIP_FILTER_BITS bits in u64 words. */
 #define VIP_FILTER_BITS	 65536
 #define VIP_FILTER_WORDS (VIP_FILTER_BITS / 64)

@@ -44,6 +44,9 @@ func LoadUnpinned(flowsMax uint32) (*Unpinned, error) {
 	if err := spec.Variables[fshaVarFlowsMax].Set(uint64(flowsMax)); err != nil {
 		return nil, fmt.Errorf("set flows_max: %w", err)
 	}
+	if err := setClock(spec); err != nil {
+		return nil, err
+	}
 	u := &Unpinned{}
 	if err := spec.LoadAndAssign(&u.objs, nil); err != nil {
 		var verr *ebpf.VerifierError

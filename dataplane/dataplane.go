@@ -90,6 +90,9 @@ func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
 	if err := spec.Variables[fshaVarFlowsMax].Set(uint64(opts.FlowsMax)); err != nil {
 		return nil, fmt.Errorf("set flows_max: %w", err)
 	}
+	if err := setClock(spec); err != nil {
+		return nil, err
+	}
 	err = spec.LoadAndAssign(&dp.objs, &ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: opts.PinPath},
 	})

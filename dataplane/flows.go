@@ -112,16 +112,26 @@ const flowBatch = 4096
 
 // ForEachFlow calls fn for every tracked flow, reading the map in batches;
 // fn returns false to stop. Flows created or closed meanwhile may or may
-// not be seen, as with any walk of a live hash map.
+// not be seen, as with any walk of a live hash map. The counts include what
+// the programs' per-CPU flow cache holds and has not yet folded into the
+// flows map (see pending).
 func (m *Maps) ForEachFlow(fn func(Flow) bool) error {
 	c := newClock()
+	pend, err := m.pending()
+	if err != nil {
+		return err
+	}
+	visit := func(k *fshaFlowKey, v *fshaFlow) bool {
+		pend.apply(k, v)
+		return fn(flowOf(k, v, c))
+	}
 	keys := make([]fshaFlowKey, flowBatch)
 	vals := make([]fshaFlow, flowBatch)
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := m.Flows.BatchLookup(&cursor, keys, vals, nil)
 		for i := 0; i < n; i++ {
-			if !fn(flowOf(&keys[i], &vals[i], c)) {
+			if !visit(&keys[i], &vals[i]) {
 				return nil
 			}
 		}
@@ -129,7 +139,7 @@ func (m *Maps) ForEachFlow(fn func(Flow) bool) error {
 			return nil
 		}
 		if errors.Is(err, ebpf.ErrNotSupported) {
-			return m.iterateFlows(c, fn)
+			return m.iterateFlows(visit)
 		}
 		if err != nil {
 			return fmt.Errorf("read flows: %w", err)
@@ -138,14 +148,14 @@ func (m *Maps) ForEachFlow(fn func(Flow) bool) error {
 }
 
 // iterateFlows is the one-by-one walk for kernels without batch lookups.
-func (m *Maps) iterateFlows(c clock, fn func(Flow) bool) error {
+func (m *Maps) iterateFlows(visit func(*fshaFlowKey, *fshaFlow) bool) error {
 	var (
 		k fshaFlowKey
 		v fshaFlow
 	)
 	it := m.Flows.Iterate()
 	for it.Next(&k, &v) {
-		if !fn(flowOf(&k, &v, c)) {
+		if !visit(&k, &v) {
 			return nil
 		}
 	}
@@ -153,6 +163,124 @@ func (m *Maps) iterateFlows(c clock, fn func(Flow) bool) error {
 		return fmt.Errorf("read flows: %w", err)
 	}
 	return nil
+}
+
+// lookupFlow returns one flow with its pending counts, or ErrKeyNotExist.
+func (m *Maps) lookupFlow(k fshaFlowKey) (fshaFlow, error) {
+	var v fshaFlow
+	if err := m.Flows.Lookup(&k, &v); err != nil {
+		return v, err
+	}
+	pend, err := m.pending()
+	if err != nil {
+		return v, err
+	}
+	pend.apply(&k, &v)
+	return v, nil
+}
+
+// pendingCounts are what the flow cache holds for one flow: per direction,
+// the slots of every CPU that hold packets not yet in the flows map.
+type pendingCounts map[fshaFlowKey]*[DirectionMax][]fshaFlowCacheSlot
+
+// DirectionMax is the number of directions (ingress, egress).
+const DirectionMax = int(fshaDirectionDIRECTION_MAX)
+
+// pending reads the programs' flow cache (bpf/fsha.h): a per-CPU array
+// whose slots hold the packets a CPU saw of a flow after its first one in
+// the same jiffy. The programs fold them into the flows map at that flow's
+// next packet on that CPU, so what a reader adds is exact for an idle flow
+// and, for a busy one, as fresh as a read of moving counters can be.
+func (m *Maps) pending() (pendingCounts, error) {
+	if m.FlowCache == nil {
+		return nil, nil // the pins of an older fsha: no cache
+	}
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count cpus: %w", err)
+	}
+	n := int(m.FlowCache.MaxEntries())
+	keys := make([]uint32, n)
+	slots := make([]fshaFlowCacheSlot, n*ncpu)
+	var cursor ebpf.MapBatchCursor
+	got, err := m.FlowCache.BatchLookup(&cursor, keys, slots, nil)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return m.pendingOneByOne()
+	}
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil, fmt.Errorf("read flow cache: %w", err)
+	}
+	perDir := n / DirectionMax // the first half is ingress, the second egress
+	pend := pendingCounts{}
+	for i := range got {
+		pend.add(int(keys[i])/perDir, slots[i*ncpu:(i+1)*ncpu])
+	}
+	return pend, nil
+}
+
+func (m *Maps) pendingOneByOne() (pendingCounts, error) {
+	perDir := int(m.FlowCache.MaxEntries()) / DirectionMax
+	pend := pendingCounts{}
+	var (
+		k     uint32
+		slots []fshaFlowCacheSlot
+	)
+	it := m.FlowCache.Iterate()
+	for it.Next(&k, &slots) {
+		pend.add(int(k)/perDir, slots)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read flow cache: %w", err)
+	}
+	return pend, nil
+}
+
+func (p pendingCounts) add(dir int, slots []fshaFlowCacheSlot) {
+	if dir < 0 || dir >= DirectionMax {
+		return
+	}
+	for _, s := range slots {
+		if s.Packets == 0 {
+			continue
+		}
+		e := p[s.Key]
+		if e == nil {
+			e = new([DirectionMax][]fshaFlowCacheSlot)
+			p[s.Key] = e
+		}
+		e[dir] = append(e[dir], s)
+	}
+}
+
+// apply adds what the cache holds for flow k to v, as the programs fold a
+// slot: counts add up, the sequence number only moves forward, and the
+// acknowledgement and window are those of the latest slot.
+func (p pendingCounts) apply(k *fshaFlowKey, v *fshaFlow) {
+	e := p[*k]
+	if e == nil {
+		return
+	}
+	for dir, slots := range e {
+		packets, bytes, seq, ack, window := &v.PacketsIn, &v.BytesIn, &v.SeqIn, &v.AckIn, &v.WindowIn
+		if dir == int(fshaDirectionDIRECTION_EGRESS) {
+			packets, bytes, seq, ack, window = &v.PacketsOut, &v.BytesOut, &v.SeqOut, &v.AckOut, &v.WindowOut
+		}
+		var latest uint64
+		for _, s := range slots {
+			*packets += s.Packets
+			*bytes += s.Bytes
+			if int32(s.NextSeq-*seq) > 0 {
+				*seq = s.NextSeq
+			}
+			if s.Jiffies >= latest {
+				latest = s.Jiffies
+				if s.Acked != 0 {
+					*ack = s.Ack
+				}
+				*window = s.Window
+			}
+		}
+	}
 }
 
 // AllFlows returns every tracked flow.

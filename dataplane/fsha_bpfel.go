@@ -59,6 +59,19 @@ type fshaFlow struct {
 	Pad         [2]uint8
 }
 
+type fshaFlowCacheSlot struct {
+	_       structs.HostLayout
+	Key     fshaFlowKey
+	Jiffies uint64
+	Packets uint64
+	Bytes   uint64
+	NextSeq uint32
+	Ack     uint32
+	Window  uint16
+	Acked   uint8
+	Pad     [5]uint8
+}
+
 type fshaFlowCloseReason uint32
 
 const (
@@ -165,6 +178,7 @@ const (
 	fshaMapClosedFlows           = "closed_flows"
 	fshaMapCounters              = "counters"
 	fshaMapEvents                = "events"
+	fshaMapFlowCache             = "flow_cache"
 	fshaMapFlowCount             = "flow_count"
 	fshaMapFlows                 = "flows"
 	fshaMapHandshakes            = "handshakes"
@@ -175,11 +189,15 @@ const (
 	fshaMapSteering              = "steering"
 	fshaMapVipFilter             = "vip_filter"
 	fshaMapVips                  = "vips"
+	fshaProgFshaClock            = "fsha_clock"
 	fshaProgFshaTcEgress         = "fsha_tc_egress"
 	fshaProgFshaXdp              = "fsha_xdp"
 	fshaVarFlowsMax              = "flows_max"
+	fshaVarJiffiesOffsetNs       = "jiffies_offset_ns"
+	fshaVarNsPerJiffy            = "ns_per_jiffy"
 	fshaVarUnusedCounter         = "unused_counter"
 	fshaVarUnusedDirection       = "unused_direction"
+	fshaVarUnusedFlowCacheSlot   = "unused_flow_cache_slot"
 	fshaVarUnusedFlowCloseReason = "unused_flow_close_reason"
 	fshaVarUnusedFlowEvent       = "unused_flow_event"
 	fshaVarUnusedFlowEventType   = "unused_flow_event_type"
@@ -231,6 +249,7 @@ type fshaSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fshaProgramSpecs struct {
+	FshaClock    *ebpf.ProgramSpec `ebpf:"fsha_clock"`
 	FshaTcEgress *ebpf.ProgramSpec `ebpf:"fsha_tc_egress"`
 	FshaXdp      *ebpf.ProgramSpec `ebpf:"fsha_xdp"`
 }
@@ -242,6 +261,7 @@ type fshaMapSpecs struct {
 	ClosedFlows *ebpf.MapSpec `ebpf:"closed_flows"`
 	Counters    *ebpf.MapSpec `ebpf:"counters"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
+	FlowCache   *ebpf.MapSpec `ebpf:"flow_cache"`
 	FlowCount   *ebpf.MapSpec `ebpf:"flow_count"`
 	Flows       *ebpf.MapSpec `ebpf:"flows"`
 	Handshakes  *ebpf.MapSpec `ebpf:"handshakes"`
@@ -259,8 +279,11 @@ type fshaMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type fshaVariableSpecs struct {
 	FlowsMax              *ebpf.VariableSpec `ebpf:"flows_max"`
+	JiffiesOffsetNs       *ebpf.VariableSpec `ebpf:"jiffies_offset_ns"`
+	NsPerJiffy            *ebpf.VariableSpec `ebpf:"ns_per_jiffy"`
 	UnusedCounter         *ebpf.VariableSpec `ebpf:"unused_counter"`
 	UnusedDirection       *ebpf.VariableSpec `ebpf:"unused_direction"`
+	UnusedFlowCacheSlot   *ebpf.VariableSpec `ebpf:"unused_flow_cache_slot"`
 	UnusedFlowCloseReason *ebpf.VariableSpec `ebpf:"unused_flow_close_reason"`
 	UnusedFlowEvent       *ebpf.VariableSpec `ebpf:"unused_flow_event"`
 	UnusedFlowEventType   *ebpf.VariableSpec `ebpf:"unused_flow_event_type"`
@@ -293,6 +316,7 @@ type fshaMaps struct {
 	ClosedFlows *ebpf.Map `ebpf:"closed_flows"`
 	Counters    *ebpf.Map `ebpf:"counters"`
 	Events      *ebpf.Map `ebpf:"events"`
+	FlowCache   *ebpf.Map `ebpf:"flow_cache"`
 	FlowCount   *ebpf.Map `ebpf:"flow_count"`
 	Flows       *ebpf.Map `ebpf:"flows"`
 	Handshakes  *ebpf.Map `ebpf:"handshakes"`
@@ -310,6 +334,7 @@ func (m *fshaMaps) Close() error {
 		m.ClosedFlows,
 		m.Counters,
 		m.Events,
+		m.FlowCache,
 		m.FlowCount,
 		m.Flows,
 		m.Handshakes,
@@ -328,8 +353,11 @@ func (m *fshaMaps) Close() error {
 // It can be passed to loadFshaObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fshaVariables struct {
 	FlowsMax              *ebpf.Variable `ebpf:"flows_max"`
+	JiffiesOffsetNs       *ebpf.Variable `ebpf:"jiffies_offset_ns"`
+	NsPerJiffy            *ebpf.Variable `ebpf:"ns_per_jiffy"`
 	UnusedCounter         *ebpf.Variable `ebpf:"unused_counter"`
 	UnusedDirection       *ebpf.Variable `ebpf:"unused_direction"`
+	UnusedFlowCacheSlot   *ebpf.Variable `ebpf:"unused_flow_cache_slot"`
 	UnusedFlowCloseReason *ebpf.Variable `ebpf:"unused_flow_close_reason"`
 	UnusedFlowEvent       *ebpf.Variable `ebpf:"unused_flow_event"`
 	UnusedFlowEventType   *ebpf.Variable `ebpf:"unused_flow_event_type"`
@@ -343,12 +371,14 @@ type fshaVariables struct {
 //
 // It can be passed to loadFshaObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fshaPrograms struct {
+	FshaClock    *ebpf.Program `ebpf:"fsha_clock"`
 	FshaTcEgress *ebpf.Program `ebpf:"fsha_tc_egress"`
 	FshaXdp      *ebpf.Program `ebpf:"fsha_xdp"`
 }
 
 func (p *fshaPrograms) Close() error {
 	return _FshaClose(
+		p.FshaClock,
 		p.FshaTcEgress,
 		p.FshaXdp,
 	)

@@ -670,12 +670,17 @@ func (p prediction) apply(d fshaDirection, start fuzzState) fuzzWant {
 func (h *harness) checkFlows(t *testing.T, w fuzzWant, p prediction, b []byte) {
 	t.Helper()
 	got := map[fshaFlowKey]fshaFlow{}
+	pend, err := h.maps.pending()
+	if err != nil {
+		t.Fatal(err)
+	}
 	var (
 		k fshaFlowKey
 		v fshaFlow
 	)
 	it := h.maps.Flows.Iterate()
 	for it.Next(&k, &v) {
+		pend.apply(&k, &v)
 		got[k] = v
 	}
 	if err := it.Err(); err != nil {

@@ -27,6 +27,8 @@ type Maps struct {
 	PeerFlows   *ebpf.Map
 	NodeMacs    *ebpf.Map
 	Steering    *ebpf.Map
+	// FlowCache holds per-CPU counts not yet in Flows (see ForEachFlow).
+	FlowCache *ebpf.Map
 }
 
 func mapsOf(m *fshaMaps) Maps {
@@ -34,6 +36,7 @@ func mapsOf(m *fshaMaps) Maps {
 		Flows: m.Flows, FlowCount: m.FlowCount, ClosedFlows: m.ClosedFlows, Events: m.Events,
 		Vips: m.Vips, VipFilter: m.VipFilter, Ports: m.Ports, Counters: m.Counters, Lease: m.Lease,
 		Handshakes: m.Handshakes, PeerFlows: m.PeerFlows, NodeMacs: m.NodeMacs, Steering: m.Steering,
+		FlowCache: m.FlowCache,
 	}
 }
 
@@ -44,7 +47,7 @@ func (m *Maps) byName() []namedMap {
 		{fshaMapEvents, m.Events}, {fshaMapVips, m.Vips}, {fshaMapVipFilter, m.VipFilter},
 		{fshaMapPorts, m.Ports}, {fshaMapCounters, m.Counters}, {fshaMapLease, m.Lease},
 		{fshaMapHandshakes, m.Handshakes}, {fshaMapPeerFlows, m.PeerFlows},
-		{fshaMapNodeMacs, m.NodeMacs}, {fshaMapSteering, m.Steering},
+		{fshaMapNodeMacs, m.NodeMacs}, {fshaMapSteering, m.Steering}, {fshaMapFlowCache, m.FlowCache},
 	}
 }
 
@@ -88,7 +91,7 @@ func OpenPinned(pinPath string) (_ *PinnedMaps, err error) {
 		{fshaMapVips, &p.Vips}, {fshaMapVipFilter, &p.VipFilter}, {fshaMapPorts, &p.Ports},
 		{fshaMapCounters, &p.Counters}, {fshaMapLease, &p.Lease},
 		{fshaMapHandshakes, &p.Handshakes}, {fshaMapPeerFlows, &p.PeerFlows},
-		{fshaMapNodeMacs, &p.NodeMacs}, {fshaMapSteering, &p.Steering},
+		{fshaMapNodeMacs, &p.NodeMacs}, {fshaMapSteering, &p.Steering}, {fshaMapFlowCache, &p.FlowCache},
 	} {
 		if *dst.m, err = open(dst.name); err != nil {
 			return nil, err

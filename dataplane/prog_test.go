@@ -83,6 +83,9 @@ func newHarness(t testing.TB, flowsMax uint32) *harness {
 	if err := spec.Variables[fshaVarFlowsMax].Set(uint64(flowsMax)); err != nil {
 		t.Fatalf("set flows_max: %v", err)
 	}
+	if err := setClock(spec); err != nil {
+		t.Fatal(err)
+	}
 	h := &harness{}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
@@ -158,10 +161,29 @@ func (h *harness) reset(t testing.TB) {
 	if err := h.maps.FlowCount.Put(uint32(0), uint64(0)); err != nil {
 		t.Fatalf("reset flow count: %v", err)
 	}
+	clearFlowCache(t, &h.maps)
 	h.drainEvents(t)
 	if h.dirty {
 		h.configure(t, defaultVIPs, defaultPorts)
 		h.dirty = false
+	}
+}
+
+// clearFlowCache empties every CPU's flow cache: a slot left by an earlier
+// test would otherwise take the packets of a flow with the same key.
+func clearFlowCache(t testing.TB, m *Maps) {
+	t.Helper()
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := int(m.FlowCache.MaxEntries())
+	keys := make([]uint32, n)
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	if _, err := m.FlowCache.BatchUpdate(keys, make([]fshaFlowCacheSlot, n*ncpu), nil); err != nil {
+		t.Fatalf("clear flow cache: %v", err)
 	}
 }
 
@@ -287,8 +309,7 @@ func (c conn) is(f Flow) bool {
 
 func (h *harness) rawFlow(t testing.TB, c conn) (fshaFlow, bool) {
 	t.Helper()
-	var v fshaFlow
-	err := h.maps.Flows.Lookup(c.key(), &v)
+	v, err := h.maps.lookupFlow(c.key())
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
 		return v, false
 	}
@@ -579,7 +600,9 @@ func TestProgParse(t *testing.T) {
 		{"ihl 0", c4, dataSeg(c4, nil, setIHL(0)), classParseError},
 		{"ihl 4", c4, dataSeg(c4, nil, setIHL(4)), classParseError},
 		{"ihl 15 past the packet", c4, dataSeg(c4, func(f *frame) { f.payload = 0 }, setIHL(15)), classParseError},
-		{"ihl 15 past the packet, non-vip", c4, dataSeg(conn{vip: other4, client: client4, vport: 445, cport: 1}, func(f *frame) { f.payload = 0 }, setIHL(15)), classParseError},
+		// the prefilter rules a non-VIP address out before the rest of
+		// the IP header is judged: not ours, not judged (see prefilter)
+		{"ihl 15 past the packet, non-vip", c4, dataSeg(conn{vip: other4, client: client4, vport: 445, cport: 1}, func(f *frame) { f.payload = 0 }, setIHL(15)), classOther},
 		{"ihl 6 eats the tcp header", c4, dataSeg(c4, func(f *frame) { f.payload = 0 }, setIHL(6)), classParseError},
 		{"total length 0", c4, dataSeg(c4, nil, setTotLen(0)), classParseError},
 		{"total length below ihl", c4, dataSeg(c4, nil, setTotLen(19)), classParseError},
