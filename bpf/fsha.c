@@ -58,6 +58,10 @@ volatile const __u64 flows_max = 1048576;
 volatile const __u64 ns_per_jiffy = 4000000;
 volatile const __u64 jiffies_offset_ns = 0;
 
+/* 0 turns the flow cache off (benchmarks measure the flows map path with
+ * it); the verifier then removes the cache's code. */
+volatile const __u32 flow_cache_on = 1;
+
 /* flows: flow_key -> flow. Written by both programs (egress creates),
  * deleted on close by either; read by userspace (fsha flows, replication). */
 struct {
@@ -495,6 +499,8 @@ static __always_inline struct flow_cache_slot *cache_slot_of(const u64_alias *w,
 	__u64 h = w[0] ^ w[1] ^ w[2] ^ w[3] ^ w[4];
 	__u32 idx = ((__u32)(h ^ (h >> 32)) * 0x9e3779b1U) >> (32 - FLOW_CACHE_BITS);
 
+	if (!flow_cache_on)
+		return NULL;
 	idx += dir * FLOW_CACHE_SLOTS;
 	return bpf_map_lookup_elem(&flow_cache, &idx);
 }

@@ -26,10 +26,25 @@ type Unpinned struct {
 	objs fshaObjects
 }
 
+// UnpinnedOptions configure LoadUnpinnedWith.
+type UnpinnedOptions struct {
+	// FlowsMax is the capacity of the flows map; 0 means DefaultFlowsMax.
+	FlowsMax uint32
+	// NoFlowCache turns the programs' per-CPU flow cache off, so that
+	// every tracked packet goes to the flows map (benchmarks measure both).
+	NoFlowCache bool
+}
+
 // LoadUnpinned loads the programs and fresh, unpinned maps, with a flows map
 // of flowsMax entries (DefaultFlowsMax when 0). It is a test and benchmark
 // helper: the maps vanish with Close.
 func LoadUnpinned(flowsMax uint32) (*Unpinned, error) {
+	return LoadUnpinnedWith(UnpinnedOptions{FlowsMax: flowsMax})
+}
+
+// LoadUnpinnedWith is LoadUnpinned with options.
+func LoadUnpinnedWith(opts UnpinnedOptions) (*Unpinned, error) {
+	flowsMax := opts.FlowsMax
 	if flowsMax == 0 {
 		flowsMax = DefaultFlowsMax
 	}
@@ -43,6 +58,11 @@ func LoadUnpinned(flowsMax uint32) (*Unpinned, error) {
 	spec.Maps[fshaMapFlows].MaxEntries = flowsMax
 	if err := spec.Variables[fshaVarFlowsMax].Set(uint64(flowsMax)); err != nil {
 		return nil, fmt.Errorf("set flows_max: %w", err)
+	}
+	if opts.NoFlowCache {
+		if err := spec.Variables[fshaVarFlowCacheOn].Set(uint32(0)); err != nil {
+			return nil, fmt.Errorf("set flow_cache_on: %w", err)
+		}
 	}
 	if err := setClock(spec); err != nil {
 		return nil, err

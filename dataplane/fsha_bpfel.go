@@ -192,6 +192,7 @@ const (
 	fshaProgFshaClock            = "fsha_clock"
 	fshaProgFshaTcEgress         = "fsha_tc_egress"
 	fshaProgFshaXdp              = "fsha_xdp"
+	fshaVarFlowCacheOn           = "flow_cache_on"
 	fshaVarFlowsMax              = "flows_max"
 	fshaVarJiffiesOffsetNs       = "jiffies_offset_ns"
 	fshaVarNsPerJiffy            = "ns_per_jiffy"
@@ -278,6 +279,7 @@ type fshaMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fshaVariableSpecs struct {
+	FlowCacheOn           *ebpf.VariableSpec `ebpf:"flow_cache_on"`
 	FlowsMax              *ebpf.VariableSpec `ebpf:"flows_max"`
 	JiffiesOffsetNs       *ebpf.VariableSpec `ebpf:"jiffies_offset_ns"`
 	NsPerJiffy            *ebpf.VariableSpec `ebpf:"ns_per_jiffy"`
@@ -352,6 +354,7 @@ func (m *fshaMaps) Close() error {
 //
 // It can be passed to loadFshaObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fshaVariables struct {
+	FlowCacheOn           *ebpf.Variable `ebpf:"flow_cache_on"`
 	FlowsMax              *ebpf.Variable `ebpf:"flows_max"`
 	JiffiesOffsetNs       *ebpf.Variable `ebpf:"jiffies_offset_ns"`
 	NsPerJiffy            *ebpf.Variable `ebpf:"ns_per_jiffy"`
