@@ -16,16 +16,18 @@ type MapDump struct {
 	Entries    []MapEntry `json:"entries"`
 }
 
-// MapEntry is a raw key and value; per-CPU maps (all u64 counters) have
-// one value per CPU instead.
+// MapEntry is a raw key and value; per-CPU maps have one value per CPU
+// instead: a number for the counters, raw bytes for the flow cache.
 type MapEntry struct {
-	Key    []byte   `json:"key"`
-	Value  []byte   `json:"value,omitempty"`
-	PerCPU []uint64 `json:"per_cpu,omitempty"`
+	Key          []byte   `json:"key"`
+	Value        []byte   `json:"value,omitempty"`
+	PerCPU       []uint64 `json:"per_cpu,omitempty"`
+	PerCPUValues [][]byte `json:"per_cpu_values,omitempty"`
 }
 
 // Dump returns the named map, or all of them when name is empty. The ring
-// buffer has no entries to dump and is left out.
+// buffer has no entries to dump and is left out, and so are the flow
+// cache's slots that are empty on every CPU (most of them, most of the time).
 func (m *Maps) Dump(name string) ([]MapDump, error) {
 	var out []MapDump
 	found := false
@@ -42,16 +44,29 @@ func (m *Maps) Dump(name string) ([]MapDump, error) {
 			ValueSize: nm.m.ValueSize(), MaxEntries: nm.m.MaxEntries(),
 		}
 		var (
-			key    []byte
-			value  []byte
-			perCPU []uint64
+			key       []byte
+			value     []byte
+			perCPU    []uint64
+			perCPURaw [][]byte
 		)
 		it := nm.m.Iterate()
-		if nm.m.Type() == ebpf.PerCPUArray {
+		switch {
+		case nm.m.Type() == ebpf.PerCPUArray && nm.m.ValueSize() == 8:
 			for it.Next(&key, &perCPU) {
 				d.Entries = append(d.Entries, MapEntry{Key: clone(key), PerCPU: append([]uint64(nil), perCPU...)})
 			}
-		} else {
+		case nm.m.Type() == ebpf.PerCPUArray:
+			for it.Next(&key, &perCPURaw) {
+				if allZero(perCPURaw) {
+					continue
+				}
+				e := MapEntry{Key: clone(key)}
+				for _, v := range perCPURaw {
+					e.PerCPUValues = append(e.PerCPUValues, clone(v))
+				}
+				d.Entries = append(d.Entries, e)
+			}
+		default:
 			for it.Next(&key, &value) {
 				d.Entries = append(d.Entries, MapEntry{Key: clone(key), Value: clone(value)})
 			}
@@ -68,6 +83,17 @@ func (m *Maps) Dump(name string) ([]MapDump, error) {
 }
 
 func clone(b []byte) []byte { return append([]byte(nil), b...) }
+
+func allZero(vs [][]byte) bool {
+	for _, v := range vs {
+		for _, b := range v {
+			if b != 0 {
+				return false
+			}
+		}
+	}
+	return true
+}
 
 // MapNames lists the names of the pinned maps.
 func MapNames() []string {

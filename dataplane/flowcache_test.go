@@ -245,3 +245,33 @@ func collidingConn(t *testing.T, c conn) conn {
 	t.Fatal("no client port collides")
 	return conn{}
 }
+
+// TestDumpFlowCache checks `fsha maps`' view of the cache: only the slots
+// in use, one raw value per CPU; the counters stay numbers.
+func TestDumpFlowCache(t *testing.T) {
+	h := newHarness(t, 64)
+	onCPU0(t)
+	h.reset(t)
+	cs, ss := established(t, h, c4)
+	nextJiffy(t)
+	h.run(t, ingress, c4.in(tcpACK|tcpPSH, cs, ss, 100).bytes(t))
+	h.run(t, ingress, c4.in(tcpACK|tcpPSH, cs+100, ss, 100).bytes(t))
+	d, err := h.maps.Dump(fshaMapFlowCache)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// the egress slot of the flow's creation and the ingress slot
+	if len(d) != 1 || len(d[0].Entries) != 2 {
+		t.Fatalf("flow cache dump %+v, want the two slots of one flow", d)
+	}
+	ncpu, _ := ebpf.PossibleCPU()
+	for _, e := range d[0].Entries {
+		if len(e.PerCPUValues) != ncpu || len(e.PerCPUValues[0]) != int(d[0].ValueSize) || e.PerCPU != nil {
+			t.Errorf("entry %+v: want %d raw values of %d bytes", e, ncpu, d[0].ValueSize)
+		}
+	}
+	c, err := h.maps.Dump(fshaMapCounters)
+	if err != nil || len(c) != 1 || len(c[0].Entries) != int(c[0].MaxEntries) || len(c[0].Entries[0].PerCPU) != ncpu {
+		t.Errorf("counters dump %+v (%v)", c, err)
+	}
+}

@@ -40,6 +40,13 @@ func mapsCommand(e env) *cli.Command {
 						fmt.Fprintf(e.stdout, "  key: %s  per-cpu: %v\n", spacedHex(en.Key), en.PerCPU)
 						continue
 					}
+					if en.PerCPUValues != nil {
+						fmt.Fprintf(e.stdout, "  key: %s\n", spacedHex(en.Key))
+						for cpu, v := range en.PerCPUValues {
+							fmt.Fprintf(e.stdout, "    cpu %d: %s\n", cpu, spacedHex(v))
+						}
+						continue
+					}
 					fmt.Fprintf(e.stdout, "  key: %s  value: %s\n", spacedHex(en.Key), spacedHex(en.Value))
 				}
 			}
