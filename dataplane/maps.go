@@ -93,7 +93,11 @@ func OpenPinned(pinPath string) (_ *PinnedMaps, err error) {
 		{fshaMapHandshakes, &p.Handshakes}, {fshaMapPeerFlows, &p.PeerFlows},
 		{fshaMapNodeMacs, &p.NodeMacs}, {fshaMapSteering, &p.Steering}, {fshaMapFlowCache, &p.FlowCache},
 	} {
-		if *dst.m, err = open(dst.name); err != nil {
+		*dst.m, err = open(dst.name)
+		if dst.name == fshaMapFlowCache && errors.Is(err, ErrNotLoaded) {
+			continue // programs of an older fsha, without the cache: nothing to add
+		}
+		if err != nil {
 			return nil, err
 		}
 	}
