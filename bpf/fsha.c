@@ -561,6 +561,10 @@ static __always_inline int slot_release(struct flow_cache_slot *c, struct packet
 		if (f)
 			s = side_of(f, dir);
 		slot_fold(c, f ? &s : NULL);
+		/* A flow another CPU closed in this jiffy: the slot must not
+		 * take a new connection's segments as an existing flow's. */
+		if (!f)
+			c->jiffies = 0;
 		return 1;
 	}
 	if (c->jiffies == j)

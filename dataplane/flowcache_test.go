@@ -20,18 +20,25 @@ import (
 func onCPU0(t *testing.T) {
 	t.Helper()
 	runtime.LockOSThread()
-	var saved, one unix.CPUSet
+	var saved unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &saved); err != nil {
 		t.Fatal(err)
 	}
-	one.Set(0)
-	if err := unix.SchedSetaffinity(0, &one); err != nil {
-		t.Fatal(err)
-	}
+	moveToCPU(t, 0)
 	t.Cleanup(func() {
 		_ = unix.SchedSetaffinity(0, &saved)
 		runtime.UnlockOSThread()
 	})
+}
+
+// moveToCPU moves the (locked) thread to CPU cpu.
+func moveToCPU(t *testing.T, cpu int) {
+	t.Helper()
+	var one unix.CPUSet
+	one.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		t.Fatalf("move to cpu %d: %v", cpu, err)
+	}
 }
 
 // nextJiffy waits until the kernel's tick: what follows runs at the start
@@ -274,4 +281,42 @@ func TestDumpFlowCache(t *testing.T) {
 	if err != nil || len(c) != 1 || len(c[0].Entries) != int(c[0].MaxEntries) || len(c[0].Entries[0].PerCPU) != ncpu {
 		t.Errorf("counters dump %+v (%v)", c, err)
 	}
+}
+
+// TestProgFlowCacheReusedTuple closes a flow on one CPU while another CPU's
+// slot still holds it, and opens a new connection with the same tuple in
+// the same jiffy on that other CPU: the stale slot must not take the new
+// connection's segments, which must create its flow.
+func TestProgFlowCacheReusedTuple(t *testing.T) {
+	if runtime.NumCPU() < 2 {
+		t.Skip("needs two CPUs")
+	}
+	h := newHarness(t, 64)
+	onCPU0(t)
+	h.reset(t)
+	c := c4
+	cs, ss := established(t, h, c)
+	h.drainEvents(t)
+	moveToCPU(t, 1)
+	nextJiffy(t)
+	h.run(t, egress, c.out(tcpACK|tcpPSH, ss, cs, 10).bytes(t)) // CPU 1's slot takes the flow
+	h.run(t, egress, c.out(tcpACK|tcpPSH, ss+10, cs, 10).bytes(t))
+	moveToCPU(t, 0)
+	h.run(t, egress, c.out(tcpRST, ss+20, 0, 0).bytes(t)) // closed on CPU 0
+	moveToCPU(t, 1)
+	// the new connection, same tuple, same jiffy, on CPU 1
+	ci, si := uint32(0x50000000), uint32(0x60000000)
+	h.run(t, ingress, c.in(tcpSYN, ci, 0, 0).bytes(t))
+	h.run(t, egress, c.out(tcpSYN|tcpACK, si, ci+1, 0).bytes(t))
+	h.run(t, ingress, c.in(tcpACK|tcpPSH, ci+1, si+1, 50).bytes(t))
+	h.run(t, egress, c.out(tcpACK, si+1, ci+51, 0).bytes(t))
+	evs := h.drainEvents(t)
+	if len(evs) != 2 || evs[0].Type != EventClose || evs[1].Type != EventOpen {
+		t.Fatalf("events %+v, want the old flow's close and the new one's open", evs)
+	}
+	f, ok := h.flow(t, c)
+	if !ok || f.BytesIn != 50 || f.PacketsOut != 1 || f.SeqOut != si+1 || f.BytesOut != 0 {
+		t.Errorf("new flow %+v (present %v), want 50 bytes in and the server's ACK", f, ok)
+	}
+	h.checkTotals(t)
 }
