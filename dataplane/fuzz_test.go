@@ -390,6 +390,17 @@ func predict(b []byte, d fshaDirection) prediction {
 	)
 	switch typ {
 	case layers.EthernetTypeIPv4:
+		// The prefilter looks at the VIP side's address before anything
+		// else in the header (bpf/fsha.c: prefilter, parse_packet).
+		if len(rest) >= 20 {
+			a := netip.AddrFrom4([4]byte(rest[16:20]))
+			if d == egress {
+				a = netip.AddrFrom4([4]byte(rest[12:16]))
+			}
+			if !vipMaybe(a) {
+				return decided(classOther, "ipv4: %v is not in the vip prefilter", a)
+			}
+		}
 		if len(rest) >= 20 && binary.BigEndian.Uint16(rest[2:4]) == 0 {
 			return decided(classParseError, "ipv4 total length 0")
 		}
