@@ -108,7 +108,7 @@ struct vip_key {
  */
 enum counter {
 	COUNTER_OTHER = 0,	 /* not TCP to/from a VIP on a tracked port */
-	COUNTER_PARSE_ERROR = 1, /* truncated or malformed headers */
+	COUNTER_PARSE_ERROR = 1, /* truncated or malformed, maybe VIP traffic */
 	COUNTER_FRAGMENT = 2,	 /* IP fragments: never tracked */
 	COUNTER_UNTRACKED = 3,	 /* VIP traffic without a flow (SYN, ingress-only) */
 	COUNTER_TRACKED = 4,	 /* updated, created or closed a flow */
