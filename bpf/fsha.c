@@ -347,11 +347,12 @@ static __always_inline int port_tracked(__u16 port)
 
 /*
  * Parses one frame and fills pkt oriented from the server: on ingress the
- * VIP is the destination, on egress the source. l4_len_hint, when non-zero,
- * is the length from the TCP header to the end of the packet as the skb
- * knows it (a GSO packet on egress is longer than one IP datagram says).
+ * VIP is the destination, on egress the source. skb_len, when non-zero, is
+ * the length of the packet as the skb knows it: a GSO packet on egress is
+ * longer than one IP datagram says, and when it is over 64 KiB (BIG TCP;
+ * gso says the skb is a GSO one) its IP length field is 0.
  */
-static __always_inline int parse_packet(void *data, void *data_end, int dir, __u32 skb_len,
+static __always_inline int parse_packet(void *data, void *data_end, int dir, __u32 skb_len, int gso,
 					int prefiltered, struct packet *pkt)
 {
 	struct hdr_cursor nh = {.pos = data};
@@ -363,6 +364,7 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 	if (eth_type < 0)
 		return COUNTER_PARSE_ERROR;
 	l3_off = nh.pos - data;
+	__u32 big_len = gso && skb_len > l3_off ? skb_len - l3_off : 0;
 
 	if (eth_type == ETH_P_IP_BE) {
 		struct iphdr *iph = nh.pos;
@@ -373,7 +375,7 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 		__be32 vip = dir == DIRECTION_INGRESS ? iph->daddr : iph->saddr;
 		if (!prefiltered && !vip_maybe(vip))
 			return COUNTER_OTHER;
-		proto = parse_iphdr(&nh, data_end, &iph, &l3_len);
+		proto = parse_iphdr(&nh, data_end, &iph, &l3_len, big_len);
 		if (proto == PARSE_ERROR)
 			return COUNTER_PARSE_ERROR;
 		if (fenced() && is_vip(&vip, FSHA_AF_INET))
@@ -390,7 +392,7 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 	} else if (eth_type == ETH_P_IPV6_BE) {
 		struct ipv6hdr *ip6h;
 
-		proto = parse_ip6hdr(&nh, data_end, &ip6h, &l3_len);
+		proto = parse_ip6hdr(&nh, data_end, &ip6h, &l3_len, big_len);
 		if (proto == PARSE_ERROR)
 			return COUNTER_PARSE_ERROR;
 		struct in6_addr *vip = dir == DIRECTION_INGRESS ? &ip6h->daddr : &ip6h->saddr;
@@ -847,7 +849,7 @@ int fsha_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	int res =
-	    parse_packet(data, data_end, DIRECTION_INGRESS, 0, pre == PREFILTER_MAYBE_4, &pkt);
+	    parse_packet(data, data_end, DIRECTION_INGRESS, 0, 0, pre == PREFILTER_MAYBE_4, &pkt);
 	if (res == CANDIDATE)
 		res = track_ingress(&pkt);
 	if (res == COUNTER_UNTRACKED)
@@ -881,8 +883,8 @@ int fsha_tc_egress(struct __sk_buff *skb)
 		data_end = (void *)(long)skb->data_end;
 	}
 	/* a pull moved the data: the prefilter's answer still holds */
-	int res = parse_packet(data, data_end, DIRECTION_EGRESS, skb->len, pre == PREFILTER_MAYBE_4,
-			       &pkt);
+	int res = parse_packet(data, data_end, DIRECTION_EGRESS, skb->len, skb->gso_size != 0,
+			       pre == PREFILTER_MAYBE_4, &pkt);
 	if (res == CANDIDATE)
 		res = track_egress(&pkt);
 	count(DIRECTION_EGRESS, res);

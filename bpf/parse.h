@@ -67,10 +67,12 @@ static __always_inline int parse_ethhdr(struct hdr_cursor *nh, void *data_end)
 /*
  * Returns the IP protocol, PARSE_FRAGMENT for any fragment (a non-first one
  * has no TCP header; a first one is not worth reassembling for tracking), or
- * PARSE_ERROR. *l3_len is the total length the IP header claims.
+ * PARSE_ERROR. *l3_len is the total length the IP header claims. big_len,
+ * when non-zero, is the packet's length from the IP header on, for a GSO
+ * packet: a BIG TCP one of over 64 KiB says 0 where the length goes.
  */
 static __always_inline int parse_iphdr(struct hdr_cursor *nh, void *data_end, struct iphdr **iphdr,
-				       __u32 *l3_len)
+				       __u32 *l3_len, __u32 big_len)
 {
 	struct iphdr *iph = nh->pos;
 
@@ -82,6 +84,8 @@ static __always_inline int parse_iphdr(struct hdr_cursor *nh, void *data_end, st
 	if (nh->pos + hdrsize > data_end)
 		return PARSE_ERROR;
 	__u32 tot_len = bpf_ntohs(iph->tot_len);
+	if (tot_len == 0 && big_len)
+		tot_len = big_len;
 	if (tot_len < hdrsize)
 		return PARSE_ERROR;
 	nh->pos += hdrsize;
@@ -101,10 +105,11 @@ struct ipv6_opt_hdr_ {
  * Returns the upper-layer protocol after the IPv6 header and the extension
  * headers that can precede TCP (hop-by-hop, routing, destination options,
  * AH), PARSE_FRAGMENT for a fragment header, or PARSE_ERROR. *l3_len is the
- * header plus the payload length it claims.
+ * header plus the payload length it claims; big_len as for parse_iphdr
+ * (BIG TCP over IPv6 leaves the payload length 0, without a jumbo option).
  */
 static __always_inline int parse_ip6hdr(struct hdr_cursor *nh, void *data_end,
-					struct ipv6hdr **ip6hdr, __u32 *l3_len)
+					struct ipv6hdr **ip6hdr, __u32 *l3_len, __u32 big_len)
 {
 	struct ipv6hdr *ip6h = nh->pos;
 
@@ -113,6 +118,8 @@ static __always_inline int parse_ip6hdr(struct hdr_cursor *nh, void *data_end,
 	nh->pos = ip6h + 1;
 	*ip6hdr = ip6h;
 	__u32 remaining = bpf_ntohs(ip6h->payload_len);
+	if (remaining == 0 && big_len > sizeof(*ip6h))
+		remaining = big_len - sizeof(*ip6h);
 	*l3_len = sizeof(*ip6h) + remaining;
 	int next = ip6h->nexthdr;
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/google/gopacket/layers"
 
 	"github.com/fsha/fsha/tools/testenv"
@@ -1211,4 +1212,62 @@ func TestProgDecode(t *testing.T) {
 		}
 	}
 	h.checkTotals(t)
+}
+
+// skbContext is a struct __sk_buff for BPF_PROG_RUN with the GSO fields
+// set, laid out as the running kernel's BTF says.
+func skbContext(t *testing.T, gsoSegs, gsoSize uint32) []byte {
+	t.Helper()
+	kernel, err := btf.LoadKernelSpec()
+	if err != nil {
+		t.Fatalf("kernel BTF: %v", err)
+	}
+	var skb *btf.Struct
+	if err := kernel.TypeByName("__sk_buff", &skb); err != nil {
+		t.Fatalf("struct __sk_buff: %v", err)
+	}
+	ctx := make([]byte, skb.Size)
+	for _, m := range skb.Members {
+		switch m.Name {
+		case "gso_segs":
+			binary.NativeEndian.PutUint32(ctx[m.Offset.Bytes():], gsoSegs)
+		case "gso_size":
+			binary.NativeEndian.PutUint32(ctx[m.Offset.Bytes():], gsoSize)
+		}
+	}
+	return ctx
+}
+
+// TestProgBigTCP sends BIG TCP super-segments on egress: over 64 KiB, the
+// IPv4 total length and the IPv6 payload length are 0 and the skb's length
+// is the truth. Outside GSO, a zero length stays a parse error
+// (TestProgParse).
+func TestProgBigTCP(t *testing.T) {
+	h := newHarness(t, 64)
+	for _, c := range []conn{c4, c6} {
+		t.Run(c.vip.String(), func(t *testing.T) {
+			h.reset(t)
+			cs, ss := established(t, h, c)
+			const payload = 3000 // a BPF_PROG_RUN skb is at most a page
+			pkt := c.out(tcpACK|tcpPSH, ss, cs, payload).bytes(t)
+			if c.vip.Is4() {
+				binary.BigEndian.PutUint16(pkt[14+2:], 0)
+			} else {
+				binary.BigEndian.PutUint16(pkt[14+4:], 0)
+			}
+			before := h.counters(t)
+			ret, err := h.objs.FshaTcEgress.Run(&ebpf.RunOptions{Data: pkt, Context: skbContext(t, 3, 1000)})
+			if err != nil {
+				t.Fatalf("run tc: %v", err)
+			}
+			h.runs[egress]++
+			if d := counterDelta(before, h.counters(t)); ret != tcxNext || d[egress][fshaCounterCOUNTER_TRACKED] != 1 {
+				t.Fatalf("verdict %#x, counters %s; want TCX_NEXT and tracked", ret, d)
+			}
+			if f, _ := h.flow(t, c); f.BytesOut != payload || f.SeqOut != ss+payload || f.PacketsOut != 2 {
+				t.Errorf("flow after a super-segment %+v, want %d bytes out", f, payload)
+			}
+			h.checkTotals(t)
+		})
+	}
 }
