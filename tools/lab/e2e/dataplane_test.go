@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -311,6 +312,42 @@ func TestDataplane(t *testing.T) {
 			p.c.Close()
 			p.s.Close()
 			d.wantGone(t, ctx, p)
+		}
+	})
+
+	// fsha maps reads every pinned map, the flow cache's per-CPU slots
+	// included, while a connection is busy.
+	t.Run("maps dump", func(t *testing.T) {
+		p := d.open(t, ctx, 445)
+		defer func() {
+			p.c.Close()
+			p.s.Close()
+			d.wantGone(t, ctx, p)
+		}()
+		send(t, p.c, p.s, 1_000_000)
+		out, err := d.node.Fsha(ctx, "maps", "--map", "flow_cache", "--json")
+		if err != nil {
+			t.Fatalf("fsha maps --map flow_cache: %v\n%s", err, out)
+		}
+		var dumps []dataplane.MapDump
+		if err := json.Unmarshal(out, &dumps); err != nil || len(dumps) != 1 {
+			t.Fatalf("decode %d dumps: %v\n%s", len(dumps), err, out)
+		}
+		key := d.vip.AsSlice() // a slot starts with its flow_key, the VIP first
+		found := false
+		for _, e := range dumps[0].Entries {
+			for _, v := range e.PerCPUValues {
+				if len(v) != int(dumps[0].ValueSize) {
+					t.Errorf("slot %x: a value of %d bytes, want %d", e.Key, len(v), dumps[0].ValueSize)
+				}
+				found = found || bytes.HasPrefix(v, key)
+			}
+		}
+		if !found {
+			t.Errorf("no flow cache slot holds the busy flow to %s: %s", d.vip, out)
+		}
+		if out, err := d.node.Fsha(ctx, "maps"); err != nil || !bytes.Contains(out, []byte("flow_cache: PerCPUArray")) {
+			t.Errorf("fsha maps: %v\n%s", err, out)
 		}
 	})
 
