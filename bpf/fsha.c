@@ -350,7 +350,8 @@ static __always_inline int port_tracked(__u16 port)
  * VIP is the destination, on egress the source. skb_len, when non-zero, is
  * the length of the packet as the skb knows it: a GSO packet on egress is
  * longer than one IP datagram says, and when it is over 64 KiB (BIG TCP;
- * gso says the skb is a GSO one) its IP length field is 0.
+ * gso says the skb is a GSO one) its IP length field is 0. prefiltered: the
+ * prefilter has passed the VIP-side address already.
  */
 static __always_inline int parse_packet(void *data, void *data_end, int dir, __u32 skb_len, int gso,
 					int prefiltered, struct packet *pkt)
@@ -399,7 +400,7 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 		struct in6_addr *client = dir == DIRECTION_INGRESS ? &ip6h->saddr : &ip6h->daddr;
 		if (proto == IPPROTO_ICMPV6_ && dir == DIRECTION_INGRESS && fenced())
 			return fence_ndp(&nh, data_end);
-		if (!vip_maybe(vip6_hash(vip)))
+		if (!prefiltered && !vip_maybe(vip6_hash(vip)))
 			return COUNTER_OTHER;
 		if (fenced() && is_vip(vip, FSHA_AF_INET6))
 			return COUNTER_FENCED;
@@ -849,7 +850,7 @@ int fsha_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	int res =
-	    parse_packet(data, data_end, DIRECTION_INGRESS, 0, 0, pre == PREFILTER_MAYBE_4, &pkt);
+	    parse_packet(data, data_end, DIRECTION_INGRESS, 0, 0, pre != PREFILTER_NONE, &pkt);
 	if (res == CANDIDATE)
 		res = track_ingress(&pkt);
 	if (res == COUNTER_UNTRACKED)
@@ -884,7 +885,7 @@ int fsha_tc_egress(struct __sk_buff *skb)
 	}
 	/* a pull moved the data: the prefilter's answer still holds */
 	int res = parse_packet(data, data_end, DIRECTION_EGRESS, skb->len, skb->gso_size != 0,
-			       pre == PREFILTER_MAYBE_4, &pkt);
+			       pre != PREFILTER_NONE, &pkt);
 	if (res == CANDIDATE)
 		res = track_egress(&pkt);
 	count(DIRECTION_EGRESS, res);
