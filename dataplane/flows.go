@@ -189,8 +189,10 @@ const DirectionMax = int(fshaDirectionDIRECTION_MAX)
 // pending reads the programs' flow cache (bpf/fsha.h): a per-CPU array
 // whose slots hold the packets a CPU saw of a flow after its first one in
 // the same jiffy. The programs fold them into the flows map at that flow's
-// next packet on that CPU, so what a reader adds is exact for an idle flow
-// and, for a busy one, as fresh as a read of moving counters can be.
+// next packet on that CPU, so what a reader adds is exact for an idle flow.
+// For a busy one, a fold between this read and the read of its flow counts
+// one jiffy's packets of one CPU twice (sequence numbers only move forward,
+// so they stay right); the next read is exact again.
 func (m *Maps) pending() (pendingCounts, error) {
 	if m.FlowCache == nil {
 		return nil, nil // the pins of an older fsha: no cache
