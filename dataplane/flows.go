@@ -192,7 +192,7 @@ const DirectionMax = int(fshaDirectionDIRECTION_MAX)
 // next packet on that CPU, so what a reader adds is exact for an idle flow.
 // For a busy one, a fold between this read and the read of its flow counts
 // one jiffy's packets of one CPU twice (sequence numbers only move forward,
-// so they stay right); the next read is exact again.
+// so they stay right); once the flow is idle, reads are exact.
 func (m *Maps) pending() (pendingCounts, error) {
 	if m.FlowCache == nil {
 		return nil, nil // the pins of an older fsha: no cache
