@@ -21,6 +21,13 @@ static __always_inline int key_equal(const struct flow_key *a, const struct flow
 	return words_equal((const void *)a, (const void *)b);
 }
 
+/* Reports whether slot c holds the flow whose key is w, filled in jiffy j:
+ * the flow's segments of that jiffy may go to the slot. */
+static __always_inline int slot_holds(struct flow_cache_slot *c, const u64_alias *w, __u64 j)
+{
+	return c && c->jiffies == j && words_equal((const void *)&c->key, w);
+}
+
 /* Returns this CPU's cache slot for the flow whose key is w, in direction
  * dir. Clients choosing colliding tuples only send each other to the flows
  * map. */
@@ -138,8 +145,8 @@ static __always_inline void slot_forget(struct packet *pkt, struct flow *f, int 
  */
 static __always_inline int cached(struct flow_cache_slot *c, struct packet *pkt, __u64 j)
 {
-	if (!c || c->jiffies != j || (pkt->flags & (TCP_SYN | TCP_FIN | TCP_RST)) ||
-	    !key_equal(&c->key, &pkt->key))
+	if ((pkt->flags & (TCP_SYN | TCP_FIN | TCP_RST)) ||
+	    !slot_holds(c, (const void *)&pkt->key, j))
 		return 0;
 	slot_add(c, pkt->seq, pkt->ack, pkt->payload, pkt->window, pkt->flags);
 	return 1;

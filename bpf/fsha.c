@@ -346,6 +346,18 @@ static __always_inline int port_tracked(__u16 port)
 }
 
 /*
+ * The length from the TCP header on: what the IP header says, or what the
+ * skb holds when that is more (skb_len 0 on XDP). A GSO packet on egress
+ * carries the payload of several segments behind one segment's headers.
+ */
+static __always_inline __u32 l4_length(__u32 ip_says, __u32 skb_len, __u32 l4_off)
+{
+	if (skb_len > l4_off && skb_len - l4_off > ip_says)
+		return skb_len - l4_off;
+	return ip_says;
+}
+
+/*
  * Parses one frame and fills pkt oriented from the server: on ingress the
  * VIP is the destination, on egress the source. skb_len, when non-zero, is
  * the length of the packet as the skb knows it: a GSO packet on egress is
@@ -434,9 +446,7 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 	__u32 l4_len = l3_len - (l4_off - l3_off);
 	if (l3_len < (l4_off - l3_off) + tcp_len)
 		return COUNTER_PARSE_ERROR;
-	if (skb_len > l4_off && skb_len - l4_off > l4_len)
-		l4_len = skb_len - l4_off;
-	pkt->payload = l4_len - tcp_len;
+	pkt->payload = l4_length(l4_len, skb_len, l4_off) - tcp_len;
 	pkt->seq = bpf_ntohl(tcp->seq);
 	pkt->ack = bpf_ntohl(tcp->ack_seq);
 	pkt->window = bpf_ntohs(tcp->window);
@@ -818,15 +828,13 @@ static __always_inline int fast_track(void *data, void *data_end, int dir, __u32
 	if ((flags & (TCP_SYN | TCP_FIN | TCP_RST)) || doff < sizeof(*tcp) ||
 	    (void *)tcp + doff > data_end || l4_len < doff)
 		return 0;
-	if (skb_len > l4_off && skb_len - l4_off > l4_len)
-		l4_len = skb_len - l4_off; /* a GSO packet on egress */
+	l4_len = l4_length(l4_len, skb_len, l4_off);
 	__u16 sport = bpf_ntohs(tcp->source), dport = bpf_ntohs(tcp->dest);
 	w[4] = dir == DIRECTION_INGRESS ? key_tail(dport, sport, family)
 					: key_tail(sport, dport, family);
 
 	struct flow_cache_slot *c = cache_slot_of(w, dir);
-	if (!c || c->jiffies != bpf_jiffies64() || !words_equal((const void *)&c->key, w) ||
-	    fenced())
+	if (!slot_holds(c, w, bpf_jiffies64()) || fenced())
 		return 0;
 	slot_add(c, bpf_ntohl(tcp->seq), bpf_ntohl(tcp->ack_seq), l4_len - doff,
 		 bpf_ntohs(tcp->window), flags);

@@ -48,24 +48,17 @@ func LoadUnpinnedWith(opts UnpinnedOptions) (*Unpinned, error) {
 	if flowsMax == 0 {
 		flowsMax = DefaultFlowsMax
 	}
-	spec, err := loadFsha()
+	spec, err := newSpec(flowsMax)
 	if err != nil {
-		return nil, fmt.Errorf("load bpf spec: %w", err)
+		return nil, err
 	}
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinNone
-	}
-	spec.Maps[fshaMapFlows].MaxEntries = flowsMax
-	if err := spec.Variables[fshaVarFlowsMax].Set(uint64(flowsMax)); err != nil {
-		return nil, fmt.Errorf("set flows_max: %w", err)
 	}
 	if opts.NoFlowCache {
 		if err := spec.Variables[fshaVarFlowCacheOn].Set(uint32(0)); err != nil {
 			return nil, fmt.Errorf("set flow_cache_on: %w", err)
 		}
-	}
-	if err := setClock(spec); err != nil {
-		return nil, err
 	}
 	u := &Unpinned{}
 	if err := spec.LoadAndAssign(&u.objs, nil); err != nil {

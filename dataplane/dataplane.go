@@ -81,18 +81,11 @@ func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
 		}
 	}()
 
-	spec, err := loadFsha()
+	spec, err := newSpec(opts.FlowsMax)
 	if err != nil {
-		return nil, fmt.Errorf("load bpf spec: %w", err)
-	}
-	spec.Maps[fshaMapFlows].MaxEntries = opts.FlowsMax
-	spec.Maps[fshaMapPeerFlows].MaxEntries = opts.PeerFlowsMax
-	if err := spec.Variables[fshaVarFlowsMax].Set(uint64(opts.FlowsMax)); err != nil {
-		return nil, fmt.Errorf("set flows_max: %w", err)
-	}
-	if err := setClock(spec); err != nil {
 		return nil, err
 	}
+	spec.Maps[fshaMapPeerFlows].MaxEntries = opts.PeerFlowsMax
 	err = spec.LoadAndAssign(&dp.objs, &ebpf.CollectionOptions{
 		Maps: ebpf.MapOptions{PinPath: opts.PinPath},
 	})
@@ -191,4 +184,22 @@ func Unload(log *zap.Logger, pinPath string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// newSpec is fsha's bpf object as every loader starts from it: a flows map
+// of flowsMax entries, the programs' flows_max to match, and their clock
+// set (setClock).
+func newSpec(flowsMax uint32) (*ebpf.CollectionSpec, error) {
+	spec, err := loadFsha()
+	if err != nil {
+		return nil, fmt.Errorf("load bpf spec: %w", err)
+	}
+	spec.Maps[fshaMapFlows].MaxEntries = flowsMax
+	if err := spec.Variables[fshaVarFlowsMax].Set(uint64(flowsMax)); err != nil {
+		return nil, fmt.Errorf("set flows_max: %w", err)
+	}
+	if err := setClock(spec); err != nil {
+		return nil, err
+	}
+	return spec, nil
 }

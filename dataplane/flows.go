@@ -55,6 +55,57 @@ type Flow struct {
 	State      FlowState
 }
 
+// FlowRecord is the stable JSON form of a flow: what `fsha flows --json`
+// prints for scripts, and what the lab reads back.
+type FlowRecord struct {
+	VIP        netip.Addr `json:"vip"`
+	VPort      uint16     `json:"vport"`
+	Client     netip.Addr `json:"client"`
+	CPort      uint16     `json:"cport"`
+	Proto      string     `json:"proto"`
+	State      string     `json:"state"`
+	BytesIn    uint64     `json:"bytes_in"`
+	BytesOut   uint64     `json:"bytes_out"`
+	PacketsIn  uint64     `json:"packets_in"`
+	PacketsOut uint64     `json:"packets_out"`
+	FirstSeen  time.Time  `json:"first_seen"`
+	LastSeen   time.Time  `json:"last_seen"`
+	SeqIn      uint32     `json:"seq_in"`
+	AckIn      uint32     `json:"ack_in"`
+	SeqOut     uint32     `json:"seq_out"`
+	AckOut     uint32     `json:"ack_out"`
+	WindowIn   uint16     `json:"window_in"`
+	WindowOut  uint16     `json:"window_out"`
+	// With `fsha flows --all`: the node holding the socket, and whether
+	// this node steers the connection's packets to it (a draining VIP).
+	Owner string `json:"owner,omitempty"`
+	Steer bool   `json:"steer,omitempty"`
+}
+
+// Record returns f in its JSON form, times in UTC.
+func (f Flow) Record() FlowRecord {
+	return FlowRecord{
+		VIP: f.VIP, VPort: f.VIPPort, Client: f.Client, CPort: f.ClientPort,
+		Proto: Proto(f.VIPPort), State: f.State.String(),
+		BytesIn: f.BytesIn, BytesOut: f.BytesOut, PacketsIn: f.PacketsIn, PacketsOut: f.PacketsOut,
+		FirstSeen: utc(f.FirstSeen), LastSeen: utc(f.LastSeen),
+		SeqIn: f.SeqIn, AckIn: f.AckIn, SeqOut: f.SeqOut, AckOut: f.AckOut,
+		WindowIn: f.WindowIn, WindowOut: f.WindowOut,
+	}
+}
+
+// Key names the connection as client -> vip.
+func (r FlowRecord) Key() string {
+	return netip.AddrPortFrom(r.Client, r.CPort).String() + "->" + netip.AddrPortFrom(r.VIP, r.VPort).String()
+}
+
+func utc(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	return t.UTC()
+}
+
 // Proto names the service behind a VIP port.
 func Proto(port uint16) string {
 	switch port {
@@ -197,44 +248,45 @@ func (m *Maps) pending() (pendingCounts, error) {
 	if m.FlowCache == nil {
 		return nil, nil // the pins of an older fsha: no cache
 	}
+	perDir := int(m.FlowCache.MaxEntries()) / DirectionMax // ingress first, then egress
+	pend := pendingCounts{}
+	err := m.forEachCacheSlot(func(k uint32, perCPU []fshaFlowCacheSlot) {
+		pend.add(int(k)/perDir, perCPU)
+	})
+	return pend, err
+}
+
+// forEachCacheSlot calls fn with every slot number of the flow cache and
+// that slot's value on each CPU, in one batch read where the kernel can.
+func (m *Maps) forEachCacheSlot(fn func(k uint32, perCPU []fshaFlowCacheSlot)) error {
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
-		return nil, fmt.Errorf("count cpus: %w", err)
+		return fmt.Errorf("count cpus: %w", err)
 	}
 	n := int(m.FlowCache.MaxEntries())
 	keys := make([]uint32, n)
 	slots := make([]fshaFlowCacheSlot, n*ncpu)
 	var cursor ebpf.MapBatchCursor
 	got, err := m.FlowCache.BatchLookup(&cursor, keys, slots, nil)
-	if errors.Is(err, ebpf.ErrNotSupported) {
-		return m.pendingOneByOne()
+	switch {
+	case errors.Is(err, ebpf.ErrNotSupported):
+		var k uint32
+		var perCPU []fshaFlowCacheSlot
+		it := m.FlowCache.Iterate()
+		for it.Next(&k, &perCPU) {
+			fn(k, perCPU)
+		}
+		if err := it.Err(); err != nil {
+			return fmt.Errorf("read flow cache: %w", err)
+		}
+		return nil
+	case err != nil && !errors.Is(err, ebpf.ErrKeyNotExist):
+		return fmt.Errorf("read flow cache: %w", err)
 	}
-	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return nil, fmt.Errorf("read flow cache: %w", err)
-	}
-	perDir := n / DirectionMax // the first half is ingress, the second egress
-	pend := pendingCounts{}
 	for i := range got {
-		pend.add(int(keys[i])/perDir, slots[i*ncpu:(i+1)*ncpu])
+		fn(keys[i], slots[i*ncpu:(i+1)*ncpu])
 	}
-	return pend, nil
-}
-
-func (m *Maps) pendingOneByOne() (pendingCounts, error) {
-	perDir := int(m.FlowCache.MaxEntries()) / DirectionMax
-	pend := pendingCounts{}
-	var (
-		k     uint32
-		slots []fshaFlowCacheSlot
-	)
-	it := m.FlowCache.Iterate()
-	for it.Next(&k, &slots) {
-		pend.add(int(k)/perDir, slots)
-	}
-	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read flow cache: %w", err)
-	}
-	return pend, nil
+	return nil
 }
 
 func (p pendingCounts) add(dir int, slots []fshaFlowCacheSlot) {

@@ -70,22 +70,15 @@ func newHarness(t testing.TB, flowsMax uint32) *harness {
 	t.Helper()
 	testenv.RequireBPF(t)
 
-	spec, err := loadFsha()
+	spec, err := newSpec(flowsMax)
 	if err != nil {
-		t.Fatalf("load spec: %v", err)
-	}
-	for _, m := range spec.Maps {
-		m.Pinning = ebpf.PinNone
-		if m.Type == ebpf.LRUHash && m.MaxEntries > 4096 {
-			m.MaxEntries = 4096 // small tables reset fast; flows is sized below
-		}
-	}
-	spec.Maps[fshaMapFlows].MaxEntries = flowsMax
-	if err := spec.Variables[fshaVarFlowsMax].Set(uint64(flowsMax)); err != nil {
-		t.Fatalf("set flows_max: %v", err)
-	}
-	if err := setClock(spec); err != nil {
 		t.Fatal(err)
+	}
+	for name, m := range spec.Maps {
+		m.Pinning = ebpf.PinNone
+		if m.Type == ebpf.LRUHash && m.MaxEntries > 4096 && name != fshaMapFlows {
+			m.MaxEntries = 4096 // small tables reset fast; flows is sized by flowsMax
+		}
 	}
 	h := &harness{}
 	coll, err := ebpf.NewCollection(spec)
@@ -176,25 +169,22 @@ func (h *harness) reset(t testing.TB) {
 // which the fuzz targets would pay per input).
 func clearFlowCache(t testing.TB, m *Maps) {
 	t.Helper()
+	var used []uint32
+	err := m.forEachCacheSlot(func(k uint32, perCPU []fshaFlowCacheSlot) {
+		if slices.ContainsFunc(perCPU, func(s fshaFlowCacheSlot) bool { return s != fshaFlowCacheSlot{} }) {
+			used = append(used, k)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ncpu, err := ebpf.PossibleCPU()
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := int(m.FlowCache.MaxEntries())
-	keys := make([]uint32, n)
-	slots := make([]fshaFlowCacheSlot, n*ncpu)
-	var cursor ebpf.MapBatchCursor
-	got, err := m.FlowCache.BatchLookup(&cursor, keys, slots, nil)
-	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		t.Fatalf("read flow cache: %v", err)
-	}
-	empty := make([]fshaFlowCacheSlot, ncpu)
-	for i := range got {
-		if slices.Equal(slots[i*ncpu:(i+1)*ncpu], empty) {
-			continue
-		}
-		if err := m.FlowCache.Put(keys[i], empty); err != nil {
-			t.Fatalf("clear flow cache slot %d: %v", keys[i], err)
+	for _, k := range used {
+		if err := m.FlowCache.Put(k, make([]fshaFlowCacheSlot, ncpu)); err != nil {
+			t.Fatalf("clear flow cache slot %d: %v", k, err)
 		}
 	}
 }

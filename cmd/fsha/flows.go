@@ -13,50 +13,6 @@ import (
 	"github.com/fsha/fsha/dataplane"
 )
 
-// flowJSON is the stable JSON form of a flow for scripts.
-type flowJSON struct {
-	VIP        string    `json:"vip"`
-	VPort      uint16    `json:"vport"`
-	Client     string    `json:"client"`
-	CPort      uint16    `json:"cport"`
-	Proto      string    `json:"proto"`
-	State      string    `json:"state"`
-	BytesIn    uint64    `json:"bytes_in"`
-	BytesOut   uint64    `json:"bytes_out"`
-	PacketsIn  uint64    `json:"packets_in"`
-	PacketsOut uint64    `json:"packets_out"`
-	FirstSeen  time.Time `json:"first_seen"`
-	LastSeen   time.Time `json:"last_seen"`
-	SeqIn      uint32    `json:"seq_in"`
-	AckIn      uint32    `json:"ack_in"`
-	SeqOut     uint32    `json:"seq_out"`
-	AckOut     uint32    `json:"ack_out"`
-	WindowIn   uint16    `json:"window_in"`
-	WindowOut  uint16    `json:"window_out"`
-	// With --all: the node holding the socket, and whether this node
-	// steers the connection's packets to it (a draining VIP).
-	Owner string `json:"owner,omitempty"`
-	Steer bool   `json:"steer,omitempty"`
-}
-
-func toFlowJSON(f dataplane.Flow) flowJSON {
-	return flowJSON{
-		VIP: f.VIP.String(), VPort: f.VIPPort, Client: f.Client.String(), CPort: f.ClientPort,
-		Proto: dataplane.Proto(f.VIPPort), State: f.State.String(),
-		BytesIn: f.BytesIn, BytesOut: f.BytesOut, PacketsIn: f.PacketsIn, PacketsOut: f.PacketsOut,
-		FirstSeen: utc(f.FirstSeen), LastSeen: utc(f.LastSeen),
-		SeqIn: f.SeqIn, AckIn: f.AckIn, SeqOut: f.SeqOut, AckOut: f.AckOut,
-		WindowIn: f.WindowIn, WindowOut: f.WindowOut,
-	}
-}
-
-func utc(t time.Time) time.Time {
-	if t.IsZero() {
-		return t
-	}
-	return t.UTC()
-}
-
 type flowFilter struct {
 	vip, client netip.Addr
 	port        uint16
@@ -126,9 +82,9 @@ func flowsCommand(e env) *cli.Command {
 				return err
 			}
 			sortFlows(flows)
-			out := make([]flowJSON, 0, len(flows))
+			out := make([]dataplane.FlowRecord, 0, len(flows))
 			for _, f := range flows {
-				out = append(out, toFlowJSON(f))
+				out = append(out, f.Record())
 			}
 			if c.Bool("all") {
 				if out, err = withPeerFlows(c, maps, ff, out); err != nil {
@@ -160,7 +116,7 @@ func sortFlows(flows []dataplane.Flow) {
 
 // withPeerFlows adds the replicated flows and names every flow's owner,
 // by address when the daemon answers, else by node number.
-func withPeerFlows(c *cli.Context, maps *dataplane.PinnedMaps, ff flowFilter, out []flowJSON) ([]flowJSON, error) {
+func withPeerFlows(c *cli.Context, maps *dataplane.PinnedMaps, ff flowFilter, out []dataplane.FlowRecord) ([]dataplane.FlowRecord, error) {
 	self, names := "local", map[int]string{}
 	ctx, cancel := context.WithTimeout(c.Context, time.Second)
 	defer cancel()
@@ -180,7 +136,7 @@ func withPeerFlows(c *cli.Context, maps *dataplane.PinnedMaps, ff flowFilter, ou
 		if !ff.match(f) {
 			return true
 		}
-		j := toFlowJSON(f)
+		j := f.Record()
 		j.State, j.FirstSeen = "replicated", time.Time{}
 		j.Owner, j.Steer = names[pf.Owner], pf.Steer
 		if j.Owner == "" {
@@ -192,7 +148,7 @@ func withPeerFlows(c *cli.Context, maps *dataplane.PinnedMaps, ff flowFilter, ou
 	return out, err
 }
 
-func printFlows(e env, flows []flowJSON, all bool) error {
+func printFlows(e env, flows []dataplane.FlowRecord, all bool) error {
 	now := time.Now()
 	header := []string{"VIP", "CLIENT", "PROTO", "STATE", "IN", "OUT", "PKTS IN/OUT", "AGE", "IDLE"}
 	if all {
@@ -200,8 +156,7 @@ func printFlows(e env, flows []flowJSON, all bool) error {
 	}
 	t := newTable(e.stdout, header...)
 	for _, f := range flows {
-		vip, client := netip.MustParseAddr(f.VIP), netip.MustParseAddr(f.Client)
-		row := []string{netip.AddrPortFrom(vip, f.VPort).String(), netip.AddrPortFrom(client, f.CPort).String(),
+		row := []string{netip.AddrPortFrom(f.VIP, f.VPort).String(), netip.AddrPortFrom(f.Client, f.CPort).String(),
 			f.Proto, f.State, humanBytes(f.BytesIn), humanBytes(f.BytesOut),
 			fmt.Sprintf("%d/%d", f.PacketsIn, f.PacketsOut), age(now, f.FirstSeen), age(now, f.LastSeen)}
 		if all {

@@ -18,31 +18,7 @@ import (
 const FshaStartTimeout = 20 * time.Second
 
 // Flow is one entry of `fsha flows --json`.
-type Flow struct {
-	VIP        netip.Addr `json:"vip"`
-	VPort      uint16     `json:"vport"`
-	Client     netip.Addr `json:"client"`
-	CPort      uint16     `json:"cport"`
-	Proto      string     `json:"proto"`
-	State      string     `json:"state"`
-	BytesIn    uint64     `json:"bytes_in"`
-	BytesOut   uint64     `json:"bytes_out"`
-	PacketsIn  uint64     `json:"packets_in"`
-	PacketsOut uint64     `json:"packets_out"`
-	FirstSeen  time.Time  `json:"first_seen"`
-	LastSeen   time.Time  `json:"last_seen"`
-	SeqIn      uint32     `json:"seq_in"`
-	AckIn      uint32     `json:"ack_in"`
-	SeqOut     uint32     `json:"seq_out"`
-	AckOut     uint32     `json:"ack_out"`
-	WindowIn   uint16     `json:"window_in"`
-	WindowOut  uint16     `json:"window_out"`
-}
-
-// Key prints the flow as client -> vip.
-func (f Flow) Key() string {
-	return netip.AddrPortFrom(f.Client, f.CPort).String() + "->" + netip.AddrPortFrom(f.VIP, f.VPort).String()
-}
+type Flow = dataplane.FlowRecord
 
 func (l *Lab) fshaBin() (string, error) {
 	if l.opts.Fsha == "" {

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/fsha/fsha/control/admin"
+	"github.com/fsha/fsha/dataplane"
 	"github.com/fsha/fsha/tools/lab"
 	"github.com/fsha/fsha/tools/testenv"
 )
@@ -138,19 +139,7 @@ func fshaCmd(ctx context.Context, n *lab.ClusterNode, args ...string) ([]byte, e
 }
 
 // flowEntry is one line of `fsha flows --all --json`.
-type flowEntry struct {
-	VIP   netip.Addr `json:"vip"`
-	VPort uint16     `json:"vport"`
-	Cl    netip.Addr `json:"client"`
-	CPort uint16     `json:"cport"`
-	State string     `json:"state"`
-	Owner string     `json:"owner"`
-	Steer bool       `json:"steer"`
-}
-
-func (f flowEntry) Key() string {
-	return netip.AddrPortFrom(f.Cl, f.CPort).String() + "->" + netip.AddrPortFrom(f.VIP, f.VPort).String()
-}
+type flowEntry = dataplane.FlowRecord
 
 // flowsAll is `fsha flows --all --json` of the node: its own connections
 // (owner: its address) and the replicated ones of its peers.

@@ -210,7 +210,7 @@ func TestReplicationGarbage(t *testing.T) {
 		}
 	}
 	for _, f := range fs {
-		if f.Cl == ghost {
+		if f.Client == ghost {
 			t.Errorf("a refused message reached %s's flows: %+v", victim.Role, f)
 		}
 	}
