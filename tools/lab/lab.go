@@ -425,6 +425,28 @@ func (l *Lab) AddClient(role string) (*Client, error) {
 	return c, nil
 }
 
+// NodeAndClientT adds node n1 and client c1, the cast of most single-node
+// tests, and, with vip, puts lab.VIP(1) on n1's eth0. It fails t if the
+// lab cannot.
+func (l *Lab) NodeAndClientT(t TB, vip bool) (*Node, *Client, netip.Prefix) {
+	t.Helper()
+	n, err := l.AddNode("n1")
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	c, err := l.AddClient("c1")
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	v := VIP(1)
+	if vip {
+		if err := n.AddAddr(v); err != nil {
+			t.Fatalf("%v", err)
+		}
+	}
+	return n, c, v
+}
+
 // addHost creates the namespace, the veth pair into the bridge, the
 // address, switches transmit checksum offload off on eth0 and, for nodes,
 // attaches the XDP_PASS program to the bridge-side end.

@@ -39,14 +39,7 @@ func nsExists(name string) bool {
 
 func TestLabTwoNamespaces(t *testing.T) {
 	l := newLab(t)
-	n, err := l.AddNode("n1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := l.AddClient("c1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, c, _ := l.NodeAndClientT(t, false)
 	nameRE := regexp.MustCompile(`^fsha-[0-9a-f]{6}-(sw|n1|c1)$`)
 	for _, h := range []*lab.Host{l.Switch, n.Host, c.Host} {
 		if !nameRE.MatchString(h.NS) || !strings.Contains(h.NS, l.ID) {
@@ -268,15 +261,7 @@ func TestSmbd(t *testing.T) {
 	l := newLab(t)
 	testenv.RequireCommand(t, "smbd")
 	testenv.RequireCommand(t, "smbclient")
-	n, err := l.AddNode("n1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := l.AddClient("c1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	vip := lab.VIP(1)
+	n, c, vip := l.NodeAndClientT(t, false)
 	share, err := l.NewShare("data")
 	if err != nil {
 		t.Fatal(err)
@@ -333,18 +318,7 @@ func TestGanesha(t *testing.T) {
 	l := newLab(t)
 	testenv.RequireCommand(t, "ganesha.nfsd")
 	testenv.RequireCommand(t, "nfs-cat")
-	n, err := l.AddNode("n1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := l.AddClient("c1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	vip := lab.VIP(1)
-	if err := n.AddAddr(vip); err != nil {
-		t.Fatal(err)
-	}
+	n, c, vip := l.NodeAndClientT(t, true)
 	share, err := l.NewShare("data")
 	if err != nil {
 		t.Fatal(err)

@@ -46,18 +46,7 @@ func newDataplaneLab(t *testing.T, ctx context.Context, ports ...uint16) *datapl
 	testenv.RequireCommand(t, "ip")
 	testenv.RequireCommand(t, "ethtool")
 	l := lab.NewT(t, lab.Options{Fsha: fshaBin, Log: zaptest.NewLogger(t)})
-	n, err := l.AddNode("n1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := l.AddClient("c1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	vip := lab.VIP(1)
-	if err := n.AddAddr(vip); err != nil {
-		t.Fatal(err)
-	}
+	n, c, vip := l.NodeAndClientT(t, true)
 	up, err := n.FshaUp(ctx, []netip.Prefix{vip})
 	if err != nil {
 		t.Fatal(err)

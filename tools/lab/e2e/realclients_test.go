@@ -28,18 +28,7 @@ func TestRealClients(t *testing.T) {
 	defer cancel()
 
 	l := lab.NewT(t, lab.Options{Fsha: fshaBin, Log: zaptest.NewLogger(t)})
-	n, err := l.AddNode("n1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := l.AddClient("c1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	vip := lab.VIP(1)
-	if err := n.AddAddr(vip); err != nil {
-		t.Fatal(err)
-	}
+	n, c, vip := l.NodeAndClientT(t, true)
 	share, err := l.NewShare("data")
 	if err != nil {
 		t.Fatal(err)
