@@ -232,10 +232,10 @@ func (m *Maps) lookupFlow(k fshaFlowKey) (fshaFlow, error) {
 
 // pendingCounts are what the flow cache holds for one flow: per direction,
 // the slots of every CPU that hold packets not yet in the flows map.
-type pendingCounts map[fshaFlowKey]*[DirectionMax][]fshaFlowCacheSlot
+type pendingCounts map[fshaFlowKey]*[directionMax][]fshaFlowCacheSlot
 
-// DirectionMax is the number of directions (ingress, egress).
-const DirectionMax = int(fshaDirectionDIRECTION_MAX)
+// directionMax is the number of directions (ingress, egress).
+const directionMax = int(fshaDirectionDIRECTION_MAX)
 
 // pending reads the programs' flow cache (bpf/fsha.h): a per-CPU array
 // whose slots hold the packets a CPU saw of a flow after its first one in
@@ -248,7 +248,7 @@ func (m *Maps) pending() (pendingCounts, error) {
 	if m.FlowCache == nil {
 		return nil, nil // the pins of an older fsha: no cache
 	}
-	perDir := int(m.FlowCache.MaxEntries()) / DirectionMax // ingress first, then egress
+	perDir := int(m.FlowCache.MaxEntries()) / directionMax // ingress first, then egress
 	pend := pendingCounts{}
 	err := m.forEachCacheSlot(func(k uint32, perCPU []fshaFlowCacheSlot) {
 		pend.add(int(k)/perDir, perCPU)
@@ -290,7 +290,7 @@ func (m *Maps) forEachCacheSlot(fn func(k uint32, perCPU []fshaFlowCacheSlot)) e
 }
 
 func (p pendingCounts) add(dir int, slots []fshaFlowCacheSlot) {
-	if dir < 0 || dir >= DirectionMax {
+	if dir < 0 || dir >= directionMax {
 		return
 	}
 	for _, s := range slots {
@@ -299,7 +299,7 @@ func (p pendingCounts) add(dir int, slots []fshaFlowCacheSlot) {
 		}
 		e := p[s.Key]
 		if e == nil {
-			e = new([DirectionMax][]fshaFlowCacheSlot)
+			e = new([directionMax][]fshaFlowCacheSlot)
 			p[s.Key] = e
 		}
 		e[dir] = append(e[dir], s)
