@@ -1,0 +1,377 @@
+package ownership
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// claimsPerMessage keeps a heartbeat within MaxMessage with IPv6 VIPs.
+const claimsPerMessage = 32
+
+func (e *Engine) localFlags() NodeFlags {
+	var f NodeFlags
+	if e.local.Healthy {
+		f |= FlagHealthy
+	}
+	if e.local.Disabled {
+		f |= FlagDisabled
+	}
+	if e.local.Banned {
+		f |= FlagBanned
+	}
+	if e.now < e.startingUntil {
+		f |= FlagStarting
+	}
+	if e.stopping && !e.restarting {
+		f |= FlagStopping
+	}
+	if e.restarting {
+		f |= FlagRestarting
+	}
+	if e.lock.Held {
+		f |= FlagLockHeld
+	}
+	return f
+}
+
+// heartbeat sends this node's claims to every voter, its own voter first.
+func (e *Engine) heartbeat(now Mono) {
+	e.urgent = false
+	e.nextHB = now.Add(e.cfg.Timing.Renew)
+	lease := e.cfg.Timing.Lease
+	if e.restarting {
+		lease = e.cfg.Timing.Grace
+	}
+	var claims []Claim
+	var draining []netip.Addr
+	for i := range e.slots {
+		s := &e.slots[i]
+		vip := e.cfg.VIPs[i].Addr
+		switch s.state {
+		case held:
+			if !e.view.quorum && !e.restarting && e.view.current != nil {
+				// Cut off: our renewals could not be answered, and a
+				// voter that hears them would keep promising to us what
+				// the others may need (a one-way partition).
+				continue
+			}
+			st := ClaimHeld
+			if s.deadline < now {
+				st = ClaimLapsed
+			}
+			claims = append(claims, Claim{VIP: vip, Epoch: s.epoch, State: st})
+		case claiming:
+			if !e.restarting {
+				claims = append(claims, Claim{VIP: vip, Epoch: s.epoch, State: ClaimTaking})
+				s.retryAt = 0
+			}
+		}
+		if s.draining {
+			draining = append(draining, vip)
+		}
+	}
+	hears := []int{}
+	for _, p := range e.cfg.Nodes {
+		if e.alive(now, p) {
+			hears = append(hears, p)
+		}
+	}
+	for first := true; first || len(claims) > 0; first = false {
+		chunk := claims[:min(len(claims), claimsPerMessage)]
+		claims = claims[len(chunk):]
+		e.seq++
+		hb := &Heartbeat{From: e.cfg.Self, Incarnation: e.cfg.Incarnation, Seq: e.seq, Proto: ProtoVersion, Flags: e.localFlags(),
+			Fingerprint: e.cfg.Fingerprint, Lease: lease, Hears: hears, MAC: e.cfg.MAC, Claims: chunk}
+		if first {
+			hb.Draining = draining[:min(len(draining), claimsPerMessage)]
+		}
+		r := &round{seq: e.seq, sent: now, lease: lease, claims: map[int]uint64{},
+			grants: map[int]map[int]time.Duration{}, busy: map[int]map[int]time.Duration{}}
+		for _, c := range chunk {
+			r.claims[e.index[c.VIP]] = c.Epoch
+		}
+		e.rounds = append(e.rounds, r)
+		e.broadcast(hb)
+		// this node's own vote, as any voter's
+		for _, c := range chunk {
+			e.applyAnswer(r, e.cfg.Self, e.voter.Answer(now, e.cfg.Self, c, lease))
+		}
+	}
+	// Rounds older than any promise can no longer extend anything.
+	oldest := now.Add(-e.cfg.Timing.MaxGrant())
+	e.rounds = slices.DeleteFunc(e.rounds, func(r *round) bool { return r.sent < oldest })
+	if len(e.rounds) > 4096 {
+		e.rounds = e.rounds[len(e.rounds)-4096:]
+	}
+}
+
+// onHeartbeat records a peer's state and answers its claims as a voter.
+func (e *Engine) onHeartbeat(now Mono, hb *Heartbeat) {
+	if hb.From == e.cfg.Self || !slices.Contains(e.cfg.Nodes, hb.From) {
+		return
+	}
+	p := e.peers[hb.From]
+	if p == nil {
+		p = &peer{}
+		e.peers[hb.From] = p
+	}
+	if now.Sub(p.heard) > e.cfg.Timing.Lease || p.claimOf == nil {
+		e.dirty = true // it comes back
+	}
+	p.heard = now
+	if p.claimOf == nil || hb.Incarnation > p.hb.Incarnation || (hb.Incarnation == p.hb.Incarnation && hb.Seq > p.hb.Seq) {
+		// Not an older heartbeat overtaking a newer one. A heartbeat
+		// carries all of the sender's claims, or the first of several
+		// chunks (Draining set) starts them over.
+		oldClaims, oldDraining := p.claimOf, p.draining
+		if p.claimOf == nil || hb.Incarnation != p.hb.Incarnation || hb.Draining != nil || len(hb.Claims) < claimsPerMessage {
+			p.claimOf = map[netip.Addr]Claim{}
+			p.draining = map[netip.Addr]bool{}
+		}
+		before := p.hb
+		prevClaims, prevDraining := len(oldClaims), len(oldDraining)
+		p.hb, p.hbAt = *hb, now
+		changed := before.Flags != hb.Flags || before.Fingerprint != hb.Fingerprint || !slices.Equal(before.Hears, hb.Hears)
+		for _, c := range hb.Claims {
+			if _, ok := e.index[c.VIP.Unmap()]; ok {
+				if old, ok := oldClaims[c.VIP.Unmap()]; !ok || old != c {
+					changed = true
+				}
+				p.claimOf[c.VIP.Unmap()] = c
+			}
+		}
+		for _, a := range hb.Draining {
+			if !oldDraining[a.Unmap()] {
+				changed = true
+			}
+			p.draining[a.Unmap()] = true
+		}
+		if changed || len(p.claimOf) != prevClaims || len(p.draining) != prevDraining {
+			e.dirty = true
+		}
+	}
+	if len(hb.Claims) == 0 {
+		return
+	}
+	reply := &Reply{From: e.cfg.Self, Seq: hb.Seq}
+	for _, c := range hb.Claims {
+		before, _ := e.voter.Promise(c.VIP)
+		a := e.voter.Answer(now, hb.From, c, hb.Lease)
+		if after, _ := e.voter.Promise(c.VIP); after.Epoch != before.Epoch || after.Holder != before.Holder || (before.Until <= now) != (after.Until <= now) {
+			e.dirty = true
+		}
+		reply.Answers = append(reply.Answers, a)
+		i, ok := e.index[a.VIP]
+		if !ok {
+			continue
+		}
+		s := &e.slots[i]
+		s.maxEpoch = max(s.maxEpoch, c.Epoch)
+		// A peer that held a newer epoch had a majority for it: ours is
+		// over (any majority we had shared a voter that refused us since).
+		if c.State != ClaimTaking && c.Epoch > s.epoch && s.state == held {
+			e.beginRelease(i, Drop{Lost: true, To: hb.From, Reason: fmt.Sprintf("node %d holds a newer epoch", hb.From)})
+		}
+	}
+	e.out.Send = append(e.out.Send, Envelope{To: hb.From, Msg: reply})
+}
+
+// onReply applies a voter's answers to the round they answer.
+func (e *Engine) onReply(now Mono, rp *Reply) {
+	if rp.From == e.cfg.Self || !slices.Contains(e.cfg.Nodes, rp.From) {
+		return
+	}
+	if p := e.peers[rp.From]; p != nil {
+		p.heard = now
+	}
+	for _, r := range e.rounds {
+		if r.seq == rp.Seq {
+			for _, a := range rp.Answers {
+				e.applyAnswer(r, rp.From, a)
+			}
+			return
+		}
+	}
+}
+
+// onRelease ends the promises a peer gives up.
+func (e *Engine) onRelease(now Mono, rl *Release) {
+	if rl.From == e.cfg.Self || !slices.Contains(e.cfg.Nodes, rl.From) {
+		return
+	}
+	p := e.peers[rl.From]
+	if p != nil {
+		p.heard = now
+	}
+	e.dirty = true
+	for _, c := range rl.Items {
+		e.voter.Release(now, rl.From, c.VIP, c.Epoch, c.Drain)
+		if p != nil && p.claimOf != nil {
+			if pc, ok := p.claimOf[c.VIP.Unmap()]; ok && pc.Epoch == c.Epoch {
+				delete(p.claimOf, c.VIP.Unmap())
+			}
+			if c.Drain {
+				p.draining[c.VIP.Unmap()] = true
+			}
+		}
+	}
+}
+
+// applyAnswer counts one voter's answer to a claim of round r.
+func (e *Engine) applyAnswer(r *round, voter int, a Answer) {
+	i, ok := e.index[a.VIP.Unmap()]
+	if !ok {
+		return
+	}
+	epoch, claimed := r.claims[i]
+	if !claimed || a.Epoch != epoch {
+		return
+	}
+	s := &e.slots[i]
+	s.maxEpoch = max(s.maxEpoch, a.CurEpoch)
+	mine := s.epoch == epoch && (s.state == held || s.state == claiming)
+	switch a.Verdict {
+	case Granted:
+		g := r.grants[i]
+		if g == nil {
+			g = map[int]time.Duration{}
+			r.grants[i] = g
+		}
+		g[voter] = a.Granted
+		if mine && a.PrevHolder != None && a.PrevHolder != e.cfg.Self && a.PrevEpoch < epoch {
+			if s.orphans == nil {
+				s.orphans, s.drainers = map[int]bool{}, map[int]bool{}
+			}
+			if a.PrevDrains {
+				s.drainers[a.PrevHolder] = true
+			} else {
+				s.orphans[a.PrevHolder] = true
+			}
+			if a.PrevEpoch >= s.prevEpoch {
+				s.prevHolder, s.prevEpoch = a.PrevHolder, a.PrevEpoch
+			}
+		}
+		if mine {
+			e.evaluate(r, i)
+		}
+	case Stale, Taken:
+		if !mine {
+			return
+		}
+		if s.state == held {
+			// One voter promised a newer epoch: not proof that another
+			// node holds the VIP (a claim that was given up leaves such
+			// promises behind). That proof is a holder's heartbeat with
+			// the newer epoch (onHeartbeat). Once that voter's promise
+			// has run out, move to a newer epoch of our own so that it
+			// grants us again (same holder: nothing to fence).
+			if a.Remaining == 0 {
+				s.epoch = max(s.maxEpoch, a.CurEpoch) + 1
+				s.maxEpoch = s.epoch
+				e.urgent, e.dirty = true, true
+			}
+			return
+		}
+		if a.Verdict == Taken && a.CurEpoch == epoch && a.CurHolder > e.cfg.Self {
+			// Two claimants of one epoch: the lower-numbered one goes on
+			// with the next epoch (its voters grant it: same holder), the
+			// other gives up when it sees it.
+			s.epoch = max(s.maxEpoch, epoch) + 1
+			s.maxEpoch = s.epoch
+			e.urgent, e.dirty = true, true
+			return
+		}
+		e.abortClaim(i, "another node claims a newer epoch")
+	case Busy:
+		if !mine || s.state != claiming {
+			return
+		}
+		b := r.busy[i]
+		if b == nil {
+			b = map[int]time.Duration{}
+			r.busy[i] = b
+		}
+		b[voter] = a.Remaining
+		// Claim again when enough of the busy voters' promises have run
+		// out to make a majority with the grants so far.
+		need := e.majority - len(r.grants[i])
+		if need <= 0 || len(b) < need {
+			return
+		}
+		left := make([]time.Duration, 0, len(b))
+		for _, d := range b {
+			left = append(left, d)
+		}
+		slices.Sort(left)
+		at := e.now.Add(left[need-1] + time.Millisecond)
+		if s.retryAt == 0 || at < s.retryAt {
+			s.retryAt = at
+		}
+	}
+}
+
+// evaluate extends a held VIP's deadline, or completes a claim, when round
+// r has the promises of a majority (or of half the nodes and the lock) for
+// VIP i.
+func (e *Engine) evaluate(r *round, i int) {
+	s := &e.slots[i]
+	g := r.grants[i]
+	durs := make([]time.Duration, 0, len(g))
+	for _, d := range g {
+		durs = append(durs, d)
+	}
+	slices.SortFunc(durs, func(a, b time.Duration) int { return int(b - a) })
+	var d time.Duration
+	switch {
+	case len(durs) >= e.majority:
+		d = durs[e.majority-1]
+	case len(durs) >= e.half && e.lockUsable(r.sent) && g[e.cfg.Self] > 0:
+		// The lock vouches for one lease at most: the next holder of the
+		// lock waits that long before it counts on it (lockUsable), so a
+		// longer promise (a restart's grace) needs a real majority.
+		d = min(durs[e.half-1], e.cfg.Timing.Lease)
+	default:
+		return
+	}
+	until := r.sent.Add(e.cfg.Timing.usable(d))
+	if until <= e.now {
+		return // evidence too old to answer on
+	}
+	switch s.state {
+	case held:
+		if until > s.deadline {
+			s.deadline = until
+			d := Deadline{VIP: i, Epoch: s.epoch, Until: until}
+			for o := range s.orphans {
+				if !s.drainers[o] {
+					d.Orphans = append(d.Orphans, o)
+				}
+			}
+			slices.Sort(d.Orphans)
+			clear(s.orphans)
+			e.out.Deadlines = append(e.out.Deadlines, d)
+		}
+	case claiming:
+		e.dirty = true
+		s.state, s.deadline = held, until
+		orphans := make([]int, 0, len(s.orphans))
+		for o := range s.orphans {
+			orphans = append(orphans, o)
+		}
+		slices.Sort(orphans)
+		from := s.from
+		if from == e.cfg.Self || from == None {
+			from = s.prevHolder
+		}
+		vip := e.cfg.VIPs[i].Addr
+		// A node that drains the VIP keeps its connections: they are
+		// steered back to it, not orphaned.
+		drains := func(o int) bool { p := e.peers[o]; return s.drainers[o] || (p != nil && p.draining[vip]) }
+		orphans = slices.DeleteFunc(orphans, drains)
+		fromDraining := from != None && drains(from)
+		e.out.Takes = append(e.out.Takes, Take{VIP: i, Epoch: s.epoch, Until: until, Orphans: orphans,
+			From: from, FromDraining: fromDraining, Reason: s.reason})
+	}
+}

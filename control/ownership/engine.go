@@ -1,0 +1,738 @@
+// Package ownership decides which node answers for each VIP, with
+// majority-granted per-VIP leases: every node is a voter; a node answers
+// for a VIP only while a strict majority of the nodes file (or, where a
+// majority cannot tell two halves apart, the cluster lock) has promised it
+// that VIP's current epoch, and the data plane stops answering at a
+// deadline derived from those promises, with no process involved. Lease
+// renewals are the heartbeat: a holder that stops renewing (power cut,
+// network cut, frozen process) loses its VIPs when the promises run out,
+// whatever the cluster size.
+//
+// Engine is a pure state machine in the manner of etcd's raft package: its
+// inputs are method calls carrying the time (Tick, Receive, SetLocal,
+// Done...), its outputs are collected in Ready: what to persist, what to
+// send, what the data plane must enforce, which VIPs to take or release.
+// It does no I/O and reads no clock, so a deterministic simulator drives it
+// (sim_test.go). The caller executes Ready's actions in order, persisting
+// promises before sending anything.
+package ownership
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/fsha/fsha/control/allocation"
+)
+
+// None marks no node.
+const None = allocation.None
+
+// Timing of the protocol.
+type Timing struct {
+	// Renew is the heartbeat period: each holder renews its promises this
+	// often. Lease/Renew heartbeats may be lost in a row before a holder's
+	// deadline passes.
+	Renew time.Duration
+	// Lease is how long voters promise a renewal. A dead holder's VIPs are
+	// taken over at most Lease after its last renewal: the failover time.
+	Lease time.Duration
+	// Drift bounds how far any node's monotonic clock rate may be from
+	// real time (0.01: 1%). Deadlines are shortened by it.
+	Drift float64
+	// Grace is how long a restarting daemon keeps its VIPs (the promises
+	// it asks for before it exits).
+	Grace time.Duration
+	// Settle is how long the set of eligible nodes must stay the same
+	// before VIPs that were never held are placed, so that a cluster
+	// starting up spreads them instead of giving all to the first node.
+	Settle time.Duration
+	// HoldDown keeps a node that recovered (unhealthy to healthy) from
+	// taking VIPs for a while, so that a flapping node does not pull VIPs
+	// back and forth.
+	HoldDown time.Duration
+}
+
+// DefaultTiming: a dead holder's VIPs are answered by a survivor within
+// about 0.26 s; a holder survives four lost heartbeats in a row.
+func DefaultTiming() Timing {
+	return Timing{Renew: 50 * time.Millisecond, Lease: 250 * time.Millisecond, Drift: 0.01,
+		Grace: 10 * time.Second, Settle: 300 * time.Millisecond, HoldDown: 2 * time.Second}
+}
+
+// FastTiming: within about 0.07 s, for a quiet LAN and a daemon that is
+// never starved of CPU for 40 ms.
+func FastTiming() Timing {
+	return Timing{Renew: 10 * time.Millisecond, Lease: 60 * time.Millisecond, Drift: 0.01,
+		Grace: 10 * time.Second, Settle: 100 * time.Millisecond, HoldDown: 2 * time.Second}
+}
+
+// Validate checks that the timing can work.
+func (t Timing) Validate() error {
+	switch {
+	case t.Renew <= 0 || t.Lease <= 0:
+		return fmt.Errorf("lease %v and renew interval %v must be positive", t.Lease, t.Renew)
+	case t.Lease < 3*t.Renew:
+		return fmt.Errorf("lease %v must be at least three renew intervals (%v)", t.Lease, t.Renew)
+	case t.Drift < 0 || t.Drift >= 0.5:
+		return fmt.Errorf("clock drift bound %v out of [0, 0.5)", t.Drift)
+	case t.Grace < t.Lease:
+		return fmt.Errorf("restart grace %v shorter than the lease %v", t.Grace, t.Lease)
+	}
+	return nil
+}
+
+// MaxGrant is the longest promise a voter gives.
+func (t Timing) MaxGrant() time.Duration { return max(t.Lease, t.Grace) }
+
+// usable is how much of a promise of d a holder may count on: a voter's
+// clock may run fast and the holder's slow by Drift each.
+func (t Timing) usable(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (1 - t.Drift) / (1 + t.Drift))
+}
+
+// VIP is one public address and the nodes allowed to hold it (nil: any).
+type VIP struct {
+	Addr    netip.Addr
+	Allowed []int
+}
+
+// Config configures an Engine.
+type Config struct {
+	Self int
+	// Nodes are the PNNs of the nodes file's live nodes: the voters.
+	Nodes []int
+	// VIPs in canonical order (sorted by address): indexes mean the same
+	// on every node that agrees on the Fingerprint.
+	VIPs        []VIP
+	Policy      allocation.Policy
+	Timing      Timing
+	Lock        bool // a cluster lock is configured
+	Fingerprint Fingerprint
+	MAC         [6]byte
+	// Incarnation tells this run from earlier ones (e.g. the wall-clock
+	// start time in nanoseconds): peers order heartbeats by it.
+	Incarnation uint64
+	// Start is when the engine starts; QuietUntil is when its voter may
+	// grant (later than Start when it lost its promises).
+	Start      Mono
+	QuietUntil Mono
+}
+
+// Local is this node's own fitness.
+type Local struct {
+	Healthy  bool
+	Disabled bool
+	Banned   bool
+}
+
+// LockState is what the caller knows of the cluster lock.
+type LockState struct {
+	Held    bool
+	Since   Mono // when it was taken
+	Checked Mono // when it was last confirmed held
+}
+
+// Envelope is a message for node To.
+type Envelope struct {
+	To  int
+	Msg any // *Heartbeat, *Reply or *Release
+}
+
+// Deadline extends the data-plane deadline of a VIP this node holds (and
+// sets its epoch, which a holder may raise: see applyAnswer).
+type Deadline struct {
+	VIP   int
+	Epoch uint64
+	Until Mono
+	// Orphans: nodes that held the VIP between our epochs (we lapsed,
+	// they held it and let it go): tickle their connections.
+	Orphans []int
+}
+
+// Take makes this node answer for a VIP: the data plane's lease first
+// (held, Epoch, Until), then the address, announcements, hooks.
+type Take struct {
+	VIP   int
+	Epoch uint64
+	Until Mono
+	// Orphans are the nodes whose epochs of this VIP are over and whose
+	// connections to it the new holder tickles and forgets.
+	Orphans []int
+	// From is the previous holder, None when unknown.
+	From int
+	// FromDraining: the previous holder drains the VIP (a planned move):
+	// steer its old connections to it instead of tickling them.
+	FromDraining bool
+	// Adopted: held before a restart of this daemon; nothing moves.
+	Adopted bool
+	Reason  string
+}
+
+// Drop makes this node stop answering for a VIP: the data plane's lease
+// first (none, or draining), then the address. Done(Released) follows.
+type Drop struct {
+	VIP   int
+	Epoch uint64
+	// Drain keeps serving the VIP's existing connections from loopback
+	// (a planned move); otherwise they are reset.
+	Drain bool
+	// Lost: another node holds a newer epoch; our epoch is over.
+	Lost   bool
+	To     int
+	Reason string
+}
+
+// Output is what the caller must do, in this order: persist, data plane
+// deadlines, takes then drops (in the background, one at a time per VIP in
+// the order given, each reporting with Done), sends.
+type Output struct {
+	Persist   map[netip.Addr]Promise
+	Deadlines []Deadline
+	Drops     []Drop
+	Takes     []Take
+	Send      []Envelope
+	// WantLock says whether this node should hold the cluster lock.
+	WantLock bool
+	// Stopped: Stop's work is done; the caller may exit.
+	Stopped bool
+	// Notes are things worth a log line.
+	Notes []string
+}
+
+// Result reports an executed Take or Drop.
+type Result struct {
+	VIP   int
+	Epoch uint64
+	Take  bool // a Take (else a Drop)
+	Err   error
+}
+
+// slot is this node's state for one VIP.
+type slot struct {
+	state    slotState
+	epoch    uint64
+	deadline Mono // what the data plane enforces (held)
+	maxEpoch uint64
+	// orphans collects the previous holders reported by grants.
+	orphans  map[int]bool
+	drainers map[int]bool
+	from     int
+	// prevHolder: the holder of the latest epoch before ours, as grants
+	// report it
+	prevHolder int
+	prevEpoch  uint64
+	// retryAt: a busy voter's promise ends then; claim again.
+	retryAt  Mono
+	failedAt Mono
+	draining bool
+	reason   string
+	release  Drop
+}
+
+type slotState uint8
+
+const (
+	idle slotState = iota
+	claiming
+	held
+	releasing
+)
+
+func (s slotState) String() string {
+	return [...]string{"idle", "claiming", "held", "releasing"}[s]
+}
+
+// round is one heartbeat's claims and the grants they collected.
+type round struct {
+	seq    uint64
+	sent   Mono
+	lease  time.Duration
+	claims map[int]uint64 // VIP -> epoch
+	grants map[int]map[int]time.Duration
+	busy   map[int]map[int]time.Duration // VIP -> voter -> time left
+}
+
+// peer is what this node knows of another node.
+type peer struct {
+	heard    Mono
+	hb       Heartbeat
+	hbAt     Mono
+	claimOf  map[netip.Addr]Claim
+	draining map[netip.Addr]bool
+}
+
+// Engine is one node's ownership state machine.
+type Engine struct {
+	cfg      Config
+	majority int
+	half     int
+	index    map[netip.Addr]int
+	voter    *Voter
+	slots    []slot
+	peers    map[int]*peer
+	local    Local
+	lock     LockState
+	pins     []int
+	seq      uint64
+	rounds   []*round
+	nextHB   Mono
+	urgent   bool
+	out      Output
+	now      Mono
+
+	startingUntil Mono
+	wasHealthy    bool
+	hadQuorum     bool
+	wasQuorate    bool
+	eligibleSet   []int
+	settledSince  Mono
+	stopping      bool
+	restarting    bool
+	stopped       bool
+	view          view
+	// dirty: something the view depends on changed since it was computed;
+	// viewUntil: when the passing of time alone changes it (a peer or a
+	// promise times out, a hold-down ends)
+	dirty     bool
+	viewUntil Mono
+	debug     bool // notes for every decision (the simulator's log)
+}
+
+// New returns an engine; it sends its first heartbeat at the first Tick.
+func New(cfg Config) (*Engine, error) {
+	if err := cfg.Timing.Validate(); err != nil {
+		return nil, err
+	}
+	if !slices.Contains(cfg.Nodes, cfg.Self) {
+		return nil, fmt.Errorf("node %d is not among the nodes %v", cfg.Self, cfg.Nodes)
+	}
+	e := &Engine{cfg: cfg, majority: len(cfg.Nodes)/2 + 1, half: (len(cfg.Nodes) + 1) / 2,
+		index: map[netip.Addr]int{}, slots: make([]slot, len(cfg.VIPs)), peers: map[int]*peer{},
+		pins: make([]int, len(cfg.VIPs)), now: cfg.Start}
+	addrs := make([]netip.Addr, len(cfg.VIPs))
+	for i, v := range cfg.VIPs {
+		a := v.Addr.Unmap()
+		if _, dup := e.index[a]; dup {
+			return nil, fmt.Errorf("VIP %s listed twice", a)
+		}
+		e.index[a], addrs[i] = i, a
+		e.pins[i] = None
+		e.slots[i].from = None
+	}
+	e.voter = NewVoter(cfg.Self, addrs, cfg.Timing.MaxGrant(), cfg.QuietUntil)
+	e.startingUntil = cfg.Start.Add(cfg.Timing.Lease + cfg.Timing.Renew)
+	e.settledSince = cfg.Start
+	return e, nil
+}
+
+// Voter gives access to this node's voter (to restore persisted promises
+// before the first Tick).
+func (e *Engine) Voter() *Voter { return e.voter }
+
+// Adopt takes back a VIP the data plane still holds for this node after a
+// restart of the daemon: epoch and deadline as the data plane has them.
+func (e *Engine) Adopt(vip netip.Addr, epoch uint64, until Mono) bool {
+	i, ok := e.index[vip.Unmap()]
+	if !ok || until <= e.now {
+		return false
+	}
+	s := &e.slots[i]
+	s.state, s.epoch, s.deadline = held, epoch, until
+	s.maxEpoch = max(s.maxEpoch, epoch)
+	e.dirty = true
+	e.out.Takes = append(e.out.Takes, Take{VIP: i, Epoch: epoch, Until: until, From: None, Adopted: true,
+		Reason: "held before the restart"})
+	e.urgent = true
+	return true
+}
+
+// AdoptDraining notes a VIP this node still drains after a restart.
+func (e *Engine) AdoptDraining(vip netip.Addr) {
+	if i, ok := e.index[vip.Unmap()]; ok {
+		e.slots[i].draining = true
+	}
+}
+
+// SetLocal updates this node's fitness.
+func (e *Engine) SetLocal(now Mono, l Local) {
+	e.advance(now)
+	e.dirty = true
+	if l.Healthy && !e.local.Healthy && e.wasHealthy {
+		// Back from a failure: stay out of new claims for a while so that
+		// a flapping node does not pull VIPs back and forth.
+		e.startingUntil = max(e.startingUntil, now.Add(e.cfg.Timing.HoldDown))
+	}
+	e.wasHealthy = e.wasHealthy || l.Healthy
+	e.local = l
+	e.step()
+}
+
+// SetLock updates what the caller knows of the cluster lock.
+func (e *Engine) SetLock(now Mono, l LockState) {
+	e.advance(now)
+	e.dirty = true
+	e.lock = l
+	e.step()
+}
+
+// SetPins sets the operators' moves: pins[i] is the node VIP i was moved
+// to, or None.
+func (e *Engine) SetPins(now Mono, pins []int) {
+	e.advance(now)
+	e.dirty = true
+	for i := range e.pins {
+		e.pins[i] = None
+		if i < len(pins) {
+			e.pins[i] = pins[i]
+		}
+	}
+	e.step()
+}
+
+// SetDraining records whether this node still drains VIP i.
+func (e *Engine) SetDraining(now Mono, i int, on bool) {
+	e.advance(now)
+	e.dirty = true
+	if i >= 0 && i < len(e.slots) {
+		e.slots[i].draining = on
+	}
+	e.step()
+}
+
+// Stop begins a stop: with restart, the node keeps its VIPs for the grace
+// (its voters promise them that long) and Stopped comes once they have;
+// without, it hands every VIP over (planned moves: connections drain) and
+// Stopped comes once it holds none.
+func (e *Engine) Stop(now Mono, restart bool) {
+	e.advance(now)
+	e.dirty = true
+	e.stopping, e.restarting = true, restart
+	e.urgent = true
+	e.step()
+}
+
+// Tick advances the engine to now.
+func (e *Engine) Tick(now Mono) {
+	e.advance(now)
+	e.step()
+}
+
+// Done reports an executed Take or Drop.
+func (e *Engine) Done(now Mono, r Result) {
+	e.advance(now)
+	e.dirty = true
+	if r.VIP < 0 || r.VIP >= len(e.slots) {
+		return
+	}
+	s := &e.slots[r.VIP]
+	switch {
+	case r.Take && r.Err != nil && s.state == held && s.epoch == r.Epoch:
+		// The address did not come up: let the VIP go, and do not claim
+		// it again for a while.
+		e.note("take over %s failed: %v", e.cfg.VIPs[r.VIP].Addr, r.Err)
+		s.failedAt = now
+		e.beginRelease(r.VIP, Drop{Reason: "take over failed: " + r.Err.Error()})
+	case !r.Take && s.state == releasing && s.epoch == r.Epoch:
+		rel := s.release
+		s.state = idle
+		s.draining = rel.Drain
+		if !rel.Lost {
+			// The data plane no longer answers: the voters may promise the
+			// VIP to the next holder at once.
+			e.voter.Release(now, e.cfg.Self, e.cfg.VIPs[r.VIP].Addr, r.Epoch, rel.Drain)
+			e.broadcast(&Release{From: e.cfg.Self, Items: []Released{{VIP: e.cfg.VIPs[r.VIP].Addr, Epoch: r.Epoch, Drain: rel.Drain}}})
+		}
+	}
+	e.step()
+}
+
+// Receive handles a message from another node.
+func (e *Engine) Receive(now Mono, msg any) {
+	e.advance(now)
+	switch m := msg.(type) {
+	case *Heartbeat:
+		e.onHeartbeat(now, m)
+	case *Reply:
+		e.onReply(now, m)
+	case *Release:
+		e.onRelease(now, m)
+	}
+	e.step()
+}
+
+// Ready returns and clears what the caller must do.
+func (e *Engine) Ready() Output {
+	out := e.out
+	if p := e.voter.Changed(); p != nil {
+		out.Persist = p
+	}
+	out.WantLock = e.wantLock()
+	out.Stopped = e.stopped
+	e.out = Output{}
+	return out
+}
+
+// timeChanges is the first instant after now when the view may change
+// with nothing else happening.
+func (e *Engine) timeChanges(now Mono) Mono {
+	t := Forever
+	at := func(m Mono) {
+		if m > now && m < t {
+			t = m
+		}
+	}
+	for _, p := range e.peers {
+		at(p.heard.Add(e.cfg.Timing.Lease + 1))
+	}
+	for _, p := range e.voter.promises {
+		at(p.Until)
+	}
+	at(e.startingUntil)
+	at(e.settledSince.Add(e.cfg.Timing.Settle))
+	for i := range e.slots {
+		at(e.slots[i].failedAt.Add(e.cfg.Timing.HoldDown))
+	}
+	if e.lock.Held {
+		at(e.lock.Since.Add(e.cfg.Timing.Lease + e.cfg.Timing.Renew))
+		at(e.lock.Checked.Add(e.cfg.Timing.Renew + 1))
+	}
+	return t
+}
+
+// NextWake is when the engine wants its next Tick at the latest: its next
+// heartbeat, a retry, a deadline, or when a peer or a promise times out.
+func (e *Engine) NextWake() Mono {
+	w := min(e.nextHB, e.viewUntil)
+	for i := range e.slots {
+		s := &e.slots[i]
+		if s.state == claiming && s.retryAt > e.now && s.retryAt < w {
+			w = s.retryAt
+		}
+		if s.state == held && s.deadline > e.now && s.deadline < w {
+			w = s.deadline
+		}
+	}
+	return w
+}
+
+func (e *Engine) advance(now Mono) {
+	if now > e.now {
+		e.now = now
+	}
+}
+
+func (e *Engine) note(format string, args ...any) {
+	e.out.Notes = append(e.out.Notes, fmt.Sprintf(format, args...))
+}
+
+func (e *Engine) broadcast(msg any) {
+	for _, n := range e.cfg.Nodes {
+		if n != e.cfg.Self {
+			e.out.Send = append(e.out.Send, Envelope{To: n, Msg: msg})
+		}
+	}
+}
+
+// step is one decision round at e.now: view, allocation, releases,
+// claims, heartbeat.
+func (e *Engine) step() {
+	now := e.now
+	if e.dirty || e.view.current == nil || now >= e.viewUntil {
+		e.view = e.computeView(now)
+		e.dirty = false
+		if e.view.quorum && !e.hadQuorum && e.wasQuorate {
+			// Back from a partition: what this node knows of the others
+			// is a lease old. Take nothing new until it is fresh.
+			e.startingUntil = max(e.startingUntil, now.Add(e.cfg.Timing.Lease+e.cfg.Timing.Renew))
+			e.view = e.computeView(now)
+		}
+		e.hadQuorum = e.view.quorum
+		e.wasQuorate = e.wasQuorate || e.view.quorum
+		e.viewUntil = e.timeChanges(now)
+	}
+	v := &e.view
+	for i := range e.slots {
+		e.decide(i, v)
+	}
+	for i := range e.slots {
+		if s := &e.slots[i]; s.state == claiming && s.retryAt != 0 && now >= s.retryAt {
+			e.urgent = true // a busy voter's promise has run out
+		}
+	}
+	if e.stopping && !e.stopped {
+		e.checkStopped()
+	}
+	if e.urgent || now >= e.nextHB {
+		e.heartbeat(now)
+	}
+}
+
+// decide acts on VIP i: release what this node must not hold, claim what
+// it should hold and nobody does.
+func (e *Engine) decide(i int, v *view) {
+	s := &e.slots[i]
+	self := e.cfg.Self
+	target := v.target[i]
+	switch s.state {
+	case held:
+		if e.restarting {
+			return // keep everything through the restart
+		}
+		if !v.quorum && !e.stopping {
+			// Cut off: the data plane stops answering at the deadline on
+			// its own. Keep the address and the connections: if the
+			// cluster comes back before anyone else took the VIP, they
+			// go on; if another node took it, it tickled them and we
+			// learn it from its newer epoch (and drop it then).
+			return
+		}
+		if target == self {
+			return
+		}
+		fit := e.local.Healthy && !e.local.Disabled && !e.local.Banned && !e.stopping && (v.selfAgrees || !v.hasAgreed)
+		if target == None && fit {
+			// Nobody may hold it right now (views still settling after
+			// a partition): keeping it loses nothing, the data plane
+			// stops answering by itself if renewals fail.
+			return
+		}
+		if s.deadline < e.now {
+			// Lapsed: the data plane no longer answers, and another node
+			// may have taken the VIP. Renewal settles it (or a newer
+			// holder's heartbeat, see onHeartbeat); only unfitness drops
+			// it meanwhile, and then nothing is left to drain.
+			if fit {
+				return
+			}
+			e.beginRelease(i, Drop{To: target, Reason: e.releaseReason(i, v)})
+			return
+		}
+		e.beginRelease(i, Drop{Drain: e.planned(i, v), To: target, Reason: e.releaseReason(i, v)})
+	case claiming:
+		if target != self || !v.selfCanClaim || (v.current[i] != None && v.current[i] != self) {
+			e.abortClaim(i, "no longer the target")
+		}
+	case idle:
+		if target != self || !v.selfCanClaim || v.current[i] != None {
+			return
+		}
+		if e.now < s.failedAt.Add(e.cfg.Timing.HoldDown) {
+			return
+		}
+		if s.maxEpoch == 0 && e.now.Sub(e.settledSince) < e.cfg.Timing.Settle {
+			return // never held: wait until the view settles
+		}
+		e.beginClaim(i, v)
+	}
+}
+
+func (e *Engine) beginClaim(i int, v *view) {
+	e.dirty = true
+	s := &e.slots[i]
+	s.state = claiming
+	s.epoch = max(s.maxEpoch, e.voter.Epoch(e.cfg.VIPs[i].Addr)) + 1
+	s.maxEpoch = s.epoch
+	s.orphans, s.drainers = map[int]bool{}, map[int]bool{}
+	s.from = v.lastHolder[i]
+	s.prevHolder, s.prevEpoch = None, 0
+	s.reason = e.takeReason(i, v)
+	s.retryAt = 0
+	e.urgent = true
+	if e.debug {
+		e.note("claims %s epoch %d: %s (alive %v eligible %v)", e.cfg.VIPs[i].Addr, s.epoch, s.reason, v.alive, v.eligible)
+	}
+}
+
+// abortClaim gives a claim up and releases the promises it collected, so
+// that another claimant gets them at once.
+func (e *Engine) abortClaim(i int, why string) {
+	s := &e.slots[i]
+	if s.state != claiming {
+		return
+	}
+	e.dirty = true
+	s.state = idle
+	vip := e.cfg.VIPs[i].Addr
+	e.voter.Release(e.now, e.cfg.Self, vip, s.epoch, false)
+	e.broadcast(&Release{From: e.cfg.Self, Items: []Released{{VIP: vip, Epoch: s.epoch}}})
+	e.note("gave up claiming %s: %s", vip, why)
+}
+
+func (e *Engine) beginRelease(i int, r Drop) {
+	s := &e.slots[i]
+	if s.state != held {
+		return
+	}
+	e.dirty = true
+	r.VIP, r.Epoch = i, s.epoch
+	if r.To == 0 && !r.Drain && r.Reason != "" {
+		r.To = None
+	}
+	s.state = releasing
+	s.release = r
+	e.out.Drops = append(e.out.Drops, r)
+}
+
+// planned tells whether releasing VIP i is a planned move that drains: the
+// VIP goes to a live node, and this node is fit to keep serving.
+func (e *Engine) planned(i int, v *view) bool {
+	return v.target[i] != None && e.local.Healthy
+}
+
+func (e *Engine) releaseReason(i int, v *view) string {
+	switch {
+	case e.stopping:
+		return "shutdown"
+	case e.local.Disabled:
+		return "disabled"
+	case e.local.Banned:
+		return "banned"
+	case !e.local.Healthy:
+		return "unhealthy"
+	case !v.quorum:
+		return "lost quorum"
+	case !v.selfAgrees:
+		return "configuration differs from the majority"
+	case e.pins[i] != None && e.pins[i] == v.target[i]:
+		return "move"
+	case v.target[i] == None:
+		return "no eligible node"
+	}
+	return "rebalance"
+}
+
+func (e *Engine) takeReason(i int, v *view) string {
+	from := v.lastHolder[i]
+	switch {
+	case from == None || from == e.cfg.Self:
+		return "unassigned"
+	case !v.alive[from]:
+		return fmt.Sprintf("node %d died", from)
+	}
+	return fmt.Sprintf("released by node %d", from)
+}
+
+func (e *Engine) checkStopped() {
+	for i := range e.slots {
+		s := &e.slots[i]
+		if e.restarting {
+			if s.state == held && s.deadline < e.now.Add(e.cfg.Timing.usable(e.cfg.Timing.Grace)/2) {
+				return
+			}
+			continue
+		}
+		if s.state != idle {
+			return
+		}
+	}
+	e.stopped = true
+}
+
+func (e *Engine) wantLock() bool {
+	if !e.cfg.Lock {
+		return false
+	}
+	return !e.view.majorityAlive && e.local.Healthy && !e.local.Disabled && !e.local.Banned && !e.stopping
+}

@@ -1,0 +1,531 @@
+package ownership
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Messages between nodes. Every node sends a Heartbeat to every other node
+// each Timing.Renew: it is the liveness signal and carries the node's claims
+// (the VIPs it holds or wants, each with its epoch); each voter answers the
+// claims with a Reply. A Release gives an epoch up before its promises run
+// out, for planned moves.
+//
+// Format: [type u8][version u8][from u16] then the body, big-endian. A
+// decoder refuses another major version and ignores bytes after the fields
+// it knows, so that release N+1 may append fields that release N skips: a
+// cluster running both during a rolling upgrade keeps working.
+
+// WireVersion is the major version of the messages; bumped only for a change
+// that older releases cannot skip.
+const WireVersion = 1
+
+// ProtoVersion is this release's protocol revision, reported in heartbeats
+// (fsha status shows it): minor revisions only append fields.
+const ProtoVersion = 1
+
+// Message types; the node package owns types 1 and 2 (operator moves).
+const (
+	TypeHeartbeat = 16
+	TypeReply     = 17
+	TypeRelease   = 18
+)
+
+// MaxMessage is the size a message must fit in: one UDP datagram with room
+// for the gossip layer's encryption and framing.
+const MaxMessage = 1200
+
+// ErrBadMessage is wrapped by every decoding error.
+var ErrBadMessage = errors.New("bad ownership message")
+
+// NodeFlags is a node's state as it reports it.
+type NodeFlags uint16
+
+const (
+	FlagHealthy    NodeFlags = 1 << iota // interfaces up, services answer
+	FlagDisabled                         // maintenance: holds no VIPs
+	FlagBanned                           // banned for a while
+	FlagStarting                         // just started: learning who holds what
+	FlagStopping                         // shutting down: hands its VIPs over
+	FlagRestarting                       // restarting: keeps its VIPs for the grace
+	FlagLockHeld                         // holds the cluster lock
+)
+
+// Fingerprint identifies the cluster configuration a node runs: nodes that
+// disagree must not hold VIPs (see View.Agreed).
+type Fingerprint struct {
+	Nodes uint64 // the nodes file, in PNN order
+	VIPs  uint64 // the public addresses and their node lists, sorted
+	NVIPs uint16
+}
+
+// ClaimState says what a claim is for.
+type ClaimState uint8
+
+const (
+	ClaimHeld   ClaimState = 1 // renewal of a VIP the node answers for
+	ClaimTaking ClaimState = 2 // the node wants the VIP: not answering yet
+	ClaimLapsed ClaimState = 3 // held, but the deadline passed without renewal
+)
+
+// Claim asks for (or renews) the promise of a VIP at an epoch.
+type Claim struct {
+	VIP   netip.Addr
+	Epoch uint64
+	State ClaimState
+}
+
+// Heartbeat is a node's periodic message to every other node.
+type Heartbeat struct {
+	From int
+	// Incarnation tells this run of the sender from earlier ones (its
+	// start time); Seq counts its heartbeats within the run.
+	Incarnation uint64
+	Seq         uint64
+	Proto       uint16
+	Flags       NodeFlags
+	Fingerprint Fingerprint
+	// Lease is how long the sender asks each voter to promise its claims.
+	Lease time.Duration
+	// Hears lists the nodes the sender heard from lately, itself included.
+	Hears []int
+	// MAC is the sender's public interface address: where the holder of a
+	// VIP the sender drains steers the old connections.
+	MAC      [6]byte
+	Claims   []Claim
+	Draining []netip.Addr
+}
+
+// Verdict is a voter's answer to one claim.
+type Verdict uint8
+
+const (
+	Granted Verdict = 1
+	// Stale: the voter promised a higher epoch.
+	Stale Verdict = 2
+	// Taken: the voter promised this epoch to another node.
+	Taken Verdict = 3
+	// Busy: another node's lower epoch is still promised; retry later.
+	Busy Verdict = 4
+	// Unknown: the VIP is not in the voter's configuration.
+	Unknown Verdict = 5
+	// Quiet: the voter started without its promises and gives none yet.
+	Quiet Verdict = 6
+)
+
+func (v Verdict) String() string {
+	switch v {
+	case Granted:
+		return "granted"
+	case Stale:
+		return "stale"
+	case Taken:
+		return "taken"
+	case Busy:
+		return "busy"
+	case Unknown:
+		return "unknown"
+	case Quiet:
+		return "quiet"
+	}
+	return fmt.Sprintf("verdict(%d)", uint8(v))
+}
+
+// Promise is a voter's word that it grants a VIP's epoch to nobody else
+// before Until (on the voter's clock).
+type Promise struct {
+	Epoch  uint64
+	Holder int
+	Until  Mono
+	// Drained: its holder released it for a planned move and still
+	// serves the VIP's old connections (the next holder steers them).
+	Drained bool
+}
+
+// Answer is a voter's answer to one claim.
+type Answer struct {
+	VIP     netip.Addr
+	Epoch   uint64 // as claimed
+	Verdict Verdict
+	// Granted is how long the voter promised (Granted verdict only): at
+	// most what was asked and the voter's own maximum.
+	Granted time.Duration
+	// Current is the voter's promise after answering: who it is for and
+	// how long it still runs (Remaining, clamped at 0).
+	CurEpoch  uint64
+	CurHolder int
+	Remaining time.Duration
+	// PrevEpoch and PrevHolder are the promise this grant superseded (a
+	// takeover's previous holder, whose connections it may tickle).
+	PrevEpoch  uint64
+	PrevHolder int
+	// PrevDrains: the previous holder released the VIP for a planned
+	// move: its connections are steered to it, not orphaned.
+	PrevDrains bool
+}
+
+// Reply answers the claims of one heartbeat.
+type Reply struct {
+	From    int
+	Seq     uint64 // the heartbeat's
+	Answers []Answer
+}
+
+// Release gives up the given epochs: the sender no longer answers for them.
+type Release struct {
+	From  int
+	Items []Released
+}
+
+// Released is one epoch given up.
+type Released struct {
+	VIP   netip.Addr
+	Epoch uint64
+	// Drain: the sender keeps serving the VIP's existing connections
+	// (a planned move): the next holder steers them back to it.
+	Drain bool
+}
+
+const (
+	headerSize = 4
+	maxList    = 4096
+	maxNodes   = 4096
+)
+
+// MessageType returns the type of an encoded message, or 0.
+func MessageType(b []byte) byte {
+	if len(b) == 0 {
+		return 0
+	}
+	return b[0]
+}
+
+func header(typ byte, from int) []byte {
+	b := make([]byte, headerSize, 256)
+	b[0], b[1] = typ, WireVersion
+	binary.BigEndian.PutUint16(b[2:], uint16(from))
+	return b
+}
+
+func appendAddr(b []byte, a netip.Addr) []byte {
+	a = a.Unmap()
+	if a.Is4() {
+		b = append(b, 4)
+		v := a.As4()
+		return append(b, v[:]...)
+	}
+	b = append(b, 6)
+	v := a.As16()
+	return append(b, v[:]...)
+}
+
+func micros(d time.Duration) uint32 {
+	us := d.Microseconds()
+	switch {
+	case us < 0:
+		return 0
+	case us > 1<<32-1:
+		return 1<<32 - 1
+	}
+	return uint32(us)
+}
+
+func fromMicros(v uint32) time.Duration { return time.Duration(v) * time.Microsecond }
+
+// MarshalBinary encodes h.
+func (h Heartbeat) MarshalBinary() ([]byte, error) {
+	b := header(TypeHeartbeat, h.From)
+	b = binary.BigEndian.AppendUint64(b, h.Incarnation)
+	b = binary.BigEndian.AppendUint64(b, h.Seq)
+	b = binary.BigEndian.AppendUint16(b, h.Proto)
+	b = binary.BigEndian.AppendUint16(b, uint16(h.Flags))
+	b = binary.BigEndian.AppendUint64(b, h.Fingerprint.Nodes)
+	b = binary.BigEndian.AppendUint64(b, h.Fingerprint.VIPs)
+	b = binary.BigEndian.AppendUint16(b, h.Fingerprint.NVIPs)
+	b = binary.BigEndian.AppendUint32(b, micros(h.Lease))
+	b = append(b, h.MAC[:]...)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(h.Hears)))
+	for _, p := range h.Hears {
+		b = binary.BigEndian.AppendUint16(b, uint16(p))
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(h.Claims)))
+	for _, c := range h.Claims {
+		b = appendAddr(b, c.VIP)
+		b = binary.BigEndian.AppendUint64(b, c.Epoch)
+		b = append(b, byte(c.State))
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(h.Draining)))
+	for _, a := range h.Draining {
+		b = appendAddr(b, a)
+	}
+	if len(b) > MaxMessage {
+		return nil, fmt.Errorf("heartbeat of %d bytes over %d: split its claims", len(b), MaxMessage)
+	}
+	return b, nil
+}
+
+// MarshalBinary encodes r.
+func (r Reply) MarshalBinary() ([]byte, error) {
+	b := header(TypeReply, r.From)
+	b = binary.BigEndian.AppendUint64(b, r.Seq)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Answers)))
+	for _, a := range r.Answers {
+		b = appendAddr(b, a.VIP)
+		b = binary.BigEndian.AppendUint64(b, a.Epoch)
+		b = append(b, byte(a.Verdict))
+		b = binary.BigEndian.AppendUint32(b, micros(a.Granted))
+		b = binary.BigEndian.AppendUint64(b, a.CurEpoch)
+		b = binary.BigEndian.AppendUint16(b, uint16(int16(a.CurHolder)))
+		b = binary.BigEndian.AppendUint32(b, micros(a.Remaining))
+		b = binary.BigEndian.AppendUint64(b, a.PrevEpoch)
+		b = binary.BigEndian.AppendUint16(b, uint16(int16(a.PrevHolder)))
+		var f byte
+		if a.PrevDrains {
+			f |= 1
+		}
+		b = append(b, f)
+	}
+	if len(b) > MaxMessage {
+		return nil, fmt.Errorf("reply of %d bytes over %d", len(b), MaxMessage)
+	}
+	return b, nil
+}
+
+// MarshalBinary encodes r.
+func (r Release) MarshalBinary() ([]byte, error) {
+	b := header(TypeRelease, r.From)
+	b = binary.BigEndian.AppendUint16(b, uint16(len(r.Items)))
+	for _, c := range r.Items {
+		b = appendAddr(b, c.VIP)
+		b = binary.BigEndian.AppendUint64(b, c.Epoch)
+		var f byte
+		if c.Drain {
+			f = 1
+		}
+		b = append(b, f)
+	}
+	if len(b) > MaxMessage {
+		return nil, fmt.Errorf("release of %d bytes over %d", len(b), MaxMessage)
+	}
+	return b, nil
+}
+
+// reader consumes a message, remembering the first error.
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) need(n int, what string) bool {
+	if r.err != nil {
+		return false
+	}
+	if len(r.b) < n {
+		r.err = fmt.Errorf("%w: truncated at %s", ErrBadMessage, what)
+		return false
+	}
+	return true
+}
+
+func (r *reader) u8(what string) uint8 {
+	if !r.need(1, what) {
+		return 0
+	}
+	v := r.b[0]
+	r.b = r.b[1:]
+	return v
+}
+
+func (r *reader) u16(what string) uint16 {
+	if !r.need(2, what) {
+		return 0
+	}
+	v := binary.BigEndian.Uint16(r.b)
+	r.b = r.b[2:]
+	return v
+}
+
+func (r *reader) u32(what string) uint32 {
+	if !r.need(4, what) {
+		return 0
+	}
+	v := binary.BigEndian.Uint32(r.b)
+	r.b = r.b[4:]
+	return v
+}
+
+func (r *reader) u64(what string) uint64 {
+	if !r.need(8, what) {
+		return 0
+	}
+	v := binary.BigEndian.Uint64(r.b)
+	r.b = r.b[8:]
+	return v
+}
+
+func (r *reader) addr(what string) netip.Addr {
+	switch fam := r.u8(what); {
+	case r.err != nil:
+		return netip.Addr{}
+	case fam == 4:
+		if !r.need(4, what) {
+			return netip.Addr{}
+		}
+		a := netip.AddrFrom4([4]byte(r.b[:4]))
+		r.b = r.b[4:]
+		return a
+	case fam == 6:
+		if !r.need(16, what) {
+			return netip.Addr{}
+		}
+		a := netip.AddrFrom16([16]byte(r.b[:16])).Unmap()
+		r.b = r.b[16:]
+		return a
+	default:
+		r.err = fmt.Errorf("%w: address family %d in %s", ErrBadMessage, fam, what)
+		return netip.Addr{}
+	}
+}
+
+func (r *reader) count(what string, limit int) int {
+	n := int(r.u16(what))
+	if r.err == nil && n > limit {
+		r.err = fmt.Errorf("%w: %d %s, at most %d", ErrBadMessage, n, what, limit)
+	}
+	return n
+}
+
+func (r *reader) pnn(what string) int {
+	v := int(int16(r.u16(what)))
+	if r.err == nil && (v < -1 || v >= maxNodes) {
+		r.err = fmt.Errorf("%w: node %d in %s", ErrBadMessage, v, what)
+	}
+	return v
+}
+
+// checkHeader reads the header of a message of type typ.
+func checkHeader(b []byte, typ byte) (*reader, int, error) {
+	if len(b) < headerSize {
+		return nil, 0, fmt.Errorf("%w: %d bytes", ErrBadMessage, len(b))
+	}
+	if b[0] != typ {
+		return nil, 0, fmt.Errorf("%w: type %d, want %d", ErrBadMessage, b[0], typ)
+	}
+	if b[1] != WireVersion {
+		return nil, 0, fmt.Errorf("%w: wire version %d, this fsha speaks %d", ErrBadMessage, b[1], WireVersion)
+	}
+	from := int(binary.BigEndian.Uint16(b[2:4]))
+	if from >= maxNodes {
+		return nil, 0, fmt.Errorf("%w: sender %d", ErrBadMessage, from)
+	}
+	return &reader{b: b[headerSize:]}, from, nil
+}
+
+// UnmarshalBinary decodes a heartbeat; bytes after the known fields are
+// ignored (a newer release's additions).
+func (h *Heartbeat) UnmarshalBinary(b []byte) error {
+	r, from, err := checkHeader(b, TypeHeartbeat)
+	if err != nil {
+		return err
+	}
+	out := Heartbeat{From: from}
+	out.Incarnation = r.u64("incarnation")
+	out.Seq = r.u64("sequence")
+	out.Proto = r.u16("protocol")
+	out.Flags = NodeFlags(r.u16("flags"))
+	out.Fingerprint.Nodes = r.u64("fingerprint")
+	out.Fingerprint.VIPs = r.u64("fingerprint")
+	out.Fingerprint.NVIPs = r.u16("fingerprint")
+	out.Lease = fromMicros(r.u32("lease"))
+	if r.need(6, "mac") {
+		copy(out.MAC[:], r.b[:6])
+		r.b = r.b[6:]
+	}
+	n := r.count("hears", maxNodes)
+	for i := 0; i < n && r.err == nil; i++ {
+		out.Hears = append(out.Hears, r.pnn("hears"))
+	}
+	n = r.count("claims", maxList)
+	for i := 0; i < n && r.err == nil; i++ {
+		c := Claim{VIP: r.addr("claim"), Epoch: r.u64("claim epoch"), State: ClaimState(r.u8("claim state"))}
+		if r.err == nil && (c.State < ClaimHeld || c.State > ClaimLapsed) {
+			r.err = fmt.Errorf("%w: claim state %d", ErrBadMessage, c.State)
+		}
+		out.Claims = append(out.Claims, c)
+	}
+	n = r.count("draining", maxList)
+	for i := 0; i < n && r.err == nil; i++ {
+		out.Draining = append(out.Draining, r.addr("draining"))
+	}
+	if r.err != nil {
+		return r.err
+	}
+	*h = out
+	return nil
+}
+
+// UnmarshalBinary decodes a reply.
+func (rp *Reply) UnmarshalBinary(b []byte) error {
+	r, from, err := checkHeader(b, TypeReply)
+	if err != nil {
+		return err
+	}
+	out := Reply{From: from, Seq: r.u64("sequence")}
+	n := r.count("answers", maxList)
+	for i := 0; i < n && r.err == nil; i++ {
+		a := Answer{VIP: r.addr("answer"), Epoch: r.u64("answer epoch"), Verdict: Verdict(r.u8("verdict"))}
+		a.Granted = fromMicros(r.u32("granted"))
+		a.CurEpoch = r.u64("current epoch")
+		a.CurHolder = r.pnn("current holder")
+		a.Remaining = fromMicros(r.u32("remaining"))
+		a.PrevEpoch = r.u64("previous epoch")
+		a.PrevHolder = r.pnn("previous holder")
+		a.PrevDrains = r.u8("answer flags")&1 != 0
+		if r.err == nil && (a.Verdict < Granted || a.Verdict > Quiet) {
+			r.err = fmt.Errorf("%w: verdict %d", ErrBadMessage, a.Verdict)
+		}
+		out.Answers = append(out.Answers, a)
+	}
+	if r.err != nil {
+		return r.err
+	}
+	*rp = out
+	return nil
+}
+
+// UnmarshalBinary decodes a release.
+func (rl *Release) UnmarshalBinary(b []byte) error {
+	r, from, err := checkHeader(b, TypeRelease)
+	if err != nil {
+		return err
+	}
+	out := Release{From: from}
+	n := r.count("items", maxList)
+	for i := 0; i < n && r.err == nil; i++ {
+		out.Items = append(out.Items, Released{VIP: r.addr("item"), Epoch: r.u64("item epoch"), Drain: r.u8("item flags")&1 != 0})
+	}
+	if r.err != nil {
+		return r.err
+	}
+	*rl = out
+	return nil
+}
+
+// Decode decodes any ownership message: *Heartbeat, *Reply or *Release.
+func Decode(b []byte) (any, error) {
+	switch MessageType(b) {
+	case TypeHeartbeat:
+		var h Heartbeat
+		return &h, h.UnmarshalBinary(b)
+	case TypeReply:
+		var r Reply
+		return &r, r.UnmarshalBinary(b)
+	case TypeRelease:
+		var r Release
+		return &r, r.UnmarshalBinary(b)
+	}
+	return nil, fmt.Errorf("%w: type %d", ErrBadMessage, MessageType(b))
+}
