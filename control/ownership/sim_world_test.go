@@ -125,7 +125,7 @@ type simWorld struct {
 	// resets[n]: drops by node n that reset its connections (not drained);
 	// tickled[n]: takeovers that tickled node n's connections
 	resets, tickled map[int]int
-	delivered, lost          int
+	delivered, lost int
 }
 
 func (w *simWorld) logf(format string, args ...any) {
