@@ -12,7 +12,7 @@ BIN := bin/fsha
 # and the tools the tests drive.
 APT_PACKAGES := clang-19 llvm-19 clang-format-19 libbpf-dev bpftool iproute2 ethtool \
 	hping3 samba smbclient nfs-ganesha nfs-ganesha-vfs libnfs-utils keepalived \
-	util-linux procps
+	util-linux procps nftables
 
 .PHONY: all deps generate check-generate vmlinux build test test-unit lint bench demo clean
 

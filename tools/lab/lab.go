@@ -24,6 +24,13 @@
 // only); Lab.Partition splits the switch with links up. Clients read and
 // write through the VIPs with smbclient and nfs-cat, tell which node
 // answered (WhoAnswers, Watch) and time reconnections (ProbeTCP).
+//
+// Lab.PartitionOneWay, Loss, Duplicate, Cut, Unplug and Flap add network
+// faults with nftables in the switch namespace (faults.go). A Monitor
+// (Client.StartMonitor) asks on the wire, every 10 ms, who answers for
+// each VIP, and reports overlaps (two nodes answering at once) and gaps
+// (nobody answering) without trusting anything fsha says (monitor.go,
+// monitorreport.go).
 package lab
 
 import (
@@ -116,6 +123,8 @@ type Lab struct {
 	partMu  sync.Mutex
 	side    map[string]string // bridge port -> bridge, for ports Partition moved
 	bridges []string          // bridges Partition added
+
+	faults faultSet // the switch's nftables faults (faults.go)
 }
 
 type undoStep struct {
