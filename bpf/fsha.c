@@ -11,8 +11,9 @@
  *                   socket sends, updates and closes.
  *
  * Both let every packet through, tracking never changes forwarding, except
- * when the node is fenced (its lease ran out): then they drop what would
- * make it answer for a VIP.
+ * for a VIP the node may not answer for (the node's lease or the VIP's own
+ * ran out, see struct node_lease): then they drop what would make it
+ * answer for that VIP.
  *
  * The cost per packet is kept low on three paths, in this order (see
  * BENCHMARKS.md): prefilter() lets untagged non-VIP traffic go after one
@@ -42,6 +43,9 @@ const enum vip_flags *unused_vip_flags __attribute__((unused));
 const struct flow_event *unused_flow_event __attribute__((unused));
 const enum peer_flags *unused_peer_flags __attribute__((unused));
 const struct flow_cache_slot *unused_flow_cache_slot __attribute__((unused));
+const enum lease_mode *unused_lease_mode __attribute__((unused));
+const enum vip_lease_state *unused_vip_lease_state __attribute__((unused));
+const struct vip_grant *unused_vip_grant __attribute__((unused));
 
 /* Capacity of the flows map, set by the loader: used to count evictions. */
 volatile const __u64 flows_max = 1048576;
@@ -53,7 +57,9 @@ volatile const __u64 flows_max = 1048576;
  * clocks together (fsha_clock) and sets these two so that
  * jiffies * ns_per_jiffy - jiffies_offset_ns is CLOCK_MONOTONIC in
  * nanoseconds, at the same jiffy resolution as the coarse clock: every
- * timestamp in the maps stays CLOCK_MONOTONIC.
+ * timestamp in the maps stays CLOCK_MONOTONIC. The coarse clock, and so
+ * the programs' now, lags CLOCK_MONOTONIC by up to a jiffy: deadlines
+ * (struct vip_lease) are written one jiffy early to make up for it.
  */
 volatile const __u64 ns_per_jiffy = 4000000;
 volatile const __u64 jiffies_offset_ns = 0;
@@ -155,8 +161,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } counters SEC(".maps");
 
-/* lease: [0] -> struct node_lease. Written by the daemon (renewal), read by both
- * programs for packets to or from a VIP. */
+/* lease: [0] -> struct node_lease. Written by the daemon (renewal, mode),
+ * read by both programs for packets to or from a VIP. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -164,6 +170,43 @@ struct {
 	__type(value, struct node_lease);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } lease SEC(".maps");
+
+/* vip_leases: vip_key -> vip_lease. Written by the daemon (the leases this
+ * node holds), read by both programs with LEASE_MODE_VIP: for ARP and
+ * neighbour discovery, and for IP traffic to or from a VIP whose
+ * vip_deadlines bucket has passed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct vip_key);
+	__type(value, struct vip_lease);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vip_leases SEC(".maps");
+
+/* vip_deadlines: bucket (the prefilter's bit of an address) -> the earliest
+ * ip_until_ns of the VIPs in it (0 for a VIP without a lease, U64_MAX for a
+ * bucket without VIPs). Written by the daemon, which keeps every bucket at
+ * or below the ip_until_ns of each of its VIPs; read by both programs with
+ * LEASE_MODE_VIP for every packet to or from a VIP: an inlined array
+ * lookup that spares the hash lookup of vip_leases while the bucket's
+ * deadline has not passed. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, VIP_FILTER_BITS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vip_deadlines SEC(".maps");
+
+/* vip_grants: vip_key -> vip_grant. Written and read by the daemon only (its
+ * promises as a voter, kept across restarts); the programs never read it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct vip_key);
+	__type(value, struct vip_grant);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} vip_grants SEC(".maps");
 
 /* peer_flows: flow_key -> peer_flow. Written by the daemon (replication from
  * the other nodes), read by XDP ingress to steer a draining VIP's old
@@ -253,11 +296,17 @@ static __always_inline int seq_after(__u32 a, __u32 b)
 	return (__s32)(a - b) > 0;
 }
 
-/* Must match dataplane.vipFilterBit: fold the address into 16 bits. */
-static __always_inline int vip_maybe(__u32 h)
+/* Must match dataplane.vipFilterBit: fold the address into 16 bits, the
+ * prefilter's bit and the address's vip_deadlines bucket. */
+static __always_inline __u32 vip_bucket(__u32 h)
 {
 	h ^= h >> 16;
-	__u32 bit = h & (VIP_FILTER_BITS - 1);
+	return h & (VIP_FILTER_BITS - 1);
+}
+
+static __always_inline int vip_maybe(__u32 h)
+{
+	__u32 bit = vip_bucket(h);
 	__u32 word = bit / 64;
 	__u64 *w = bpf_map_lookup_elem(&vip_filter, &word);
 
@@ -271,23 +320,91 @@ static __always_inline __u32 vip6_hash(const struct in6_addr *a)
 	       a->in6_u.u6_addr32[3];
 }
 
-/* Reports whether the lease has run out: the node must not answer for VIPs. */
-static __always_inline int fenced(void)
+/* The prefilter's input for the first two u64 words of an address (IPv4:
+ * the first word, the second zero): the xor of its u32 words. */
+static __always_inline __u32 vip_words_hash(__u64 w0, __u64 w1)
+{
+	__u64 x = w0 ^ w1;
+
+	return (__u32)(x ^ (x >> 32));
+}
+
+/* What the lease map makes of VIP traffic now: */
+#define FENCE_NONE 0 /* every VIP may be answered for */
+#define FENCE_NODE 1 /* no VIP may: the node-wide lease ran out */
+#define FENCE_VIP  2 /* each VIP by its own lease */
+
+static __always_inline int fencing(__u64 now)
 {
 	__u32 zero = 0;
 	struct node_lease *l = bpf_map_lookup_elem(&lease, &zero);
 
-	return l && l->enabled && jiffies_ns(bpf_jiffies64()) > l->expires_ns;
+	if (!l)
+		return FENCE_NONE;
+	if ((l->enabled & LEASE_MODE_NODE) && now > l->expires_ns)
+		return FENCE_NODE;
+	return (l->enabled & LEASE_MODE_VIP) ? FENCE_VIP : FENCE_NONE;
 }
 
-/* The authoritative VIP check, behind the prefilter. */
-static __always_inline int is_vip(const void *addr, __u8 family)
+/* Reports whether every VIP of the bucket of hash h may still be answered
+ * for: the bucket's deadline has not passed. */
+static __always_inline int bucket_valid(__u32 h, __u64 now)
 {
+	__u32 b = vip_bucket(h);
+	__u64 *until = bpf_map_lookup_elem(&vip_deadlines, &b);
+
+	return until && now <= *until;
+}
+
+/* Which deadline of a VIP's lease applies to a packet. */
+#define UNTIL_IP  0
+#define UNTIL_ARP 1
+
+/*
+ * Reports whether the node must not answer for addr now: addr is a VIP
+ * (in the vips map, the authoritative check behind the prefilter and the
+ * buckets: an address that only shares a fenced VIP's bucket passes) and
+ * the node's lease, or with LEASE_MODE_VIP the VIP's own deadline (which),
+ * has passed.
+ */
+static __always_inline int vip_fenced(const void *addr, __u8 family, int which)
+{
+	__u64 now = jiffies_ns(bpf_jiffies64());
+	int f = fencing(now);
 	struct vip_key vk = {};
 
+	if (f == FENCE_NONE)
+		return 0;
 	__builtin_memcpy(vk.addr, addr, family == FSHA_AF_INET ? 4 : 16);
 	vk.family = family;
+	if (f == FENCE_VIP) {
+		__u64 w[2];
+		__builtin_memcpy(w, vk.addr, sizeof(w));
+		if (which == UNTIL_IP && bucket_valid(vip_words_hash(w[0], w[1]), now))
+			return 0;
+		struct vip_lease *vl = bpf_map_lookup_elem(&vip_leases, &vk);
+		if (vl && now <= (which == UNTIL_IP ? vl->ip_until_ns : vl->arp_until_ns))
+			return 0;
+	}
 	return bpf_map_lookup_elem(&vips, &vk) != NULL;
+}
+
+/*
+ * The fast path's check: reports whether a VIP whose address hashes to h
+ * may be answered for in jiffy j without looking at its own lease. Two
+ * inlined array lookups; when it says no, the general path decides.
+ */
+static __always_inline int may_answer(__u32 h, __u64 j)
+{
+	__u32 zero = 0;
+	struct node_lease *l = bpf_map_lookup_elem(&lease, &zero);
+
+	if (!l || !l->enabled)
+		return 1;
+	__u64 now = jiffies_ns(j);
+	if ((l->enabled & LEASE_MODE_NODE) && now > l->expires_ns)
+		return 0;
+	return !(l->enabled & LEASE_MODE_VIP) || bucket_valid(h, now);
 }
 
 /* ARP for IPv4 over Ethernet: the header, then sha, spa, tha, tpa. */
@@ -303,8 +420,8 @@ struct arp_eth_ {
 	__u8 tpa[4];
 };
 
-/* While fenced, drop ARP asking for a VIP (ingress) or speaking for one
- * (egress), so that neighbours stop sending the VIP's traffic here. */
+/* Drop ARP asking for a fenced VIP (ingress) or speaking for one (egress),
+ * so that neighbours stop sending the VIP's traffic here. */
 static __always_inline int fence_arp(struct hdr_cursor *nh, void *data_end, int dir)
 {
 	struct arp_eth_ *arp = nh->pos;
@@ -314,7 +431,7 @@ static __always_inline int fence_arp(struct hdr_cursor *nh, void *data_end, int 
 	if (arp->hln != 6 || arp->pln != 4)
 		return COUNTER_OTHER;
 	const __u8 *addr = dir == DIRECTION_INGRESS ? arp->tpa : arp->spa;
-	return is_vip(addr, FSHA_AF_INET) ? COUNTER_FENCED : COUNTER_OTHER;
+	return vip_fenced(addr, FSHA_AF_INET, UNTIL_ARP) ? COUNTER_FENCED : COUNTER_OTHER;
 }
 
 struct nd_msg_ {
@@ -325,16 +442,34 @@ struct nd_msg_ {
 	struct in6_addr target;
 };
 
-/* While fenced, drop neighbour solicitations for a VIP. */
-static __always_inline int fence_ndp(struct hdr_cursor *nh, void *data_end)
+/*
+ * Neighbour discovery for a fenced VIP: drop solicitations for it
+ * (ingress, target), advertisements for it (egress, target) and
+ * solicitations from it (egress, source: they announce its link-layer
+ * address). Returns COUNTER_FENCED or CANDIDATE: anything else, and an
+ * ICMPv6 message too short for one, goes on to the IP rules.
+ */
+static __always_inline int fence_ndp(struct hdr_cursor *nh, void *data_end, int dir,
+				     const struct in6_addr *vip_side)
 {
 	struct nd_msg_ *nd = nh->pos;
 
 	if ((void *)(nd + 1) > data_end)
-		return COUNTER_PARSE_ERROR;
-	if (nd->type != ND_NEIGHBOR_SOLICIT_)
-		return COUNTER_OTHER;
-	return is_vip(&nd->target, FSHA_AF_INET6) ? COUNTER_FENCED : COUNTER_OTHER;
+		return CANDIDATE;
+	const struct in6_addr *addr = &nd->target;
+	if (dir == DIRECTION_EGRESS && nd->type == ND_NEIGHBOR_SOLICIT_)
+		addr = vip_side;
+	else if (nd->type !=
+		 (dir == DIRECTION_INGRESS ? ND_NEIGHBOR_SOLICIT_ : ND_NEIGHBOR_ADVERT_))
+		return CANDIDATE;
+	return vip_fenced(addr, FSHA_AF_INET6, UNTIL_ARP) ? COUNTER_FENCED : CANDIDATE;
+}
+
+/* Reports whether ARP and neighbour discovery must be looked at: some VIP
+ * may be fenced now. */
+static __always_inline int fencing_now(void)
+{
+	return fencing(jiffies_ns(bpf_jiffies64())) != FENCE_NONE;
 }
 
 static __always_inline int port_tracked(__u16 port)
@@ -391,7 +526,7 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 		proto = parse_iphdr(&nh, data_end, &iph, &l3_len, big_len);
 		if (proto == PARSE_ERROR)
 			return COUNTER_PARSE_ERROR;
-		if (fenced() && is_vip(&vip, FSHA_AF_INET))
+		if (vip_fenced(&vip, FSHA_AF_INET, UNTIL_IP))
 			return COUNTER_FENCED;
 		if (proto == PARSE_FRAGMENT)
 			return COUNTER_FRAGMENT;
@@ -410,11 +545,14 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 			return COUNTER_PARSE_ERROR;
 		struct in6_addr *vip = dir == DIRECTION_INGRESS ? &ip6h->daddr : &ip6h->saddr;
 		struct in6_addr *client = dir == DIRECTION_INGRESS ? &ip6h->saddr : &ip6h->daddr;
-		if (proto == IPPROTO_ICMPV6_ && dir == DIRECTION_INGRESS && fenced())
-			return fence_ndp(&nh, data_end);
+		if (proto == IPPROTO_ICMPV6_ && fencing_now()) {
+			int res = fence_ndp(&nh, data_end, dir, vip);
+			if (res != CANDIDATE)
+				return res;
+		}
 		if (!prefiltered && !vip_maybe(vip6_hash(vip)))
 			return COUNTER_OTHER;
-		if (fenced() && is_vip(vip, FSHA_AF_INET6))
+		if (vip_fenced(vip, FSHA_AF_INET6, UNTIL_IP))
 			return COUNTER_FENCED;
 		if (proto == PARSE_FRAGMENT)
 			return COUNTER_FRAGMENT;
@@ -424,7 +562,7 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 		pkt->key.family = FSHA_AF_INET6;
 		__builtin_memcpy(pkt->key.vip, vip, 16);
 		__builtin_memcpy(pkt->key.client, client, 16);
-	} else if (eth_type == ETH_P_ARP_BE && fenced()) {
+	} else if (eth_type == ETH_P_ARP_BE && fencing_now()) {
 		return fence_arp(&nh, data_end, dir);
 	} else {
 		return COUNTER_OTHER;
@@ -834,7 +972,8 @@ static __always_inline int fast_track(void *data, void *data_end, int dir, __u32
 					: key_tail(sport, dport, family);
 
 	struct flow_cache_slot *c = cache_slot_of(w, dir);
-	if (!slot_holds(c, w, bpf_jiffies64()) || fenced())
+	__u64 j = bpf_jiffies64();
+	if (!slot_holds(c, w, j) || !may_answer(vip_words_hash(w[0], w[1]), j))
 		return 0;
 	slot_add(c, bpf_ntohl(tcp->seq), bpf_ntohl(tcp->ack_seq), l4_len - doff,
 		 bpf_ntohs(tcp->window), flags);

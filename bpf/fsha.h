@@ -114,11 +114,11 @@ enum counter {
 	COUNTER_TRACKED = 4,	 /* updated, created or closed a flow */
 	COUNTER_CREATED = 5,
 	COUNTER_CLOSED = 6,
-	COUNTER_EVICTED = 7,	   /* created while the table was full: LRU evicted one */
-	COUNTER_EVENTS_LOST = 8,   /* ring buffer full, event dropped */
-	COUNTER_MAP_ERRORS = 9,	   /* a map update failed */
-	COUNTER_FENCED = 10,	   /* outcome: dropped, VIP traffic while the lease has expired */
-	COUNTER_STEERED = 11,	   /* outcome: sent on to the node that holds the socket (drain) */
+	COUNTER_EVICTED = 7,	 /* created while the table was full: LRU evicted one */
+	COUNTER_EVENTS_LOST = 8, /* ring buffer full, event dropped */
+	COUNTER_MAP_ERRORS = 9,	 /* a map update failed */
+	COUNTER_FENCED = 10,	 /* outcome: dropped, for a VIP this node may not answer for now */
+	COUNTER_STEERED = 11,	 /* outcome: sent on to the node that holds the socket (drain) */
 	COUNTER_STEER_ERRORS = 12, /* a flow to steer whose node has no known MAC: passed */
 	COUNTER_MAX = 13,
 };
@@ -130,16 +130,62 @@ enum direction {
 };
 
 /*
- * Value of the lease map: self-fencing in the data plane. The daemon renews
- * the lease while it holds VIPs with quorum; if it dies, hangs or the node
- * freezes, the lease runs out and the programs stop the node from answering
- * for its VIPs (ARP, neighbour solicitations, traffic both ways) before the
- * cluster declares it dead and another node takes the VIPs over.
+ * Value of the lease map: self-fencing in the data plane. enabled is a
+ * bitmask of enum lease_mode; 0 turns fencing off (standalone tracking).
+ * LEASE_MODE_NODE: the daemon renews expires_ns while it holds VIPs with
+ * quorum; if it dies, hangs or the node freezes, the lease runs out and the
+ * programs stop the node from answering for every VIP (ARP, neighbour
+ * discovery, traffic both ways) before the cluster declares it dead and
+ * another node takes the VIPs over. LEASE_MODE_VIP: each VIP (in the vips
+ * map) is answered for only until the deadlines of its own lease (struct
+ * vip_lease); a VIP without one is fenced. Both bits: both rules apply.
  */
 struct node_lease {
-	__u64 expires_ns; /* CLOCK_MONOTONIC */
-	__u32 enabled;	  /* 0: no fencing (standalone tracking) */
+	__u64 expires_ns; /* CLOCK_MONOTONIC; read with LEASE_MODE_NODE only */
+	__u32 enabled;	  /* enum lease_mode bits */
 	__u32 pad;
+};
+
+enum lease_mode {
+	LEASE_MODE_NODE = 1, /* node-wide: every VIP until expires_ns */
+	LEASE_MODE_VIP = 2,  /* per VIP: each until its vip_lease's deadlines */
+};
+
+enum vip_lease_state {
+	VIP_LEASE_NONE = 0,	/* not held here: fenced */
+	VIP_LEASE_HELD = 1,	/* held: answered for until the deadline */
+	VIP_LEASE_DRAINING = 2, /* moved away: old connections still served, never announced */
+};
+
+/*
+ * Value of the vip_leases map: a VIP's lease as this node holds it, granted
+ * by a majority for one epoch. Deadlines are CLOCK_MONOTONIC ns, written one
+ * jiffy early (the programs' clock lags by up to a jiffy, see ns_per_jiffy).
+ * ip_until_ns: until when IP traffic to or from the VIP (any protocol,
+ * either direction) may pass. arp_until_ns: until when ARP requests for it
+ * (ingress, target) and ARP speaking for it (egress, sender), neighbour
+ * solicitations for it (ingress, target), neighbour advertisements for it
+ * (egress, target) and solicitations from it (egress, source) may pass.
+ * Held: both the deadline. Draining: ip_until_ns U64_MAX, arp_until_ns 0.
+ */
+struct vip_lease {
+	__u64 epoch;
+	__u64 ip_until_ns;
+	__u64 arp_until_ns;
+	__u32 state;  /* enum vip_lease_state */
+	__u32 holder; /* PNN of the holder (this node): informational */
+};
+
+/*
+ * Value of the vip_grants map: what this node, as a voter, promised for a
+ * VIP (no other holder for another epoch before until_ns). The programs
+ * never read it: the map only keeps the promises across daemon restarts.
+ */
+struct vip_grant {
+	__u64 epoch;
+	__u64 until_ns; /* CLOCK_MONOTONIC */
+	__u32 holder;	/* PNN the grant is for */
+	__u32 flags;	/* none yet: 0 */
 };
 
 /*
@@ -194,6 +240,7 @@ struct flow_cache_slot {
 	__u8 pad[5];
 };
 
-/* The VIP prefilter is a bitmap of VIP_FILTER_BITS bits in u64 words. */
+/* The VIP prefilter is a bitmap of VIP_FILTER_BITS bits in u64 words; the
+ * vip_deadlines map has one bucket per bit. */
 #define VIP_FILTER_BITS	 65536
 #define VIP_FILTER_WORDS (VIP_FILTER_BITS / 64)

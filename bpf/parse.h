@@ -21,6 +21,7 @@
 #define IPPROTO_DSTOPTS_     60
 #define IPPROTO_ICMPV6_	     58
 #define ND_NEIGHBOR_SOLICIT_ 135
+#define ND_NEIGHBOR_ADVERT_  136
 
 #define IP_MF_	   0x2000
 #define IP_OFFSET_ 0x1FFF

@@ -27,7 +27,9 @@ type MapEntry struct {
 
 // Dump returns the named map, or all of them when name is empty. The ring
 // buffer has no entries to dump and is left out, and so are the flow
-// cache's slots that are empty on every CPU (most of them, most of the time).
+// cache's slots that are empty on every CPU (most of them, most of the
+// time) and the vip_deadlines buckets without a VIP (U64_MAX, all but a
+// few).
 func (m *Maps) Dump(name string) ([]MapDump, error) {
 	var out []MapDump
 	found := false
@@ -66,6 +68,12 @@ func (m *Maps) Dump(name string) ([]MapDump, error) {
 				}
 				d.Entries = append(d.Entries, e)
 			}
+		case nm.name == fshaMapVipDeadlines:
+			for it.Next(&key, &value) {
+				if !allFF(value) {
+					d.Entries = append(d.Entries, MapEntry{Key: clone(key), Value: clone(value)})
+				}
+			}
 		default:
 			for it.Next(&key, &value) {
 				d.Entries = append(d.Entries, MapEntry{Key: clone(key), Value: clone(value)})
@@ -83,6 +91,15 @@ func (m *Maps) Dump(name string) ([]MapDump, error) {
 }
 
 func clone(b []byte) []byte { return append([]byte(nil), b...) }
+
+func allFF(v []byte) bool {
+	for _, b := range v {
+		if b != 0xff {
+			return false
+		}
+	}
+	return true
+}
 
 func allZero(vs [][]byte) bool {
 	for _, v := range vs {

@@ -126,7 +126,7 @@ type clock struct {
 }
 
 func newClock() clock {
-	return clock{wall: time.Now(), mono: monotonicNow()}
+	return clock{wall: time.Now(), mono: MonotonicNow()}
 }
 
 func (c clock) time(mono uint64) time.Time {

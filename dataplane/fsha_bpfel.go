@@ -124,6 +124,13 @@ const (
 	fshaFlowStateFLOW_STATE_CLOSED      fshaFlowState = 4
 )
 
+type fshaLeaseMode uint32
+
+const (
+	fshaLeaseModeLEASE_MODE_NODE fshaLeaseMode = 1
+	fshaLeaseModeLEASE_MODE_VIP  fshaLeaseMode = 2
+)
+
 type fshaNodeLease struct {
 	_         structs.HostLayout
 	ExpiresNs uint64
@@ -158,6 +165,14 @@ const (
 	fshaVipFlagsVIP_F_TRACK fshaVipFlags = 1
 )
 
+type fshaVipGrant struct {
+	_       structs.HostLayout
+	Epoch   uint64
+	UntilNs uint64
+	Holder  uint32
+	Flags   uint32
+}
+
 type fshaVipInfo struct {
 	_        structs.HostLayout
 	Flags    uint32
@@ -170,6 +185,23 @@ type fshaVipKey struct {
 	Family uint8
 	Pad    [3]uint8
 }
+
+type fshaVipLease struct {
+	_          structs.HostLayout
+	Epoch      uint64
+	IpUntilNs  uint64
+	ArpUntilNs uint64
+	State      uint32
+	Holder     uint32
+}
+
+type fshaVipLeaseState uint32
+
+const (
+	fshaVipLeaseStateVIP_LEASE_NONE     fshaVipLeaseState = 0
+	fshaVipLeaseStateVIP_LEASE_HELD     fshaVipLeaseState = 1
+	fshaVipLeaseStateVIP_LEASE_DRAINING fshaVipLeaseState = 2
+)
 
 // Names of all BPF objects in the ELF.
 //
@@ -187,7 +219,10 @@ const (
 	fshaMapPeerFlows             = "peer_flows"
 	fshaMapPorts                 = "ports"
 	fshaMapSteering              = "steering"
+	fshaMapVipDeadlines          = "vip_deadlines"
 	fshaMapVipFilter             = "vip_filter"
+	fshaMapVipGrants             = "vip_grants"
+	fshaMapVipLeases             = "vip_leases"
 	fshaMapVips                  = "vips"
 	fshaProgFshaClock            = "fsha_clock"
 	fshaProgFshaTcEgress         = "fsha_tc_egress"
@@ -204,8 +239,11 @@ const (
 	fshaVarUnusedFlowEventType   = "unused_flow_event_type"
 	fshaVarUnusedFlowFin         = "unused_flow_fin"
 	fshaVarUnusedFlowState       = "unused_flow_state"
+	fshaVarUnusedLeaseMode       = "unused_lease_mode"
 	fshaVarUnusedPeerFlags       = "unused_peer_flags"
 	fshaVarUnusedVipFlags        = "unused_vip_flags"
+	fshaVarUnusedVipGrant        = "unused_vip_grant"
+	fshaVarUnusedVipLeaseState   = "unused_vip_lease_state"
 )
 
 // loadFsha returns the embedded CollectionSpec for fsha.
@@ -259,20 +297,23 @@ type fshaProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fshaMapSpecs struct {
-	ClosedFlows *ebpf.MapSpec `ebpf:"closed_flows"`
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	FlowCache   *ebpf.MapSpec `ebpf:"flow_cache"`
-	FlowCount   *ebpf.MapSpec `ebpf:"flow_count"`
-	Flows       *ebpf.MapSpec `ebpf:"flows"`
-	Handshakes  *ebpf.MapSpec `ebpf:"handshakes"`
-	Lease       *ebpf.MapSpec `ebpf:"lease"`
-	NodeMacs    *ebpf.MapSpec `ebpf:"node_macs"`
-	PeerFlows   *ebpf.MapSpec `ebpf:"peer_flows"`
-	Ports       *ebpf.MapSpec `ebpf:"ports"`
-	Steering    *ebpf.MapSpec `ebpf:"steering"`
-	VipFilter   *ebpf.MapSpec `ebpf:"vip_filter"`
-	Vips        *ebpf.MapSpec `ebpf:"vips"`
+	ClosedFlows  *ebpf.MapSpec `ebpf:"closed_flows"`
+	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	FlowCache    *ebpf.MapSpec `ebpf:"flow_cache"`
+	FlowCount    *ebpf.MapSpec `ebpf:"flow_count"`
+	Flows        *ebpf.MapSpec `ebpf:"flows"`
+	Handshakes   *ebpf.MapSpec `ebpf:"handshakes"`
+	Lease        *ebpf.MapSpec `ebpf:"lease"`
+	NodeMacs     *ebpf.MapSpec `ebpf:"node_macs"`
+	PeerFlows    *ebpf.MapSpec `ebpf:"peer_flows"`
+	Ports        *ebpf.MapSpec `ebpf:"ports"`
+	Steering     *ebpf.MapSpec `ebpf:"steering"`
+	VipDeadlines *ebpf.MapSpec `ebpf:"vip_deadlines"`
+	VipFilter    *ebpf.MapSpec `ebpf:"vip_filter"`
+	VipGrants    *ebpf.MapSpec `ebpf:"vip_grants"`
+	VipLeases    *ebpf.MapSpec `ebpf:"vip_leases"`
+	Vips         *ebpf.MapSpec `ebpf:"vips"`
 }
 
 // fshaVariableSpecs contains global variables before they are loaded into the kernel.
@@ -291,8 +332,11 @@ type fshaVariableSpecs struct {
 	UnusedFlowEventType   *ebpf.VariableSpec `ebpf:"unused_flow_event_type"`
 	UnusedFlowFin         *ebpf.VariableSpec `ebpf:"unused_flow_fin"`
 	UnusedFlowState       *ebpf.VariableSpec `ebpf:"unused_flow_state"`
+	UnusedLeaseMode       *ebpf.VariableSpec `ebpf:"unused_lease_mode"`
 	UnusedPeerFlags       *ebpf.VariableSpec `ebpf:"unused_peer_flags"`
 	UnusedVipFlags        *ebpf.VariableSpec `ebpf:"unused_vip_flags"`
+	UnusedVipGrant        *ebpf.VariableSpec `ebpf:"unused_vip_grant"`
+	UnusedVipLeaseState   *ebpf.VariableSpec `ebpf:"unused_vip_lease_state"`
 }
 
 // fshaObjects contains all objects after they have been loaded into the kernel.
@@ -315,20 +359,23 @@ func (o *fshaObjects) Close() error {
 //
 // It can be passed to loadFshaObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fshaMaps struct {
-	ClosedFlows *ebpf.Map `ebpf:"closed_flows"`
-	Counters    *ebpf.Map `ebpf:"counters"`
-	Events      *ebpf.Map `ebpf:"events"`
-	FlowCache   *ebpf.Map `ebpf:"flow_cache"`
-	FlowCount   *ebpf.Map `ebpf:"flow_count"`
-	Flows       *ebpf.Map `ebpf:"flows"`
-	Handshakes  *ebpf.Map `ebpf:"handshakes"`
-	Lease       *ebpf.Map `ebpf:"lease"`
-	NodeMacs    *ebpf.Map `ebpf:"node_macs"`
-	PeerFlows   *ebpf.Map `ebpf:"peer_flows"`
-	Ports       *ebpf.Map `ebpf:"ports"`
-	Steering    *ebpf.Map `ebpf:"steering"`
-	VipFilter   *ebpf.Map `ebpf:"vip_filter"`
-	Vips        *ebpf.Map `ebpf:"vips"`
+	ClosedFlows  *ebpf.Map `ebpf:"closed_flows"`
+	Counters     *ebpf.Map `ebpf:"counters"`
+	Events       *ebpf.Map `ebpf:"events"`
+	FlowCache    *ebpf.Map `ebpf:"flow_cache"`
+	FlowCount    *ebpf.Map `ebpf:"flow_count"`
+	Flows        *ebpf.Map `ebpf:"flows"`
+	Handshakes   *ebpf.Map `ebpf:"handshakes"`
+	Lease        *ebpf.Map `ebpf:"lease"`
+	NodeMacs     *ebpf.Map `ebpf:"node_macs"`
+	PeerFlows    *ebpf.Map `ebpf:"peer_flows"`
+	Ports        *ebpf.Map `ebpf:"ports"`
+	Steering     *ebpf.Map `ebpf:"steering"`
+	VipDeadlines *ebpf.Map `ebpf:"vip_deadlines"`
+	VipFilter    *ebpf.Map `ebpf:"vip_filter"`
+	VipGrants    *ebpf.Map `ebpf:"vip_grants"`
+	VipLeases    *ebpf.Map `ebpf:"vip_leases"`
+	Vips         *ebpf.Map `ebpf:"vips"`
 }
 
 func (m *fshaMaps) Close() error {
@@ -345,7 +392,10 @@ func (m *fshaMaps) Close() error {
 		m.PeerFlows,
 		m.Ports,
 		m.Steering,
+		m.VipDeadlines,
 		m.VipFilter,
+		m.VipGrants,
+		m.VipLeases,
 		m.Vips,
 	)
 }
@@ -366,8 +416,11 @@ type fshaVariables struct {
 	UnusedFlowEventType   *ebpf.Variable `ebpf:"unused_flow_event_type"`
 	UnusedFlowFin         *ebpf.Variable `ebpf:"unused_flow_fin"`
 	UnusedFlowState       *ebpf.Variable `ebpf:"unused_flow_state"`
+	UnusedLeaseMode       *ebpf.Variable `ebpf:"unused_lease_mode"`
 	UnusedPeerFlags       *ebpf.Variable `ebpf:"unused_peer_flags"`
 	UnusedVipFlags        *ebpf.Variable `ebpf:"unused_vip_flags"`
+	UnusedVipGrant        *ebpf.Variable `ebpf:"unused_vip_grant"`
+	UnusedVipLeaseState   *ebpf.Variable `ebpf:"unused_vip_lease_state"`
 }
 
 // fshaPrograms contains all programs after they have been loaded into the kernel.

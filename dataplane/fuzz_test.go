@@ -25,8 +25,9 @@ import (
 // handshakes and the ring buffer after the single run must be what the
 // model says.
 //
-// Every input starts from the same tables (fuzzSeedState), so a run
-// depends on its input only. The seeds are in
+// Every input starts from the same tables (fuzzSeedState) and the same
+// leases (fuzzLeases: per-VIP fencing on, some VIPs fenced, some draining),
+// so a run depends on its input only. The seeds are in
 // testdata/fuzz/<FuzzName>/; -fsha.write-seeds rewrites the builder-made
 // ones there. Each run costs a few dozen map syscalls, so keep the
 // minimisation of new inputs short or it eats the fuzzing time:
@@ -64,7 +65,8 @@ var (
 // a FIN from the other side, so a FIN in the fuzzed direction closes it
 // (and leaves a tombstone); c6 is established; newConn4's SYN-ACK
 // acknowledged ISN 4899, so a flow created for it counts the client's
-// bytes up to the segment's ACK; closedConn4 left a tombstone.
+// bytes up to the segment's ACK; closedConn4 left a tombstone. The
+// connections to fenced and draining VIPs are established too.
 func fuzzSeedState(d fshaDirection) fuzzState {
 	a := fshaFlow{FirstSeenNs: 1, LastSeenNs: 1, BytesIn: 10, BytesOut: 20, PacketsIn: 1, PacketsOut: 2,
 		SeqIn: 1000, AckIn: 5000, SeqOut: 5000, AckOut: 1000, WindowIn: 100, WindowOut: 200}
@@ -76,7 +78,8 @@ func fuzzSeedState(d fshaDirection) fuzzState {
 		a.State, a.Fin = uint8(fshaFlowStateFLOW_STATE_FIN_CLIENT), uint8(fshaFlowFinFLOW_FIN_IN)
 	}
 	return fuzzState{
-		flows:      map[fshaFlowKey]fshaFlow{c4.key(): a, c6.key(): b},
+		flows: map[fshaFlowKey]fshaFlow{c4.key(): a, c6.key(): b, fenceConn4.key(): b, drainConn4.key(): b,
+			fenceConn6.key(): b, drainConn6.key(): b},
 		closed:     map[fshaFlowKey]uint32{closedConn4.key(): 1000},
 		handshakes: map[fshaFlowKey]uint32{newConn4.key(): 4900},
 	}
@@ -170,6 +173,8 @@ func fuzzSeedFrames(t testing.TB, d fshaDirection) map[string][]byte {
 	m["ipv4-gso"] = fix(seg(c4, tcpACK, 1000, nil), func(b []byte) { binary.BigEndian.PutUint16(b[16:], 140) })
 	m["three-vlans"] = seg(c4, tcpACK, 0, withVLANs(1, 2, 3))
 	m["arp"] = fix(m["ipv4-data"], func(b []byte) { b[12], b[13] = 0x08, 0x06 })
+
+	maps.Copy(m, leaseSeedFrames(t, d, seg))
 	return m
 }
 
@@ -221,7 +226,17 @@ func TestFuzzModel(t *testing.T) {
 		"broken-ah-length-0": classParseError, "broken-jumbo": classParseError,
 		"ipv4-ihl-15": classCandidate, "ipv4-long-total-length": classCandidate, "ipv4-gso": classCandidate,
 		"three-vlans": classOther, "arp": classOther,
+		"ipv4-fenced-vip": classFenced, "ipv4-fenced-vip-fragment": classFenced, "ipv4-draining-vip": classCandidate,
+		"ipv4-fenced-bucket-mate": classCandidate, "ipv6-fenced-vip": classFenced, "ipv6-draining-vip": classCandidate,
+		"ipv6-fenced-bucket-non-vip": classCandidate, "arp-vip": classOther, "arp-fenced-vip": classFenced,
+		"arp-draining-vip": classFenced, "arp-fenced-vip-vlan": classFenced, "arp-fenced-vip-short": classParseError,
+		"nd-vip": classOther, "nd-fenced-vip": classFenced, "nd-draining-vip": classFenced,
+		"ns-draining-vip": classFenced, "icmp-fenced-vip": classFenced, "icmpv6-fenced-vip": classFenced,
+		"icmpv6-draining-vip": classOther,
 	}
+	// seeds the two directions see differently: a cut neighbour
+	// advertisement from fence6 (egress) is still IP from it
+	byDir := map[string][2]pktClass{"nd-fenced-vip-short": {classOther, classFenced}}
 	for _, d := range []fshaDirection{ingress, egress} {
 		for name, b := range fuzzSeedFrames(t, d) {
 			if runRefused(b, d) {
@@ -231,6 +246,9 @@ func TestFuzzModel(t *testing.T) {
 				continue
 			}
 			w, ok := want[name]
+			if bd, found := byDir[name]; found {
+				w, ok = bd[d], true
+			}
 			if !ok {
 				t.Errorf("seed %s: no expected class", name)
 			}
@@ -252,6 +270,7 @@ func TestFuzzModel(t *testing.T) {
 
 func fuzzProg(f *testing.F, d fshaDirection) {
 	h := newHarness(f, 64)
+	setLeases(f, h)
 	start := fuzzSeedState(d)
 	prog := h.objs.FshaXdp
 	if d == egress {
@@ -273,8 +292,11 @@ func fuzzProg(f *testing.F, d fshaDirection) {
 		p := predict(b, d)
 		want := p.apply(d, start)
 		before := h.counters(t)
-		h.run(t, d, b)
+		dropped := h.runVerdict(t, d, b)
 		got := counterDelta(before, h.counters(t))
+		if dropped != (p.class == classFenced) {
+			t.Fatalf("dropped %v, model says %s\nframe %x", dropped, p, b)
+		}
 		if got != want.counters {
 			t.Fatalf("counters changed%s, want%s\nmodel: %s\nframe %x", got, want.counters, p, b)
 		}
@@ -360,6 +382,13 @@ const (
 //   - TCP is decoded from the frame past the IP headers, not from the IP
 //     payload: the program reads the TCP header within the frame, checks
 //     the port, and only then that the IP length covers the TCP header.
+//   - fencing (fuzzLeases, per-VIP fencing on): ARP is read at its fixed
+//     Ethernet/IPv4 offsets (hrd, pro and op unchecked); a neighbour
+//     solicitation or advertisement is read from the frame past the IPv6
+//     headers, whatever the payload length says, and one cut short of its
+//     target is ICMPv6 like any other. Both come before the prefilter.
+//     IP traffic to or from a fenced VIP is dropped once its IP header
+//     parsed, fragments included.
 func predict(b []byte, d fshaDirection) prediction {
 	var eth layers.Ethernet
 	if err := eth.DecodeFromBytes(b, gopacket.NilDecodeFeedback); err != nil {
@@ -463,6 +492,36 @@ func predict(b []byte, d fshaDirection) prediction {
 			off += length
 		}
 		upper, l3Len, hdrs = next, 40+plen, 40+off
+		// neighbour discovery, before the prefilter
+		if upper == layers.IPProtocolICMPv6 && len(rest) >= hdrs+24 {
+			nd := rest[hdrs:]
+			target := netip.AddrFrom16([16]byte(nd[8:24]))
+			src := netip.AddrFrom16([16]byte(rest[8:24]))
+			switch {
+			case d == ingress && nd[0] == byte(layers.ICMPv6TypeNeighborSolicitation) && fencedARP(target):
+				return decided(classFenced, "neighbour solicitation for %v", target)
+			case d == egress && nd[0] == byte(layers.ICMPv6TypeNeighborSolicitation) && fencedARP(src):
+				return decided(classFenced, "neighbour solicitation from %v", src)
+			case d == egress && nd[0] == byte(layers.ICMPv6TypeNeighborAdvertisement) && fencedARP(target):
+				return decided(classFenced, "neighbour advertisement for %v", target)
+			}
+		}
+
+	case layers.EthernetTypeARP:
+		if len(rest) < 28 {
+			return decided(classParseError, "arp: %d bytes", len(rest))
+		}
+		if rest[4] != 6 || rest[5] != 4 {
+			return decided(classOther, "arp: address lengths %d, %d", rest[4], rest[5])
+		}
+		a := netip.AddrFrom4([4]byte(rest[24:28])) // ingress: asked for (target)
+		if d == egress {
+			a = netip.AddrFrom4([4]byte(rest[14:18])) // egress: spoken for (sender)
+		}
+		if fencedARP(a) {
+			return decided(classFenced, "arp for %v", a)
+		}
+		return decided(classOther, "arp for %v", a)
 
 	default:
 		return decided(classOther, "ethertype %v", typ)
@@ -474,6 +533,9 @@ func predict(b []byte, d fshaDirection) prediction {
 	vipAddr, _ := netip.AddrFromSlice(vip)
 	if !vipMaybe(vipAddr) {
 		return decided(classOther, "%v is not in the vip prefilter", vipAddr)
+	}
+	if fencedIP(vipAddr) {
+		return decided(classFenced, "ip of %v", vipAddr)
 	}
 	if fragment {
 		return decided(classFragment, "fragment")
@@ -536,10 +598,10 @@ func decodeAH(b []byte) (layers.IPProtocol, int, error) {
 	return a.NextHeader, a.ActualLength, nil
 }
 
-// vipMaybe is the prefilter with the default VIPs.
+// vipMaybe is the prefilter with the fuzz targets' VIPs.
 func vipMaybe(a netip.Addr) bool {
 	ab, af := addrBytes(a)
-	for _, v := range defaultVIPs {
+	for _, v := range fuzzVIPs {
 		vb, vf := addrBytes(v)
 		if vipFilterBit(ab, af) == vipFilterBit(vb, vf) {
 			return true
@@ -570,6 +632,9 @@ func (p prediction) apply(d fshaDirection, start fuzzState) fuzzWant {
 	case classFragment:
 		outcome(fshaCounterCOUNTER_FRAGMENT)
 		return w
+	case classFenced:
+		outcome(fshaCounterCOUNTER_FENCED)
+		return w
 	}
 
 	f, exists := w.flows[p.key]
@@ -584,7 +649,7 @@ func (p prediction) apply(d fshaDirection, start fuzzState) fuzzWant {
 			return w
 		}
 		isVIP := func(a netip.Addr) bool { k := vipKey(a); return k.Addr == p.key.Vip && k.Family == p.key.Family }
-		if !slices.ContainsFunc(defaultVIPs, isVIP) {
+		if !slices.ContainsFunc(fuzzVIPs, isVIP) {
 			outcome(fshaCounterCOUNTER_OTHER) // only the prefilter matched
 			return w
 		}

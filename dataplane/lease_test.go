@@ -16,7 +16,7 @@ const (
 	tcxDrop = 2 // TCX_DROP
 )
 
-func leaseARPFrame(t *testing.T, op uint16, sender, target netip.Addr) []byte {
+func leaseARPFrame(t testing.TB, op uint16, sender, target netip.Addr) []byte {
 	t.Helper()
 	mac := net.HardwareAddr{2, 0, 0, 0, 0, 1}
 	eth := &layers.Ethernet{SrcMAC: mac, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeARP}
@@ -30,7 +30,7 @@ func leaseARPFrame(t *testing.T, op uint16, sender, target netip.Addr) []byte {
 	return buf.Bytes()
 }
 
-func leaseNSFrame(t *testing.T, target netip.Addr) []byte {
+func leaseNSFrame(t testing.TB, target netip.Addr) []byte {
 	t.Helper()
 	mac := net.HardwareAddr{2, 0, 0, 0, 0, 1}
 	eth := &layers.Ethernet{SrcMAC: mac, DstMAC: net.HardwareAddr{0x33, 0x33, 0xff, 0, 0, 1}, EthernetType: layers.EthernetTypeIPv6}

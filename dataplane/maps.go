@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/cilium/ebpf"
 )
@@ -29,6 +30,17 @@ type Maps struct {
 	Steering    *ebpf.Map
 	// FlowCache holds per-CPU counts not yet in Flows (see ForEachFlow).
 	FlowCache *ebpf.Map
+	// VipLeases, VipDeadlines: the per-VIP leases the programs enforce
+	// (SetVIPLease). VipGrants: this node's promises as a voter
+	// (SetVIPGrant). All three are nil in the pins of an older fsha.
+	VipLeases    *ebpf.Map
+	VipDeadlines *ebpf.Map
+	VipGrants    *ebpf.Map
+
+	// leaseMu serialises the writers of the lease, vips, vip_leases and
+	// vip_deadlines maps, whose buckets are read, recomputed and written.
+	// Shared by the copies of a Maps.
+	leaseMu *sync.Mutex
 }
 
 func mapsOf(m *fshaMaps) Maps {
@@ -36,7 +48,8 @@ func mapsOf(m *fshaMaps) Maps {
 		Flows: m.Flows, FlowCount: m.FlowCount, ClosedFlows: m.ClosedFlows, Events: m.Events,
 		Vips: m.Vips, VipFilter: m.VipFilter, Ports: m.Ports, Counters: m.Counters, Lease: m.Lease,
 		Handshakes: m.Handshakes, PeerFlows: m.PeerFlows, NodeMacs: m.NodeMacs, Steering: m.Steering,
-		FlowCache: m.FlowCache,
+		FlowCache: m.FlowCache, VipLeases: m.VipLeases, VipDeadlines: m.VipDeadlines, VipGrants: m.VipGrants,
+		leaseMu: new(sync.Mutex),
 	}
 }
 
@@ -48,6 +61,7 @@ func (m *Maps) byName() []namedMap {
 		{fshaMapPorts, m.Ports}, {fshaMapCounters, m.Counters}, {fshaMapLease, m.Lease},
 		{fshaMapHandshakes, m.Handshakes}, {fshaMapPeerFlows, m.PeerFlows},
 		{fshaMapNodeMacs, m.NodeMacs}, {fshaMapSteering, m.Steering}, {fshaMapFlowCache, m.FlowCache},
+		{fshaMapVipLeases, m.VipLeases}, {fshaMapVipDeadlines, m.VipDeadlines}, {fshaMapVipGrants, m.VipGrants},
 	}
 }
 
@@ -67,7 +81,7 @@ type PinnedMaps struct {
 // OpenPinned opens the maps pinned under pinPath, read-only: it is how the
 // CLI reads flows whether or not the daemon runs.
 func OpenPinned(pinPath string) (_ *PinnedMaps, err error) {
-	p := &PinnedMaps{}
+	p := &PinnedMaps{Maps: Maps{leaseMu: new(sync.Mutex)}}
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -92,16 +106,23 @@ func OpenPinned(pinPath string) (_ *PinnedMaps, err error) {
 		{fshaMapCounters, &p.Counters}, {fshaMapLease, &p.Lease},
 		{fshaMapHandshakes, &p.Handshakes}, {fshaMapPeerFlows, &p.PeerFlows},
 		{fshaMapNodeMacs, &p.NodeMacs}, {fshaMapSteering, &p.Steering}, {fshaMapFlowCache, &p.FlowCache},
+		{fshaMapVipLeases, &p.VipLeases}, {fshaMapVipDeadlines, &p.VipDeadlines}, {fshaMapVipGrants, &p.VipGrants},
 	} {
 		*dst.m, err = open(dst.name)
-		if dst.name == fshaMapFlowCache && errors.Is(err, ErrNotLoaded) {
-			continue // programs of an older fsha, without the cache: nothing to add
+		if optionalPins[dst.name] && errors.Is(err, ErrNotLoaded) {
+			continue // programs of an older fsha, without them
 		}
 		if err != nil {
 			return nil, err
 		}
 	}
 	return p, nil
+}
+
+// optionalPins are the maps an older fsha's pins may lack: a flow cache
+// with nothing to add, no per-VIP leases and grants.
+var optionalPins = map[string]bool{
+	fshaMapFlowCache: true, fshaMapVipLeases: true, fshaMapVipDeadlines: true, fshaMapVipGrants: true,
 }
 
 // Close closes the map handles.
@@ -117,12 +138,21 @@ func (p *PinnedMaps) Close() error {
 
 // SetVIPs makes addrs the set of tracked VIPs. New VIPs are added to the
 // authoritative map before the prefilter and removed ones leave the
-// prefilter first, so the programs never see a VIP half-configured.
+// prefilter first, so the programs never see a VIP half-configured. The
+// buckets of vip_deadlines follow (syncDeadlines): one that a new VIP
+// lowers goes down before the VIP is added, one that a removed VIP held
+// down goes up after it is gone.
 func (m *Maps) SetVIPs(addrs []netip.Addr) error {
 	want := make(map[fshaVipKey]bool, len(addrs))
 	for _, a := range addrs {
 		want[vipKey(a)] = true
 	}
+	m.leaseMu.Lock()
+	defer m.leaseMu.Unlock()
+	return m.syncDeadlines(want, func() error { return m.setVIPs(want) })
+}
+
+func (m *Maps) setVIPs(want map[fshaVipKey]bool) error {
 	for k := range want {
 		v := fshaVipInfo{Flags: uint32(fshaVipFlagsVIP_F_TRACK)}
 		if err := m.Vips.Put(k, v); err != nil {
@@ -223,9 +253,10 @@ func (m *Maps) TrackedPorts() ([]uint16, error) {
 // VIPFilterWords is the size of the VIP prefilter bitmap in 64-bit words.
 const VIPFilterWords = 1024
 
-// vipFilterBit mirrors vip_maybe in bpf/fsha.c: the address's 32-bit words,
-// loaded in the host (little-endian) order the program loads them, xored and
-// folded to 16 bits.
+// vipFilterBit mirrors vip_bucket in bpf/fsha.c: the address's 32-bit
+// words, loaded in the host (little-endian) order the program loads them,
+// xored and folded to 16 bits. It is the address's prefilter bit and its
+// vip_deadlines bucket.
 func vipFilterBit(addr [16]uint8, family uint8) uint32 {
 	h := binary.LittleEndian.Uint32(addr[0:4])
 	if family == afInet6 {

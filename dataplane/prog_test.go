@@ -64,6 +64,9 @@ type harness struct {
 	// dirty says the VIPs or ports may differ from the defaults, which
 	// reset then restores (writing the whole prefilter takes a while).
 	dirty bool
+	// vips are the harness's default VIPs (defaultVIPs unless a test
+	// says otherwise).
+	vips []netip.Addr
 }
 
 func newHarness(t testing.TB, flowsMax uint32) *harness {
@@ -80,7 +83,7 @@ func newHarness(t testing.TB, flowsMax uint32) *harness {
 			m.MaxEntries = 4096 // small tables reset fast; flows is sized by flowsMax
 		}
 	}
-	h := &harness{}
+	h := &harness{vips: defaultVIPs}
 	coll, err := ebpf.NewCollection(spec)
 	if err != nil {
 		var verr *ebpf.VerifierError
@@ -158,7 +161,7 @@ func (h *harness) reset(t testing.TB) {
 	clearFlowCache(t, &h.maps)
 	h.drainEvents(t)
 	if h.dirty {
-		h.configure(t, defaultVIPs, defaultPorts)
+		h.configure(t, h.vips, defaultPorts)
 		h.dirty = false
 	}
 }
@@ -194,6 +197,16 @@ func clearFlowCache(t testing.TB, m *Maps) {
 // which TestProgPayloadLength relies on and checks.
 func (h *harness) run(t testing.TB, d fshaDirection, pkt []byte) {
 	t.Helper()
+	if h.runVerdict(t, d, pkt) {
+		t.Fatalf("%s dropped the packet, want it passed", dirName(d))
+	}
+}
+
+// runVerdict runs one packet through the program of direction d and
+// reports whether it dropped it (a verdict other than a drop or a pass
+// fails the test).
+func (h *harness) runVerdict(t testing.TB, d fshaDirection, pkt []byte) bool {
+	t.Helper()
 	h.runs[d]++
 	if d == ingress {
 		ret, err := h.objs.FshaXdp.Run(&ebpf.RunOptions{Data: pkt,
@@ -201,18 +214,19 @@ func (h *harness) run(t testing.TB, d fshaDirection, pkt []byte) {
 		if err != nil {
 			t.Fatalf("run xdp: %v", err)
 		}
-		if ret != xdpPass {
-			t.Fatalf("xdp verdict %d, want XDP_PASS (%d)", ret, xdpPass)
+		if ret != xdpPass && ret != xdpDrop {
+			t.Fatalf("xdp verdict %d, want XDP_PASS (%d) or XDP_DROP (%d)", ret, xdpPass, xdpDrop)
 		}
-		return
+		return ret == xdpDrop
 	}
 	ret, err := h.objs.FshaTcEgress.Run(&ebpf.RunOptions{Data: pkt})
 	if err != nil {
 		t.Fatalf("run tc: %v", err)
 	}
-	if ret != tcxNext {
-		t.Fatalf("tc verdict %#x, want TCX_NEXT (%#x)", ret, uint32(tcxNext))
+	if ret != tcxNext && ret != tcxDrop {
+		t.Fatalf("tc verdict %#x, want TCX_NEXT (%#x) or TCX_DROP (%d)", ret, uint32(tcxNext), tcxDrop)
 	}
+	return ret == tcxDrop
 }
 
 func (h *harness) counters(t testing.TB) Counters {
@@ -441,6 +455,9 @@ const (
 	// counts it UNTRACKED (no flow yet), egress creates the flow when the
 	// segment is neither SYN, RST nor FIN.
 	classCandidate
+	// classFenced is what would make the node answer for a VIP it may not
+	// answer for now: dropped (only the fuzz targets fence).
+	classFenced
 )
 
 func (c pktClass) String() string {
@@ -453,6 +470,8 @@ func (c pktClass) String() string {
 		return "FRAGMENT"
 	case classCandidate:
 		return "candidate"
+	case classFenced:
+		return "FENCED"
 	}
 	return fmt.Sprintf("class-%d", int(c))
 }

@@ -16,7 +16,7 @@ import (
 // seen before the socket list was read are judged, so a connection opening
 // meanwhile is never removed. It returns how many flows it removed.
 func (m *Maps) PruneFlows() (int, error) {
-	cutoff := monotonicNow() - uint64(20*time.Millisecond) // the programs' clock is coarse
+	cutoff := MonotonicNow() - uint64(20*time.Millisecond) // the programs' clock is coarse
 	live := map[[2]netip.AddrPort]bool{}
 	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
 		socks, err := netlink.SocketDiagTCP(family)
