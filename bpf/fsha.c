@@ -365,9 +365,9 @@ static __always_inline int bucket_valid(__u32 h, __u64 now)
  * (in the vips map, the authoritative check behind the prefilter and the
  * buckets: an address that only shares a fenced VIP's bucket passes) and
  * the node's lease, or with LEASE_MODE_VIP the VIP's own deadline (which),
- * has passed.
+ * has passed. h is the address's prefilter input, for UNTIL_IP.
  */
-static __always_inline int vip_fenced(const void *addr, __u8 family, int which)
+static __always_inline int vip_fenced(const void *addr, __u8 family, __u32 h, int which)
 {
 	__u64 now = jiffies_ns(bpf_jiffies64());
 	int f = fencing(now);
@@ -375,13 +375,11 @@ static __always_inline int vip_fenced(const void *addr, __u8 family, int which)
 
 	if (f == FENCE_NONE)
 		return 0;
+	if (f == FENCE_VIP && which == UNTIL_IP && bucket_valid(h, now))
+		return 0;
 	__builtin_memcpy(vk.addr, addr, family == FSHA_AF_INET ? 4 : 16);
 	vk.family = family;
 	if (f == FENCE_VIP) {
-		__u64 w[2];
-		__builtin_memcpy(w, vk.addr, sizeof(w));
-		if (which == UNTIL_IP && bucket_valid(vip_words_hash(w[0], w[1]), now))
-			return 0;
 		struct vip_lease *vl = bpf_map_lookup_elem(&vip_leases, &vk);
 		if (vl && now <= (which == UNTIL_IP ? vl->ip_until_ns : vl->arp_until_ns))
 			return 0;
@@ -431,7 +429,7 @@ static __always_inline int fence_arp(struct hdr_cursor *nh, void *data_end, int 
 	if (arp->hln != 6 || arp->pln != 4)
 		return COUNTER_OTHER;
 	const __u8 *addr = dir == DIRECTION_INGRESS ? arp->tpa : arp->spa;
-	return vip_fenced(addr, FSHA_AF_INET, UNTIL_ARP) ? COUNTER_FENCED : COUNTER_OTHER;
+	return vip_fenced(addr, FSHA_AF_INET, 0, UNTIL_ARP) ? COUNTER_FENCED : COUNTER_OTHER;
 }
 
 struct nd_msg_ {
@@ -462,7 +460,7 @@ static __always_inline int fence_ndp(struct hdr_cursor *nh, void *data_end, int 
 	else if (nd->type !=
 		 (dir == DIRECTION_INGRESS ? ND_NEIGHBOR_SOLICIT_ : ND_NEIGHBOR_ADVERT_))
 		return CANDIDATE;
-	return vip_fenced(addr, FSHA_AF_INET6, UNTIL_ARP) ? COUNTER_FENCED : CANDIDATE;
+	return vip_fenced(addr, FSHA_AF_INET6, 0, UNTIL_ARP) ? COUNTER_FENCED : CANDIDATE;
 }
 
 /* Reports whether ARP and neighbour discovery must be looked at: some VIP
@@ -526,7 +524,7 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 		proto = parse_iphdr(&nh, data_end, &iph, &l3_len, big_len);
 		if (proto == PARSE_ERROR)
 			return COUNTER_PARSE_ERROR;
-		if (vip_fenced(&vip, FSHA_AF_INET, UNTIL_IP))
+		if (vip_fenced(&vip, FSHA_AF_INET, vip, UNTIL_IP))
 			return COUNTER_FENCED;
 		if (proto == PARSE_FRAGMENT)
 			return COUNTER_FRAGMENT;
@@ -552,7 +550,7 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 		}
 		if (!prefiltered && !vip_maybe(vip6_hash(vip)))
 			return COUNTER_OTHER;
-		if (vip_fenced(vip, FSHA_AF_INET6, UNTIL_IP))
+		if (vip_fenced(vip, FSHA_AF_INET6, vip6_hash(vip), UNTIL_IP))
 			return COUNTER_FENCED;
 		if (proto == PARSE_FRAGMENT)
 			return COUNTER_FRAGMENT;

@@ -378,7 +378,8 @@ const (
 //   - AH with payload length 0 is 8 bytes, short of AH's own 12-byte
 //     fixed part: gopacket refuses it, the program follows the length.
 //   - a fragment header: the program stops there (FRAGMENT) whatever the
-//     header holds.
+//     header holds, unless six extension headers came before it (then it
+//     is the seventh: PARSE_ERROR).
 //   - TCP is decoded from the frame past the IP headers, not from the IP
 //     payload: the program reads the TCP header within the frame, checks
 //     the port, and only then that the IP length covers the TCP header.
@@ -484,6 +485,11 @@ func predict(b []byte, d fshaDirection) prediction {
 					return decided(classParseError, "ipv6 AH: %v", err)
 				}
 			case layers.IPProtocolIPv6Fragment:
+				if n == maxIPv6ExtHdr {
+					// the program looks at the seventh header only to
+					// refuse it, a fragment header too
+					return decided(classParseError, "a fragment header after six ipv6 extension headers")
+				}
 				fragment = true
 				break walk
 			default:

@@ -32,6 +32,7 @@ type dataplaneBench struct {
 	cpu         int
 	realtime    bool
 	lease       bool
+	perVIP      bool
 	pps         bool
 	ppsDuration time.Duration
 	ppsRounds   int
@@ -48,6 +49,7 @@ func dataplaneSuite() *suite {
 			fs.IntVar(&b.cpu, "cpu", runtime.NumCPU()-1, "dataplane: CPU to run BPF_PROG_RUN on")
 			fs.BoolVar(&b.realtime, "rt", true, "dataplane: run BPF_PROG_RUN rounds as SCHED_FIFO so that other tasks cannot preempt them")
 			fs.BoolVar(&b.lease, "lease", true, "dataplane: enable the fencing lease (valid), as a clustered node runs")
+			fs.BoolVar(&b.perVIP, "per-vip", true, "dataplane: also measure a data plane with per-VIP leases on (fencing mode 3, the VIPs held)")
 			fs.BoolVar(&b.pps, "pps", true, "dataplane: also measure packets per second through a veth pair")
 			fs.DurationVar(&b.ppsDuration, "pps-duration", time.Second, "dataplane: length of one veth measurement")
 			fs.IntVar(&b.ppsRounds, "pps-rounds", 9, "dataplane: veth rounds per mode (the median is reported)")
@@ -100,18 +102,27 @@ func (b *dataplaneBench) run(ctx context.Context, log *zap.Logger, out io.Writer
 		capacity = uint32(b.flows)
 	}
 	n4 := b.flows - flows6
-	u, err := b.load(log, dataplane.UnpinnedOptions{FlowsMax: capacity}, n4)
+	u, err := b.load(log, dataplane.UnpinnedOptions{FlowsMax: capacity}, n4, false)
 	if err != nil {
 		return err
 	}
 	defer u.Close()
 	// The same, with the flow cache off: every tracked packet looks its
 	// flow up in the map, as the first one of a flow in a jiffy does.
-	uncached, err := b.load(log, dataplane.UnpinnedOptions{FlowsMax: capacity, NoFlowCache: true}, n4)
+	uncached, err := b.load(log, dataplane.UnpinnedOptions{FlowsMax: capacity, NoFlowCache: true}, n4, false)
 	if err != nil {
 		return err
 	}
 	defer uncached.Close()
+	// The same again, with per-VIP leases: every VIP packet also checks
+	// its VIP's deadline bucket.
+	var perVIP *dataplane.Unpinned
+	if b.perVIP {
+		if perVIP, err = b.load(log, dataplane.UnpinnedOptions{FlowsMax: capacity}, n4, true); err != nil {
+			return err
+		}
+		defer perVIP.Close()
+	}
 
 	pair, err := newVethPair()
 	if err != nil {
@@ -124,7 +135,7 @@ func (b *dataplaneBench) run(ctx context.Context, log *zap.Logger, out io.Writer
 	}()
 	log.Debug("namespaces", zap.Strings("netns", pair.nsName[:]), zap.Strings("veth", pair.ifName[:]))
 
-	if err := b.progRun(ctx, log, out, u, uncached, pair, n4); err != nil {
+	if err := b.progRun(ctx, log, out, u, uncached, perVIP, pair, n4); err != nil {
 		return err
 	}
 	if !b.pps {
@@ -134,8 +145,9 @@ func (b *dataplaneBench) run(ctx context.Context, log *zap.Logger, out io.Writer
 }
 
 // load loads a data plane as a clustered node runs it and fills its flows
-// map with n4 IPv4 and flows6 IPv6 flows.
-func (b *dataplaneBench) load(log *zap.Logger, opts dataplane.UnpinnedOptions, n4 int) (*dataplane.Unpinned, error) {
+// map with n4 IPv4 and flows6 IPv6 flows. perVIP turns per-VIP leases on
+// too (fencing mode 3), with both VIPs held for an hour.
+func (b *dataplaneBench) load(log *zap.Logger, opts dataplane.UnpinnedOptions, n4 int, perVIP bool) (*dataplane.Unpinned, error) {
 	u, err := dataplane.LoadUnpinnedWith(opts)
 	if err != nil {
 		return nil, err
@@ -148,9 +160,20 @@ func (b *dataplaneBench) load(log *zap.Logger, opts dataplane.UnpinnedOptions, n
 			return err
 		}
 		// As in a cluster: fencing on, lease valid (every VIP packet checks it).
-		if b.lease {
+		if b.lease || perVIP {
 			if err := u.RenewLease(time.Hour); err != nil {
 				return err
+			}
+		}
+		if perVIP {
+			if err := u.SetFencingMode(true, true); err != nil {
+				return err
+			}
+			held := dataplane.VIPLease{Epoch: 1, State: dataplane.VIPLeaseHeld, Until: dataplane.MonotonicNow() + uint64(time.Hour)}
+			for _, vip := range []netip.Addr{benchVIP4, benchVIP6} {
+				if err := u.SetVIPLease(vip, held); err != nil {
+					return err
+				}
 			}
 		}
 		start := time.Now()
@@ -234,7 +257,7 @@ func emptyProgram(typ ebpf.ProgramType, ret int32) (*ebpf.Program, error) {
 	return p, nil
 }
 
-func (b *dataplaneBench) progCases(u, uncached *dataplane.Unpinned, xdpEmpty, tcEmpty *ebpf.Program, n4 int) ([]*progCase, error) {
+func (b *dataplaneBench) progCases(u, uncached, perVIP *dataplane.Unpinned, xdpEmpty, tcEmpty *ebpf.Program, n4 int) ([]*progCase, error) {
 	// The tracked client sits in the middle of the filled range.
 	client4 := benchClient(false, n4/2)
 	client6 := benchClient(true, flows6/2)
@@ -287,6 +310,18 @@ func (b *dataplaneBench) progCases(u, uncached *dataplane.Unpinned, xdpEmpty, tc
 			def{hook, "  same, IPv4, flow cache off", uncached, progUncached, orient(data), outcomeTracked, nil},
 			def{hook, "  same, IPv6, flow cache off", uncached, progUncached, orient(data6), outcomeTracked, nil},
 		)
+		if perVIP != nil {
+			progPerVIP := perVIP.XDP
+			if hook == "tc" {
+				progPerVIP = perVIP.TCEgress
+			}
+			defs = append(defs,
+				def{hook, "fsha, per-VIP leases: non-VIP, port 445", perVIP, progPerVIP, orient(nonVIP), outcomeOther, nonVIPTarget},
+				def{hook, "fsha, per-VIP leases: VIP, untracked port", perVIP, progPerVIP, orient(otherPort), outcomeOther, nil},
+				def{hook, "fsha, per-VIP leases: tracked IPv4", perVIP, progPerVIP, orient(data), outcomeTracked, trackedTarget},
+				def{hook, "fsha, per-VIP leases: tracked IPv6", perVIP, progPerVIP, orient(data6), outcomeTracked, trackedTarget},
+			)
+		}
 	}
 	var cases []*progCase
 	for _, d := range defs {
@@ -299,7 +334,7 @@ func (b *dataplaneBench) progCases(u, uncached *dataplane.Unpinned, xdpEmpty, tc
 	return cases, nil
 }
 
-func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Writer, u, uncached *dataplane.Unpinned, pair *vethPair, n4 int) error {
+func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Writer, u, uncached, perVIP *dataplane.Unpinned, pair *vethPair, n4 int) error {
 	xdpEmpty, err := emptyProgram(ebpf.XDP, 2 /* XDP_PASS */)
 	if err != nil {
 		return err
@@ -310,7 +345,7 @@ func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Wr
 		return err
 	}
 	defer tcEmpty.Close()
-	cases, err := b.progCases(u, uncached, xdpEmpty, tcEmpty, n4)
+	cases, err := b.progCases(u, uncached, perVIP, xdpEmpty, tcEmpty, n4)
 	if err != nil {
 		return err
 	}
@@ -325,7 +360,7 @@ func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Wr
 		}
 		defer l.Close()
 	}
-	spare, err := newVethPair() // a place for the third program
+	spare, err := newVethPair() // a place for the third and fourth programs
 	if err != nil {
 		return err
 	}
@@ -339,6 +374,13 @@ func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Wr
 		return err
 	}
 	defer l.Close()
+	if perVIP != nil {
+		l, err := spare.attachXDP(sideB, perVIP.XDP)
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+	}
 
 	// BPF_PROG_RUN runs on the calling thread: a thread of its own, pinned.
 	err = onThread(func() error {
@@ -396,7 +438,8 @@ func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Wr
 	fmt.Fprintf(out, " x empty = median over rounds of ns/pkt over the empty program's in the same round; x, best = best\n")
 	fmt.Fprintf(out, " over the empty program's best, the rounds least disturbed by the host; PASS = the medians meet the\n")
 	fmt.Fprintf(out, " target, PASS on best = only the best rounds do; flow cache off = every tracked packet looks its\n")
-	fmt.Fprintf(out, " flow up in the map, as a flow's first packet in a jiffy does)\n\n")
+	fmt.Fprintf(out, " flow up in the map, as a flow's first packet in a jiffy does; per-VIP leases = fencing mode 3,\n")
+	fmt.Fprintf(out, " node lease and both VIPs' leases valid: every VIP packet also checks its VIP's deadline bucket)\n\n")
 	return t.write(out)
 }
 
