@@ -14,7 +14,7 @@ APT_PACKAGES := clang-19 llvm-19 clang-format-19 libbpf-dev bpftool iproute2 eth
 	hping3 samba smbclient nfs-ganesha nfs-ganesha-vfs libnfs-utils keepalived \
 	util-linux procps nftables
 
-.PHONY: all deps generate check-generate vmlinux build test test-unit lint bench demo clean
+.PHONY: all deps generate check-generate vmlinux build test test-unit lint bench chaos demo clean
 
 all: build
 
@@ -57,6 +57,12 @@ test: deps lint check-generate build
 
 bench: deps build
 	$(GO) run ./tools/bench
+
+# Long runs of the ownership checks: 50,000 simulated schedules, then the
+# lab's fault storms (50 faults on 3 and 5 nodes, judged from the wire).
+chaos: deps build
+	FSHA_SIM_SCHEDULES=50000 $(GO) test -count=1 -timeout 120m -run TestSimRandomSchedules ./control/ownership/
+	FSHA_LAB_ITERATIONS=50 $(GO) test -count=1 -p 1 -timeout 120m -run 'TestFaultStormWire|TestIsolatedOwner7|TestNetworkFlap' ./tools/lab/cluster/
 
 demo: deps build
 	$(GO) run ./tools/demo

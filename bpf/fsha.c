@@ -570,6 +570,17 @@ static __always_inline int parse_packet(void *data, void *data_end, int dir, __u
 	int tcp_len = parse_tcphdr(&nh, data_end, &tcp);
 	if (tcp_len < 0)
 		return COUNTER_PARSE_ERROR;
+	/* A new connection (SYN, SYN-ACK) is for the VIP's owner only: a node
+	 * that drains the VIP serves its old connections (IP traffic passes)
+	 * but must not take a new one from a client with a stale neighbour
+	 * entry. The owner's deadline (arp_until) applies. */
+	if ((((__u8 *)tcp)[13] & TCP_SYN) && fencing_now()) {
+		int owner_gone = pkt->key.family == FSHA_AF_INET
+				     ? vip_fenced(pkt->key.vip, FSHA_AF_INET, 0, UNTIL_ARP)
+				     : vip_fenced(pkt->key.vip, FSHA_AF_INET6, 0, UNTIL_ARP);
+		if (owner_gone)
+			return COUNTER_FENCED;
+	}
 
 	__u16 sport = bpf_ntohs(tcp->source);
 	__u16 dport = bpf_ntohs(tcp->dest);

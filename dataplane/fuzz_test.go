@@ -562,6 +562,9 @@ func predict(b []byte, d fshaDirection) prediction {
 	}
 	p := prediction{class: classCandidate, seq: tcp.Seq, ack: tcp.Ack, window: tcp.Window}
 	p.flags = l4[13] & (tcpFIN | tcpSYN | tcpRST | tcpPSH | tcpACK)
+	if l4[13]&tcpSYN != 0 && fencedARP(vipAddr) {
+		return decided(classFenced, "new connection to %v", vipAddr)
+	}
 	cAddr, _ := netip.AddrFromSlice(client)
 	p.key.Vip, _ = addrBytes(vipAddr)
 	p.key.Client, _ = addrBytes(cAddr)

@@ -106,6 +106,9 @@ func vipPackets(t testing.TB, vip netip.Addr) []vipPacket {
 			{"tcp to " + vip.String(), c.in(tcpACK, 1, 2, 10).bytes(t), xdpDrops, false},
 			{"tcp from " + vip.String(), c.out(tcpACK, 2, 1, 10).bytes(t), tcDrops, false},
 			{"tcp to " + vip.String() + ", untracked port", conn{vip: vip, client: client4, vport: 22, cport: 1}.in(tcpACK, 1, 2, 0).bytes(t), xdpDrops, false},
+			// a new connection is the owner's: the owner's deadline applies
+			{"SYN to " + vip.String(), c.in(tcpSYN, 1, 0, 0).bytes(t), xdpDrops, true},
+			{"SYN-ACK from " + vip.String(), c.out(tcpSYN|tcpACK, 2, 1, 0).bytes(t), tcDrops, true},
 			{"icmp to " + vip.String(), echo4Frame(t, client4, vip), xdpDrops, false},
 			{"ARP request for " + vip.String(), leaseARPFrame(t, layers.ARPRequest, client4, vip), xdpDrops, true},
 			{"ARP reply from " + vip.String(), leaseARPFrame(t, layers.ARPReply, vip, client4), tcDrops, true},
@@ -115,6 +118,7 @@ func vipPackets(t testing.TB, vip netip.Addr) []vipPacket {
 	return []vipPacket{
 		{"tcp to " + vip.String(), c.in(tcpACK, 1, 2, 10).bytes(t), xdpDrops, false},
 		{"tcp from " + vip.String(), c.out(tcpACK, 2, 1, 10).bytes(t), tcDrops, false},
+		{"SYN to " + vip.String(), c.in(tcpSYN, 1, 0, 0).bytes(t), xdpDrops, true},
 		{"icmpv6 echo to " + vip.String(), echo6Frame(t, client6, vip), xdpDrops, false},
 		{"icmpv6 echo from " + vip.String(), echo6Frame(t, vip, client6), tcDrops, false},
 		{"NS for " + vip.String(), leaseNSFrame(t, vip), xdpDrops, true},

@@ -22,6 +22,7 @@ import (
 	"github.com/fsha/fsha/control/membership"
 	"github.com/fsha/fsha/control/metrics"
 	"github.com/fsha/fsha/control/node"
+	"github.com/fsha/fsha/control/ownership"
 	"github.com/fsha/fsha/control/quorum"
 	"github.com/fsha/fsha/control/replication"
 	"github.com/fsha/fsha/dataplane"
@@ -43,16 +44,22 @@ func clusterFlags() []cli.Flag {
 			Usage: "gossip port (TCP and UDP) on every node address"},
 		&cli.IntFlag{Name: "replication-port", Value: replication.DefaultPort, EnvVars: []string{"FSHA_REPLICATION_PORT"},
 			Usage: "TCP port on every node address for the replication of connections"},
-		&cli.StringFlag{Name: "gossip-timing", Value: "fast", EnvVars: []string{"FSHA_GOSSIP_TIMING"},
-			Usage: "fast (a dead node is declared in about 0.5 s on a LAN) or tolerant (about 5 s, for lossy networks)"},
+		&cli.StringFlag{Name: "failover", Value: "default", EnvVars: []string{"FSHA_FAILOVER"},
+			Usage: "default (a dead holder's VIPs are answered again within about 0.26 s; survives 200 ms stalls and lost heartbeats) or fast (about 0.07 s, for a quiet LAN and a daemon never starved of CPU for 40 ms)"},
+		&cli.DurationFlag{Name: "lease", EnvVars: []string{"FSHA_LEASE"},
+			Usage: "override how long the other nodes promise a VIP to its holder per renewal: the failover time after a crash"},
+		&cli.DurationFlag{Name: "renew-interval", EnvVars: []string{"FSHA_RENEW_INTERVAL"},
+			Usage: "override the heartbeat (lease renewal) interval; the lease must be at least three of them"},
+		&cli.DurationFlag{Name: "restart-grace", EnvVars: []string{"FSHA_RESTART_GRACE"},
+			Usage: "how long the other nodes keep a restarting node's VIPs for it (SIGTERM); past it they take over as after a crash (default 10s)"},
+		&cli.StringFlag{Name: "gossip-timing", Value: "tolerant", EnvVars: []string{"FSHA_GOSSIP_TIMING"},
+			Usage: "membership gossip (operator moves, joining): tolerant (memberlist's LAN defaults) or fast; failover does not depend on it"},
 		&cli.DurationFlag{Name: "probe-interval", EnvVars: []string{"FSHA_PROBE_INTERVAL"},
-			Usage: "override the failure detector's probe interval (slower: more tolerant, slower failover)"},
+			Usage: "override the gossip's probe interval"},
 		&cli.DurationFlag{Name: "probe-timeout", EnvVars: []string{"FSHA_PROBE_TIMEOUT"},
-			Usage: "override how long a probe waits for its answer"},
+			Usage: "override how long a gossip probe waits for its answer"},
 		&cli.IntFlag{Name: "suspicion-mult", EnvVars: []string{"FSHA_SUSPICION_MULT"},
-			Usage: "override how many probe intervals a suspected node has to refute before it is declared dead"},
-		&cli.DurationFlag{Name: "lease", Value: node.DefaultTiming().Lease, EnvVars: []string{"FSHA_LEASE"},
-			Usage: "data-plane lease: without renewal (daemon dead or hung) the node stops answering for its VIPs after this; keep it below the failure-detection time"},
+			Usage: "override the gossip's suspicion multiplier"},
 		&cli.StringFlag{Name: "lock", EnvVars: []string{"FSHA_LOCK"},
 			Usage: "lock file on the cluster file system (like CTDB's recovery lock): needed by two-node clusters"},
 		&cli.BoolFlag{Name: "allow-two-nodes-without-lock", EnvVars: []string{"FSHA_ALLOW_TWO_NODES_WITHOUT_LOCK"},
@@ -81,6 +88,7 @@ type clusterConfig struct {
 	vips   []config.PublicAddress
 	key    []byte
 	timing membership.Timing
+	owner  ownership.Timing
 	policy allocation.Policy
 	lock   *quorum.Lock
 	checks []health.Check
@@ -137,6 +145,27 @@ func loadClusterConfig(c *cli.Context, log *zap.Logger, vips []config.PublicAddr
 	}
 	if cc.timing.ProbeTimeout >= cc.timing.ProbeInterval {
 		return nil, fmt.Errorf("probe timeout %v must be shorter than the probe interval %v", cc.timing.ProbeTimeout, cc.timing.ProbeInterval)
+	}
+
+	switch c.String("failover") {
+	case "default":
+		cc.owner = ownership.DefaultTiming()
+	case "fast":
+		cc.owner = ownership.FastTiming()
+	default:
+		return nil, fmt.Errorf("--failover: %q is neither default nor fast", c.String("failover"))
+	}
+	if d := c.Duration("lease"); d > 0 {
+		cc.owner.Lease = d
+	}
+	if d := c.Duration("renew-interval"); d > 0 {
+		cc.owner.Renew = d
+	}
+	if d := c.Duration("restart-grace"); d > 0 {
+		cc.owner.Grace = d
+	}
+	if err := cc.owner.Validate(); err != nil {
+		return nil, fmt.Errorf("--lease, --renew-interval, --restart-grace: %w", err)
 	}
 
 	switch c.String("failback") {
@@ -239,8 +268,10 @@ func setARPSysctls(iface string) error {
 }
 
 // runCluster runs this node in the cluster until ctx ends.
+// runCluster runs this node in the cluster until a stop request has done
+// its work (see node.StopMode), or ctx ends (at once, as a crash would).
 func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *dataplane.Dataplane, cc *clusterConfig,
-	repl *replication.Replicator, ifaces []string) error {
+	repl *replication.Replicator, ifaces []string, stop <-chan node.StopMode) error {
 	runDir := c.String("run-dir")
 	if err := os.MkdirAll(runDir, 0o700); err != nil {
 		return fmt.Errorf("create run dir: %w", err)
@@ -254,10 +285,6 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	checker := health.New(log, health.Config{Interfaces: ifaces, Checks: checks})
 
 	takeovers := metrics.NewTakeovers()
-	timing := node.DefaultTiming()
-	timing.Lease = c.Duration("lease")
-	// a stall matters once the lease has run out meanwhile
-	timing.Stall = timing.Lease
 	var mac [6]byte
 	if ifi, err := net.InterfaceByName(ifaces[0]); err == nil && len(ifi.HardwareAddr) == 6 {
 		copy(mac[:], ifi.HardwareAddr)
@@ -270,7 +297,7 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 		}
 	}
 	nd, err := node.New(log, node.Config{
-		Nodes: cc.nodes, Self: cc.self, VIPs: cc.vips, Policy: cc.policy, Lock: cc.lock, Timing: timing,
+		Nodes: cc.nodes, Self: cc.self, VIPs: cc.vips, Policy: cc.policy, Lock: cc.lock, Timing: cc.owner,
 		StateFile: filepath.Join(runDir, "state.json"), DrainTimeout: c.Duration("drain-timeout"), MAC: mac,
 	}, nil, actions, checker, newHooks(log, c.String("hooks-dir"), cc.nodes[cc.self].Addr.String(), c.Duration("hook-timeout")), takeovers)
 	if err != nil {
@@ -295,9 +322,23 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	log.Info("cluster node starting", zap.Int("pnn", cc.self), zap.Stringer("address", cc.nodes[cc.self].Addr),
 		zap.Int("nodes", len(cc.nodes)), zap.Int("vips", len(cc.vips)), zap.String("failback", cc.policy.String()))
 
+	defer gossip.Shutdown()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return checker.Run(gctx) })
-	g.Go(func() error { return nd.Run(gctx) })
+	g.Go(func() error {
+		// the node's stop ends everything else
+		defer cancel()
+		return nd.Run(gctx)
+	})
+	go func() {
+		select {
+		case mode := <-stop:
+			nd.Stop(mode)
+		case <-gctx.Done():
+		}
+	}()
 	g.Go(func() error { return repl.Run(gctx) })
 	g.Go(func() error { return admin.NewServer(log, nd).Serve(gctx, admin.SocketPath(runDir)) })
 	if addr := c.String("metrics-listen"); addr != "" {

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/signal"
 	"slices"
 	"strconv"
@@ -15,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fsha/fsha/control/config"
+	"github.com/fsha/fsha/control/node"
 	"github.com/fsha/fsha/control/replication"
 	"github.com/fsha/fsha/dataplane"
 )
@@ -49,7 +52,12 @@ func upCommand(e env) *cli.Command {
 				return err
 			}
 			defer log.Sync() //nolint:errcheck // stderr sync fails on terminals
-			return runUp(c, log)
+			err = runUp(c, log)
+			if errors.Is(err, errReexec) {
+				_ = log.Sync()
+				return reexec()
+			}
+			return err
 		},
 	}
 }
@@ -86,8 +94,16 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 		}
 	}
 
-	ctx, stop := signal.NotifyContext(c.Context, syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	// SIGTERM (systemctl stop/restart, package upgrades): stop for a
+	// restart, VIPs and connections stay. SIGINT (^C): shut down, VIPs go
+	// to the other nodes and their connections drain. SIGHUP: check the
+	// configuration, then restart in place with it (a bad one is refused
+	// and the node goes on). A second SIGTERM or SIGINT stops at once.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	ctx, cancel := context.WithCancel(c.Context)
+	defer cancel()
 
 	dp, err := dataplane.Load(log, dataplane.Options{
 		PinPath: c.String("pin-path"), FlowsMax: uint32(flowsMax), Interfaces: ifaces,
@@ -97,12 +113,10 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 		return err
 	}
 	defer dp.Close()
-	if cc == nil {
-		// Standalone tracking: no cluster decides who may answer, so no fencing.
-		if err := dp.DisableLease(); err != nil {
-			return err
-		}
-	} else if err := dp.ExpireLease(); err != nil {
+	// Standalone tracking: no cluster decides who may answer, so no
+	// fencing. In a cluster each VIP's own lease decides; a restart keeps
+	// the leases the previous run left, so the VIPs it held stay answered.
+	if err := dp.SetFencingMode(false, cc != nil); err != nil {
 		return err
 	}
 	if err := dp.SetPorts(ports); err != nil {
@@ -128,8 +142,9 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	go func() { done <- logEvents(log, events, publish) }()
 
 	cluster := make(chan error, 1)
+	stopCluster := make(chan node.StopMode, 1)
 	if cc != nil {
-		go func() { cluster <- runCluster(ctx, c, log, dp, cc, repl, ifaces) }()
+		go func() { cluster <- runCluster(ctx, c, log, dp, cc, repl, ifaces, stopCluster) }()
 	}
 
 	prune := func() {
@@ -157,21 +172,57 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 		defer t.Stop()
 		tick = t.C
 	}
+	var (
+		stopping bool
+		reexec   bool
+	)
 	for {
 		select {
-		case <-ctx.Done():
-			if cc != nil {
-				if err := <-cluster; err != nil {
-					log.Error("cluster", zap.Error(err))
+		case sig := <-sigs:
+			switch {
+			case stopping && sig != syscall.SIGHUP:
+				log.Warn("second signal: stopping now", zap.Stringer("signal", sig))
+				cancel()
+			case sig == syscall.SIGHUP:
+				if err := checkConfig(c); err != nil {
+					log.Error("SIGHUP: configuration refused, going on with the running one", zap.Error(err))
+					continue
 				}
+				log.Info("SIGHUP: configuration checked; restarting in place with it")
+				stopping, reexec = true, true
+				if cc == nil {
+					cancel()
+				} else {
+					stopCluster <- node.Restart
+				}
+			case cc == nil:
+				stopping = true
+				cancel()
+			case sig == syscall.SIGTERM:
+				log.Info("SIGTERM: stopping for a restart: VIPs and connections stay, the other nodes wait for the restart grace")
+				stopping = true
+				stopCluster <- node.Restart
+			default:
+				log.Info("SIGINT: shutting down: the VIPs go to the other nodes, their connections drain")
+				stopping = true
+				stopCluster <- node.Shutdown
 			}
+			if cc == nil && stopping {
+				log.Info("stopping; programs stay attached and keep tracking", zap.String("pin_path", dp.PinPath()))
+				events.Close()
+				<-done
+				if reexec {
+					return errReexec
+				}
+				return nil
+			}
+		case err := <-cluster:
 			log.Info("stopping; programs stay attached and keep tracking", zap.String("pin_path", dp.PinPath()))
 			events.Close()
 			<-done
-			return nil
-		case err := <-cluster:
-			events.Close()
-			<-done
+			if err == nil && reexec {
+				return errReexec
+			}
 			return err
 		case err := <-done:
 			return err
@@ -185,6 +236,45 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 			}
 		}
 	}
+}
+
+// errReexec asks the command to execute itself again (SIGHUP).
+var errReexec = errors.New("restart in place")
+
+// checkConfig loads the configuration files again, as a start would, and
+// reports the first problem.
+func checkConfig(c *cli.Context) error {
+	if path := c.String("config"); path != "" {
+		known := map[string]bool{}
+		for _, f := range c.Command.Flags {
+			for _, name := range f.Names() {
+				known[name] = name != "config" && name != "help"
+			}
+		}
+		if _, err := config.LoadSettings(path, func(name string) bool { return known[name] }); err != nil {
+			return err
+		}
+	}
+	addrs, err := config.LoadPublicAddresses(c.String("public-addresses"))
+	if err != nil {
+		return err
+	}
+	if c.String("nodes") != "" {
+		if _, err := loadClusterConfig(c, zap.NewNop(), addrs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// reexec replaces this process with the fsha binary on disk (the same, or
+// the one an upgrade just installed), with the same arguments.
+func reexec() error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("restart in place: %w", err)
+	}
+	return syscall.Exec(exe, os.Args, os.Environ())
 }
 
 func logEvents(log *zap.Logger, r *dataplane.EventReader, publish func(dataplane.Event)) error {

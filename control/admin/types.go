@@ -18,6 +18,14 @@ const (
 	StateDisabled     = "DISABLED"
 	StateBanned       = "BANNED"
 	StateDisconnected = "DISCONNECTED"
+	// StateRestarting: its daemon restarts; it keeps its VIPs for the
+	// restart grace.
+	StateRestarting = "RESTARTING"
+	// StateStopping: it hands its VIPs over before it stops.
+	StateStopping = "STOPPING"
+	// StateStarting: just started (or back from a partition): it keeps
+	// what it holds and takes nothing new until its view is fresh.
+	StateStarting = "STARTING"
 )
 
 // NodeStatus is one line of `fsha status`.
@@ -30,6 +38,11 @@ type NodeStatus struct {
 	Quorum bool `json:"quorum"`
 	// VIPs is how many VIPs the node holds.
 	VIPs int `json:"vips"`
+	// Protocol is the ownership protocol revision the node speaks.
+	Protocol int `json:"protocol,omitempty"`
+	// Skew says how the node's configuration differs from the
+	// majority's (it then holds nothing), "" when it does not.
+	Skew string `json:"config_skew,omitempty"`
 }
 
 // Status is `fsha status`: the cluster as this node sees it.
@@ -61,6 +74,11 @@ type IP struct {
 	// DrainingFrom is the node that still serves the VIP's old
 	// connections after a planned move, "" when none.
 	DrainingFrom string `json:"draining_from,omitempty"`
+	// Epoch is the owner's epoch of the VIP (each takeover raises it).
+	Epoch uint64 `json:"epoch"`
+	// LeaseLeft is, on the owner, how long its data plane answers for the
+	// VIP without another renewal (negative: lapsed).
+	LeaseLeft time.Duration `json:"lease_left_ns,omitempty"`
 }
 
 // TimelineStep is one dated step of a takeover or release.

@@ -258,6 +258,15 @@ func (m *Membership) SendAll(msg []byte) {
 	}
 }
 
+// SendTo sends msg to the node at addr as one datagram (encrypted and
+// authenticated like the gossip): the ownership protocol's heartbeats and
+// answers, which the next ones replace if lost. The node need not be a
+// live member: it is addressed by its address in the nodes file.
+func (m *Membership) SendTo(addr netip.Addr, msg []byte) error {
+	a := memberlist.Address{Addr: net.JoinHostPort(addr.String(), strconv.Itoa(m.port)), Name: addr.String()}
+	return m.ml.SendToAddress(a, msg)
+}
+
 // Leave tells the cluster this node goes away, then stops gossip.
 func (m *Membership) Leave(timeout time.Duration) error {
 	m.mu.Lock()

@@ -14,7 +14,7 @@ import (
 	"github.com/fsha/fsha/control/admin"
 	"github.com/fsha/fsha/control/allocation"
 	"github.com/fsha/fsha/control/config"
-	"github.com/fsha/fsha/control/membership"
+	"github.com/fsha/fsha/control/ownership"
 )
 
 // Node implements the admin API.
@@ -23,38 +23,41 @@ var _ admin.Backend = (*Node)(nil)
 // Status is `fsha status`.
 func (n *Node) Status(context.Context) (admin.Status, error) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	v := n.view
-	st := admin.Status{Quorum: v.quorum, ThisPNN: n.cfg.Self, Policy: n.cfg.Policy.String()}
+	sn := n.snap
+	st := admin.Status{Quorum: sn.Quorum, ThisPNN: n.cfg.Self, Policy: n.cfg.Policy.String(), Counters: map[string]uint64{}}
+	for k, v := range n.counters {
+		st.Counters[k] = v
+	}
+	n.mu.Unlock()
 	if n.cfg.Lock != nil {
 		st.Lock, st.LockHeld = n.cfg.Lock.Path(), n.cfg.Lock.Held()
 	}
-	st.Counters = map[string]uint64{"gossip_bad_messages": n.badMessages}
-	if n.counters != nil {
-		for k, v := range n.counters() {
+	if n.extra != nil {
+		for k, v := range n.extra() {
 			st.Counters[k] = v
 		}
+	}
+	byPNN := map[int]ownership.NodeView{}
+	for _, nv := range sn.Nodes {
+		byPNN[nv.PNN] = nv
 	}
 	for _, nd := range n.cfg.Nodes {
 		if nd.Deleted {
 			continue
 		}
-		ns := admin.NodeStatus{PNN: nd.PNN, Address: nd.Addr.String(), This: nd.PNN == n.cfg.Self}
-		if ns.This {
-			ns.State = n.stateName(n.localMetaLocked().Flags)
-			ns.Quorum = v.quorum
-		} else if m, ok := v.alive[nd.PNN]; ok {
-			ns.State = n.stateName(m.Meta.Flags)
-			ns.Quorum = m.Meta.Flags&membership.FlagQuorum != 0
-			if m.MetaErr != nil || m.Meta.ConfigHash != n.hash {
-				ns.State = admin.StateUnhealthy
-			}
-		} else {
+		nv := byPNN[nd.PNN]
+		ns := admin.NodeStatus{PNN: nd.PNN, Address: nd.Addr.String(), This: nd.PNN == n.cfg.Self,
+			Quorum: nv.Quorum, VIPs: nv.Holds, Protocol: int(nv.Proto), Skew: nv.Skew}
+		switch {
+		case !nv.Alive && !ns.This:
 			ns.State = admin.StateDisconnected
-		}
-		for _, holder := range v.current {
-			if holder == nd.PNN {
-				ns.VIPs++
+			if nv.Flags&ownership.FlagRestarting != 0 {
+				ns.State = admin.StateRestarting
+			}
+		default:
+			ns.State = stateName(nv.Flags)
+			if nv.Skew != "" {
+				ns.State = admin.StateUnhealthy
 			}
 		}
 		st.Nodes = append(st.Nodes, ns)
@@ -62,14 +65,20 @@ func (n *Node) Status(context.Context) (admin.Status, error) {
 	return st, nil
 }
 
-func (n *Node) stateName(f membership.Flags) string {
+func stateName(f ownership.NodeFlags) string {
 	switch {
-	case f&membership.FlagBanned != 0:
+	case f&ownership.FlagRestarting != 0:
+		return admin.StateRestarting
+	case f&ownership.FlagStopping != 0:
+		return admin.StateStopping
+	case f&ownership.FlagBanned != 0:
 		return admin.StateBanned
-	case f&membership.FlagDisabled != 0:
+	case f&ownership.FlagDisabled != 0:
 		return admin.StateDisabled
-	case f&membership.FlagHealthy == 0:
+	case f&ownership.FlagHealthy == 0:
 		return admin.StateUnhealthy
+	case f&ownership.FlagStarting != 0:
+		return admin.StateStarting
 	}
 	return admin.StateOK
 }
@@ -77,31 +86,35 @@ func (n *Node) stateName(f membership.Flags) string {
 // IPs is `fsha ip`.
 func (n *Node) IPs(context.Context) ([]admin.IP, error) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
-	v := n.view
+	sn := n.snap
+	n.mu.Unlock()
 	out := make([]admin.IP, 0, len(n.cfg.VIPs))
 	for i, a := range n.cfg.VIPs {
 		ip := admin.IP{VIP: a.Prefix.String(), Iface: strings.Join(a.Interfaces, ","), PNN: allocation.None, State: "unassigned"}
-		if v.current != nil && v.current[i] != allocation.None {
-			ip.PNN = v.current[i]
-			ip.Owner = n.cfg.Nodes[ip.PNN].Addr.String()
-			ip.State = "held"
+		if i >= len(sn.VIPs) {
+			out = append(out, ip)
+			continue
 		}
-		if v.target != nil && v.target[i] != allocation.None {
-			ip.Target = n.cfg.Nodes[v.target[i]].Addr.String()
-			if ip.PNN != v.target[i] {
+		v := sn.VIPs[i]
+		if v.Holder != allocation.None {
+			ip.PNN, ip.Owner, ip.State, ip.Epoch = v.Holder, n.cfg.Nodes[v.Holder].Addr.String(), "held", v.Epoch
+		}
+		if v.Target != allocation.None {
+			ip.Target = n.cfg.Nodes[v.Target].Addr.String()
+			if ip.PNN != v.Target {
 				ip.State = "moving"
 			}
 		}
-		if n.draining[i].active {
-			ip.DrainingFrom = n.cfg.Nodes[n.cfg.Self].Addr.String()
-		}
-		for pnn := range v.alive {
-			if n.peerDrains(pnn, i) {
-				ip.DrainingFrom = n.cfg.Nodes[pnn].Addr.String()
+		if v.Holder == n.cfg.Self && v.Deadline != 0 {
+			ip.LeaseLeft = v.Deadline.Sub(sn.Now)
+			if v.State == "lapsed" {
+				ip.State = "lapsed"
 			}
 		}
-		if ip.DrainingFrom != "" {
+		for _, d := range v.Drainers {
+			ip.DrainingFrom = n.cfg.Nodes[d].Addr.String()
+		}
+		if ip.DrainingFrom != "" && ip.State == "held" {
 			ip.State = "draining"
 		}
 		out = append(out, ip)
@@ -111,8 +124,6 @@ func (n *Node) IPs(context.Context) ([]admin.IP, error) {
 
 // Move pins a VIP to a node and tells every node.
 func (n *Node) Move(_ context.Context, vip netip.Addr, node string, kill bool) error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
 	idx := slices.IndexFunc(n.cfg.VIPs, func(a config.PublicAddress) bool { return a.VIP() == vip.Unmap() })
 	if idx < 0 {
 		return fmt.Errorf("%w: %s is not a public address", admin.ErrBadRequest, vip)
@@ -124,17 +135,26 @@ func (n *Node) Move(_ context.Context, vip netip.Addr, node string, kill bool) e
 	if a := n.cfg.VIPs[idx]; len(a.Nodes) > 0 && !slices.ContainsFunc(a.Nodes, func(r config.NodeRef) bool { return r.Matches(n.cfg.Nodes[pnn]) }) {
 		return fmt.Errorf("%w: %s may not be held by node %d (its node list in public_addresses)", admin.ErrBadRequest, vip, pnn)
 	}
-	if !slices.Contains(n.view.eligible, pnn) {
-		return fmt.Errorf("%w: node %d cannot hold VIPs now (down, unhealthy, disabled, banned or without quorum)", admin.ErrBadRequest, pnn)
+	n.mu.Lock()
+	eligible := false
+	for _, nv := range n.snap.Nodes {
+		if nv.PNN == pnn && nv.Eligible {
+			eligible = true
+		}
+	}
+	if !eligible {
+		n.mu.Unlock()
+		return fmt.Errorf("%w: node %d cannot hold VIPs now (down, unhealthy, disabled, banned, starting or without quorum)", admin.ErrBadRequest, pnn)
 	}
 	n.pinClock++
 	p := pin{PNN: pnn, Version: n.pinClock, Origin: n.cfg.Self, Kill: kill}
 	n.pins[idx] = p
+	n.mu.Unlock()
 	msg := encodePinMsg(idx, p)
 	n.gossip.Broadcast(msg)
 	go n.gossip.SendAll(msg)
 	n.log.Info("move requested", zap.Stringer("vip", vip), zap.Int("to", pnn), zap.Bool("kill", kill))
-	n.poke()
+	n.pushPins()
 	return nil
 }
 
@@ -158,8 +178,8 @@ func (n *Node) resolveNode(s string) (int, error) {
 	return 0, fmt.Errorf("%w: %s is not in the nodes file", admin.ErrBadRequest, addr)
 }
 
-// Disable puts the node in maintenance: it releases its VIPs and takes none
-// until Enable. The state survives a restart.
+// Disable puts the node in maintenance: it hands its VIPs over (they
+// drain) and takes none until Enable. The state survives a restart.
 func (n *Node) Disable(context.Context) error { return n.setDisabled(true) }
 
 // Enable ends maintenance.
@@ -167,12 +187,12 @@ func (n *Node) Enable(context.Context) error { return n.setDisabled(false) }
 
 func (n *Node) setDisabled(on bool) error {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	n.disabled = on
-	n.metaDirty = true
-	n.poke()
+	err := n.saveStateLocked()
+	n.mu.Unlock()
 	n.log.Info("maintenance", zap.Bool("disabled", on))
-	return n.saveStateLocked()
+	n.command(func(e *ownership.Engine, now ownership.Mono) { e.SetLocal(now, n.local()) })
+	return err
 }
 
 // Ban keeps the node out for d.
@@ -181,37 +201,28 @@ func (n *Node) Ban(_ context.Context, d time.Duration) error {
 		return fmt.Errorf("%w: ban between 1 s and 24 h, not %v", admin.ErrBadRequest, d)
 	}
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	n.bannedUntil = time.Now().Add(d)
-	n.metaDirty = true
-	n.poke()
+	n.mu.Unlock()
 	n.log.Info("banned", zap.Duration("for", d))
-	// wake up when the ban ends, so the node comes back on its own
-	time.AfterFunc(d, func() {
-		n.mu.Lock()
-		n.metaDirty = true
-		n.mu.Unlock()
-		n.poke()
-	})
+	update := func(e *ownership.Engine, now ownership.Mono) { e.SetLocal(now, n.local()) }
+	n.command(update)
+	// come back on our own when the ban ends
+	time.AfterFunc(d, func() { n.command(update) })
 	return nil
 }
 
 // Tickle tickles every replicated connection to vip, which this node must
 // hold: its clients reset and reconnect here.
 func (n *Node) Tickle(ctx context.Context, vip netip.Addr) (admin.TickleResult, error) {
-	n.mu.Lock()
 	idx := slices.IndexFunc(n.cfg.VIPs, func(a config.PublicAddress) bool { return a.VIP() == vip.Unmap() })
 	if idx < 0 {
-		n.mu.Unlock()
 		return admin.TickleResult{}, fmt.Errorf("%w: %s is not a public address", admin.ErrBadRequest, vip)
 	}
-	if !n.held[idx] {
-		n.mu.Unlock()
+	held, iface := n.workers[idx].held()
+	if !held {
 		return admin.TickleResult{}, fmt.Errorf("%w: this node does not hold %s: run fsha tickle on its owner (fsha ip)", admin.ErrBadRequest, vip)
 	}
 	a := n.cfg.VIPs[idx]
-	iface := n.pickInterface(a)
-	n.mu.Unlock()
 	res, err := n.dp.TickleVIP(ctx, iface, a.VIP(), nil, false)
 	return admin.TickleResult{VIP: a.Prefix.String(), Conns: res.Conns, Sent: res.Sent, FirstRound: res.FirstRound, Resets: res.Resets}, err
 }
@@ -221,4 +232,11 @@ func (n *Node) Timeline(context.Context) ([]admin.Takeover, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return slices.Clone(n.timeline), nil
+}
+
+// SteerFor tells replication whether a connection of owner's to vip must be
+// steered: this node holds vip and owner drains it.
+func (n *Node) SteerFor(vip netip.Addr, owner int) bool {
+	idx := slices.IndexFunc(n.cfg.VIPs, func(a config.PublicAddress) bool { return a.VIP() == vip.Unmap() })
+	return idx >= 0 && n.steer.steered(idx, owner)
 }

@@ -13,11 +13,13 @@ import (
 	"github.com/fsha/fsha/control/allocation"
 	"github.com/fsha/fsha/control/config"
 	"github.com/fsha/fsha/control/membership"
+	"github.com/fsha/fsha/control/ownership"
 	"github.com/fsha/fsha/dataplane"
 )
 
-// fakeDP records which VIPs a node has up; the shared world checks that no
-// VIP is ever up on two nodes at once.
+// fakeDP models one node's data plane: addresses and per-VIP leases on the
+// real monotonic clock. The shared world checks, at every lease write,
+// that no other node's data plane answers for the VIP at that instant.
 type fakeDP struct {
 	world *world
 	node  int
@@ -25,33 +27,117 @@ type fakeDP struct {
 
 type world struct {
 	mu      sync.Mutex
-	up      map[netip.Prefix]int // -> node
+	addrs   map[int]map[string]bool // node -> "iface/addr"
+	leases  map[int]map[netip.Addr]dataplane.VIPLease
+	grants  map[int]map[netip.Addr]dataplane.VIPGrant
+	dead    map[int]bool
 	doubles []string
 }
 
-func (d *fakeDP) AddVIP(_ string, p netip.Prefix) error {
+func newWorld() *world {
+	return &world{addrs: map[int]map[string]bool{}, leases: map[int]map[netip.Addr]dataplane.VIPLease{},
+		grants: map[int]map[netip.Addr]dataplane.VIPGrant{}, dead: map[int]bool{}}
+}
+
+// answering tells whether node answers for vip now (world locked).
+func (w *world) answering(node int, vip netip.Addr, now uint64) bool {
+	l, ok := w.leases[node][vip]
+	return ok && !w.dead[node] && l.State == dataplane.VIPLeaseHeld && l.Until >= now
+}
+
+func (w *world) holders(vips []config.PublicAddress) map[int]int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	now := uint64(monoNow())
+	out := map[int]int{}
+	for _, v := range vips {
+		for n := range w.leases {
+			if w.answering(n, v.VIP(), now) {
+				out[n]++
+			}
+		}
+	}
+	return out
+}
+
+func (d *fakeDP) key(iface string, a netip.Addr) string { return iface + "/" + a.String() }
+
+func (d *fakeDP) AddVIP(iface string, p netip.Prefix) error {
 	d.world.mu.Lock()
 	defer d.world.mu.Unlock()
-	if other, ok := d.world.up[p]; ok && other != d.node {
-		d.world.doubles = append(d.world.doubles, fmt.Sprintf("%s on %d and %d", p, other, d.node))
+	if d.world.addrs[d.node] == nil {
+		d.world.addrs[d.node] = map[string]bool{}
 	}
-	d.world.up[p] = d.node
+	d.world.addrs[d.node][d.key(iface, p.Addr())] = true
 	return nil
 }
 
-func (d *fakeDP) RemoveVIP(_ string, p netip.Prefix) error {
+func (d *fakeDP) RemoveVIP(iface string, p netip.Prefix) error {
 	d.world.mu.Lock()
 	defer d.world.mu.Unlock()
-	if d.world.up[p] == d.node {
-		delete(d.world.up, p)
-	}
+	delete(d.world.addrs[d.node], d.key(iface, p.Addr()))
 	return nil
+}
+
+func (d *fakeDP) HasVIP(iface string, a netip.Addr) (bool, error) {
+	d.world.mu.Lock()
+	defer d.world.mu.Unlock()
+	return d.world.addrs[d.node][d.key(iface, a)], nil
 }
 
 func (d *fakeDP) Announce(context.Context, string, netip.Addr) (time.Time, error) {
 	return time.Now(), nil
 }
-func (d *fakeDP) RenewLease(time.Duration) error { return nil }
+func (d *fakeDP) SetFencingMode(bool, bool) error { return nil }
+
+func (d *fakeDP) SetVIPLease(vip netip.Addr, l dataplane.VIPLease) error {
+	d.world.mu.Lock()
+	defer d.world.mu.Unlock()
+	if d.world.leases[d.node] == nil {
+		d.world.leases[d.node] = map[netip.Addr]dataplane.VIPLease{}
+	}
+	d.world.leases[d.node][vip] = l
+	now := uint64(monoNow())
+	if l.State == dataplane.VIPLeaseHeld && l.Until >= now {
+		for other := range d.world.leases {
+			if other != d.node && d.world.answering(other, vip, now) {
+				d.world.doubles = append(d.world.doubles, fmt.Sprintf("%s answered by %d and %d", vip, other, d.node))
+			}
+		}
+	}
+	return nil
+}
+
+func (d *fakeDP) VIPLeases() (map[netip.Addr]dataplane.VIPLease, error) {
+	d.world.mu.Lock()
+	defer d.world.mu.Unlock()
+	out := map[netip.Addr]dataplane.VIPLease{}
+	for k, v := range d.world.leases[d.node] {
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (d *fakeDP) SetVIPGrant(vip netip.Addr, g dataplane.VIPGrant) error {
+	d.world.mu.Lock()
+	defer d.world.mu.Unlock()
+	if d.world.grants[d.node] == nil {
+		d.world.grants[d.node] = map[netip.Addr]dataplane.VIPGrant{}
+	}
+	d.world.grants[d.node][vip] = g
+	return nil
+}
+
+func (d *fakeDP) VIPGrants() (map[netip.Addr]dataplane.VIPGrant, error) {
+	d.world.mu.Lock()
+	defer d.world.mu.Unlock()
+	out := map[netip.Addr]dataplane.VIPGrant{}
+	for k, v := range d.world.grants[d.node] {
+		out[k] = v
+	}
+	return out, nil
+}
+
 func (d *fakeDP) TickleVIP(context.Context, string, netip.Addr, []int, bool) (dataplane.TickleResult, error) {
 	return dataplane.TickleResult{}, nil
 }
@@ -59,7 +145,6 @@ func (d *fakeDP) DropPeerFlows(int, netip.Addr) (int, error)      { return 0, ni
 func (d *fakeDP) CountFlows(netip.Addr) (int, error)              { return 0, nil }
 func (d *fakeDP) Steer(netip.Addr, int, [6]byte, bool, int) error { return nil }
 func (d *fakeDP) KillVIP(netip.Addr) (dataplane.KillStats, error) { return dataplane.KillStats{}, nil }
-func (d *fakeDP) ExpireLease() error                              { return nil }
 
 type fakeHealth struct {
 	mu      sync.Mutex
@@ -105,7 +190,7 @@ func startCluster(t *testing.T, nNodes, nVIPs int, policy allocation.Policy) *te
 	nextPort++
 	port := nextPort
 	portMu.Unlock()
-	c := &testCluster{t: t, world: &world{up: map[netip.Prefix]int{}}}
+	c := &testCluster{t: t, world: newWorld()}
 	for i := range nNodes {
 		c.cfg = append(c.cfg, config.Node{PNN: i, Addr: netip.AddrFrom4([4]byte{127, 0, 1, byte(1 + i)})})
 	}
@@ -117,10 +202,10 @@ func startCluster(t *testing.T, nNodes, nVIPs int, policy allocation.Policy) *te
 	key := membership.KeyFromSecret([]byte("test"))
 	for i := range nNodes {
 		h := &fakeHealth{healthy: true, ch: make(chan struct{}, 1)}
-		timing := DefaultTiming()
+		timing := ownership.DefaultTiming()
 		timing.HoldDown = 200 * time.Millisecond
 		nd, err := New(zaptest.NewLogger(t).Named(fmt.Sprint(i)), Config{
-			Nodes: c.cfg, Self: i, VIPs: c.vips, Policy: policy, Timing: timing,
+			Nodes: c.cfg, Self: i, VIPs: c.vips, Policy: policy, Timing: timing, DrainTimeout: time.Second,
 			StateFile: t.TempDir() + "/state.json",
 		}, nil, &fakeDP{world: c.world, node: i}, h, nil, nil)
 		if err != nil {
@@ -132,10 +217,10 @@ func startCluster(t *testing.T, nNodes, nVIPs int, policy allocation.Policy) *te
 		if err != nil {
 			t.Fatal(err)
 		}
-		nd.gossip = g
+		nd.SetGossip(g)
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
-		go func() { defer close(done); nd.Run(ctx) }()
+		go func() { defer close(done); _ = nd.Run(ctx) }()
 		c.nodes, c.gossip, c.health = append(c.nodes, nd), append(c.gossip, g), append(c.health, h)
 		c.cancel, c.done = append(c.cancel, cancel), append(c.done, done)
 		t.Cleanup(func() { cancel(); <-done; g.Shutdown() })
@@ -143,33 +228,25 @@ func startCluster(t *testing.T, nNodes, nVIPs int, policy allocation.Policy) *te
 	return c
 }
 
-// crash stops node i as a power-down would: no release, no leave.
+// crash stops node i as a power-down would: no release, no leave, its
+// data plane gone.
 func (c *testCluster) crash(i int) {
+	c.cancel[i]()
+	<-c.done[i]
 	c.gossip[i].Shutdown()
-	// its addresses vanish with it
 	c.world.mu.Lock()
-	for p, n := range c.world.up {
-		if n == i {
-			delete(c.world.up, p)
-		}
-	}
+	c.world.dead[i] = true
 	c.world.mu.Unlock()
 }
 
-func (c *testCluster) holders() map[int]int {
-	c.world.mu.Lock()
-	defer c.world.mu.Unlock()
-	out := map[int]int{}
-	for _, n := range c.world.up {
-		out[n]++
-	}
-	return out
-}
+func (c *testCluster) holders() map[int]int { return c.world.holders(c.vips) }
 
 func (c *testCluster) allHeld() bool {
-	c.world.mu.Lock()
-	defer c.world.mu.Unlock()
-	return len(c.world.up) == len(c.vips)
+	sum := 0
+	for _, n := range c.holders() {
+		sum += n
+	}
+	return sum == len(c.vips)
 }
 
 func (c *testCluster) waitFor(what string, cond func() bool) {
@@ -188,7 +265,7 @@ func (c *testCluster) checkNoDoubles() {
 	c.world.mu.Lock()
 	defer c.world.mu.Unlock()
 	if len(c.world.doubles) > 0 {
-		c.t.Fatalf("VIPs up on two nodes: %v", c.world.doubles)
+		c.t.Fatalf("VIPs answered by two nodes: %v", c.world.doubles)
 	}
 }
 
@@ -209,10 +286,10 @@ func TestClusterTakeoverAndFailback(t *testing.T) {
 	c.crash(2)
 	c.waitFor("VIPs of node 2 taken over", func() bool { return balanced(c.holders(), []int{0, 1}, 6) })
 	c.checkNoDoubles()
-	st, _ := c.nodes[0].Status(context.Background())
-	if !st.Quorum || st.Nodes[2].State != "DISCONNECTED" {
-		t.Fatalf("status after crash: %+v", st)
-	}
+	c.waitFor("status shows node 2 disconnected", func() bool {
+		st, _ := c.nodes[0].Status(context.Background())
+		return st.Quorum && st.Nodes[2].State == "DISCONNECTED"
+	})
 
 	// maintenance on node 1: everything goes to node 0
 	if err := c.nodes[1].Disable(context.Background()); err != nil {
@@ -237,15 +314,13 @@ func TestUnhealthyNodeReleasesAndMoveIsHonoured(t *testing.T) {
 	if h := c.holders(); h[0] != 0 {
 		t.Fatalf("sticky policy gave node 0 VIPs back: %v", h)
 	}
-	// an operator moves a VIP back to node 0
+	// an operator moves a VIP back to node 0, once node 0 is eligible again
 	vip := c.vips[0].VIP()
-	if err := c.nodes[2].Move(context.Background(), vip, "0", false); err != nil {
-		t.Fatal(err)
-	}
+	c.waitFor("move accepted", func() bool { return c.nodes[2].Move(context.Background(), vip, "0", false) == nil })
 	c.waitFor("moved VIP on node 0", func() bool {
 		c.world.mu.Lock()
 		defer c.world.mu.Unlock()
-		return c.world.up[c.vips[0].Prefix] == 0
+		return c.world.answering(0, vip, uint64(monoNow()))
 	})
 	c.checkNoDoubles()
 	if err := c.nodes[2].Move(context.Background(), netip.MustParseAddr("198.18.9.9"), "0", false); err == nil {
@@ -261,7 +336,48 @@ func TestMinorityHoldsNothing(t *testing.T) {
 	c.waitFor("all held", c.allHeld)
 	c.crash(1)
 	c.crash(2)
-	c.waitFor("node 0 alone lost quorum and released", func() bool { return len(c.holders()) == 0 })
+	c.waitFor("node 0 alone answers for nothing", func() bool { return len(c.holders()) == 0 })
+	c.checkNoDoubles()
+}
+
+// TestRestartKeepsVIPs: a node stopped for a restart keeps answering for
+// its VIPs through the restart; a new run adopts them and nothing moves.
+func TestRestartKeepsVIPs(t *testing.T) {
+	c := startCluster(t, 3, 3, allocation.Automatic)
+	c.waitFor("one VIP per node", func() bool { return balanced(c.holders(), []int{0, 1, 2}, 3) })
+	before := c.holders()
+	c.nodes[1].Stop(Restart)
+	<-c.done[1]
+	// the old run is gone; its data plane answers on
+	for range 20 {
+		time.Sleep(50 * time.Millisecond)
+		if h := c.holders(); h[1] != before[1] {
+			t.Fatalf("during the restart node 1 answers for %d VIPs, had %d", h[1], before[1])
+		}
+	}
+	// a new run on the same data plane and address
+	nd, err := New(zaptest.NewLogger(t).Named("1b"), c.nodes[1].cfg, nil, &fakeDP{world: c.world, node: 1}, c.health[1], nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.gossip[1].Shutdown()
+	g, err := membership.New(zaptest.NewLogger(t), membership.Config{Addr: c.cfg[1].Addr, Port: nextPort,
+		Key: membership.KeyFromSecret([]byte("test")), Timing: membership.FastTiming()}, nd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nd.SetGossip(g)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = nd.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; g.Shutdown() })
+	for range 40 {
+		time.Sleep(50 * time.Millisecond)
+		if h := c.holders(); h[1] != before[1] || !c.allHeld() {
+			t.Fatalf("after the restart: holders %v, before %v", h, before)
+		}
+	}
+	c.checkNoDoubles()
 }
 
 func TestBadPinMessagesAreCounted(t *testing.T) {
@@ -270,11 +386,12 @@ func TestBadPinMessagesAreCounted(t *testing.T) {
 	for _, msg := range [][]byte{nil, {9}, {msgPin, 7}, {msgPin, wireVersion, 1}, encodePinMsg(5, pin{PNN: 0, Version: 1})} {
 		nd.NotifyMsg(msg)
 	}
-	if got := nd.BadMessages(); got != 5 {
-		t.Fatalf("bad messages = %d, want 5", got)
+	nd.NotifyMsg([]byte{ownership.TypeHeartbeat, ownership.WireVersion})
+	if got := nd.BadMessages(); got != 6 {
+		t.Fatalf("bad messages = %d, want 6", got)
 	}
 	nd.NotifyMsg(encodePinMsg(1, pin{PNN: 0, Version: 3, Origin: 0}))
-	if got := nd.BadMessages(); got != 5 {
+	if got := nd.BadMessages(); got != 6 {
 		t.Fatalf("a good message was counted bad")
 	}
 }

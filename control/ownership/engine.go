@@ -275,6 +275,7 @@ type Engine struct {
 	local    Local
 	lock     LockState
 	pins     []int
+	pinKill  []bool
 	seq      uint64
 	rounds   []*round
 	nextHB   Mono
@@ -310,7 +311,7 @@ func New(cfg Config) (*Engine, error) {
 	}
 	e := &Engine{cfg: cfg, majority: len(cfg.Nodes)/2 + 1, half: (len(cfg.Nodes) + 1) / 2,
 		index: map[netip.Addr]int{}, slots: make([]slot, len(cfg.VIPs)), peers: map[int]*peer{},
-		pins: make([]int, len(cfg.VIPs)), now: cfg.Start}
+		pins: make([]int, len(cfg.VIPs)), pinKill: make([]bool, len(cfg.VIPs)), now: cfg.Start}
 	addrs := make([]netip.Addr, len(cfg.VIPs))
 	for i, v := range cfg.VIPs {
 		a := v.Addr.Unmap()
@@ -378,14 +379,18 @@ func (e *Engine) SetLock(now Mono, l LockState) {
 }
 
 // SetPins sets the operators' moves: pins[i] is the node VIP i was moved
-// to, or None.
-func (e *Engine) SetPins(now Mono, pins []int) {
+// to, or None; kill[i] says the move resets the VIP's connections instead
+// of draining them (fsha move --kill).
+func (e *Engine) SetPins(now Mono, pins []int, kill []bool) {
 	e.advance(now)
 	e.dirty = true
 	for i := range e.pins {
-		e.pins[i] = None
+		e.pins[i], e.pinKill[i] = None, false
 		if i < len(pins) {
 			e.pins[i] = pins[i]
+		}
+		if i < len(kill) {
+			e.pinKill[i] = kill[i]
 		}
 	}
 	e.step()
@@ -678,6 +683,9 @@ func (e *Engine) beginRelease(i int, r Drop) {
 // planned tells whether releasing VIP i is a planned move that drains: the
 // VIP goes to a live node, and this node is fit to keep serving.
 func (e *Engine) planned(i int, v *view) bool {
+	if e.pinKill[i] && e.pins[i] == v.target[i] {
+		return false // fsha move --kill
+	}
 	return v.target[i] != None && e.local.Healthy
 }
 

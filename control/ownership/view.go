@@ -179,7 +179,17 @@ func (e *Engine) computeView(now Mono) view {
 		}
 	}
 	slices.Sort(v.eligible)
-	if !slices.Equal(v.eligible, e.eligibleSet) {
+	// A cluster starting up places its VIPs once the nodes that are up
+	// have all finished starting and the eligible set has stayed the same
+	// for a while, so that they are spread instead of going to the first
+	// nodes ready.
+	startingPeer := starting
+	for _, p := range e.cfg.Nodes {
+		if p != e.cfg.Self && v.alive[p] && e.peers[p].hb.Flags&FlagStarting != 0 {
+			startingPeer = true
+		}
+	}
+	if !slices.Equal(v.eligible, e.eligibleSet) || startingPeer {
 		e.eligibleSet = v.eligible
 		e.settledSince = now
 	}

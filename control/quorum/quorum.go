@@ -104,3 +104,14 @@ func (s State) Has() bool {
 func (s State) NeedsLock() bool {
 	return s.LockEnabled && !Majority(s.Alive, s.Total)
 }
+
+// Check confirms the lock is still held and its file system answers.
+func (l *Lock) Check() error {
+	if l.f == nil {
+		return errors.New("cluster lock not held")
+	}
+	if _, err := l.f.Stat(); err != nil {
+		return fmt.Errorf("check cluster lock %s: %w", l.path, err)
+	}
+	return nil
+}

@@ -275,6 +275,9 @@ type FshaOptions struct {
 	NoKey bool
 	// Args are added to the command line.
 	Args []string
+	// Bin runs this fsha binary instead of the lab's (an older release,
+	// for rolling upgrades).
+	Bin string
 }
 
 // fshaArgs is the node's `fsha up` command line.
@@ -283,6 +286,9 @@ func (n *ClusterNode) fshaArgs(opts FshaOptions) ([]string, error) {
 	bin, err := n.lab.fshaBin()
 	if err != nil {
 		return nil, err
+	}
+	if opts.Bin != "" {
+		bin = opts.Bin
 	}
 	argv := []string{bin, "up",
 		"--nodes", c.NodesFile, "--public-addresses", c.PublicAddressesFile,

@@ -209,7 +209,7 @@ func TestFrozenOwner(t *testing.T) {
 	if fromNext == 0 {
 		t.Errorf("no frame for %s from the new owner %s (%d frames)", vip, next.Role, len(frames))
 	}
-	e.released(old, vip, "stall")
+	e.released(old, vip, "newer epoch")
 }
 
 // whoAnswers checks, through vip, that node's smbd answers. A failed

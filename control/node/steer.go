@@ -1,0 +1,169 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/fsha/fsha/control/admin"
+	"github.com/fsha/fsha/control/ownership"
+)
+
+// steering keeps the data plane steering the old connections of every VIP
+// this node holds that another node still drains (a planned move), to that
+// node; when a draining node dies, its clients are tickled to reconnect
+// here. It works from the engine's snapshots, off the loop: Steer may
+// touch every connection of a VIP.
+type steering struct {
+	n    *Node
+	kick chan struct{}
+
+	mu   sync.Mutex
+	want map[steerKey][6]byte
+	have map[steerKey]bool
+	dead map[steerKey]bool // drainers that died: tickle their clients
+}
+
+type steerKey struct{ vip, owner int }
+
+func newSteering(n *Node) *steering {
+	return &steering{n: n, kick: make(chan struct{}, 1), want: map[steerKey][6]byte{}, have: map[steerKey]bool{}, dead: map[steerKey]bool{}}
+}
+
+// update computes what to steer from a snapshot.
+func (s *steering) update(sn ownership.Snapshot) {
+	want := map[steerKey][6]byte{}
+	alive := map[int]bool{}
+	for _, nv := range sn.Nodes {
+		alive[nv.PNN] = nv.Alive
+	}
+	for i, v := range sn.VIPs {
+		if v.Holder != s.n.cfg.Self {
+			continue
+		}
+		for _, d := range v.Drainers {
+			if d != s.n.cfg.Self {
+				want[steerKey{i, d}] = sn.MACs[d]
+			}
+		}
+	}
+	s.mu.Lock()
+	changed := len(want) != len(s.want)
+	for k, mac := range want {
+		if old, ok := s.want[k]; !ok || old != mac {
+			changed = true
+		}
+	}
+	for k := range s.have {
+		if _, ok := want[k]; !ok && !alive[k.owner] {
+			s.dead[k] = true
+		}
+	}
+	s.want = want
+	s.mu.Unlock()
+	if changed {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// ensure steers owner's connections to VIP i now (a takeover from a
+// draining node, before the address is up).
+func (s *steering) ensure(i, owner int) error {
+	k := steerKey{i, owner}
+	s.mu.Lock()
+	mac := s.want[k]
+	s.mu.Unlock()
+	if mac == ([6]byte{}) {
+		s.n.mu.Lock()
+		mac = s.n.snap.MACs[owner]
+		s.n.mu.Unlock()
+	}
+	if mac == ([6]byte{}) {
+		return fmt.Errorf("no MAC known for node %d", owner)
+	}
+	s.mu.Lock()
+	s.want[k] = mac
+	s.have[k] = true
+	active := len(s.have)
+	s.mu.Unlock()
+	return s.n.dp.Steer(s.n.cfg.VIPs[i].VIP(), owner, mac, true, active)
+}
+
+func (s *steering) run(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.kick:
+		case <-t.C:
+		}
+		s.apply(ctx)
+	}
+}
+
+// apply makes the data plane steer what is wanted. Steer may walk many
+// connections: it runs without the lock that update (the loop) takes.
+func (s *steering) apply(ctx context.Context) {
+	type change struct {
+		k    steerKey
+		mac  [6]byte
+		on   bool
+		dead bool
+	}
+	var changes []change
+	s.mu.Lock()
+	for k := range s.have {
+		if _, ok := s.want[k]; !ok {
+			changes = append(changes, change{k: k, dead: s.dead[k]})
+			delete(s.have, k)
+			delete(s.dead, k)
+		}
+	}
+	for k, mac := range s.want {
+		if !s.have[k] {
+			changes = append(changes, change{k: k, mac: mac, on: true})
+			s.have[k] = true
+		}
+	}
+	active := len(s.want)
+	s.mu.Unlock()
+	for _, c := range changes {
+		vip := s.n.cfg.VIPs[c.k.vip]
+		if err := s.n.dp.Steer(vip.VIP(), c.k.owner, c.mac, c.on, active); err != nil {
+			s.n.log.Warn("steer", zap.Bool("on", c.on), zap.Error(err))
+			if c.on {
+				s.mu.Lock()
+				delete(s.have, c.k) // try again next time
+				s.mu.Unlock()
+			}
+			continue
+		}
+		if !c.dead {
+			continue
+		}
+		if held, iface := s.n.workers[c.k.vip].held(); held {
+			s.n.log.Info("draining node died: tickling its connections", zap.Stringer("vip", vip.Prefix), zap.Int("node", c.k.owner))
+			t0 := time.Now()
+			s.n.record(admin.Takeover{VIP: vip.Prefix.String(), Iface: iface, Kind: "takeover",
+				Reason: "draining node " + s.n.cfg.Nodes[c.k.owner].Addr.String() + " died",
+				From:   s.n.cfg.Nodes[c.k.owner].Addr.String(), Steps: []admin.TimelineStep{{Step: "decision", At: t0}}})
+			go s.n.tickle(ctx, vip, iface, []int{c.k.owner}, t0)
+		}
+	}
+}
+
+// steered tells replication whether a connection of owner's to VIP i must
+// be steered.
+func (s *steering) steered(i, owner int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.have[steerKey{i, owner}]
+}
