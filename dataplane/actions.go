@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -113,15 +112,9 @@ type TickleResult struct {
 // by one of owners (every owner when owners is nil), out of iface, and
 // waits for the repeats. With forget, the tickled connections are then
 // removed from the peer map: after a takeover their owner's sockets are
-// gone. The peer map is walked once.
+// gone. Finding them costs O(connections of vip) (PeerFlowsOf).
 func (a *Actions) TickleVIP(ctx context.Context, iface string, vip netip.Addr, owners []int, forget bool) (TickleResult, error) {
-	var flows []PeerFlow
-	err := a.maps.ForEachPeerFlow(func(f PeerFlow) bool {
-		if f.VIP == vip && (owners == nil || slices.Contains(owners, f.Owner)) {
-			flows = append(flows, f)
-		}
-		return true
-	})
+	flows, err := a.maps.PeerFlowsOf(vip, owners)
 	if err != nil {
 		return TickleResult{}, err
 	}
@@ -163,23 +156,17 @@ func (a *Actions) tickler(iface string) (*Tickler, error) {
 }
 
 // DropPeerFlows forgets the replicated connections of owner (of vip only,
-// when vip is valid): those of a node dead for long.
+// when vip is valid): those of a node dead for long. O(those connections).
 func (a *Actions) DropPeerFlows(owner int, vip netip.Addr) (int, error) {
-	return a.maps.DeletePeerFlowsWhere(func(f PeerFlow) bool {
-		return f.Owner == owner && (!vip.IsValid() || f.VIP == vip)
-	})
+	return a.maps.DropPeerFlows(owner, vip)
 }
 
 // KillVIP ends every local connection to vip at once (SOCK_DESTROY, or
 // precise RSTs), so that its clients reconnect to the VIP's new owner.
+// Finding them costs O(connections of vip) (see Maps.vipConns).
 func (a *Actions) KillVIP(vip netip.Addr) (KillStats, error) {
-	var conns []Conn
-	if err := a.maps.ForEachFlow(func(f Flow) bool {
-		if f.VIP == vip {
-			conns = append(conns, ConnOf(f))
-		}
-		return true
-	}); err != nil {
+	conns, err := a.maps.vipConns(vip)
+	if err != nil {
 		return KillStats{}, err
 	}
 	if len(conns) == 0 {
@@ -214,21 +201,15 @@ func tcpOutRsts() int64 {
 	return 0
 }
 
-// CountFlows counts this node's connections to vip.
-func (a *Actions) CountFlows(vip netip.Addr) (int, error) {
-	n := 0
-	err := a.maps.ForEachFlow(func(f Flow) bool {
-		if f.VIP == vip {
-			n++
-		}
-		return true
-	})
-	return n, err
-}
+// CountFlows counts this node's connections to vip (Maps.CountFlows):
+// O(connections of vip); ErrIndexNotReady instead of a count of 0 that
+// could be wrong.
+func (a *Actions) CountFlows(vip netip.Addr) (int, error) { return a.maps.CountFlows(vip) }
 
 // Steer marks (on) or unmarks owner's replicated connections to vip for
 // XDP steering, records where owner is, and sets how many (VIP, owner)
-// pairs are steered (0: the lookup is off).
+// pairs are steered (0: the lookup is off). It reads and writes
+// O(owner's connections to vip) entries.
 func (a *Actions) Steer(vip netip.Addr, owner int, mac [6]byte, on bool, active int) error {
 	if vip.IsValid() {
 		if on {
@@ -236,17 +217,7 @@ func (a *Actions) Steer(vip netip.Addr, owner int, mac [6]byte, on bool, active 
 				return err
 			}
 		}
-		var flows []PeerFlow
-		if err := a.maps.ForEachPeerFlow(func(f PeerFlow) bool {
-			if f.VIP == vip && f.Owner == owner && f.Steer != on {
-				f.Steer = on
-				flows = append(flows, f)
-			}
-			return true
-		}); err != nil {
-			return err
-		}
-		if err := a.maps.UpsertPeerFlows(flows); err != nil {
+		if err := a.maps.steerPeerFlows(vip, owner, on); err != nil {
 			return err
 		}
 	}

@@ -101,6 +101,9 @@ func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
 		return nil, fmt.Errorf("load bpf objects: %w", err)
 	}
 	dp.Maps = mapsOf(&dp.objs.fshaMaps)
+	// index the other nodes' flows (kept from an earlier run) now, in the
+	// background; the local flows are indexed when the event reader starts
+	dp.indexes().ensurePeer(&dp.Maps)
 
 	if err := dp.attachAll(opts.Interfaces); err != nil {
 		return nil, err

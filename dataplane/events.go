@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"unsafe"
 
 	"github.com/cilium/ebpf/ringbuf"
@@ -58,24 +59,35 @@ type Event struct {
 	Type   EventType
 	Reason CloseReason
 	Flow   Flow
+	// Seq numbers the events a reader returned, from 1; the index of
+	// local flows is as of event Seq once Read returns it (see
+	// Maps.LocalDigests).
+	Seq uint64
 }
 
-// EventReader streams open and close events from the ring buffer.
+// EventReader streams open and close events from the ring buffer, and
+// keeps the index of local flows (see index.go) with them: while one runs,
+// CountFlows, KillVIP and the digests cost O(connections of one VIP).
 type EventReader struct {
-	rd *ringbuf.Reader
+	rd    *ringbuf.Reader
+	idx   *indexes
+	close sync.Once
 }
 
 // ErrClosed is returned by EventReader.Read after Close.
 var ErrClosed = os.ErrClosed
 
-// NewEventReader opens the events ring buffer. Only one reader should run
-// per data plane: every event is delivered once.
+// NewEventReader opens the events ring buffer and starts building the
+// index of local flows in the background. Only one reader should run per
+// data plane: every event is delivered once.
 func (m *Maps) NewEventReader() (*EventReader, error) {
 	rd, err := ringbuf.NewReader(m.Events)
 	if err != nil {
 		return nil, fmt.Errorf("open events ring buffer: %w", err)
 	}
-	return &EventReader{rd: rd}, nil
+	x := m.indexes()
+	x.attachReader(m)
+	return &EventReader{rd: rd, idx: x}, nil
 }
 
 // Read blocks until the next event; after Close it returns ErrClosed.
@@ -92,12 +104,18 @@ func (r *EventReader) Read() (Event, error) {
 		return Event{}, fmt.Errorf("short event: %d bytes", len(rec.RawSample))
 	}
 	raw = *(*fshaFlowEvent)(unsafe.Pointer(&rec.RawSample[0]))
+	typ := EventType(raw.Type)
 	return Event{
-		Type:   EventType(raw.Type),
+		Type:   typ,
 		Reason: CloseReason(raw.Reason),
 		Flow:   flowOf(&raw.Key, &raw.Flow, newClock()),
+		Seq:    r.idx.local.event(&raw.Key, typ),
 	}, nil
 }
 
-// Close stops the reader; a blocked Read returns ErrClosed.
-func (r *EventReader) Close() error { return r.rd.Close() }
+// Close stops the reader; a blocked Read returns ErrClosed. The index of
+// local flows is no longer kept: queries walk the map again.
+func (r *EventReader) Close() error {
+	r.close.Do(r.idx.detachReader)
+	return r.rd.Close()
+}

@@ -167,6 +167,7 @@ const flowBatch = 4096
 // the programs' per-CPU flow cache holds and has not yet folded into the
 // flows map (see pending).
 func (m *Maps) ForEachFlow(fn func(Flow) bool) error {
+	m.indexes().walks.Add(1)
 	c := newClock()
 	pend, err := m.pending()
 	if err != nil {

@@ -64,6 +64,8 @@ func peerOf(k *fshaFlowKey, v *fshaPeerFlow) PeerFlow {
 // chunk. On a full map it stores what fits and returns ErrPeerMapFull.
 func (m *Maps) UpsertPeerFlows(flows []PeerFlow) error {
 	const chunk = 8192
+	x := m.indexes()
+	x.ensurePeer(m)
 	keys := make([]fshaFlowKey, 0, min(len(flows), chunk))
 	vals := make([]fshaPeerFlow, 0, min(len(flows), chunk))
 	for len(flows) > 0 {
@@ -73,68 +75,92 @@ func (m *Maps) UpsertPeerFlows(flows []PeerFlow) error {
 			keys = append(keys, peerKey(&flows[i]))
 			vals = append(vals, peerValue(&flows[i]))
 		}
-		if _, err := m.PeerFlows.BatchUpdate(keys, vals, nil); err != nil {
-			if errors.Is(err, ebpf.ErrNotSupported) {
-				return m.upsertPeerFlowsOneByOne(keys, vals)
-			}
-			if errors.Is(err, errNoSpace) {
-				return fmt.Errorf("%w (%d entries)", ErrPeerMapFull, m.PeerFlows.MaxEntries())
-			}
-			return fmt.Errorf("write peer flows: %w", err)
+		if err := m.upsertPeerChunk(x, keys, vals); err != nil {
+			return err
 		}
 		flows = flows[n:]
 	}
 	return nil
 }
 
-func (m *Maps) upsertPeerFlowsOneByOne(keys []fshaFlowKey, vals []fshaPeerFlow) error {
+// upsertPeerChunk writes one chunk and indexes what was written.
+func (m *Maps) upsertPeerChunk(x *indexes, keys []fshaFlowKey, vals []fshaPeerFlow) error {
+	x.peer.mu.Lock()
+	defer x.peer.mu.Unlock()
+	done, err := m.PeerFlows.BatchUpdate(keys, vals, nil)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		done, err = m.upsertPeerFlowsOneByOne(keys, vals)
+	}
+	if err != nil && errors.Is(err, errNoSpace) {
+		err = fmt.Errorf("%w (%d entries)", ErrPeerMapFull, m.PeerFlows.MaxEntries())
+	} else if err != nil && !errors.Is(err, ErrPeerMapFull) {
+		err = fmt.Errorf("write peer flows: %w", err)
+	}
+	if err == nil {
+		done = len(keys)
+	}
+	for i := range min(max(done, 0), len(keys)) {
+		x.peer.applyLocked(&keys[i], vals[i].Owner, false)
+	}
+	return err
+}
+
+func (m *Maps) upsertPeerFlowsOneByOne(keys []fshaFlowKey, vals []fshaPeerFlow) (int, error) {
 	for i := range keys {
 		if err := m.PeerFlows.Put(keys[i], vals[i]); err != nil {
 			if errors.Is(err, errNoSpace) {
-				return fmt.Errorf("%w (%d entries)", ErrPeerMapFull, m.PeerFlows.MaxEntries())
+				return i, fmt.Errorf("%w (%d entries)", ErrPeerMapFull, m.PeerFlows.MaxEntries())
 			}
-			return fmt.Errorf("write peer flow: %w", err)
+			return i, fmt.Errorf("write peer flow: %w", err)
 		}
 	}
-	return nil
+	return len(keys), nil
 }
 
 // DeletePeerFlows removes peer flows (only their tuples matter); missing
 // ones are not an error.
 func (m *Maps) DeletePeerFlows(flows []PeerFlow) error {
-	for i := range flows {
-		k := peerKey(&flows[i])
-		if err := m.PeerFlows.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete peer flow: %w", err)
+	x := m.indexes()
+	x.ensurePeer(m)
+	for len(flows) > 0 {
+		n := min(len(flows), peerChunk)
+		if err := m.deletePeerChunk(x, flows[:n]); err != nil {
+			return err
 		}
+		flows = flows[n:]
 	}
 	return nil
 }
 
-// ForEachPeerFlow calls fn for every peer flow until it returns false.
-func (m *Maps) ForEachPeerFlow(fn func(PeerFlow) bool) error {
-	keys := make([]fshaFlowKey, flowBatch)
-	vals := make([]fshaPeerFlow, flowBatch)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := m.PeerFlows.BatchLookup(&cursor, keys, vals, nil)
-		for i := 0; i < n; i++ {
-			if !fn(peerOf(&keys[i], &vals[i])) {
-				return nil
-			}
+func (m *Maps) deletePeerChunk(x *indexes, flows []PeerFlow) error {
+	x.peer.mu.Lock()
+	defer x.peer.mu.Unlock()
+	for i := range flows {
+		k := peerKey(&flows[i])
+		x.keyOps.Add(1)
+		if err := m.PeerFlows.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete peer flow: %w", err)
 		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("read peer flows: %w", err)
-		}
+		x.peer.applyLocked(&k, 0, true)
 	}
+	return nil
+}
+
+// ForEachPeerFlow calls fn for every peer flow until it returns false: a
+// walk of the whole map.
+func (m *Maps) ForEachPeerFlow(fn func(PeerFlow) bool) error {
+	err := walkMap(m.indexes(), m.PeerFlows, func(k *fshaFlowKey, v *fshaPeerFlow) bool {
+		return fn(peerOf(k, v))
+	})
+	if err != nil {
+		return fmt.Errorf("read peer flows: %w", err)
+	}
+	return nil
 }
 
 // DeletePeerFlowsWhere removes every peer flow for which match is true and
-// returns how many: an owner's stale generation after a snapshot, a dead
-// node's flows after its VIPs were taken over.
+// returns how many, with a walk of the whole map. For one owner's flows,
+// DropPeerFlows and SweepPeerFlows cost only as much as those flows.
 func (m *Maps) DeletePeerFlowsWhere(match func(PeerFlow) bool) (int, error) {
 	var doomed []PeerFlow
 	if err := m.ForEachPeerFlow(func(f PeerFlow) bool {

@@ -40,6 +40,7 @@ func (m *Maps) PruneFlows() (int, error) {
 		k fshaFlowKey
 		v fshaFlow
 	)
+	m.indexes().walks.Add(1)
 	it := m.Flows.Iterate()
 	for it.Next(&k, &v) {
 		if v.FirstSeenNs > cutoff {
@@ -57,13 +58,17 @@ func (m *Maps) PruneFlows() (int, error) {
 		return 0, fmt.Errorf("read flows: %w", err)
 	}
 	removed := 0
-	for _, k := range stale {
+	// the programs send no close event for these: the index learns here
+	x := m.indexes()
+	for i, k := range stale {
 		if err := m.Flows.Delete(k); err == nil {
 			removed++
 		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			x.forgetLocal(stale[:i])
 			return removed, fmt.Errorf("delete stale flow: %w", err)
 		}
 	}
+	x.forgetLocal(stale)
 	if removed > 0 {
 		var n uint64
 		if err := m.FlowCount.Lookup(uint32(0), &n); err == nil {

@@ -116,7 +116,13 @@ func TestPeerMapFull(t *testing.T) {
 	for i := range 6 {
 		flows = append(flows, PeerFlow{VIP: vip4, VIPPort: 445, Client: client4, ClientPort: uint16(100 + i), Owner: 1})
 	}
+	waitPeerReady(t, &m)
 	if err := m.UpsertPeerFlows(flows); !errors.Is(err, ErrPeerMapFull) {
 		t.Fatalf("want ErrPeerMapFull, got %v", err)
+	}
+	// the index holds what was stored, no more
+	stored, err := m.PeerFlowsOf(vip4, nil)
+	if err != nil || len(stored) != 4 || m.IndexStats().PeerFlows != 4 {
+		t.Fatalf("index holds %d (%v, %+v), the map 4", len(stored), err, m.IndexStats())
 	}
 }

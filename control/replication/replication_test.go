@@ -229,22 +229,30 @@ func TestWrongKeyIsRejected(t *testing.T) {
 // dialAs opens a raw stream to node 0 from address from, claiming pnn.
 func dialAs(t *testing.T, port int, from netip.Addr, pnn int, key []byte) (net.Conn, *framer) {
 	t.Helper()
+	conn, fr, _ := dialVersion(t, port, from, pnn, key, streamVersion1)
+	return conn, fr
+}
+
+// dialVersion opens a raw stream to node 0 from address from, claiming
+// pnn and proposing version; it returns the version node 0 answered.
+func dialVersion(t *testing.T, port int, from netip.Addr, pnn int, key []byte, version byte) (net.Conn, *framer, byte) {
+	t.Helper()
 	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: from.AsSlice()}}
 	conn, err := d.Dial("tcp", net.JoinHostPort(addrOf(0).String(), strconv.Itoa(port)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	mine, _ := newHello(pnn, key)
+	mine, _ := newHello(version, pnn, key)
 	if err := writeHello(conn, mine); err != nil {
 		t.Fatal(err)
 	}
 	theirs, err := readHello(conn)
 	if err != nil {
-		return conn, nil
+		return conn, nil, 0
 	}
 	aead, _ := sessionAEAD(key, mine.salt, theirs.salt)
-	return conn, &framer{aead: aead}
+	return conn, &framer{aead: aead}, theirs.version
 }
 
 func TestBadMessagesAreCountedNotApplied(t *testing.T) {

@@ -4,20 +4,41 @@
 //
 // Each node is the only authority on its own connections: it streams its
 // opens and closes (deltas, batched every few milliseconds) to each peer
-// over a dedicated TCP connection, and starts every connection with a full
-// copy (a snapshot), after which the peer drops whatever that node had that
-// the copy lacks. memberlist's gossip is not used for this: its broadcasts
-// are ~1,400-byte UDP packets retransmitted to a few nodes per gossip round,
-// a few hundred records per second at best, far from a million connections
-// per node; a stream per peer carries tens of megabytes per second.
+// over a dedicated TCP connection. memberlist's gossip is not used for
+// this: its broadcasts are ~1,400-byte UDP packets retransmitted to a few
+// nodes per gossip round, a few hundred records per second at best, far
+// from a million connections per node; a stream per peer carries tens of
+// megabytes per second.
+//
+// Anti-entropy. Deltas get lost: a slow peer's queue overflows, the ring
+// buffer drops events, the LRU evicts a flow without a close, a stream
+// breaks. With a peer that speaks version 2 (stream.go) the owner sends,
+// every DigestInterval, after every (re)connect and after its index was
+// rebuilt because events were lost, the digest of its flows to each VIP
+// (dataplane.Digest: count, XOR and sum of a hash of each connection) at
+// its exact place among the deltas; the peer compares it with the digests
+// of what it holds of that owner and answers with the VIPs that differ,
+// which the owner then copies again one VIP at a time (a VIP snapshot:
+// O(connections of that VIP) on both sides). Equal digests mean nothing
+// to send. With a version 1 peer the owner sends a full snapshot on every
+// (re)connect and resync instead, after which the peer drops whatever that
+// owner had that the copy lacks.
+//
+// Stream generations. A peer numbers the streams each owner opens to it
+// in the order it accepts them; once a newer stream delivered a message,
+// whatever still arrives on an older one (a delta sent before the owner
+// gave up on that connection) is dropped and that stream closed, so a
+// delta in flight on an old stream never undoes a newer snapshot.
 package replication
 
 import (
 	"context"
-	"errors"
+	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -34,6 +55,41 @@ type Store interface {
 	DeletePeerFlows([]dataplane.PeerFlow) error
 	DeletePeerFlowsWhere(func(dataplane.PeerFlow) bool) (int, error)
 }
+
+// PeerIndex is what a Store offers when it indexes the peers' flows by
+// owner and VIP (dataplane.Maps does): with it this node answers digests
+// (it accepts version 2 streams) and sweeps what a snapshot did not renew
+// in O(that owner's connections to the VIP) instead of a walk.
+type PeerIndex interface {
+	// PeerDigests returns the digest of owner's flows to each VIP that
+	// has some; false while the index is being built.
+	PeerDigests(owner int) (map[netip.Addr]dataplane.Digest, bool)
+	// SweepPeerFlows deletes owner's flows (to vip, or every VIP when vip
+	// is invalid) whose generation is not keep.
+	SweepPeerFlows(owner int, vip netip.Addr, keep uint32) (int, error)
+}
+
+// LocalIndex is this node's flows by VIP (dataplane.Maps, when the daemon
+// reads its events). With it, and when the Store is a PeerIndex too, this
+// node proposes version 2 streams: digests and one-VIP snapshots.
+type LocalIndex interface {
+	// LocalDigests returns the digest of this node's flows to each VIP
+	// that has some, after the event numbered seq (dataplane.Event.Seq);
+	// false while the index may miss flows.
+	LocalDigests() (digests map[netip.Addr]dataplane.Digest, seq uint64, ok bool)
+	// ForEachFlowOfVIP calls fn with each of this node's flows to vip.
+	ForEachFlowOfVIP(vip netip.Addr, fn func(dataplane.Flow) bool) error
+	// IndexEpoch counts the index's builds, starting one when the ring
+	// buffer lost events: a new epoch calls for a digest round.
+	IndexEpoch() uint64
+}
+
+// The daemon's store is the data plane's maps: they must offer both
+// indexes, or streams silently stay version 1.
+var (
+	_ PeerIndex  = (*dataplane.Maps)(nil)
+	_ LocalIndex = (*dataplane.Maps)(nil)
+)
 
 // LocalFlows walks this node's own flows (dataplane.Maps.ForEachFlow).
 type LocalFlows func(fn func(dataplane.Flow) bool) error
@@ -58,8 +114,13 @@ type Config struct {
 	// FlushInterval batches deltas; it bounds the replication delay.
 	FlushInterval time.Duration
 	// QueueLen is how many messages may wait for a slow peer before it is
-	// given a fresh snapshot instead.
+	// resynced instead (a digest round, or a full snapshot).
 	QueueLen int
+	// DigestInterval is how often this node's digests are compared with
+	// every peer's copy of its flows (version 2 peers); 0 means
+	// DefaultDigestInterval, negative only after (re)connects and lost
+	// events.
+	DigestInterval time.Duration
 	// Steer tells whether a peer's flow must be steered to it (its VIP is
 	// draining from that peer to this node).
 	Steer func(vip netip.Addr, owner int) bool
@@ -67,6 +128,9 @@ type Config struct {
 
 // DefaultPort is the replication port: the gossip port + 1.
 const DefaultPort = 4381
+
+// DefaultDigestInterval is how often digests are compared by default.
+const DefaultDigestInterval = 10 * time.Second
 
 // Stats counts what the replicator did.
 type Stats struct {
@@ -78,6 +142,17 @@ type Stats struct {
 	BadMessages     uint64 `json:"bad_messages"`
 	BadStreams      uint64 `json:"bad_streams"`
 	StoreErrors     uint64 `json:"store_errors"`
+	// StaleMessages counts messages dropped because they came on a stream
+	// its owner had since replaced.
+	StaleMessages uint64 `json:"stale_messages"`
+	// DigestsSent counts digests sent to peers; DigestsCompared the
+	// peers' digests compared here, VIPsDiffering the VIPs found to
+	// differ in them (each asked for again), and VIPSnapshots the
+	// one-VIP copies sent on such requests.
+	DigestsSent     uint64 `json:"digests_sent"`
+	DigestsCompared uint64 `json:"digests_compared"`
+	VIPsDiffering   uint64 `json:"vips_differing"`
+	VIPSnapshots    uint64 `json:"vip_snapshots_sent"`
 }
 
 // Replicator sends this node's flows and receives the peers'.
@@ -86,19 +161,51 @@ type Replicator struct {
 	cfg   Config
 	store Store
 	local LocalFlows
+	// localIdx and peerIdx are nil when the store does not offer them:
+	// then streams are version 1.
+	localIdx LocalIndex
+	peerIdx  PeerIndex
 
 	mu      sync.Mutex
 	pending []Record
-	peers   map[int]*peerConn
-	gens    map[int]uint32 // current snapshot generation per owner
-	wake    chan struct{}
-	genSeq  atomic.Uint32
+	marks   []mark // digests to send after pending[:mark.pos]
+	// published is the Seq of the last event published; waiting is a
+	// digest of a later event, placed once that event is published.
+	published uint64
+	waiting   *waitingDigest
+	// digestAll and digestFor are the digest rounds asked for: to every
+	// peer, or to some.
+	digestAll bool
+	digestFor map[int]bool
+	peers     map[int]*peerConn
+	owners    map[int]*ownerState
+	wake      chan struct{}
+	genSeq    atomic.Uint32
+	round     atomic.Uint32
 
 	recordsSent, bytesSent, recordsReceived, snapshots, resyncs atomic.Uint64
-	badMessages, badStreams, storeErrors                        atomic.Uint64
+	badMessages, badStreams, storeErrors, staleMessages         atomic.Uint64
+	digestsSent, digestsCompared, vipsDiffering, vipSnapshots   atomic.Uint64
 }
 
-// New returns a replicator; Run starts it.
+// mark is a digest to place among the pending records.
+type mark struct {
+	pos int
+	msg []byte
+	to  map[int]bool // nil: every peer
+}
+
+type waitingDigest struct {
+	seq   uint64
+	msg   []byte
+	to    map[int]bool
+	since time.Time
+}
+
+// New returns a replicator; Run starts it. When store also implements
+// PeerIndex and LocalIndex (dataplane.Maps does), streams with peers that
+// do too are version 2: anti-entropy by digests, one VIP at a time;
+// otherwise version 1: a full snapshot on every (re)connect and resync.
 func New(log *zap.Logger, cfg Config, store Store, local LocalFlows) *Replicator {
 	if cfg.FlushInterval == 0 {
 		cfg.FlushInterval = 10 * time.Millisecond
@@ -109,25 +216,48 @@ func New(log *zap.Logger, cfg Config, store Store, local LocalFlows) *Replicator
 	if cfg.Port == 0 {
 		cfg.Port = DefaultPort
 	}
+	if cfg.DigestInterval == 0 {
+		cfg.DigestInterval = DefaultDigestInterval
+	}
 	if cfg.Steer == nil {
 		cfg.Steer = func(netip.Addr, int) bool { return false }
 	}
 	r := &Replicator{
 		log: log.Named("replication"), cfg: cfg, store: store, local: local,
-		peers: map[int]*peerConn{}, gens: map[int]uint32{}, wake: make(chan struct{}, 1),
+		peers: map[int]*peerConn{}, owners: map[int]*ownerState{}, digestFor: map[int]bool{},
+		wake: make(chan struct{}, 1),
 	}
-	// generations differ across restarts, so a restarted node's snapshot
-	// never matches its previous one
-	r.genSeq.Store(uint32(time.Now().Unix()))
+	if pi, ok := store.(PeerIndex); ok {
+		r.peerIdx = pi
+		if li, ok := store.(LocalIndex); ok {
+			r.localIdx = li
+		}
+	}
+	// Generations only need to differ from the ones a peer may still hold
+	// of this node, those of an earlier run included: start anywhere.
+	var seed [4]byte
+	_, _ = rand.Read(seed[:])
+	r.genSeq.Store(binary.BigEndian.Uint32(seed[:]))
 	return r
+}
+
+// nextGen returns a fresh snapshot generation (never 0).
+func (r *Replicator) nextGen() uint32 {
+	for {
+		if g := r.genSeq.Add(1); g != 0 {
+			return g
+		}
+	}
 }
 
 // SetSteer sets the steering policy (see Config.Steer) once the node that
 // decides it exists; call it before Run.
 func (r *Replicator) SetSteer(fn func(vip netip.Addr, owner int) bool) { r.cfg.Steer = fn }
 
-// Resync sends every peer a fresh snapshot, e.g. after flows were removed
-// without close events.
+// Resync makes every peer's copy of this node's flows right again, e.g.
+// after flows were removed without close events: a digest round with
+// version 2 peers (only what differs is sent), a full snapshot to the
+// others.
 func (r *Replicator) Resync() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -144,6 +274,9 @@ func (r *Replicator) Counters() map[string]uint64 {
 		"replication_records_received": s.RecordsReceived, "replication_snapshots_sent": s.Snapshots,
 		"replication_resyncs": s.Resyncs, "replication_bad_messages": s.BadMessages,
 		"replication_bad_streams": s.BadStreams, "replication_store_errors": s.StoreErrors,
+		"replication_stale_messages": s.StaleMessages, "replication_digests_sent": s.DigestsSent,
+		"replication_digests_compared": s.DigestsCompared, "replication_vips_differing": s.VIPsDiffering,
+		"replication_vip_snapshots_sent": s.VIPSnapshots,
 	}
 }
 
@@ -152,7 +285,9 @@ func (r *Replicator) Stats() Stats {
 	return Stats{
 		RecordsSent: r.recordsSent.Load(), BytesSent: r.bytesSent.Load(), RecordsReceived: r.recordsReceived.Load(),
 		Snapshots: r.snapshots.Load(), Resyncs: r.resyncs.Load(), BadMessages: r.badMessages.Load(),
-		BadStreams: r.badStreams.Load(), StoreErrors: r.storeErrors.Load(),
+		BadStreams: r.badStreams.Load(), StoreErrors: r.storeErrors.Load(), StaleMessages: r.staleMessages.Load(),
+		DigestsSent: r.digestsSent.Load(), DigestsCompared: r.digestsCompared.Load(),
+		VIPsDiffering: r.vipsDiffering.Load(), VIPSnapshots: r.vipSnapshots.Load(),
 	}
 }
 
@@ -166,6 +301,16 @@ func (r *Replicator) Publish(ev dataplane.Event) {
 	}
 	r.mu.Lock()
 	r.pending = append(r.pending, rec)
+	r.published = max(r.published, ev.Seq)
+	if w := r.waiting; w != nil && r.published >= w.seq {
+		// the digest is of the flows right after this event
+		r.waiting = nil
+		if r.published == w.seq {
+			r.marks = append(r.marks, mark{pos: len(r.pending), msg: w.msg, to: w.to})
+		} else {
+			r.requestDigestLocked(w.to)
+		}
+	}
 	flush := len(r.pending) >= MaxRecords
 	r.mu.Unlock()
 	if flush {
@@ -176,8 +321,79 @@ func (r *Replicator) Publish(ev dataplane.Event) {
 	}
 }
 
-// SetPeers says which nodes are alive: streams to new ones start (with a
-// snapshot), streams to gone ones stop.
+// requestDigest asks for a digest round with peer pnn, or every peer when
+// pnn < 0; the flush loop sends it.
+func (r *Replicator) requestDigest(pnn int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if pnn < 0 {
+		r.requestDigestLocked(nil)
+	} else {
+		r.requestDigestLocked(map[int]bool{pnn: true})
+	}
+}
+
+func (r *Replicator) requestDigestLocked(to map[int]bool) {
+	if to == nil {
+		r.digestAll = true
+		return
+	}
+	for pnn := range to {
+		r.digestFor[pnn] = true
+	}
+}
+
+// placeDigestLocked puts a digest of the local flows among the pending
+// records where it belongs, if a round was asked for: right after the
+// last event it reflects.
+func (r *Replicator) placeDigestLocked() {
+	if r.localIdx == nil {
+		r.digestAll, r.digestFor = false, map[int]bool{}
+		return
+	}
+	if w := r.waiting; w != nil {
+		if time.Since(w.since) < time.Second {
+			return
+		}
+		// the event never came (the reader stopped?): try again
+		r.waiting = nil
+		r.requestDigestLocked(w.to)
+	}
+	if !r.digestAll && len(r.digestFor) == 0 {
+		return
+	}
+	var to map[int]bool
+	if !r.digestAll {
+		to = r.digestFor
+	}
+	r.digestAll, r.digestFor = false, map[int]bool{}
+	digests, seq, ok := r.localIdx.LocalDigests()
+	if !ok {
+		// being built: its next epoch asks for a round to everyone
+		r.log.Debug("digest round put off: the index of local flows is being built")
+		return
+	}
+	m := &Message{Kind: KindDigest, Owner: uint16(r.cfg.Self), Gen: r.round.Add(1)}
+	for vip, d := range digests {
+		if d.Count > 0 {
+			m.Digests = append(m.Digests, VIPDigest{VIP: vip, Digest: d})
+		}
+	}
+	slices.SortFunc(m.Digests, func(a, b VIPDigest) int { return a.VIP.Compare(b.VIP) })
+	msg, err := AppendMessage(nil, m)
+	if err != nil {
+		r.log.Error("encode digest", zap.Error(err))
+		return
+	}
+	if seq > r.published {
+		r.waiting = &waitingDigest{seq: seq, msg: msg, to: to, since: time.Now()}
+		return
+	}
+	r.marks = append(r.marks, mark{pos: len(r.pending), msg: msg, to: to})
+}
+
+// SetPeers says which nodes are alive: streams to new ones start, streams
+// to gone ones stop.
 func (r *Replicator) SetPeers(ctx context.Context, peers []Peer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -198,10 +414,18 @@ func (r *Replicator) SetPeers(ctx context.Context, peers []Peer) {
 			continue
 		}
 		pctx, cancel := context.WithCancel(ctx)
-		pc := &peerConn{peer: p, queue: make(chan []byte, r.cfg.QueueLen), cancel: cancel}
+		pc := &peerConn{peer: p, queue: make(chan []byte, r.cfg.QueueLen), cancel: cancel, propose: r.maxVersion()}
 		r.peers[pnn] = pc
 		go r.runPeer(pctx, pc)
 	}
+}
+
+// maxVersion is the newest stream version this node speaks as a client.
+func (r *Replicator) maxVersion() byte {
+	if r.localIdx != nil && r.peerIdx != nil {
+		return streamVersion2
+	}
+	return streamVersion1
 }
 
 // Run listens for the peers' streams and flushes deltas until ctx ends.
@@ -228,169 +452,84 @@ func (r *Replicator) Run(ctx context.Context) error {
 	}
 }
 
+// epochCheck is how often the local index is asked whether it was rebuilt
+// (and whether the ring buffer lost events).
+const epochCheck = time.Second
+
 func (r *Replicator) flushLoop(ctx context.Context) {
 	t := time.NewTicker(r.cfg.FlushInterval)
 	defer t.Stop()
+	var digestTick <-chan time.Time
+	if r.cfg.DigestInterval > 0 && r.localIdx != nil {
+		dt := time.NewTicker(r.cfg.DigestInterval)
+		defer dt.Stop()
+		digestTick = dt.C
+	}
+	var epochTick <-chan time.Time
+	var epoch uint64
+	if r.localIdx != nil {
+		et := time.NewTicker(epochCheck)
+		defer et.Stop()
+		epochTick = et.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-r.wake:
+		case <-digestTick:
+			r.requestDigest(-1)
+		case <-epochTick:
+			if e := r.localIdx.IndexEpoch(); e != epoch {
+				// rebuilt (at start, or after lost events): the peers
+				// may lack what the events would have told them
+				epoch = e
+				r.requestDigest(-1)
+			}
 		}
 		r.flush()
 	}
 }
 
-// flush encodes the pending records once and queues them for every peer.
+// flush encodes the pending records once and queues them, and the digests
+// placed among them, for every peer.
 func (r *Replicator) flush() {
 	r.mu.Lock()
-	recs := r.pending
-	r.pending = nil
+	r.placeDigestLocked()
+	recs, marks := r.pending, r.marks
+	r.pending, r.marks = nil, nil
 	peers := make([]*peerConn, 0, len(r.peers))
 	for _, pc := range r.peers {
 		peers = append(peers, pc)
 	}
 	r.mu.Unlock()
-	for len(recs) > 0 {
-		n := min(len(recs), MaxRecords)
-		msg, err := AppendMessage(nil, &Message{Kind: KindDelta, Owner: uint16(r.cfg.Self), Records: recs[:n]})
-		if err != nil {
-			r.log.Error("encode delta", zap.Error(err))
-			return
-		}
+	queue := func(msg []byte, records int, to map[int]bool) {
 		for _, pc := range peers {
-			pc.enqueue(msg, n, r)
-		}
-		recs = recs[n:]
-	}
-}
-
-type peerConn struct {
-	peer   Peer
-	queue  chan []byte
-	cancel context.CancelFunc
-	resync atomic.Bool
-}
-
-// enqueue never blocks: a peer too slow to keep up loses its queue and
-// gets a full snapshot instead, which is always correct.
-func (pc *peerConn) enqueue(msg []byte, records int, r *Replicator) {
-	select {
-	case pc.queue <- msg:
-		return
-	default:
-	}
-	if !pc.resync.Swap(true) {
-		r.resyncs.Add(1)
-		r.log.Warn("peer too slow, it will get a snapshot", zap.Int("peer", pc.peer.PNN), zap.Int("dropped_records", records))
-	}
-	pc.drain()
-}
-
-// drain empties the queue: deltas dropped together with their later
-// closes can never resurrect a closed connection.
-func (pc *peerConn) drain() {
-	for {
-		select {
-		case <-pc.queue:
-		default:
-			return
-		}
-	}
-}
-
-// runPeer keeps a stream to one peer: connect, snapshot, then deltas;
-// after any error, reconnect (and snapshot again) until ctx ends.
-func (r *Replicator) runPeer(ctx context.Context, pc *peerConn) {
-	log := r.log.With(zap.Int("peer", pc.peer.PNN))
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		err := r.stream(ctx, pc)
-		if ctx.Err() != nil {
-			return
-		}
-		log.Debug("replication stream ended, reconnecting", zap.Error(err), zap.Duration("in", backoff))
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 2*time.Second)
-	}
-}
-
-const ioTimeout = 5 * time.Second
-
-func (r *Replicator) stream(ctx context.Context, pc *peerConn) error {
-	// from the node address: the peer checks it against the nodes file
-	d := net.Dialer{Timeout: time.Second, LocalAddr: &net.TCPAddr{IP: r.cfg.Addr.AsSlice()}}
-	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort(pc.peer.Addr.String(), strconv.Itoa(r.cfg.Port)))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-
-	mine, err := newHello(r.cfg.Self, r.cfg.Key)
-	if err != nil {
-		return err
-	}
-	conn.SetDeadline(time.Now().Add(ioTimeout))
-	if err := writeHello(conn, mine); err != nil {
-		return err
-	}
-	theirs, err := readHello(conn)
-	if err != nil {
-		return err
-	}
-	if theirs.flags != mine.flags {
-		return fmt.Errorf("%w: peer %d disagrees on encryption (is --gossip-key the same everywhere?)", ErrHandshake, pc.peer.PNN)
-	}
-	aead, err := sessionAEAD(r.cfg.Key, mine.salt, theirs.salt)
-	if err != nil {
-		return err
-	}
-	fr := &framer{aead: aead}
-	send := func(msg []byte, records int) error {
-		conn.SetWriteDeadline(time.Now().Add(ioTimeout))
-		if err := fr.write(conn, msg); err != nil {
-			return err
-		}
-		r.bytesSent.Add(uint64(len(msg)))
-		r.recordsSent.Add(uint64(records))
-		return nil
-	}
-
-	// Deltas queued before this snapshot are dropped: the snapshot already
-	// holds their result.
-	pc.drain()
-	pc.resync.Store(false)
-	if err := r.sendSnapshot(send); err != nil {
-		return err
-	}
-	for {
-		if pc.resync.Swap(false) {
-			pc.drain()
-			if err := r.sendSnapshot(send); err != nil {
-				return err
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case msg := <-pc.queue:
-			if err := send(msg, (len(msg)-headerSize)/recordSize); err != nil {
-				return err
-			}
-		case <-time.After(time.Second):
-			// a keepalive of sorts: an empty delta shows a dead peer
-			if err := send(mustEncode(&Message{Kind: KindDelta, Owner: uint16(r.cfg.Self)}), 0); err != nil {
-				return err
+			if to == nil || to[pc.peer.PNN] {
+				pc.enqueue(msg, records, r)
 			}
 		}
 	}
+	deltas := func(recs []Record) {
+		for len(recs) > 0 {
+			n := min(len(recs), MaxRecords)
+			msg, err := AppendMessage(nil, &Message{Kind: KindDelta, Owner: uint16(r.cfg.Self), Records: recs[:n]})
+			if err != nil {
+				r.log.Error("encode delta", zap.Error(err))
+				return
+			}
+			queue(msg, n, nil)
+			recs = recs[n:]
+		}
+	}
+	pos := 0
+	for _, mk := range marks {
+		deltas(recs[pos:mk.pos])
+		queue(mk.msg, 0, mk.to)
+		pos = mk.pos
+	}
+	deltas(recs[pos:])
 }
 
 func mustEncode(m *Message) []byte {
@@ -399,158 +538,4 @@ func mustEncode(m *Message) []byte {
 		panic(err) // only called with record-free messages
 	}
 	return b
-}
-
-// sendSnapshot sends every local flow, framed by begin and end markers
-// that carry a fresh generation.
-func (r *Replicator) sendSnapshot(send func([]byte, int) error) error {
-	gen := r.genSeq.Add(1)
-	owner := uint16(r.cfg.Self)
-	if err := send(mustEncode(&Message{Kind: KindSnapBegin, Owner: owner, Gen: gen}), 0); err != nil {
-		return err
-	}
-	now := time.Now().UnixNano()
-	recs := make([]Record, 0, 1024)
-	var sendErr error
-	flushChunk := func() bool {
-		msg, err := AppendMessage(nil, &Message{Kind: KindSnapChunk, Owner: owner, Gen: gen, Records: recs})
-		if err == nil {
-			err = send(msg, len(recs))
-		}
-		recs = recs[:0]
-		sendErr = err
-		return err == nil
-	}
-	err := r.local(func(f dataplane.Flow) bool {
-		last := now
-		if !f.LastSeen.IsZero() {
-			last = f.LastSeen.UnixNano()
-		}
-		recs = append(recs, Record{Op: OpOpen, VIP: f.VIP, VIPPort: f.VIPPort, Client: f.Client, ClientPort: f.ClientPort, LastSeen: last})
-		return len(recs) < MaxRecords || flushChunk()
-	})
-	if sendErr != nil {
-		return sendErr
-	}
-	if err != nil {
-		return fmt.Errorf("read local flows for a snapshot: %w", err)
-	}
-	if len(recs) > 0 && !flushChunk() {
-		return sendErr
-	}
-	r.snapshots.Add(1)
-	return send(mustEncode(&Message{Kind: KindSnapEnd, Owner: owner, Gen: gen}), 0)
-}
-
-// serve receives one peer's stream and applies it to the store.
-func (r *Replicator) serve(ctx context.Context, conn net.Conn) {
-	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
-	defer stop()
-	log := r.log.With(zap.Stringer("from", conn.RemoteAddr()))
-	fail := func(err error) {
-		r.badStreams.Add(1)
-		log.Warn("replication stream rejected", zap.Error(err))
-	}
-
-	conn.SetDeadline(time.Now().Add(ioTimeout))
-	theirs, err := readHello(conn)
-	if err != nil {
-		fail(err)
-		return
-	}
-	owner := int(theirs.pnn)
-	remote, _ := netip.ParseAddrPort(conn.RemoteAddr().String())
-	if want, ok := r.cfg.Nodes[owner]; !ok || want != remote.Addr().Unmap() || owner == r.cfg.Self {
-		fail(fmt.Errorf("%w: claims to be node %d from %s", ErrHandshake, owner, remote.Addr()))
-		return
-	}
-	mine, err := newHello(r.cfg.Self, r.cfg.Key)
-	if err != nil {
-		fail(err)
-		return
-	}
-	if theirs.flags != mine.flags {
-		fail(fmt.Errorf("%w: node %d disagrees on encryption", ErrHandshake, owner))
-		return
-	}
-	if err := writeHello(conn, mine); err != nil {
-		return
-	}
-	aead, err := sessionAEAD(r.cfg.Key, theirs.salt, mine.salt)
-	if err != nil {
-		fail(err)
-		return
-	}
-	fr := &framer{aead: aead}
-	for {
-		// a live peer sends at least a keepalive every second
-		conn.SetReadDeadline(time.Now().Add(3 * time.Second))
-		b, err := fr.read(conn)
-		if err != nil {
-			if errors.Is(err, ErrFrame) {
-				fail(err)
-			}
-			return
-		}
-		m, err := DecodeMessage(b)
-		if err == nil && int(m.Owner) != owner {
-			err = fmt.Errorf("%w: node %d sent flows of node %d", ErrBadMessage, owner, m.Owner)
-		}
-		if err != nil {
-			r.badMessages.Add(1)
-			log.Warn("replication message rejected", zap.Error(err))
-			continue
-		}
-		r.apply(owner, m)
-	}
-}
-
-// apply writes one message of owner's to the store.
-func (r *Replicator) apply(owner int, m *Message) {
-	r.mu.Lock()
-	gen := r.gens[owner]
-	switch m.Kind {
-	case KindSnapBegin:
-		r.gens[owner] = m.Gen
-		gen = m.Gen
-	case KindSnapChunk, KindSnapEnd:
-		if m.Gen != gen {
-			r.mu.Unlock()
-			r.badMessages.Add(1)
-			r.log.Warn("snapshot part of an unknown generation", zap.Int("owner", owner), zap.Uint32("gen", m.Gen))
-			return
-		}
-	}
-	r.mu.Unlock()
-
-	var opens, closes []dataplane.PeerFlow
-	for _, rec := range m.Records {
-		pf := dataplane.PeerFlow{VIP: rec.VIP, VIPPort: rec.VIPPort, Client: rec.Client, ClientPort: rec.ClientPort,
-			Owner: owner, Gen: gen, LastSeen: time.Unix(0, rec.LastSeen)}
-		if rec.Op == OpClose {
-			closes = append(closes, pf)
-			continue
-		}
-		pf.Steer = r.cfg.Steer(rec.VIP, owner)
-		opens = append(opens, pf)
-	}
-	r.recordsReceived.Add(uint64(len(m.Records)))
-	if err := r.store.UpsertPeerFlows(opens); err != nil {
-		r.storeErrors.Add(1)
-		r.log.Error("store peer flows", zap.Int("owner", owner), zap.Error(err))
-	}
-	if err := r.store.DeletePeerFlows(closes); err != nil {
-		r.storeErrors.Add(1)
-		r.log.Error("delete peer flows", zap.Int("owner", owner), zap.Error(err))
-	}
-	if m.Kind == KindSnapEnd {
-		n, err := r.store.DeletePeerFlowsWhere(func(f dataplane.PeerFlow) bool { return f.Owner == owner && f.Gen != gen })
-		if err != nil {
-			r.storeErrors.Add(1)
-			r.log.Error("sweep peer flows", zap.Int("owner", owner), zap.Error(err))
-		} else if n > 0 {
-			r.log.Info("dropped stale peer flows after snapshot", zap.Int("owner", owner), zap.Int("flows", n))
-		}
-	}
 }

@@ -20,10 +20,22 @@ import (
 //
 //	hello (each side): "FSHR" | version u8 | flags u8 | pnn u16 | salt [16]
 //	frame:             length u32 | payload (sealed: ciphertext + 16-byte tag)
+//
+// The client (the owner of the flows) proposes the newest version it
+// speaks; the server answers with the one they will use, never newer.
+// Version 1 streams only go from client to server: deltas and full
+// snapshots (kinds 1-4). Version 2 streams add digests and one-VIP
+// snapshots from the client, and the server's answers to digests,
+// framed the same way in the other direction. A server of version 1
+// refuses a version 2 hello outright (it closes the connection): the
+// client then proposes version 1 on its next attempt.
 const (
 	helloSize    = 4 + 1 + 1 + 2 + 16
 	flagSealed   = 1
 	maxFrameSize = MaxMessage + 16
+	// streamVersion1 and streamVersion2 are the stream versions.
+	streamVersion1 = 1
+	streamVersion2 = 2
 )
 
 var helloMagic = [4]byte{'F', 'S', 'H', 'R'}
@@ -32,15 +44,16 @@ var helloMagic = [4]byte{'F', 'S', 'H', 'R'}
 var ErrHandshake = errors.New("replication handshake failed")
 
 type hello struct {
-	flags byte
-	pnn   uint16
-	salt  [16]byte
+	version byte
+	flags   byte
+	pnn     uint16
+	salt    [16]byte
 }
 
 func writeHello(w io.Writer, h hello) error {
 	b := make([]byte, 0, helloSize)
 	b = append(b, helloMagic[:]...)
-	b = append(b, wireVersion, h.flags)
+	b = append(b, h.version, h.flags)
 	b = binary.BigEndian.AppendUint16(b, h.pnn)
 	b = append(b, h.salt[:]...)
 	_, err := w.Write(b)
@@ -50,21 +63,29 @@ func writeHello(w io.Writer, h hello) error {
 func readHello(r io.Reader) (hello, error) {
 	var b [helloSize]byte
 	if _, err := io.ReadFull(r, b[:]); err != nil {
-		return hello{}, fmt.Errorf("%w: %v", ErrHandshake, err)
+		return hello{}, fmt.Errorf("%w: %w", ErrHandshake, err)
+	}
+	return decodeHello(b[:])
+}
+
+// decodeHello checks and decodes a hello of helloSize bytes.
+func decodeHello(b []byte) (hello, error) {
+	if len(b) != helloSize {
+		return hello{}, fmt.Errorf("%w: hello of %d bytes", ErrHandshake, len(b))
 	}
 	if [4]byte(b[0:4]) != helloMagic {
 		return hello{}, fmt.Errorf("%w: not an fsha replication stream", ErrHandshake)
 	}
-	if b[4] != wireVersion {
-		return hello{}, fmt.Errorf("%w: version %d, this fsha speaks %d", ErrHandshake, b[4], wireVersion)
+	if b[4] < streamVersion1 || b[4] > streamVersion2 {
+		return hello{}, fmt.Errorf("%w: version %d, this fsha speaks %d to %d", ErrHandshake, b[4], streamVersion1, streamVersion2)
 	}
-	h := hello{flags: b[5], pnn: binary.BigEndian.Uint16(b[6:8])}
+	h := hello{version: b[4], flags: b[5], pnn: binary.BigEndian.Uint16(b[6:8])}
 	copy(h.salt[:], b[8:])
 	return h, nil
 }
 
-func newHello(pnn int, key []byte) (hello, error) {
-	h := hello{pnn: uint16(pnn)}
+func newHello(version byte, pnn int, key []byte) (hello, error) {
+	h := hello{version: version, pnn: uint16(pnn)}
 	if key != nil {
 		h.flags = flagSealed
 	}
@@ -90,15 +111,24 @@ func sessionAEAD(key []byte, clientSalt, serverSalt [16]byte) (cipher.AEAD, erro
 	return cipher.NewGCM(block)
 }
 
-// framer seals and opens frames of one direction of a stream.
+// framer seals and opens frames of one direction of a stream. The two
+// directions share the session key and differ in the nonce's first bytes:
+// dir is 0 from client to server (as version 1 streams have it), 1 back.
 type framer struct {
 	aead  cipher.AEAD
+	dir   byte
 	count uint64
 	nonce [12]byte
 	buf   []byte
 }
 
+const (
+	dirToServer = 0
+	dirToClient = 1
+)
+
 func (f *framer) nextNonce() []byte {
+	f.nonce[3] = f.dir
 	binary.BigEndian.PutUint64(f.nonce[4:], f.count)
 	f.count++
 	return f.nonce[:]
