@@ -148,6 +148,9 @@ func printStatus(w io.Writer, st admin.Status) error {
 		if n.This {
 			b.WriteString(" (THIS NODE)")
 		}
+		if n.Skew != "" {
+			b.WriteString(" config differs: " + n.Skew)
+		}
 		b.WriteByte('\n')
 	}
 	lock := "none"
@@ -212,7 +215,7 @@ func printIPs(w io.Writer, st admin.Status, ips []admin.IP) error {
 	if _, err := fmt.Fprintf(w, "Public IPs on node %d\n", st.ThisPNN); err != nil {
 		return err
 	}
-	t := newTable(w, "VIP", "PNN", "OWNER", "IFACE", "STATE")
+	t := newTable(w, "VIP", "PNN", "OWNER", "IFACE", "EPOCH", "LEASE", "STATE")
 	for _, ip := range ips {
 		state := cmp.Or(ip.State, "-")
 		if ip.Target != "" && ip.Target != ip.Owner {
@@ -222,7 +225,15 @@ func printIPs(w io.Writer, st admin.Status, ips []admin.IP) error {
 			}
 			state += " to " + to
 		}
-		t.row(ip.VIP, strconv.Itoa(ip.PNN), cmp.Or(ip.Owner, "-"), cmp.Or(ip.Iface, "-"), state)
+		epoch, lease := "-", "-"
+		if ip.Epoch > 0 {
+			epoch = strconv.FormatUint(ip.Epoch, 10)
+		}
+		if ip.LeaseLeft != 0 {
+			// how long this node's data plane answers without a renewal
+			lease = ip.LeaseLeft.Round(time.Millisecond).String()
+		}
+		t.row(ip.VIP, strconv.Itoa(ip.PNN), cmp.Or(ip.Owner, "-"), cmp.Or(ip.Iface, "-"), epoch, lease, state)
 	}
 	return t.flush()
 }

@@ -45,7 +45,7 @@ func (f *fakeBackend) Status(context.Context) (admin.Status, error) {
 		ThisPNN: 0, Quorum: true, Policy: "automatic",
 		Nodes: []admin.NodeStatus{
 			{PNN: 0, Address: nodes[0], State: admin.StateOK, This: true, Quorum: true, VIPs: 2},
-			{PNN: 1, Address: nodes[1], State: admin.StateUnhealthy, Quorum: true},
+			{PNN: 1, Address: nodes[1], State: admin.StateUnhealthy, Quorum: true, Skew: "public addresses differ (4 VIPs, the majority has 3)"},
 			{PNN: 2, Address: nodes[2], State: admin.StateDisconnected},
 		},
 	}, nil
@@ -54,8 +54,8 @@ func (f *fakeBackend) Status(context.Context) (admin.Status, error) {
 func (f *fakeBackend) IPs(context.Context) ([]admin.IP, error) {
 	return []admin.IP{
 		{VIP: "198.18.1.12/24", Iface: "eth0", PNN: -1, State: "unassigned"},
-		{VIP: "198.18.1.10/24", Iface: "eth0", Owner: nodes[0], PNN: 0, Target: nodes[0], State: "held"},
-		{VIP: "198.18.1.11/24", Iface: "eth0,eth1", Owner: nodes[0], PNN: 0, Target: nodes[1], State: "moving"},
+		{VIP: "198.18.1.10/24", Iface: "eth0", Owner: nodes[0], PNN: 0, Target: nodes[0], State: "held", Epoch: 3, LeaseLeft: 212 * time.Millisecond},
+		{VIP: "198.18.1.11/24", Iface: "eth0,eth1", Owner: nodes[0], PNN: 0, Target: nodes[1], State: "moving", Epoch: 1, LeaseLeft: 240400 * time.Microsecond},
 	}, nil
 }
 
@@ -174,7 +174,7 @@ func TestStatusCommand(t *testing.T) {
 	}
 	want := `Number of nodes:3
 pnn:0 198.18.0.1       OK (THIS NODE)
-pnn:1 198.18.0.2       UNHEALTHY
+pnn:1 198.18.0.2       UNHEALTHY config differs: public addresses differ (4 VIPs, the majority has 3)
 pnn:2 198.18.0.3       DISCONNECTED
 Quorum: yes (2 of 3 nodes)   Failback: automatic   Lock: none
 `
@@ -230,10 +230,10 @@ func TestIPCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := `Public IPs on node 0
-VIP             PNN  OWNER       IFACE      STATE
-198.18.1.10/24  0    198.18.0.1  eth0       held
-198.18.1.11/24  0    198.18.0.1  eth0,eth1  moving to pnn:1 198.18.0.2
-198.18.1.12/24  -1   -           eth0       unassigned
+VIP             PNN  OWNER       IFACE      EPOCH  LEASE  STATE
+198.18.1.10/24  0    198.18.0.1  eth0       3      212ms  held
+198.18.1.11/24  0    198.18.0.1  eth0,eth1  1      240ms  moving to pnn:1 198.18.0.2
+198.18.1.12/24  -1   -           eth0       -      -      unassigned
 `
 	if out != want {
 		t.Errorf("ip:\n%s\nwant:\n%s", out, want)

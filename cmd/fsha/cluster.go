@@ -52,6 +52,8 @@ func clusterFlags() []cli.Flag {
 			Usage: "override the heartbeat (lease renewal) interval; the lease must be at least three of them"},
 		&cli.DurationFlag{Name: "restart-grace", EnvVars: []string{"FSHA_RESTART_GRACE"},
 			Usage: "how long the other nodes keep a restarting node's VIPs for it (SIGTERM); past it they take over as after a crash (default 10s)"},
+		&cli.BoolFlag{Name: "realtime", Value: true, EnvVars: []string{"FSHA_REALTIME"},
+			Usage: "run with real-time scheduling (SCHED_RR, lowest priority), like ctdbd and keepalived, so that a busy machine cannot starve the lease renewals (--realtime=false: a normal process)"},
 		&cli.StringFlag{Name: "gossip-timing", Value: "tolerant", EnvVars: []string{"FSHA_GOSSIP_TIMING"},
 			Usage: "membership gossip (operator moves, joining): tolerant (memberlist's LAN defaults) or fast; failover does not depend on it"},
 		&cli.DurationFlag{Name: "probe-interval", EnvVars: []string{"FSHA_PROBE_INTERVAL"},

@@ -104,6 +104,9 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithCancel(c.Context)
 	defer cancel()
+	if cc != nil && c.Bool("realtime") {
+		keepRealtime(ctx, log)
+	}
 
 	dp, err := dataplane.Load(log, dataplane.Options{
 		PinPath: c.String("pin-path"), FlowsMax: uint32(flowsMax), Interfaces: ifaces,

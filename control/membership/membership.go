@@ -143,6 +143,10 @@ func New(log *zap.Logger, cfg Config, d Delegate) (*Membership, error) {
 	// Backing off probes under load would slow failure detection, which is
 	// the one thing this cluster must keep fast.
 	mc.AwarenessMaxMultiplier = 1
+	// The messages are small (heartbeats every 50 ms to every node):
+	// compressing each costs more CPU than it saves bytes. Receivers
+	// read both forms, so nodes that compress and nodes that do not mix.
+	mc.EnableCompression = false
 	if cfg.Key != nil {
 		mc.SecretKey = cfg.Key
 		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true

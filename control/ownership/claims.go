@@ -99,9 +99,8 @@ func (e *Engine) heartbeat(now Mono) {
 			e.applyAnswer(r, e.cfg.Self, e.voter.Answer(now, e.cfg.Self, c, lease))
 		}
 	}
-	// Rounds older than any promise can no longer extend anything.
-	oldest := now.Add(-e.cfg.Timing.MaxGrant())
-	e.rounds = slices.DeleteFunc(e.rounds, func(r *round) bool { return r.sent < oldest })
+	// A round older than the promises it asked for can extend nothing.
+	e.rounds = slices.DeleteFunc(e.rounds, func(r *round) bool { return r.sent.Add(r.lease) < now })
 	if len(e.rounds) > 4096 {
 		e.rounds = e.rounds[len(e.rounds)-4096:]
 	}
@@ -186,8 +185,8 @@ func (e *Engine) onReply(now Mono, rp *Reply) {
 	if p := e.peers[rp.From]; p != nil {
 		p.heard = now
 	}
-	for _, r := range e.rounds {
-		if r.seq == rp.Seq {
+	for i := len(e.rounds) - 1; i >= 0; i-- { // the latest first: replies come back in order
+		if r := e.rounds[i]; r.seq == rp.Seq {
 			for _, a := range rp.Answers {
 				e.applyAnswer(r, rp.From, a)
 			}

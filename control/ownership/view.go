@@ -6,9 +6,14 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/fsha/fsha/control/allocation"
 )
+
+// coldStartWait bounds how long, after this node started, the placement
+// of VIPs that were never held waits for peers that are still starting.
+const coldStartWait = 3 * time.Second
 
 // view is the cluster as this node sees it at one instant.
 type view struct {
@@ -183,12 +188,16 @@ func (e *Engine) computeView(now Mono) view {
 	// have all finished starting and the eligible set has stayed the same
 	// for a while, so that they are spread instead of going to the first
 	// nodes ready.
+	// Waiting for starting peers is bounded: a node whose view flaps on a
+	// loaded machine (and so keeps starting over) must not keep the
+	// others from ever placing a VIP.
 	startingPeer := starting
 	for _, p := range e.cfg.Nodes {
 		if p != e.cfg.Self && v.alive[p] && e.peers[p].hb.Flags&FlagStarting != 0 {
 			startingPeer = true
 		}
 	}
+	startingPeer = startingPeer && now.Sub(e.cfg.Start) < coldStartWait
 	if !slices.Equal(v.eligible, e.eligibleSet) || startingPeer {
 		e.eligibleSet = v.eligible
 		e.settledSince = now

@@ -179,8 +179,6 @@ type failoverResult struct {
 	vip       netip.Prefix
 	next      *lab.ClusterNode
 	cut       time.Time
-	dead      time.Time // first survivor to declare the node dead
-	deadBy    string
 	takeover  admin.Takeover
 	firstConn time.Time // first connection answered by the new owner
 	lastOld   time.Time // last frame from the old owner
@@ -265,19 +263,6 @@ func failover(ctx context.Context, c *lab.Cluster, vip netip.Prefix, f fault) (*
 			res.lastOld = fr.At
 		}
 	}
-	// when the survivors declared it dead, from their logs
-	for _, n := range c.Others(old) {
-		lines, err := n.FshaLog("node left or died")
-		if err != nil {
-			return nil, err
-		}
-		for _, l := range lines {
-			if l.Fields["node"] == old.IP().String() && !l.At.Before(res.cut.Truncate(time.Millisecond)) &&
-				(res.dead.IsZero() || l.At.Before(res.dead)) {
-				res.dead, res.deadBy = l.At, n.Role
-			}
-		}
-	}
 	// the new owner's record of the takeover
 	err = lab.Eventually(ctx, 5*time.Second, "the takeover in "+res.next.Role+"'s timeline", func(ctx context.Context) error {
 		tl, err := res.next.Timeline(ctx)
@@ -311,9 +296,6 @@ func (f *failoverResult) print(p printer, old *lab.ClusterNode) {
 	events := []event{{f.cut, fmt.Sprintf("%s: %s", old.Role, f.fault.what)}}
 	if !f.lastOld.IsZero() {
 		events = append(events, event{f.lastOld, fmt.Sprintf("c1: last frame from %s for %s", old.Role, f.vip.Addr())})
-	}
-	if !f.dead.IsZero() {
-		events = append(events, event{f.dead, fmt.Sprintf("%s declares %s dead (gossip; log time, to the millisecond)", f.deadBy, old.Role)})
 	}
 	for _, s := range f.takeover.Steps {
 		what := s.Step
@@ -443,7 +425,7 @@ func runMeasure(ctx context.Context, out io.Writer, newLab func() (*lab.Lab, err
 	p := printer{out}
 	p.heading("timing %d power cuts and %d network cuts, each on a fresh three-node cluster", n, n)
 	const row = "   %-8s %-5s %-7s %-13s %-10s %-9s %-16s %s\n"
-	fmt.Fprintf(out, row, "FAULT", "TRIAL", "NODES", "DECLARED DEAD", "ADDRESS UP", "ANNOUNCED", "CLIENT CONNECTED", "LAST FRAME FROM OLD")
+	fmt.Fprintf(out, row, "FAULT", "TRIAL", "NODES", "TAKEOVER", "ADDRESS UP", "ANNOUNCED", "CLIENT CONNECTED", "LAST FRAME FROM OLD")
 	totals := map[string][]time.Duration{}
 	for _, f := range []fault{powerCut, networkCut} {
 		for i := 1; i <= n; i++ {
@@ -461,7 +443,7 @@ func runMeasure(ctx context.Context, out io.Writer, newLab func() (*lab.Lab, err
 			}
 			total := r.firstConn.Sub(r.cut)
 			totals[f.name] = append(totals[f.name], total)
-			fmt.Fprintf(out, row, f.name, strconv.Itoa(i), old.Role+"->"+r.next.Role, sinceCut(r.dead, r.cut),
+			fmt.Fprintf(out, row, f.name, strconv.Itoa(i), old.Role+"->"+r.next.Role, step("decision"),
 				step("address up"), step("first announcement"), sinceCut(r.firstConn, r.cut), sinceCut(r.lastOld, r.cut))
 		}
 	}

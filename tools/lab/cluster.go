@@ -46,6 +46,9 @@ type ClusterOptions struct {
 	ManualFsha []int
 	// FshaArgs are added to every node's `fsha up`.
 	FshaArgs []string
+	// FshaBin runs this fsha binary instead of the lab's (an older
+	// release: a rolling upgrade restarts the nodes with the lab's).
+	FshaBin string
 }
 
 // MaxClusterNodes bounds ClusterOptions.Nodes.
@@ -286,6 +289,9 @@ func (n *ClusterNode) fshaArgs(opts FshaOptions) ([]string, error) {
 	bin, err := n.lab.fshaBin()
 	if err != nil {
 		return nil, err
+	}
+	if c.opts.FshaBin != "" {
+		bin = c.opts.FshaBin
 	}
 	if opts.Bin != "" {
 		bin = opts.Bin

@@ -20,6 +20,9 @@ const FshaStartTimeout = 20 * time.Second
 // Flow is one entry of `fsha flows --json`.
 type Flow = dataplane.FlowRecord
 
+// FshaBin is the lab's fsha binary ("" when none was given).
+func (l *Lab) FshaBin() string { return l.opts.Fsha }
+
 func (l *Lab) fshaBin() (string, error) {
 	if l.opts.Fsha == "" {
 		return "", errors.New("no fsha binary: set lab.Options.Fsha")

@@ -23,13 +23,7 @@ import (
 // it and are restarted with the one under test: a rolling upgrade.
 func TestRollingRestart(t *testing.T) {
 	old := os.Getenv("FSHA_UPGRADE_FROM")
-	e := newEnv(t, lab.ClusterOptions{Nodes: 3, ManualFsha: []int{1, 2, 3}})
-	for _, n := range e.c.Nodes {
-		if _, err := n.StartFsha(e.ctx, lab.FshaOptions{Bin: old}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	e.waitConverged(e.c.Nodes...)
+	e := newEnv(t, lab.ClusterOptions{Nodes: 3, FshaBin: old})
 	before, err := e.c.Assignment()
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +101,7 @@ func TestRollingRestart(t *testing.T) {
 			t.Errorf("%s: fsha exited with %v on SIGTERM", n.Role, p.ExitErr())
 		}
 		time.Sleep(time.Second) // an upgrade's unpacking, a slow start
-		if _, err := n.StartFsha(e.ctx, lab.FshaOptions{}); err != nil {
+		if _, err := n.StartFsha(e.ctx, lab.FshaOptions{Bin: e.c.Lab.FshaBin()}); err != nil {
 			t.Fatal(err)
 		}
 		e.eventually(n.Role+" back in the cluster", func(ctx context.Context) error {
