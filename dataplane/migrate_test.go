@@ -564,3 +564,47 @@ func TestPinMigrationsCoverSpec(t *testing.T) {
 		}
 	}
 }
+
+// TestMigrateNewerFormat: the pins of a newer fsha (a rollback) are
+// converted the same way, members this release does not know dropped,
+// with a warning; the format is this release's afterwards.
+func TestMigrateNewerFormat(t *testing.T) {
+	dir := pinTestDir(t)
+	opts := migrationOpts(dir)
+	dp, _ := loadLogged(t, opts)
+	if err := dp.PinFormat.Put(uint32(0), pinFormat+1); err != nil {
+		t.Fatal(err)
+	}
+	dp.Close()
+	spec := currentSpec(t, opts)
+	grant := btf.UnderlyingType(spec.Maps[fshaMapVipGrants].Value).(*btf.Struct)
+	newer := relayout(grant, inserting("holder", member("term", btfU32)))
+	if err := os.Remove(filepath.Join(dir, fshaMapVipGrants)); err != nil {
+		t.Fatal(err)
+	}
+	grants := pinOld(t, dir, spec.Maps[fshaMapVipGrants], newer, 0)
+	k := vipKey(vip6)
+	if err := grants.Put(&k, encode(newer, map[string]uint64{"epoch": 12, "until_ns": 34, "holder": 3, "term": 9, "flags": 0})); err != nil {
+		t.Fatal(err)
+	}
+
+	dp, logs := loadLogged(t, opts)
+	if got := logs.FilterMessageSnippet("newer fsha").Len(); got != 1 {
+		t.Errorf("%d warnings of a newer fsha's pins, want 1", got)
+	}
+	var g fshaVipGrant
+	if err := dp.VipGrants.Lookup(&k, &g); err != nil || g != (fshaVipGrant{Epoch: 12, UntilNs: 34, Holder: 3}) {
+		t.Errorf("grant %+v, %v", g, err)
+	}
+	if f := loggedMigration(logs, fshaMapVipGrants); f == nil || !equalStrings(anySlice(f["dropped_value_fields"]), []string{"term"}) {
+		t.Errorf("log of the grants' migration: %v", f)
+	}
+	if v := pinFormatOf(t, dir); v != pinFormat {
+		t.Errorf("pin format %d, want %d", v, pinFormat)
+	}
+}
+
+func anySlice(v any) []any {
+	s, _ := v.([]any)
+	return s
+}
