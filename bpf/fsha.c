@@ -46,6 +46,7 @@ const struct flow_cache_slot *unused_flow_cache_slot __attribute__((unused));
 const enum lease_mode *unused_lease_mode __attribute__((unused));
 const enum vip_lease_state *unused_vip_lease_state __attribute__((unused));
 const struct vip_grant *unused_vip_grant __attribute__((unused));
+const enum pin_format_version *unused_pin_format_version __attribute__((unused));
 
 /* Capacity of the flows map, set by the loader: used to count evictions. */
 volatile const __u64 flows_max = 1048576;
@@ -67,6 +68,17 @@ volatile const __u64 jiffies_offset_ns = 0;
 /* 0 turns the flow cache off (benchmarks measure the flows map path with
  * it); the verifier then removes the cache's code. */
 volatile const __u32 flow_cache_on = 1;
+
+/* pin_format: [0] -> the format of the pinned maps (PIN_FORMAT_VERSION), as the
+ * loader that last loaded them wrote it after migrating them. Written and
+ * read by the loader only; the programs never read it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pin_format SEC(".maps");
 
 /* flows: flow_key -> flow. Written by both programs (egress creates),
  * deleted on close by either; read by userspace (fsha flows, replication). */

@@ -2,11 +2,22 @@
 /*
  * Structures shared between the eBPF programs and Go. bpf2go generates the Go
  * mirror of every struct and enum here (see dataplane/gen.go): never copy them
- * by hand. Changing a pinned map's key or value layout makes the maps of a
- * running node incompatible: the loader then refuses to start rather than lose
- * the flows silently.
+ * by hand. The maps are pinned and outlive the programs: a change of a pinned
+ * map's type, capacity, key or value layout is migrated by the next loader
+ * (dataplane/migrate.go), which converts every entry member by member, by
+ * name. Bump PIN_FORMAT_VERSION with any such change, and with any change of
+ * what a member means.
  */
 #pragma once
+
+/*
+ * The format of the pinned maps, kept in the pin_format map: the version of
+ * the layouts and meanings of every pinned map. 0 (no pin_format map): the
+ * pins of an fsha from before the marker.
+ */
+enum pin_format_version {
+	PIN_FORMAT_VERSION = 1,
+};
 
 #define FSHA_AF_INET  2
 #define FSHA_AF_INET6 10

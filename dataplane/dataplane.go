@@ -22,12 +22,6 @@ const DefaultFlowsMax = 1 << 20
 // preallocated, so only flows that exist take memory.
 const DefaultPeerFlowsMax = 1 << 22
 
-// ErrIncompatiblePins is returned when the maps pinned by an earlier fsha do
-// not match what this one would create (another capacity, another layout).
-// Reusing them is impossible and replacing them would lose every tracked
-// flow, so the caller must decide: `fsha unload` removes them.
-var ErrIncompatiblePins = errors.New("pinned maps are incompatible")
-
 // Options configures Load.
 type Options struct {
 	// PinPath is the bpffs directory holding maps and links.
@@ -52,9 +46,11 @@ type Dataplane struct {
 }
 
 // Load loads the programs, reuses the maps pinned under opts.PinPath (so a
-// restart keeps every flow), and attaches to opts.Interfaces, atomically
-// replacing the programs of a previous fsha. The programs stay attached
-// after Close: tracking goes on while the daemon is down.
+// restart keeps every flow), migrates those of another layout or capacity
+// (an upgrade, another --flows-max: migrate.go), and attaches to
+// opts.Interfaces, atomically replacing the programs of a previous fsha.
+// The programs stay attached after Close: tracking goes on while the
+// daemon is down.
 func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
 	if opts.PinPath == "" {
 		opts.PinPath = DefaultPinPath
@@ -86,26 +82,40 @@ func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
 		return nil, err
 	}
 	spec.Maps[fshaMapPeerFlows].MaxEntries = opts.PeerFlowsMax
+	mig, err := planMigration(log, spec, opts.PinPath)
+	if err != nil {
+		return nil, err
+	}
+	defer mig.Close()
 	err = spec.LoadAndAssign(&dp.objs, &ebpf.CollectionOptions{
-		Maps: ebpf.MapOptions{PinPath: opts.PinPath},
+		Maps:            ebpf.MapOptions{PinPath: opts.PinPath},
+		MapReplacements: mig.replacements(),
 	})
 	if err != nil {
 		var verr *ebpf.VerifierError
 		if errors.As(err, &verr) {
 			return nil, fmt.Errorf("load bpf programs: verifier rejected them:\n%+v", verr)
 		}
-		if errors.Is(err, ebpf.ErrMapIncompatible) {
-			return nil, fmt.Errorf("%w under %s (was fsha started with another --flows-max, or upgraded?): %v; run `fsha unload --pin-path %s` to start afresh, losing the tracked flows",
-				ErrIncompatiblePins, opts.PinPath, err, opts.PinPath)
-		}
 		return nil, fmt.Errorf("load bpf objects: %w", err)
 	}
 	dp.Maps = mapsOf(&dp.objs.fshaMaps)
+	// the new programs' maps of another layout than the pins: filled and
+	// pinned in place of the old ones, which the old programs use until
+	// attachAll replaces them
+	if err := mig.fill(&dp.Maps); err != nil {
+		return nil, err
+	}
+	if err := mig.pin(); err != nil {
+		return nil, err
+	}
 	// index the other nodes' flows (kept from an earlier run) now, in the
 	// background; the local flows are indexed when the event reader starts
 	dp.indexes().ensurePeer(&dp.Maps)
 
 	if err := dp.attachAll(opts.Interfaces); err != nil {
+		return nil, err
+	}
+	if err := mig.finish(&dp.Maps); err != nil {
 		return nil, err
 	}
 	log.Info("data plane loaded", zap.String("pin_path", opts.PinPath),

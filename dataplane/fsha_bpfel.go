@@ -159,6 +159,12 @@ type fshaPeerFlow struct {
 	Pad        uint8
 }
 
+type fshaPinFormatVersion uint32
+
+const (
+	fshaPinFormatVersionPIN_FORMAT_VERSION fshaPinFormatVersion = 1
+)
+
 type fshaVipFlags uint32
 
 const (
@@ -207,43 +213,45 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	fshaMapClosedFlows           = "closed_flows"
-	fshaMapCounters              = "counters"
-	fshaMapEvents                = "events"
-	fshaMapFlowCache             = "flow_cache"
-	fshaMapFlowCount             = "flow_count"
-	fshaMapFlows                 = "flows"
-	fshaMapHandshakes            = "handshakes"
-	fshaMapLease                 = "lease"
-	fshaMapNodeMacs              = "node_macs"
-	fshaMapPeerFlows             = "peer_flows"
-	fshaMapPorts                 = "ports"
-	fshaMapSteering              = "steering"
-	fshaMapVipDeadlines          = "vip_deadlines"
-	fshaMapVipFilter             = "vip_filter"
-	fshaMapVipGrants             = "vip_grants"
-	fshaMapVipLeases             = "vip_leases"
-	fshaMapVips                  = "vips"
-	fshaProgFshaClock            = "fsha_clock"
-	fshaProgFshaTcEgress         = "fsha_tc_egress"
-	fshaProgFshaXdp              = "fsha_xdp"
-	fshaVarFlowCacheOn           = "flow_cache_on"
-	fshaVarFlowsMax              = "flows_max"
-	fshaVarJiffiesOffsetNs       = "jiffies_offset_ns"
-	fshaVarNsPerJiffy            = "ns_per_jiffy"
-	fshaVarUnusedCounter         = "unused_counter"
-	fshaVarUnusedDirection       = "unused_direction"
-	fshaVarUnusedFlowCacheSlot   = "unused_flow_cache_slot"
-	fshaVarUnusedFlowCloseReason = "unused_flow_close_reason"
-	fshaVarUnusedFlowEvent       = "unused_flow_event"
-	fshaVarUnusedFlowEventType   = "unused_flow_event_type"
-	fshaVarUnusedFlowFin         = "unused_flow_fin"
-	fshaVarUnusedFlowState       = "unused_flow_state"
-	fshaVarUnusedLeaseMode       = "unused_lease_mode"
-	fshaVarUnusedPeerFlags       = "unused_peer_flags"
-	fshaVarUnusedVipFlags        = "unused_vip_flags"
-	fshaVarUnusedVipGrant        = "unused_vip_grant"
-	fshaVarUnusedVipLeaseState   = "unused_vip_lease_state"
+	fshaMapClosedFlows            = "closed_flows"
+	fshaMapCounters               = "counters"
+	fshaMapEvents                 = "events"
+	fshaMapFlowCache              = "flow_cache"
+	fshaMapFlowCount              = "flow_count"
+	fshaMapFlows                  = "flows"
+	fshaMapHandshakes             = "handshakes"
+	fshaMapLease                  = "lease"
+	fshaMapNodeMacs               = "node_macs"
+	fshaMapPeerFlows              = "peer_flows"
+	fshaMapPinFormat              = "pin_format"
+	fshaMapPorts                  = "ports"
+	fshaMapSteering               = "steering"
+	fshaMapVipDeadlines           = "vip_deadlines"
+	fshaMapVipFilter              = "vip_filter"
+	fshaMapVipGrants              = "vip_grants"
+	fshaMapVipLeases              = "vip_leases"
+	fshaMapVips                   = "vips"
+	fshaProgFshaClock             = "fsha_clock"
+	fshaProgFshaTcEgress          = "fsha_tc_egress"
+	fshaProgFshaXdp               = "fsha_xdp"
+	fshaVarFlowCacheOn            = "flow_cache_on"
+	fshaVarFlowsMax               = "flows_max"
+	fshaVarJiffiesOffsetNs        = "jiffies_offset_ns"
+	fshaVarNsPerJiffy             = "ns_per_jiffy"
+	fshaVarUnusedCounter          = "unused_counter"
+	fshaVarUnusedDirection        = "unused_direction"
+	fshaVarUnusedFlowCacheSlot    = "unused_flow_cache_slot"
+	fshaVarUnusedFlowCloseReason  = "unused_flow_close_reason"
+	fshaVarUnusedFlowEvent        = "unused_flow_event"
+	fshaVarUnusedFlowEventType    = "unused_flow_event_type"
+	fshaVarUnusedFlowFin          = "unused_flow_fin"
+	fshaVarUnusedFlowState        = "unused_flow_state"
+	fshaVarUnusedLeaseMode        = "unused_lease_mode"
+	fshaVarUnusedPeerFlags        = "unused_peer_flags"
+	fshaVarUnusedPinFormatVersion = "unused_pin_format_version"
+	fshaVarUnusedVipFlags         = "unused_vip_flags"
+	fshaVarUnusedVipGrant         = "unused_vip_grant"
+	fshaVarUnusedVipLeaseState    = "unused_vip_lease_state"
 )
 
 // loadFsha returns the embedded CollectionSpec for fsha.
@@ -307,6 +315,7 @@ type fshaMapSpecs struct {
 	Lease        *ebpf.MapSpec `ebpf:"lease"`
 	NodeMacs     *ebpf.MapSpec `ebpf:"node_macs"`
 	PeerFlows    *ebpf.MapSpec `ebpf:"peer_flows"`
+	PinFormat    *ebpf.MapSpec `ebpf:"pin_format"`
 	Ports        *ebpf.MapSpec `ebpf:"ports"`
 	Steering     *ebpf.MapSpec `ebpf:"steering"`
 	VipDeadlines *ebpf.MapSpec `ebpf:"vip_deadlines"`
@@ -320,23 +329,24 @@ type fshaMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fshaVariableSpecs struct {
-	FlowCacheOn           *ebpf.VariableSpec `ebpf:"flow_cache_on"`
-	FlowsMax              *ebpf.VariableSpec `ebpf:"flows_max"`
-	JiffiesOffsetNs       *ebpf.VariableSpec `ebpf:"jiffies_offset_ns"`
-	NsPerJiffy            *ebpf.VariableSpec `ebpf:"ns_per_jiffy"`
-	UnusedCounter         *ebpf.VariableSpec `ebpf:"unused_counter"`
-	UnusedDirection       *ebpf.VariableSpec `ebpf:"unused_direction"`
-	UnusedFlowCacheSlot   *ebpf.VariableSpec `ebpf:"unused_flow_cache_slot"`
-	UnusedFlowCloseReason *ebpf.VariableSpec `ebpf:"unused_flow_close_reason"`
-	UnusedFlowEvent       *ebpf.VariableSpec `ebpf:"unused_flow_event"`
-	UnusedFlowEventType   *ebpf.VariableSpec `ebpf:"unused_flow_event_type"`
-	UnusedFlowFin         *ebpf.VariableSpec `ebpf:"unused_flow_fin"`
-	UnusedFlowState       *ebpf.VariableSpec `ebpf:"unused_flow_state"`
-	UnusedLeaseMode       *ebpf.VariableSpec `ebpf:"unused_lease_mode"`
-	UnusedPeerFlags       *ebpf.VariableSpec `ebpf:"unused_peer_flags"`
-	UnusedVipFlags        *ebpf.VariableSpec `ebpf:"unused_vip_flags"`
-	UnusedVipGrant        *ebpf.VariableSpec `ebpf:"unused_vip_grant"`
-	UnusedVipLeaseState   *ebpf.VariableSpec `ebpf:"unused_vip_lease_state"`
+	FlowCacheOn            *ebpf.VariableSpec `ebpf:"flow_cache_on"`
+	FlowsMax               *ebpf.VariableSpec `ebpf:"flows_max"`
+	JiffiesOffsetNs        *ebpf.VariableSpec `ebpf:"jiffies_offset_ns"`
+	NsPerJiffy             *ebpf.VariableSpec `ebpf:"ns_per_jiffy"`
+	UnusedCounter          *ebpf.VariableSpec `ebpf:"unused_counter"`
+	UnusedDirection        *ebpf.VariableSpec `ebpf:"unused_direction"`
+	UnusedFlowCacheSlot    *ebpf.VariableSpec `ebpf:"unused_flow_cache_slot"`
+	UnusedFlowCloseReason  *ebpf.VariableSpec `ebpf:"unused_flow_close_reason"`
+	UnusedFlowEvent        *ebpf.VariableSpec `ebpf:"unused_flow_event"`
+	UnusedFlowEventType    *ebpf.VariableSpec `ebpf:"unused_flow_event_type"`
+	UnusedFlowFin          *ebpf.VariableSpec `ebpf:"unused_flow_fin"`
+	UnusedFlowState        *ebpf.VariableSpec `ebpf:"unused_flow_state"`
+	UnusedLeaseMode        *ebpf.VariableSpec `ebpf:"unused_lease_mode"`
+	UnusedPeerFlags        *ebpf.VariableSpec `ebpf:"unused_peer_flags"`
+	UnusedPinFormatVersion *ebpf.VariableSpec `ebpf:"unused_pin_format_version"`
+	UnusedVipFlags         *ebpf.VariableSpec `ebpf:"unused_vip_flags"`
+	UnusedVipGrant         *ebpf.VariableSpec `ebpf:"unused_vip_grant"`
+	UnusedVipLeaseState    *ebpf.VariableSpec `ebpf:"unused_vip_lease_state"`
 }
 
 // fshaObjects contains all objects after they have been loaded into the kernel.
@@ -369,6 +379,7 @@ type fshaMaps struct {
 	Lease        *ebpf.Map `ebpf:"lease"`
 	NodeMacs     *ebpf.Map `ebpf:"node_macs"`
 	PeerFlows    *ebpf.Map `ebpf:"peer_flows"`
+	PinFormat    *ebpf.Map `ebpf:"pin_format"`
 	Ports        *ebpf.Map `ebpf:"ports"`
 	Steering     *ebpf.Map `ebpf:"steering"`
 	VipDeadlines *ebpf.Map `ebpf:"vip_deadlines"`
@@ -390,6 +401,7 @@ func (m *fshaMaps) Close() error {
 		m.Lease,
 		m.NodeMacs,
 		m.PeerFlows,
+		m.PinFormat,
 		m.Ports,
 		m.Steering,
 		m.VipDeadlines,
@@ -404,23 +416,24 @@ func (m *fshaMaps) Close() error {
 //
 // It can be passed to loadFshaObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fshaVariables struct {
-	FlowCacheOn           *ebpf.Variable `ebpf:"flow_cache_on"`
-	FlowsMax              *ebpf.Variable `ebpf:"flows_max"`
-	JiffiesOffsetNs       *ebpf.Variable `ebpf:"jiffies_offset_ns"`
-	NsPerJiffy            *ebpf.Variable `ebpf:"ns_per_jiffy"`
-	UnusedCounter         *ebpf.Variable `ebpf:"unused_counter"`
-	UnusedDirection       *ebpf.Variable `ebpf:"unused_direction"`
-	UnusedFlowCacheSlot   *ebpf.Variable `ebpf:"unused_flow_cache_slot"`
-	UnusedFlowCloseReason *ebpf.Variable `ebpf:"unused_flow_close_reason"`
-	UnusedFlowEvent       *ebpf.Variable `ebpf:"unused_flow_event"`
-	UnusedFlowEventType   *ebpf.Variable `ebpf:"unused_flow_event_type"`
-	UnusedFlowFin         *ebpf.Variable `ebpf:"unused_flow_fin"`
-	UnusedFlowState       *ebpf.Variable `ebpf:"unused_flow_state"`
-	UnusedLeaseMode       *ebpf.Variable `ebpf:"unused_lease_mode"`
-	UnusedPeerFlags       *ebpf.Variable `ebpf:"unused_peer_flags"`
-	UnusedVipFlags        *ebpf.Variable `ebpf:"unused_vip_flags"`
-	UnusedVipGrant        *ebpf.Variable `ebpf:"unused_vip_grant"`
-	UnusedVipLeaseState   *ebpf.Variable `ebpf:"unused_vip_lease_state"`
+	FlowCacheOn            *ebpf.Variable `ebpf:"flow_cache_on"`
+	FlowsMax               *ebpf.Variable `ebpf:"flows_max"`
+	JiffiesOffsetNs        *ebpf.Variable `ebpf:"jiffies_offset_ns"`
+	NsPerJiffy             *ebpf.Variable `ebpf:"ns_per_jiffy"`
+	UnusedCounter          *ebpf.Variable `ebpf:"unused_counter"`
+	UnusedDirection        *ebpf.Variable `ebpf:"unused_direction"`
+	UnusedFlowCacheSlot    *ebpf.Variable `ebpf:"unused_flow_cache_slot"`
+	UnusedFlowCloseReason  *ebpf.Variable `ebpf:"unused_flow_close_reason"`
+	UnusedFlowEvent        *ebpf.Variable `ebpf:"unused_flow_event"`
+	UnusedFlowEventType    *ebpf.Variable `ebpf:"unused_flow_event_type"`
+	UnusedFlowFin          *ebpf.Variable `ebpf:"unused_flow_fin"`
+	UnusedFlowState        *ebpf.Variable `ebpf:"unused_flow_state"`
+	UnusedLeaseMode        *ebpf.Variable `ebpf:"unused_lease_mode"`
+	UnusedPeerFlags        *ebpf.Variable `ebpf:"unused_peer_flags"`
+	UnusedPinFormatVersion *ebpf.Variable `ebpf:"unused_pin_format_version"`
+	UnusedVipFlags         *ebpf.Variable `ebpf:"unused_vip_flags"`
+	UnusedVipGrant         *ebpf.Variable `ebpf:"unused_vip_grant"`
+	UnusedVipLeaseState    *ebpf.Variable `ebpf:"unused_vip_lease_state"`
 }
 
 // fshaPrograms contains all programs after they have been loaded into the kernel.

@@ -36,6 +36,9 @@ type Maps struct {
 	VipLeases    *ebpf.Map
 	VipDeadlines *ebpf.Map
 	VipGrants    *ebpf.Map
+	// PinFormat holds the format of the pinned maps (migrate.go); nil in
+	// the pins of an older fsha.
+	PinFormat *ebpf.Map
 
 	// leaseMu serialises the writers of the lease, vips, vip_leases and
 	// vip_deadlines maps, whose buckets are read, recomputed and written.
@@ -49,7 +52,7 @@ func mapsOf(m *fshaMaps) Maps {
 		Vips: m.Vips, VipFilter: m.VipFilter, Ports: m.Ports, Counters: m.Counters, Lease: m.Lease,
 		Handshakes: m.Handshakes, PeerFlows: m.PeerFlows, NodeMacs: m.NodeMacs, Steering: m.Steering,
 		FlowCache: m.FlowCache, VipLeases: m.VipLeases, VipDeadlines: m.VipDeadlines, VipGrants: m.VipGrants,
-		leaseMu: new(sync.Mutex),
+		PinFormat: m.PinFormat, leaseMu: new(sync.Mutex),
 	}
 }
 
@@ -62,6 +65,7 @@ func (m *Maps) byName() []namedMap {
 		{fshaMapHandshakes, m.Handshakes}, {fshaMapPeerFlows, m.PeerFlows},
 		{fshaMapNodeMacs, m.NodeMacs}, {fshaMapSteering, m.Steering}, {fshaMapFlowCache, m.FlowCache},
 		{fshaMapVipLeases, m.VipLeases}, {fshaMapVipDeadlines, m.VipDeadlines}, {fshaMapVipGrants, m.VipGrants},
+		{fshaMapPinFormat, m.PinFormat},
 	}
 }
 
@@ -107,6 +111,7 @@ func OpenPinned(pinPath string) (_ *PinnedMaps, err error) {
 		{fshaMapHandshakes, &p.Handshakes}, {fshaMapPeerFlows, &p.PeerFlows},
 		{fshaMapNodeMacs, &p.NodeMacs}, {fshaMapSteering, &p.Steering}, {fshaMapFlowCache, &p.FlowCache},
 		{fshaMapVipLeases, &p.VipLeases}, {fshaMapVipDeadlines, &p.VipDeadlines}, {fshaMapVipGrants, &p.VipGrants},
+		{fshaMapPinFormat, &p.PinFormat},
 	} {
 		*dst.m, err = open(dst.name)
 		if optionalPins[dst.name] && errors.Is(err, ErrNotLoaded) {
@@ -120,9 +125,10 @@ func OpenPinned(pinPath string) (_ *PinnedMaps, err error) {
 }
 
 // optionalPins are the maps an older fsha's pins may lack: a flow cache
-// with nothing to add, no per-VIP leases and grants.
+// with nothing to add, no per-VIP leases and grants, no format.
 var optionalPins = map[string]bool{
 	fshaMapFlowCache: true, fshaMapVipLeases: true, fshaMapVipDeadlines: true, fshaMapVipGrants: true,
+	fshaMapPinFormat: true,
 }
 
 // Close closes the map handles.

@@ -27,8 +27,9 @@ type indexedStore struct {
 	epoch    atomic.Uint64
 	notReady atomic.Bool // PeerDigests answers "being built"
 	// block, when set, makes UpsertPeerFlows of VIP snapshot chunks wait
-	// until it is closed (a peer busy mid-resync).
-	block atomic.Pointer[chan struct{}]
+	// until it is closed (a peer busy mid-resync); stalled says one does.
+	block   atomic.Pointer[chan struct{}]
+	stalled atomic.Bool
 }
 
 func newIndexedStore() *indexedStore {
@@ -47,6 +48,7 @@ func digestOf(fs []dataplane.PeerFlow) map[netip.Addr]dataplane.Digest {
 
 func (s *indexedStore) UpsertPeerFlows(fs []dataplane.PeerFlow) error {
 	if ch := s.block.Load(); ch != nil && len(fs) > 0 {
+		s.stalled.Store(true)
 		<-*ch
 	}
 	return s.fakeStore.UpsertPeerFlows(fs)
@@ -94,21 +96,32 @@ func (s *fakeStore) of(owner int, vip netip.Addr) []dataplane.PeerFlow {
 	return out
 }
 
-// same tells whether store holds exactly owner's local flows.
+// same tells whether store holds exactly owner's local flows. It is
+// polled while copies are under way, so it is cheap and holds the owner's
+// lock (which its copies take) only to copy its flows: nothing is
+// compared while the counts differ.
 func same(store *fakeStore, owner int, local *localFlows) bool {
-	got := store.of(owner, netip.Addr{})
-	var want []string
-	local.each(func(f dataplane.Flow) bool {
-		want = append(want, key(dataplane.PeerFlow{VIP: f.VIP, VIPPort: f.VIPPort, Client: f.Client, ClientPort: f.ClientPort}))
-		return true
-	})
-	var have []string
-	for _, f := range got {
-		have = append(have, key(f))
+	local.mu.Lock()
+	flows := slices.Clone(local.flows)
+	local.mu.Unlock()
+	if store.count(owner) != len(flows) {
+		return false
 	}
-	slices.Sort(want)
-	slices.Sort(have)
-	return slices.Equal(want, have)
+	type conn struct {
+		vip, client  netip.Addr
+		vport, cport uint16
+	}
+	want := make(map[conn]bool, len(flows))
+	for _, f := range flows {
+		want[conn{f.VIP, f.Client, f.VIPPort, f.ClientPort}] = true
+	}
+	got := store.of(owner, netip.Addr{})
+	for _, f := range got {
+		if !want[conn{f.VIP, f.Client, f.VIPPort, f.ClientPort}] {
+			return false
+		}
+	}
+	return len(got) == len(want)
 }
 
 type indexedNode struct {
@@ -345,7 +358,17 @@ func TestDeadPeerMidResync(t *testing.T) {
 	block := make(chan struct{})
 	nodes[1].store.block.Store(&block) // node 1 stalls on its first copy
 	connectIndexed(nodes)
-	waitFor(t, "node 0 sent its copies to both peers", func() bool { return nodes[0].r.Stats().VIPSnapshots >= 4 })
+	waitFor(t, "node 1 stuck in node 0's copy", nodes[1].store.stalled.Load)
+	// Before node 1 dies, node 0's copies reach node 2 and node 1's own
+	// reach the others (what it never sent, no node can hold): each
+	// stream runs on its own while node 1 is stuck, in an order of its
+	// own. How much of node 0's copy to node 1 is sent by then depends on
+	// the socket buffers: all of it, or node 0 is blocked writing.
+	for _, pair := range [][2]int{{2, 0}, {0, 1}, {2, 1}} {
+		waitFor(t, fmt.Sprintf("node %d holds node %d's flows", pair[0], pair[1]), func() bool {
+			return same(nodes[pair[0]].store.fakeStore, pair[1], nodes[pair[1]].store.local)
+		})
+	}
 	nodes[1].stop() // dies mid-copy
 	close(block)
 	<-nodes[1].done
@@ -366,6 +389,9 @@ func TestDeadPeerMidResync(t *testing.T) {
 	// an owner dying mid-copy: node 1 (as a raw stream) begins a copy of
 	// 198.18.1.10 with only one of its flows, and is gone
 	held := len(nodes[0].store.of(1, netip.MustParseAddr("198.18.1.10")))
+	if held == 0 {
+		t.Fatal("node 0 holds none of node 1's flows to 198.18.1.10")
+	}
 	conn, fr := dialAs(t, port, addrOf(1), 1, testKey)
 	part := nodes[0].store.of(1, netip.MustParseAddr("198.18.1.10"))[0]
 	for _, m := range []*Message{
