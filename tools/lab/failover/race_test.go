@@ -137,7 +137,7 @@ func TestMoveLostBroadcast(t *testing.T) {
 	vip := e.c.VIPs[0]
 	from := e.owner(vip)
 	to := e.c.Others(from)[0]
-	undrop := dropUDP(t, to, 4380)
+	undrop := dropUDP(t, e.c.Lab, to, 4380)
 	if out, err := from.Admin(e.ctx, "move", vip.Addr().String(), to.IP().String()); err != nil {
 		t.Fatalf("fsha move: %v: %s", err, out)
 	}
@@ -163,8 +163,10 @@ func TestMoveLostBroadcast(t *testing.T) {
 
 // dropUDP makes the node's eth0 drop every IPv4 UDP datagram to port on
 // ingress (a TCX program, ahead of nothing else the node needs: fsha's
-// own programs are XDP and TCX egress) and returns the undo.
-func dropUDP(t *testing.T, n *lab.ClusterNode, port uint16) func() {
+// own programs are XDP and TCX egress) and returns the undo, which notes
+// the fault in the lab. (The gossip port also carries the ownership
+// heartbeats: the node hears no renewal meanwhile, and its VIPs move.)
+func dropUDP(t *testing.T, l *lab.Lab, n *lab.ClusterNode, port uint16) func() {
 	t.Helper()
 	be := port<<8 | port>>8 // the port as a little-endian load of network order reads it
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
@@ -193,6 +195,7 @@ func dropUDP(t *testing.T, n *lab.ClusterNode, port uint16) func() {
 		t.Fatalf("load udp drop program: %v", err)
 	}
 	var lk link.Link
+	start := time.Now()
 	err = n.Do(func() error {
 		ifi, err := net.InterfaceByName(lab.HostIface)
 		if err != nil {
@@ -212,6 +215,7 @@ func dropUDP(t *testing.T, n *lab.ClusterNode, port uint16) func() {
 				t.Errorf("detach udp drop program: %v", err)
 			}
 			prog.Close()
+			l.NoteFault(fmt.Sprintf("UDP port %d dropped on %s", port, n.Role), []*lab.Host{n.Host}, start, time.Now())
 		})
 	}
 	t.Cleanup(undo)
