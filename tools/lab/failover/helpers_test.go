@@ -70,7 +70,9 @@ func newEnv(t *testing.T, opts lab.ClusterOptions) *env {
 			e.logCluster()
 		}
 	})
-	e.balanced()
+	if len(opts.ManualFsha) == 0 {
+		e.balanced() // else once the test started its daemons
+	}
 	return e
 }
 

@@ -29,7 +29,7 @@ func TestRollingRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	e.waitConverged(e.c.Nodes...)
+	e.balanced()
 	before, err := e.c.Assignment()
 	if err != nil {
 		t.Fatal(err)
