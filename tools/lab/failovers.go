@@ -238,14 +238,24 @@ type FailoverEvent struct {
 	Peer string
 	// Line is the log line as written.
 	Line string
+	// SlowLoop is the longest "control loop slow" the node's daemon
+	// logged in the second before the event (0: none): a daemon that was
+	// not scheduled (or blocked) while its renewals were due.
+	SlowLoop time.Duration
 	// By is the fault that explains the event; nil: a false failover.
 	By *Fault
 }
+
+// slowLoopWindow is how far before an event FailoverEvent.SlowLoop looks.
+const slowLoopWindow = time.Second
 
 func (e FailoverEvent) String() string {
 	s := fmt.Sprintf("%s %s: %s of %s", e.At.Format(stampLayout), e.Node, e.Kind, e.VIP)
 	if e.Reason != "" {
 		s += " (" + e.Reason + ")"
+	}
+	if e.SlowLoop > 0 {
+		s += fmt.Sprintf(" [its control loop took up to %v in the second before]", e.SlowLoop.Round(time.Millisecond))
 	}
 	if e.By != nil {
 		s += ", explained by " + e.By.String()
@@ -374,12 +384,27 @@ func readFailoverEvents(path, role string, names map[string]string) ([]FailoverE
 		return nil, fmt.Errorf("read fsha log of %s: %w", role, err)
 	}
 	defer f.Close()
-	var out []FailoverEvent
+	var (
+		out  []FailoverEvent
+		slow []FailoverEvent // "control loop slow" lines: At and SlowLoop
+	)
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	for sc.Scan() {
-		if e, ok := parseFailoverEvent(sc.Bytes(), role, names); ok {
+		e, ok := parseFailoverEvent(sc.Bytes(), role, names)
+		switch {
+		case !ok:
+		case e.Kind == slowLoop:
+			slow = append(slow, e)
+		default:
 			out = append(out, e)
+		}
+	}
+	for i, e := range out {
+		for _, l := range slow {
+			if !l.At.After(e.At) && e.At.Sub(l.At) <= slowLoopWindow {
+				out[i].SlowLoop = max(out[i].SlowLoop, l.SlowLoop)
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -388,14 +413,20 @@ func readFailoverEvents(path, role string, names map[string]string) ([]FailoverE
 	return out, nil
 }
 
-// parseFailoverEvent tells whether a JSON log line is a failover event.
+// slowLoop is the Kind parseFailoverEvent gives a "control loop slow"
+// line, which is no failover.
+const slowLoop = "slow loop"
+
+// parseFailoverEvent tells whether a JSON log line is a failover event
+// (or a slow control loop, of Kind slowLoop).
 func parseFailoverEvent(line []byte, role string, names map[string]string) (FailoverEvent, bool) {
 	var m struct {
-		TS     string `json:"ts"`
-		Msg    string `json:"msg"`
-		VIP    string `json:"vip"`
-		Reason string `json:"reason"`
-		Node   *int   `json:"node"`
+		TS     string  `json:"ts"`
+		Msg    string  `json:"msg"`
+		VIP    string  `json:"vip"`
+		Reason string  `json:"reason"`
+		Node   *int    `json:"node"`
+		Took   float64 `json:"took"` // seconds
 	}
 	if json.Unmarshal(line, &m) != nil {
 		return FailoverEvent{}, false
@@ -420,6 +451,11 @@ func parseFailoverEvent(line []byte, role string, names map[string]string) (Fail
 		if m.Node != nil {
 			peer = strconv.Itoa(*m.Node)
 		}
+	case m.Msg == "control loop slow":
+		e.Kind, e.Line = slowLoop, ""
+		e.SlowLoop = time.Duration(m.Took * float64(time.Second))
+		e.At, _ = parseLogTime(m.TS)
+		return e, true
 	default:
 		return FailoverEvent{}, false
 	}

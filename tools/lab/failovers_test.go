@@ -102,6 +102,8 @@ func TestReadFailoverEventsAndTally(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "fsha-up.stderr")
 	log := strings.Join([]string{
 		`{"level":"info","ts":"2026-12-05T21:53:35.848Z","msg":"took over","vip":"198.18.0.203/24","reason":"unassigned"}`,
+		`{"level":"warn","ts":"2026-12-05T21:53:36.500Z","logger":"node","msg":"control loop slow","took":0.300,"sends":2}`,
+		`{"level":"warn","ts":"2026-12-05T21:53:37.642Z","logger":"node","msg":"control loop slow","took":0.156960201,"sends":2}`,
 		`{"level":"warn","ts":"2026-12-05T21:53:37.734Z","msg":"lease lapsed (no renewal from a majority): the data plane stopped answering; address off eth0, connections kept in case the renewals come back","vip":"198.18.0.202/24"}`,
 		`{"level":"info","ts":"2026-12-05T21:53:45.000Z","msg":"took over","vip":"198.18.0.201/24","reason":"node 1 died"}`,
 		`not a json line`,
@@ -115,6 +117,10 @@ func TestReadFailoverEventsAndTally(t *testing.T) {
 	}
 	if len(evs) != 2 || evs[0].Kind != "lapse" || evs[1].Kind != "takeover" || evs[1].Peer != "n2" {
 		t.Fatalf("events %+v, want the lapse and the takeover from n2", evs)
+	}
+	// the slow loop in the second before the lapse, not the one before
+	if evs[0].SlowLoop != 156960201*time.Nanosecond || evs[1].SlowLoop != 0 {
+		t.Errorf("slow loops before the events: %v, %v; want 157ms, none", evs[0].SlowLoop, evs[1].SlowLoop)
 	}
 	if _, err := readFailoverEvents(filepath.Join(t.TempDir(), "none"), "n3", testNames); err == nil {
 		t.Error("a missing log read without error")
