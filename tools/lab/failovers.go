@@ -558,8 +558,8 @@ func (ft *failoverTally) summary() string {
 	ft.mu.Lock()
 	defer ft.mu.Unlock()
 	var b strings.Builder
-	fmt.Fprintf(&b, "false failovers: %d in %d tests (%d failover events in all, the others explained by faults the tests injected)\n",
-		len(ft.bad), ft.tests, ft.events)
+	fmt.Fprintf(&b, "false failovers: %d in %d tests (%d failover events, %d explained by faults the tests injected)\n",
+		len(ft.bad), ft.tests, ft.events, ft.events-len(ft.bad))
 	for i, s := range ft.bad {
 		if i == maxSummaryEvents {
 			fmt.Fprintf(&b, "  ... and %d more\n", len(ft.bad)-i)
