@@ -350,6 +350,7 @@ func (n *ClusterNode) StartFsha(ctx context.Context, opts FshaOptions) (*Process
 		_, err := n.Status(qctx)
 		qcancel()
 		if err == nil {
+			n.daemonBack("fsha-up")
 			return p, nil
 		}
 		select {
@@ -376,6 +377,9 @@ func (n *ClusterNode) StopFsha() error {
 	if p == nil {
 		return nil
 	}
+	if !p.Exited() {
+		n.lab.beginFault("fsha/"+n.Role, "stop fsha on "+n.Role+" (a restart)", n.Role)
+	}
 	return p.Stop()
 }
 
@@ -387,6 +391,7 @@ func (n *ClusterNode) KillFsha() error {
 		return errors.New("no fsha on " + n.Role)
 	}
 	n.logger().Info("kill fsha", zap.Int("pid", p.PID()))
+	n.lab.beginFault("fsha/"+n.Role, "kill fsha on "+n.Role, n.Role)
 	return p.Kill()
 }
 
@@ -437,6 +442,7 @@ func (n *ClusterNode) NetworkUp() error { return n.LinkUp() }
 func (n *ClusterNode) PowerDown() error {
 	procs := n.Processes()
 	n.logger().Info("power down")
+	n.lab.beginFault("power/"+n.Role, "power down "+n.Role, n.Role)
 	// The link first: killed processes close their sockets, and the FINs
 	// of a dying server must not reach clients a real power cut leaves
 	// hanging.
@@ -481,14 +487,18 @@ func (n *ClusterNode) PowerUp(ctx context.Context) error {
 	n.mu.Lock()
 	opts := n.fshaOpts
 	n.mu.Unlock()
-	_, err = n.StartFsha(ctx, opts)
-	return err
+	if _, err = n.StartFsha(ctx, opts); err != nil {
+		return err
+	}
+	n.lab.endFault("power/" + n.Role)
+	return nil
 }
 
 // Freeze stops (SIGSTOP) every process of the node, children included, as
 // a hung VM: the network stays up, nothing answers. Thaw wakes them.
 func (n *ClusterNode) Freeze() error {
 	n.logger().Info("freeze")
+	n.lab.beginFault("freeze/"+n.Role, "freeze "+n.Role+" (SIGSTOP)", n.Role)
 	var errs []error
 	for _, p := range n.Processes() {
 		errs = append(errs, p.SignalSession(syscall.SIGSTOP))
@@ -505,6 +515,7 @@ func (n *ClusterNode) Thaw() error {
 	for _, p := range procs {
 		errs = append(errs, p.SignalSession(syscall.SIGCONT))
 	}
+	n.lab.endFault("freeze/" + n.Role)
 	return errors.Join(errs...)
 }
 
@@ -744,7 +755,7 @@ func (n *ClusterNode) FshaLog(msg string) ([]LogLine, error) {
 				continue
 			}
 			if ts, ok := m["ts"].(string); ok {
-				l.At, _ = time.Parse(time.RFC3339Nano, ts)
+				l.At, _ = parseLogTime(ts)
 			}
 			out = append(out, l)
 		}

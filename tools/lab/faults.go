@@ -247,8 +247,14 @@ func (l *Lab) setPlugged(h *Host, up bool) error {
 	}
 	l.faults.mu.Lock()
 	defer l.faults.mu.Unlock()
+	if !up {
+		l.beginFault("unplug/"+port, "unplug "+port+" (switch port down)", port)
+	}
 	if err := l.setPort(port, up); err != nil {
 		return err
+	}
+	if up {
+		l.endFault("unplug/" + port)
 	}
 	if l.faults.down == nil {
 		l.faults.down = map[string]bool{}
@@ -355,6 +361,7 @@ func (l *Lab) HealFaults() error {
 			errs = append(errs, err)
 			continue
 		}
+		l.endFault("unplug/" + port)
 		delete(l.faults.down, port)
 	}
 	l.faults.mu.Unlock()
@@ -398,9 +405,11 @@ func (l *Lab) changeFaults(what string, edit func(*faultSet), fields ...zap.Fiel
 		})
 		f.cleanup = true
 	}
+	start := time.Now()
 	if err := l.applyFaults(next); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
+	l.syncNetFaults(f, next, start)
 	f.oneWay, f.loss, f.dup, f.cut = next.oneWay, next.loss, next.dup, next.cut
 	l.log.Info(what, fields...)
 	return nil

@@ -359,6 +359,27 @@ func TestFaultCutFlapUnplug(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.wantFlows("plugged", 20, 20, 20)
+
+	// the lab recorded each fault with its end: one cut, the flaps' cuts,
+	// one unplug (ended by HealFaults)
+	var cuts, unplugs int
+	for _, f := range p.l.Faults() {
+		if len(f.Hosts) != 1 || f.Hosts[0] != "n2" || f.End.IsZero() || f.End.Before(f.Start) {
+			t.Errorf("fault %s on %v: want n2's, ended", f, f.Hosts)
+			continue
+		}
+		switch {
+		case strings.HasPrefix(f.What, "cut "):
+			cuts++
+		case strings.HasPrefix(f.What, "unplug "):
+			unplugs++
+		default:
+			t.Errorf("fault %s: not injected by this test", f)
+		}
+	}
+	if cuts != 1+flaps || unplugs != 1 {
+		t.Errorf("faults recorded: %d cuts and %d unplugs, want %d and 1: %v", cuts, unplugs, 1+flaps, p.l.Faults())
+	}
 }
 
 func operState(t *testing.T, n *lab.Node) netlink.LinkOperState {

@@ -66,6 +66,7 @@ func (n *Node) FshaUp(ctx context.Context, vips []netip.Prefix, args ...string) 
 	if err := p.WaitLog(ctx, `"msg":"tracking"`); err != nil {
 		return nil, errors.Join(err, p.Stop())
 	}
+	n.daemonBack("fsha-up")
 	return p, nil
 }
 

@@ -34,9 +34,10 @@ type Host struct {
 	// Dir is this host's directory in the run directory: configs, logs.
 	Dir string
 
-	lab *Lab
-	ns  netns.NsHandle
-	nl  *netlink.Handle
+	lab  *Lab
+	ns   netns.NsHandle
+	nl   *netlink.Handle
+	node bool // a file-server node (its faults explain failovers)
 }
 
 // nsCmdTimeout bounds the ip/ethtool commands the lab runs itself.
@@ -331,6 +332,7 @@ func (h *Host) LinkDown() error {
 	if err != nil {
 		return err
 	}
+	h.lab.beginFault("link/"+h.Role, HostIface+" down in "+h.Role, h.Role)
 	if err := h.nl.LinkSetDown(lk); err != nil {
 		return fmt.Errorf("%s down in %s: %w", HostIface, h.NS, err)
 	}
@@ -347,6 +349,7 @@ func (h *Host) LinkUp() error {
 	if err := h.nl.LinkSetUp(lk); err != nil {
 		return fmt.Errorf("%s up in %s: %w", HostIface, h.NS, err)
 	}
+	h.lab.endFault("link/" + h.Role)
 	h.logger().Info("link up")
 	return nil
 }

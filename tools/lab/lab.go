@@ -31,6 +31,13 @@
 // each VIP, and reports overlaps (two nodes answering at once) and gaps
 // (nobody answering) without trusting anything fsha says (monitor.go,
 // monitorreport.go).
+//
+// Every fault the lab injects is recorded (Faults; a test injecting one by
+// other means calls NoteFault), and Close reads the fsha logs for
+// failovers: a VIP lost or given up, or taken from a node believed dead.
+// One that no recorded fault explains is a false failover; NewT reports
+// them to the test and RunWithFsha sums them up per package
+// (failovers.go).
 package lab
 
 import (
@@ -125,6 +132,11 @@ type Lab struct {
 	bridges []string          // bridges Partition added
 
 	faults faultSet // the switch's nftables faults (faults.go)
+	flog   faultLog // every fault injected, for the failover check (failovers.go)
+
+	// failovers is what Close found in the fsha logs (guarded by mu).
+	failovers    *FailoverReport
+	failoversErr error
 }
 
 type undoStep struct {
@@ -148,8 +160,12 @@ type TB interface {
 // NewT builds a lab for a test: its run directory is a t.TempDir (or, with
 // FSHA_LAB_KEEP=1, a directory that outlives the test), and t.Cleanup
 // closes it, failing the test if the teardown fails. When the test failed
-// it logs the tail of every process's output and the run directory. The
-// caller must have checked privileges with tools/testenv first.
+// it logs the tail of every process's output and the run directory. Then
+// it judges the failovers in the fsha logs (see Failovers): each false
+// failover fails the test under CI=true (or FSHA_LAB_FALSE_FAILOVERS=fail)
+// and is logged otherwise, and the count goes to the package's summary
+// (RunWithFsha). The caller must have checked privileges with
+// tools/testenv first.
 func NewT(t TB, opts Options) *Lab {
 	t.Helper()
 	if opts.Dir == "" {
@@ -181,6 +197,7 @@ func NewT(t TB, opts Options) *Lab {
 		if err := l.Close(); err != nil {
 			t.Errorf("tear down lab %s: %v", l.ID, err)
 		}
+		l.checkFailovers(t)
 	})
 	return l
 }
@@ -292,6 +309,13 @@ func (l *Lab) Close() error {
 	l.closed = true
 	steps := l.undo
 	l.undo = nil
+	l.mu.Unlock()
+
+	// The logs, before the teardown stops the daemons (what they log
+	// then is no failover) and removes the run directory.
+	rep, rerr := l.readFailovers(time.Now())
+	l.mu.Lock()
+	l.failovers, l.failoversErr = &rep, rerr
 	l.mu.Unlock()
 
 	var errs []error
@@ -464,7 +488,7 @@ func (l *Lab) addHost(role string, addr netip.Prefix, node bool) (*Host, error) 
 	if err != nil {
 		return nil, err
 	}
-	h.Addr = addr
+	h.Addr, h.node = addr, node
 	br, err := l.Switch.nl.LinkByName(bridgeName)
 	if err != nil {
 		return nil, fmt.Errorf("find bridge: %w", err)

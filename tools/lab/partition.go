@@ -22,6 +22,7 @@ func (l *Lab) Partition(_ context.Context, groups ...[]*Host) error {
 	if len(l.side) > 0 {
 		return errors.New("partition: already partitioned; Heal first")
 	}
+	l.beginFault("partition", "partition of the switch") // it hits every host
 	for gi, g := range groups {
 		name := "br-p" + strconv.Itoa(gi+1) // no role has a hyphen
 		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}
@@ -84,6 +85,7 @@ func (l *Lab) Heal(context.Context) error {
 		}
 		l.bridges = l.bridges[:len(l.bridges)-1]
 	}
+	l.endFault("partition")
 	l.log.Info("partition healed")
 	return nil
 }

@@ -178,6 +178,9 @@ func (p *Process) Signal(sig os.Signal) error {
 	if p.Exited() {
 		return os.ErrProcessDone
 	}
+	if s, ok := sig.(syscall.Signal); ok {
+		p.processFault(s)
+	}
 	return p.cmd.Process.Signal(sig)
 }
 
@@ -195,6 +198,7 @@ func (p *Process) SignalSession(sig syscall.Signal) error {
 	if len(pids) == 0 {
 		return os.ErrProcessDone
 	}
+	p.processFault(sig)
 	var errs []error
 	for _, pid := range pids {
 		if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -230,6 +234,7 @@ func (p *Process) Stop() error {
 
 func (p *Process) stop() error {
 	if !p.Exited() {
+		p.processFault(syscall.SIGTERM)
 		_ = p.cmd.Process.Signal(syscall.SIGCONT)
 		_ = p.cmd.Process.Signal(syscall.SIGTERM)
 		t := time.NewTimer(p.stopTimeout)

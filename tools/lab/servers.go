@@ -131,6 +131,7 @@ func (n *Node) StartSmbd(ctx context.Context, share string) (_ *Process, err err
 	if err := n.waitServer(ctx, p, SMBPort, filepath.Join(dir, "smbd.log")); err != nil {
 		return nil, errors.Join(err, p.Stop())
 	}
+	n.daemonBack("smbd")
 	return p, nil
 }
 
@@ -209,6 +210,7 @@ func (n *Node) StartGanesha(ctx context.Context, share string, opts GaneshaOptio
 	if err := n.waitServer(ctx, p, NFSPort, log); err != nil {
 		return nil, errors.Join(err, p.Stop())
 	}
+	n.daemonBack("ganesha")
 	return p, nil
 }
 

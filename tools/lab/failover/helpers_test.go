@@ -6,14 +6,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -72,7 +70,9 @@ func newEnv(t *testing.T, opts lab.ClusterOptions) *env {
 			e.logCluster()
 		}
 	})
-	e.balanced()
+	if len(opts.ManualFsha) == 0 {
+		e.balanced() // else once the test started its daemons
+	}
 	return e
 }
 
@@ -215,32 +215,22 @@ func (e *env) waitFlowsGone(n *lab.ClusterNode, keys ...string) {
 	}
 }
 
-// powerDown cuts a node's power the way the network sees it: its link
-// goes down first, then every one of its processes is SIGKILLed. (Killed
-// first, their sockets would close with FINs that a real power cut never
-// sends, and the clients would reconnect without fsha's help.) It returns
-// the moment the link went down.
+// powerDown cuts a node's power the way the network sees it
+// (ClusterNode.PowerDown): its link goes down first, then every one of its
+// processes is SIGKILLed. (Killed first, their sockets would close with
+// FINs that a real power cut never sends, and the clients would reconnect
+// without fsha's help.) It returns the moment just before the link went
+// down.
 func (e *env) powerDown(n *lab.ClusterNode) time.Time {
 	e.t.Helper()
-	procs := n.Processes()
+	procs := len(n.Processes())
 	at := time.Now()
-	if err := n.LinkDown(); err != nil {
-		e.t.Fatal(err)
-	}
+	err := n.PowerDown()
 	e.down = append(e.down, n)
-	var errs []error
-	for _, p := range procs {
-		if err := p.SignalSession(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
-			errs = append(errs, err)
-		}
-	}
-	for _, p := range procs {
-		errs = append(errs, p.Kill())
-	}
-	if err := errors.Join(errs...); err != nil {
+	if err != nil {
 		e.t.Fatalf("power down %s: %v", n.Role, err)
 	}
-	e.t.Logf("%s powered down (link down, then %d processes killed in %v)", n.Role, len(procs), time.Since(at).Round(time.Millisecond))
+	e.t.Logf("%s powered down (link down, then %d processes killed in %v)", n.Role, procs, time.Since(at).Round(time.Millisecond))
 	return at
 }
 

@@ -6,6 +6,7 @@ package failover
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -122,8 +123,10 @@ func TestFailbackReasonNodeZero(t *testing.T) {
 }
 
 // TestMoveLostBroadcast moves a VIP to a node that misses the move's
-// gossip broadcast (its UDP gossip port drops everything for a moment;
-// gossip falls back to TCP for liveness, so it stays a live member): the
+// gossip broadcast (its UDP gossip port drops everything from the mover
+// for a moment; gossip falls back to TCP for liveness, so it stays a live
+// member, and the third node's heartbeats still reach it, so it keeps its
+// majority and may be the target of a move): the
 // old owner drains the VIP for the target, the target does not know it is
 // the target, and the VIP is announced by nobody until memberlist's
 // push/pull (every 15 s, with one random peer) brings the move.
@@ -137,7 +140,7 @@ func TestMoveLostBroadcast(t *testing.T) {
 	vip := e.c.VIPs[0]
 	from := e.owner(vip)
 	to := e.c.Others(from)[0]
-	undrop := dropUDP(t, to, 4380)
+	undrop := dropUDP(t, e.c.Lab, to, from.IP(), 4380)
 	if out, err := from.Admin(e.ctx, "move", vip.Addr().String(), to.IP().String()); err != nil {
 		t.Fatalf("fsha move: %v: %s", err, out)
 	}
@@ -161,12 +164,16 @@ func TestMoveLostBroadcast(t *testing.T) {
 	t.Logf("%s on %s %v after the broadcast could arrive again (%v)", vip, to.Role, time.Since(start).Round(time.Millisecond), err)
 }
 
-// dropUDP makes the node's eth0 drop every IPv4 UDP datagram to port on
-// ingress (a TCX program, ahead of nothing else the node needs: fsha's
-// own programs are XDP and TCX egress) and returns the undo.
-func dropUDP(t *testing.T, n *lab.ClusterNode, port uint16) func() {
+// dropUDP makes the node's eth0 drop every IPv4 UDP datagram from src to
+// port on ingress (a TCX program, ahead of nothing else the node needs:
+// fsha's own programs are XDP and TCX egress) and returns the undo, which
+// notes the fault in the lab. (The gossip port also carries the ownership
+// heartbeats: dropping every node's would take the node's majority away.)
+func dropUDP(t *testing.T, l *lab.Lab, n *lab.ClusterNode, src netip.Addr, port uint16) func() {
 	t.Helper()
 	be := port<<8 | port>>8 // the port as a little-endian load of network order reads it
+	src4 := src.As4()
+	srcLE := binary.LittleEndian.Uint32(src4[:]) // the address as a little-endian load reads it
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 		Name: "fsha_test_drop", Type: ebpf.SchedCLS, License: "GPL",
 		Instructions: asm.Instructions{
@@ -181,6 +188,8 @@ func dropUDP(t *testing.T, n *lab.ClusterNode, port uint16) func() {
 			asm.JNE.Imm(asm.R5, 0x45, "pass"), // IPv4 without options
 			asm.LoadMem(asm.R5, asm.R2, 23, asm.Byte),
 			asm.JNE.Imm(asm.R5, 17, "pass"), // UDP
+			asm.LoadMem(asm.R5, asm.R2, 26, asm.Word),
+			asm.JNE.Imm32(asm.R5, int32(srcLE), "pass"), // source address (32-bit compare)
 			asm.LoadMem(asm.R5, asm.R2, 36, asm.Half),
 			asm.JNE.Imm(asm.R5, int32(be), "pass"),
 			asm.Mov.Imm(asm.R0, 2), // TCX_DROP
@@ -193,6 +202,7 @@ func dropUDP(t *testing.T, n *lab.ClusterNode, port uint16) func() {
 		t.Fatalf("load udp drop program: %v", err)
 	}
 	var lk link.Link
+	start := time.Now()
 	err = n.Do(func() error {
 		ifi, err := net.InterfaceByName(lab.HostIface)
 		if err != nil {
@@ -212,6 +222,7 @@ func dropUDP(t *testing.T, n *lab.ClusterNode, port uint16) func() {
 				t.Errorf("detach udp drop program: %v", err)
 			}
 			prog.Close()
+			l.NoteFault(fmt.Sprintf("UDP from %s to port %d dropped on %s", src, port, n.Role), []*lab.Host{n.Host}, start, time.Now())
 		})
 	}
 	t.Cleanup(undo)
