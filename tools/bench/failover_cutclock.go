@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sort"
 	"sync"
 	"time"
 
@@ -130,7 +131,9 @@ func (c *cutClock) Close() {
 
 // around runs cut while the frames flow and says when the cut landed. The
 // frames must reach the port before the cut (checked, for at most a
-// second) and stop after it.
+// second) and stop after it. When cut succeeded but the frames tell
+// nothing, it returns an error with the call's start and end as the
+// bounds of the cut.
 func (c *cutClock) around(cut func() error) (cutTiming, error) {
 	var (
 		mu    sync.Mutex
@@ -208,25 +211,39 @@ func (c *cutClock) around(cut func() error) (cutTiming, error) {
 	}
 	began := time.Now()
 	err := cut()
-	call := time.Since(began)
-	// frames sent after the call are lost; wait for any still in flight
+	ret := time.Now()
+	call := ret.Sub(began)
+	// Frames sent after the call returned must be lost: wait for three of
+	// them (a loaded machine may starve the sender), then for any frame
+	// still in flight.
+	for deadline := ret.Add(time.Second); time.Now().Before(deadline); time.Sleep(cutClockInterval) {
+		mu.Lock()
+		n := len(sent) - sort.Search(len(sent), func(i int) bool { return sent[i].After(ret) })
+		mu.Unlock()
+		if n >= 3 {
+			break
+		}
+	}
 	time.Sleep(20 * cutClockInterval)
 	finish()
 	if err != nil {
 		return cutTiming{}, err
 	}
+	// The cut is in place from here on. Without a usable clock, the cut
+	// fell somewhere in the call.
+	t := cutTiming{call: call, last: began, next: ret}
 	if serr != nil {
-		return cutTiming{}, serr
+		return t, serr
 	}
 	last := -1
 	for seq := range seen {
 		last = max(last, seq)
 	}
-	t := cutTiming{call: call, last: seen[last]}
-	if last+1 >= len(sent) {
-		return t, errors.New("cut clock: every frame reached the owner's port: the cut did not land")
+	if last < 0 || last+1 >= len(sent) || !seen[last].After(began) {
+		return t, fmt.Errorf("cut clock: %d frames sent, the last one through the port was number %d (%d after the call began): no usable time",
+			len(sent), last, len(sent)-sort.Search(len(sent), func(i int) bool { return sent[i].After(began) }))
 	}
-	t.next = sent[last+1]
+	t.last, t.next = seen[last], sent[last+1]
 	return t, nil
 }
 
