@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -82,8 +83,11 @@ func newCutClock(l *lab.Lab, client *lab.Client, owner *lab.ClusterNode) (_ *cut
 		if err != nil {
 			return err
 		}
-		// ETH_P_ALL: only such sockets see the frames a port transmits
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		// Protocol 0 receives nothing until the bind below, after the
+		// filter is on (a socket made with ETH_P_ALL would queue every
+		// frame until then). ETH_P_ALL: only such sockets see the frames
+		// a port transmits.
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("packet socket: %w", err)
 		}
@@ -181,6 +185,9 @@ func (c *cutClock) around(cut func() error) (cutTiming, error) {
 			n, oobn, _, _, err := unix.Recvmsg(c.recv, buf, oob, 0)
 			if err != nil || n < 18 {
 				continue // timeout (10 ms) or interrupted: check stop
+			}
+			if !bytes.Equal(buf[6:14], c.frame[6:14]) {
+				continue // not ours (source MAC and EtherType)
 			}
 			at := time.Time{}
 			if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {

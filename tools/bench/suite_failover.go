@@ -675,7 +675,7 @@ func (s *fshaSystem) restore(ctx context.Context, n *lab.ClusterNode, failure st
 	case failPower:
 		err = n.PowerUp(ctx)
 	case failLink:
-		err = s.c.Lab.Uncut(n.Host)
+		err = uncut(ctx, s.c.Lab, n)
 	default:
 		err = n.NetworkUp()
 	}
@@ -683,6 +683,19 @@ func (s *fshaSystem) restore(ctx context.Context, n *lab.ClusterNode, failure st
 		return err
 	}
 	return s.c.WaitConverged(ctx, s.stable, s.c.Nodes...)
+}
+
+// uncut ends a Cut of n, trying three times: its `nft -f` has a 10 s
+// bound that a loaded machine can exceed (nft being atomic, a failed try
+// changes nothing).
+func uncut(ctx context.Context, l *lab.Lab, n *lab.ClusterNode) error {
+	var err error
+	for range 3 {
+		if err = l.Uncut(n.Host); err == nil || ctx.Err() != nil {
+			return err
+		}
+	}
+	return err
 }
 
 // explain reads the new owner's takeover record of vip: when it decided,
@@ -803,7 +816,7 @@ func (s *keepalivedSystem) restore(ctx context.Context, n *lab.ClusterNode, fail
 		}
 		s.ka[n] = p
 	case failLink:
-		if err := s.c.Lab.Uncut(n.Host); err != nil {
+		if err := uncut(ctx, s.c.Lab, n); err != nil {
 			return err
 		}
 	default:
