@@ -194,6 +194,9 @@ type failoverRun struct {
 	profile string // fsha's --failover, "" for keepalived
 	failure string
 	trials  []trialResult
+	// failed says why the system's trials stopped early, "" when they
+	// did not.
+	failed string
 }
 
 // failSystem is fsha or keepalived on the lab's nodes.
@@ -326,6 +329,8 @@ func (b *failoverBench) run(ctx context.Context, log *zap.Logger, out io.Writer)
 			byFailure[f] = r
 			runs = append(runs, r)
 		}
+		var failed error
+	trials:
 		for k := range b.trials {
 			for _, f := range failures {
 				if err := ctx.Err(); err != nil {
@@ -338,7 +343,14 @@ func (b *failoverBench) run(ctx context.Context, log *zap.Logger, out io.Writer)
 					return fmt.Errorf("interrupted: %w", ctx.Err())
 				}
 				if err != nil {
-					return fmt.Errorf("%s, %s, trial %d: %w", sys.label(), failureNames[f], k+1, err)
+					if tr.outcome != "" {
+						// measured; the restore after it failed
+						byFailure[f].trials = append(byFailure[f].trials, tr)
+					}
+					// The other systems still get their turn: this one's
+					// runs say where it stopped and why.
+					failed = fmt.Errorf("%s, %s, trial %d: %w", sys.label(), failureNames[f], k+1, err)
+					break trials
 				}
 				byFailure[f].trials = append(byFailure[f].trials, tr)
 				log.Info("trial", zap.String("system", name), zap.String("failure", f), zap.Int("n", k+1),
@@ -349,6 +361,17 @@ func (b *failoverBench) run(ctx context.Context, log *zap.Logger, out io.Writer)
 					zap.String("arp_at_client", fmtDur(tr.garpSeen, 0)), zap.String("tickle_at_client", fmtDur(tr.tickleSeen, 0)))
 			}
 		}
+		if failed != nil {
+			log.Error("system stopped early; going on with the next one", zap.Error(failed))
+			for _, r := range byFailure {
+				r.failed = failed.Error()
+			}
+			failures := failed
+			defer func() { err = errors.Join(err, failures) }()
+			if err := heal(ctx, c); err != nil {
+				return fmt.Errorf("after %w: heal the lab: %w", failed, err)
+			}
+		}
 		if _, ka := sys.(*keepalivedSystem); ka {
 			if err := sys.stop(ctx); err != nil {
 				return fmt.Errorf("stop %s: %w", sys.label(), err)
@@ -356,6 +379,26 @@ func (b *failoverBench) run(ctx context.Context, log *zap.Logger, out io.Writer)
 		}
 	}
 	return nil
+}
+
+// heal undoes what a failed trial may have left behind, so that the next
+// system starts on a whole lab: faults at the switch, a link down, a node
+// whose boot stopped before its servers ran.
+func heal(ctx context.Context, c *lab.Cluster) error {
+	errs := []error{c.Lab.HealFaults()}
+	for _, n := range c.Nodes {
+		errs = append(errs, n.LinkUp())
+		servers := 0
+		for _, p := range n.Processes() {
+			if p.Name == "smbd" || p.Name == "ganesha" {
+				servers++
+			}
+		}
+		if servers == 0 {
+			errs = append(errs, n.StartServers(ctx))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // prepare readies a trial on VIP prefix: it finds its owner, waits until
@@ -855,6 +898,9 @@ func (b *failoverBench) report(out io.Writer, c *lab.Cluster, runs []*failoverRu
 			reset = append(reset, tr.reset)
 			outcomes[tr.outcome]++
 		}
+		if r.failed != "" && r.failure == failures0(runs, r.system) {
+			notes = append(notes, fmt.Sprintf("%s: STOPPED EARLY, after %d trials of %d per failure: %s", r.system, len(r.trials), b.trials, r.failed))
+		}
 		if len(r.trials) == 0 {
 			continue
 		}
@@ -1002,6 +1048,16 @@ func (b *failoverBench) report(out io.Writer, c *lab.Cluster, runs []*failoverRu
 		return bt.write(out)
 	}
 	return nil
+}
+
+// failures0 is the first failure of system's runs (its notes come once).
+func failures0(runs []*failoverRun, system string) string {
+	for _, r := range runs {
+		if r.system == system {
+			return r.failure
+		}
+	}
+	return ""
 }
 
 // worstSlow is the longest of a trial's "control loop slow" reports.
