@@ -20,19 +20,29 @@ type kaConfig struct {
 	advert  time.Duration
 }
 
-// The baselines: Debian's keepalived with its defaults (VRRPv2, 1 s), and
-// the fastest it accepts. VRRPv2 rounds any advert_int to whole seconds;
-// VRRPv3 counts it in centiseconds, 0.01 s being the smallest value
-// keepalived 2.2 takes ("outside range [0.010000, 255.000000]").
+// The baselines: Debian's keepalived with its defaults (VRRPv2, 1 s),
+// VRRPv3 at 100 ms, and the fastest it accepts. VRRPv2 rounds any
+// advert_int to whole seconds; VRRPv3 counts it in centiseconds, 0.01 s
+// being the smallest value keepalived 2.2 takes ("outside range
+// [0.010000, 255.000000]").
 var (
 	kaDefault = kaConfig{name: "keepalived, advert 1 s (default)", version: 2, advert: time.Second}
+	ka100ms   = kaConfig{name: "keepalived, advert 100 ms (VRRPv3)", version: 3, advert: 100 * time.Millisecond}
 	kaFastest = kaConfig{name: "keepalived, advert 10 ms (VRRPv3, fastest)", version: 3, advert: 10 * time.Millisecond}
 )
 
 // kaPriority gives node (index from 0) of n a distinct priority for VIP
-// vip (from 0): the VIP's home node 150, the others 125 and 100, so the
-// assignment matches one VIP per node, as fsha's.
-func kaPriority(node, vip, n int) int { return 150 - 25*((node-vip+n)%n) }
+// vip (from 0): the VIP's home node 150, the next ones 25 less each (3
+// nodes: 150, 125, 100), or less than 25 when n is too large for that
+// (16 nodes: 150 down to 15), so the assignment matches one VIP per node,
+// as fsha's.
+func kaPriority(node, vip, n int) int {
+	step := 25
+	if n > 1 {
+		step = min(step, 135/(n-1))
+	}
+	return 150 - step*((node-vip%n+n)%n)
+}
 
 // writeKeepalivedConf writes node's keepalived.conf: one VRRP instance per
 // VIP on eth0, multicast adverts on the lab's bridge, preemption on (the

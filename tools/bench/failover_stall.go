@@ -2,8 +2,11 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"strconv"
@@ -17,7 +20,7 @@ import (
 // stallMonitor notices when this machine stops running us: a thread that
 // sleeps 5 ms at a time records every wake-up later than a threshold. A
 // late wake-up of this process that coincides with the daemons' own
-// "control loop stalled" means the machine (or the VM) stalled, not fsha.
+// "control loop slow" means the machine (or the VM) stalled, not fsha.
 type stallMonitor struct {
 	threshold time.Duration
 	stop      chan struct{}
@@ -75,36 +78,108 @@ func (m *stallMonitor) worst(from, to time.Time) time.Duration {
 	return w
 }
 
-// fshaStalls returns the "control loop stalled" reports (seconds) that
-// n's current fsha logged between from and to.
-func fshaStalls(n *lab.ClusterNode, from, to time.Time) ([]float64, error) {
+// fshaEvent is a line of a daemon's log the failover suite counts.
+type fshaEvent struct {
+	at   time.Time
+	slow float64 // "control loop slow": how long the loop's turn took (s); 0 for a lapse
+}
+
+// fshaLogs reads the survivors' `fsha up` logs as they grow and keeps the
+// lines that tell that fsha itself stalled: "control loop slow" (one turn
+// of the loop took more than half a renew interval, so heartbeats and
+// renewals waited) and "lease lapsed" (a node's own VIP stopped being
+// answered: no renewal from a majority). Each file is read once, from where
+// the last read stopped.
+type fshaLogs struct {
+	files map[string]*fshaLogFile
+}
+
+type fshaLogFile struct {
+	off    int64
+	events []fshaEvent
+}
+
+func newFshaLogs() *fshaLogs { return &fshaLogs{files: map[string]*fshaLogFile{}} }
+
+// events returns what n's current fsha logged between from and to: the
+// slow turns (seconds) and how many of its VIPs lapsed.
+func (l *fshaLogs) events(n *lab.ClusterNode, from, to time.Time) (slow []float64, lapses int, err error) {
 	p := n.FshaProcess()
 	if p == nil {
-		return nil, nil
+		return nil, 0, nil
 	}
-	f, err := os.Open(p.StderrPath)
+	lf := l.files[p.StderrPath]
+	if lf == nil {
+		lf = &fshaLogFile{}
+		l.files[p.StderrPath] = lf
+	}
+	if err := lf.read(p.StderrPath); err != nil {
+		return nil, 0, err
+	}
+	for _, e := range lf.events {
+		if e.at.Before(from) || e.at.After(to) {
+			continue
+		}
+		if e.slow > 0 {
+			slow = append(slow, e.slow)
+		} else {
+			lapses++
+		}
+	}
+	return slow, lapses, nil
+}
+
+// read parses the complete lines added to path since the last read.
+func (lf *fshaLogFile) read(path string) error {
+	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer f.Close()
-	var out []float64
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		line := sc.Bytes()
-		if !strings.Contains(string(line), "control loop stalled") {
+	if _, err := f.Seek(lf.off, io.SeekStart); err != nil {
+		return err
+	}
+	r := bufio.NewReaderSize(f, 64*1024)
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			// a last line without its newline is still being written
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		lf.off += int64(len(line))
+		slow := bytes.Contains(line, []byte(`"control loop slow"`))
+		if !slow && !bytes.Contains(line, []byte(`"msg":"lease lapsed`)) {
 			continue
 		}
 		var rec struct {
-			TS    time.Time `json:"ts"`
-			Stall float64   `json:"stall"`
+			TS   string  `json:"ts"`
+			Took float64 `json:"took"` // zap's production encoder: seconds
 		}
-		if json.Unmarshal(line, &rec) != nil || rec.TS.Before(from) || rec.TS.After(to) {
+		if json.Unmarshal(line, &rec) != nil {
 			continue
 		}
-		out = append(out, rec.Stall)
+		at, err := parseLogTime(rec.TS)
+		if err != nil {
+			continue
+		}
+		e := fshaEvent{at: at}
+		if slow {
+			e.slow = max(rec.Took, 1e-9)
+		}
+		lf.events = append(lf.events, e)
 	}
-	return out, sc.Err()
+}
+
+// parseLogTime reads fsha's log timestamps (zap's ISO 8601 encoder:
+// 2006-01-02T15:04:05.000Z0700).
+func parseLogTime(s string) (time.Time, error) {
+	if t, err := time.Parse("2006-01-02T15:04:05.000Z0700", s); err == nil {
+		return t, nil
+	}
+	return time.Parse(time.RFC3339Nano, s)
 }
 
 // cpuTimes reads the machine's CPU time counters (/proc/stat, in ticks):
