@@ -53,8 +53,9 @@ func (m *lockManager) do(fn func() error) error {
 	}
 	res := make(chan error, 1)
 	go func() {
-		res <- fn()
-		<-m.busy
+		err := fn()
+		<-m.busy // free before answering: the next operation may follow at once
+		res <- err
 	}()
 	select {
 	case err := <-res:
@@ -68,8 +69,9 @@ func (m *lockManager) run(ctx context.Context, report func(ownership.LockState))
 	t := time.NewTicker(m.period)
 	defer t.Stop()
 	var (
-		wanted bool
-		state  ownership.LockState
+		wanted      bool
+		state       ownership.LockState
+		unconfirmed int
 	)
 	for {
 		select {
@@ -101,8 +103,16 @@ func (m *lockManager) run(ctx context.Context, report func(ownership.LockState))
 			state = ownership.LockState{}
 		case state.Held:
 			if err := m.do(m.lock.Check); err != nil {
-				m.log.Warn("cluster lock unconfirmed", zap.Error(err))
+				unconfirmed++
+				if unconfirmed == 1 || unconfirmed%100 == 0 {
+					m.log.Warn("cluster lock unconfirmed: it vouches for nothing until its file answers again",
+						zap.Int("times", unconfirmed), zap.Error(err))
+				}
 			} else {
+				if unconfirmed > 0 {
+					m.log.Info("cluster lock confirmed again", zap.Int("unconfirmed_checks", unconfirmed))
+				}
+				unconfirmed = 0
 				state.Checked = monoNow()
 			}
 		}

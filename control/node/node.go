@@ -147,6 +147,8 @@ type Node struct {
 	workers []*worker
 	steer   *steering
 	lockMgr *lockManager
+	// addrMu makes the workers' address changes one at a time.
+	addrMu sync.Mutex
 
 	// mu guards what the admin API and the gossip callbacks read.
 	mu          sync.Mutex

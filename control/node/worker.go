@@ -327,8 +327,13 @@ func (w *worker) fail(rec *admin.Takeover, t ownership.Take, err error) {
 	w.n.done(ownership.Result{VIP: w.i, Epoch: t.Epoch, Take: true, Err: err})
 }
 
-// addVerified adds the address and reads it back.
+// addVerified adds the address and reads it back. Address changes of all
+// VIPs go one at a time (Node.addrMu): removing an IPv4 primary address
+// takes the kernel's secondaries with it, and RemoveVIP puts back the
+// ones it lost; two VIPs changing at once would undo each other.
 func (w *worker) addVerified(iface string, p netip.Prefix) error {
+	w.n.addrMu.Lock()
+	defer w.n.addrMu.Unlock()
 	if err := w.n.dp.AddVIP(iface, p); err != nil {
 		return err
 	}
@@ -342,8 +347,10 @@ func (w *worker) addVerified(iface string, p netip.Prefix) error {
 	return nil
 }
 
-// removeVerified removes the address and reads it back.
+// removeVerified removes the address and reads it back (see addVerified).
 func (w *worker) removeVerified(iface string, p netip.Prefix) error {
+	w.n.addrMu.Lock()
+	defer w.n.addrMu.Unlock()
 	if err := w.n.dp.RemoveVIP(iface, p); err != nil {
 		return err
 	}

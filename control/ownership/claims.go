@@ -57,6 +57,11 @@ func (e *Engine) heartbeat(now Mono) {
 				// the others may need (a one-way partition).
 				continue
 			}
+			if s.pending != 0 {
+				// a newer epoch of ours, not granted yet: not "held"
+				claims = append(claims, Claim{VIP: vip, Epoch: s.pending, State: ClaimTaking})
+				break
+			}
 			st := ClaimHeld
 			if s.deadline < now {
 				st = ClaimLapsed
@@ -230,7 +235,7 @@ func (e *Engine) applyAnswer(r *round, voter int, a Answer) {
 	}
 	s := &e.slots[i]
 	s.maxEpoch = max(s.maxEpoch, a.CurEpoch)
-	mine := s.epoch == epoch && (s.state == held || s.state == claiming)
+	mine := (s.epoch == epoch && (s.state == held || s.state == claiming)) || (s.state == held && s.pending == epoch && epoch != 0)
 	switch a.Verdict {
 	case Granted:
 		g := r.grants[i]
@@ -267,8 +272,8 @@ func (e *Engine) applyAnswer(r *round, voter int, a Answer) {
 			// has run out, move to a newer epoch of our own so that it
 			// grants us again (same holder: nothing to fence).
 			if a.Remaining == 0 {
-				s.epoch = max(s.maxEpoch, a.CurEpoch) + 1
-				s.maxEpoch = s.epoch
+				s.pending = max(s.maxEpoch, a.CurEpoch) + 1
+				s.maxEpoch = s.pending
 				e.urgent, e.dirty = true, true
 			}
 			return
@@ -340,6 +345,13 @@ func (e *Engine) evaluate(r *round, i int) {
 	}
 	switch s.state {
 	case held:
+		if epoch := r.claims[i]; s.pending != 0 && epoch == s.pending {
+			// our newer epoch is granted: it is the one we hold now
+			s.epoch, s.pending = epoch, 0
+			e.dirty = true
+		} else if epoch != s.epoch {
+			return
+		}
 		if until > s.deadline {
 			s.deadline = until
 			d := Deadline{VIP: i, Epoch: s.epoch, Until: until}

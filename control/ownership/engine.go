@@ -211,8 +211,12 @@ type Result struct {
 
 // slot is this node's state for one VIP.
 type slot struct {
-	state    slotState
+	state slotState
+	// epoch is the epoch claimed (claiming) or granted by a majority
+	// (held); pending, when held, a newer epoch of ours being asked for
+	// (see applyAnswer), which replaces epoch once a majority grants it.
 	epoch    uint64
+	pending  uint64
 	deadline Mono // what the data plane enforces (held)
 	maxEpoch uint64
 	// orphans collects the previous holders reported by grants.
@@ -340,7 +344,7 @@ func (e *Engine) Adopt(vip netip.Addr, epoch uint64, until Mono) bool {
 		return false
 	}
 	s := &e.slots[i]
-	s.state, s.epoch, s.deadline = held, epoch, until
+	s.state, s.epoch, s.deadline, s.pending = held, epoch, until, 0
 	s.maxEpoch = max(s.maxEpoch, epoch)
 	e.dirty = true
 	e.out.Takes = append(e.out.Takes, Take{VIP: i, Epoch: epoch, Until: until, From: None, Adopted: true,
@@ -446,9 +450,17 @@ func (e *Engine) Done(now Mono, r Result) {
 		if !rel.Lost {
 			// The data plane no longer answers: the voters may promise the
 			// VIP to the next holder at once.
-			e.voter.Release(now, e.cfg.Self, e.cfg.VIPs[r.VIP].Addr, r.Epoch, rel.Drain)
-			e.broadcast(&Release{From: e.cfg.Self, Items: []Released{{VIP: e.cfg.VIPs[r.VIP].Addr, Epoch: r.Epoch, Drain: rel.Drain}}})
+			vip := e.cfg.VIPs[r.VIP].Addr
+			items := []Released{{VIP: vip, Epoch: r.Epoch, Drain: rel.Drain}}
+			if s.pending != 0 {
+				items = append(items, Released{VIP: vip, Epoch: s.pending, Drain: rel.Drain})
+			}
+			for _, it := range items {
+				e.voter.Release(now, e.cfg.Self, vip, it.Epoch, it.Drain)
+			}
+			e.broadcast(&Release{From: e.cfg.Self, Items: items})
 		}
+		s.pending = 0
 	}
 	e.step()
 }
@@ -500,8 +512,8 @@ func (e *Engine) timeChanges(now Mono) Mono {
 		at(e.slots[i].failedAt.Add(e.cfg.Timing.HoldDown))
 	}
 	if e.lock.Held {
-		at(e.lock.Since.Add(e.cfg.Timing.Lease + e.cfg.Timing.Renew))
-		at(e.lock.Checked.Add(e.cfg.Timing.Renew + 1))
+		at(e.lock.Since.Add(2*e.cfg.Timing.Lease + e.cfg.Timing.Renew))
+		at(e.lock.Checked.Add(e.cfg.Timing.Lease + 1))
 	}
 	return t
 }
@@ -742,5 +754,8 @@ func (e *Engine) wantLock() bool {
 	if !e.cfg.Lock {
 		return false
 	}
-	return !e.view.majorityAlive && e.local.Healthy && !e.local.Disabled && !e.local.Banned && !e.stopping
+	// Not taken while starting (the peers are not heard yet, a majority
+	// may well be there), but kept.
+	return !e.view.majorityAlive && e.local.Healthy && !e.local.Disabled && !e.local.Banned && !e.stopping &&
+		(e.now >= e.startingUntil || e.lock.Held)
 }

@@ -42,14 +42,16 @@ func (e *Engine) alive(now Mono, pnn int) bool {
 }
 
 // lockUsable tells whether the cluster lock may stand in for a majority at
-// time t: held long enough that any earlier holder's lock-based deadlines
-// have passed, and confirmed recently.
+// time t: confirmed within the last lease, and held long enough that any
+// earlier holder's lock-based deadlines have passed: such a holder counted
+// on the lock at most a lease after its last confirmation, for at most a
+// lease (evaluate), so two leases and a heartbeat after we took it.
 func (e *Engine) lockUsable(t Mono) bool {
 	l := e.lock
 	if !e.cfg.Lock || !l.Held {
 		return false
 	}
-	return l.Since.Add(e.cfg.Timing.Lease+e.cfg.Timing.Renew) <= t && l.Checked.Add(e.cfg.Timing.Renew) >= t
+	return l.Since.Add(2*e.cfg.Timing.Lease+e.cfg.Timing.Renew) <= t && l.Checked.Add(e.cfg.Timing.Lease) >= t
 }
 
 func (e *Engine) computeView(now Mono) view {

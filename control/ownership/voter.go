@@ -18,7 +18,8 @@ import (
 //	p.Epoch > e                           refuse (Stale)
 //	p.Epoch == e, p.Holder == h           grant: extend
 //	p.Epoch == e, p.Holder != h           refuse (Taken)
-//	p.Epoch < e, p.Holder == h or p over  grant: a new promise
+//	p.Epoch < e, p.Holder == h or p over  grant: a new promise (for h,
+//	                                      at least as long as p)
 //	p.Epoch < e, another holder, p runs   refuse (Busy, with the time left)
 //
 // A promise never shortens except by its holder's release. Promises must
@@ -108,8 +109,11 @@ func (v *Voter) Answer(now Mono, from int, c Claim, lease time.Duration) Answer 
 		return fill(Busy)
 	}
 	until := now.Add(d)
-	if ok && p.Epoch == c.Epoch {
-		until = max(until, p.Until) // never shorten a promise
+	if ok && p.Holder == from {
+		// never shorten a promise, not even by a newer epoch of the same
+		// holder: its data plane may still run on the older one (a
+		// restart's grace)
+		until = max(until, p.Until)
 	}
 	if ok && p.Epoch < c.Epoch {
 		a.PrevEpoch, a.PrevHolder, a.PrevDrains = p.Epoch, p.Holder, p.Drained
