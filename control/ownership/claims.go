@@ -271,6 +271,13 @@ func (e *Engine) applyAnswer(r *round, voter int, a Answer) {
 			// the newer epoch (onHeartbeat). Once that voter's promise
 			// has run out, move to a newer epoch of our own so that it
 			// grants us again (same holder: nothing to fence).
+			if epoch == s.pending && a.CurHolder != e.cfg.Self && a.Remaining > 0 {
+				// Another node asks for a newer epoch than our pending
+				// one: as long as both ask, each keeps the voters it has
+				// and neither gets a majority. Ours gives way.
+				e.dropPending(i)
+				return
+			}
 			if a.Remaining == 0 {
 				s.pending = max(s.maxEpoch, a.CurEpoch) + 1
 				s.maxEpoch = s.pending
@@ -314,6 +321,24 @@ func (e *Engine) applyAnswer(r *round, voter int, a Answer) {
 			s.retryAt = at
 		}
 	}
+}
+
+// dropPending stops asking for the newer epoch of a held VIP. Its
+// promises are released once the data plane's lease has lapsed: until
+// then they are what covers it (Voter.Answer keeps a holder's promise at
+// least as long), and they run out on their own.
+func (e *Engine) dropPending(i int) {
+	s := &e.slots[i]
+	if s.pending == 0 {
+		return
+	}
+	if s.deadline <= e.now {
+		vip := e.cfg.VIPs[i].Addr
+		e.voter.Release(e.now, e.cfg.Self, vip, s.pending, false)
+		e.broadcast(&Release{From: e.cfg.Self, Items: []Released{{VIP: vip, Epoch: s.pending}}})
+	}
+	s.pending = 0
+	e.dirty = true
 }
 
 // evaluate extends a held VIP's deadline, or completes a claim, when round
