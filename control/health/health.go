@@ -96,6 +96,7 @@ type Checker struct {
 	mu       sync.Mutex
 	linkUp   map[string]bool
 	failures map[string]int
+	judged   bool // the first round of checks is over
 }
 
 // New returns a Checker; nothing runs until Run.
@@ -145,6 +146,15 @@ func (c *Checker) State() (bool, []string) {
 	return len(why) == 0, why
 }
 
+// Judged reports whether the links have been read and every check has run
+// once: before, Healthy says false for want of an answer, not because
+// something failed (a restarted node keeps its VIPs meanwhile).
+func (c *Checker) Judged() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.judged
+}
+
 // LinkUp reports whether iface has link.
 func (c *Checker) LinkUp(iface string) bool {
 	c.mu.Lock()
@@ -181,6 +191,10 @@ func (c *Checker) Run(ctx context.Context) error {
 		c.setLink(name, linkIsUp(l))
 	}
 	c.runChecks(ctx)
+	c.mu.Lock()
+	c.judged = true
+	c.mu.Unlock()
+	c.signal()
 
 	tick := time.NewTicker(c.cfg.Interval)
 	defer tick.Stop()

@@ -64,6 +64,8 @@ type DataPlane interface {
 // Health is the node's own fitness.
 type Health interface {
 	Healthy() bool
+	// Judged: the first round of checks is over (see health.Checker).
+	Judged() bool
 	LinkUp(iface string) bool
 	Changed() <-chan struct{}
 }
@@ -342,7 +344,8 @@ func (n *Node) command(fn func(*ownership.Engine, ownership.Mono)) {
 func (n *Node) local() ownership.Local {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return ownership.Local{Healthy: n.health.Healthy(), Disabled: n.disabled, Banned: time.Now().Before(n.bannedUntil)}
+	return ownership.Local{Healthy: n.health.Healthy(), HealthPending: !n.health.Judged(), Disabled: n.disabled,
+		Banned: time.Now().Before(n.bannedUntil)}
 }
 
 // newEngine builds the engine, restores the promises this node made as a

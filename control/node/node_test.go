@@ -157,6 +157,7 @@ func (h *fakeHealth) Healthy() bool {
 	defer h.mu.Unlock()
 	return h.healthy
 }
+func (h *fakeHealth) Judged() bool             { return true }
 func (h *fakeHealth) LinkUp(string) bool       { return true }
 func (h *fakeHealth) Changed() <-chan struct{} { return h.ch }
 func (h *fakeHealth) set(ok bool) {

@@ -122,9 +122,13 @@ type Config struct {
 
 // Local is this node's own fitness.
 type Local struct {
-	Healthy  bool
-	Disabled bool
-	Banned   bool
+	Healthy bool
+	// HealthPending: the checks have not all run yet since the start
+	// (Healthy is false for want of an answer). Nothing is claimed
+	// meanwhile, and nothing held is released for it.
+	HealthPending bool
+	Disabled      bool
+	Banned        bool
 }
 
 // LockState is what the caller knows of the cluster lock.
@@ -608,7 +612,7 @@ func (e *Engine) decide(i int, v *view) {
 		if target == self {
 			return
 		}
-		fit := e.local.Healthy && !e.local.Disabled && !e.local.Banned && !e.stopping && (v.selfAgrees || !v.hasAgreed)
+		fit := (e.local.Healthy || e.local.HealthPending) && !e.local.Disabled && !e.local.Banned && !e.stopping && (v.selfAgrees || !v.hasAgreed)
 		if target == None && fit {
 			// Nobody may hold it right now (views still settling after
 			// a partition): keeping it loses nothing, the data plane
@@ -625,6 +629,9 @@ func (e *Engine) decide(i int, v *view) {
 			}
 			e.beginRelease(i, Drop{To: target, Reason: e.releaseReason(i, v)})
 			return
+		}
+		if e.debug {
+			e.note("releases %s: alive %v eligible %v target %v current %v quorum %v starting %v", e.cfg.VIPs[i].Addr, v.alive, v.eligible, v.target, v.current, v.quorum, e.now < e.startingUntil)
 		}
 		e.beginRelease(i, Drop{Drain: e.planned(i, v), To: target, Reason: e.releaseReason(i, v)})
 	case claiming:
@@ -698,7 +705,7 @@ func (e *Engine) planned(i int, v *view) bool {
 	if e.pinKill[i] && e.pins[i] == v.target[i] {
 		return false // fsha move --kill
 	}
-	return v.target[i] != None && e.local.Healthy
+	return v.target[i] != None && (e.local.Healthy || e.local.HealthPending)
 }
 
 func (e *Engine) releaseReason(i int, v *view) string {

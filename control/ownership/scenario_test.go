@@ -352,3 +352,47 @@ func TestSimFrozenHolder(t *testing.T) {
 		t.Errorf("the thawed holder still has the VIP in state %v", st)
 	}
 }
+
+// TestSimRollingRestart: every node's daemon restarted in turn, each back
+// within the grace, moves no VIP and drops none, whatever placement the
+// cluster converged to (a restarted node, still starting, keeps what it
+// adopted and the others keep theirs: no rebalance).
+func TestSimRollingRestart(t *testing.T) {
+	for _, tc := range []struct{ nodes, vips int }{{3, 3}, {3, 6}, {5, 7}} {
+		for seed := int64(1); seed <= 8; seed++ {
+			t.Run(fmt.Sprintf("%dn%dv/seed%d", tc.nodes, tc.vips, seed), func(t *testing.T) {
+				w := converged(t, seed, tc.nodes, tc.vips, DefaultTiming(), false)
+				w.runUntil(w.now + int64(2*time.Second))
+				before := w.holders()
+				takes, drops := w.takes, w.drops
+				for _, n := range w.nodes {
+					n.stopping, n.restartIn = true, time.Second
+					n.eng.Stop(n.local2(w.now), true)
+					w.drain(n)
+					// the new daemon's health checks answer 300 ms after
+					// its start: until then it is not healthy, for want
+					// of an answer
+					n.local = Local{HealthPending: true}
+					w.runUntil(w.now + int64(1300*time.Millisecond))
+					if n.run < 2 || !n.running {
+						t.Fatalf("n%d did not restart", n.pnn)
+					}
+					n.local = Local{Healthy: true}
+					n.eng.SetLocal(n.local2(w.now), n.local)
+					w.drain(n)
+					w.runUntil(w.now + int64(1700*time.Millisecond))
+				}
+				w.ok(t)
+				for vip, h := range before {
+					if now := w.holders()[vip]; len(now) != 1 || now[0] != h[0] {
+						t.Errorf("%s was on n%d, now on %v", vip, h[0], now)
+					}
+				}
+				if w.takes != takes || w.drops != drops {
+					w.dumpLog(t)
+					t.Errorf("the rolling restart took %d VIPs and dropped %d", w.takes-takes, w.drops-drops)
+				}
+			})
+		}
+	}
+}

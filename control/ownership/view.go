@@ -170,7 +170,14 @@ func (e *Engine) computeView(now Mono) view {
 			keep[c] = true
 		}
 	}
-	if selfFit && (!starting || keep[e.cfg.Self]) {
+	// A node that has just started is not heard by the others yet (they
+	// timed it out while it was away): it keeps what it adopted
+	// meanwhile (and until its health checks have answered once), or a
+	// restart would hand its VIPs over. A one-way
+	// partition still costs it its VIPs: its renewals go unanswered.
+	selfKeeps := (starting || e.local.HealthPending) && keep[e.cfg.Self] && v.quorum && v.selfAgrees && (e.local.Healthy || e.local.HealthPending) &&
+		!e.local.Disabled && !e.local.Banned && !e.stopping
+	if (selfFit && (!starting || keep[e.cfg.Self])) || selfKeeps {
 		v.eligible = append(v.eligible, e.cfg.Self)
 	}
 	for _, p := range e.cfg.Nodes {

@@ -142,18 +142,9 @@ func TestRollingRestart(t *testing.T) {
 			t.Errorf("%s: a connection was reset during the rolling restart: %s", v, r)
 		}
 	}
-	for _, s := range sessions {
-		s.Close()
-		t.Logf("%s", s)
-		if err := s.Err(); err != nil {
-			t.Errorf("%s session broke during the rolling restart: %v", s.rc.proto, err)
-		}
-		if min := int(total / pingEvery / 4); s.OK() < min {
-			t.Errorf("%s session answered %d pings in %v, want at least %d", s.rc.proto, s.OK(), total.Round(time.Millisecond), min)
-		}
-	}
 	// no flow lost: each node still tracks the connections it had, bar
-	// those that ended (the transfers)
+	// those that ended (the transfers); read while the sessions are open
+	// (a close removes the flow)
 	for n, ks := range owned {
 		flows, err := n.Flows(e.ctx)
 		if err != nil {
@@ -167,6 +158,16 @@ func TestRollingRestart(t *testing.T) {
 			if !slices.Contains(now, k) && !slices.ContainsFunc(transfers, func(tr *transfer) bool { return tr.key == k }) {
 				t.Errorf("%s no longer tracks %s after the restarts", n.Role, k)
 			}
+		}
+	}
+	for _, s := range sessions {
+		s.Close()
+		t.Logf("%s", s)
+		if err := s.Err(); err != nil {
+			t.Errorf("%s session broke during the rolling restart: %v", s.rc.proto, err)
+		}
+		if min := int(total / pingEvery / 4); s.OK() < min {
+			t.Errorf("%s session answered %d pings in %v, want at least %d", s.rc.proto, s.OK(), total.Round(time.Millisecond), min)
 		}
 	}
 	for _, n := range e.c.Nodes {
