@@ -78,7 +78,15 @@ func (m *lockManager) run(ctx context.Context, report func(ownership.LockState))
 		case <-ctx.Done():
 			_ = m.do(m.lock.Release)
 			return
-		case wanted = <-m.wantCh:
+		case w := <-m.wantCh:
+			// The engine says what it wants after every step: only a
+			// change is acted on at once (a check per step would feed
+			// the engine a new confirmation, and so another step, in a
+			// loop); confirmations follow the period.
+			if w == wanted {
+				continue
+			}
+			wanted = w
 		case <-t.C:
 		}
 		before := state
