@@ -104,10 +104,6 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithCancel(c.Context)
 	defer cancel()
-	if cc != nil && c.Bool("realtime") {
-		keepRealtime(ctx, log)
-	}
-
 	dp, err := dataplane.Load(log, dataplane.Options{
 		PinPath: c.String("pin-path"), FlowsMax: uint32(flowsMax), Interfaces: ifaces,
 		PeerFlowsMax: uint32(min(c.Uint("peer-flows-max"), 1<<28)),
@@ -129,6 +125,13 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 		return err
 	}
 	log.Info("tracking", zap.Stringers("vips", vips), zap.Any("ports", ports), zap.Strings("interfaces", ifaces))
+	// Real-time only now: loading the programs (the verifier, a
+	// migration) is the heaviest work of a start, and at real-time
+	// priority it would starve the other daemons of a small machine (the
+	// lab's nodes share its CPUs) of their lease renewals.
+	if cc != nil && c.Bool("realtime") {
+		keepRealtime(ctx, log)
+	}
 
 	events, err := dp.NewEventReader()
 	if err != nil {

@@ -178,6 +178,13 @@ func (e *Engine) onHeartbeat(now Mono, hb *Heartbeat) {
 		if c.State != ClaimTaking && c.Epoch > s.epoch && s.state == held {
 			e.beginRelease(i, Drop{Lost: true, To: hb.From, Reason: fmt.Sprintf("node %d holds a newer epoch", hb.From)})
 		}
+		// The same epoch held by another node: the voters that granted
+		// ours forgot it (rebooted, or restarted without it) and granted
+		// it again. Both cannot be answering (the majorities met); ours,
+		// lapsed, is the one that is over.
+		if c.State == ClaimHeld && c.Epoch == s.epoch && s.state == held && s.deadline < now && e.peerQuorum(*hb) {
+			e.beginRelease(i, Drop{Lost: true, To: hb.From, Reason: fmt.Sprintf("node %d holds the same epoch, ours lapsed", hb.From)})
+		}
 	}
 	e.out.Send = append(e.out.Send, Envelope{To: hb.From, Msg: reply})
 }

@@ -206,6 +206,21 @@ func (e *Engine) computeView(now Mono) view {
 			startingPeer = true
 		}
 	}
+	// A cluster that never placed a VIP (a cold start) also waits, as
+	// long, for the configured nodes it has not heard yet: they are
+	// usually starting too, a moment later, and a VIP placed without them
+	// stays where it is under the sticky policy.
+	cold := true
+	for i := range e.slots {
+		if e.slots[i].state != idle || e.slots[i].maxEpoch > 0 || e.voter.Epoch(e.cfg.VIPs[i].Addr) > 0 {
+			cold = false
+		}
+	}
+	for _, p := range e.cfg.Nodes {
+		if cold && !v.alive[p] {
+			startingPeer = true
+		}
+	}
 	startingPeer = startingPeer && now.Sub(e.cfg.Start) < coldStartWait
 	if !slices.Equal(v.eligible, e.eligibleSet) || startingPeer {
 		e.eligibleSet = v.eligible
