@@ -343,7 +343,9 @@ func (n *ClusterNode) StartFsha(ctx context.Context, opts FshaOptions) (*Process
 	n.mu.Lock()
 	n.fsha = p
 	n.mu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, FshaStartTimeout)
+	// The daemons of a cluster start together and share the machine's
+	// CPUs (each verifies its programs): a large lab gets longer.
+	ctx, cancel := context.WithTimeout(ctx, FshaStartTimeout*time.Duration(max(1, len(n.cluster.Nodes)/4)))
 	defer cancel()
 	for {
 		qctx, qcancel := context.WithTimeout(ctx, 2*time.Second)
