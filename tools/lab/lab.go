@@ -249,6 +249,9 @@ func New(opts Options) (_ *Lab, err error) {
 		return nil, err
 	}
 	l.push("close xdp pass program", l.passXDP.Close)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go l.watchStalls(stop, done)
+	l.push("stop the stall watch", func() error { close(stop); <-done; return nil })
 
 	if l.Switch, err = l.newHost("sw"); err != nil {
 		return nil, err
