@@ -3,6 +3,7 @@ package lab
 import (
 	"fmt"
 	"runtime"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -19,6 +20,13 @@ import (
 // nothing else. It is an independent witness: it sees the stall only if
 // the kernel kept a real-time thread off every CPU.
 const machineStall = 150 * time.Millisecond
+
+// machineStallWhat starts the What of a fault the stall watch records.
+const machineStallWhat = "machine stall"
+
+// MachineStall tells whether the fault is a stall of the lab's kernel that
+// the stall watch witnessed (not one a test injected).
+func (f Fault) MachineStall() bool { return strings.HasPrefix(f.What, machineStallWhat+":") }
 
 // watchStalls runs until stop is closed.
 func (l *Lab) watchStalls(stop <-chan struct{}, done chan<- struct{}) {
@@ -41,7 +49,7 @@ func (l *Lab) watchStalls(stop <-chan struct{}, done chan<- struct{}) {
 		t := time.Now()
 		time.Sleep(nap)
 		if late := time.Since(t) - nap; late > machineStall {
-			l.NoteFault(fmt.Sprintf("machine stall: a real-time thread of the test ran %v late", late.Round(time.Millisecond)),
+			l.NoteFault(fmt.Sprintf(machineStallWhat+": a real-time thread of the test ran %v late", late.Round(time.Millisecond)),
 				nil, t, t.Add(nap+late))
 		}
 	}

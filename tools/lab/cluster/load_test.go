@@ -156,6 +156,12 @@ func TestNoFalseFailoverUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range rep.Faults {
+		if f.MachineStall() {
+			// witnessed by the lab, not injected: it explains what falls
+			// in its window (both are logged)
+			t.Logf("the lab's kernel stalled: %s", f)
+			continue
+		}
 		t.Errorf("a fault was recorded, this test injects none: %s", f)
 	}
 	for _, ev := range rep.False() {
