@@ -259,6 +259,11 @@ type localOp struct {
 const rebuildGap = time.Second
 
 func (x *localIndex) applyLocked(k *fshaFlowKey, open bool) bool {
+	if x.vips == nil {
+		// an event read before the first build began: the build, which
+		// walks the map afterwards, replaces this
+		x.vips = map[netip.Addr]*flowSet{}
+	}
 	if x.building {
 		x.log = append(x.log, localOp{*k, open})
 	}

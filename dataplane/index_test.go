@@ -517,3 +517,20 @@ func TestPeerIndexProperty(t *testing.T) {
 		t.Fatalf("index holds %d peer flows of an empty map", s.PeerFlows)
 	}
 }
+
+// TestLocalIndexEventBeforeBuild: an open event read before the index's
+// first build (a restart with connections in flight) is applied, not a
+// panic on a nil map.
+func TestLocalIndexEventBeforeBuild(t *testing.T) {
+	var x localIndex
+	k := fshaFlowKey{Family: 2, Vport: 445, Cport: 40000}
+	k.Vip[0], k.Vip[1], k.Vip[2], k.Vip[3] = 198, 18, 0, 201
+	x.event(&k, EventOpen)
+	if x.n != 1 {
+		t.Fatalf("%d flows indexed, want 1", x.n)
+	}
+	x.event(&k, EventClose)
+	if x.n != 0 {
+		t.Fatalf("%d flows indexed after the close, want 0", x.n)
+	}
+}
