@@ -125,6 +125,9 @@ func New(log *zap.Logger, cfg Config, d Delegate) (*Membership, error) {
 	if cfg.Port == 0 {
 		cfg.Port = DefaultPort
 	}
+	if cfg.Port < 0 || cfg.Port > 65535 {
+		return nil, fmt.Errorf("gossip port %d: want 1 to 65535", cfg.Port)
+	}
 	m := &Membership{log: log, delegate: d, changed: make(chan struct{}, 1), port: cfg.Port, badMetas: map[string]string{}}
 
 	mc := memberlist.DefaultLANConfig()
@@ -158,9 +161,14 @@ func New(log *zap.Logger, cfg Config, d Delegate) (*Membership, error) {
 		NumNodes:       func() int { return m.ml.NumMembers() },
 		RetransmitMult: mc.RetransmitMult,
 	}
+	tr, err := newTransport(log, netip.AddrPortFrom(cfg.Addr, uint16(cfg.Port)))
+	if err != nil {
+		return nil, err
+	}
+	mc.Transport = tr
 	ml, err := memberlist.Create(mc)
 	if err != nil {
-		return nil, fmt.Errorf("start gossip on %s:%d: %w", cfg.Addr, cfg.Port, err)
+		return nil, errors.Join(fmt.Errorf("start gossip on %s:%d: %w", cfg.Addr, cfg.Port, err), tr.Shutdown())
 	}
 	m.ml = ml
 	return m, nil

@@ -93,6 +93,7 @@ type ClusterNode struct {
 	mu                  sync.Mutex
 	fsha, smbd, ganesha *Process
 	fshaOpts            FshaOptions
+	client              *admin.Client
 }
 
 // NewCluster builds a cluster in l, starts everything and, unless some
@@ -180,7 +181,10 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 		c.Clients = append(c.Clients, cl)
 	}
 
-	ctx, cancel := context.WithTimeout(ctx, ClusterStartTimeout)
+	// Every daemon of a cluster starts at once on the machine's CPUs (each
+	// verifies its programs): a large lab gets longer, as in StartFsha.
+	startTimeout := ClusterStartTimeout * time.Duration(max(1, opts.Nodes/4))
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
 	for _, n := range c.Nodes {
@@ -199,7 +203,7 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 		return nil, err
 	}
 	if len(opts.ManualFsha) == 0 {
-		if err := c.WaitConverged(ctx, ClusterStartTimeout, c.Nodes...); err != nil {
+		if err := c.WaitConverged(ctx, startTimeout, c.Nodes...); err != nil {
 			return nil, fmt.Errorf("cluster start: %w", err)
 		}
 	}
@@ -532,33 +536,46 @@ func (n *ClusterNode) Admin(ctx context.Context, args ...string) ([]byte, error)
 	return n.Output(ctx, bin, append(args, "--run-dir", n.RunDir)...)
 }
 
-func (n *ClusterNode) adminJSON(ctx context.Context, v any, args ...string) error {
-	out, err := n.Admin(ctx, append(args, "--json")...)
-	if err != nil {
-		return err
+// api is a client of the node's admin socket. The lab's polls (a daemon
+// starting, a cluster converging) ask the daemon through it rather than
+// through the CLI: a process launched per node per poll costs a 16-node
+// lab hundreds of Go start-ups a second on two CPUs, which starved the
+// daemons it was waiting for. Tests of the CLI itself call Admin.
+func (n *ClusterNode) api() *admin.Client {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.client == nil {
+		n.client = admin.NewClient(admin.SocketPath(n.RunDir))
 	}
-	if err := json.Unmarshal(out, v); err != nil {
-		return fmt.Errorf("parse fsha %s --json of %s: %w: %s", args[0], n.Role, err, out)
-	}
-	return nil
+	return n.client
 }
 
-// Status is `fsha status --json` of the node.
+// apiErr drops the client's kept connection after an error (the daemon
+// may have restarted) and names the node.
+func (n *ClusterNode) apiErr(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	n.api().CloseIdleConnections()
+	return fmt.Errorf("fsha %s of %s: %w", what, n.Role, err)
+}
+
+// Status is the node's `fsha status`, from its admin socket.
 func (n *ClusterNode) Status(ctx context.Context) (admin.Status, error) {
-	var st admin.Status
-	return st, n.adminJSON(ctx, &st, "status")
+	st, err := n.api().Status(ctx)
+	return st, n.apiErr("status", err)
 }
 
-// IPs is `fsha ip --json` of the node.
+// IPs is the node's `fsha ip`, from its admin socket.
 func (n *ClusterNode) IPs(ctx context.Context) ([]admin.IP, error) {
-	var ips []admin.IP
-	return ips, n.adminJSON(ctx, &ips, "ip")
+	ips, err := n.api().IPs(ctx)
+	return ips, n.apiErr("ip", err)
 }
 
-// Timeline is `fsha timeline --json` of the node.
+// Timeline is the node's `fsha timeline`, from its admin socket.
 func (n *ClusterNode) Timeline(ctx context.Context) ([]admin.Takeover, error) {
-	var tl []admin.Takeover
-	return tl, n.adminJSON(ctx, &tl, "timeline")
+	tl, err := n.api().Timeline(ctx)
+	return tl, n.apiErr("timeline", err)
 }
 
 // HeldVIPs lists the cluster's VIPs that are on the node's eth0 now, as

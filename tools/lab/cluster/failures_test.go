@@ -505,13 +505,16 @@ func TestPartitionHealClients(t *testing.T) {
 
 // TestNetworkFlap cuts one node's network (eth0 down inside it) for about
 // as long as the cluster needs to declare it dead, again and again, with
-// durations around that time. While every daemon runs, an address on a
+// durations around that time (five cuts, FSHA_LAB_ITERATIONS in `make
+// chaos`). While every daemon runs, an address on a
 // node's eth0 is that node answering: no VIP may ever be on two nodes at
 // once, and after each cut the cluster must settle with every VIP held.
 func TestNetworkFlap(t *testing.T) {
 	e := newEnv(t, lab.ClusterOptions{Nodes: 3, Clients: -1, NoServers: true})
 	mon := startOverlapMonitor(e.c.Nodes...)
-	for i, cut := range []time.Duration{400, 600, 800, 1000, 1200} {
+	cuts := []time.Duration{400, 600, 800, 1000, 1200}
+	for i := range iterations(len(cuts)) {
+		cut := cuts[i%len(cuts)]
 		n := e.c.Nodes[i%len(e.c.Nodes)]
 		if err := n.NetworkDown(); err != nil {
 			t.Fatal(err)

@@ -138,36 +138,40 @@ func TestFaultStormWire(t *testing.T) {
 // TestIsolatedOwner7 isolates the holder of a VIP in a seven-node cluster
 // with its links up (frames dropped at the switch): another node answers
 // for the VIP only after the isolated one stopped, and the isolated one
-// takes the address off its interface at its deadline.
+// takes the address off its interface at its deadline. Once in `make
+// test`, FSHA_LAB_ITERATIONS times (a VIP after another) in `make chaos`.
 func TestIsolatedOwner7(t *testing.T) {
 	e := newEnv(t, lab.ClusterOptions{Nodes: 7, NoServers: true})
 	e.waitConverged(e.c.Nodes...)
-	vip := e.c.VIPs[0]
-	old := e.owner(vip)
 	m := e.startWireMonitor()
-	time.Sleep(200 * time.Millisecond)
-	if err := e.c.Lab.Cut(old.Host); err != nil {
-		t.Fatal(err)
-	}
-	e.out = []*lab.ClusterNode{old}
-	e.eventually(vip.String()+" answered by another node", func(ctx context.Context) error {
-		if err := e.c.Converged(ctx, e.up()...); err != nil {
+	for i := range iterations(1) {
+		vip := e.c.VIPs[i%len(e.c.VIPs)]
+		old := e.owner(vip)
+		time.Sleep(200 * time.Millisecond)
+		if err := e.c.Lab.Cut(old.Host); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("isolation %d: %s, holder of %s", i+1, old.Role, vip)
+		e.out = []*lab.ClusterNode{old}
+		e.eventually(vip.String()+" answered by another node", func(ctx context.Context) error {
+			if err := e.c.Converged(ctx, e.up()...); err != nil {
+				return err
+			}
+			_, err := e.c.Owner(vip, e.up()...)
 			return err
+		})
+		e.eventually(old.Role+" takes "+vip.String()+" off its interface", func(context.Context) error {
+			if h := e.held(old); len(h) > 0 {
+				return fmt.Errorf("%s still has %v", old.Role, h)
+			}
+			return nil
+		})
+		if err := e.c.Lab.Uncut(old.Host); err != nil {
+			t.Fatal(err)
 		}
-		_, err := e.c.Owner(vip, e.up()...)
-		return err
-	})
-	e.eventually(old.Role+" takes "+vip.String()+" off its interface", func(context.Context) error {
-		if h := e.held(old); len(h) > 0 {
-			return fmt.Errorf("%s still has %v", old.Role, h)
-		}
-		return nil
-	})
-	if err := e.c.Lab.Uncut(old.Host); err != nil {
-		t.Fatal(err)
+		e.out = nil
+		e.waitConverged(e.c.Nodes...)
 	}
-	e.out = nil
-	e.waitConverged(e.c.Nodes...)
 	e.checkWire(m)
 }
 
