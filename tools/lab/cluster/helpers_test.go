@@ -52,7 +52,7 @@ func newEnv(t *testing.T, opts lab.ClusterOptions) *env {
 	for _, cmd := range []string{"ip", "bridge", "ethtool", "smbd", "smbclient", "ganesha.nfsd", "nfs-cat", "stdbuf"} {
 		testenv.RequireCommand(t, cmd)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout+chaosBudget())
 	t.Cleanup(cancel)
 	l := lab.NewT(t, lab.Options{Fsha: fshaBin, Log: zaptest.NewLogger(t)})
 	c, err := lab.NewCluster(ctx, l, opts)

@@ -31,6 +31,16 @@ func iterations(def int) int {
 	return def
 }
 
+// chaosBudget is the time a test gets on top of testTimeout for the
+// FSHA_LAB_ITERATIONS faults of `make chaos`: a fault of up to 1.2 s and
+// the cluster settling after it take a few seconds each.
+func chaosBudget() time.Duration {
+	if v, err := strconv.Atoi(os.Getenv("FSHA_LAB_ITERATIONS")); err == nil && v > 0 {
+		return time.Duration(v) * 5 * time.Second
+	}
+	return 0
+}
+
 // overlapWindow: a MAC answering again this soon after another answered is
 // an overlap (A, B, A), not a switch-over and back (a failback after a
 // short fault takes a few hundred milliseconds).
