@@ -348,6 +348,17 @@ func (e *Engine) dropPending(i int) {
 	e.dirty = true
 }
 
+// drains says node o serves the old connections of the VIP of slot s (a
+// planned release): they are steered to it, never orphaned. A voter that
+// learnt of the release says so (drainers); a voter whose promise to o
+// simply ran out does not, so o's own heartbeats count too: the holder
+// asks both when it takes the VIP and at every renewal after (a late
+// voter's answer adds o to the orphans then).
+func (e *Engine) drains(s *slot, o int, vip netip.Addr) bool {
+	p := e.peers[o]
+	return s.drainers[o] || (p != nil && p.draining[vip])
+}
+
 // evaluate extends a held VIP's deadline, or completes a claim, when round
 // r has the promises of a majority (or of half the nodes and the lock) for
 // VIP i.
@@ -387,8 +398,9 @@ func (e *Engine) evaluate(r *round, i int) {
 		if until > s.deadline {
 			s.deadline = until
 			d := Deadline{VIP: i, Epoch: s.epoch, Until: until}
+			vip := e.cfg.VIPs[i].Addr
 			for o := range s.orphans {
-				if !s.drainers[o] {
+				if !e.drains(s, o, vip) {
 					d.Orphans = append(d.Orphans, o)
 				}
 			}
@@ -409,9 +421,7 @@ func (e *Engine) evaluate(r *round, i int) {
 			from = s.prevHolder
 		}
 		vip := e.cfg.VIPs[i].Addr
-		// A node that drains the VIP keeps its connections: they are
-		// steered back to it, not orphaned.
-		drains := func(o int) bool { p := e.peers[o]; return s.drainers[o] || (p != nil && p.draining[vip]) }
+		drains := func(o int) bool { return e.drains(s, o, vip) }
 		orphans = slices.DeleteFunc(orphans, drains)
 		fromDraining := from != None && drains(from)
 		e.out.Takes = append(e.out.Takes, Take{VIP: i, Epoch: s.epoch, Until: until, Orphans: orphans,

@@ -304,6 +304,39 @@ func TestSimShutdownDrains(t *testing.T) {
 	}
 }
 
+// TestSimMovesKeepConnections moves one VIP back and forth between nodes
+// (fsha move: pins on every node), each move while the previous holder may
+// still drain: a planned move never tickles a live node's connections, and
+// the VIP always reaches its target.
+func TestSimMovesKeepConnections(t *testing.T) {
+	for seed := int64(1); seed <= 20; seed++ {
+		w := converged(t, 700+seed, 3, 3, DefaultTiming(), false)
+		vip := w.vips[0].Addr
+		for round := range 8 {
+			from := w.holderOf(vip)
+			to := (from + 1 + w.rng.Intn(2)) % 3
+			pins := []int{to, None, None}
+			for _, n := range w.nodes {
+				n.eng.SetPins(n.local2(w.now), pins, nil)
+				w.drain(n)
+			}
+			if _, ok := w.until(2*time.Second, func() bool { return w.holderOf(vip) == to }); !ok {
+				w.dumpLog(t)
+				t.Fatalf("seed %d round %d: %s not on n%d 2 s after the move from n%d", 700+seed, round, vip, to, from)
+			}
+			// the next move comes while the old holder may still drain
+			w.runUntil(w.now + int64(100*time.Millisecond) + w.rng.Int63n(int64(time.Second)))
+			w.ok(t)
+		}
+		for n, k := range w.tickled {
+			if k > 0 {
+				w.dumpLog(t)
+				t.Fatalf("seed %d: planned moves tickled n%d's connections %d times", 700+seed, n, k)
+			}
+		}
+	}
+}
+
 // TestSimTwoNodesLock: two nodes and a cluster lock; cut apart, the lock
 // holder answers for every VIP, never both.
 func TestSimTwoNodesLock(t *testing.T) {

@@ -95,6 +95,11 @@ type simNode struct {
 	restartIn time.Duration // after a graceful stop
 	// execAt: the executor runs the takes and drops of one VIP in order
 	execAt map[int]int64
+	// draining: the VIPs whose old connections the daemon still serves
+	// after a planned release (the node layer's drain, SetDraining)
+	draining map[netip.Addr]bool
+	// heardAt[o]: when the daemon last received a message from node o
+	heardAt map[int]int64
 }
 
 type simLink struct {
@@ -242,6 +247,7 @@ func (w *simWorld) execute(n *simNode, out Output) bool {
 			if w.answering(w.nodes[o], vip, w.now) {
 				w.violate("n%d (renewing) tickles node %d's connections to %s, but n%d still answers for it", n.pnn, o, vip, o)
 			}
+			w.checkNotDraining(n, o, vip)
 		}
 	}
 	for _, note := range out.Notes {
@@ -274,11 +280,16 @@ func (w *simWorld) execute(n *simNode, out Output) bool {
 				return
 			}
 			n.dp[vip] = &dpEntry{held: true, epoch: tk.Epoch, until: tk.Until}
+			if n.draining[vip] { // taken back: the old connections are local again
+				n.draining[vip] = false
+				n.eng.SetDraining(n.local2(w.now), tk.VIP, false)
+			}
 			for _, o := range tk.Orphans {
 				if w.answering(w.nodes[o], vip, w.now) {
 					w.violate("n%d tickles node %d's connections to %s, but n%d still answers for it (epoch %d)",
 						n.pnn, o, vip, o, w.nodes[o].dp[vip].epoch)
 				}
+				w.checkNotDraining(n, o, vip)
 			}
 			n.eng.Done(n.local2(w.now), Result{VIP: tk.VIP, Epoch: tk.Epoch, Take: true})
 			w.drain(n)
@@ -297,10 +308,14 @@ func (w *simWorld) execute(n *simNode, out Output) bool {
 			}
 			// a drop ends whatever the data plane has for the VIP: the
 			// executor runs a VIP's actions in order
-			if e := n.dp[n.vips[dr.VIP].Addr]; e != nil {
+			vip := n.vips[dr.VIP].Addr
+			if e := n.dp[vip]; e != nil {
 				e.held = false
 			}
 			n.eng.Done(n.local2(w.now), Result{VIP: dr.VIP, Epoch: dr.Epoch})
+			if dr.Drain {
+				w.beginDrain(n, dr.VIP)
+			}
 			w.drain(n)
 		}})
 	}
@@ -337,6 +352,34 @@ func (w *simWorld) execute(n *simNode, out Output) bool {
 		return false
 	}
 	return fed
+}
+
+// beginDrain models the node layer after a planned release: the daemon
+// serves the VIP's old connections (steered to it by the new holder) until
+// the last one closes, here 0.2 to 2 s later, and tells its engine.
+func (w *simWorld) beginDrain(n *simNode, i int) {
+	vip, run := n.vips[i].Addr, n.run
+	n.draining[vip] = true
+	n.eng.SetDraining(n.local2(w.now), i, true)
+	w.push(&simEvent{at: w.now + int64(200*time.Millisecond) + w.rng.Int63n(int64(1800*time.Millisecond)), kind: evExec, node: n.pnn, exec: func() {
+		if n.run != run || !n.running || !n.draining[vip] {
+			return
+		}
+		n.draining[vip] = false
+		n.eng.SetDraining(n.local2(w.now), i, false)
+		w.drain(n)
+	}})
+}
+
+// checkNotDraining: a node whose daemon runs and drains vip serves its
+// old connections; n must steer them to it, never tickle them, as long as
+// n hears it (its messages say it drains). A drainer n has not heard for
+// two renewals may be cut off from the clients as well: n cannot tell.
+func (w *simWorld) checkNotDraining(n *simNode, o int, vip netip.Addr) {
+	audible := w.now-n.heardAt[o] <= int64(2*n.eng.cfg.Timing.Renew)
+	if d := w.nodes[o]; d.running && !d.paused && d.draining[vip] && audible {
+		w.violate("n%d tickles node %d's connections to %s, but n%d drains them (alive)", n.pnn, o, vip, o)
+	}
 }
 
 // execTime is when an action on VIP i of node n, decided now, is done:
@@ -408,6 +451,7 @@ func (w *simWorld) scheduleWake(n *simNode) {
 func (w *simWorld) crashDaemon(n *simNode) {
 	n.running, n.paused, n.inbox, n.eng = false, false, nil, nil
 	n.wakeAt = 0
+	clear(n.draining)
 	if n.lockHeld {
 		n.lockHeld = false
 		w.lockBy = -1
@@ -441,6 +485,7 @@ func (w *simWorld) handle(e *simEvent) {
 	switch e.kind {
 	case evDeliver:
 		w.delivered++
+		n.heardAt[e.from] = w.now
 		n.eng.Receive(now, e.msg)
 	case evWake:
 		if e.token != n.wakeTok {
@@ -520,7 +565,7 @@ func newSimWorld(seed int64, nodes, vips int, timing Timing, lock bool) *simWorl
 		n := &simNode{pnn: i, offset: Mono(w.rng.Int63n(int64(time.Hour))) + Mono(time.Hour),
 			rate: 1 - drift + 2*drift*w.rng.Float64(), powered: true,
 			persisted: map[netip.Addr]Promise{}, dp: map[netip.Addr]*dpEntry{},
-			local: Local{Healthy: true}, vips: slices.Clone(list), fp: fp}
+			local: Local{Healthy: true}, vips: slices.Clone(list), fp: fp, draining: map[netip.Addr]bool{}, heardAt: map[int]int64{}}
 		w.nodes = append(w.nodes, n)
 	}
 	return w

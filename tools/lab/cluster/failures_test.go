@@ -393,8 +393,7 @@ func TestGossipKey(t *testing.T) {
 		if _, err := n3.StartFsha(e.ctx, tc.opts); err != nil {
 			t.Fatal(err)
 		}
-		// n3 tries to join at start and then every second: watch 3 s (each
-		// look runs the fsha CLI three times: not too often, on 2 CPUs)
+		// n3 tries to join at start and then every second: watch 3 s
 		for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
 			for _, n := range []*lab.ClusterNode{n1, n2} {
 				st := e.status(n)
