@@ -32,6 +32,8 @@ func newApp(e env) *cli.App {
 		Usage:     "SMB/NFS connection failover for file-server clusters",
 		Writer:    e.stdout,
 		ErrWriter: e.stderr,
+		// A check command may hold commas: --check is repeated instead.
+		DisableSliceFlagSeparator: true,
 		Commands: append([]*cli.Command{
 			upCommand(e),
 			flowsCommand(e),

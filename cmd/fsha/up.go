@@ -251,13 +251,7 @@ var errReexec = errors.New("restart in place")
 // reports the first problem.
 func checkConfig(c *cli.Context) error {
 	if path := c.String("config"); path != "" {
-		known := map[string]bool{}
-		for _, f := range c.Command.Flags {
-			for _, name := range f.Names() {
-				known[name] = name != "config" && name != "help"
-			}
-		}
-		if _, err := config.LoadSettings(path, func(name string) bool { return known[name] }); err != nil {
+		if _, err := config.LoadSettings(path, settingNames(c)); err != nil {
 			return err
 		}
 	}
@@ -309,27 +303,37 @@ func applySettingsFile(c *cli.Context) error {
 	if path == "" {
 		return nil
 	}
-	known := map[string]bool{}
-	for _, f := range c.Command.Flags {
-		for _, name := range f.Names() {
-			known[name] = name != "config" && name != "help"
-		}
-	}
-	settings, err := config.LoadSettings(path, func(name string) bool { return known[name] })
+	fromFile := map[string]bool{}
+	settings, err := config.LoadSettings(path, settingNames(c))
 	if err != nil {
 		return err
 	}
 	for _, s := range settings {
-		if c.IsSet(s.Name) {
-			continue
+		if c.IsSet(s.Name) && !fromFile[s.Name] {
+			continue // the command line or the environment wins
 		}
-		for _, v := range strings.Split(s.Value, ",") {
-			if err := c.Set(s.Name, strings.TrimSpace(v)); err != nil {
-				return fmt.Errorf("%s:%d: %s: %w", s.File, s.Line, s.Name, err)
-			}
+		// a value whole: "ports = 445,2049" is one value, and so is a
+		// check command with commas; a repeated check is another line
+		fromFile[s.Name] = true
+		if err := c.Set(s.Name, s.Value); err != nil {
+			return fmt.Errorf("%s:%d: %s: %w", s.File, s.Line, s.Name, err)
 		}
 	}
 	return nil
+}
+
+// settingNames: every flag of the command is a setting but config and
+// help; slice flags (check) take one value per line.
+func settingNames(c *cli.Context) config.Names {
+	known, multi := map[string]bool{}, map[string]bool{}
+	for _, f := range c.Command.Flags {
+		_, isMulti := f.(*cli.StringSliceFlag)
+		for _, name := range f.Names() {
+			known[name] = name != "config" && name != "help"
+			multi[name] = isMulti
+		}
+	}
+	return config.Names{Known: func(n string) bool { return known[n] }, Multi: func(n string) bool { return multi[n] }}
 }
 
 // parsePorts reads "445,139,2049".

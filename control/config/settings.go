@@ -19,11 +19,19 @@ type Setting struct {
 	Line  int
 }
 
+// Names tells ParseSettings which names are settings (Known), so that a
+// typo is refused with its line rather than silently ignored, and which
+// of them take several values (Multi: one line per value, as the flag is
+// repeated on the command line).
+type Names struct {
+	Known, Multi func(string) bool
+}
+
 // ParseSettings reads a settings file: "name = value" lines, '#' comments,
-// blank lines. A name given twice is refused. known reports whether a name
-// is a setting at all, so that a typo is refused with its line rather than
-// silently ignored.
-func ParseSettings(name string, r io.Reader, known func(string) bool) ([]Setting, error) {
+// blank lines. A value is taken whole (commas included: "ports = 445,2049",
+// "check = cmd:/bin/sh -c 'a, b'"). A name given twice is refused unless it
+// takes several values.
+func ParseSettings(name string, r io.Reader, names Names) ([]Setting, error) {
 	var (
 		out  []Setting
 		errs []error
@@ -45,9 +53,9 @@ func ParseSettings(name string, r io.Reader, known func(string) bool) ([]Setting
 			fail("want name = value, got %q", line)
 		case k == "":
 			fail("missing name before '='")
-		case !known(k):
+		case !names.Known(k):
 			fail("unknown setting %q", k)
-		case seen[k] != 0:
+		case seen[k] != 0 && (names.Multi == nil || !names.Multi(k)):
 			fail("setting %q given twice (first on line %d)", k, seen[k])
 		default:
 			seen[k] = lineNo
@@ -64,11 +72,11 @@ func ParseSettings(name string, r io.Reader, known func(string) bool) ([]Setting
 }
 
 // LoadSettings reads a settings file from disk.
-func LoadSettings(path string, known func(string) bool) ([]Setting, error) {
+func LoadSettings(path string, names Names) ([]Setting, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("settings: %w", err)
 	}
 	defer f.Close()
-	return ParseSettings(path, f, known)
+	return ParseSettings(path, f, names)
 }
