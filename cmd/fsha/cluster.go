@@ -100,6 +100,9 @@ type clusterConfig struct {
 // runs: a node never starts on a half-valid configuration.
 func loadClusterConfig(c *cli.Context, log *zap.Logger, vips []config.PublicAddress) (*clusterConfig, error) {
 	cc := &clusterConfig{vips: vips}
+	if err := checkRanges(c); err != nil {
+		return nil, err
+	}
 	nodes, err := config.LoadNodes(c.String("nodes"))
 	if err != nil {
 		return nil, err
@@ -200,6 +203,34 @@ func loadClusterConfig(c *cli.Context, log *zap.Logger, vips []config.PublicAddr
 		cc.checks = append(cc.checks, ch)
 	}
 	return cc, nil
+}
+
+// checkRanges refuses values that would leave the node unable to work,
+// naming the flag: a duration that must be positive (an explicit 0 would
+// otherwise mean "the default" for some and "never" for others), a port
+// out of range, a drain timeout below zero (0 resets at once), a lock file
+// whose directory does not exist (its every check would fail).
+func checkRanges(c *cli.Context) error {
+	for _, name := range []string{"lease", "renew-interval", "restart-grace", "probe-interval", "probe-timeout", "hook-timeout"} {
+		if c.IsSet(name) && c.Duration(name) <= 0 {
+			return fmt.Errorf("--%s %v: must be positive", name, c.Duration(name))
+		}
+	}
+	if c.IsSet("suspicion-mult") && c.Int("suspicion-mult") <= 0 {
+		return fmt.Errorf("--suspicion-mult %d: must be positive", c.Int("suspicion-mult"))
+	}
+	if d := c.Duration("drain-timeout"); d < 0 {
+		return fmt.Errorf("--drain-timeout %v: must be 0 (reset at once) or more", d)
+	}
+	if p := c.Int("gossip-port"); p < 1 || p > 65535 {
+		return fmt.Errorf("--gossip-port %d: want 1 to 65535", p)
+	}
+	if p := c.String("lock"); p != "" {
+		if st, err := os.Stat(filepath.Dir(p)); err != nil || !st.IsDir() {
+			return fmt.Errorf("--lock %s: its directory does not exist (is the cluster file system mounted?)", p)
+		}
+	}
+	return nil
 }
 
 // findSelf finds this node in the nodes file: the given address, or the one
