@@ -318,8 +318,12 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	checker := health.New(log, health.Config{Interfaces: ifaces, Checks: checks})
 
 	takeovers := metrics.NewTakeovers()
+	// No public interface: a public_addresses file with no address (a
+	// node that only votes) serves nothing and steers nothing.
 	var mac [6]byte
-	if ifi, err := net.InterfaceByName(ifaces[0]); err == nil && len(ifi.HardwareAddr) == 6 {
+	if len(ifaces) == 0 {
+		log.Warn("public_addresses lists no address: this node holds no VIP, it only votes")
+	} else if ifi, err := net.InterfaceByName(ifaces[0]); err == nil && len(ifi.HardwareAddr) == 6 {
 		copy(mac[:], ifi.HardwareAddr)
 	}
 	// A VIP draining from here lives on loopback: the public interfaces
