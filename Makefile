@@ -38,8 +38,11 @@ check-generate: generate
 vmlinux: deps
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > vmlinux.h
 
+# The version fsha --version prints: the checkout's git describe.
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+
 build: deps
-	$(GO) build -o $(BIN) ./cmd/fsha
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/fsha
 
 lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi

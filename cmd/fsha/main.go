@@ -30,6 +30,7 @@ func newApp(e env) *cli.App {
 	return &cli.App{
 		Name:      "fsha",
 		Usage:     "SMB/NFS connection failover for file-server clusters",
+		Version:   versionString(),
 		Writer:    e.stdout,
 		ErrWriter: e.stderr,
 		// A check command may hold commas: --check is repeated instead.
