@@ -71,7 +71,9 @@ func clusterFlags() []cli.Flag {
 		&cli.StringFlag{Name: "failback", Value: "automatic", EnvVars: []string{"FSHA_FAILBACK"},
 			Usage: "automatic (a recovered node gets its share of VIPs back) or sticky (VIPs stay until moved)"},
 		&cli.StringFlag{Name: "run-dir", Value: admin.DefaultRunDir, EnvVars: []string{"FSHA_RUN_DIR"},
-			Usage: "directory of the admin socket and the node's state"},
+			Usage: "directory of the admin socket"},
+		&cli.StringFlag{Name: "state-dir", Value: "/var/lib/fsha", EnvVars: []string{"FSHA_STATE_DIR"},
+			Usage: "directory of what survives a reboot (maintenance mode: fsha disable)"},
 		&cli.StringFlag{Name: "hooks-dir", Value: "/etc/fsha/events.d", EnvVars: []string{"FSHA_HOOKS_DIR"},
 			Usage: "executables run on takeip and releaseip with FSHA_VIP, FSHA_IFACE... in the environment"},
 		&cli.DurationFlag{Name: "hook-timeout", Value: 10 * time.Second, EnvVars: []string{"FSHA_HOOK_TIMEOUT"},
@@ -335,7 +337,7 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	}
 	nd, err := node.New(log, node.Config{
 		Nodes: cc.nodes, Self: cc.self, VIPs: cc.vips, Policy: cc.policy, Lock: cc.lock, Timing: cc.owner,
-		StateFile: filepath.Join(runDir, "state.json"), DrainTimeout: c.Duration("drain-timeout"), MAC: mac,
+		StateFile: filepath.Join(c.String("state-dir"), "state.json"), LegacyStateFile: filepath.Join(runDir, "state.json"), DrainTimeout: c.Duration("drain-timeout"), MAC: mac,
 	}, nil, actions, checker, newHooks(log, c.String("hooks-dir"), cc.nodes[cc.self].Addr.String(), c.Duration("hook-timeout")), takeovers)
 	if err != nil {
 		return err

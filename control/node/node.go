@@ -104,8 +104,11 @@ type Config struct {
 	Policy allocation.Policy
 	Lock   *quorum.Lock // nil: majority only
 	Timing ownership.Timing
-	// StateFile keeps what must survive a restart (maintenance mode).
-	StateFile string
+	// StateFile keeps what must survive a restart and a reboot
+	// (maintenance mode). LegacyStateFile is where releases before
+	// --state-dir kept it (in the run dir, which a reboot empties): read
+	// when StateFile does not exist yet, so an upgrade keeps a disable.
+	StateFile, LegacyStateFile string
 	// DrainTimeout is how long a VIP moved away in a planned move (move,
 	// disable, failback, rebalance, shutdown) keeps serving its old
 	// connections here before they are reset; 0 resets them at once.
@@ -583,7 +586,12 @@ func (n *Node) loadState() {
 	if n.cfg.StateFile == "" {
 		return
 	}
-	b, err := os.ReadFile(n.cfg.StateFile)
+	file := n.cfg.StateFile
+	b, err := os.ReadFile(file)
+	if errors.Is(err, os.ErrNotExist) && n.cfg.LegacyStateFile != "" {
+		file = n.cfg.LegacyStateFile
+		b, err = os.ReadFile(file)
+	}
 	if errors.Is(err, os.ErrNotExist) {
 		return
 	}
@@ -592,12 +600,18 @@ func (n *Node) loadState() {
 		err = json.Unmarshal(b, &p)
 	}
 	if err != nil {
-		n.log.Warn("state file unreadable, starting enabled", zap.String("file", n.cfg.StateFile), zap.Error(err))
+		n.log.Warn("state file unreadable, starting enabled", zap.String("file", file), zap.Error(err))
 		return
 	}
 	n.disabled = p.Disabled
 	if p.Disabled {
 		n.log.Info("node is disabled (maintenance); `fsha enable` to bring it back")
+	}
+	if file != n.cfg.StateFile {
+		// kept where a reboot keeps it from now on
+		if err := n.saveStateLocked(); err != nil {
+			n.log.Warn("move the state to the state dir", zap.String("file", n.cfg.StateFile), zap.Error(err))
+		}
 	}
 }
 

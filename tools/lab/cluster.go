@@ -340,7 +340,9 @@ func (n *ClusterNode) StartFsha(ctx context.Context, opts FshaOptions) (*Process
 	}
 	n.fshaOpts = opts
 	n.mu.Unlock()
-	p, err := n.Start("fsha-up", argv...)
+	// Each node its own state dir (the default, /var/lib/fsha, is the
+	// host's): by the environment, which older releases ignore.
+	p, err := n.StartWith("fsha-up", StartOptions{Env: []string{"FSHA_STATE_DIR=" + filepath.Join(n.Dir, "state")}}, argv...)
 	if err != nil {
 		return nil, err
 	}
