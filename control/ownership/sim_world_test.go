@@ -98,8 +98,11 @@ type simNode struct {
 	// draining: the VIPs whose old connections the daemon still serves
 	// after a planned release (the node layer's drain, SetDraining)
 	draining map[netip.Addr]bool
-	// heardAt[o]: when the daemon last received a message from node o
-	heardAt map[int]int64
+	// heardAt[o]: when the daemon last received a heartbeat of node o
+	// (which lists what o drains); drainSince[vip]: when this node began
+	// to drain vip
+	heardAt    map[int]int64
+	drainSince map[netip.Addr]int64
 }
 
 type simLink struct {
@@ -359,7 +362,7 @@ func (w *simWorld) execute(n *simNode, out Output) bool {
 // the last one closes, here 0.2 to 2 s later, and tells its engine.
 func (w *simWorld) beginDrain(n *simNode, i int) {
 	vip, run := n.vips[i].Addr, n.run
-	n.draining[vip] = true
+	n.draining[vip], n.drainSince[vip] = true, w.now
 	n.eng.SetDraining(n.local2(w.now), i, true)
 	w.push(&simEvent{at: w.now + int64(200*time.Millisecond) + w.rng.Int63n(int64(1800*time.Millisecond)), kind: evExec, node: n.pnn, exec: func() {
 		if n.run != run || !n.running || !n.draining[vip] {
@@ -372,12 +375,14 @@ func (w *simWorld) beginDrain(n *simNode, i int) {
 }
 
 // checkNotDraining: a node whose daemon runs and drains vip serves its
-// old connections; n must steer them to it, never tickle them, as long as
-// n hears it (its messages say it drains). A drainer n has not heard for
-// two renewals may be cut off from the clients as well: n cannot tell.
+// old connections; n must steer them to it, never tickle them, once n has
+// a heartbeat of it that says so (one sent since the drain began, and
+// recent). A drainer n has not heard since may be cut off from the clients
+// as well: n cannot tell.
 func (w *simWorld) checkNotDraining(n *simNode, o int, vip netip.Addr) {
-	audible := w.now-n.heardAt[o] <= int64(2*n.eng.cfg.Timing.Renew)
-	if d := w.nodes[o]; d.running && !d.paused && d.draining[vip] && audible {
+	d := w.nodes[o]
+	audible := n.heardAt[o] > d.drainSince[vip] && w.now-n.heardAt[o] <= int64(2*n.eng.cfg.Timing.Renew)
+	if d.running && !d.paused && d.draining[vip] && audible {
 		w.violate("n%d tickles node %d's connections to %s, but n%d drains them (alive)", n.pnn, o, vip, o)
 	}
 }
@@ -485,7 +490,9 @@ func (w *simWorld) handle(e *simEvent) {
 	switch e.kind {
 	case evDeliver:
 		w.delivered++
-		n.heardAt[e.from] = w.now
+		if _, ok := e.msg.(*Heartbeat); ok {
+			n.heardAt[e.from] = w.now
+		}
 		n.eng.Receive(now, e.msg)
 	case evWake:
 		if e.token != n.wakeTok {
@@ -565,7 +572,7 @@ func newSimWorld(seed int64, nodes, vips int, timing Timing, lock bool) *simWorl
 		n := &simNode{pnn: i, offset: Mono(w.rng.Int63n(int64(time.Hour))) + Mono(time.Hour),
 			rate: 1 - drift + 2*drift*w.rng.Float64(), powered: true,
 			persisted: map[netip.Addr]Promise{}, dp: map[netip.Addr]*dpEntry{},
-			local: Local{Healthy: true}, vips: slices.Clone(list), fp: fp, draining: map[netip.Addr]bool{}, heardAt: map[int]int64{}}
+			local: Local{Healthy: true}, vips: slices.Clone(list), fp: fp, draining: map[netip.Addr]bool{}, heardAt: map[int]int64{}, drainSince: map[netip.Addr]int64{}}
 		w.nodes = append(w.nodes, n)
 	}
 	return w
