@@ -216,7 +216,6 @@ func (s *sockDiag) Close() error { return unix.Close(s.fd) }
 func (s *sockDiag) exchange(n int, put func(b []byte, i int, seq uint32), got func(i int, typ uint16, payload []byte)) error {
 	const reqLen = nlmsgHeaderLen + inetDiagReqV2Len
 	kernel := &unix.SockaddrNetlink{Family: unix.AF_NETLINK}
-	ne := binary.NativeEndian
 	for base := 0; base < n; base += destroyBatch {
 		k := min(destroyBatch, n-base)
 		for j := range k {
@@ -229,32 +228,51 @@ func (s *sockDiag) exchange(n int, put func(b []byte, i int, seq uint32), got fu
 		}
 		answered := make([]bool, k)
 		for pending := k; pending > 0; {
-			m, _, err := unix.Recvfrom(s.fd, s.rbuf, 0)
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				if errors.Is(err, unix.EAGAIN) {
-					err = os.ErrDeadlineExceeded
-				}
-				return fmt.Errorf("receive sock_diag answers (%d of %d missing): %w", pending, k, err)
-			}
-			for b := s.rbuf[:m]; len(b) >= nlmsgHeaderLen; {
-				l := int(ne.Uint32(b))
-				if l < nlmsgHeaderLen || l > len(b) {
-					return fmt.Errorf("receive sock_diag answers: bad message length %d", l)
-				}
-				typ, seq := ne.Uint16(b[4:]), int(ne.Uint32(b[8:]))
-				if seq >= 1 && seq <= k && !answered[seq-1] {
-					answered[seq-1] = true
+			what := fmt.Sprintf("receive sock_diag answers (%d of %d missing)", pending, k)
+			err := s.receive(what, func(typ uint16, seq uint32, p []byte) error {
+				if i := int(seq); i >= 1 && i <= k && !answered[i-1] {
+					answered[i-1] = true
 					pending--
-					got(base+seq-1, typ, b[nlmsgHeaderLen:l])
+					got(base+i-1, typ, p)
 				}
-				b = b[min(nlmsgAlign(l), len(b)):]
+				return nil
+			})
+			if err != nil {
+				return err
 			}
 		}
 	}
 	return nil
+}
+
+// receive reads one datagram of netlink messages and hands each message's
+// type, sequence number and payload to each; what names the exchange in
+// errors.
+func (s *sockDiag) receive(what string, each func(typ uint16, seq uint32, payload []byte) error) error {
+	ne := binary.NativeEndian
+	for {
+		m, _, err := unix.Recvfrom(s.fd, s.rbuf, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) {
+				err = os.ErrDeadlineExceeded
+			}
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		for b := s.rbuf[:m]; len(b) >= nlmsgHeaderLen; {
+			l := int(ne.Uint32(b))
+			if l < nlmsgHeaderLen || l > len(b) {
+				return fmt.Errorf("%s: bad message length %d", what, l)
+			}
+			if err := each(ne.Uint16(b[4:]), ne.Uint32(b[8:]), b[nlmsgHeaderLen:l]); err != nil {
+				return err
+			}
+			b = b[min(nlmsgAlign(l), len(b)):]
+		}
+		return nil
+	}
 }
 
 // nlError returns the error of an NLMSG_ERROR payload (nil for an ack).

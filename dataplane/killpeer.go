@@ -10,10 +10,8 @@ package dataplane
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -55,37 +53,28 @@ func peerConns(peer netip.Addr, port uint16) ([]Conn, error) {
 		return nil, fmt.Errorf("sock_diag dump: %w", err)
 	}
 	var out []Conn
-	for {
-		m, _, err := unix.Recvfrom(s.fd, s.rbuf, 0)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			if errors.Is(err, unix.EAGAIN) {
-				err = os.ErrDeadlineExceeded
-			}
-			return nil, fmt.Errorf("sock_diag dump: %w", err)
-		}
-		for b := s.rbuf[:m]; len(b) >= nlmsgHeaderLen; {
-			l := int(ne.Uint32(b))
-			if l < nlmsgHeaderLen || l > len(b) {
-				return nil, fmt.Errorf("sock_diag dump: bad message length %d", l)
-			}
-			switch typ, p := ne.Uint16(b[4:]), b[nlmsgHeaderLen:l]; typ {
-			case unix.NLMSG_DONE:
-				return out, nil
-			case unix.NLMSG_ERROR:
+	for done := false; !done; {
+		err := s.receive("sock_diag dump", func(typ uint16, _ uint32, p []byte) error {
+			switch {
+			case done:
+			case typ == unix.NLMSG_DONE:
+				done = true
+			case typ == unix.NLMSG_ERROR:
 				if err := nlError(p); err != nil {
-					return nil, fmt.Errorf("sock_diag dump: %w", err)
+					return fmt.Errorf("sock_diag dump: %w", err)
 				}
-			case unix.SOCK_DIAG_BY_FAMILY:
+			case typ == unix.SOCK_DIAG_BY_FAMILY:
 				if c, ok := peerConn(p, peer, port); ok {
 					out = append(out, c)
 				}
 			}
-			b = b[min(nlmsgAlign(l), len(b)):]
+			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
 	}
+	return out, nil
 }
 
 // peerConn decodes one inet_diag_msg and keeps it when it is a live
