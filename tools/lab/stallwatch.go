@@ -4,42 +4,82 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// The lab's nodes share one kernel. A stall of that kernel (seen on a
-// small VM while another node loads and attaches its programs) stops
-// every node's daemon at once, real-time or not, and each one's leases
-// lapse together: an artifact of the lab, not a failure a real cluster
-// (one kernel per node) would see as a whole. A thread of the test at
-// fsha's real-time priority naps 5 ms at a time; a nap that ends more than
-// machineStall late is recorded as a fault of the whole lab ("machine
-// stall"), so that the failover accounting explains what it caused and
-// nothing else. It is an independent witness: it sees the stall only if
-// the kernel kept a real-time thread off every CPU.
+// The lab's nodes share one kernel. A stall of that kernel stops every
+// node's daemon at once, and each one's leases lapse together: an artifact
+// of the lab, not a failure a real cluster (one kernel per node) would see.
+// Such stalls happen on a small VM while another node starts: creating the
+// flows map (an LRU hash of a million entries, preallocated) keeps one CPU
+// in the kernel for about 300 ms without a point where it could be
+// preempted, even by a real-time task. A stall of one CPU is enough: the
+// receive work of a veth (its NAPI) that was scheduled on that CPU waits
+// with it, the veth's ring fills, and the other nodes' heartbeats through
+// it are dropped (their sends fail with ENOBUFS) although their daemons
+// run on the other CPU.
+//
+// So the lab has one witness per CPU: a thread of the test at fsha's
+// real-time priority, bound to that CPU, naps 5 ms at a time (a plain
+// nanosleep, which the kernel's timer wakes without the Go runtime); a nap
+// that ends more than machineStall late is recorded as a fault of the
+// whole lab ("machine stall"), so that the failover accounting explains
+// what it caused and nothing else. It is an independent witness: it sees
+// the stall only if the kernel kept a real-time thread off its CPU.
 const machineStall = 150 * time.Millisecond
 
 // machineStallWhat starts the What of a fault the stall watch records.
 const machineStallWhat = "machine stall"
 
+// stallNap is how long a witness sleeps between two looks at the clock.
+const stallNap = 5 * time.Millisecond
+
 // MachineStall tells whether the fault is a stall of the lab's kernel that
 // the stall watch witnessed (not one a test injected).
 func (f Fault) MachineStall() bool { return strings.HasPrefix(f.What, machineStallWhat+":") }
 
-// watchStalls runs until stop is closed.
+// watchStalls runs a witness on each CPU the lab may use until stop is
+// closed.
 func (l *Lab) watchStalls(stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	attr := &unix.SchedAttr{Policy: unix.SCHED_RR, Priority: 1}
-	if err := unix.SchedSetAttr(0, attr, 0); err != nil {
-		l.log.Info("stall watch without real-time priority: it records nothing")
+	var cpus unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &cpus); err != nil {
+		l.log.Info("stall watch: no CPU list, it records nothing: " + err.Error())
 		<-stop
 		return
 	}
-	const nap = 5 * time.Millisecond
+	var wg sync.WaitGroup
+	for cpu := 0; cpu < 64*len(cpus); cpu++ { // every bit of the set's 64-bit words
+		if !cpus.IsSet(cpu) {
+			continue
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); l.witness(cpu, stop) }()
+	}
+	wg.Wait()
+}
+
+// witness watches one CPU until stop is closed.
+func (l *Lab) witness(cpu int, stop <-chan struct{}) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var only unix.CPUSet
+	only.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &only); err != nil {
+		l.log.Info(fmt.Sprintf("stall watch of CPU %d: cannot bind to it, it records nothing: %v", cpu, err))
+		<-stop
+		return
+	}
+	attr := &unix.SchedAttr{Policy: unix.SCHED_RR, Priority: 1}
+	if err := unix.SchedSetAttr(0, attr, 0); err != nil {
+		l.log.Info(fmt.Sprintf("stall watch of CPU %d without real-time priority: it records nothing", cpu))
+		<-stop
+		return
+	}
+	nap := unix.NsecToTimespec(stallNap.Nanoseconds())
 	for {
 		select {
 		case <-stop:
@@ -47,10 +87,10 @@ func (l *Lab) watchStalls(stop <-chan struct{}, done chan<- struct{}) {
 		default:
 		}
 		t := time.Now()
-		time.Sleep(nap)
-		if late := time.Since(t) - nap; late > machineStall {
-			l.NoteFault(fmt.Sprintf(machineStallWhat+": a real-time thread of the test ran %v late", late.Round(time.Millisecond)),
-				nil, t, t.Add(nap+late))
+		_ = unix.Nanosleep(&nap, nil) // EINTR: a shorter nap, still a look at the clock
+		if late := time.Since(t) - stallNap; late > machineStall {
+			l.NoteFault(fmt.Sprintf(machineStallWhat+": a real-time thread bound to CPU %d ran %v late", cpu, late.Round(time.Millisecond)),
+				nil, t, t.Add(stallNap+late))
 		}
 	}
 }
