@@ -62,6 +62,8 @@ func clusterFlags() []cli.Flag {
 			Usage: "override how long a gossip probe waits for its answer"},
 		&cli.IntFlag{Name: "suspicion-mult", EnvVars: []string{"FSHA_SUSPICION_MULT"},
 			Usage: "override the gossip's suspicion multiplier"},
+		&cli.UintFlag{Name: "ctdb-port", Value: ctdbPort, EnvVars: []string{"FSHA_CTDB_PORT"},
+			Usage: "once a peer is judged dead, end this node's TCP connections with it on this port (ctdbd's), so that CTDB recovers Samba's databases now rather than after its keepalives (0: leave them)"},
 		&cli.StringFlag{Name: "lock", EnvVars: []string{"FSHA_LOCK"},
 			Usage: "lock file on the cluster file system (like CTDB's recovery lock): needed by two-node clusters"},
 		&cli.BoolFlag{Name: "allow-two-nodes-without-lock", EnvVars: []string{"FSHA_ALLOW_TWO_NODES_WITHOUT_LOCK"},
@@ -227,6 +229,9 @@ func checkRanges(c *cli.Context) error {
 	if p := c.Int("gossip-port"); p < 1 || p > 65535 {
 		return fmt.Errorf("--gossip-port %d: want 1 to 65535", p)
 	}
+	if p := c.Uint("ctdb-port"); p > 65535 {
+		return fmt.Errorf("--ctdb-port %d: want 1 to 65535, or 0 to leave CTDB's connections alone", p)
+	}
 	if p := c.String("lock"); p != "" {
 		if st, err := os.Stat(filepath.Dir(p)); err != nil || !st.IsDir() {
 			return fmt.Errorf("--lock %s: its directory does not exist (is the cluster file system mounted?)", p)
@@ -338,6 +343,7 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	nd, err := node.New(log, node.Config{
 		Nodes: cc.nodes, Self: cc.self, VIPs: cc.vips, Policy: cc.policy, Lock: cc.lock, Timing: cc.owner,
 		StateFile: filepath.Join(c.String("state-dir"), "state.json"), LegacyStateFile: filepath.Join(runDir, "state.json"), DrainTimeout: c.Duration("drain-timeout"), MAC: mac,
+		PeerDead: kickCTDB(log, uint16(c.Uint("ctdb-port"))),
 	}, nil, actions, checker, newHooks(log, c.String("hooks-dir"), cc.nodes[cc.self].Addr.String(), c.Duration("hook-timeout")), takeovers)
 	if err != nil {
 		return err

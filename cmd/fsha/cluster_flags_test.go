@@ -26,6 +26,8 @@ func TestCheckRanges(t *testing.T) {
 		nil,
 		{"--lease", "300ms", "--renew-interval", "50ms", "--drain-timeout", "0", "--hook-timeout", "5s"},
 		{"--gossip-port", "65535", "--lock", filepath.Join(dir, "lock")},
+		{"--ctdb-port", "0"},
+		{"--ctdb-port", "4379"},
 	} {
 		if err := run(ok...); err != nil {
 			t.Errorf("%q refused: %v", ok, err)
@@ -42,6 +44,7 @@ func TestCheckRanges(t *testing.T) {
 		{[]string{"--drain-timeout", "-1s"}, "--drain-timeout -1s: must be 0"},
 		{[]string{"--gossip-port", "0"}, "--gossip-port 0: want 1 to 65535"},
 		{[]string{"--gossip-port", "70000"}, "--gossip-port 70000"},
+		{[]string{"--ctdb-port", "65536"}, "--ctdb-port 65536: want 1 to 65535, or 0"},
 		{[]string{"--lock", filepath.Join(dir, "missing", "lock")}, "its directory does not exist"},
 	} {
 		err := run(tc.args...)

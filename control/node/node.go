@@ -114,6 +114,10 @@ type Config struct {
 	MAC [6]byte
 	// Rejoin is how often unreachable nodes are contacted again (gossip).
 	Rejoin time.Duration
+	// PeerDead, when set, is called (in a goroutine of its own) once a
+	// peer is judged dead: unheard for a lease without announcing a stop,
+	// or for the restart grace after announcing a restart (peerdeath.go).
+	PeerDead func(pnn int, addr netip.Addr)
 }
 
 // StopMode says what a stop is for.
@@ -163,6 +167,7 @@ type Node struct {
 	extra       func() map[string]uint64
 	onAlive     func(map[int]netip.Addr)
 	alive       map[int]bool
+	deaths      *peerDeaths // used by the loop only (publish)
 	started     time.Time
 }
 
@@ -191,6 +196,7 @@ func New(log *zap.Logger, cfg Config, g Gossip, dp DataPlane, h Health, hooks Ho
 		msgs: make(chan any, 4096), results: make(chan ownership.Result, 256),
 		cmds: make(chan func(*ownership.Engine, ownership.Mono), 64), stopReq: make(chan StopMode, 1),
 		pins: map[int]pin{}, counters: map[string]uint64{}, alive: map[int]bool{},
+		deaths: newPeerDeaths(cfg.Timing.Grace),
 	}
 	for i := range cfg.VIPs {
 		n.workers = append(n.workers, newWorker(n, i))
@@ -530,6 +536,15 @@ func (n *Node) publish(sn ownership.Snapshot) {
 		go n.onAlive(peers)
 	}
 	n.steer.update(sn)
+	for _, pnn := range n.deaths.update(sn) {
+		addr := n.cfg.Nodes[pnn].Addr
+		n.count("peers_judged_dead")
+		n.log.Warn("peer judged dead: unheard for a lease without a word of a stop, or not back from a restart within the grace",
+			zap.Int("pnn", pnn), zap.Stringer("address", addr))
+		if n.cfg.PeerDead != nil {
+			go n.cfg.PeerDead(pnn, addr)
+		}
+	}
 }
 
 func mapsEqual(a, b map[int]bool) bool {
