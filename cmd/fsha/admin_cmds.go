@@ -152,6 +152,9 @@ func printStatus(w io.Writer, st admin.Status) error {
 			b.WriteString(" config differs: " + n.Skew)
 		}
 		b.WriteByte('\n')
+		if n.Reason != "" && n.State != admin.StateOK && n.Skew == "" {
+			fmt.Fprintf(&b, "       why: %s\n", n.Reason)
+		}
 	}
 	lock := "none"
 	if st.Lock != "" {
@@ -162,6 +165,9 @@ func printStatus(w io.Writer, st admin.Status) error {
 	}
 	fmt.Fprintf(&b, "Quorum: %s (%d of %d nodes)   Failback: %s   Lock: %s\n",
 		yesNo(st.Quorum), connected, len(st.Nodes), cmp.Or(st.Policy, "-"), lock)
+	if !st.Quorum && st.QuorumReason != "" {
+		fmt.Fprintf(&b, "       why: %s\n", st.QuorumReason)
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }

@@ -46,7 +46,7 @@ func (f *fakeBackend) Status(context.Context) (admin.Status, error) {
 		Nodes: []admin.NodeStatus{
 			{PNN: 0, Address: nodes[0], State: admin.StateOK, This: true, Quorum: true, VIPs: 2},
 			{PNN: 1, Address: nodes[1], State: admin.StateUnhealthy, Quorum: true, Skew: "public addresses differ (4 VIPs, the majority has 3)"},
-			{PNN: 2, Address: nodes[2], State: admin.StateDisconnected},
+			{PNN: 2, Address: nodes[2], State: admin.StateDisconnected, Reason: "no heartbeat from it for more than a lease (250ms)"},
 		},
 	}, nil
 }
@@ -176,6 +176,7 @@ func TestStatusCommand(t *testing.T) {
 pnn:0 198.18.0.1       OK (THIS NODE)
 pnn:1 198.18.0.2       UNHEALTHY config differs: public addresses differ (4 VIPs, the majority has 3)
 pnn:2 198.18.0.3       DISCONNECTED
+       why: no heartbeat from it for more than a lease (250ms)
 Quorum: yes (2 of 3 nodes)   Failback: automatic   Lock: none
 `
 	if out != want {
@@ -427,5 +428,33 @@ func TestTickleCommand(t *testing.T) {
 	}
 	if got := strings.Join(b.Calls(), "|"); got != "tickle 198.18.1.10|tickle 198.18.1.11" {
 		t.Errorf("backend calls %q", got)
+	}
+}
+
+// Without quorum, status says what is missing; a node that is not OK says
+// why under its line.
+func TestPrintStatusReasons(t *testing.T) {
+	var b strings.Builder
+	err := printStatus(&b, admin.Status{Policy: "automatic", QuorumReason: "hears 1 of 3 nodes, a majority is 2; not heard: 198.18.0.2, 198.18.0.3",
+		Nodes: []admin.NodeStatus{
+			{PNN: 0, Address: nodes[0], State: admin.StateUnhealthy, This: true, Reason: "tcp:198.18.0.1:445 failing (2 runs in a row): connection refused"},
+			{PNN: 1, Address: nodes[1], State: admin.StateDisconnected, Reason: "no heartbeat"},
+			{PNN: 2, Address: nodes[2], State: admin.StateDisconnected, Reason: "no heartbeat"},
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `Number of nodes:3
+pnn:0 198.18.0.1       UNHEALTHY (THIS NODE)
+       why: tcp:198.18.0.1:445 failing (2 runs in a row): connection refused
+pnn:1 198.18.0.2       DISCONNECTED
+       why: no heartbeat
+pnn:2 198.18.0.3       DISCONNECTED
+       why: no heartbeat
+Quorum: no (1 of 3 nodes)   Failback: automatic   Lock: none
+       why: hears 1 of 3 nodes, a majority is 2; not heard: 198.18.0.2, 198.18.0.3
+`
+	if b.String() != want {
+		t.Errorf("status:\n%s\nwant:\n%s", b.String(), want)
 	}
 }

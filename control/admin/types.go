@@ -43,12 +43,18 @@ type NodeStatus struct {
 	// Skew says how the node's configuration differs from the
 	// majority's (it then holds nothing), "" when it does not.
 	Skew string `json:"config_skew,omitempty"`
+	// Reason says why the node is in its state when it is not OK, as far
+	// as this node knows (this node: which check failed and what it said;
+	// another node: what its heartbeats say).
+	Reason string `json:"reason,omitempty"`
 }
 
 // Status is `fsha status`: the cluster as this node sees it.
 type Status struct {
 	Nodes  []NodeStatus `json:"nodes"`
 	Quorum bool         `json:"quorum"`
+	// QuorumReason says, without quorum, what is missing for it.
+	QuorumReason string `json:"quorum_reason,omitempty"`
 	// ThisPNN is this node's number.
 	ThisPNN int    `json:"this_pnn"`
 	Policy  string `json:"failback_policy"`

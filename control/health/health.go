@@ -96,7 +96,22 @@ type Checker struct {
 	mu       sync.Mutex
 	linkUp   map[string]bool
 	failures map[string]int
+	last     map[string]CheckResult
 	judged   bool // the first round of checks is over
+}
+
+// CheckResult is the latest run of one check.
+type CheckResult struct {
+	Name string
+	// Passing is the check's verdict: it fails after Config.Failures
+	// failed runs in a row.
+	Passing bool
+	// Failures counts the failed runs in a row (0: the last one passed).
+	Failures int
+	// Error is what the last run said when it failed ("" when it passed).
+	Error string
+	At    time.Time     // when the last run ended; zero: not run yet
+	Took  time.Duration // how long it ran
 }
 
 // New returns a Checker; nothing runs until Run.
@@ -112,7 +127,7 @@ func New(log *zap.Logger, cfg Config) *Checker {
 	}
 	c := &Checker{
 		log: log.Named("health"), cfg: cfg, changed: make(chan struct{}, 1),
-		linkUp: map[string]bool{}, failures: map[string]int{},
+		linkUp: map[string]bool{}, failures: map[string]int{}, last: map[string]CheckResult{},
 	}
 	// Until the first round, service checks count as failed: a node that
 	// just started holds nothing before its services have answered once.
@@ -140,10 +155,34 @@ func (c *Checker) State() (bool, []string) {
 	}
 	for _, ch := range c.cfg.Checks {
 		if c.failures[ch.Name()] >= c.cfg.Failures {
-			why = append(why, ch.Name()+" failing")
+			r, ran := c.last[ch.Name()]
+			switch {
+			case !ran:
+				why = append(why, ch.Name()+" not run yet")
+			case r.Error != "":
+				why = append(why, fmt.Sprintf("%s failing (%d runs in a row): %s", ch.Name(), r.Failures, r.Error))
+			default:
+				why = append(why, ch.Name()+" failing")
+			}
 		}
 	}
 	return len(why) == 0, why
+}
+
+// Results returns the latest run of every check, in configuration order.
+func (c *Checker) Results() []CheckResult {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]CheckResult, 0, len(c.cfg.Checks))
+	for _, ch := range c.cfg.Checks {
+		r, ran := c.last[ch.Name()]
+		if !ran {
+			r = CheckResult{Name: ch.Name()}
+		}
+		r.Passing = c.failures[ch.Name()] < c.cfg.Failures
+		out = append(out, r)
+	}
+	return out
 }
 
 // Judged reports whether the links have been read and every check has run
@@ -243,18 +282,35 @@ func (c *Checker) runChecks(ctx context.Context) {
 			defer wg.Done()
 			cctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
 			defer cancel()
+			began := time.Now()
 			err := ch.Run(cctx)
+			took := time.Since(began)
 			c.mu.Lock()
 			before := c.failures[ch.Name()] >= c.cfg.Failures
+			_, ranBefore := c.last[ch.Name()]
 			if err != nil {
 				c.failures[ch.Name()]++
 			} else {
 				c.failures[ch.Name()] = 0
 			}
 			after := c.failures[ch.Name()] >= c.cfg.Failures
+			// failures starts at the verdict's threshold (failing until
+			// the first run); the result counts the real runs
+			r := CheckResult{Name: ch.Name(), At: time.Now(), Took: took}
+			if err != nil {
+				r.Error = err.Error()
+				r.Failures = c.last[ch.Name()].Failures + 1
+			}
+			c.last[ch.Name()] = r
 			c.mu.Unlock()
+			// The first run is logged whatever it says (a check failing
+			// from the start changes nothing, and would go unsaid), then
+			// every change of verdict.
+			if before != after || !ranBefore {
+				c.log.Info("check", zap.String("check", ch.Name()), zap.Bool("passing", !after),
+					zap.Duration("took", took), zap.Error(err))
+			}
 			if before != after {
-				c.log.Info("check", zap.String("check", ch.Name()), zap.Bool("passing", !after), zap.Error(err))
 				c.signal()
 			}
 		}()

@@ -3,10 +3,13 @@ package health
 import (
 	"context"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func TestParseCheck(t *testing.T) {
@@ -87,5 +90,38 @@ func TestLinkState(t *testing.T) {
 	c.setLink("eth9", false)
 	if c.Healthy() {
 		t.Fatal("link down not seen")
+	}
+}
+
+// The reason a node is unhealthy names the check and says what its last
+// run said (the command's own output); Results gives each check's latest
+// run; a check failing from its first run is logged (once) although its
+// verdict did not change.
+func TestCheckReasons(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	c := New(zap.New(core), Config{Failures: 2, Checks: []Check{
+		CommandCheck{Argv: []string{"sh", "-c", "echo smbd is not running; exit 3"}},
+		CommandCheck{Argv: []string{"true"}},
+	}})
+	if ok, why := c.State(); ok || len(why) != 2 || !strings.HasSuffix(why[0], " not run yet") || !strings.HasSuffix(why[1], " not run yet") {
+		t.Fatalf("before any run: healthy=%v why=%q, want both checks not run yet", ok, why)
+	}
+	ctx := context.Background()
+	c.runChecks(ctx)
+	c.runChecks(ctx)
+	ok, why := c.State()
+	want := "cmd:sh -c echo smbd is not running; exit 3 failing (2 runs in a row): exit status 3: smbd is not running"
+	if ok || len(why) != 1 || why[0] != want {
+		t.Fatalf("healthy=%v why=%q, want [%q]", ok, why, want)
+	}
+	res := c.Results()
+	if len(res) != 2 || res[0].Passing || res[0].Failures != 2 || res[0].At.IsZero() || !res[1].Passing || res[1].Error != "" {
+		t.Fatalf("results %+v", res)
+	}
+	if n := logs.FilterMessage("check").FilterField(zap.Bool("passing", false)).Len(); n != 1 {
+		t.Errorf("the check failing from the start was logged %d times, want once", n)
+	}
+	if n := logs.FilterMessage("check").FilterField(zap.Bool("passing", true)).Len(); n != 1 {
+		t.Errorf("the passing check was logged %d times, want once", n)
 	}
 }

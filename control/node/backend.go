@@ -28,10 +28,13 @@ func (n *Node) Status(context.Context) (admin.Status, error) {
 	for k, v := range n.counters {
 		st.Counters[k] = v
 	}
+	bannedFor := time.Until(n.bannedUntil)
 	n.mu.Unlock()
 	if n.cfg.Lock != nil {
 		st.Lock, st.LockHeld = n.cfg.Lock.Path(), n.cfg.Lock.Held()
 	}
+	st.QuorumReason = quorumReason(sn, n.cfg.Nodes, n.cfg.Lock != nil, st.LockHeld)
+	_, healthWhy := n.health.State()
 	if n.extra != nil {
 		for k, v := range n.extra() {
 			st.Counters[k] = v
@@ -59,6 +62,14 @@ func (n *Node) Status(context.Context) (admin.Status, error) {
 			if nv.Skew != "" {
 				ns.State = admin.StateUnhealthy
 			}
+		}
+		switch {
+		case nv.Skew != "":
+			ns.Reason = "its configuration differs from the majority's: it holds nothing"
+		case ns.This:
+			ns.Reason = localReason(ns.State, healthWhy, bannedFor)
+		default:
+			ns.Reason = peerReason(ns.State, nv, n.cfg.Timing.Lease)
 		}
 		st.Nodes = append(st.Nodes, ns)
 	}

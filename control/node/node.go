@@ -60,6 +60,9 @@ type DataPlane interface {
 // Health is the node's own fitness.
 type Health interface {
 	Healthy() bool
+	// State is Healthy with, when unhealthy, why (each failing link or
+	// check with what it said).
+	State() (bool, []string)
 	// Judged: the first round of checks is over (see health.Checker).
 	Judged() bool
 	LinkUp(iface string) bool
@@ -168,7 +171,9 @@ type Node struct {
 	onAlive     func(map[int]netip.Addr)
 	alive       map[int]bool
 	deaths      *peerDeaths // used by the loop only (publish)
-	started     time.Time
+	// quorum as last logged (the loop only); quorumSaid: logged once
+	quorum, quorumSaid bool
+	started            time.Time
 }
 
 // New builds a node; SetGossip then Run start it.
@@ -536,6 +541,7 @@ func (n *Node) publish(sn ownership.Snapshot) {
 		go n.onAlive(peers)
 	}
 	n.steer.update(sn)
+	n.logQuorum(sn)
 	for _, pnn := range n.deaths.update(sn) {
 		addr := n.cfg.Nodes[pnn].Addr
 		n.count("peers_judged_dead")
@@ -545,6 +551,26 @@ func (n *Node) publish(sn ownership.Snapshot) {
 			go n.cfg.PeerDead(pnn, addr)
 		}
 	}
+}
+
+// logQuorum logs each change of quorum with what is missing for it: a
+// node without quorum holds nothing, and the operator must learn why.
+func (n *Node) logQuorum(sn ownership.Snapshot) {
+	if n.quorumSaid && sn.Quorum == n.quorum {
+		return
+	}
+	if sn.Quorum {
+		n.log.Info("quorum")
+	} else {
+		held := n.cfg.Lock != nil && n.cfg.Lock.Held()
+		why := quorumReason(sn, n.cfg.Nodes, n.cfg.Lock != nil, held)
+		if n.quorumSaid {
+			n.log.Warn("quorum lost: the VIPs held here lapse at their deadlines", zap.String("why", why))
+		} else {
+			n.log.Info("no quorum yet", zap.String("why", why))
+		}
+	}
+	n.quorum, n.quorumSaid = sn.Quorum, true
 }
 
 func mapsEqual(a, b map[int]bool) bool {

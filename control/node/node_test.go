@@ -157,6 +157,12 @@ func (h *fakeHealth) Healthy() bool {
 	defer h.mu.Unlock()
 	return h.healthy
 }
+func (h *fakeHealth) State() (bool, []string) {
+	if h.Healthy() {
+		return true, nil
+	}
+	return false, []string{"fake check failing"}
+}
 func (h *fakeHealth) Judged() bool             { return true }
 func (h *fakeHealth) LinkUp(string) bool       { return true }
 func (h *fakeHealth) Changed() <-chan struct{} { return h.ch }

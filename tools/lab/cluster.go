@@ -48,6 +48,13 @@ type ClusterOptions struct {
 	// FshaBin runs this fsha binary instead of the lab's (an older
 	// release: a rolling upgrade restarts the nodes with the lab's).
 	FshaBin string
+	// CTDB runs ctdbd on every node, for Samba's clustered databases only
+	// (fsha moves the VIPs), and smbd clustered on it (ctdb.go). ctdbd
+	// starts before smbd, at start and on PowerUp.
+	CTDB bool
+	// CTDBFast gives ctdbd the fast tunables profile (1 s keepalives,
+	// leader timeout 3 s) instead of CTDB's defaults.
+	CTDBFast bool
 }
 
 // MaxClusterNodes bounds ClusterOptions.Nodes.
@@ -74,6 +81,9 @@ type Cluster struct {
 	// Files fsha reads: nodes, public_addresses, the gossip key, and the
 	// lock file (empty without ClusterOptions.Lock).
 	NodesFile, PublicAddressesFile, KeyFile, LockFile string
+	// CTDBLockFile is CTDB's cluster lock on the shared file system
+	// (empty without ClusterOptions.CTDB).
+	CTDBLockFile string
 
 	opts ClusterOptions
 }
@@ -86,13 +96,16 @@ type ClusterNode struct {
 	// RunDir holds the admin socket (--run-dir); HooksDir the event
 	// scripts (--hooks-dir, empty unless a test adds some).
 	RunDir, HooksDir string
+	// CTDBBase is ctdbd's CTDB_BASE: its config, sockets, databases and
+	// log (empty without ClusterOptions.CTDB).
+	CTDBBase string
 
 	cluster *Cluster
 
-	mu                  sync.Mutex
-	fsha, smbd, ganesha *Process
-	fshaOpts            FshaOptions
-	client              *admin.Client
+	mu                         sync.Mutex
+	fsha, smbd, ganesha, ctdbd *Process
+	fshaOpts                   FshaOptions
+	client                     *admin.Client
 }
 
 // NewCluster builds a cluster in l, starts everything and, unless some
@@ -117,6 +130,12 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 	case opts.Clients < 0:
 		opts.Clients = 0
 	}
+	if opts.CTDB && opts.NoServers {
+		return nil, errors.New("cluster options: CTDB serves smbd, NoServers runs none")
+	}
+	if opts.CTDBFast && !opts.CTDB {
+		return nil, errors.New("cluster options: CTDBFast without CTDB")
+	}
 	for _, i := range opts.ManualFsha {
 		if i < 1 || i > opts.Nodes {
 			return nil, fmt.Errorf("ManualFsha: no node %d", i)
@@ -137,6 +156,12 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 		// on the shared file system, beside the share, as CTDB's
 		// recovery lock sits on the cluster file system
 		c.LockFile = filepath.Join(filepath.Dir(c.Share), "fsha.lock")
+	}
+	if opts.CTDB {
+		if _, err := os.Stat(ctdbMutexHelper); err != nil {
+			return nil, fmt.Errorf("ctdb cluster lock helper: %w (make deps installs ctdb)", err)
+		}
+		c.CTDBLockFile = filepath.Join(filepath.Dir(c.Share), "ctdb.reclock")
 	}
 	var nodes, pa strings.Builder
 	for i := 1; i <= opts.Nodes; i++ {
@@ -170,6 +195,11 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 		if cn.RunDir, err = l.runDir(n); err != nil {
 			return nil, err
 		}
+		if opts.CTDB {
+			if cn.CTDBBase, err = l.ctdbBase(n); err != nil {
+				return nil, err
+			}
+		}
 		c.Nodes = append(c.Nodes, cn)
 	}
 	for i := 1; i <= opts.Clients; i++ {
@@ -183,8 +213,17 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 	// Every daemon of a cluster starts at once on the machine's CPUs (each
 	// verifies its programs): a large lab gets longer, as in StartFsha.
 	startTimeout := ClusterStartTimeout * time.Duration(max(1, opts.Nodes/4))
+	if opts.CTDB {
+		startTimeout += CTDBStartTimeout
+	}
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
+	if opts.CTDB {
+		// every ctdbd up and OK before any smbd, as at a cluster's boot
+		if err := c.startCTDB(ctx); err != nil {
+			return nil, err
+		}
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	for _, n := range c.Nodes {
 		g.Go(func() error { return n.StartServers(gctx) })
@@ -403,12 +442,26 @@ func (n *ClusterNode) KillFsha() error {
 }
 
 // StartServers starts smbd and nfs-ganesha on the shared directory (unless
-// the cluster has NoServers).
+// the cluster has NoServers). With CTDB, ctdbd first, unless it runs:
+// smbd starts once this node's ctdbd sees every running ctdbd OK.
 func (n *ClusterNode) StartServers(ctx context.Context) error {
-	if n.cluster.opts.NoServers {
+	c := n.cluster
+	if c.opts.NoServers {
 		return nil
 	}
-	smbd, err := n.StartSmbd(ctx, n.cluster.Share)
+	var smbOpts SmbdOptions
+	if c.opts.CTDB {
+		if !n.CTDBRuns() {
+			if _, err := n.StartCTDB(ctx); err != nil {
+				return err
+			}
+		}
+		if err := c.WaitCTDB(ctx, CTDBStartTimeout, n); err != nil {
+			return err
+		}
+		smbOpts = SmbdOptions{CTDBSocket: n.CTDBSocket(), NetbiosName: CTDBNetbiosName}
+	}
+	smbd, err := n.StartSmbdWith(ctx, c.Share, smbOpts)
 	if err != nil {
 		return err
 	}
@@ -422,7 +475,9 @@ func (n *ClusterNode) StartServers(ctx context.Context) error {
 	return nil
 }
 
-// Processes returns the node's daemons (fsha, smbd, nfs-ganesha) that run.
+// Processes returns the node's daemons (fsha, smbd, nfs-ganesha, ctdbd)
+// that run. ctdbd daemonizes: it runs while anything of the session of
+// the process the lab started does (Process.SessionAlive).
 func (n *ClusterNode) Processes() []*Process {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -431,6 +486,9 @@ func (n *ClusterNode) Processes() []*Process {
 		if p != nil && !p.Exited() {
 			out = append(out, p)
 		}
+	}
+	if n.ctdbd != nil && n.ctdbd.SessionAlive() {
+		out = append(out, n.ctdbd)
 	}
 	return out
 }
@@ -442,9 +500,10 @@ func (n *ClusterNode) NetworkDown() error { return n.LinkDown() }
 // NetworkUp brings eth0 back after NetworkDown.
 func (n *ClusterNode) NetworkUp() error { return n.LinkUp() }
 
-// PowerDown crashes the node as a power cut would: SIGKILL to every one
-// of its processes (fsha first, servers with their children), then its
-// link goes down. Addresses and the data plane stay in the namespace,
+// PowerDown crashes the node as a power cut would: its link goes down,
+// then SIGKILL to every one of its processes (fsha first, servers with
+// their children, ctdbd's whole session: recoverd, eventd, the cluster
+// lock's helper). Addresses and the data plane stay in the namespace,
 // unanswered; PowerUp reboots the node.
 func (n *ClusterNode) PowerDown() error {
 	procs := n.Processes()
@@ -466,7 +525,8 @@ func (n *ClusterNode) PowerDown() error {
 }
 
 // PowerUp boots a powered-down node: what a reboot clears goes (the VIPs
-// on eth0, the data plane), the link comes up, then the servers and fsha
+// on eth0, the data plane), the link comes up, then the servers (with
+// CTDB: ctdbd first, smbd once ctdbd is back in the cluster) and fsha
 // start again (fsha with the options of its last StartFsha).
 func (n *ClusterNode) PowerUp(ctx context.Context) error {
 	if len(n.Processes()) > 0 {

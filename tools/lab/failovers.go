@@ -22,7 +22,7 @@ import (
 // Every fault the lab injects is recorded with the hosts it hits and when
 // it starts and ends: Freeze/Thaw, NetworkDown/Up (any eth0 down),
 // PowerDown/Up, KillFsha, StopFsha (a stop for a restart), signals and
-// stops of a node's daemons (fsha, smbd, nfs-ganesha), Partition/Heal,
+// stops of a node's daemons (fsha, smbd, nfs-ganesha, ctdbd), Partition/Heal,
 // PartitionOneWay, Loss, Duplicate, Cut, Unplug and with them Flap, each
 // until HealFaults or its undo. A test that injects a fault by other means
 // (its own BPF program, iptables...) records it with NoteFault.
@@ -144,12 +144,14 @@ func (l *Lab) endFault(key string) {
 }
 
 // daemonStems are the names of the node processes whose death or stop is
-// a fault (a CPU hog or a test's helper stopping is none).
-var daemonStems = []string{"fsha-up", "smbd", "ganesha"}
+// a fault (a CPU hog or a test's helper stopping is none). ctdbd's is one:
+// a clustered smbd exits with it, and its peers freeze their databases.
+var daemonStems = []string{"fsha-up", "smbd", "ganesha", "ctdbd"}
 
 // processFault records a signal the lab sends to a node's daemon outside
 // the teardown: SIGSTOP until SIGCONT, anything that ends it until the
-// daemon starts again (StartFsha, FshaUp, StartSmbd, StartGanesha).
+// daemon starts again (StartFsha, FshaUp, StartSmbd, StartGanesha,
+// StartCTDB).
 func (p *Process) processFault(sig syscall.Signal) {
 	h := p.host
 	stem, _, _ := strings.Cut(p.Name, ".")

@@ -208,6 +208,17 @@ func (p *Process) SignalSession(sig syscall.Signal) error {
 	return errors.Join(errs...)
 }
 
+// SessionAlive tells whether the process runs or anything of its session
+// does: a daemon that forks away from the started process and lets it
+// exit (ctdbd) runs on in the session that process led.
+func (p *Process) SessionAlive() bool {
+	if !p.Exited() {
+		return true
+	}
+	pids, err := sessionMembers(p.PID())
+	return err != nil || len(pids) > 0
+}
+
 // Kill crashes the process: SIGKILL to it and to everything in its
 // session at once, then waits (bounded) until it is gone. Unlike Stop, it
 // leaves no chance to clean up, like a power cut.

@@ -48,11 +48,22 @@ type env struct {
 
 func newEnv(t *testing.T, opts lab.ClusterOptions) *env {
 	t.Helper()
+	return newEnvWithin(t, opts, testTimeout+chaosBudget())
+}
+
+// newEnvWithin is newEnv for a test that needs budget in all (the
+// context of every wait), e.g. CTDB's ~30 s of failure detection.
+func newEnvWithin(t *testing.T, opts lab.ClusterOptions, budget time.Duration) *env {
+	t.Helper()
 	testenv.RequireBPF(t)
 	for _, cmd := range []string{"ip", "bridge", "ethtool", "smbd", "smbclient", "ganesha.nfsd", "nfs-cat", "stdbuf"} {
 		testenv.RequireCommand(t, cmd)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout+chaosBudget())
+	if opts.CTDB {
+		testenv.RequireCommand(t, "ctdbd")
+		testenv.RequireCommand(t, "ctdb")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
 	t.Cleanup(cancel)
 	l := lab.NewT(t, lab.Options{Fsha: fshaBin, Log: zaptest.NewLogger(t)})
 	c, err := lab.NewCluster(ctx, l, opts)

@@ -1,0 +1,329 @@
+package cluster
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fsha/fsha/tools/lab"
+)
+
+// CTDB as its users run it under Samba: every node runs ctdbd for the
+// clustered databases only and smbd with `clustering = yes`, fsha moves
+// the VIPs (docs/ctdb-lab/RESULTS.md). With CTDB's defaults a dead node is
+// noticed by its keepalives only, ~25-30 s after a power cut, and every
+// survivor's smbd waits for the recovery that follows: the test logs how
+// long, it does not judge it (speed is for benchmarks).
+
+const (
+	// ctdbBudget bounds the whole test: a cold CTDB start, a power cut
+	// with CTDB's ~30 s detection, a rejoin.
+	ctdbBudget = 6 * time.Minute
+	// ctdbShareBack bounds the wait, from the power cut, for a read
+	// through the dead node's VIP and for the survivors to see it dead.
+	ctdbShareBack = 90 * time.Second
+	// ctdbAttempt bounds one smbclient read: one that started during the
+	// recovery completes when the databases thaw.
+	ctdbAttempt = 10 * time.Second
+	// ctdbPoll is how often the survivors' ctdbd are asked for the dead
+	// node's state.
+	ctdbPoll = 100 * time.Millisecond
+)
+
+// TestCTDBClusteredSmbd: three nodes with CTDB's defaults. (a) A file
+// written through one node's smbd reads back through another's: clustered
+// smbd on the shared directory works. (b) A power cut of a node that is
+// not the CTDB leader: its VIP moves, and a read through that VIP succeeds
+// once CTDB has recovered; the times from the cut to the VIP's move, to
+// the survivors' ctdbd marking the node DISCONNECTED and to the first good
+// read are logged. The node comes back and the cluster converges.
+//
+// Twice: with fsha's CTDB kick (its default: a survivor that judges a
+// peer dead ends its TCP connections with it on ctdbd's port, and CTDB
+// sees the death at once), and without it (--ctdb-port 0: CTDB's
+// keepalives), so the logged times compare the two.
+func TestCTDBClusteredSmbd(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"kick", nil},
+		{"no-kick", []string{"--ctdb-port", "0"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testCTDBClusteredSmbd(t, tc.args) })
+	}
+}
+
+func testCTDBClusteredSmbd(t *testing.T, fshaArgs []string) {
+	e := newEnvWithin(t, lab.ClusterOptions{CTDB: true, FshaArgs: fshaArgs}, ctdbBudget)
+	e.waitConverged(e.c.Nodes...)
+
+	// (a) write through A's node, read through B's
+	owners := map[netip.Prefix]*lab.ClusterNode{}
+	for _, v := range e.c.VIPs {
+		owners[v] = e.owner(v)
+	}
+	var vipA, vipB netip.Prefix
+	for _, a := range e.c.VIPs {
+		for _, b := range e.c.VIPs {
+			if owners[a] != owners[b] && !vipA.IsValid() {
+				vipA, vipB = a, b
+			}
+		}
+	}
+	if !vipA.IsValid() {
+		t.Fatalf("every VIP on one node: %v", owners)
+	}
+	name := "ctdb-a.txt"
+	data := content(name)
+	e.retry("create "+name+" through "+vipA.Addr().String(), func(ctx context.Context) error {
+		return e.client.PutSMB(ctx, vipA.Addr(), name, data)
+	})
+	e.files[name] = data
+	e.retry("read "+name+" through "+vipB.Addr().String(), func(ctx context.Context) error {
+		got, err := e.client.GetSMB(ctx, vipB.Addr(), name)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(got, data) {
+			return permanent{fmt.Errorf("read %q through %s, want %q", got, vipB, data)}
+		}
+		return nil
+	})
+	// the smbd of the VIP's holder answered on each: two smbd, one share
+	e.answering()
+	t.Logf("%s written through %s (%s), read back through %s (%s)", name, vipA, owners[vipA].Role, vipB, owners[vipB].Role)
+
+	// (b) power cut of a node that is not the CTDB leader
+	var leader *lab.ClusterNode
+	e.eventually("the ctdbd agree on a leader", func(ctx context.Context) error {
+		var err error
+		leader, err = e.c.CTDBLeader(ctx)
+		return err
+	})
+	var victim *lab.ClusterNode
+	for _, n := range e.c.Nodes {
+		if n != leader && len(e.held(n)) > 0 {
+			victim = n
+			break
+		}
+	}
+	if victim == nil {
+		t.Fatalf("no node but the CTDB leader %s holds a VIP", leader.Role)
+	}
+	survivors := e.c.Others(victim)
+	vip := e.vipOf(victim)
+	name = "ctdb-b.txt"
+	data = content(name)
+	e.retry("create "+name+" through "+vip.Addr().String(), func(ctx context.Context) error {
+		return e.client.PutSMB(ctx, vip.Addr(), name, data)
+	})
+	e.files[name] = data
+
+	logOffsets := map[*lab.ClusterNode]int64{}
+	for _, n := range survivors {
+		logOffsets[n] = fileSize(n.CTDBLog())
+	}
+	cut := time.Now()
+	watch := watchCTDBDead(e.ctx, victim, survivors, cut)
+	e.powerDown(victim)
+	cutTook := time.Since(cut)
+
+	var newOwner *lab.ClusterNode
+	e.eventually(vip.String()+" on a survivor", func(context.Context) error {
+		var err error
+		newOwner, err = e.c.Owner(vip, survivors...)
+		return err
+	})
+	moved := time.Since(cut)
+
+	// read through the VIP until it works: the survivor's smbd waits for
+	// CTDB's recovery, which waits for CTDB to see the node dead
+	var readAt time.Duration
+	attempts := 0
+	var lastErr error
+	for readAt == 0 {
+		if time.Since(cut) > ctdbShareBack {
+			t.Fatalf("no read of %s through %s within %v of the power cut (%d attempts): %v", name, vip, ctdbShareBack, attempts, lastErr)
+		}
+		attempts++
+		ctx, cancel := context.WithTimeout(e.ctx, ctdbAttempt)
+		got, err := e.client.GetSMB(ctx, vip.Addr(), name)
+		cancel()
+		switch {
+		case err != nil:
+			lastErr = err
+			if e.ctx.Err() != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		case !bytes.Equal(got, data):
+			t.Fatalf("read %q through %s, want %q", got, vip, data)
+		default:
+			readAt = time.Since(cut)
+		}
+	}
+	dead := watch.wait()
+	ms := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
+	t.Logf("fsha %q; power cut of %s (pnn %d; CTDB leader %s; CTDB defaults) took %s; %s on %s after %s",
+		fshaArgs, victim.Role, victim.PNN, leader.Role, ms(cutTook), vip, newOwner.Role, ms(moved))
+	for _, n := range survivors {
+		seen := "never (within the bound)"
+		if a, ok := dead.seen[n]; ok {
+			seen = fmt.Sprintf("after %s (the ask was sent at %s)", ms(a.answered), ms(a.sent))
+		}
+		logged, thawed := "not logged", "not logged"
+		if at, ok := ctdbLogged(n.CTDBLog(), logOffsets[n], fmt.Sprintf("node %s:%d is dead", victim.IP(), lab.CTDBPort), cut); ok {
+			logged = ms(at.Sub(cut))
+			if at, ok := ctdbLogged(n.CTDBLog(), logOffsets[n], "Recovery mode set to NORMAL", at); ok {
+				thawed = ms(at.Sub(cut))
+			}
+		}
+		t.Logf("%s's ctdbd: %s DISCONNECTED in ctdb nodestatus %s; \"is dead\" logged after %s, then \"Recovery mode set to NORMAL\" after %s",
+			n.Role, victim.Role, seen, logged, thawed)
+	}
+	t.Logf("first good read of %s through %s after %s (%d attempts); the slowest ctdb ask took %s",
+		name, vip, ms(readAt), attempts, ms(dead.slowest))
+	if dead.err != nil {
+		t.Logf("%d asks of ctdb nodestatus failed meanwhile, the last: %v", dead.errs, dead.err)
+	}
+	for _, n := range survivors {
+		if _, ok := dead.seen[n]; !ok {
+			t.Errorf("%s's ctdbd did not mark %s DISCONNECTED within %v of the power cut", n.Role, victim.Role, ctdbShareBack)
+		}
+	}
+
+	// back: ctdbd rejoins, smbd and fsha start, the VIPs settle
+	up := time.Now()
+	e.powerUp(victim)
+	if err := e.c.WaitCTDB(e.ctx, lab.CTDBStartTimeout); err != nil {
+		t.Fatal(err)
+	}
+	e.waitConverged(e.c.Nodes...)
+	t.Logf("%s powered up, CTDB all OK and the cluster converged after %v", victim.Role, time.Since(up).Round(time.Millisecond))
+	e.inSync()
+}
+
+// ctdbDeadWatch polls the survivors' ctdbd until each marks the victim
+// DISCONNECTED.
+type ctdbDeadWatch struct {
+	done chan struct{}
+	mu   sync.Mutex
+	// seen holds, per survivor, the first ask that saw the victim
+	// DISCONNECTED; slowest is the longest ask.
+	seen    map[*lab.ClusterNode]ctdbAsk
+	slowest time.Duration
+	// errs counts the asks that failed, err is the last failure
+	errs int
+	err  error
+}
+
+// watchCTDBDead starts polling now, for at most ctdbShareBack from cut;
+// times count from cut.
+func watchCTDBDead(ctx context.Context, victim *lab.ClusterNode, survivors []*lab.ClusterNode, cut time.Time) *ctdbDeadWatch {
+	w := &ctdbDeadWatch{done: make(chan struct{}), seen: map[*lab.ClusterNode]ctdbAsk{}}
+	ctx, cancel := context.WithDeadline(ctx, cut.Add(ctdbShareBack))
+	go func() {
+		defer close(w.done)
+		defer cancel()
+		for {
+			for _, n := range survivors {
+				if _, ok := w.seenBy(n); ok {
+					continue
+				}
+				qctx, qcancel := context.WithTimeout(ctx, 5*time.Second)
+				sent := time.Now()
+				nodes, err := n.CTDBNodes(qctx)
+				ask := ctdbAsk{sent: sent.Sub(cut), answered: time.Since(cut)}
+				qcancel()
+				w.mu.Lock()
+				w.slowest = max(w.slowest, ask.answered-ask.sent)
+				w.mu.Unlock()
+				if err != nil {
+					if ctx.Err() == nil {
+						w.mu.Lock()
+						w.errs++
+						w.err = err
+						w.mu.Unlock()
+					}
+					continue
+				}
+				if i := slices.IndexFunc(nodes, func(s lab.CTDBNode) bool { return s.PNN == victim.PNN }); i >= 0 && nodes[i].Has(lab.CTDBDisconnected) {
+					w.mu.Lock()
+					w.seen[n] = ask
+					w.mu.Unlock()
+				}
+			}
+			w.mu.Lock()
+			all := len(w.seen) == len(survivors)
+			w.mu.Unlock()
+			if all {
+				return
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(ctdbPoll):
+			}
+		}
+	}()
+	return w
+}
+
+// ctdbAsk is when an ask was sent and answered, since the cut.
+type ctdbAsk struct{ sent, answered time.Duration }
+
+func (w *ctdbDeadWatch) seenBy(n *lab.ClusterNode) (ctdbAsk, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	a, ok := w.seen[n]
+	return a, ok
+}
+
+// wait waits for the watch to end (all seen, or its bound) and returns it.
+func (w *ctdbDeadWatch) wait() *ctdbDeadWatch {
+	<-w.done
+	return w
+}
+
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// ctdbLogged finds, in a ctdbd log from offset on, the time of the first
+// line at or after after that contains needle.
+func ctdbLogged(log string, offset int64, needle string, after time.Time) (time.Time, bool) {
+	f, err := os.Open(log)
+	if err != nil {
+		return time.Time{}, false
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, 0); err != nil {
+		return time.Time{}, false
+	}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.Contains(line, needle) {
+			continue
+		}
+		// 2026-12-06T03:40:27.742101+00:00 host ctdbd[123]: ...
+		ts, _, _ := strings.Cut(line, " ")
+		if at, err := time.Parse(time.RFC3339Nano, ts); err == nil && !at.Before(after) {
+			return at, true
+		}
+	}
+	return time.Time{}, false
+}
