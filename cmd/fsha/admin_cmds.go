@@ -28,6 +28,7 @@ func adminCommands(e env) []*cli.Command {
 		enableCommand(e),
 		banCommand(e),
 		tickleCommand(e),
+		checksCommand(e),
 	}
 }
 

@@ -319,7 +319,8 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	actions := dataplane.NewActions(log, &dp.Maps)
 	defer actions.Close()
 	checks := cc.checks
-	if mc := newMonitorCheck(log, c.String("hooks-dir"), cc.nodes[cc.self].Addr.String(), c.Duration("hook-timeout")); mc != nil {
+	hookRunner := newHookRunner(log, c.String("hooks-dir"), cc.nodes[cc.self].Addr.String(), c.Duration("hook-timeout"))
+	if mc := newMonitorCheck(hookRunner); mc != nil {
 		checks = append(checks, mc)
 	}
 	checker := health.New(log, health.Config{Interfaces: ifaces, Checks: checks})
@@ -344,7 +345,7 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 		Nodes: cc.nodes, Self: cc.self, VIPs: cc.vips, Policy: cc.policy, Lock: cc.lock, Timing: cc.owner,
 		StateFile: filepath.Join(c.String("state-dir"), "state.json"), LegacyStateFile: filepath.Join(runDir, "state.json"), DrainTimeout: c.Duration("drain-timeout"), MAC: mac,
 		PeerDead: kickCTDB(log, uint16(c.Uint("ctdb-port"))),
-	}, nil, actions, checker, newHooks(log, c.String("hooks-dir"), cc.nodes[cc.self].Addr.String(), c.Duration("hook-timeout")), takeovers)
+	}, nil, actions, checker, hookRunnerFor(hookRunner), takeovers)
 	if err != nil {
 		return err
 	}
@@ -385,7 +386,7 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 		}
 	}()
 	g.Go(func() error { return repl.Run(gctx) })
-	g.Go(func() error { return admin.NewServer(log, nd).Serve(gctx, admin.SocketPath(runDir)) })
+	g.Go(func() error { return admin.NewServer(log, adminBackend{nd, checker, hookRunner}).Serve(gctx, admin.SocketPath(runDir)) })
 	if addr := c.String("metrics-listen"); addr != "" {
 		collector := metrics.NewCollector(log, metrics.Sources{
 			Backend: nd, Counters: dp.ReadCounters, Gossip: gossip.Members, Takeovers: takeovers,

@@ -14,11 +14,15 @@ import (
 	"github.com/fsha/fsha/control/node"
 )
 
-// newHooks returns the event-script runner for the hooks directory, shaped
-// as the control loop calls it.
-func newHooks(log *zap.Logger, dir, nodeAddr string, timeout time.Duration) node.Hooks {
-	return hookRunner{hooks.NewRunner(log, hooks.Config{Dir: dir, Timeout: timeout, Node: nodeAddr})}
+// newHookRunner returns the event-script runner for the hooks directory:
+// one for every event (takeip, releaseip, monitor), so that fsha checks
+// shows each one's latest run.
+func newHookRunner(log *zap.Logger, dir, nodeAddr string, timeout time.Duration) *hooks.Runner {
+	return hooks.NewRunner(log, hooks.Config{Dir: dir, Timeout: timeout, Node: nodeAddr})
 }
+
+// hookRunnerFor shapes r as the control loop calls it.
+func hookRunnerFor(r *hooks.Runner) node.Hooks { return hookRunner{r} }
 
 type hookRunner struct{ r *hooks.Runner }
 
@@ -59,8 +63,7 @@ func (m monitorCheck) Run(ctx context.Context) error {
 
 // newMonitorCheck returns the monitor check when the hooks directory has
 // scripts, nil otherwise.
-func newMonitorCheck(log *zap.Logger, dir, nodeAddr string, timeout time.Duration) health.Check {
-	r := hooks.NewRunner(log, hooks.Config{Dir: dir, Timeout: timeout, Node: nodeAddr})
+func newMonitorCheck(r *hooks.Runner) health.Check {
 	if scripts, err := r.Scripts(); err != nil || len(scripts) == 0 {
 		return nil
 	}

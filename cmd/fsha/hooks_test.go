@@ -12,7 +12,7 @@ import (
 
 func TestMonitorCheck(t *testing.T) {
 	dir := t.TempDir()
-	if c := newMonitorCheck(zaptest.NewLogger(t), dir, "198.18.0.1", time.Second); c != nil {
+	if c := newMonitorCheck(newHookRunner(zaptest.NewLogger(t), dir, "198.18.0.1", time.Second)); c != nil {
 		t.Fatal("a monitor check without hooks")
 	}
 	script := filepath.Join(dir, "10.check")
@@ -22,7 +22,7 @@ func TestMonitorCheck(t *testing.T) {
 		}
 	}
 	write(`[ "$1" = monitor ] || [ "$FSHA_EVENT" = monitor ] || exit 3; exit 0`)
-	c := newMonitorCheck(zaptest.NewLogger(t), dir, "198.18.0.1", time.Second)
+	c := newMonitorCheck(newHookRunner(zaptest.NewLogger(t), dir, "198.18.0.1", time.Second))
 	if c == nil || c.Name() != "hooks:monitor" {
 		t.Fatalf("check %v", c)
 	}

@@ -82,6 +82,13 @@ func (c *Client) Timeline(ctx context.Context) ([]Takeover, error) {
 	return tl, err
 }
 
+// Checks returns the latest run of each health check and hook.
+func (c *Client) Checks(ctx context.Context) (Checks, error) {
+	var ch Checks
+	err := c.call(ctx, http.MethodGet, "checks", nil, &ch)
+	return ch, err
+}
+
 // Move asks for vip to go to node (address or PNN).
 func (c *Client) Move(ctx context.Context, vip netip.Addr, node string, kill bool) error {
 	return c.call(ctx, http.MethodPost, "move", MoveRequest{VIP: vip.String(), Node: node, Kill: kill}, nil)

@@ -59,6 +59,7 @@ func NewServer(log *zap.Logger, b Backend) *Server {
 		{http.MethodGet, "/v1/status", s.status},
 		{http.MethodGet, "/v1/ip", s.ips},
 		{http.MethodGet, "/v1/timeline", s.timeline},
+		{http.MethodGet, "/v1/checks", s.checks},
 		{http.MethodPost, "/v1/move", s.move},
 		{http.MethodPost, "/v1/disable", s.disable},
 		{http.MethodPost, "/v1/enable", s.enable},
@@ -301,6 +302,21 @@ func (s *Server) timeline(r *http.Request) (any, error) {
 		tl = []Takeover{}
 	}
 	return tl, err
+}
+
+func (s *Server) checks(r *http.Request) (any, error) {
+	cr, ok := s.backend.(CheckReporter)
+	if !ok {
+		return nil, errors.New("this daemon does not report its checks")
+	}
+	ch, err := cr.Checks(r.Context())
+	if ch.Checks == nil {
+		ch.Checks = []CheckStatus{}
+	}
+	if ch.Hooks == nil {
+		ch.Hooks = []HookStatus{}
+	}
+	return ch, err
 }
 
 // ParseVIP accepts an address with or without its /prefix.

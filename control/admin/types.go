@@ -139,6 +139,42 @@ type TickleResult struct {
 // ErrBadRequest wraps errors the caller can fix (unknown VIP, bad node).
 var ErrBadRequest = errors.New("bad request")
 
+// CheckStatus is one health check in `fsha checks`: its latest run.
+type CheckStatus struct {
+	Name    string `json:"name"`
+	Passing bool   `json:"passing"`
+	// FailedRuns counts the failed runs in a row (0: the last passed).
+	FailedRuns int           `json:"failed_runs"`
+	Error      string        `json:"error,omitempty"` // what the last run said when it failed
+	LastRun    time.Time     `json:"last_run"`       // zero: not run yet
+	Took       time.Duration `json:"took_ns"`
+}
+
+// HookStatus is one hook's latest run for one event in `fsha checks`,
+// like `ctdb scriptstatus`.
+type HookStatus struct {
+	Event    string        `json:"event"`
+	Script   string        `json:"script"`
+	OK       bool          `json:"ok"`
+	ExitCode int           `json:"exit_code"`
+	Error    string        `json:"error,omitempty"` // did not start, timed out, killed
+	Output   string        `json:"output,omitempty"`
+	Ended    time.Time     `json:"ended"`
+	Took     time.Duration `json:"took_ns"`
+}
+
+// Checks is `fsha checks`.
+type Checks struct {
+	Checks []CheckStatus `json:"checks"`
+	Hooks  []HookStatus  `json:"hooks"`
+}
+
+// CheckReporter is implemented by a Backend that can say how its health
+// checks and hooks last ran.
+type CheckReporter interface {
+	Checks(ctx context.Context) (Checks, error)
+}
+
 // Backend is what the server serves: the node's controller implements it.
 type Backend interface {
 	Status(ctx context.Context) (Status, error)

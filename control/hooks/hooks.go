@@ -96,6 +96,9 @@ type Runner struct {
 	cfg       Config
 	waitDelay time.Duration
 	killWait  time.Duration
+
+	mu   sync.Mutex
+	last map[Event]Result // the latest run of each event, for fsha checks
 }
 
 // NewRunner returns a Runner for cfg.
@@ -111,7 +114,22 @@ func NewRunner(log *zap.Logger, cfg Config) *Runner {
 		cfg:       cfg,
 		waitDelay: defaultWaitDelay,
 		killWait:  defaultKillWait,
+		last:      map[Event]Result{},
 	}
+}
+
+// Last returns the latest run of each event that ran, in the order of
+// Events, with when it ended.
+func (r *Runner) Last() []Result {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []Result
+	for _, ev := range Events {
+		if res, ok := r.last[ev]; ok {
+			out = append(out, res)
+		}
+	}
+	return out
 }
 
 // Vars are the details of one event.
@@ -154,6 +172,7 @@ type Result struct {
 	Event    Event
 	Scripts  []ScriptResult
 	Duration time.Duration
+	Ended    time.Time
 	// Err is set when the event is unknown or the hooks directory could
 	// not be read.
 	Err error
@@ -226,14 +245,20 @@ func skipName(name string) bool {
 // others: the event already happened (the VIP is up), and each hook does
 // its own job. When ctx is done the running hook is killed and the rest
 // are reported as not run.
-func (r *Runner) Run(ctx context.Context, event Event, vars Vars) Result {
+func (r *Runner) Run(ctx context.Context, event Event, vars Vars) (res Result) {
 	start := time.Now()
-	res := Result{Event: event}
-	defer func() { res.Duration = time.Since(start) }()
+	res = Result{Event: event}
 	if !slices.Contains(Events, event) {
 		res.Err = fmt.Errorf("run hooks: unknown event %q", event)
 		return res
 	}
+	defer func() {
+		res.Duration = time.Since(start)
+		res.Ended = time.Now()
+		r.mu.Lock()
+		r.last[event] = res
+		r.mu.Unlock()
+	}()
 	scripts, err := r.Scripts()
 	if err != nil {
 		res.Err = fmt.Errorf("run %s hooks: %w", event, err)

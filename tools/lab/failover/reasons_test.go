@@ -76,6 +76,14 @@ func TestStatusSaysWhy(t *testing.T) {
 		t.Errorf("fsha status on n1 does not say why:\n%s", out)
 	}
 	t.Logf("fsha status on n1:\n%s", out)
+	out, err = n1.Admin(e.ctx, "checks")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), check+" said: exit status 3: smbd gone") || !strings.Contains(string(out), "FAILING") {
+		t.Errorf("fsha checks on n1 does not show the failing check:\n%s", out)
+	}
+	t.Logf("fsha checks on n1:\n%s", out)
 	if err := os.Remove(sick); err != nil {
 		t.Fatal(err)
 	}
