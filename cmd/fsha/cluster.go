@@ -386,7 +386,9 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 		}
 	}()
 	g.Go(func() error { return repl.Run(gctx) })
-	g.Go(func() error { return admin.NewServer(log, adminBackend{nd, checker, hookRunner}).Serve(gctx, admin.SocketPath(runDir)) })
+	g.Go(func() error {
+		return admin.NewServer(log, adminBackend{nd, checker, hookRunner}).Serve(gctx, admin.SocketPath(runDir))
+	})
 	if addr := c.String("metrics-listen"); addr != "" {
 		collector := metrics.NewCollector(log, metrics.Sources{
 			Backend: nd, Counters: dp.ReadCounters, Gossip: gossip.Members, Takeovers: takeovers,

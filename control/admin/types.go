@@ -146,7 +146,7 @@ type CheckStatus struct {
 	// FailedRuns counts the failed runs in a row (0: the last passed).
 	FailedRuns int           `json:"failed_runs"`
 	Error      string        `json:"error,omitempty"` // what the last run said when it failed
-	LastRun    time.Time     `json:"last_run"`       // zero: not run yet
+	LastRun    time.Time     `json:"last_run"`        // zero: not run yet
 	Took       time.Duration `json:"took_ns"`
 }
 
