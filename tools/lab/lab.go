@@ -23,7 +23,10 @@
 // down; reboot), Freeze/Thaw (SIGSTOP/SIGCONT), KillFsha (the daemon
 // only); Lab.Partition splits the switch with links up. Clients read and
 // write through the VIPs with smbclient and nfs-cat, tell which node
-// answered (WhoAnswers, Watch) and time reconnections (ProbeTCP).
+// answered (WhoAnswers, Watch) and time reconnections (ProbeTCP). With
+// ClusterOptions.CTDB every node also runs ctdbd for Samba's clustered
+// databases and smbd with `clustering = yes` on it, as CTDB users run
+// Samba, while fsha moves the VIPs (ctdb.go).
 //
 // Lab.PartitionOneWay, Loss, Duplicate, Cut, Unplug and Flap add network
 // faults with nftables in the switch namespace (faults.go). A Monitor

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"sort"
 	"sync"
@@ -93,6 +94,16 @@ func (e *env) logCluster() {
 		for _, cmd := range []string{"status", "ip", "timeline"} {
 			out, err := n.Admin(ctx, cmd)
 			e.t.Logf("--- %s: fsha %s (%v):\n%s", n.Role, cmd, err, out)
+		}
+	}
+	for _, n := range e.c.Nodes {
+		if !n.CTDBRuns() {
+			continue
+		}
+		out, err := n.CTDB(ctx, "status")
+		e.t.Logf("--- %s: ctdb status (%v):\n%s", n.Role, err, out)
+		if log, err := os.ReadFile(n.CTDBLog()); err == nil {
+			e.t.Logf("--- %s: end of %s:\n%s", n.Role, n.CTDBLog(), tailString(string(log), 3000))
 		}
 	}
 	if a, err := e.c.Assignment(); err == nil {
@@ -204,6 +215,13 @@ func (e *env) retry(what string, fn func(ctx context.Context) error) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
+}
+
+func tailString(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
 }
 
 // up are the nodes not marked out.
