@@ -1,0 +1,220 @@
+#!/bin/bash
+# test.sh DEB: checks a built package (make deb-test).
+#  1. dpkg-deb --info/--contents: metadata, files, conffiles;
+#  2. installs it into a scratch root (dpkg --root with an empty database,
+#     maintainer scripts run chrootless with DPKG_ROOT set), runs the
+#     installed fsha, reads the man page and the completion, reinstalls
+#     (an upgrade), removes and purges it;
+#  3. systemd-analyze verify on the installed unit;
+#  4. as root with BPF (skipped otherwise; FSHA_REQUIRE_PRIVILEGED=1 or
+#     CI=true make a skip a failure): the unit's ExecStart under capsh
+#     with exactly the unit's CapabilityBoundingSet, in a network
+#     namespace: standalone, then as a one-node cluster holding a VIP
+#     (real-time, gratuitous ARP), SIGHUP (reload), SIGTERM (restart in
+#     place), and the unit's ExecStop (fsha-stop) at a shutdown (SIGINT:
+#     hand-over).
+set -euo pipefail
+deb=$(realpath "$1")
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d)
+ns=fsha-pkgtest
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+	ip netns del "$ns" 2>/dev/null || true
+	umount "$work/bpffs" 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+ok() { echo "ok: $*"; }
+
+# 1. the archive
+info=$(dpkg-deb --info "$deb")
+for field in Package Version Architecture Maintainer Description Installed-Size; do
+	dpkg-deb --field "$deb" "$field" | grep -q . || fail "no $field"
+done
+if dpkg-deb --field "$deb" Depends | grep -q .; then
+	fail "Depends: $(dpkg-deb --field "$deb" Depends) (the binary is static)"
+fi
+contents=$(dpkg-deb --contents "$deb" | awk '{print $6}')
+for f in ./usr/bin/fsha ./usr/lib/fsha/fsha-stop ./lib/systemd/system/fsha.service \
+	./etc/fsha/fsha.conf ./etc/fsha/public_addresses ./etc/fsha/events.d/README \
+	./usr/share/fsha/events.d/60.nfs-sm-notify ./usr/share/fsha/events.d/61.ganesha-grace \
+	./usr/share/doc/fsha/examples/nodes ./usr/share/man/man8/fsha.8.gz \
+	./usr/share/bash-completion/completions/fsha; do
+	grep -qx -- "$f" <<<"$contents" || fail "$f not in the package"
+done
+mkdir "$work/ctl"
+dpkg-deb --control "$deb" "$work/ctl"
+diff <(sort "$work/ctl/conffiles") <(printf '%s\n' /etc/fsha/events.d/README /etc/fsha/fsha.conf /etc/fsha/public_addresses) ||
+	fail "conffiles"
+ok "archive: $(dpkg-deb --field "$deb" Package) $(dpkg-deb --field "$deb" Version) $(dpkg-deb --field "$deb" Architecture), $(stat -c %s "$deb") bytes, $(wc -l <<<"$contents") entries, conffiles as expected"
+
+# 2. a real install into a scratch root: dpkg's database, then dpkg --root
+root=$work/root
+mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates" "$root/var/log"
+touch "$root/var/lib/dpkg/status" "$root/var/lib/dpkg/available"
+dpkgr() { dpkg --root="$root" --force-script-chrootless --force-bad-path --log=/dev/null "$@"; }
+dpkgr -i "$deb" >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log"; fail "dpkg -i"; }
+status=$(dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Status} ${Version}' fsha)
+[[ $status == "install ok installed "* ]] || fail "status: $status"
+[ "$(dpkg-query --admindir="$root/var/lib/dpkg" -W -f='${Conffiles}' fsha | grep -c /etc/fsha/)" = 3 ] || fail "conffiles not registered"
+ver=$("$root/usr/bin/fsha" --version)
+ok "installed ($status); $ver"
+want=$(dpkg-deb --field "$deb" Version)
+# the package version is derived from the binary's git describe
+[[ $want == *"$(awk '{print $3}' <<<"$ver" | sed 's/-dirty$//; s/^v//; s/.*-g//')"* ]] || fail "fsha --version '$ver' does not match the package version $want"
+man -l "$root/usr/share/man/man8/fsha.8.gz" 2>/dev/null | grep -q -- '--restart-grace' || fail "man page"
+words=$(bash -c "source '$root/usr/share/bash-completion/completions/fsha'
+	COMP_WORDS=(fsha up --gos); COMP_CWORD=2; _fsha; echo \${COMPREPLY[*]}")
+[[ $words == *--gossip-key* ]] || fail "completion of 'fsha up --gos': $words"
+[ -x "$root/usr/share/fsha/events.d/60.nfs-sm-notify" ] && [ ! -x "$root/etc/fsha/events.d/README" ] || fail "hook modes"
+ok "man page, bash completion ('fsha up --gos' -> $words), hook modes"
+# an upgrade (the same version again): the operator's conffile stays
+echo "# the operator's" >>"$root/etc/fsha/fsha.conf"
+dpkgr --force-confold -i "$deb" >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log"; fail "reinstall"; }
+grep -q "the operator's" "$root/etc/fsha/fsha.conf" || fail "an upgrade replaced a changed conffile"
+dpkgr -r fsha >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log"; fail "remove"; }
+[ ! -e "$root/usr/bin/fsha" ] && [ -e "$root/etc/fsha/fsha.conf" ] || fail "remove: binary kept or conffiles gone"
+dpkgr -P fsha >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log"; fail "purge"; }
+[ ! -e "$root/etc/fsha/fsha.conf" ] || fail "purge left the conffiles"
+ok "reinstall keeps a changed conffile, remove keeps conffiles, purge removes them"
+dpkgr -i "$deb" >"$work/dpkg.log" 2>&1 || { cat "$work/dpkg.log"; fail "dpkg -i"; }
+
+# 3. the unit
+if command -v systemd-analyze >/dev/null; then
+	# the installed unit, its two paths pointed into the scratch root
+	# (--root would look for every unit and /bin/kill there too)
+	mkdir "$work/unit"
+	sed -e "s|/usr/bin/fsha|$root/usr/bin/fsha|; s|/usr/lib/fsha/|$root/usr/lib/fsha/|" \
+		"$root/lib/systemd/system/fsha.service" >"$work/unit/fsha.service"
+	out=$(systemd-analyze verify --man=no "$work/unit/fsha.service" 2>&1) || { echo "$out"; fail "systemd-analyze verify"; }
+	# warnings about units this machine lacks are not the unit's
+	if grep -v -e 'not found' -e '^$' <<<"$out" | grep -q .; then echo "$out"; fail "systemd-analyze verify warned"; fi
+	ok "systemd-analyze verify: clean${out:+ (only: $(tr '\n' ' ' <<<"$out"))}"
+else
+	echo "skip: systemd-analyze not installed (apt-get install systemd)"
+fi
+
+# 4. ExecStart with the unit's capabilities only
+skip() {
+	if [ "${FSHA_REQUIRE_PRIVILEGED:-}" = 1 ] || [ "${CI:-}" = true ]; then fail "$*"; fi
+	echo "skip: $*"
+	exit 0
+}
+[ "$(id -u)" = 0 ] || skip "not root: the capability test needs root"
+command -v capsh >/dev/null || skip "capsh missing (apt-get install libcap2-bin)"
+unit=$root/lib/systemd/system/fsha.service
+caps=$(sed -n 's/^CapabilityBoundingSet=//p' "$unit" | tr 'A-Z' 'a-z')
+exe=$(sed -n 's/^ExecStart=//p' "$unit")
+# capsh keeps what it is told, drops the rest from the bounding set
+drop=$(for i in $(seq 0 "$(cat /proc/sys/kernel/cap_last_cap)"); do
+	n=$(capsh --decode=$(printf '%x' $((1 << i))) | sed 's/.*=//')
+	grep -qw "$n" <<<"$caps" || echo "$n"
+done | paste -sd,)
+ip netns add "$ns" || skip "cannot create a network namespace"
+ip -n "$ns" link set lo up
+ip -n "$ns" link add pub0 type veth peer name peer0
+ip -n "$ns" addr add 192.0.2.1/24 dev pub0
+ip -n "$ns" link set pub0 up
+ip -n "$ns" link set peer0 up
+mkdir -p "$work/bpffs" "$work/etc" "$work/run" "$work/state"
+mount -t bpf bpf "$work/bpffs" || skip "cannot mount a bpffs"
+echo 192.0.2.1 >"$work/etc/nodes"
+echo "198.51.100.10/24 pub0" >"$work/etc/public_addresses"
+head -c 32 /dev/urandom | base64 >"$work/etc/gossip.key"
+# the installed settings file, pointed at this test's files
+sed -e "s|/etc/fsha/|$work/etc/|" "$root/etc/fsha/fsha.conf" >"$work/etc/fsha.conf"
+cat >>"$work/etc/fsha.conf" <<EOC
+pin-path = $work/bpffs/fsha
+run-dir = $work/run
+state-dir = $work/state
+check = cmd:/bin/true
+stats-interval = 0
+EOC
+# ExecStart as the unit has it, the binary from the scratch root
+cmd=${exe/\/usr\/bin\/fsha/$root/usr/bin/fsha}
+cmd=${cmd/\/etc\/fsha\/fsha.conf/$work/etc/fsha.conf}
+start() { # start LOG [ENV...]: ExecStart, as fsha.service runs it
+	local log=$1
+	shift
+	env "$@" ip netns exec "$ns" \
+		capsh --drop="$drop" -- -c "exec $cmd" >"$log" 2>&1 &
+	pids+=($!)
+	pid=$!
+}
+waitlog() { # waitlog LOG PATTERN SECONDS
+	local i
+	for ((i = 0; i < $3 * 10; i++)); do
+		grep -qs "$2" "$1" && return 0
+		kill -0 "$pid" 2>/dev/null || { cat "$1"; fail "fsha exited waiting for '$2'"; }
+		sleep 0.1
+	done
+	cat "$1"
+	fail "no '$2' in $3 s"
+}
+stop() { # stop SIGNAL LOG: the daemon must exit 0
+	kill -s "$1" "$pid"
+	local rc=0
+	wait "$pid" || rc=$?
+	[ $rc = 0 ] || { cat "$2"; fail "exit status $rc after SIG$1"; }
+}
+capsof() { grep CapEff /proc/"$pid"/status | awk '{print $2}'; }
+
+# standalone (the settings file without nodes): tracks, SIGTERM keeps the
+# programs attached
+sed -i 's|^nodes = |#nodes = |' "$work/etc/fsha.conf"
+start "$work/standalone.log" FSHA_REALTIME=false
+waitlog "$work/standalone.log" '"tracking"' 30
+eff=$(capsh --decode="$(capsof)")
+stop TERM "$work/standalone.log"
+grep -q "programs stay attached" "$work/standalone.log" || fail "standalone: no stop message"
+ok "standalone fsha up with [$eff]: tracking, SIGTERM exits 0"
+
+# a one-node cluster: takes the VIP (address, gratuitous ARP), real-time
+sed -i 's|^#nodes = |nodes = |' "$work/etc/fsha.conf"
+start "$work/cluster.log"
+waitlog "$work/cluster.log" 'real-time scheduling' 30
+for i in $(seq 100); do
+	ip -n "$ns" addr show dev pub0 | grep -q 198.51.100.10 && break
+	sleep 0.1
+done
+ip -n "$ns" addr show dev pub0 | grep -q 198.51.100.10 || { cat "$work/cluster.log"; fail "the VIP was not put on pub0"; }
+grep -q '"level":"error"' "$work/cluster.log" && { cat "$work/cluster.log"; fail "errors in the log"; }
+chrt -p "$pid" | grep -q 'policy: SCHED_RR' || fail "not SCHED_RR: $(chrt -p "$pid")"
+ok "one-node cluster: VIP 198.51.100.10 on pub0, SCHED_RR, no error logged"
+# reload: SIGHUP checks the configuration and restarts in place (same pid)
+kill -HUP "$pid"
+waitlog "$work/cluster.log" 'restarting in place' 10
+for i in $(seq 100); do [ "$(grep -c 'real-time scheduling' "$work/cluster.log")" -ge 2 ] && break; sleep 0.1; done
+[ "$(grep -c 'real-time scheduling' "$work/cluster.log")" -ge 2 ] || { cat "$work/cluster.log"; fail "no restart after SIGHUP"; }
+ok "SIGHUP: configuration checked, restarted in place (pid $pid)"
+# restart: SIGTERM, the VIP stays
+stop TERM "$work/cluster.log"
+ip -n "$ns" addr show dev pub0 | grep -q 198.51.100.10 || fail "SIGTERM removed the VIP"
+start "$work/cluster2.log"
+waitlog "$work/cluster2.log" 'cluster node starting' 30
+sleep 2
+grep -q '"level":"error"' "$work/cluster2.log" && { cat "$work/cluster2.log"; fail "errors after the restart"; }
+ok "SIGTERM: exit 0, the VIP stayed; the next start adopted it"
+# ExecStop: nothing while the system runs (systemd's SIGTERM follows)...
+mkdir "$work/fakebin"
+printf '#!/bin/sh\necho "$FAKE_STATE"\n' >"$work/fakebin/systemctl"
+chmod 755 "$work/fakebin/systemctl"
+stopper=$root/usr/lib/fsha/fsha-stop
+FAKE_STATE=running PATH=$work/fakebin:$PATH "$stopper" "$pid" 5
+sleep 1
+kill -0 "$pid" && ! grep -q SIGINT "$work/cluster2.log" || fail "fsha-stop signalled fsha while the system runs"
+# ... and SIGINT while it shuts down: the VIPs are handed over (no other
+# node here: the VIP is released) and fsha-stop returns once fsha exited
+FAKE_STATE=stopping PATH=$work/fakebin:$PATH "$stopper" "$pid" 30
+kill -0 "$pid" 2>/dev/null && fail "fsha-stop returned with fsha running"
+rc=0
+wait "$pid" || rc=$?
+[ $rc = 0 ] || { cat "$work/cluster2.log"; fail "exit status $rc after fsha-stop"; }
+grep -q 'stopped: every VIP handed over' "$work/cluster2.log" || { cat "$work/cluster2.log"; fail "SIGINT: no hand-over"; }
+ip -n "$ns" addr show dev pub0 | grep -q 198.51.100.10 && fail "the VIP is still on pub0 after the hand-over"
+ok "ExecStop (fsha-stop): nothing while the system runs; at shutdown SIGINT, hand-over, the VIP released, exit 0"
+ip netns exec "$ns" "$root/usr/bin/fsha" unload --pin-path "$work/bpffs/fsha" 2>/dev/null
+echo "PASS"
