@@ -51,8 +51,10 @@ func (n *Node) finishStop(mode StopMode) {
 		zap.Duration("grace", n.cfg.Timing.Grace))
 }
 
-// execute carries out the engine's output, in its order.
-func (n *Node) execute(out ownership.Output) {
+// execute carries out the engine's output, in its order. It returns the
+// shortened deadlines the data plane took, for the engine to confirm
+// (Engine.DeadlineWritten).
+func (n *Node) execute(out ownership.Output) (shortened []ownership.Deadline) {
 	for vip, p := range out.Persist {
 		if err := n.dp.SetVIPGrant(vip, dataplane.VIPGrant{Epoch: p.Epoch, Until: uint64(max(p.Until, 0)), Holder: max(p.Holder, 0)}); err != nil {
 			n.count("promise_persist_errors")
@@ -60,7 +62,9 @@ func (n *Node) execute(out ownership.Output) {
 		}
 	}
 	for _, d := range out.Deadlines {
-		n.workers[d.VIP].extend(d)
+		if n.workers[d.VIP].extend(d) && d.Shorten {
+			shortened = append(shortened, d)
+		}
 	}
 	for _, t := range out.Takes {
 		n.workers[t.VIP].enqueue(job{take: &t})
@@ -87,6 +91,7 @@ func (n *Node) execute(out ownership.Output) {
 	for _, note := range out.Notes {
 		n.log.Info(note)
 	}
+	return shortened
 }
 
 func encode(msg any) ([]byte, error) {

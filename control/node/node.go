@@ -484,7 +484,9 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 		began := time.Now()
 		out := e.Ready()
-		n.execute(out)
+		for _, d := range n.execute(out) {
+			e.DeadlineWritten(d.VIP, d.Epoch, d.Until)
+		}
 		if len(out.Takes)+len(out.Drops)+len(out.Deadlines) > 0 || time.Since(lastSnap) > 100*time.Millisecond {
 			n.publish(e.Snapshot())
 			lastSnap = time.Now()

@@ -144,13 +144,16 @@ func (w *worker) setLease(l dataplane.VIPLease) error {
 }
 
 // extend writes a renewal's deadline (from the loop).
-func (w *worker) extend(d ownership.Deadline) {
+func (w *worker) extend(d ownership.Deadline) (written bool) {
 	w.mu.Lock()
 	if w.state != vipHeld {
 		w.mu.Unlock()
-		return
+		return false
 	}
 	until := max(w.until, d.Until)
+	if d.Shorten {
+		until = d.Until // give a restart's grace back
+	}
 	err := w.n.dp.SetVIPLease(w.vip.VIP(), dataplane.VIPLease{Epoch: d.Epoch, State: dataplane.VIPLeaseHeld,
 		Holder: w.n.cfg.Self, Until: uint64(until)})
 	if err == nil {
@@ -171,6 +174,7 @@ func (w *worker) extend(d ownership.Deadline) {
 			Reason: "renewed after nodes held it meanwhile", Steps: []admin.TimelineStep{{Step: "decision", At: t0}}})
 		go w.n.tickle(context.Background(), w.vip, iface, d.Orphans, t0)
 	}
+	return err == nil
 }
 
 // take makes this node answer for the VIP: lease, (steering), address,

@@ -89,6 +89,9 @@ func (e *Engine) heartbeat(now Mono) {
 		e.seq++
 		hb := &Heartbeat{From: e.cfg.Self, Incarnation: e.cfg.Incarnation, Seq: e.seq, Proto: ProtoVersion, Flags: e.localFlags(),
 			Fingerprint: e.cfg.Fingerprint, Lease: lease, Hears: hears, MAC: e.cfg.MAC, Claims: chunk}
+		if e.shortLeases(now, chunk) {
+			hb.Flags |= FlagShortLeases
+		}
 		if first {
 			hb.Draining = draining[:min(len(draining), claimsPerMessage)]
 		}
@@ -101,7 +104,7 @@ func (e *Engine) heartbeat(now Mono) {
 		e.broadcast(hb)
 		// this node's own vote, as any voter's
 		for _, c := range chunk {
-			e.applyAnswer(r, e.cfg.Self, e.voter.Answer(now, e.cfg.Self, c, lease))
+			e.applyAnswer(r, e.cfg.Self, e.voter.Answer(now, e.cfg.Self, c, lease, hb.Flags&FlagShortLeases != 0))
 		}
 	}
 	// A round older than the promises it asked for can extend nothing.
@@ -109,6 +112,25 @@ func (e *Engine) heartbeat(now Mono) {
 	if len(e.rounds) > 4096 {
 		e.rounds = e.rounds[len(e.rounds)-4096:]
 	}
+}
+
+// shortLeases tells whether every VIP the claims renew has a data-plane
+// deadline no later than now plus a lease, confirmed (FlagShortLeases). A
+// restarting node asks for its grace, not for short promises.
+func (e *Engine) shortLeases(now Mono, claims []Claim) bool {
+	if e.restarting {
+		return false
+	}
+	for _, c := range claims {
+		if c.State != ClaimHeld {
+			continue
+		}
+		s := &e.slots[e.index[c.VIP]]
+		if s.shortTo != 0 || s.dpMax > now.Add(e.cfg.Timing.usable(e.cfg.Timing.Lease)) {
+			return false
+		}
+	}
+	return true
 }
 
 // onHeartbeat records a peer's state and answers its claims as a voter.
@@ -125,7 +147,8 @@ func (e *Engine) onHeartbeat(now Mono, hb *Heartbeat) {
 		e.dirty = true // it comes back
 	}
 	p.heard = now
-	if p.claimOf == nil || hb.Incarnation > p.hb.Incarnation || (hb.Incarnation == p.hb.Incarnation && hb.Seq > p.hb.Seq) {
+	fresh := p.claimOf == nil || hb.Incarnation > p.hb.Incarnation || (hb.Incarnation == p.hb.Incarnation && hb.Seq > p.hb.Seq)
+	if fresh {
 		// Not an older heartbeat overtaking a newer one. A heartbeat
 		// carries all of the sender's claims, or the first of several
 		// chunks (Draining set) starts them over.
@@ -162,7 +185,9 @@ func (e *Engine) onHeartbeat(now Mono, hb *Heartbeat) {
 	reply := &Reply{From: e.cfg.Self, Seq: hb.Seq}
 	for _, c := range hb.Claims {
 		before, _ := e.voter.Promise(c.VIP)
-		a := e.voter.Answer(now, hb.From, c, hb.Lease)
+		// short leases from a heartbeat older than one heard before may
+		// predate the restart that asked for longer promises
+		a := e.voter.Answer(now, hb.From, c, hb.Lease, fresh && hb.Flags&FlagShortLeases != 0)
 		if after, _ := e.voter.Promise(c.VIP); after.Epoch != before.Epoch || after.Holder != before.Holder || (before.Until <= now) != (after.Until <= now) {
 			e.dirty = true
 		}
@@ -395,8 +420,24 @@ func (e *Engine) evaluate(r *round, i int) {
 		} else if epoch != s.epoch {
 			return
 		}
+		if (s.long || s.shortTo != 0) && !e.restarting && !e.stopping {
+			// The first renewal since this daemon adopted the VIP from a
+			// restart: give the restart's grace back, or a crash now
+			// would leave the VIP unanswered for the rest of it. Until
+			// the data plane has it (DeadlineWritten), every renewal
+			// writes it again.
+			if s.long || until > s.deadline {
+				if s.long {
+					e.note("%s: deadline shortened to a lease now that renewals come (adopted from a restart)", e.cfg.VIPs[i].Addr)
+				}
+				s.long, s.deadline, s.shortTo = false, until, until
+				e.out.Deadlines = append(e.out.Deadlines, Deadline{VIP: i, Epoch: s.epoch, Until: until, Shorten: true})
+			}
+			return
+		}
 		if until > s.deadline {
 			s.deadline = until
+			s.dpMax = max(s.dpMax, until)
 			d := Deadline{VIP: i, Epoch: s.epoch, Until: until}
 			vip := e.cfg.VIPs[i].Addr
 			for o := range s.orphans {
@@ -411,6 +452,7 @@ func (e *Engine) evaluate(r *round, i int) {
 	case claiming:
 		e.dirty = true
 		s.state, s.deadline = held, until
+		s.dpMax, s.shortTo, s.long = until, 0, false
 		orphans := make([]int, 0, len(s.orphans))
 		for o := range s.orphans {
 			orphans = append(orphans, o)

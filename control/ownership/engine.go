@@ -150,6 +150,11 @@ type Deadline struct {
 	VIP   int
 	Epoch uint64
 	Until Mono
+	// Shorten sets Until even if the data plane has a later deadline (the
+	// grace a restart adopted); once written, the caller confirms with
+	// DeadlineWritten, and only then does this node ask its voters to
+	// give their longer promises back.
+	Shorten bool
 	// Orphans: nodes that held the VIP between our epochs (we lapsed,
 	// they held it and let it go): tickle their connections.
 	Orphans []int
@@ -222,6 +227,13 @@ type slot struct {
 	epoch    uint64
 	pending  uint64
 	deadline Mono // what the data plane enforces (held)
+	// dpMax bounds what the data plane may enforce: deadline, unless a
+	// shortening (shortTo, not 0) has not been confirmed written yet
+	// (DeadlineWritten). long: the deadline was adopted from a restart and
+	// is longer than a lease; the first renewal shortens it.
+	dpMax    Mono
+	shortTo  Mono
+	long     bool
 	maxEpoch uint64
 	// orphans collects the previous holders reported by grants.
 	orphans  map[int]bool
@@ -349,6 +361,7 @@ func (e *Engine) Adopt(vip netip.Addr, epoch uint64, until Mono) bool {
 	}
 	s := &e.slots[i]
 	s.state, s.epoch, s.deadline, s.pending = held, epoch, until, 0
+	s.dpMax, s.shortTo, s.long = until, 0, until > e.now.Add(e.cfg.Timing.usable(e.cfg.Timing.Lease))
 	s.maxEpoch = max(s.maxEpoch, epoch)
 	e.dirty = true
 	e.out.Takes = append(e.out.Takes, Take{VIP: i, Epoch: epoch, Until: until, From: None, Adopted: true,
@@ -424,6 +437,20 @@ func (e *Engine) Stop(now Mono, restart bool) {
 	e.stopping, e.restarting = true, restart
 	e.urgent = true
 	e.step()
+}
+
+// DeadlineWritten confirms that the data plane has a Deadline with
+// Shorten: from now on this node's deadline for the VIP is no longer than
+// its renewals say, and its heartbeats may say so (FlagShortLeases). A
+// shortening never confirmed (the write failed) keeps the longer bound.
+func (e *Engine) DeadlineWritten(vip int, epoch uint64, until Mono) {
+	if vip < 0 || vip >= len(e.slots) {
+		return
+	}
+	s := &e.slots[vip]
+	if s.state == held && s.shortTo != 0 && s.shortTo == until && s.epoch == epoch {
+		s.dpMax, s.shortTo = s.deadline, 0
+	}
 }
 
 // Tick advances the engine to now.

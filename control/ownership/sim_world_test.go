@@ -243,7 +243,15 @@ func (w *simWorld) execute(n *simNode, out Output) bool {
 	for _, d := range out.Deadlines {
 		vip := n.vips[d.VIP].Addr
 		if e := n.dp[vip]; e != nil && e.held {
-			e.until, e.epoch = max(e.until, d.Until), d.Epoch
+			switch {
+			case !d.Shorten:
+				e.until, e.epoch = max(e.until, d.Until), d.Epoch
+			case w.rng.Intn(4) > 0:
+				// written and confirmed; otherwise the write failed and
+				// the longer deadline stays, unconfirmed
+				e.until, e.epoch = d.Until, d.Epoch
+				n.eng.DeadlineWritten(d.VIP, d.Epoch, d.Until)
+			}
 		}
 		for _, o := range d.Orphans {
 			w.tickled[o]++
@@ -275,6 +283,10 @@ func (w *simWorld) execute(n *simNode, out Output) bool {
 		// A daemon that dies meanwhile may or may not have written the
 		// data plane's lease (its first step).
 		written := w.rng.Intn(2) == 0
+		decided, heard := w.now, map[int]int64{}
+		for _, o := range tk.Orphans {
+			heard[o] = n.heardAt[o]
+		}
 		w.push(&simEvent{at: w.execTime(n, tk.VIP), kind: evExec, node: n.pnn, exec: func() {
 			if n.run != run || !n.running {
 				if n.powered && written {
@@ -292,7 +304,7 @@ func (w *simWorld) execute(n *simNode, out Output) bool {
 					w.violate("n%d tickles node %d's connections to %s, but n%d still answers for it (epoch %d)",
 						n.pnn, o, vip, o, w.nodes[o].dp[vip].epoch)
 				}
-				w.checkNotDraining(n, o, vip)
+				w.checkNotDrainingAt(n, o, vip, decided, heard[o])
 			}
 			n.eng.Done(n.local2(w.now), Result{VIP: tk.VIP, Epoch: tk.Epoch, Take: true})
 			w.drain(n)
@@ -380,8 +392,16 @@ func (w *simWorld) beginDrain(n *simNode, i int) {
 // recent). A drainer n has not heard since may be cut off from the clients
 // as well: n cannot tell.
 func (w *simWorld) checkNotDraining(n *simNode, o int, vip netip.Addr) {
+	w.checkNotDrainingAt(n, o, vip, w.now, n.heardAt[o])
+}
+
+// checkNotDrainingAt judges what node n knew when it decided (at, having
+// last heard o at heard): a takeover is decided on what the node heard,
+// and a heartbeat arriving between the decision and its execution (the
+// executor's few milliseconds) cannot change it.
+func (w *simWorld) checkNotDrainingAt(n *simNode, o int, vip netip.Addr, at, heard int64) {
 	d := w.nodes[o]
-	audible := n.heardAt[o] > d.drainSince[vip] && w.now-n.heardAt[o] <= int64(2*n.eng.cfg.Timing.Renew)
+	audible := heard > d.drainSince[vip] && at-heard <= int64(2*n.eng.cfg.Timing.Renew)
 	if d.running && !d.paused && d.draining[vip] && audible {
 		w.violate("n%d tickles node %d's connections to %s, but n%d drains them (alive)", n.pnn, o, vip, o)
 	}

@@ -22,7 +22,12 @@ import (
 //	                                      at least as long as p)
 //	p.Epoch < e, another holder, p runs   refuse (Busy, with the time left)
 //
-// A promise never shortens except by its holder's release. Promises must
+// A promise never shortens except by its holder's release, or when its
+// holder says its data plane no longer needs it (FlagShortLeases, in a
+// heartbeat newer than every other this voter heard from it: an older
+// one, delayed, may predate the restart that asked for the longer
+// promise). A promise restored from an earlier run of this voter is never
+// shortened: what ordered the heartbeats behind it is gone. Promises must
 // outlive the process: the caller persists every change (Voter.Changed)
 // before it sends the answers, and a voter that starts without its
 // promises gives none for a while (quiet), so that whatever it promised
@@ -34,13 +39,16 @@ type Voter struct {
 	quiet    Mono
 	promises map[netip.Addr]Promise
 	changed  map[netip.Addr]bool
+	// restored holds the end of each promise restored from an earlier
+	// run: no short claim cuts a promise below it.
+	restored map[netip.Addr]Mono
 }
 
 // NewVoter returns a voter for the VIPs of this node's configuration that
 // grants at most maxGrant at a time and nothing before quietUntil.
 func NewVoter(self int, vips []netip.Addr, maxGrant time.Duration, quietUntil Mono) *Voter {
 	v := &Voter{self: self, known: map[netip.Addr]bool{}, maxGrant: maxGrant, quiet: quietUntil,
-		promises: map[netip.Addr]Promise{}, changed: map[netip.Addr]bool{}}
+		promises: map[netip.Addr]Promise{}, changed: map[netip.Addr]bool{}, restored: map[netip.Addr]Mono{}}
 	for _, a := range vips {
 		v.known[a.Unmap()] = true
 	}
@@ -48,7 +56,10 @@ func NewVoter(self int, vips []netip.Addr, maxGrant time.Duration, quietUntil Mo
 }
 
 // Restore loads a promise persisted by an earlier run of this node.
-func (v *Voter) Restore(vip netip.Addr, p Promise) { v.promises[vip.Unmap()] = p }
+func (v *Voter) Restore(vip netip.Addr, p Promise) {
+	v.promises[vip.Unmap()] = p
+	v.restored[vip.Unmap()] = p.Until
+}
 
 // Promise returns the current promise for vip.
 func (v *Voter) Promise(vip netip.Addr) (Promise, bool) {
@@ -79,8 +90,11 @@ func (v *Voter) Changed() map[netip.Addr]Promise {
 	return out
 }
 
-// Answer decides one claim of node from for lease, at now.
-func (v *Voter) Answer(now Mono, from int, c Claim, lease time.Duration) Answer {
+// Answer decides one claim of node from for lease, at now. short: the
+// holder says its data plane's deadline for what it renews is no later
+// than a lease from its sending (FlagShortLeases), in a heartbeat newer
+// than any other the caller heard from it.
+func (v *Voter) Answer(now Mono, from int, c Claim, lease time.Duration, short bool) Answer {
 	vip := c.VIP.Unmap()
 	a := Answer{VIP: vip, Epoch: c.Epoch, CurHolder: -1, PrevHolder: -1}
 	p, ok := v.promises[vip]
@@ -109,10 +123,14 @@ func (v *Voter) Answer(now Mono, from int, c Claim, lease time.Duration) Answer 
 		return fill(Busy)
 	}
 	until := now.Add(d)
-	if ok && p.Holder == from {
+	if r, ok := v.restored[vip]; ok && r <= now {
+		delete(v.restored, vip)
+	}
+	shortens := short && c.State == ClaimHeld && p.Epoch == c.Epoch && v.restored[vip] == 0
+	if ok && p.Holder == from && !shortens {
 		// never shorten a promise, not even by a newer epoch of the same
 		// holder: its data plane may still run on the older one (a
-		// restart's grace)
+		// restart's grace), unless the holder says it no longer does
 		until = max(until, p.Until)
 	}
 	if ok && p.Epoch < c.Epoch {

@@ -37,7 +37,7 @@ func TestVoterRules(t *testing.T) {
 					v.Release(at(s.at), s.from, vip, s.epoch, false)
 					continue
 				}
-				a := v.Answer(at(s.at), s.from, Claim{VIP: vip, Epoch: s.epoch}, L)
+				a := v.Answer(at(s.at), s.from, Claim{VIP: vip, Epoch: s.epoch}, L, false)
 				if a.Verdict != s.want {
 					t.Fatalf("step %d (%+v): %v, want %v", i, s, a.Verdict, s.want)
 				}
@@ -49,15 +49,25 @@ func TestVoterRules(t *testing.T) {
 func TestVoterNeverShortensAndQuiet(t *testing.T) {
 	vip := netip.MustParseAddr("198.18.1.10")
 	v := NewVoter(0, []netip.Addr{vip}, 10*time.Second, Mono(time.Second))
-	if a := v.Answer(0, 1, Claim{VIP: vip, Epoch: 1}, time.Second); a.Verdict != Quiet {
+	if a := v.Answer(0, 1, Claim{VIP: vip, Epoch: 1}, time.Second, false); a.Verdict != Quiet {
 		t.Fatalf("a starting voter granted: %v", a.Verdict)
 	}
-	v.Answer(Mono(time.Second), 1, Claim{VIP: vip, Epoch: 1}, 10*time.Second)
-	v.Answer(Mono(2*time.Second), 1, Claim{VIP: vip, Epoch: 1}, time.Second)
+	v.Answer(Mono(time.Second), 1, Claim{VIP: vip, Epoch: 1}, 10*time.Second, false)
+	v.Answer(Mono(2*time.Second), 1, Claim{VIP: vip, Epoch: 1}, time.Second, false)
 	if p, _ := v.Promise(vip); p.Until != Mono(11*time.Second) {
 		t.Errorf("a short renewal shortened the promise to %v", time.Duration(p.Until))
 	}
-	if a := v.Answer(0, 1, Claim{VIP: netip.MustParseAddr("198.18.1.99"), Epoch: 1}, time.Second); a.Verdict != Unknown {
+	// the holder says its data plane has no more than a lease: the
+	// promise follows, for the epoch it holds only
+	v.Answer(Mono(2*time.Second), 1, Claim{VIP: vip, Epoch: 2, State: ClaimTaking}, time.Second, true)
+	if p, _ := v.Promise(vip); p.Until != Mono(11*time.Second) {
+		t.Errorf("a short claim of a newer epoch shortened the promise to %v", time.Duration(p.Until))
+	}
+	v.Answer(Mono(3*time.Second), 1, Claim{VIP: vip, Epoch: 2, State: ClaimHeld}, time.Second, true)
+	if p, _ := v.Promise(vip); p.Until != Mono(4*time.Second) {
+		t.Errorf("a short renewal: promise until %v, want 4s", time.Duration(p.Until))
+	}
+	if a := v.Answer(0, 1, Claim{VIP: netip.MustParseAddr("198.18.1.99"), Epoch: 1}, time.Second, false); a.Verdict != Unknown {
 		t.Errorf("a VIP not in the configuration: %v", a.Verdict)
 	}
 	if got := v.Changed(); len(got) != 1 {

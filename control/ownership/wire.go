@@ -52,6 +52,13 @@ const (
 	FlagStopping                         // shutting down: hands its VIPs over
 	FlagRestarting                       // restarting: keeps its VIPs for the grace
 	FlagLockHeld                         // holds the cluster lock
+	// FlagShortLeases: for every VIP this heartbeat renews (ClaimHeld),
+	// the sender's data plane answers no later than the heartbeat's
+	// sending plus a lease, as after any renewal; a voter may then
+	// promise it a lease from now and no more, giving back what it
+	// promised before (a restart's grace). Releases that do not know the
+	// flag ignore it and keep the longer promise.
+	FlagShortLeases
 )
 
 // Fingerprint identifies the cluster configuration a node runs: nodes that

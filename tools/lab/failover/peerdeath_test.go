@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -97,11 +98,16 @@ func TestPeerDeathEndsCTDBConnections(t *testing.T) {
 	if _, err := n3.StartFsha(e.ctx, lab.FshaOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	restarted := time.Now()
 	e.waitConverged(e.c.Nodes...)
 	allOpen("after a restart of n3's fsha", kicked)
 	allOpen("after a restart of n3's fsha", kept)
 
 	// a power cut of n3: n1 ends its two ctdbd connections with it
+	vip := e.held(n3)
+	if len(vip) != 1 {
+		t.Fatalf("n3 holds %v after its restart, want one VIP", vip)
+	}
 	cut := e.powerDown(n3)
 	e.eventually("n1 ends its connections with n3 on 4379", func(context.Context) error {
 		for name, c := range kicked {
@@ -115,4 +121,14 @@ func TestPeerDeathEndsCTDBConnections(t *testing.T) {
 	})
 	t.Logf("n1 ended its ctdbd connections with n3 within %v of the power cut", time.Since(cut).Round(time.Millisecond))
 	allOpen("after n3's death", kept)
+	// n3 restarted a few seconds ago: its VIP moves as after any crash,
+	// not at the end of the restart's grace (the renewals gave it back)
+	e.eventually(vip[0].String()+" on n1 or n2", func(context.Context) error {
+		if !slices.Contains(e.held(n1), vip[0]) && !slices.Contains(e.held(n2), vip[0]) {
+			return fmt.Errorf("%s on neither", vip[0])
+		}
+		return nil
+	})
+	t.Logf("%s on another node %v after the power cut (n3's fsha had restarted %v before it)",
+		vip[0], time.Since(cut).Round(time.Millisecond), cut.Sub(restarted).Round(time.Millisecond))
 }
