@@ -182,6 +182,14 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 		stopping bool
 		reexec   bool
 	)
+	// systemd (Type=notify): serving. A SIGHUP's restart in place keeps
+	// the pid, and the new process says READY again.
+	notify := func(state string) {
+		if err := sdNotify(state); err != nil {
+			log.Warn("tell systemd", zap.Error(err))
+		}
+	}
+	notify("READY=1")
 	for {
 		select {
 		case sig := <-sigs:
@@ -195,6 +203,7 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 					continue
 				}
 				log.Info("SIGHUP: configuration checked; restarting in place with it")
+				notify("RELOADING=1")
 				stopping, reexec = true, true
 				if cc == nil {
 					cancel()
@@ -205,10 +214,12 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 				stopping = true
 				cancel()
 			case sig == syscall.SIGTERM:
+				notify("STOPPING=1")
 				log.Info("SIGTERM: stopping for a restart: VIPs and connections stay, the other nodes wait for the restart grace")
 				stopping = true
 				stopCluster <- node.Restart
 			default:
+				notify("STOPPING=1")
 				log.Info("SIGINT: shutting down: the VIPs go to the other nodes, their connections drain")
 				stopping = true
 				stopCluster <- node.Shutdown

@@ -116,13 +116,13 @@ done | paste -sd,)
 ip netns add "$ns" || skip "cannot create a network namespace"
 ip -n "$ns" link set lo up
 ip -n "$ns" link add pub0 type veth peer name peer0
-ip -n "$ns" addr add 192.0.2.1/24 dev pub0
+ip -n "$ns" addr add 198.18.0.1/24 dev pub0
 ip -n "$ns" link set pub0 up
 ip -n "$ns" link set peer0 up
 mkdir -p "$work/bpffs" "$work/etc" "$work/run" "$work/state"
 mount -t bpf bpf "$work/bpffs" || skip "cannot mount a bpffs"
-echo 192.0.2.1 >"$work/etc/nodes"
-echo "198.51.100.10/24 pub0" >"$work/etc/public_addresses"
+echo 198.18.0.1 >"$work/etc/nodes"
+echo "198.18.1.10/24 pub0" >"$work/etc/public_addresses"
 head -c 32 /dev/urandom | base64 >"$work/etc/gossip.key"
 # the installed settings file, pointed at this test's files
 sed -e "s|/etc/fsha/|$work/etc/|" "$root/etc/fsha/fsha.conf" >"$work/etc/fsha.conf"
@@ -177,13 +177,13 @@ sed -i 's|^#nodes = |nodes = |' "$work/etc/fsha.conf"
 start "$work/cluster.log"
 waitlog "$work/cluster.log" 'real-time scheduling' 30
 for i in $(seq 100); do
-	ip -n "$ns" addr show dev pub0 | grep -q 198.51.100.10 && break
+	ip -n "$ns" addr show dev pub0 | grep -q 198.18.1.10 && break
 	sleep 0.1
 done
-ip -n "$ns" addr show dev pub0 | grep -q 198.51.100.10 || { cat "$work/cluster.log"; fail "the VIP was not put on pub0"; }
+ip -n "$ns" addr show dev pub0 | grep -q 198.18.1.10 || { cat "$work/cluster.log"; fail "the VIP was not put on pub0"; }
 grep -q '"level":"error"' "$work/cluster.log" && { cat "$work/cluster.log"; fail "errors in the log"; }
 chrt -p "$pid" | grep -q 'policy: SCHED_RR' || fail "not SCHED_RR: $(chrt -p "$pid")"
-ok "one-node cluster: VIP 198.51.100.10 on pub0, SCHED_RR, no error logged"
+ok "one-node cluster: VIP 198.18.1.10 on pub0, SCHED_RR, no error logged"
 # reload: SIGHUP checks the configuration and restarts in place (same pid)
 kill -HUP "$pid"
 waitlog "$work/cluster.log" 'restarting in place' 10
@@ -192,7 +192,7 @@ for i in $(seq 100); do [ "$(grep -c 'real-time scheduling' "$work/cluster.log")
 ok "SIGHUP: configuration checked, restarted in place (pid $pid)"
 # restart: SIGTERM, the VIP stays
 stop TERM "$work/cluster.log"
-ip -n "$ns" addr show dev pub0 | grep -q 198.51.100.10 || fail "SIGTERM removed the VIP"
+ip -n "$ns" addr show dev pub0 | grep -q 198.18.1.10 || fail "SIGTERM removed the VIP"
 start "$work/cluster2.log"
 waitlog "$work/cluster2.log" 'cluster node starting' 30
 sleep 2
@@ -214,7 +214,7 @@ rc=0
 wait "$pid" || rc=$?
 [ $rc = 0 ] || { cat "$work/cluster2.log"; fail "exit status $rc after fsha-stop"; }
 grep -q 'stopped: every VIP handed over' "$work/cluster2.log" || { cat "$work/cluster2.log"; fail "SIGINT: no hand-over"; }
-ip -n "$ns" addr show dev pub0 | grep -q 198.51.100.10 && fail "the VIP is still on pub0 after the hand-over"
+ip -n "$ns" addr show dev pub0 | grep -q 198.18.1.10 && fail "the VIP is still on pub0 after the hand-over"
 ok "ExecStop (fsha-stop): nothing while the system runs; at shutdown SIGINT, hand-over, the VIP released, exit 0"
 ip netns exec "$ns" "$root/usr/bin/fsha" unload --pin-path "$work/bpffs/fsha" 2>/dev/null
 echo "PASS"
