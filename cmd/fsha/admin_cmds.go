@@ -27,6 +27,7 @@ func adminCommands(e env) []*cli.Command {
 		disableCommand(e),
 		enableCommand(e),
 		banCommand(e),
+		unbanCommand(e),
 		tickleCommand(e),
 		checksCommand(e),
 	}
@@ -421,6 +422,24 @@ func enableCommand(e env) *cli.Command {
 				return err
 			}
 			_, err := fmt.Fprintln(e.stdout, "node enabled")
+			return err
+		},
+	}
+}
+
+func unbanCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:  "unban",
+		Usage: "end this node's ban now: it may hold VIPs again",
+		Flags: []cli.Flag{runDirFlag()},
+		Action: func(c *cli.Context) error {
+			if _, err := wantArgs(c); err != nil {
+				return err
+			}
+			if err := adminClient(c).Unban(c.Context); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintln(e.stdout, "node unbanned")
 			return err
 		},
 	}

@@ -97,6 +97,7 @@ func (f *fakeBackend) Ban(_ context.Context, d time.Duration) error {
 	f.record("ban " + d.String())
 	return nil
 }
+func (f *fakeBackend) Unban(context.Context) error { f.record("unban"); return nil }
 
 func (f *fakeBackend) Tickle(_ context.Context, vip netip.Addr) (admin.TickleResult, error) {
 	f.record("tickle " + vip.String())
@@ -316,6 +317,7 @@ func TestChangeCommands(t *testing.T) {
 		{[]string{"disable", "--run-dir", dir}, "node disabled: its VIPs move to other nodes\n"},
 		{[]string{"enable", "--run-dir", dir}, "node enabled\n"},
 		{[]string{"ban", "--run-dir", dir, "300"}, "node banned for 5m0s\n"},
+		{[]string{"unban", "--run-dir", dir}, "node unbanned\n"},
 		// Flags after the arguments, as ctdb users type them.
 		{[]string{"move", "198.18.1.12", "1", "--kill", "--run-dir", dir}, "moving 198.18.1.12 to node 1 (killing its connections)\n"},
 		{[]string{"ban", "60", "--run-dir=" + dir}, "node banned for 1m0s\n"},
@@ -329,7 +331,7 @@ func TestChangeCommands(t *testing.T) {
 			t.Errorf("%v: printed %q, want %q", tc.args, out, tc.out)
 		}
 	}
-	want := "move 198.18.1.10 1 false|move 198.18.1.11 198.18.0.2 true|disable|enable|ban 5m0s|" +
+	want := "move 198.18.1.10 1 false|move 198.18.1.11 198.18.0.2 true|disable|enable|ban 5m0s|unban|" +
 		"move 198.18.1.12 1 true|ban 1m0s|move 198.18.1.13 1 false"
 	if got := strings.Join(b.Calls(), "|"); got != want {
 		t.Errorf("backend calls %q, want %q", got, want)
@@ -347,8 +349,9 @@ func TestCommandErrors(t *testing.T) {
 		{[]string{"move", "--run-dir", dir, "198.18.1.300", "1"}, `move: bad VIP "198.18.1.300": want an address such as 198.18.1.10`},
 		{[]string{"move", "--run-dir", dir, "198.18.1.10", "7"}, `bad request: unknown node "7"`},
 		{[]string{"move", "--run-dir", dir, "198.18.1.10"}, "move: want 2 argument(s) VIP NODE, got 1 (usage: fsha move VIP NODE)"},
-		{[]string{"ban", "--run-dir", dir, "soon"}, `ban: bad SECONDS "soon": want a whole number of seconds from 1 to 31536000`},
+		{[]string{"ban", "--run-dir", dir, "soon"}, `ban: bad SECONDS "soon": want a whole number of seconds from 1 to 86400`},
 		{[]string{"ban", "--run-dir", dir, "0"}, `ban: bad SECONDS "0"`},
+		{[]string{"ban", "--run-dir", dir, "100000"}, `ban: bad SECONDS "100000": want a whole number of seconds from 1 to 86400`},
 		{[]string{"status", "--run-dir", dir, "extra"}, `status takes no arguments, got ["extra"]`},
 		{[]string{"move", "--run-dir", dir, "198.18.1.10", "1", "--force"}, "move: unknown flag --force"},
 		{[]string{"ban", "60", "--run-dir"}, "ban: flag --run-dir needs a value"},

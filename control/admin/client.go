@@ -117,6 +117,11 @@ func (c *Client) Ban(ctx context.Context, d time.Duration) error {
 	return c.call(ctx, http.MethodPost, "ban", BanRequest{Seconds: secs}, nil)
 }
 
+// Unban ends this node's ban.
+func (c *Client) Unban(ctx context.Context) error {
+	return c.call(ctx, http.MethodPost, "unban", struct{}{}, nil)
+}
+
 // CloseIdleConnections releases the client's connection.
 func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
 

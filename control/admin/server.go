@@ -35,8 +35,9 @@ const (
 	probeTimeout = time.Second
 )
 
-// MaxBanSeconds bounds a ban to a year, far from time.Duration's overflow.
-const MaxBanSeconds = 365 * 24 * 3600
+// MaxBanSeconds bounds a ban to a day, as the CLI and the node do: longer
+// is maintenance (fsha disable), which survives restarts.
+const MaxBanSeconds = 24 * 3600
 
 // ErrAlreadyRunning is returned by Serve when another daemon serves the
 // socket.
@@ -64,6 +65,7 @@ func NewServer(log *zap.Logger, b Backend) *Server {
 		{http.MethodPost, "/v1/disable", s.disable},
 		{http.MethodPost, "/v1/enable", s.enable},
 		{http.MethodPost, "/v1/ban", s.ban},
+		{http.MethodPost, "/v1/unban", s.unban},
 		{http.MethodPost, "/v1/tickle", s.tickle},
 	}
 	for _, rt := range routes {
@@ -372,6 +374,13 @@ func (s *Server) enable(r *http.Request) (any, error) {
 		return nil, err
 	}
 	return nil, s.backend.Enable(r.Context())
+}
+
+func (s *Server) unban(r *http.Request) (any, error) {
+	if err := decode(r, &struct{}{}); err != nil {
+		return nil, err
+	}
+	return nil, s.backend.Unban(r.Context())
 }
 
 func (s *Server) ban(r *http.Request) (any, error) {

@@ -68,6 +68,7 @@ func (f *fakeBackend) Enable(context.Context) error { return f.record("enable") 
 func (f *fakeBackend) Ban(_ context.Context, d time.Duration) error {
 	return f.record("ban %s", d)
 }
+func (f *fakeBackend) Unban(context.Context) error { return f.record("unban") }
 
 // shortDir is a temporary directory with a path short enough for a unix
 // socket (t.TempDir can exceed the 108-byte limit with long test names).

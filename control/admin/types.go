@@ -183,6 +183,8 @@ type Backend interface {
 	Disable(ctx context.Context) error
 	Enable(ctx context.Context) error
 	Ban(ctx context.Context, d time.Duration) error
+	// Unban ends a ban now; it says so when there was none.
+	Unban(ctx context.Context) error
 	Timeline(ctx context.Context) ([]Takeover, error)
 	// Tickle makes every client of vip known to this node (the other
 	// nodes' replicated connections) reconnect now, like ctdb's tickles.

@@ -208,7 +208,7 @@ func (n *Node) setDisabled(on bool) error {
 
 // Ban keeps the node out for d.
 func (n *Node) Ban(_ context.Context, d time.Duration) error {
-	if d <= 0 || d > 24*time.Hour {
+	if d <= 0 || d > admin.MaxBanSeconds*time.Second {
 		return fmt.Errorf("%w: ban between 1 s and 24 h, not %v", admin.ErrBadRequest, d)
 	}
 	n.mu.Lock()
@@ -219,6 +219,20 @@ func (n *Node) Ban(_ context.Context, d time.Duration) error {
 	n.command(update)
 	// come back on our own when the ban ends
 	time.AfterFunc(d, func() { n.command(update) })
+	return nil
+}
+
+// Unban ends a ban now (`fsha unban`, `ctdb unban`).
+func (n *Node) Unban(context.Context) error {
+	n.mu.Lock()
+	was := time.Now().Before(n.bannedUntil)
+	n.bannedUntil = time.Time{}
+	n.mu.Unlock()
+	if !was {
+		return fmt.Errorf("%w: this node is not banned", admin.ErrBadRequest)
+	}
+	n.log.Info("unbanned by the operator")
+	n.command(func(e *ownership.Engine, now ownership.Mono) { e.SetLocal(now, n.local()) })
 	return nil
 }
 

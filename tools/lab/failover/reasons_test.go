@@ -103,6 +103,39 @@ func TestStatusSaysWhy(t *testing.T) {
 	// the move was the test's doing: tell the failover accounting
 	e.c.Lab.NoteFault("n1's health check fails", []*lab.Host{n1.Host}, began, time.Now())
 
+	// a ban: n2's VIP moves, status says for how long; unban brings it back
+	vip2 := e.held(n2)
+	banned := time.Now()
+	if out, err := n2.Admin(e.ctx, "ban", "600"); err != nil {
+		t.Fatalf("fsha ban: %v\n%s", err, out)
+	}
+	e.eventually("n2 banned: its VIP elsewhere, and it says why", func(ctx context.Context) error {
+		if h := e.held(n2); len(h) > 0 {
+			return fmt.Errorf("n2 still has %v", h)
+		}
+		st, err := n2.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if ns := st.Nodes[n2.PNN]; ns.State != admin.StateBanned || !strings.Contains(ns.Reason, "more (fsha unban ends it)") {
+			return fmt.Errorf("n2 about itself: %s, why %q", ns.State, ns.Reason)
+		}
+		return nil
+	})
+	if out, err := n2.Admin(e.ctx, "unban"); err != nil {
+		t.Fatalf("fsha unban: %v\n%s", err, out)
+	}
+	e.eventually("n2 unbanned, with its VIP back", func(ctx context.Context) error {
+		if h := e.held(n2); !slices.Equal(h, vip2) {
+			return fmt.Errorf("n2 has %v, want %v", h, vip2)
+		}
+		return nil
+	})
+	if out, err := n2.Admin(e.ctx, "unban"); err == nil || !strings.Contains(string(out)+err.Error(), "not banned") {
+		t.Errorf("fsha unban of a node not banned: %v\n%s; want an error saying it is not banned", err, out)
+	}
+	e.c.Lab.NoteFault("n2 banned by the test", []*lab.Host{n2.Host}, banned, time.Now())
+
 	if err := e.c.Partition(e.ctx, []*lab.Host{n1.Host}); err != nil {
 		t.Fatal(err)
 	}
