@@ -56,6 +56,11 @@ func logLevelFlag() cli.Flag {
 	return &cli.StringFlag{Name: "log-level", Value: "info", EnvVars: []string{"FSHA_LOG_LEVEL"}, Usage: "debug, info, warn or error"}
 }
 
+func logFormatFlag() cli.Flag {
+	return &cli.StringFlag{Name: "log-format", Value: "json", EnvVars: []string{"FSHA_LOG_FORMAT"},
+		Usage: "json (one object per line, for journald and log shippers) or text (for a terminal)"}
+}
+
 func jsonFlag() cli.Flag {
 	return &cli.BoolFlag{Name: "json", Usage: "print JSON for scripts"}
 }
@@ -68,6 +73,17 @@ func newLogger(c *cli.Context, w io.Writer) (*zap.Logger, error) {
 	}
 	enc := zap.NewProductionEncoderConfig()
 	enc.EncodeTime = zapcore.ISO8601TimeEncoder
-	core := zapcore.NewCore(zapcore.NewJSONEncoder(enc), zapcore.AddSync(w), level)
+	var encoder zapcore.Encoder
+	switch f := c.String("log-format"); f {
+	case "", "json":
+		encoder = zapcore.NewJSONEncoder(enc)
+	case "text":
+		enc.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc.EncodeDuration = zapcore.StringDurationEncoder
+		encoder = zapcore.NewConsoleEncoder(enc)
+	default:
+		return nil, fmt.Errorf("--log-format %q: want json or text", f)
+	}
+	core := zapcore.NewCore(encoder, zapcore.AddSync(w), level)
 	return zap.New(core), nil
 }

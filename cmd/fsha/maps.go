@@ -72,7 +72,7 @@ func unloadCommand(e env) *cli.Command {
 	return &cli.Command{
 		Name:  "unload",
 		Usage: "detach the programs and remove the pinned maps: every tracked flow is forgotten",
-		Flags: []cli.Flag{pinPathFlag(), logLevelFlag()},
+		Flags: []cli.Flag{pinPathFlag(), logLevelFlag(), logFormatFlag()},
 		Action: func(c *cli.Context) error {
 			log, err := newLogger(c, e.stderr)
 			if err != nil {

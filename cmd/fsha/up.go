@@ -33,7 +33,7 @@ func upCommand(e env) *cli.Command {
 				Usage: "CTDB-format public_addresses file: ADDR/PREFIX IFACE[,IFACE] [node-list]"},
 			&cli.StringFlag{Name: "ports", Value: defaultPorts, EnvVars: []string{"FSHA_PORTS"},
 				Usage: "comma-separated TCP ports to track (SMB 445 139, NFS 2049, rpcbind 111)"},
-			pinPathFlag(), logLevelFlag(),
+			pinPathFlag(), logLevelFlag(), logFormatFlag(),
 			&cli.StringFlag{Name: "config", EnvVars: []string{"FSHA_CONFIG"},
 				Usage: "settings file of 'flag-name = value' lines; flags and FSHA_* variables win over it"},
 			&cli.UintFlag{Name: "flows-max", Value: dataplane.DefaultFlowsMax, EnvVars: []string{"FSHA_FLOWS_MAX"},
