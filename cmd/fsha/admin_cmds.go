@@ -30,6 +30,7 @@ func adminCommands(e env) []*cli.Command {
 		unbanCommand(e),
 		tickleCommand(e),
 		checksCommand(e),
+		ipinfoCommand(e),
 	}
 }
 

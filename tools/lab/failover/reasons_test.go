@@ -39,6 +39,12 @@ func TestStatusSaysWhy(t *testing.T) {
 		t.Fatalf("n1 holds %v, want one VIP", vip)
 	}
 
+	out, err := n2.Admin(e.ctx, "ipinfo", vip[0].Addr().String(), "--pin-path", n2.PinPath)
+	if err != nil || !strings.Contains(string(out), "Owner:         "+n1.IP().String()+" (pnn 0)") ||
+		!strings.Contains(string(out), "Connections:   0 tracked here") {
+		t.Errorf("fsha ipinfo %s on n2: %v\n%s", vip[0].Addr(), err, out)
+	}
+
 	began := time.Now()
 	if err := os.WriteFile(sick, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -68,7 +74,7 @@ func TestStatusSaysWhy(t *testing.T) {
 		}
 		return nil
 	})
-	out, err := n1.Admin(e.ctx, "status")
+	out, err = n1.Admin(e.ctx, "status")
 	if err != nil {
 		t.Fatal(err)
 	}
