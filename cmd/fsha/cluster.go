@@ -393,7 +393,8 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 		collector := metrics.NewCollector(log, metrics.Sources{
 			Backend: nd, Counters: dp.ReadCounters, Gossip: gossip.Members, Takeovers: takeovers,
 		})
-		g.Go(func() error { return collector.Serve(gctx, addr) })
+		// never stops the node: failover does not wait for metrics
+		go collector.KeepServing(gctx, addr)
 	}
 	return g.Wait()
 }

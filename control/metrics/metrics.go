@@ -344,6 +344,29 @@ func (c *Collector) Serve(ctx context.Context, listenAddr string) error {
 	return c.ServeListener(ctx, ln)
 }
 
+// metricsRetry is how long KeepServing waits before it tries the address
+// again.
+var metricsRetry = 10 * time.Second
+
+// KeepServing is Serve for a daemon whose failover must not depend on its
+// metrics: an address it cannot listen on (in use, not local yet) or a
+// server that fails is logged as an error and tried again every
+// metricsRetry, until ctx is done; it never returns an error.
+func (c *Collector) KeepServing(ctx context.Context, listenAddr string) {
+	for {
+		err := c.Serve(ctx, listenAddr)
+		if ctx.Err() != nil {
+			return
+		}
+		c.log.Error("metrics unavailable (failover goes on); trying again", zap.Error(err), zap.Duration("in", metricsRetry))
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(metricsRetry):
+		}
+	}
+}
+
 // ServeListener is Serve on a listener of the caller's; it closes it.
 func (c *Collector) ServeListener(ctx context.Context, ln net.Listener) error {
 	mux := http.NewServeMux()

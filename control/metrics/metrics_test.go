@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/fsha/fsha/control/admin"
 	"github.com/fsha/fsha/control/membership"
@@ -324,3 +325,46 @@ var (
 	_ node.Observer = (*Takeovers)(nil)
 	_ node.Observer = (*Collector)(nil)
 )
+
+// KeepServing never gives up and never fails the daemon: an address in
+// use is logged and tried again, and served once it is free.
+func TestKeepServing(t *testing.T) {
+	defer func(d time.Duration) { metricsRetry = d }(metricsRetry)
+	metricsRetry = 20 * time.Millisecond
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := busy.Addr().String()
+	core, logs := observer.New(zap.ErrorLevel)
+	c := NewCollector(zap.New(core), Sources{Backend: fakeBackend{}, Counters: counters})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.KeepServing(ctx, addr); close(done) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for logs.FilterMessage("metrics unavailable (failover goes on); trying again").Len() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("no error logged for an address in use")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	busy.Close()
+	client := &http.Client{Timeout: time.Second}
+	for {
+		resp, err := client.Get("http://" + addr + "/metrics")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not served once the address was free: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("KeepServing did not return when its context ended")
+	}
+}
