@@ -451,12 +451,7 @@ func (n *ClusterNode) StartServers(ctx context.Context) error {
 	}
 	var smbOpts SmbdOptions
 	if c.opts.CTDB {
-		if !n.CTDBRuns() {
-			if _, err := n.StartCTDB(ctx); err != nil {
-				return err
-			}
-		}
-		if err := c.WaitCTDB(ctx, CTDBStartTimeout, n); err != nil {
+		if err := n.JoinCTDB(ctx); err != nil {
 			return err
 		}
 		smbOpts = SmbdOptions{CTDBSocket: n.CTDBSocket(), NetbiosName: CTDBNetbiosName}

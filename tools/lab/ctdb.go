@@ -513,6 +513,69 @@ func (c *Cluster) WaitCTDB(ctx context.Context, timeout time.Duration, nodes ...
 	})
 }
 
+// ctdbLivelock is how many "Tearing down connection to dead node" lines
+// in a few seconds mark the transport livelock of JoinCTDB.
+const ctdbLivelock = 200
+
+// JoinCTDB starts ctdbd on the node (unless it runs) and waits until it
+// sees itself and every running ctdbd OK, its databases out of recovery.
+//
+// ctdbd 4.17 can lock itself up with a peer while it rejoins: each side
+// rejects the other's new connection ("Incoming queue active, rejecting
+// connection") and marks the peer dead, both reconnect at once, and so on
+// thousands of times a second for minutes (in ~1 of 8 rejoins in the lab,
+// where the veths' microsecond round trips keep both in lockstep). Once
+// the node's log shows it, JoinCTDB restarts the node's ctdbd, once, as
+// an operator would, and says so in the lab's log.
+func (n *ClusterNode) JoinCTDB(ctx context.Context) error {
+	c := n.cluster
+	if n.CTDBRuns() {
+		return c.WaitCTDB(ctx, CTDBStartTimeout, n)
+	}
+	for restarted := false; ; restarted = true {
+		offset := fileSize(n.CTDBLog())
+		p, err := n.StartCTDB(ctx)
+		if err != nil {
+			return err
+		}
+		livelock := false
+		err = Eventually(ctx, CTDBStartTimeout, "ctdbd of "+n.Role+" joined", func(ctx context.Context) error {
+			if !restarted && n.ctdbLogCount(offset, "Tearing down connection to dead node") >= ctdbLivelock {
+				livelock = true
+				return nil
+			}
+			qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			err := c.CTDBHealthy(qctx, n)
+			if err != nil {
+				select {
+				case <-ctx.Done():
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+			return err
+		})
+		if err != nil || !livelock {
+			return err
+		}
+		n.logger().Warn("ctdbd in a connection livelock with a peer (ctdb 4.17), restarting it",
+			zap.Int("teardowns", n.ctdbLogCount(offset, "Tearing down connection to dead node")))
+		if err := p.Kill(); err != nil {
+			return fmt.Errorf("restart ctdbd of %s: %w", n.Role, err)
+		}
+	}
+}
+
+// ctdbLogCount counts the lines of the node's ctdbd log from offset on
+// that contain substr.
+func (n *ClusterNode) ctdbLogCount(offset int64, substr string) int {
+	data, err := os.ReadFile(n.CTDBLog())
+	if err != nil || offset > int64(len(data)) {
+		return 0
+	}
+	return strings.Count(string(data[offset:]), substr)
+}
+
 // startCTDB starts ctdbd on every node at once and waits until all see
 // each other OK.
 func (c *Cluster) startCTDB(ctx context.Context) error {
