@@ -379,7 +379,20 @@ func moveCommand(e env) *cli.Command {
 			if node == "" {
 				return errors.New("move: empty NODE: give a node's address or PNN")
 			}
-			if err := adminClient(c).Move(c.Context, vip, node, c.Bool("kill")); err != nil {
+			cl := adminClient(c)
+			already := false
+			if ips, err := cl.IPs(c.Context); err == nil {
+				for _, ip := range ips {
+					if vipAddr(ip.VIP) == vip && ip.Owner != "" && (ip.Owner == node || strconv.Itoa(ip.PNN) == node) && ip.State == "held" {
+						already = true
+					}
+				}
+			}
+			if err := cl.Move(c.Context, vip, node, c.Bool("kill")); err != nil {
+				return err
+			}
+			if already {
+				_, err = fmt.Fprintf(e.stdout, "%s is already on node %s: it stays there (nothing moves)\n", vip, node)
 				return err
 			}
 			how := "draining its connections"
@@ -401,8 +414,23 @@ func disableCommand(e env) *cli.Command {
 			if _, err := wantArgs(c); err != nil {
 				return err
 			}
-			if err := adminClient(c).Disable(c.Context); err != nil {
+			cl := adminClient(c)
+			if err := cl.Disable(c.Context); err != nil {
 				return err
+			}
+			// Say where the VIPs go: nowhere, when no other node can
+			// take them (they stay here until one can).
+			if st, err := cl.Status(c.Context); err == nil {
+				others := 0
+				for _, n := range st.Nodes {
+					if !n.This && n.State == admin.StateOK {
+						others++
+					}
+				}
+				if others == 0 {
+					_, err := fmt.Fprintln(e.stdout, "node disabled, but no other node is OK to take its VIPs: they stay here until one is")
+					return err
+				}
 			}
 			_, err := fmt.Fprintln(e.stdout, "node disabled: its VIPs move to other nodes")
 			return err

@@ -84,7 +84,7 @@ func (f *fakeBackend) Timeline(context.Context) ([]admin.Takeover, error) {
 }
 
 func (f *fakeBackend) Move(_ context.Context, vip netip.Addr, node string, kill bool) error {
-	if node != "1" && node != nodes[1] {
+	if node != "0" && node != "1" && node != nodes[1] {
 		return fmt.Errorf("%w: unknown node %q", admin.ErrBadRequest, node)
 	}
 	f.record(fmt.Sprintf("move %s %s %t", vip, node, kill))
@@ -314,7 +314,8 @@ func TestChangeCommands(t *testing.T) {
 	}{
 		{[]string{"move", "--run-dir", dir, "198.18.1.10/24", "1"}, "moving 198.18.1.10 to node 1 (draining its connections)\n"},
 		{[]string{"move", "--run-dir", dir, "--kill", "198.18.1.11", "198.18.0.2"}, "moving 198.18.1.11 to node 198.18.0.2 (killing its connections)\n"},
-		{[]string{"disable", "--run-dir", dir}, "node disabled: its VIPs move to other nodes\n"},
+		// the fake's other nodes are UNHEALTHY and DISCONNECTED
+		{[]string{"disable", "--run-dir", dir}, "node disabled, but no other node is OK to take its VIPs: they stay here until one is\n"},
 		{[]string{"enable", "--run-dir", dir}, "node enabled\n"},
 		{[]string{"ban", "--run-dir", dir, "300"}, "node banned for 5m0s\n"},
 		{[]string{"unban", "--run-dir", dir}, "node unbanned\n"},
@@ -322,6 +323,7 @@ func TestChangeCommands(t *testing.T) {
 		{[]string{"move", "198.18.1.12", "1", "--kill", "--run-dir", dir}, "moving 198.18.1.12 to node 1 (killing its connections)\n"},
 		{[]string{"ban", "60", "--run-dir=" + dir}, "node banned for 1m0s\n"},
 		{[]string{"move", "--run-dir", dir, "--", "198.18.1.13", "1"}, "moving 198.18.1.13 to node 1 (draining its connections)\n"},
+		{[]string{"move", "--run-dir", dir, "198.18.1.10", "0"}, "198.18.1.10 is already on node 0: it stays there (nothing moves)\n"},
 	} {
 		out, err := runAdmin(t, tc.args...)
 		if err != nil {
@@ -332,7 +334,7 @@ func TestChangeCommands(t *testing.T) {
 		}
 	}
 	want := "move 198.18.1.10 1 false|move 198.18.1.11 198.18.0.2 true|disable|enable|ban 5m0s|unban|" +
-		"move 198.18.1.12 1 true|ban 1m0s|move 198.18.1.13 1 false"
+		"move 198.18.1.12 1 true|ban 1m0s|move 198.18.1.13 1 false|move 198.18.1.10 0 false"
 	if got := strings.Join(b.Calls(), "|"); got != want {
 		t.Errorf("backend calls %q, want %q", got, want)
 	}
