@@ -35,6 +35,10 @@ type Sources struct {
 	// Takeovers is fed by the controller; nil: the collector makes its own
 	// (see Collector.ObserveTakeover).
 	Takeovers *Takeovers
+	// Version is fsha's (fsha_build_info); FlowsMax the flow table's
+	// capacity (0: not exported).
+	Version  string
+	FlowsMax uint32
 }
 
 // ScrapeTimeout bounds the backend calls of one scrape.
@@ -114,6 +118,7 @@ type Collector struct {
 	eventsLost    *prometheus.Desc
 	mapErrors     *prometheus.Desc
 	flows         *prometheus.Desc
+	details
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -158,6 +163,7 @@ func NewCollector(log *zap.Logger, src Sources) *Collector {
 			"Failed map updates in the data plane.", []string{"direction"}, nil),
 		flows: prometheus.NewDesc("fsha_dataplane_flows",
 			"Live flows in the flow table.", nil, nil),
+		details: newDetails(),
 	}
 	for _, src := range []string{"backend", "gossip", "dataplane"} {
 		c.collectionErrors.WithLabelValues(src)
@@ -182,6 +188,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	} {
 		ch <- d
 	}
+	c.describe(ch)
 }
 
 // Collect implements prometheus.Collector: it reads every source now.
@@ -190,6 +197,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	defer c.collectionErrors.Collect(ch)
 	c.takeovers.count.Collect(ch)
 	c.takeovers.duration.Collect(ch)
+	c.collectBuild(ch, c.src.Version, c.src.FlowsMax)
 
 	if c.src.Backend != nil {
 		if err := c.collectBackend(ch); err != nil {
@@ -274,6 +282,10 @@ func (c *Collector) collectBackend(ch chan<- prometheus.Metric) error {
 	keys, counts = countBy(vipStates, ips, func(ip admin.IP) string { return ip.State })
 	for _, k := range keys {
 		ch <- gauge(c.vips, float64(counts[k]), k)
+	}
+	c.collectVIPs(ch, st, ips)
+	if err := c.collectChecks(ctx, ch, c.src.Backend); err != nil {
+		return fmt.Errorf("checks: %w", err)
 	}
 	return nil
 }

@@ -368,3 +368,55 @@ func TestKeepServing(t *testing.T) {
 		t.Fatal("KeepServing did not return when its context ended")
 	}
 }
+
+// checkingBackend is fakeBackend with health checks (fsha checks).
+type checkingBackend struct{ fakeBackend }
+
+func (checkingBackend) Checks(context.Context) (admin.Checks, error) {
+	return admin.Checks{Checks: []admin.CheckStatus{
+		{Name: "tcp:198.18.0.2:445", Passing: true, LastRun: time.Unix(1, 0), Took: 2 * time.Millisecond},
+		{Name: "cmd:/etc/fsha/nfs-alive", FailedRuns: 3, LastRun: time.Unix(1, 0), Took: 500 * time.Millisecond},
+	}}, nil
+}
+
+func TestCollectDetails(t *testing.T) {
+	c := NewCollector(zap.NewNop(), Sources{Backend: checkingBackend{}, Version: "v1.2.3", FlowsMax: 1 << 20})
+	want := `
+# HELP fsha_vip_owner_pnn The node number holding the VIP as this node sees it, -1 when none.
+# TYPE fsha_vip_owner_pnn gauge
+fsha_vip_owner_pnn{vip="198.18.1.10/24"} 1
+fsha_vip_owner_pnn{vip="198.18.1.11/24"} 1
+fsha_vip_owner_pnn{vip="198.18.1.12/24"} 0
+fsha_vip_owner_pnn{vip="198.18.1.13/24"} -1
+# HELP fsha_check_passing 1 when the health check passes, else 0.
+# TYPE fsha_check_passing gauge
+fsha_check_passing{check="cmd:/etc/fsha/nfs-alive"} 0
+fsha_check_passing{check="tcp:198.18.0.2:445"} 1
+# HELP fsha_check_failed_runs Failed runs in a row of the health check (0: its last run passed).
+# TYPE fsha_check_failed_runs gauge
+fsha_check_failed_runs{check="cmd:/etc/fsha/nfs-alive"} 3
+fsha_check_failed_runs{check="tcp:198.18.0.2:445"} 0
+# HELP fsha_dataplane_flows_capacity Capacity of the flow table (--flows-max): past it the least recently used flows are evicted.
+# TYPE fsha_dataplane_flows_capacity gauge
+fsha_dataplane_flows_capacity 1.048576e+06
+# HELP fsha_node_state 1 for this node's own state (OK, UNHEALTHY, DISABLED, BANNED, STARTING, STOPPING, RESTARTING), 0 for the others.
+# TYPE fsha_node_state gauge
+fsha_node_state{state="BANNED"} 0
+fsha_node_state{state="DISABLED"} 0
+fsha_node_state{state="OK"} 1
+fsha_node_state{state="RESTARTING"} 0
+fsha_node_state{state="STARTING"} 0
+fsha_node_state{state="STOPPING"} 0
+fsha_node_state{state="UNHEALTHY"} 0
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "fsha_vip_owner_pnn", "fsha_check_passing",
+		"fsha_check_failed_runs", "fsha_dataplane_flows_capacity", "fsha_node_state"); err != nil {
+		t.Error(err)
+	}
+	if n := testutil.CollectAndCount(c, "fsha_vip_state"); n != 4*len(detailVIPStates) {
+		t.Errorf("fsha_vip_state: %d series, want %d", n, 4*len(detailVIPStates))
+	}
+	if n := testutil.CollectAndCount(c, "fsha_build_info"); n != 1 {
+		t.Errorf("fsha_build_info: %d series", n)
+	}
+}
