@@ -468,6 +468,12 @@ func (e *Engine) Done(now Mono, r Result) {
 	}
 	s := &e.slots[r.VIP]
 	switch {
+	case r.Take && r.Err == nil && s.state == held:
+		// The address is on the interface again: whatever drained here
+		// is local again (the executor ends the drain with the take; its
+		// own word of it may arrive before the release's result, which
+		// would leave the VIP held and "draining" here for good).
+		s.draining = false
 	case r.Take && r.Err != nil && s.state == held && s.epoch == r.Epoch:
 		// The address did not come up: let the VIP go, and do not claim
 		// it again for a while.

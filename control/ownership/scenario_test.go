@@ -478,3 +478,33 @@ func TestSimPowerCutAfterRestart(t *testing.T) {
 		}
 	}
 }
+
+// TestTakeEndsDrain: a VIP taken back while it drained here is no longer
+// draining here once the take is done, whatever order the executor's
+// word that the drain ended (SetDraining) and the release's result
+// arrive in (the node's loop reads them from two channels: in the lab a
+// VIP stayed "held, draining by itself" for good and the cluster never
+// converged).
+func TestTakeEndsDrain(t *testing.T) {
+	w := converged(t, 7, 3, 3, DefaultTiming(), false)
+	n := w.nodes[0]
+	i := -1
+	for j, v := range n.vips {
+		if h := w.holderOf(v.Addr); h == 0 {
+			i = j
+		}
+	}
+	if i < 0 {
+		t.Fatal("n0 holds nothing")
+	}
+	now := n.local2(w.now)
+	// the drain's end came first, the release's result (drain) last
+	n.eng.SetDraining(now, i, false)
+	n.eng.slots[i].draining = true
+	n.eng.Done(now, Result{VIP: i, Epoch: n.eng.slots[i].epoch, Take: true})
+	for _, v := range n.eng.Snapshot().VIPs {
+		if v.Addr == n.vips[i].Addr && len(v.Drainers) > 0 {
+			t.Fatalf("%s held by n0 after its take, drainers %v", v.Addr, v.Drainers)
+		}
+	}
+}

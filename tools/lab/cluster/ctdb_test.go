@@ -36,6 +36,12 @@ const (
 	// ctdbPoll is how often the survivors' ctdbd are asked for the dead
 	// node's state.
 	ctdbPoll = 100 * time.Millisecond
+	// ctdbOwnDetection is the earliest CTDB's defaults can find a dead
+	// node by themselves: KeepaliveLimit (5) intervals of KeepaliveInterval
+	// (5 s) without a word from it, the first of which may be under way
+	// at the cut. A survivor's ctdbd that says "is dead" sooner was told
+	// (its connection to the node ended): the kick worked.
+	ctdbOwnDetection = 4 * 5 * time.Second
 )
 
 // TestCTDBClusteredSmbd: three nodes with CTDB's defaults. (a) A file
@@ -58,11 +64,15 @@ func TestCTDBClusteredSmbd(t *testing.T) {
 		{"kick", nil},
 		{"no-kick", []string{"--ctdb-port", "0"}},
 	} {
-		t.Run(tc.name, func(t *testing.T) { testCTDBClusteredSmbd(t, tc.args) })
+		t.Run(tc.name, func(t *testing.T) { testCTDBClusteredSmbd(t, tc.args, tc.args == nil) })
 	}
 }
 
-func testCTDBClusteredSmbd(t *testing.T, fshaArgs []string) {
+// kick: fsha ends the survivors' connections with the dead node's ctdbd,
+// so each survivor's ctdbd must say it dead before CTDB's keepalives could
+// have (ctdbOwnDetection); without, it must not (or that bound proves
+// nothing).
+func testCTDBClusteredSmbd(t *testing.T, fshaArgs []string, kick bool) {
 	e := newEnvWithin(t, lab.ClusterOptions{CTDB: true, FshaArgs: fshaArgs}, ctdbBudget)
 	e.waitConverged(e.c.Nodes...)
 
@@ -181,7 +191,16 @@ func testCTDBClusteredSmbd(t *testing.T, fshaArgs []string) {
 			seen = fmt.Sprintf("after %s (the ask was sent at %s)", ms(a.answered), ms(a.sent))
 		}
 		logged, thawed := "not logged", "not logged"
-		if at, ok := ctdbLogged(n.CTDBLog(), logOffsets[n], fmt.Sprintf("node %s:%d is dead", victim.IP(), lab.CTDBPort), cut); ok {
+		at, ok := ctdbLogged(n.CTDBLog(), logOffsets[n], fmt.Sprintf("node %s:%d is dead", victim.IP(), lab.CTDBPort), cut)
+		switch {
+		case !ok:
+			t.Errorf("%s's ctdbd never logged %s dead", n.Role, victim.Role)
+		case kick && at.Sub(cut) >= ctdbOwnDetection:
+			t.Errorf("%s's ctdbd logged %s dead %s after the cut, as late as its own keepalives would: fsha's kick did not reach it", n.Role, victim.Role, ms(at.Sub(cut)))
+		case !kick && at.Sub(cut) < ctdbOwnDetection:
+			t.Errorf("%s's ctdbd logged %s dead %s after the cut without fsha's kick: CTDB finds a death faster than %v by itself, so that bound proves nothing", n.Role, victim.Role, ms(at.Sub(cut)), ctdbOwnDetection)
+		}
+		if ok {
 			logged = ms(at.Sub(cut))
 			if at, ok := ctdbLogged(n.CTDBLog(), logOffsets[n], "Recovery mode set to NORMAL", at); ok {
 				thawed = ms(at.Sub(cut))
