@@ -37,6 +37,7 @@ func newApp(e env) *cli.App {
 		DisableSliceFlagSeparator: true,
 		Commands: append([]*cli.Command{
 			upCommand(e),
+			checkConfigCommand(e),
 			flowsCommand(e),
 			countersCommand(e),
 			mapsCommand(e),

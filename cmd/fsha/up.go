@@ -24,27 +24,32 @@ import (
 
 const defaultPorts = "445,139,2049,111"
 
+// upFlags are `fsha up`'s flags, which `fsha check-config` reads too.
+func upFlags() []cli.Flag {
+	return append([]cli.Flag{
+		&cli.StringFlag{Name: "public-addresses", Value: "/etc/fsha/public_addresses", EnvVars: []string{"FSHA_PUBLIC_ADDRESSES"},
+			Usage: "CTDB-format public_addresses file: ADDR/PREFIX IFACE[,IFACE] [node-list]"},
+		&cli.StringFlag{Name: "ports", Value: defaultPorts, EnvVars: []string{"FSHA_PORTS"},
+			Usage: "comma-separated TCP ports to track (SMB 445 139, NFS 2049, rpcbind 111)"},
+		pinPathFlag(), logLevelFlag(), logFormatFlag(),
+		&cli.StringFlag{Name: "config", EnvVars: []string{"FSHA_CONFIG"},
+			Usage: "settings file of 'flag-name = value' lines; flags and FSHA_* variables win over it"},
+		&cli.UintFlag{Name: "flows-max", Value: dataplane.DefaultFlowsMax, EnvVars: []string{"FSHA_FLOWS_MAX"},
+			Usage: "capacity of the flows map (least recently used flows are evicted beyond it)"},
+		&cli.UintFlag{Name: "peer-flows-max", Value: dataplane.DefaultPeerFlowsMax, EnvVars: []string{"FSHA_PEER_FLOWS_MAX"},
+			Usage: "capacity of the map of the other nodes' replicated connections (all nodes together)"},
+		&cli.DurationFlag{Name: "prune-interval", Value: 30 * time.Second, EnvVars: []string{"FSHA_PRUNE_INTERVAL"},
+			Usage: "how often flows without a local socket (a killed server, a close missed while restarting) are removed"},
+		&cli.DurationFlag{Name: "stats-interval", Value: time.Minute, EnvVars: []string{"FSHA_STATS_INTERVAL"},
+			Usage: "how often to log the data-plane counters (0: never)"},
+	}, clusterFlags()...)
+}
+
 func upCommand(e env) *cli.Command {
 	return &cli.Command{
-		Name:  "up",
-		Usage: "run fsha on this node: load the data plane and track connections to the VIPs",
-		Flags: append([]cli.Flag{
-			&cli.StringFlag{Name: "public-addresses", Value: "/etc/fsha/public_addresses", EnvVars: []string{"FSHA_PUBLIC_ADDRESSES"},
-				Usage: "CTDB-format public_addresses file: ADDR/PREFIX IFACE[,IFACE] [node-list]"},
-			&cli.StringFlag{Name: "ports", Value: defaultPorts, EnvVars: []string{"FSHA_PORTS"},
-				Usage: "comma-separated TCP ports to track (SMB 445 139, NFS 2049, rpcbind 111)"},
-			pinPathFlag(), logLevelFlag(), logFormatFlag(),
-			&cli.StringFlag{Name: "config", EnvVars: []string{"FSHA_CONFIG"},
-				Usage: "settings file of 'flag-name = value' lines; flags and FSHA_* variables win over it"},
-			&cli.UintFlag{Name: "flows-max", Value: dataplane.DefaultFlowsMax, EnvVars: []string{"FSHA_FLOWS_MAX"},
-				Usage: "capacity of the flows map (least recently used flows are evicted beyond it)"},
-			&cli.UintFlag{Name: "peer-flows-max", Value: dataplane.DefaultPeerFlowsMax, EnvVars: []string{"FSHA_PEER_FLOWS_MAX"},
-				Usage: "capacity of the map of the other nodes' replicated connections (all nodes together)"},
-			&cli.DurationFlag{Name: "prune-interval", Value: 30 * time.Second, EnvVars: []string{"FSHA_PRUNE_INTERVAL"},
-				Usage: "how often flows without a local socket (a killed server, a close missed while restarting) are removed"},
-			&cli.DurationFlag{Name: "stats-interval", Value: time.Minute, EnvVars: []string{"FSHA_STATS_INTERVAL"},
-				Usage: "how often to log the data-plane counters (0: never)"},
-		}, clusterFlags()...),
+		Name:   "up",
+		Usage:  "run fsha on this node: load the data plane and track connections to the VIPs",
+		Flags:  upFlags(),
 		Before: applySettingsFile,
 		Action: func(c *cli.Context) error {
 			log, err := newLogger(c, e.stderr)
@@ -261,21 +266,70 @@ var errReexec = errors.New("restart in place")
 // checkConfig loads the configuration files again, as a start would, and
 // reports the first problem.
 func checkConfig(c *cli.Context) error {
+	_, err := describeConfig(c)
+	return err
+}
+
+// describeConfig loads and checks the configuration as a start would
+// (settings, public addresses, ports, capacities, and in a cluster the
+// nodes file, this node, the key, ranges and health checks) and says
+// what it found.
+func describeConfig(c *cli.Context) (string, error) {
 	if path := c.String("config"); path != "" {
 		if _, err := config.LoadSettings(path, settingNames(c)); err != nil {
-			return err
+			return "", err
 		}
 	}
 	addrs, err := config.LoadPublicAddresses(c.String("public-addresses"))
 	if err != nil {
-		return err
+		return "", err
 	}
-	if c.String("nodes") != "" {
-		if _, err := loadClusterConfig(c, zap.NewNop(), addrs); err != nil {
-			return err
+	if _, err := parsePorts(c.String("ports")); err != nil {
+		return "", fmt.Errorf("--ports: %w", err)
+	}
+	if n := c.Uint("flows-max"); n == 0 || n > 1<<28 {
+		return "", fmt.Errorf("--flows-max: %d out of range 1..%d", n, 1<<28)
+	}
+	what := fmt.Sprintf("%s: %d public addresses; ports %s", c.String("public-addresses"), len(addrs), c.String("ports"))
+	if c.String("nodes") == "" {
+		return what + "; no --nodes: standalone tracking, no cluster", nil
+	}
+	cc, err := loadClusterConfig(c, zap.NewNop(), addrs)
+	if err != nil {
+		return "", err
+	}
+	live := 0
+	for _, n := range cc.nodes {
+		if !n.Deleted {
+			live++
 		}
 	}
-	return nil
+	lock := "no cluster lock"
+	if cc.lock != nil {
+		lock = "cluster lock " + cc.lock.Path()
+	}
+	return fmt.Sprintf("%s\n%s: %d nodes; this node is pnn %d (%s); %d health checks; %s",
+		what, c.String("nodes"), live, cc.self, cc.nodes[cc.self].Addr, len(cc.checks), lock), nil
+}
+
+func checkConfigCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:   "check-config",
+		Usage:  "check the configuration `fsha up` would start with (same flags, settings file and FSHA_* variables), like keepalived -t, without starting anything",
+		Flags:  upFlags(),
+		Before: applySettingsFile,
+		Action: func(c *cli.Context) error {
+			if _, err := wantArgs(c); err != nil {
+				return err
+			}
+			what, err := describeConfig(c)
+			if err != nil {
+				return fmt.Errorf("configuration refused: %w", err)
+			}
+			_, err = fmt.Fprintf(e.stdout, "configuration OK\n%s\n", what)
+			return err
+		},
+	}
 }
 
 // reexec replaces this process with the fsha binary on disk (the same, or
