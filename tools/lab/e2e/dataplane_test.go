@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net/netip"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -314,26 +316,38 @@ func TestDataplane(t *testing.T) {
 			d.wantGone(t, ctx, p)
 		}()
 		send(t, p.c, p.s, 1_000_000)
-		out, err := d.node.Fsha(ctx, "maps", "--map", "flow_cache", "--json")
+		out, err := d.node.Fsha(ctx, "maps", "--map", "flow_cache", "--json", "--raw", "--limit", "0")
 		if err != nil {
 			t.Fatalf("fsha maps --map flow_cache: %v\n%s", err, out)
 		}
-		var dumps []dataplane.MapDump
+		var dumps []struct {
+			ValueSize uint32 `json:"value_size"`
+			Entries   []struct {
+				Key    string   `json:"key"`
+				PerCPU []string `json:"per_cpu"`
+			} `json:"entries"`
+		}
 		if err := json.Unmarshal(out, &dumps); err != nil || len(dumps) != 1 {
 			t.Fatalf("decode %d dumps: %v\n%s", len(dumps), err, out)
 		}
-		key := d.vip.AsSlice() // a slot starts with its flow_key, the VIP first
+		key := hex.EncodeToString(d.vip.AsSlice()) // a slot starts with its flow_key, the VIP first
 		found := false
 		for _, e := range dumps[0].Entries {
-			for _, v := range e.PerCPUValues {
-				if len(v) != int(dumps[0].ValueSize) {
-					t.Errorf("slot %x: a value of %d bytes, want %d", e.Key, len(v), dumps[0].ValueSize)
+			for _, v := range e.PerCPU {
+				v = strings.ReplaceAll(v, " ", "")
+				if len(v) != 2*int(dumps[0].ValueSize) {
+					t.Errorf("slot %s: a value of %d bytes, want %d", e.Key, len(v)/2, dumps[0].ValueSize)
 				}
-				found = found || bytes.HasPrefix(v, key)
+				found = found || strings.HasPrefix(v, key)
 			}
 		}
 		if !found {
 			t.Errorf("no flow cache slot holds the busy flow to %s: %s", d.vip, out)
+		}
+		// decoded with the slot's BTF type: the VIP is a member
+		out, err = d.node.Fsha(ctx, "maps", "--map", "flow_cache", "--json", "--limit", "0")
+		if err != nil || !bytes.Contains(out, []byte(`"vip": "`+key)) {
+			t.Errorf("fsha maps --map flow_cache --json, decoded: no slot with \"vip\": \"%s...: %v\n%.2000s", key, err, out)
 		}
 		if out, err := d.node.Fsha(ctx, "maps"); err != nil || !bytes.Contains(out, []byte("flow_cache: PerCPUArray")) {
 			t.Errorf("fsha maps: %v\n%s", err, out)
