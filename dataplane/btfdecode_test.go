@@ -3,7 +3,9 @@ package dataplane
 import (
 	"encoding/binary"
 	"encoding/json"
+	"maps"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -56,4 +58,31 @@ func TestDecodeBTF(t *testing.T) {
 			}
 		}
 	}
+}
+
+// FuzzDecodeBTF: any bytes of a map's key or value size decode without a
+// panic (the pins may hold what an older release or a bug wrote).
+func FuzzDecodeBTF(f *testing.F) {
+	types, err := MapTypes()
+	if err != nil {
+		f.Fatal(err)
+	}
+	var all []btf.Type
+	for _, name := range slices.Sorted(maps.Keys(types)) { // replayable: which picks the same type
+		all = append(all, types[name][0], types[name][1])
+	}
+	f.Add(uint8(0), []byte{0xff, 0x01})
+	f.Add(uint8(3), make([]byte, 64))
+	f.Fuzz(func(t *testing.T, which uint8, data []byte) {
+		typ := all[int(which)%len(all)]
+		n, err := btf.Sizeof(typ)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, n)
+		copy(b, data)
+		if _, err := DecodeBTF(typ, b); err != nil {
+			t.Fatalf("%s: %v", typ.TypeName(), err)
+		}
+	})
 }
