@@ -2,6 +2,7 @@ package lab
 
 import (
 	"fmt"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -80,6 +81,10 @@ func (l *Lab) witness(cpu int, stop <-chan struct{}) {
 		return
 	}
 	nap := unix.NsecToTimespec(stallNap.Nanoseconds())
+	var logOver time.Duration // FSHA_LAB_STALL_LOG: log shorter stalls too (debugging)
+	if v, err := time.ParseDuration(os.Getenv("FSHA_LAB_STALL_LOG")); err == nil {
+		logOver = v
+	}
 	for {
 		select {
 		case <-stop:
@@ -88,7 +93,11 @@ func (l *Lab) witness(cpu int, stop <-chan struct{}) {
 		}
 		t := time.Now()
 		_ = unix.Nanosleep(&nap, nil) // EINTR: a shorter nap, still a look at the clock
-		if late := time.Since(t) - stallNap; late > machineStall {
+		late := time.Since(t) - stallNap
+		if logOver > 0 && late > logOver && late <= machineStall {
+			l.log.Info(fmt.Sprintf("stall watch: CPU %d ran %v late from %s", cpu, late.Round(time.Millisecond), t.Format("15:04:05.000")))
+		}
+		if late > machineStall {
 			l.NoteFault(fmt.Sprintf(machineStallWhat+": a real-time thread bound to CPU %d ran %v late", cpu, late.Round(time.Millisecond)),
 				nil, t, t.Add(stallNap+late))
 		}
