@@ -28,6 +28,8 @@ func adminCommands(e env) []*cli.Command {
 		enableCommand(e),
 		banCommand(e),
 		unbanCommand(e),
+		stopCommand(e),
+		continueCommand(e),
 		tickleCommand(e),
 		checksCommand(e),
 		ipinfoCommand(e),
@@ -451,6 +453,42 @@ func enableCommand(e env) *cli.Command {
 				return err
 			}
 			_, err := fmt.Fprintln(e.stdout, "node enabled")
+			return err
+		},
+	}
+}
+
+func stopCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:  "stop",
+		Usage: "hold this node out of the VIPs (they move, connections drain) until `fsha continue` or a restart of fsha (ctdb stop; fsha disable survives restarts)",
+		Flags: []cli.Flag{runDirFlag()},
+		Action: func(c *cli.Context) error {
+			if _, err := wantArgs(c); err != nil {
+				return err
+			}
+			if err := adminClient(c).OperatorStop(c.Context); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintln(e.stdout, "node stopped: its VIPs move to other nodes until fsha continue")
+			return err
+		},
+	}
+}
+
+func continueCommand(e env) *cli.Command {
+	return &cli.Command{
+		Name:  "continue",
+		Usage: "end fsha stop: the node may hold VIPs again",
+		Flags: []cli.Flag{runDirFlag()},
+		Action: func(c *cli.Context) error {
+			if _, err := wantArgs(c); err != nil {
+				return err
+			}
+			if err := adminClient(c).OperatorContinue(c.Context); err != nil {
+				return err
+			}
+			_, err := fmt.Fprintln(e.stdout, "node continues")
 			return err
 		},
 	}

@@ -97,7 +97,9 @@ func (f *fakeBackend) Ban(_ context.Context, d time.Duration) error {
 	f.record("ban " + d.String())
 	return nil
 }
-func (f *fakeBackend) Unban(context.Context) error { f.record("unban"); return nil }
+func (f *fakeBackend) Unban(context.Context) error            { f.record("unban"); return nil }
+func (f *fakeBackend) OperatorStop(context.Context) error     { f.record("stop"); return nil }
+func (f *fakeBackend) OperatorContinue(context.Context) error { f.record("continue"); return nil }
 
 func (f *fakeBackend) Tickle(_ context.Context, vip netip.Addr) (admin.TickleResult, error) {
 	f.record("tickle " + vip.String())
@@ -319,6 +321,8 @@ func TestChangeCommands(t *testing.T) {
 		{[]string{"enable", "--run-dir", dir}, "node enabled\n"},
 		{[]string{"ban", "--run-dir", dir, "300"}, "node banned for 5m0s\n"},
 		{[]string{"unban", "--run-dir", dir}, "node unbanned\n"},
+		{[]string{"stop", "--run-dir", dir}, "node stopped: its VIPs move to other nodes until fsha continue\n"},
+		{[]string{"continue", "--run-dir", dir}, "node continues\n"},
 		// Flags after the arguments, as ctdb users type them.
 		{[]string{"move", "198.18.1.12", "1", "--kill", "--run-dir", dir}, "moving 198.18.1.12 to node 1 (killing its connections)\n"},
 		{[]string{"ban", "60", "--run-dir=" + dir}, "node banned for 1m0s\n"},
@@ -333,7 +337,7 @@ func TestChangeCommands(t *testing.T) {
 			t.Errorf("%v: printed %q, want %q", tc.args, out, tc.out)
 		}
 	}
-	want := "move 198.18.1.10 1 false|move 198.18.1.11 198.18.0.2 true|disable|enable|ban 5m0s|unban|" +
+	want := "move 198.18.1.10 1 false|move 198.18.1.11 198.18.0.2 true|disable|enable|ban 5m0s|unban|stop|continue|" +
 		"move 198.18.1.12 1 true|ban 1m0s|move 198.18.1.13 1 false|move 198.18.1.10 0 false"
 	if got := strings.Join(b.Calls(), "|"); got != want {
 		t.Errorf("backend calls %q, want %q", got, want)

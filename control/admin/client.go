@@ -107,6 +107,17 @@ func (c *Client) Disable(ctx context.Context) error {
 }
 
 // Enable lets this node hold VIPs again.
+// OperatorStop holds this node out of the VIPs until OperatorContinue or
+// a restart.
+func (c *Client) OperatorStop(ctx context.Context) error {
+	return c.call(ctx, http.MethodPost, "stop", struct{}{}, nil)
+}
+
+// OperatorContinue ends an OperatorStop.
+func (c *Client) OperatorContinue(ctx context.Context) error {
+	return c.call(ctx, http.MethodPost, "continue", struct{}{}, nil)
+}
+
 func (c *Client) Enable(ctx context.Context) error {
 	return c.call(ctx, http.MethodPost, "enable", struct{}{}, nil)
 }

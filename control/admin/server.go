@@ -64,6 +64,8 @@ func NewServer(log *zap.Logger, b Backend) *Server {
 		{http.MethodPost, "/v1/move", s.move},
 		{http.MethodPost, "/v1/disable", s.disable},
 		{http.MethodPost, "/v1/enable", s.enable},
+		{http.MethodPost, "/v1/stop", s.stop},
+		{http.MethodPost, "/v1/continue", s.cont},
 		{http.MethodPost, "/v1/ban", s.ban},
 		{http.MethodPost, "/v1/unban", s.unban},
 		{http.MethodPost, "/v1/tickle", s.tickle},
@@ -367,6 +369,20 @@ func (s *Server) disable(r *http.Request) (any, error) {
 		return nil, err
 	}
 	return nil, s.backend.Disable(r.Context())
+}
+
+func (s *Server) stop(r *http.Request) (any, error) {
+	if err := decode(r, &struct{}{}); err != nil {
+		return nil, err
+	}
+	return nil, s.backend.OperatorStop(r.Context())
+}
+
+func (s *Server) cont(r *http.Request) (any, error) {
+	if err := decode(r, &struct{}{}); err != nil {
+		return nil, err
+	}
+	return nil, s.backend.OperatorContinue(r.Context())
 }
 
 func (s *Server) enable(r *http.Request) (any, error) {

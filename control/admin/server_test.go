@@ -68,7 +68,9 @@ func (f *fakeBackend) Enable(context.Context) error { return f.record("enable") 
 func (f *fakeBackend) Ban(_ context.Context, d time.Duration) error {
 	return f.record("ban %s", d)
 }
-func (f *fakeBackend) Unban(context.Context) error { return f.record("unban") }
+func (f *fakeBackend) Unban(context.Context) error            { return f.record("unban") }
+func (f *fakeBackend) OperatorStop(context.Context) error     { return f.record("stop") }
+func (f *fakeBackend) OperatorContinue(context.Context) error { return f.record("continue") }
 
 // shortDir is a temporary directory with a path short enough for a unix
 // socket (t.TempDir can exceed the 108-byte limit with long test names).

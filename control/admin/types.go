@@ -13,9 +13,12 @@ import (
 
 // Node states, as `ctdb status` names them.
 const (
-	StateOK           = "OK"
-	StateUnhealthy    = "UNHEALTHY"
-	StateDisabled     = "DISABLED"
+	StateOK        = "OK"
+	StateUnhealthy = "UNHEALTHY"
+	StateDisabled  = "DISABLED"
+	// StateStopped: stopped by the operator (fsha stop) until fsha
+	// continue or a restart; it holds no VIP.
+	StateStopped      = "STOPPED"
 	StateBanned       = "BANNED"
 	StateDisconnected = "DISCONNECTED"
 	// StateRestarting: its daemon restarts; it keeps its VIPs for the
@@ -182,6 +185,10 @@ type Backend interface {
 	Move(ctx context.Context, vip netip.Addr, node string, kill bool) error
 	Disable(ctx context.Context) error
 	Enable(ctx context.Context) error
+	// Stop and Continue are Disable and Enable that a restart forgets
+	// (ctdb stop and continue).
+	OperatorStop(ctx context.Context) error
+	OperatorContinue(ctx context.Context) error
 	Ban(ctx context.Context, d time.Duration) error
 	// Unban ends a ban now; it says so when there was none.
 	Unban(ctx context.Context) error

@@ -47,7 +47,7 @@ func newDetails() details {
 		flowsCapacity: prometheus.NewDesc("fsha_dataplane_flows_capacity",
 			"Capacity of the flow table (--flows-max): past it the least recently used flows are evicted.", nil, nil),
 		nodeThisHealth: prometheus.NewDesc("fsha_node_state",
-			"1 for this node's own state (OK, UNHEALTHY, DISABLED, BANNED, STARTING, STOPPING, RESTARTING), 0 for the others.", []string{"state"}, nil),
+			"1 for this node's own state (OK, UNHEALTHY, DISABLED, STOPPED, BANNED, STARTING, STOPPING, RESTARTING), 0 for the others.", []string{"state"}, nil),
 	}
 }
 
@@ -60,7 +60,7 @@ func (d details) describe(ch chan<- *prometheus.Desc) {
 
 var detailVIPStates = []string{"held", "unassigned", "moving", "draining", "lapsed"}
 
-var selfStates = []string{admin.StateOK, admin.StateUnhealthy, admin.StateDisabled, admin.StateBanned,
+var selfStates = []string{admin.StateOK, admin.StateUnhealthy, admin.StateDisabled, admin.StateStopped, admin.StateBanned,
 	admin.StateStarting, admin.StateStopping, admin.StateRestarting}
 
 // collectVIPs exports each VIP and this node's own state.

@@ -399,13 +399,14 @@ fsha_check_failed_runs{check="tcp:198.18.0.2:445"} 0
 # HELP fsha_dataplane_flows_capacity Capacity of the flow table (--flows-max): past it the least recently used flows are evicted.
 # TYPE fsha_dataplane_flows_capacity gauge
 fsha_dataplane_flows_capacity 1.048576e+06
-# HELP fsha_node_state 1 for this node's own state (OK, UNHEALTHY, DISABLED, BANNED, STARTING, STOPPING, RESTARTING), 0 for the others.
+# HELP fsha_node_state 1 for this node's own state (OK, UNHEALTHY, DISABLED, STOPPED, BANNED, STARTING, STOPPING, RESTARTING), 0 for the others.
 # TYPE fsha_node_state gauge
 fsha_node_state{state="BANNED"} 0
 fsha_node_state{state="DISABLED"} 0
 fsha_node_state{state="OK"} 1
 fsha_node_state{state="RESTARTING"} 0
 fsha_node_state{state="STARTING"} 0
+fsha_node_state{state="STOPPED"} 0
 fsha_node_state{state="STOPPING"} 0
 fsha_node_state{state="UNHEALTHY"} 0
 `

@@ -29,6 +29,7 @@ func (n *Node) Status(context.Context) (admin.Status, error) {
 		st.Counters[k] = v
 	}
 	bannedFor := time.Until(n.bannedUntil)
+	stoppedOnly := n.stopped && !n.disabled
 	n.mu.Unlock()
 	if n.cfg.Lock != nil {
 		st.Lock, st.LockHeld = n.cfg.Lock.Path(), n.cfg.Lock.Held()
@@ -61,6 +62,9 @@ func (n *Node) Status(context.Context) (admin.Status, error) {
 			ns.State = stateName(nv.Flags)
 			if nv.Skew != "" {
 				ns.State = admin.StateUnhealthy
+			}
+			if ns.This && ns.State == admin.StateDisabled && stoppedOnly {
+				ns.State = admin.StateStopped
 			}
 		}
 		switch {
@@ -195,6 +199,28 @@ func (n *Node) Disable(context.Context) error { return n.setDisabled(true) }
 
 // Enable ends maintenance.
 func (n *Node) Enable(context.Context) error { return n.setDisabled(false) }
+
+// OperatorStop holds the node out of the VIPs, as Disable does, until
+// OperatorContinue or a restart of the daemon (`fsha stop`, `ctdb stop`:
+// nothing is persisted).
+func (n *Node) OperatorStop(context.Context) error { return n.setStopped(true) }
+
+// OperatorContinue ends an OperatorStop; it says so when the node was not
+// stopped.
+func (n *Node) OperatorContinue(context.Context) error { return n.setStopped(false) }
+
+func (n *Node) setStopped(on bool) error {
+	n.mu.Lock()
+	was := n.stopped
+	n.stopped = on
+	n.mu.Unlock()
+	if !on && !was {
+		return fmt.Errorf("%w: this node is not stopped (fsha enable ends a disable)", admin.ErrBadRequest)
+	}
+	n.log.Info("stopped by the operator", zap.Bool("stopped", on))
+	n.command(func(e *ownership.Engine, now ownership.Mono) { e.SetLocal(now, n.local()) })
+	return nil
+}
 
 func (n *Node) setDisabled(on bool) error {
 	n.mu.Lock()

@@ -165,6 +165,7 @@ type Node struct {
 	pins        map[int]pin
 	pinClock    uint64
 	disabled    bool
+	stopped     bool // fsha stop: as disabled, forgotten by a restart
 	bannedUntil time.Time
 	counters    map[string]uint64
 	extra       func() map[string]uint64
@@ -278,7 +279,7 @@ func (n *Node) LocalMeta() membership.Meta {
 	if n.health.Healthy() {
 		m.Flags |= membership.FlagHealthy
 	}
-	if n.disabled {
+	if n.disabled || n.stopped {
 		m.Flags |= membership.FlagDisabled
 	}
 	if time.Now().Before(n.bannedUntil) {
@@ -354,7 +355,7 @@ func (n *Node) command(fn func(*ownership.Engine, ownership.Mono)) {
 func (n *Node) local() ownership.Local {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return ownership.Local{Healthy: n.health.Healthy(), HealthPending: !n.health.Judged(), Disabled: n.disabled,
+	return ownership.Local{Healthy: n.health.Healthy(), HealthPending: !n.health.Judged(), Disabled: n.disabled || n.stopped,
 		Banned: time.Now().Before(n.bannedUntil)}
 }
 

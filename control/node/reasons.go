@@ -26,6 +26,8 @@ func localReason(state string, healthWhy []string, bannedFor time.Duration) stri
 		return strings.Join(healthWhy, "; ")
 	case admin.StateDisabled:
 		return "disabled by the operator (fsha enable undoes it; it survives restarts and reboots)"
+	case admin.StateStopped:
+		return "stopped by the operator (fsha continue, or a restart of fsha, undoes it)"
 	case admin.StateBanned:
 		return fmt.Sprintf("banned by the operator for %v more (fsha unban ends it)", bannedFor.Round(time.Second))
 	case admin.StateStarting:

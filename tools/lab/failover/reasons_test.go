@@ -140,7 +140,36 @@ func TestStatusSaysWhy(t *testing.T) {
 	if out, err := n2.Admin(e.ctx, "unban"); err == nil || !strings.Contains(string(out)+err.Error(), "not banned") {
 		t.Errorf("fsha unban of a node not banned: %v\n%s; want an error saying it is not banned", err, out)
 	}
-	e.c.Lab.NoteFault("n2 banned by the test", []*lab.Host{n2.Host}, banned, time.Now())
+	// fsha stop / continue (ctdb stop): as the ban, undone by continue
+	if out, err := n2.Admin(e.ctx, "stop"); err != nil {
+		t.Fatalf("fsha stop: %v\n%s", err, out)
+	}
+	e.eventually("n2 stopped: its VIP elsewhere, and it says why", func(ctx context.Context) error {
+		if h := e.held(n2); len(h) > 0 {
+			return fmt.Errorf("n2 still has %v", h)
+		}
+		st, err := n2.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if ns := st.Nodes[n2.PNN]; ns.State != admin.StateStopped || !strings.Contains(ns.Reason, "fsha continue") {
+			return fmt.Errorf("n2 about itself: %s, why %q", ns.State, ns.Reason)
+		}
+		return nil
+	})
+	if out, err := n2.Admin(e.ctx, "continue"); err != nil {
+		t.Fatalf("fsha continue: %v\n%s", err, out)
+	}
+	e.eventually("n2 continues, with its VIP back", func(ctx context.Context) error {
+		if h := e.held(n2); !slices.Equal(h, vip2) {
+			return fmt.Errorf("n2 has %v, want %v", h, vip2)
+		}
+		return nil
+	})
+	if out, err := n2.Admin(e.ctx, "continue"); err == nil || !strings.Contains(string(out)+err.Error(), "not stopped") {
+		t.Errorf("fsha continue of a node not stopped: %v\n%s", err, out)
+	}
+	e.c.Lab.NoteFault("n2 banned and stopped by the test", []*lab.Host{n2.Host}, banned, time.Now())
 
 	if err := e.c.Partition(e.ctx, []*lab.Host{n1.Host}); err != nil {
 		t.Fatal(err)
