@@ -67,18 +67,28 @@ func upCommand(e env) *cli.Command {
 	}
 }
 
-func runUp(c *cli.Context, log *zap.Logger) error {
+// upBasics reads what every fsha up needs, cluster or not: the public
+// addresses, the ports, the flow table's capacity.
+func upBasics(c *cli.Context) ([]config.PublicAddress, []uint16, uint, error) {
 	addrs, err := config.LoadPublicAddresses(c.String("public-addresses"))
 	if err != nil {
-		return err
+		return nil, nil, 0, err
 	}
 	ports, err := parsePorts(c.String("ports"))
 	if err != nil {
-		return fmt.Errorf("--ports: %w", err)
+		return nil, nil, 0, fmt.Errorf("--ports: %w", err)
 	}
 	flowsMax := c.Uint("flows-max")
 	if flowsMax == 0 || flowsMax > 1<<28 {
-		return fmt.Errorf("--flows-max: %d out of range 1..%d", flowsMax, 1<<28)
+		return nil, nil, 0, fmt.Errorf("--flows-max: %d out of range 1..%d", flowsMax, 1<<28)
+	}
+	return addrs, ports, flowsMax, nil
+}
+
+func runUp(c *cli.Context, log *zap.Logger) error {
+	addrs, ports, flowsMax, err := upBasics(c)
+	if err != nil {
+		return err
 	}
 	var cc *clusterConfig
 	if c.String("nodes") != "" {
@@ -280,15 +290,9 @@ func describeConfig(c *cli.Context) (string, error) {
 			return "", err
 		}
 	}
-	addrs, err := config.LoadPublicAddresses(c.String("public-addresses"))
+	addrs, _, _, err := upBasics(c)
 	if err != nil {
 		return "", err
-	}
-	if _, err := parsePorts(c.String("ports")); err != nil {
-		return "", fmt.Errorf("--ports: %w", err)
-	}
-	if n := c.Uint("flows-max"); n == 0 || n > 1<<28 {
-		return "", fmt.Errorf("--flows-max: %d out of range 1..%d", n, 1<<28)
 	}
 	what := fmt.Sprintf("%s: %d public addresses; ports %s", c.String("public-addresses"), len(addrs), c.String("ports"))
 	if c.String("nodes") == "" {
