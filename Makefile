@@ -57,11 +57,18 @@ lint: deps
 # Each lab package counts its false failovers (a VIP lost or given up with
 # no fault injected to explain it: tools/lab/failovers.go) into a report
 # printed at the end; under CI=true each one fails its test.
+# The last lines count the tests passed, failed and skipped and say why
+# each skipped (tools/testsummary); as root a missing privilege fails.
 test: deps lint check-generate build
-	$(GO) test -count=1 -timeout 10m $$($(GO) list ./... | grep -v '/tools/lab')
-	@reports=$$(mktemp -d); \
-	FSHA_LAB_REPORT_DIR=$$reports $(GO) test -count=1 -p 1 -timeout 20m ./tools/lab/...; rc=$$?; \
-	cat $$reports/* 2>/dev/null; rm -rf $$reports; exit $$rc
+	@set -o pipefail; reports=$$(mktemp -d); summary="$(GO) run ./tools/testsummary"; \
+	$(GO) build -o /dev/null ./tools/testsummary || exit 1; \
+	$(GO) test -json -count=1 -timeout 10m $$($(GO) list ./... | grep -v '/tools/lab') \
+		| tee $$reports/unit.json | $$summary -report=false; rc=$$?; \
+	FSHA_LAB_REPORT_DIR=$$reports $(GO) test -json -count=1 -p 1 -timeout 20m ./tools/lab/... \
+		| tee $$reports/lab.json | $$summary -report=false || rc=1; \
+	for f in $$reports/*; do case $$f in *.json) ;; *) cat $$f;; esac; done; \
+	cat $$reports/unit.json $$reports/lab.json | $$summary -output=false; \
+	rm -rf $$reports; exit $$rc
 
 bench: deps build
 	$(GO) run ./tools/bench

@@ -180,6 +180,11 @@ type Watch struct {
 	mu     sync.Mutex
 	frames []Frame
 	err    error
+	// sent counts the frames the client sent to the address (TCP) or
+	// about it (ARP requests), drops the frames the kernel could not hand
+	// to the socket: Check uses both to tell a capture that worked.
+	sent  int
+	drops uint64
 
 	closeFn func() error
 }
@@ -205,6 +210,11 @@ func (c *Client) WatchAddr(addr netip.Addr) (*Watch, error) {
 		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: lk.Attrs().Index}); err != nil {
 			return fmt.Errorf("bind packet socket: %w", err)
 		}
+		// room for a burst while the reader is descheduled; drops are
+		// counted (PACKET_STATISTICS) and fail Check
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20); err != nil {
+			return fmt.Errorf("SO_RCVBUFFORCE: %w", err)
+		}
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
 			return fmt.Errorf("SO_TIMESTAMPNS: %w", err)
 		}
@@ -227,6 +237,7 @@ func (c *Client) WatchAddr(addr netip.Addr) (*Watch, error) {
 		once.Do(func() {
 			close(stop)
 			<-w.done
+			w.readDrops()
 			unix.Close(w.fd)
 		})
 		return nil
@@ -259,6 +270,11 @@ func (w *Watch) read(stop <-chan struct{}) {
 			return
 		}
 		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
+			if w.toAddr(buf[:min(n, len(buf))]) {
+				w.mu.Lock()
+				w.sent++
+				w.mu.Unlock()
+			}
 			continue
 		}
 		at := time.Now()
@@ -309,6 +325,64 @@ func (w *Watch) parse(b []byte) (Frame, bool) {
 		return f, true
 	}
 	return Frame{}, false
+}
+
+// toAddr tells whether a frame the client sent goes to the address: a TCP
+// segment for it or an ARP packet asking for it.
+func (w *Watch) toAddr(b []byte) bool {
+	if len(b) < 14 {
+		return false
+	}
+	p := b[14:]
+	switch binary.BigEndian.Uint16(b[12:14]) {
+	case unix.ETH_P_ARP:
+		return len(p) >= 28 && bytes.Equal(p[24:28], w.addr[:])
+	case unix.ETH_P_IP:
+		return len(p) >= 20 && p[9] == unix.IPPROTO_TCP && bytes.Equal(p[16:20], w.addr[:])
+	}
+	return false
+}
+
+// readDrops adds the kernel's count of frames dropped at this socket since
+// the last read (reading PACKET_STATISTICS resets it).
+func (w *Watch) readDrops() {
+	st, err := unix.GetsockoptTpacketStats(w.fd, unix.SOL_PACKET, unix.PACKET_STATISTICS)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err != nil {
+		if w.err == nil {
+			w.err = fmt.Errorf("PACKET_STATISTICS: %w", err)
+		}
+		return
+	}
+	w.drops += uint64(st.Drops)
+}
+
+// Check tells whether the capture can serve as an oracle: it ran without
+// error, lost no frame, and saw traffic both ways (frames the client sent
+// to the address and frames from it). "No RST seen" means nothing from a
+// capture that saw nothing. It closes the watch first, to count every drop.
+func (w *Watch) Check() error {
+	w.Close()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.err != nil:
+		return fmt.Errorf("capture of %s failed: %w", netip.AddrFrom4(w.addr), w.err)
+	case w.drops > 0:
+		return fmt.Errorf("capture of %s dropped %d frames", netip.AddrFrom4(w.addr), w.drops)
+	case w.sent == 0 || len(w.frames) == 0:
+		return fmt.Errorf("capture of %s saw %d frames sent to it and %d from it, want both > 0", netip.AddrFrom4(w.addr), w.sent, len(w.frames))
+	}
+	return nil
+}
+
+// Counts are the frames sent to the address, received from it, and
+// dropped, for logs.
+func (w *Watch) Counts() (sent, received int, drops uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.sent, len(w.frames), w.drops
 }
 
 // Frames returns what was recorded so far, in arrival order.

@@ -463,6 +463,9 @@ func TestPartitionLinkAndWatch(t *testing.T) {
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
+	if err := w.Check(); err != nil {
+		t.Errorf("the wire oracle cannot be trusted: %v", err)
+	}
 	var synack, arp bool
 	for _, f := range w.Frames() {
 		if !f.ARP && f.DstPort == local.Port() && f.Flags&(lab.FlagSYN|lab.FlagACK) == lab.FlagSYN|lab.FlagACK && bytes.Equal(f.Src, mac1) {

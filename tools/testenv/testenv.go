@@ -1,7 +1,8 @@
 // Package testenv decides whether a test that needs root or BPF may run
-// here. On a developer laptop such tests skip; where CI=true or
-// FSHA_REQUIRE_PRIVILEGED=1 a missing privilege fails the test instead, so
-// CI never passes by skipping.
+// here. On a developer laptop (not root) such tests skip, and `make test`
+// lists them at its end; as root, or where CI=true or
+// FSHA_REQUIRE_PRIVILEGED=1, a missing privilege or tool fails the test
+// instead, so neither CI nor a root run passes by skipping.
 package testenv
 
 import (
@@ -13,16 +14,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Strict reports whether missing privileges must fail tests.
+// Strict reports whether missing privileges must fail tests: root was
+// meant to run them all.
 func Strict() bool {
-	return os.Getenv("CI") == "true" || os.Getenv("FSHA_REQUIRE_PRIVILEGED") == "1"
+	return os.Getenv("CI") == "true" || os.Getenv("FSHA_REQUIRE_PRIVILEGED") == "1" || os.Geteuid() == 0
 }
 
 // unavailable skips or fails t, depending on Strict.
 func unavailable(t testing.TB, format string, args ...any) {
 	t.Helper()
 	if Strict() {
-		t.Fatalf("required but unavailable (CI=true or FSHA_REQUIRE_PRIVILEGED=1): "+format, args...)
+		t.Fatalf("required but unavailable (root, CI=true or FSHA_REQUIRE_PRIVILEGED=1): "+format, args...)
 	}
 	t.Skipf("skipping: "+format, args...)
 }

@@ -194,6 +194,9 @@ func TestFrozenOwner(t *testing.T) {
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
+	if err := w.Check(); err != nil {
+		t.Errorf("the wire oracle cannot be trusted: %v", err)
+	}
 	frames := w.Frames()
 	e.saveFrames("frames-"+vip.Addr().String(), frames)
 	fenced := frozen.Add(lease + transit)
@@ -294,6 +297,9 @@ func TestKilledDaemon(t *testing.T) {
 	})
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
+	}
+	if err := w.Check(); err != nil {
+		t.Errorf("the wire oracle cannot be trusted: %v", err)
 	}
 	frames := w.Frames()
 	e.saveFrames("frames-"+vip.Addr().String(), frames)

@@ -373,9 +373,17 @@ func socketsOf(ctx context.Context, c *lab.Client, vip netip.Addr, port uint16, 
 
 // resetsTo lists the RSTs, among the watched frames received after since,
 // sent to the client ports of keys ("client->vip"), naming the node that
-// sent each (by its MAC address) and when.
+// sent each (by its MAC address) and when. It ends the watch, and a capture
+// that failed, lost frames or saw no traffic both ways is listed too: its
+// silence proves nothing.
 func (e *env) resetsTo(w *lab.Watch, since time.Time, keys ...string) []string {
 	e.t.Helper()
+	var out []string
+	if err := w.Check(); err != nil {
+		out = append(out, "the capture cannot tell: "+err.Error())
+	}
+	sent, received, drops := w.Counts()
+	e.t.Logf("capture: %d frames sent to the VIP, %d from it, %d lost", sent, received, drops)
 	ports := map[uint16]string{}
 	for _, k := range keys {
 		c, _, _ := strings.Cut(k, "->")
@@ -383,7 +391,6 @@ func (e *env) resetsTo(w *lab.Watch, since time.Time, keys ...string) []string {
 			ports[ap.Port()] = k
 		}
 	}
-	var out []string
 	for _, f := range w.Frames() {
 		k, ours := ports[f.DstPort]
 		if f.ARP || !ours || f.Flags&lab.FlagRST == 0 || f.At.Before(since) {
