@@ -276,8 +276,10 @@ func (e *env) answering() {
 			if err != nil {
 				return err
 			}
+			// a wrong node answering a new connection after convergence
+			// is two nodes serving one VIP: never retried
 			if who != o.Role {
-				return fmt.Errorf("%s is on %s's eth0 but %s answers on it", v, o.Role, who)
+				return permanent{fmt.Errorf("%s is on %s's eth0 but %s answers on it", v, o.Role, who)}
 			}
 			return nil
 		})
