@@ -1,0 +1,43 @@
+package lab
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestIOReport(t *testing.T) {
+	t0 := time.Date(2026, 12, 6, 8, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	ops := []IOOp{
+		{Kind: "write", Start: at(0), End: at(5)},
+		{Kind: "read", Start: at(5), End: at(8)},
+		// the failover: a write hangs, fails; a read fails; then good again
+		{Kind: "write", Start: at(20), End: at(900), Err: errors.New("EIO")},
+		{Kind: "read", Start: at(900), End: at(901), Err: errors.New("EIO")},
+		{Kind: "write", Start: at(920), End: at(1200)},
+		{Kind: "read", Start: at(1200), End: at(1210), Mismatch: true},
+		{Kind: "read", Start: at(1220), End: at(1230)},
+	}
+	r := Report(ops)
+	if r.Ops != 7 || r.Errors != 2 || r.Mismatches != 1 {
+		t.Errorf("counts: %+v", r)
+	}
+	// from the last good end (8 ms) to the next good end (1200 ms)
+	if r.Freeze != 1192*time.Millisecond || !r.FreezeFrom.Equal(at(8)) {
+		t.Errorf("freeze %v from %v, want 1.192s from +8ms", r.Freeze, r.FreezeFrom.Sub(t0))
+	}
+	if r.FirstError == nil || !r.FirstError.Start.Equal(at(20)) || !r.LastOK.Equal(at(1230)) {
+		t.Errorf("first error %+v, last ok %v", r.FirstError, r.LastOK)
+	}
+	if r := Report(nil); r.Ops != 0 || r.Freeze != 0 {
+		t.Errorf("empty: %+v", r)
+	}
+}
+
+func TestIOPayload(t *testing.T) {
+	a, b := ioPayload(1), ioPayload(2)
+	if len(a) != 4096 || string(a) == string(b) || string(a) != string(ioPayload(1)) {
+		t.Error("payloads must be 4 KiB, distinct per sequence and reproducible")
+	}
+}
