@@ -52,6 +52,7 @@ func (r *IORun) loop() {
 	var (
 		seq     uint64
 		written []byte // what the last successful write wrote
+		torn    []byte // what writes that failed since then tried to write
 	)
 	t := time.NewTicker(r.period)
 	defer t.Stop()
@@ -62,15 +63,15 @@ func (r *IORun) loop() {
 		err := os.WriteFile(r.dir, data, 0o644)
 		r.record(IOOp{Kind: "write", Start: start, End: time.Now(), Err: err})
 		if err == nil {
-			written = data
+			written, torn = data, nil
+		} else {
+			torn = data
 		}
 		if written != nil {
 			start = time.Now()
 			got, err := os.ReadFile(r.dir)
 			op := IOOp{Kind: "read", Start: start, End: time.Now(), Err: err}
-			// a failed write may or may not have reached the server: a
-			// read matching it is as good as one matching the last good one
-			op.Mismatch = err == nil && !bytes.Equal(got, written) && !bytes.Equal(got, data)
+			op.Mismatch = err == nil && !readBack(got, written, torn)
 			r.record(op)
 		}
 		select {
@@ -79,6 +80,15 @@ func (r *IORun) loop() {
 		case <-t.C:
 		}
 	}
+}
+
+// readBack tells whether got is what the application may read: what its
+// last successful write wrote, or, after a write that failed, any prefix
+// of what that write tried (a failed write is allowed to have truncated
+// the file and written part of it, as POSIX allows, not to have written
+// anything else).
+func readBack(got, written, torn []byte) bool {
+	return bytes.Equal(got, written) || (torn != nil && bytes.HasPrefix(torn, got))
 }
 
 // ioPayload is 4 KiB identified by seq, with its own checksum inside, so a

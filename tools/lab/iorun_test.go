@@ -35,6 +35,27 @@ func TestIOReport(t *testing.T) {
 	}
 }
 
+func TestReadBack(t *testing.T) {
+	w, x := ioPayload(1), ioPayload(2)
+	for _, c := range []struct {
+		name      string
+		got, torn []byte
+		want      bool
+	}{
+		{"last good write", w, nil, true},
+		{"other data", x, nil, false},
+		{"empty without a failed write", nil, nil, false},
+		{"truncated by a failed write", []byte{}, x, true},
+		{"part of a failed write", x[:100], x, true},
+		{"all of a failed write", x, x, true},
+		{"a stale write's tail", w[100:], x, false},
+	} {
+		if got := readBack(c.got, w, c.torn); got != c.want {
+			t.Errorf("%s: readBack %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
 func TestIOPayload(t *testing.T) {
 	a, b := ioPayload(1), ioPayload(2)
 	if len(a) != 4096 || string(a) == string(b) || string(a) != string(ioPayload(1)) {
