@@ -54,6 +54,11 @@ type ClusterOptions struct {
 	// CTDBFast gives ctdbd the fast tunables profile (1 s keepalives,
 	// leader timeout 3 s) instead of CTDB's defaults.
 	CTDBFast bool
+	// CTDBMovesIPs makes it a CTDB cluster as users run it without fsha:
+	// ctdbd holds the public addresses and fails them over itself (its
+	// 10.interface event script, its tickles), and no fsha runs. It
+	// needs CTDB. The baseline of the iofreeze bench.
+	CTDBMovesIPs bool
 }
 
 // MaxClusterNodes bounds ClusterOptions.Nodes.
@@ -134,6 +139,9 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 	}
 	if opts.CTDBFast && !opts.CTDB {
 		return nil, errors.New("cluster options: CTDBFast without CTDB")
+	}
+	if opts.CTDBMovesIPs && (!opts.CTDB || len(opts.ManualFsha) > 0) {
+		return nil, errors.New("cluster options: CTDBMovesIPs needs CTDB and runs no fsha")
 	}
 	for _, i := range opts.ManualFsha {
 		if i < 1 || i > opts.Nodes {
@@ -240,6 +248,16 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 		if slices.Contains(opts.ManualFsha, n.Index) {
 			g.Go(func() error { return n.primeDataPlane(gctx, c.VIPs) })
 		}
+	}
+	if opts.CTDBMovesIPs {
+		if err := g.Wait(); err != nil {
+			return nil, err
+		}
+		if err := c.WaitCTDBIPs(ctx, startTimeout); err != nil {
+			return nil, fmt.Errorf("cluster start: %w", err)
+		}
+		l.log.Info("CTDB cluster up", zap.Int("nodes", opts.Nodes), zap.Int("vips", opts.VIPs))
+		return c, nil
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
