@@ -311,4 +311,52 @@ func TestNFSStateAcrossFailover(t *testing.T) {
 	}
 	t.Logf("NFS4ERR_GRACE for a new client %v after the cut; grace over by %v; then open, lock and read worked",
 		graceErrAt.Round(time.Millisecond), graceEnd.Round(time.Millisecond))
+
+	// A planned move that ends the connections (move --kill): releaseip
+	// on the taker runs with the VIP off eth0 and lo, and its Ganesha
+	// releases the VIP's clients ("2:VIP") but keeps their records; the
+	// next holder loads them, the new client's among them.
+	third := e.c.Others(old, taker)[0]
+	b3Record := fmt.Sprintf("::ffff:%s-(", e.c.Clients[1].IP())
+	b3Name := fmt.Sprintf("Libnfs pid:%d ", b3.PID())
+	moved := time.Now()
+	if out, err := taker.Admin(e.ctx, "move", "--kill", ip, third.IP().String()); err != nil {
+		t.Fatalf("fsha move --kill %s %s: %v: %s", ip, third.IP(), err, out)
+	}
+	rel := e.waitHookRuns(taker, "releaseip", ip, moved)
+	e.checkHookRuns(rel, "releaseip", taker, ip, vip.String(), "no")
+	for _, r := range rel {
+		if r.OnLo != "no" {
+			t.Errorf("%s releaseip on %s after move --kill: VIP on lo %s, want no (not draining)", r.Hook, taker.Role, r.OnLo)
+		}
+	}
+	take := e.waitHookRuns(third, "takeip", ip, moved)
+	e.checkHookRuns(take, "takeip", third, ip, vip.String(), "yes")
+	if take[0].GaneshaGrace != "boolean false" || take[1].GaneshaGrace != "boolean true" {
+		t.Errorf("ganesha on %s before/after 61.ganesha-grace: get_grace %q / %q, want false / true",
+			third.Role, take[0].GaneshaGrace, take[1].GaneshaGrace)
+	}
+	if glog, err = taker.GaneshaLog(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"NFS Server recovery event 2 nodeid -1 ip " + ip, "NFS Server V4 recovery release ip " + ip} {
+		if !strings.Contains(glog, want) {
+			t.Errorf("ganesha log of %s lacks %q", taker.Role, want)
+		}
+	}
+	if glog, err = third.GaneshaLog(); err != nil {
+		t.Fatal(err)
+	}
+	loaded := false
+	for _, line := range strings.Split(glog, "\n") {
+		if strings.Contains(line, "added "+b3Record) && strings.Contains(line, b3Name) && strings.Contains(line, "to clid list") {
+			loaded = true
+		}
+	}
+	if !loaded {
+		t.Errorf("ganesha log of %s: no \"added %s...%s... to clid list\": the records did not follow the VIP", third.Role, b3Record, b3Name)
+	}
+	t.Logf("move --kill to %s: releaseip on %s %v, takeip on %s %v after the command; records loaded: %v",
+		third.Role, taker.Role, rel[1].At.Sub(moved).Round(time.Millisecond), third.Role,
+		take[1].At.Sub(moved).Round(time.Millisecond), loaded)
 }
