@@ -54,9 +54,9 @@ type ClusterOptions struct {
 	// CTDBFast gives ctdbd the fast tunables profile (1 s keepalives,
 	// leader timeout 3 s) instead of CTDB's defaults.
 	CTDBFast bool
-	// NFSState shares nfs-ganesha's NFSv4 client records between the
-	// nodes (on the shared storage), with a D-Bus bus per node and the
-	// shipped 61.ganesha-grace hook installed (ganesha.go).
+	// NFSState shares nfs-ganesha's NFSv4 client records and statd's
+	// directory between the nodes (on the shared storage), with a D-Bus
+	// bus per node and the shipped NFS hooks installed (ganesha.go).
 	NFSState bool
 }
 

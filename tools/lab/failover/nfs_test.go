@@ -213,6 +213,22 @@ func TestNFSStateAcrossFailover(t *testing.T) {
 	})
 	t.Logf("%s recorded the client as %q in %s", old.Role, record, recov)
 
+	// NFSv3: the record rpc.statd keeps of a client holding NLM locks
+	// through the VIP (nfs-utils support/nsm/file.c: NLM's callback
+	// address, program, version, procedure, a 16-byte cookie, the
+	// client's mon_name, our name), and the client's statd (a fake that
+	// records what arrives) for 60.nfs-sm-notify to notify
+	statd, err := e.c.Clients[0].StartFakeStatd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientIP := e.c.Clients[0].IP().String()
+	smRecord := fmt.Sprintf("%08x %08x %08x %08x %s %s %s\n", 0x0100007f, 100021, 4, 16,
+		strings.Repeat("00", 16), clientIP, lab.VIPName(1))
+	if err := os.WriteFile(filepath.Join(e.c.StatdDir(), "sm", clientIP), []byte(smRecord), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
 	cut := e.powerDown(old)
 	e.waitConverged(e.up()...)
 	taker := e.owner(vip, e.up()...)
@@ -228,6 +244,46 @@ func TestNFSStateAcrossFailover(t *testing.T) {
 	}
 	t.Logf("%s took %s: takeip hooks %v and %v after the cut", taker.Role, ip,
 		runs[0].At.Sub(cut).Round(time.Millisecond), runs[1].At.Sub(cut).Round(time.Millisecond))
+
+	// NFSv3: sm-notify, run by 60.nfs-sm-notify, told the client's statd
+	// that the server named by the VIP rebooted, from the VIP, under the
+	// VIP's name and its first label (sm-notify sends both since
+	// nfs-utils 1.2.2: clients may know the server by either)
+	fqdn := lab.VIPName(1)
+	short, _, _ := strings.Cut(fqdn, ".")
+	var notified []lab.SMNotify
+	e.eventually("SM_NOTIFY at "+clientIP+" as "+fqdn+" and "+short, func(context.Context) error {
+		notified = statd.Notifies()
+		names := map[string]bool{}
+		for _, n := range notified {
+			names[n.MonName] = true
+		}
+		if !names[fqdn] || !names[short] {
+			return fmt.Errorf("got %+v (%d portmapper lookups, errors %v)", notified, statd.GetPorts(), statd.Errors())
+		}
+		return nil
+	})
+	checkNotifies := func(ns []lab.SMNotify) {
+		t.Helper()
+		for _, n := range ns {
+			if n.From.Addr() != vip.Addr() || n.From.Port() >= 1024 || (n.MonName != fqdn && n.MonName != short) ||
+				n.State%2 != 1 || n.State != notified[0].State {
+				t.Errorf("SM_NOTIFY %+v: want from %s with a reserved port, mon_name %s or %s, the odd state %d",
+					n, vip.Addr(), fqdn, short, notified[0].State)
+			}
+		}
+	}
+	checkNotifies(notified)
+	t.Logf("SM_NOTIFY at the client %v after the cut: from %s, state %d, %d calls",
+		notified[0].At.Sub(cut).Round(time.Millisecond), notified[0].From, notified[0].State, len(notified))
+	e.eventually("sm-notify's bookkeeping: the client notified, its record gone", func(context.Context) error {
+		for _, sub := range []string{"sm", "sm.bak"} {
+			if _, err := os.Stat(filepath.Join(e.c.StatdDir(), sub, clientIP)); err == nil {
+				return fmt.Errorf("%s/%s still there", sub, clientIP)
+			}
+		}
+		return nil
+	})
 
 	// (b) what Ganesha says it did: a takeover event for the VIP, read
 	// from the old holder's records through the shared directory
@@ -355,6 +411,10 @@ func TestNFSStateAcrossFailover(t *testing.T) {
 	}
 	if !loaded {
 		t.Errorf("ganesha log of %s: no \"added %s...%s... to clid list\": the records did not follow the VIP", third.Role, b3Record, b3Name)
+	}
+	// the client was notified once: nothing new for the move
+	if after := statd.Notifies(); len(after) != len(notified) {
+		t.Errorf("SM_NOTIFY calls after the move %+v, before %+v: no client was left to notify", after, notified)
 	}
 	t.Logf("move --kill to %s: releaseip on %s %v, takeip on %s %v after the command; records loaded: %v",
 		third.Role, taker.Role, rel[1].At.Sub(moved).Round(time.Millisecond), third.Role,
