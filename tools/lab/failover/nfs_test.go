@@ -139,7 +139,7 @@ func (e *env) checkHookRuns(runs []hookRun, event string, n *lab.ClusterNode, vi
 }
 
 func TestNFSStateAcrossFailover(t *testing.T) {
-	for _, cmd := range []string{"dbus-daemon", "dbus-send", "clang-19"} {
+	for _, cmd := range []string{"dbus-daemon", "dbus-send", "clang-19", "sm-notify"} {
 		testenv.RequireCommand(t, cmd)
 	}
 	e := newEnv(t, lab.ClusterOptions{Nodes: 3, Clients: 2, NFSState: true})
