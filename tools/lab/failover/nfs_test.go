@@ -142,7 +142,7 @@ func TestNFSStateAcrossFailover(t *testing.T) {
 	for _, cmd := range []string{"dbus-daemon", "dbus-send", "clang-19", "sm-notify"} {
 		testenv.RequireCommand(t, cmd)
 	}
-	e := newEnv(t, lab.ClusterOptions{Nodes: 3, Clients: 2, NFSState: true})
+	e := newEnv(t, lab.ClusterOptions{Nodes: 3, Clients: 3, NFSState: true})
 	hold, err := lab.BuildNFS4Hold(e.ctx, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -419,4 +419,43 @@ func TestNFSStateAcrossFailover(t *testing.T) {
 	t.Logf("move --kill to %s: releaseip on %s %v, takeip on %s %v after the command; records loaded: %v",
 		third.Role, taker.Role, rel[1].At.Sub(moved).Round(time.Millisecond), third.Role,
 		take[1].At.Sub(moved).Round(time.Millisecond), loaded)
+
+	// A drained move: a client's connection keeps the VIP on lo, so
+	// releaseip runs with the VIP there, and 61.ganesha-grace leaves the
+	// clients served here alone (no release event in Ganesha's log).
+	c3 := e.c.Clients[2]
+	d, err := c3.StartNFS4Hold(e.ctx, hold, vip.Addr(), file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Stop()
+	var key string
+	e.eventually("the draining client connected", func(ctx context.Context) error {
+		keys, err := socketsOf(ctx, c3, vip.Addr(), lab.NFSPort, "nfs4hold")
+		if err == nil && len(keys) != 1 {
+			err = fmt.Errorf("connections %v", keys)
+		}
+		if err == nil {
+			key = keys[0]
+		}
+		return err
+	})
+	e.waitFlows(third, third, false, key)
+	drained := time.Now()
+	if out, err := third.Admin(e.ctx, "move", ip, taker.IP().String()); err != nil {
+		t.Fatalf("fsha move %s %s: %v: %s", ip, taker.IP(), err, out)
+	}
+	rel = e.waitHookRuns(third, "releaseip", ip, drained)
+	e.checkHookRuns(rel, "releaseip", third, ip, vip.String(), "no")
+	for _, r := range rel {
+		if r.OnLo != "yes" {
+			t.Errorf("%s releaseip on %s of a drained move: VIP on lo %s, want yes", r.Hook, third.Role, r.OnLo)
+		}
+	}
+	if glog, err = third.GaneshaLog(); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(glog, "NFS Server recovery event 2 nodeid -1 ip "+ip) {
+		t.Errorf("ganesha on %s released the VIP's clients while they drain", third.Role)
+	}
 }
