@@ -181,7 +181,7 @@ func TestSampleHooks(t *testing.T) {
 		t.Fatalf("events.d as shipped runs %q (%v), want nothing", s, err)
 	}
 	// The samples run and do nothing on the events they do not handle
-	// (monitor runs at every health check; 61.ganesha-grace handles
+	// (monitor runs at every health check; 60.ganesha-grace handles
 	// releaseip, run against a real Ganesha in tools/lab/failover).
 	dir, err := filepath.Abs("../../packaging/events.d") // hooks run in /
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,8 +18,10 @@ import (
 // The test's own record of the hooks fsha runs, to check the shipped NFS
 // hooks' order, arguments and timing against: not fsha's view of them.
 
-// hookRecord is a recording hook of the test, installed as 00.record and
-// 99.record around the shipped ones (fsha runs hooks in name order). Each
+// hookRecord is a recording hook of the test, installed as recordHooks:
+// before, between and after the shipped ones (fsha runs hooks in name
+// order: 00.record, 60.ganesha-grace, 60.record, 61.nfs-sm-notify,
+// 99.record). Each
 // run appends one line: time, its name, its arguments, fsha's variables,
 // whether the VIP is on eth0 and on lo at that moment, and (takeip) what
 // Ganesha answers to get_grace. It skips monitor.
@@ -34,6 +37,9 @@ printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$(date +%s.%N)" "${0##*/}" "$
 	"$FSHA_VIP" "$FSHA_PREFIX" "$FSHA_IFACE" "$FSHA_NODE" "$(on eth0)" "$(on lo)" "$grace" >>"$(dirname "$0")/../hook-record.tsv"
 `
 
+// recordHooks are the names of the recording hooks, in the order they run.
+var recordHooks = []string{"00.record", "60.record", "99.record"}
+
 // hookRun is one line of hook-record.tsv.
 type hookRun struct {
 	At                         time.Time
@@ -45,7 +51,7 @@ type hookRun struct {
 func installRecordHooks(t *testing.T, c *lab.Cluster) {
 	t.Helper()
 	for _, n := range c.Nodes {
-		for _, name := range []string{"00.record", "99.record"} {
+		for _, name := range recordHooks {
 			if err := os.WriteFile(filepath.Join(n.HooksDir, name), []byte(hookRecord), 0o755); err != nil {
 				t.Fatal(err)
 			}
@@ -97,8 +103,8 @@ func (e *env) waitHookRuns(n *lab.ClusterNode, event, vip string, since time.Tim
 				got = append(got, r)
 			}
 		}
-		if len(got) < 2 {
-			return fmt.Errorf("%d of 2 recorded", len(got))
+		if len(got) < len(recordHooks) {
+			return fmt.Errorf("%d of %d recorded", len(got), len(recordHooks))
 		}
 		return nil
 	})
@@ -109,8 +115,12 @@ func (e *env) waitHookRuns(n *lab.ClusterNode, event, vip string, since time.Tim
 // before 99), CTDB's arguments and fsha's variables, and the address.
 func (e *env) checkHookRuns(runs []hookRun, event string, n *lab.ClusterNode, vip string, prefix string, onEth0 string) {
 	e.t.Helper()
-	if len(runs) != 2 || runs[0].Hook != "00.record" || runs[1].Hook != "99.record" {
-		e.t.Fatalf("%s hooks on %s: want one run of 00.record then one of 99.record, got %+v", event, n.Role, runs)
+	var names []string
+	for _, r := range runs {
+		names = append(names, r.Hook)
+	}
+	if !slices.Equal(names, recordHooks) {
+		e.t.Fatalf("%s hooks on %s: want one run of each of %v in that order, got %+v", event, n.Role, recordHooks, runs)
 	}
 	bits := prefix[strings.IndexByte(prefix, '/')+1:]
 	wantArgs := strings.Join([]string{event, lab.HostIface, vip, bits}, " ")
@@ -126,12 +136,16 @@ func (e *env) checkHookRuns(runs []hookRun, event string, n *lab.ClusterNode, vi
 }
 
 // checkGraceFlip checks what a takeip's recording hooks saw of Ganesha:
-// not in grace before 61.ganesha-grace ran, in grace after it.
+// not in grace before 60.ganesha-grace ran, in grace after it, so before
+// 61.nfs-sm-notify tells NFSv3 clients to reclaim, and after.
 func (e *env) checkGraceFlip(runs []hookRun, n *lab.ClusterNode) {
 	e.t.Helper()
-	if runs[0].GaneshaGrace != "boolean false" || runs[1].GaneshaGrace != "boolean true" {
-		e.t.Errorf("ganesha on %s before/after 61.ganesha-grace: get_grace %q / %q, want false / true",
-			n.Role, runs[0].GaneshaGrace, runs[1].GaneshaGrace)
+	var got []string
+	for _, r := range runs {
+		got = append(got, r.GaneshaGrace)
+	}
+	if want := []string{"boolean false", "boolean true", "boolean true"}; !slices.Equal(got, want) {
+		e.t.Errorf("ganesha on %s: get_grace at %v: %q, want %q", n.Role, recordHooks, got, want)
 	}
 }
 

@@ -6,17 +6,19 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/fsha/fsha/control/admin"
 	"github.com/fsha/fsha/tools/lab"
 	"github.com/fsha/fsha/tools/testenv"
 )
 
 // NFSv4 state across a failover (issue 10 item 3): every node's Ganesha
 // keeps its client records on the shared storage, and fsha's takeip runs
-// the shipped 61.ganesha-grace hook, which puts the taker's Ganesha in
+// the shipped 60.ganesha-grace hook, which puts the taker's Ganesha in
 // grace for the VIP and loads the records of the VIP's previous holder.
 //
 // The client is libnfs 4.0.0 (nfs4hold.c drives its API). Its NFSv4
@@ -30,7 +32,7 @@ import (
 // client records loaded (Ganesha's own log and D-Bus replies), the window
 // it keeps (a second client's open or lock fails with NFS4ERR_GRACE, and
 // works once grace ends), and what the old client itself gets; and for
-// NFSv3, the SM_NOTIFY that 60.nfs-sm-notify's sm-notify sends to a
+// NFSv3, the SM_NOTIFY that 61.nfs-sm-notify's sm-notify sends to a
 // recorded client's (fake) statd.
 
 // nfsRun is one run of TestNFSStateAcrossFailover: its cluster, the VIP
@@ -51,6 +53,8 @@ type nfsRun struct {
 	statd  *lab.FakeStatd
 	// notified are the SM_NOTIFY calls after the cut
 	notified []lab.SMNotify
+	// graceBy is when the taker's Ganesha was in grace (60.record)
+	graceBy time.Time
 }
 
 // the file the clients open and lock, and what the first one writes
@@ -163,7 +167,7 @@ func (r *nfsRun) holdOpenAndLocked() {
 // holding NLM locks through the VIP (nfs-utils support/nsm/file.c: NLM's
 // callback address, program, version, procedure, a 16-byte cookie, the
 // client's mon_name, our name) and starts that client's statd (a fake
-// that records what arrives) for 60.nfs-sm-notify to notify.
+// that records what arrives) for 61.nfs-sm-notify to notify.
 func (r *nfsRun) recordNFSv3Client() {
 	var err error
 	if r.statd, err = r.c.Clients[0].StartFakeStatd(); err != nil {
@@ -179,7 +183,7 @@ func (r *nfsRun) recordNFSv3Client() {
 
 // checkTakeover checks the taker's takeip after the cut: (a) the hooks in
 // order with CTDB's arguments, the VIP already on eth0; (b) Ganesha not in
-// grace before 61.ganesha-grace ran and in grace after it (its own D-Bus
+// grace before 60.ganesha-grace ran and in grace after it (its own D-Bus
 // answer), and by its log a takeover event for the VIP that read the old
 // holder's records through the shared directory.
 func (r *nfsRun) checkTakeover() {
@@ -188,7 +192,9 @@ func (r *nfsRun) checkTakeover() {
 	r.checkHookRuns(runs, "takeip", taker, ip, r.vip.String(), "yes")
 	r.checkGraceFlip(runs, taker)
 	t.Logf("%s took %s: takeip hooks %v and %v after the cut", taker.Role, ip,
-		runs[0].At.Sub(r.cut).Round(time.Millisecond), runs[1].At.Sub(r.cut).Round(time.Millisecond))
+		runs[0].At.Sub(r.cut).Round(time.Millisecond), runs[2].At.Sub(r.cut).Round(time.Millisecond))
+	r.graceBy = runs[1].At
+	r.logGraceWindow(runs)
 	glog, err := taker.GaneshaLog()
 	if err != nil {
 		t.Fatal(err)
@@ -208,7 +214,44 @@ func (r *nfsRun) checkTakeover() {
 	}
 }
 
-// checkSMNotify checks that sm-notify, run by 60.nfs-sm-notify, told the
+// logGraceWindow logs when, on the taker's own timeline, the VIP answered
+// and its clients were tickled, beside when Ganesha entered grace (between
+// the two recording hooks): a client that reconnects in between finds
+// Ganesha out of grace, its reclaims refused (NFS4ERR_NO_GRACE) and new
+// state granted. fsha runs the takeip hooks and the tickles at once,
+// after the address is up.
+func (r *nfsRun) logGraceWindow(runs []hookRun) {
+	var rec admin.Takeover
+	err := lab.Eventually(r.ctx, failoverTimeout, "the taker's timeline with its tickles", func(ctx context.Context) error {
+		tl, err := r.taker.Timeline(ctx)
+		if err != nil {
+			return err
+		}
+		for _, x := range tl {
+			if x.VIP == r.vip.String() && x.Kind == "takeover" && slices.ContainsFunc(x.Steps, func(s admin.TimelineStep) bool {
+				return strings.HasPrefix(s.Step, "tickles sent")
+			}) {
+				rec = x
+			}
+		}
+		if rec.VIP == "" {
+			return fmt.Errorf("no takeover of %s with tickles in %+v", r.vip, tl)
+		}
+		return nil
+	})
+	if err != nil {
+		r.t.Logf("grace window not measured: %v", err)
+		return
+	}
+	var steps []string
+	for _, s := range rec.Steps {
+		steps = append(steps, fmt.Sprintf("%s +%v", s.Step, s.At.Sub(r.cut).Round(time.Millisecond)))
+	}
+	r.t.Logf("after the cut: %s; Ganesha in grace between +%v and +%v (before and after 60.ganesha-grace)",
+		strings.Join(steps, ", "), runs[0].At.Sub(r.cut).Round(time.Millisecond), runs[1].At.Sub(r.cut).Round(time.Millisecond))
+}
+
+// checkSMNotify checks that sm-notify, run by 61.nfs-sm-notify, told the
 // client's statd that the server named by the VIP rebooted: from the VIP,
 // under the VIP's name and its first label (sm-notify sends both since
 // nfs-utils 1.2.2: clients may know the server by either), and that it
@@ -230,6 +273,11 @@ func (r *nfsRun) checkSMNotify() {
 		return nil
 	})
 	first := r.notified[0]
+	// NFSv3 clients reclaim their NLM locks as soon as notified: only
+	// once Ganesha is in grace
+	if first.At.Before(r.graceBy) {
+		t.Errorf("SM_NOTIFY at %v, before Ganesha was seen in grace at %v", first.At, r.graceBy)
+	}
 	for _, n := range r.notified {
 		if n.From.Addr() != vip || n.From.Port() >= 1024 || (n.MonName != fqdn && n.MonName != short) ||
 			n.State%2 != 1 || n.State != first.State {
@@ -359,13 +407,13 @@ func (r *nfsRun) checkMoveKill(b3 *lab.NFS4Hold) {
 		t.Errorf("SM_NOTIFY calls after the move %+v, before %+v: no client was left to notify", after, r.notified)
 	}
 	t.Logf("move --kill to %s: releaseip on %s %v, takeip on %s %v after the command; records loaded: %v",
-		third.Role, taker.Role, rel[1].At.Sub(moved).Round(time.Millisecond), third.Role,
-		take[1].At.Sub(moved).Round(time.Millisecond), loaded)
+		third.Role, taker.Role, rel[2].At.Sub(moved).Round(time.Millisecond), third.Role,
+		take[2].At.Sub(moved).Round(time.Millisecond), loaded)
 }
 
 // checkDrainedMove moves the VIP back with a client connected through
 // it: the drain keeps the VIP on lo, so releaseip runs with the VIP there,
-// and 61.ganesha-grace leaves the clients served here alone (no release
+// and 60.ganesha-grace leaves the clients served here alone (no release
 // event in Ganesha's log).
 func (r *nfsRun) checkDrainedMove() {
 	t, third, ip := r.t, r.third, r.ip
