@@ -40,7 +40,7 @@ fi
 contents=$(dpkg-deb --contents "$deb" | awk '{print $6}')
 for f in ./usr/bin/fsha ./usr/lib/fsha/fsha-stop ./lib/systemd/system/fsha.service \
 	./etc/fsha/fsha.conf ./etc/fsha/public_addresses ./etc/fsha/events.d/README \
-	./usr/share/fsha/events.d/60.nfs-sm-notify ./usr/share/fsha/events.d/61.ganesha-grace \
+	./usr/share/fsha/events.d/60.ganesha-grace ./usr/share/fsha/events.d/61.nfs-sm-notify \
 	./usr/share/doc/fsha/examples/nodes ./usr/share/man/man8/fsha.8.gz \
 	./usr/share/bash-completion/completions/fsha; do
 	grep -qx -- "$f" <<<"$contents" || fail "$f not in the package"
@@ -69,7 +69,7 @@ man -l "$root/usr/share/man/man8/fsha.8.gz" 2>/dev/null | grep -q -- '--restart-
 words=$(bash -c "source '$root/usr/share/bash-completion/completions/fsha'
 	COMP_WORDS=(fsha up --gos); COMP_CWORD=2; _fsha; echo \${COMPREPLY[*]}")
 [[ $words == *--gossip-key* ]] || fail "completion of 'fsha up --gos': $words"
-[ -x "$root/usr/share/fsha/events.d/60.nfs-sm-notify" ] && [ ! -x "$root/etc/fsha/events.d/README" ] || fail "hook modes"
+[ -x "$root/usr/share/fsha/events.d/61.nfs-sm-notify" ] && [ ! -x "$root/etc/fsha/events.d/README" ] || fail "hook modes"
 ok "man page, bash completion ('fsha up --gos' -> $words), hook modes"
 # an upgrade (the same version again): the operator's conffile stays
 echo "# the operator's" >>"$root/etc/fsha/fsha.conf"

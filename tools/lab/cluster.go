@@ -59,6 +59,10 @@ type ClusterOptions struct {
 	// 10.interface event script, its tickles), and no fsha runs. It
 	// needs CTDB. The baseline of the iofreeze bench.
 	CTDBMovesIPs bool
+	// NFSState shares nfs-ganesha's NFSv4 client records and statd's
+	// directory between the nodes (on the shared storage), with a D-Bus
+	// bus per node and the shipped NFS hooks installed (ganesha.go).
+	NFSState bool
 }
 
 // MaxClusterNodes bounds ClusterOptions.Nodes.
@@ -108,6 +112,7 @@ type ClusterNode struct {
 
 	mu                         sync.Mutex
 	fsha, smbd, ganesha, ctdbd *Process
+	dbus                       *Process // NFSState: Ganesha's bus
 	fshaOpts                   FshaOptions
 	client                     *admin.Client
 }
@@ -136,6 +141,9 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 	}
 	if opts.CTDB && opts.NoServers {
 		return nil, errors.New("cluster options: CTDB serves smbd, NoServers runs none")
+	}
+	if opts.NFSState && opts.NoServers {
+		return nil, errors.New("cluster options: NFSState is about nfs-ganesha, NoServers runs none")
 	}
 	if opts.CTDBFast && !opts.CTDB {
 		return nil, errors.New("cluster options: CTDBFast without CTDB")
@@ -208,6 +216,11 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 			}
 		}
 		c.Nodes = append(c.Nodes, cn)
+	}
+	if opts.NFSState {
+		if err := c.setupNFSState(); err != nil {
+			return nil, err
+		}
 	}
 	for i := 1; i <= opts.Clients; i++ {
 		cl, err := l.AddClient("c" + strconv.Itoa(i))
@@ -424,7 +437,8 @@ func (n *ClusterNode) StartFsha(ctx context.Context, opts FshaOptions) (*Process
 	n.mu.Unlock()
 	// Each node its own state dir (the default, /var/lib/fsha, is the
 	// host's): by the environment, which older releases ignore.
-	p, err := n.StartWith("fsha-up", StartOptions{Env: []string{"FSHA_STATE_DIR=" + filepath.Join(n.Dir, "state")}}, argv...)
+	env := append([]string{"FSHA_STATE_DIR=" + filepath.Join(n.Dir, "state")}, n.hookEnv()...)
+	p, err := n.StartWith("fsha-up", StartOptions{Env: env}, argv...)
 	if err != nil {
 		return nil, err
 	}
@@ -504,7 +518,7 @@ func (n *ClusterNode) StartServers(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ganesha, err := n.StartGanesha(ctx, n.cluster.Share, GaneshaOptions{})
+	ganesha, err := n.startGanesha(ctx)
 	if err != nil {
 		return err
 	}
@@ -514,14 +528,14 @@ func (n *ClusterNode) StartServers(ctx context.Context) error {
 	return nil
 }
 
-// Processes returns the node's daemons (fsha, smbd, nfs-ganesha, ctdbd)
+// Processes returns the node's daemons (fsha, smbd, nfs-ganesha, ctdbd, dbus-daemon)
 // that run. ctdbd daemonizes: it runs while anything of the session of
 // the process the lab started does (Process.SessionAlive).
 func (n *ClusterNode) Processes() []*Process {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	var out []*Process
-	for _, p := range []*Process{n.fsha, n.smbd, n.ganesha} {
+	for _, p := range []*Process{n.fsha, n.smbd, n.ganesha, n.dbus} {
 		if p != nil && !p.Exited() {
 			out = append(out, p)
 		}

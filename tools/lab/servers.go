@@ -169,6 +169,9 @@ NFS_CORE_PARAM {
 	NFS_Port = 2049;
 	Enable_NLM = false;
 	Enable_RQUOTA = false;
+	# the fs recovery backend's plain layout, RecoveryRoot/v4recov (clustered
+	# would add a node<id> level that takeovers by IP do not read)
+	Clustered = false;
 }
 NFS_KRB5 {
 	Active_krb5 = false;
@@ -176,8 +179,11 @@ NFS_KRB5 {
 }
 NFSV4 {
 	RecoveryBackend = fs;
-	RecoveryRoot = "{{.Dir}}/recovery";
+	RecoveryRoot = "{{.Recovery}}";
 	Graceless = {{.Graceless}};
+{{- if .GracePeriod}}
+	Grace_Period = {{.GracePeriod}};
+{{- end}}
 	Lease_Lifetime = {{.Lease}};
 	Only_Numeric_Owners = true;
 }
@@ -196,6 +202,10 @@ EXPORT {
 }
 LOG {
 	Default_Log_Level = EVENT;
+{{- if .DebugClientID}}
+	# client records read and written (recovery), for tests to read
+	COMPONENTS { CLIENTID = DEBUG; }
+{{- end}}
 }
 `))
 
@@ -206,6 +216,15 @@ type GaneshaOptions struct {
 	Grace bool
 	// LeaseLifetime in seconds; 0 is 10.
 	LeaseLifetime int
+	// GracePeriod in seconds; 0 is Ganesha's default (90).
+	GracePeriod int
+	// RecoveryRoot replaces the node's own recovery directory, e.g. with
+	// one on the shared storage (ganesha.go).
+	RecoveryRoot string
+	// DebugClientID logs the client records Ganesha reads and writes.
+	DebugClientID bool
+	// Env is added to Ganesha's environment (DBUS_SYSTEM_BUS_ADDRESS).
+	Env []string
 }
 
 // StartGanesha runs nfs-ganesha (VFS FSAL, NFSv4 only, its own recovery
@@ -222,14 +241,19 @@ func (n *Node) StartGanesha(ctx context.Context, share string, opts GaneshaOptio
 	if lease <= 0 {
 		lease = 10
 	}
+	recovery := opts.RecoveryRoot
+	if recovery == "" {
+		recovery = filepath.Join(dir, "recovery")
+	}
 	conf := filepath.Join(dir, "ganesha.conf")
 	if err := writeTemplate(conf, ganeshaConf, map[string]any{
 		"NS": n.NS, "Dir": dir, "Share": share, "Graceless": !opts.Grace, "Lease": lease,
+		"Recovery": recovery, "GracePeriod": opts.GracePeriod, "DebugClientID": opts.DebugClientID,
 	}); err != nil {
 		return nil, err
 	}
 	log := filepath.Join(dir, "ganesha.log")
-	p, err := n.Start("ganesha", "ganesha.nfsd", "-F", "-f", conf, "-L", log,
+	p, err := n.StartWith("ganesha", StartOptions{Env: opts.Env}, "ganesha.nfsd", "-F", "-f", conf, "-L", log,
 		"-p", filepath.Join(dir, "ganesha.pid"), "-N", "NIV_EVENT")
 	if err != nil {
 		return nil, err
