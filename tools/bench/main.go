@@ -41,6 +41,7 @@ var suites = []*suite{
 	tickleSuite(),
 	failoverSuite(),
 	replicationSuite(),
+	iofreezeSuite(),
 }
 
 func main() {

@@ -139,6 +139,17 @@ func roles(ns []*ClusterNode) string {
 // one node of up; and every node of up reports, in `fsha ip`, that owner
 // with state "held" (no move pending).
 func (c *Cluster) Converged(ctx context.Context, up ...*ClusterNode) error {
+	return c.converged(ctx, false, up...)
+}
+
+// Placed is Converged, except that a VIP its owner holds while another
+// node still drains old connections of it (a planned move or a failback
+// whose connections live on) counts as settled.
+func (c *Cluster) Placed(ctx context.Context, up ...*ClusterNode) error {
+	return c.converged(ctx, true, up...)
+}
+
+func (c *Cluster) converged(ctx context.Context, draining bool, up ...*ClusterNode) error {
 	owners := make([]*ClusterNode, len(c.VIPs))
 	for i, v := range c.VIPs {
 		o, err := c.Owner(v, up...)
@@ -169,7 +180,7 @@ func (c *Cluster) Converged(ctx context.Context, up ...*ClusterNode) error {
 			if j < 0 {
 				return fmt.Errorf("%s does not list %s: %+v", n.Role, v, ips)
 			}
-			if ip := ips[j]; ip.Owner != owners[i].IP().String() || ip.State != "held" {
+			if ip := ips[j]; ip.Owner != owners[i].IP().String() || (ip.State != "held" && !(draining && ip.State == "draining")) {
 				return fmt.Errorf("%s says %s is %s by %q (target %q); it is on %s", n.Role, v, ip.State, ip.Owner, ip.Target, owners[i].Role)
 			}
 		}
