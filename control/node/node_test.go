@@ -32,6 +32,14 @@ type world struct {
 	grants  map[int]map[netip.Addr]dataplane.VIPGrant
 	dead    map[int]bool
 	doubles []string
+	// tickles records when each node tickled which VIP's connections
+	tickles []tickleAt
+}
+
+type tickleAt struct {
+	node int
+	vip  netip.Addr
+	at   time.Time
 }
 
 func newWorld() *world {
@@ -138,7 +146,10 @@ func (d *fakeDP) VIPGrants() (map[netip.Addr]dataplane.VIPGrant, error) {
 	return out, nil
 }
 
-func (d *fakeDP) TickleVIP(context.Context, string, netip.Addr, []int, bool) (dataplane.TickleResult, error) {
+func (d *fakeDP) TickleVIP(_ context.Context, _ string, vip netip.Addr, _ []int, _ bool) (dataplane.TickleResult, error) {
+	d.world.mu.Lock()
+	d.world.tickles = append(d.world.tickles, tickleAt{node: d.node, vip: vip, at: time.Now()})
+	d.world.mu.Unlock()
 	return dataplane.TickleResult{}, nil
 }
 func (d *fakeDP) DropPeerFlows(int, netip.Addr) (int, error)      { return 0, nil }
@@ -193,6 +204,12 @@ var nextPort = 25380
 
 func startCluster(t *testing.T, nNodes, nVIPs int, policy allocation.Policy) *testCluster {
 	t.Helper()
+	return startClusterHooks(t, nNodes, nVIPs, policy, nil)
+}
+
+// startClusterHooks is startCluster with hooks for every node (nil: none).
+func startClusterHooks(t *testing.T, nNodes, nVIPs int, policy allocation.Policy, hooks func(i int) Hooks) *testCluster {
+	t.Helper()
 	portMu.Lock()
 	nextPort++
 	port := nextPort
@@ -214,7 +231,7 @@ func startCluster(t *testing.T, nNodes, nVIPs int, policy allocation.Policy) *te
 		nd, err := New(zaptest.NewLogger(t).Named(fmt.Sprint(i)), Config{
 			Nodes: c.cfg, Self: i, VIPs: c.vips, Policy: policy, Timing: timing, DrainTimeout: time.Second,
 			StateFile: t.TempDir() + "/state.json",
-		}, nil, &fakeDP{world: c.world, node: i}, h, nil, nil)
+		}, nil, &fakeDP{world: c.world, node: i}, h, nodeHooks(hooks, i), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -421,4 +438,11 @@ func FuzzDecodePins(f *testing.F) {
 			t.Fatalf("re-encode: %v", err)
 		}
 	})
+}
+
+func nodeHooks(hooks func(i int) Hooks, i int) Hooks {
+	if hooks == nil {
+		return nil
+	}
+	return hooks(i)
 }

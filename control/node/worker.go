@@ -42,6 +42,9 @@ type worker struct {
 	// drain: when it began, and its timeline record
 	drainSince time.Time
 	drainT0    time.Time
+	// takeHooks is closed when the last takeover's takeip hooks are done
+	// (nil before any): tickles wait for it, see tickleAfterHooks
+	takeHooks chan struct{}
 }
 
 type vipState uint8
@@ -172,13 +175,13 @@ func (w *worker) extend(d ownership.Deadline) (written bool) {
 		t0 := time.Now()
 		w.n.record(admin.Takeover{VIP: w.vip.Prefix.String(), Iface: iface, Kind: "takeover",
 			Reason: "renewed after nodes held it meanwhile", Steps: []admin.TimelineStep{{Step: "decision", At: t0}}})
-		go w.n.tickle(context.Background(), w.vip, iface, d.Orphans, t0)
+		go w.tickleAfterHooks(context.Background(), iface, d.Orphans, t0)
 	}
 	return err == nil
 }
 
 // take makes this node answer for the VIP: lease, (steering), address,
-// announcements, then tickles and hooks.
+// announcements, then the hooks and, once they are done, the tickles.
 func (w *worker) take(ctx context.Context, t ownership.Take) {
 	t0 := time.Now()
 	rec := admin.Takeover{VIP: w.vip.Prefix.String(), Kind: "takeover", Reason: t.Reason,
@@ -245,10 +248,44 @@ func (w *worker) take(ctx context.Context, t ownership.Take) {
 		zap.Uint64("epoch", t.Epoch), zap.Ints("tickling", t.Orphans), zap.Duration("took", time.Since(t0)))
 	w.n.record(rec)
 	w.n.done(ownership.Result{VIP: w.i, Epoch: t.Epoch, Take: true})
+	hooksDone := make(chan struct{})
+	w.mu.Lock()
+	w.takeHooks = hooksDone
+	w.mu.Unlock()
+	go func() {
+		defer close(hooksDone)
+		w.n.runHooks(ctx, "takeip", w.vip, iface, t0)
+	}()
 	if len(t.Orphans) > 0 {
-		go w.n.tickle(ctx, w.vip, iface, t.Orphans, t0)
+		go w.tickleAfterHooks(ctx, iface, t.Orphans, t0)
 	}
-	go w.n.runHooks(ctx, "takeip", w.vip, iface, t0)
+}
+
+// hookTickleWait bounds how long a takeover's tickles wait for its takeip
+// hooks.
+const hookTickleWait = 2 * time.Second
+
+// tickleAfterHooks tickles the orphans' connections once the last
+// takeover's takeip hooks are done. They put the file servers in grace
+// for the VIP (60.ganesha-grace): an NFSv4 client tickled before that
+// reconnects, reclaims and is refused (NFS4ERR_NO_GRACE), its locks lost.
+// It waits at most hookTickleWait: a hung hook must not keep the clients
+// hanging (CTDB too tickles after its takeip scripts). The orphans are
+// often known only at the first renewal after the takeover, when the
+// voters' grants name the nodes they superseded.
+func (w *worker) tickleAfterHooks(ctx context.Context, iface string, orphans []int, t0 time.Time) {
+	w.mu.Lock()
+	done := w.takeHooks
+	w.mu.Unlock()
+	if done != nil && w.n.hooks != nil {
+		select {
+		case <-done:
+		case <-time.After(hookTickleWait):
+			w.log().Warn("takeip hooks still running: tickling without them", zap.Duration("waited", hookTickleWait))
+		case <-ctx.Done():
+		}
+	}
+	w.n.tickle(ctx, w.vip, iface, orphans, t0)
 }
 
 // checkLapse takes the address off the interface of a held VIP whose

@@ -246,6 +246,12 @@ func (r *nfsRun) logGraceWindow(runs []hookRun) {
 	var steps []string
 	for _, s := range rec.Steps {
 		steps = append(steps, fmt.Sprintf("%s +%v", s.Step, s.At.Sub(r.cut).Round(time.Millisecond)))
+		// the client must not be told to reconnect before Ganesha can
+		// take its reclaims: the tickles follow the grace hook
+		if strings.HasPrefix(s.Step, "tickles sent") && s.At.Before(runs[1].At) {
+			r.t.Errorf("the taker tickled the clients at +%v, before 60.ganesha-grace was done (+%v)",
+				s.At.Sub(r.cut).Round(time.Millisecond), runs[1].At.Sub(r.cut).Round(time.Millisecond))
+		}
 	}
 	r.t.Logf("after the cut: %s; Ganesha in grace between +%v and +%v (before and after 60.ganesha-grace)",
 		strings.Join(steps, ", "), runs[0].At.Sub(r.cut).Round(time.Millisecond), runs[1].At.Sub(r.cut).Round(time.Millisecond))
