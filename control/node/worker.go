@@ -42,6 +42,9 @@ type worker struct {
 	// drain: when it began, and its timeline record
 	drainSince time.Time
 	drainT0    time.Time
+	// watch probes the drain's return path (drainwatch.go); the
+	// worker's goroutine alone uses it
+	watch drainWatch
 }
 
 type vipState uint8
@@ -410,6 +413,7 @@ func (w *worker) drop(d ownership.Drop) {
 		w.state = vipNone
 		if d.Drain {
 			w.state, w.drainSince, w.drainT0 = vipDraining, t0, t0
+			w.watch = drainWatch{}
 		}
 	}
 	w.mu.Unlock()
@@ -471,6 +475,8 @@ func (w *worker) checkDrain() {
 			w.log().Warn("reset drained connections", zap.Error(err))
 		}
 		w.endDrain(fmt.Sprintf("drain timeout: %d connections reset", ks.Destroyed+ks.Reset))
+	default:
+		w.watchDrain(time.Now())
 	}
 }
 

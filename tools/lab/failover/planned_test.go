@@ -257,6 +257,17 @@ func (e *env) drain(phase string, vip netip.Prefix, trigger func(), want *lab.Cl
 	if last.Step != "drain ended: last connection closed" {
 		t.Errorf("%s: %s's drain of %s ended with %q, want the last connection closed:\n%s", phase, old.Role, vip, last.Step, timelineJSON(e.ctx, old))
 	}
+	// the old holder probes the return path from a second after the new
+	// holder took the VIP and, with sessions talking, finds it a second
+	// later (control/node/drainwatch.go): a drain that lasted longer than
+	// that, with margin, must say so
+	verified := slices.ContainsFunc(rec.Steps, func(s admin.TimelineStep) bool {
+		return strings.HasPrefix(s.Step, "client packets arrive through node ")
+	})
+	t.Logf("%s: %s's drain of %s verified its return path: %v", phase, old.Role, vip, verified)
+	if !verified && last.Took > 4*time.Second {
+		t.Errorf("%s: %s's drain of %s lasted %v without finding the steered packets arrive:\n%s", phase, old.Role, vip, last.Took, timelineJSON(e.ctx, old))
+	}
 	if tl, err := next.Timeline(e.ctx); err == nil {
 		for _, r := range tl {
 			if r.VIP == vip.String() && r.Kind == "takeover" && r.From == old.IP().String() && r.Tickled > 0 {
