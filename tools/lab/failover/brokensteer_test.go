@@ -140,3 +140,70 @@ func waitBrokenReset(t *testing.T, what string, done <-chan readResult, from tim
 		return brokenDrainBound
 	}
 }
+
+// TestDrainProbeIdleClient: on the default lab (the tc path) a drain whose
+// only connection is idle finds its return path by the probe alone: the
+// client's answer to it comes back through the steering, the old holder
+// records it, and the client is never reset; closing it ends the drain.
+func TestDrainProbeIdleClient(t *testing.T) {
+	e := newEnv(t, lab.ClusterOptions{Nodes: 3, FshaArgs: []string{"--drain-timeout", "60s"}})
+	vip := e.c.VIPs[0]
+	old := e.owner(vip)
+	to := e.c.Others(old)[0]
+	idle, err := dialNFS(e.ctx, e.client, vip.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.conn.Close()
+	idleDone := blockedRead(idle)
+	e.waitFlows(to, old, false, idle.Key())
+	w, err := e.client.WatchAddr(vip.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	start := time.Now()
+	if out, err := old.Admin(e.ctx, "move", vip.Addr().String(), to.IP().String()); err != nil {
+		t.Fatalf("fsha move: %v: %s", err, out)
+	}
+	var step admin.TimelineStep
+	e.eventually(old.Role+" finds the drain's return path", func(ctx context.Context) error {
+		rec, ok := lastRecord(ctx, old, vip, "drain")
+		if !ok {
+			return fmt.Errorf("no drain of %s in %s's timeline", vip, old.Role)
+		}
+		for _, s := range rec.Steps {
+			if strings.HasPrefix(s.Step, "client packets arrive through node ") {
+				step = s
+				return nil
+			}
+			if strings.HasPrefix(s.Step, "drain ended: ") {
+				return fmt.Errorf("drain ended first: %q", s.Step)
+			}
+		}
+		return fmt.Errorf("steps %v", rec.Steps)
+	})
+	t.Logf("%s: %q %v after the drain began", old.Role, step.Step, step.Took.Round(time.Millisecond))
+	// past the point where a broken path would have been judged
+	time.Sleep(time.Until(start.Add(brokenDrainBound)))
+	select {
+	case r := <-idleDone:
+		t.Fatalf("idle client's read ended during the drain: %v after %v", r.err, r.at.Sub(start).Round(time.Millisecond))
+	default:
+	}
+	if rsts := e.resetsTo(w, start, idle.Key()); len(rsts) > 0 {
+		t.Errorf("RSTs to the idle client during the drain: %v", rsts)
+	}
+	if len(w.Frames()) == 0 {
+		t.Errorf("the client's capture saw no frame: the probes' answers went unseen")
+	}
+	idle.conn.Close()
+	e.waitFlowsGone(to, idle.Key())
+	e.eventually("the drain of "+vip.String()+" ends", func(ctx context.Context) error {
+		rec, ok := lastRecord(ctx, old, vip, "drain")
+		if !ok || rec.Steps[len(rec.Steps)-1].Step != "drain ended: last connection closed" {
+			return fmt.Errorf("drain record %+v", rec.Steps)
+		}
+		return nil
+	})
+}
