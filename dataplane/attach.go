@@ -80,8 +80,11 @@ func (dp *Dataplane) attachAll(ifaces []string) error {
 	}
 	// interfaces dropped from the config since the last start, and TC
 	// ingress where steering is now xdp
-	return errors.Join(detachPinnedLinks(dp.log, dp.pinPath, wanted),
-		detachLegacyTC(legacyIngress, netlink.HANDLE_MIN_INGRESS, legacyTCIngressName))
+	err := detachPinnedLinks(dp.log, dp.pinPath, wanted)
+	if len(legacyIngress) > 0 { // nil would mean every interface
+		err = errors.Join(err, detachLegacyTC(legacyIngress, netlink.HANDLE_MIN_INGRESS, legacyTCIngressName))
+	}
+	return err
 }
 
 // attachSteering chooses how iface steers (steermode.go), from what the
@@ -289,9 +292,6 @@ func attachLegacyTC(ifindex int, prog *ebpf.Program, parent uint32, name string)
 // detachLegacyTC removes our clsact filters named name from the hook
 // parent of the given interfaces, or of every interface when ifaces is nil.
 func detachLegacyTC(ifaces []string, parent uint32, name string) error {
-	if ifaces != nil && len(ifaces) == 0 {
-		return nil
-	}
 	links, err := netlink.LinkList()
 	if err != nil {
 		return fmt.Errorf("list links: %w", err)
