@@ -37,13 +37,60 @@ const (
 )
 
 // drainWatch is the probing of one drain; the worker's goroutine alone
-// uses it, from the drop that starts the drain to the drain's end.
+// uses it, from the drop that starts the drain to the drain's end. Its
+// methods decide; watchDrain reads the data plane and acts.
 type drainWatch struct {
 	heldAt    time.Time // when another node was first seen holding the VIP
 	baseline  uint64    // the connections' ingress packets at the first probe
 	rounds    int       // probes sent without an ingress packet since the first
 	lastProbe time.Time
 	done      bool // verified, or the drain ended
+}
+
+// drainVerdict is what one look at the connections' ingress count says.
+type drainVerdict uint8
+
+const (
+	drainProbe    drainVerdict = iota // no packet yet: send (another) probe
+	drainVerified                     // a packet arrived: the path works
+	drainBroken                       // no packet after drainProbeRounds probes
+)
+
+// due says whether it is time to look (and maybe probe) now, given
+// whether another node holds the VIP.
+func (wd *drainWatch) due(now time.Time, heldElsewhere bool) bool {
+	if wd.done {
+		return false
+	}
+	if !heldElsewhere {
+		wd.heldAt = time.Time{}
+		return false
+	}
+	if wd.heldAt.IsZero() {
+		wd.heldAt = now
+	}
+	return now.Sub(wd.heldAt) >= drainProbeAfter && now.Sub(wd.lastProbe) >= drainProbeEvery
+}
+
+// sends says whether the look now also sends probes.
+func (wd *drainWatch) sends() bool { return wd.rounds < drainProbeRounds }
+
+// observe takes the connections' ingress packet count at a look (taken
+// before its probes left) and says what it means.
+func (wd *drainWatch) observe(now time.Time, packetsIn uint64) drainVerdict {
+	wd.lastProbe = now
+	switch {
+	case wd.rounds == 0:
+		wd.baseline = packetsIn
+	case packetsIn > wd.baseline:
+		wd.done = true
+		return drainVerified
+	case wd.rounds >= drainProbeRounds:
+		wd.done = true
+		return drainBroken
+	}
+	wd.rounds++
+	return drainProbe
 }
 
 // holderOf is the VIP's holder in the latest snapshot (ownership.None:
@@ -61,37 +108,21 @@ func (n *Node) holderOf(i int) int {
 // while connections are left). It reports whether it ended the drain.
 func (w *worker) watchDrain(now time.Time) bool {
 	wd := &w.watch
-	if wd.done {
-		return false
-	}
 	holder := w.n.holderOf(w.i)
-	if holder == ownership.None || holder == w.n.cfg.Self {
-		wd.heldAt = time.Time{}
+	if !wd.due(now, holder != ownership.None && holder != w.n.cfg.Self) {
 		return false
 	}
-	if wd.heldAt.IsZero() {
-		wd.heldAt = now
-	}
-	if now.Sub(wd.heldAt) < drainProbeAfter || now.Sub(wd.lastProbe) < drainProbeEvery {
-		return false
-	}
-	p, err := w.n.dp.ProbeVIP(w.vip.VIP(), wd.rounds < drainProbeRounds)
+	p, err := w.n.dp.ProbeVIP(w.vip.VIP(), wd.sends())
 	if err != nil {
 		w.log().Warn("probe the drain's connections", zap.Error(err))
 		return false
 	}
-	wd.lastProbe = now
-	switch {
-	case wd.rounds == 0:
-		wd.baseline = p.PacketsIn
-	case p.PacketsIn > wd.baseline:
-		wd.done = true
+	switch wd.observe(now, p.PacketsIn) {
+	case drainVerified:
 		w.log().Info("drain: client packets arrive through the new holder's steering",
 			zap.Int("holder", holder), zap.Int("conns", p.Conns), zap.Uint64("packets", p.PacketsIn-wd.baseline))
 		w.drainStep(fmt.Sprintf("client packets arrive through node %d's steering", holder), now)
-		return false
-	case wd.rounds >= drainProbeRounds:
-		wd.done = true
+	case drainBroken:
 		w.n.count("drain_path_broken")
 		ks, err := w.n.dp.KillVIP(w.vip.VIP())
 		if err != nil {
@@ -103,7 +134,6 @@ func (w *worker) watchDrain(now time.Time) bool {
 		w.endDrain(why)
 		return true
 	}
-	wd.rounds++
 	return false
 }
 
