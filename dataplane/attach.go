@@ -115,6 +115,10 @@ func (dp *Dataplane) attachSteering(iface *net.Interface) (SteerState, error) {
 	}
 	dp.log.Info("steering path chosen", zap.String("interface", iface.Name), zap.String("driver", st.Driver),
 		zap.String("xdp_mode", st.XDPMode), zap.String("steer", st.Steer), zap.String("reason", reason))
+	if auto, why := chooseSteer(SteerAuto, st.Driver, st.XDPMode); mode == fshaSteerModeSTEER_MODE_XDP && auto != mode {
+		dp.log.Warn("xdp steering forced where auto would take tc: planned moves may lose the steered packets (the old holder then ends its drains with a reset)",
+			zap.String("interface", iface.Name), zap.String("steer", st.Steer), zap.String("auto", steerModeName(auto)), zap.String("auto_reason", why))
+	}
 	if st.XDPMode == XDPGeneric {
 		dp.log.Warn("xdp runs in generic (skb) mode: slower, and steering takes the tc path",
 			zap.String("interface", iface.Name), zap.String("driver", st.Driver))
