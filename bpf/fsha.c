@@ -47,6 +47,7 @@ const enum lease_mode *unused_lease_mode __attribute__((unused));
 const enum vip_lease_state *unused_vip_lease_state __attribute__((unused));
 const struct vip_grant *unused_vip_grant __attribute__((unused));
 const enum pin_format_version *unused_pin_format_version __attribute__((unused));
+const enum steer_mode *unused_steer_mode __attribute__((unused));
 
 /* Capacity of the flows map, set by the loader: used to count evictions. */
 volatile const __u64 flows_max = 1048576;
@@ -262,6 +263,17 @@ struct {
 	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } steering SEC(".maps");
+
+/* steer_modes: ifindex -> enum steer_mode. Written by the loader when it
+ * attaches to an interface, before the programs; read by both ingress
+ * programs when a packet is to be steered. No entry: STEER_MODE_XDP. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} steer_modes SEC(".maps");
 
 /* An ingress RST closes a flow only with a sequence number in
  * [seq_in - RST_SLACK, seq_in + RST_WINDOW): the receive window of the
@@ -856,10 +868,17 @@ static __always_inline int track_egress(struct packet *pkt)
  * Steering (drain): a packet of a connection whose socket is on another
  * node goes back out to that node, with the Ethernet addresses rewritten;
  * that node keeps the VIP as a local, unannounced address and answers the
- * client directly. Returns COUNTER_UNTRACKED when the packet is not ours to
- * steer.
+ * client directly. XDP ingress (STEER_MODE_XDP: XDP_TX) or TC ingress
+ * (STEER_MODE_TC: bpf_redirect to the same interface's egress) sends it,
+ * as the interface's mode says; both decide with steer_target and
+ * steer_mode_of alone, so that they cannot diverge.
+ *
+ * steer_target: for a parsed packet of no local flow, returns
+ * COUNTER_STEERED with *mac set to the owner's MAC, COUNTER_STEER_ERRORS
+ * for a flow to steer whose owner has no known MAC, or COUNTER_UNTRACKED
+ * when the packet is not ours to steer.
  */
-static __always_inline int steer(struct xdp_md *ctx, struct packet *pkt)
+static __always_inline int steer_target(struct packet *pkt, const __u8 **mac)
 {
 	__u32 zero = 0;
 	__u32 *active = bpf_map_lookup_elem(&steering, &zero);
@@ -873,15 +892,43 @@ static __always_inline int steer(struct xdp_md *ctx, struct packet *pkt)
 	struct node_mac *nm = bpf_map_lookup_elem(&node_macs, &owner);
 	if (!nm || !nm->valid)
 		return COUNTER_STEER_ERRORS;
+	*mac = nm->mac;
+	return COUNTER_STEERED;
+}
 
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+static __always_inline __u32 steer_mode_of(__u32 ifindex)
+{
+	__u32 *m = bpf_map_lookup_elem(&steer_modes, &ifindex);
+
+	return m ? *m : STEER_MODE_XDP;
+}
+
+/* Addresses a frame that was sent to us to mac: our address becomes the
+ * source. Returns 0, or -1 when the frame is too short. */
+static __always_inline int steer_rewrite(void *data, void *data_end, const __u8 *mac)
+{
 	struct ethhdr *eth = data;
+
 	if ((void *)(eth + 1) > data_end)
-		return COUNTER_PARSE_ERROR;
-	/* it was sent to us: our address becomes the source */
+		return -1;
 	__builtin_memcpy(eth->h_source, eth->h_dest, 6);
-	__builtin_memcpy(eth->h_dest, nm->mac, 6);
+	__builtin_memcpy(eth->h_dest, mac, 6);
+	return 0;
+}
+
+/* XDP ingress's steering: returns COUNTER_STEERED when the frame is
+ * rewritten for XDP_TX, COUNTER_STEER_HANDOFF when TC ingress steers it. */
+static __always_inline int steer_xdp(struct xdp_md *ctx, struct packet *pkt)
+{
+	const __u8 *mac = 0;
+	int res = steer_target(pkt, &mac);
+
+	if (res != COUNTER_STEERED)
+		return res;
+	if (steer_mode_of(ctx->ingress_ifindex) == STEER_MODE_TC)
+		return COUNTER_STEER_HANDOFF;
+	if (steer_rewrite((void *)(long)ctx->data, (void *)(long)ctx->data_end, mac))
+		return COUNTER_PARSE_ERROR;
 	return COUNTER_STEERED;
 }
 
@@ -1022,7 +1069,7 @@ int fsha_xdp(struct xdp_md *ctx)
 	if (res == CANDIDATE)
 		res = track_ingress(&pkt);
 	if (res == COUNTER_UNTRACKED)
-		res = steer(ctx, &pkt);
+		res = steer_xdp(ctx, &pkt);
 	count(DIRECTION_INGRESS, res);
 	if (res == COUNTER_FENCED)
 		return XDP_DROP;
@@ -1058,6 +1105,47 @@ int fsha_tc_egress(struct __sk_buff *skb)
 		res = track_egress(&pkt);
 	count(DIRECTION_EGRESS, res);
 	return res == COUNTER_FENCED ? TCX_DROP : TCX_NEXT;
+}
+
+/*
+ * TC ingress, attached only on interfaces in STEER_MODE_TC: steers what
+ * XDP ingress passed up to it (COUNTER_STEER_HANDOFF), deciding again as
+ * XDP did: a packet of a peer flow to steer, of no local flow (XDP
+ * tracked the local ones). Everything else, and everything while no VIP
+ * is being drained, goes on untouched and uncounted: XDP counted it.
+ */
+SEC("tc")
+int fsha_tc_ingress(struct __sk_buff *skb)
+{
+	__u32 zero = 0;
+	__u32 *active = bpf_map_lookup_elem(&steering, &zero);
+
+	if (!active || !*active)
+		return TCX_NEXT;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	int pre = prefilter(data, data_end, DIRECTION_INGRESS);
+	if (pre == PREFILTER_OTHER)
+		return TCX_NEXT;
+	/* GRO may have left the headers outside the linear part */
+	if (data_end - data < 128 && skb->len > data_end - data) {
+		bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+	struct packet pkt;
+	int res = parse_packet(data, data_end, DIRECTION_INGRESS, skb->len, skb->gso_size != 0,
+			       pre != PREFILTER_NONE, &pkt);
+	if (res != CANDIDATE || bpf_map_lookup_elem(&flows, &pkt.key))
+		return TCX_NEXT;
+	const __u8 *mac = 0;
+	if (steer_target(&pkt, &mac) != COUNTER_STEERED ||
+	    steer_mode_of(skb->ifindex) != STEER_MODE_TC)
+		return TCX_NEXT;
+	if (steer_rewrite(data, data_end, mac))
+		return TCX_NEXT;
+	count(DIRECTION_INGRESS, COUNTER_TC_STEERED);
+	return bpf_redirect(skb->ifindex, 0);
 }
 
 /*

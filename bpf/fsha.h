@@ -16,7 +16,7 @@
  * pins of an fsha from before the marker.
  */
 enum pin_format_version {
-	PIN_FORMAT_VERSION = 1,
+	PIN_FORMAT_VERSION = 2, /* 2: steer_modes map, counters 13 and 14 */
 };
 
 #define FSHA_AF_INET  2
@@ -131,7 +131,13 @@ enum counter {
 	COUNTER_FENCED = 10,	 /* outcome: dropped, for a VIP this node may not answer for now */
 	COUNTER_STEERED = 11,	 /* outcome: sent on to the node that holds the socket (drain) */
 	COUNTER_STEER_ERRORS = 12, /* a flow to steer whose node has no known MAC: passed */
-	COUNTER_MAX = 13,
+	/* outcome (XDP): a packet to steer on an interface whose steering mode is
+	 * STEER_MODE_TC: passed up, for TC ingress to steer */
+	COUNTER_STEER_HANDOFF = 13,
+	/* event (ingress): TC ingress sent a packet on to the node that holds
+	 * its socket (bpf_redirect to the interface's egress) */
+	COUNTER_TC_STEERED = 14,
+	COUNTER_MAX = 15,
 };
 
 enum direction {
@@ -215,6 +221,22 @@ struct peer_flow {
 
 enum peer_flags {
 	PEER_F_STEER = 1, /* XDP ingress sends this flow's packets to its owner */
+};
+
+/*
+ * Value of the steer_modes map: how a draining VIP's old connections are
+ * steered on an interface, chosen by the loader from what the interface
+ * is (dataplane/steermode.go). No entry: STEER_MODE_XDP.
+ */
+enum steer_mode {
+	/* XDP ingress rewrites the MACs and returns XDP_TX: for native XDP
+	 * on drivers whose XDP_TX is known to work */
+	STEER_MODE_XDP = 0,
+	/* XDP ingress passes the packet and TC ingress rewrites the MACs and
+	 * redirects it to the interface's egress: the skb keeps its checksum
+	 * state and nothing is needed on the peer (veth, generic XDP, any
+	 * other driver) */
+	STEER_MODE_TC = 1,
 };
 
 /* Value of the node_macs map: where to steer a node's connections. */

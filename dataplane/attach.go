@@ -20,7 +20,9 @@ import (
 type Attachment struct {
 	Interface string `json:"interface"`
 	Ifindex   int    `json:"ifindex"`
-	Hook      string `json:"hook"` // "xdp", "tcx-egress" or "tc-egress" (legacy clsact)
+	// Hook is "xdp", "tcx-egress", "tcx-ingress" (steering in tc mode),
+	// or "tc-egress" and "tc-ingress" (legacy clsact).
+	Hook string `json:"hook"`
 }
 
 type attachment struct {
@@ -29,8 +31,9 @@ type attachment struct {
 }
 
 const (
-	linksDir     = "links"
-	legacyTCName = "fsha_egress"
+	linksDir            = "links"
+	legacyTCName        = "fsha_egress"
+	legacyTCIngressName = "fsha_ingress"
 	// legacyTCPrio is the priority of our clsact filter; a fixed one lets a
 	// restart replace it in place instead of adding a second filter.
 	legacyTCPrio = 0xfa5
@@ -42,6 +45,8 @@ func (dp *Dataplane) attachAll(ifaces []string) error {
 		return fmt.Errorf("create links dir: %w", err)
 	}
 	wanted := make(map[string]bool)
+	ifindexes := make(map[uint32]bool)
+	var legacyIngress []string // interfaces whose legacy ingress filter goes
 	for _, name := range ifaces {
 		iface, err := net.InterfaceByName(name)
 		if err != nil {
@@ -53,6 +58,16 @@ func (dp *Dataplane) attachAll(ifaces []string) error {
 		}
 		dp.attach = append(dp.attach, xdp)
 		wanted[pinName("xdp", name)] = true
+		ifindexes[uint32(iface.Index)] = true
+		st, err := dp.attachSteering(iface)
+		if err != nil {
+			return fmt.Errorf("steering on %s: %w", name, err)
+		}
+		if st.Steer == "tc" {
+			wanted[pinName("tcxin", name)] = true
+		} else {
+			legacyIngress = append(legacyIngress, name)
+		}
 		tc, err := dp.attachEgress(iface)
 		if err != nil {
 			return fmt.Errorf("attach tc egress to %s: %w", name, err)
@@ -60,8 +75,56 @@ func (dp *Dataplane) attachAll(ifaces []string) error {
 		dp.attach = append(dp.attach, tc)
 		wanted[pinName("tcx", name)] = true
 	}
-	// interfaces dropped from the config since the last start
-	return detachPinnedLinks(dp.log, dp.pinPath, wanted)
+	if err := pruneSteerModes(dp.objs.SteerModes, ifindexes); err != nil {
+		return err
+	}
+	// interfaces dropped from the config since the last start, and TC
+	// ingress where steering is now xdp
+	err := detachPinnedLinks(dp.log, dp.pinPath, wanted)
+	if len(legacyIngress) > 0 { // nil would mean every interface
+		err = errors.Join(err, detachLegacyTC(legacyIngress, netlink.HANDLE_MIN_INGRESS, legacyTCIngressName))
+	}
+	return err
+}
+
+// attachSteering chooses how iface steers (steermode.go), from what the
+// kernel says of it now that XDP is attached, and sets it up: for tc, TC
+// ingress is attached before the programs are told (steer_modes), so that
+// no packet XDP passes up for it goes to the local stack unsteered; for
+// xdp, the mode is written at once and TC ingress detached after.
+func (dp *Dataplane) attachSteering(iface *net.Interface) (SteerState, error) {
+	st := SteerState{Interface: iface.Name, Ifindex: iface.Index}
+	var err error
+	if st.Driver, err = interfaceDriver(iface.Name); err != nil {
+		return st, err
+	}
+	if st.XDPMode, err = xdpAttachMode(iface.Index); err != nil {
+		return st, err
+	}
+	mode, reason := chooseSteer(dp.steerWant, st.Driver, st.XDPMode)
+	st.Steer, st.Reason = steerModeName(mode), reason
+	if mode == fshaSteerModeSTEER_MODE_TC {
+		a, err := dp.attachTC(iface, ebpf.AttachTCXIngress)
+		if err != nil {
+			return st, fmt.Errorf("attach tc ingress: %w", err)
+		}
+		dp.attach = append(dp.attach, a)
+	}
+	if err := dp.Maps.SetSteerMode(iface.Index, mode); err != nil {
+		return st, err
+	}
+	dp.log.Info("steering path chosen", zap.String("interface", iface.Name), zap.String("driver", st.Driver),
+		zap.String("xdp_mode", st.XDPMode), zap.String("steer", st.Steer), zap.String("reason", reason))
+	if auto, why := chooseSteer(SteerAuto, st.Driver, st.XDPMode); mode == fshaSteerModeSTEER_MODE_XDP && auto != mode {
+		dp.log.Warn("xdp steering forced where auto would take tc: planned moves may lose the steered packets (the old holder then ends its drains with a reset)",
+			zap.String("interface", iface.Name), zap.String("steer", st.Steer), zap.String("auto", steerModeName(auto)), zap.String("auto_reason", why))
+	}
+	if st.XDPMode == XDPGeneric {
+		dp.log.Warn("xdp runs in generic (skb) mode: slower, and steering takes the tc path",
+			zap.String("interface", iface.Name), zap.String("driver", st.Driver))
+	}
+	dp.steer = append(dp.steer, st)
+	return st, nil
 }
 
 func pinName(hook, iface string) string { return hook + "_" + iface }
@@ -77,7 +140,14 @@ func (dp *Dataplane) attachXDP(iface *net.Interface) (attachment, error) {
 	}
 	l, err := link.AttachXDP(link.XDPOptions{Program: dp.objs.FshaXdp, Interface: iface.Index})
 	if err != nil {
-		return a, err
+		// a driver that refuses native XDP (e.g. virtio_net with guest
+		// checksum offload on): generic mode works on every interface
+		var gerr error
+		l, gerr = link.AttachXDP(link.XDPOptions{Program: dp.objs.FshaXdp, Interface: iface.Index, Flags: link.XDPGenericMode})
+		if gerr != nil {
+			return a, errors.Join(err, fmt.Errorf("generic mode: %w", gerr))
+		}
+		dp.log.Warn("native xdp refused, attached in generic mode", zap.String("interface", iface.Name), zap.Error(err))
 	}
 	if err := l.Pin(pin); err != nil {
 		l.Close()
@@ -87,24 +157,29 @@ func (dp *Dataplane) attachXDP(iface *net.Interface) (attachment, error) {
 	return a, nil
 }
 
-// attachEgress prefers TCX (kernel 6.6+) and falls back to a clsact
-// direct-action filter where TCX is missing.
 func (dp *Dataplane) attachEgress(iface *net.Interface) (attachment, error) {
-	a := attachment{Attachment: Attachment{Interface: iface.Name, Ifindex: iface.Index, Hook: "tcx-egress"}}
-	pin := filepath.Join(dp.pinPath, linksDir, pinName("tcx", iface.Name))
-	if l := dp.reusePinnedLink(pin, iface.Index, dp.objs.FshaTcEgress); l != nil {
+	return dp.attachTC(iface, ebpf.AttachTCXEgress)
+}
+
+// attachTC attaches the TC program of a direction (egress: tracking;
+// ingress: steering in tc mode). It prefers TCX (kernel 6.6+) and falls
+// back to a clsact direct-action filter where TCX is missing.
+func (dp *Dataplane) attachTC(iface *net.Interface, at ebpf.AttachType) (attachment, error) {
+	hook, pinHook, prog, parent, legacyName := "egress", "tcx", dp.objs.FshaTcEgress, uint32(netlink.HANDLE_MIN_EGRESS), legacyTCName
+	if at == ebpf.AttachTCXIngress {
+		hook, pinHook, prog, parent, legacyName = "ingress", "tcxin", dp.objs.FshaTcIngress, netlink.HANDLE_MIN_INGRESS, legacyTCIngressName
+	}
+	a := attachment{Attachment: Attachment{Interface: iface.Name, Ifindex: iface.Index, Hook: "tcx-" + hook}}
+	pin := filepath.Join(dp.pinPath, linksDir, pinName(pinHook, iface.Name))
+	if l := dp.reusePinnedLink(pin, iface.Index, prog); l != nil {
 		a.link = l
 		return a, nil
 	}
-	l, err := link.AttachTCX(link.TCXOptions{
-		Interface: iface.Index,
-		Program:   dp.objs.FshaTcEgress,
-		Attach:    ebpf.AttachTCXEgress,
-	})
+	l, err := link.AttachTCX(link.TCXOptions{Interface: iface.Index, Program: prog, Attach: at})
 	if errors.Is(err, link.ErrNotSupported) {
-		dp.log.Warn("tcx not supported, falling back to clsact", zap.String("interface", iface.Name))
-		a.Hook = "tc-egress"
-		return a, attachLegacyTC(iface.Index, dp.objs.FshaTcEgress)
+		dp.log.Warn("tcx not supported, falling back to clsact", zap.String("interface", iface.Name), zap.String("hook", hook))
+		a.Hook = "tc-" + hook
+		return a, attachLegacyTC(iface.Index, prog, parent, legacyName)
 	}
 	if err != nil {
 		return a, err
@@ -192,7 +267,7 @@ func detachPinnedLinks(log *zap.Logger, pinPath string, keep map[string]bool) er
 	return errors.Join(errs...)
 }
 
-func attachLegacyTC(ifindex int, prog *ebpf.Program) error {
+func attachLegacyTC(ifindex int, prog *ebpf.Program, parent uint32, name string) error {
 	qdisc := &netlink.GenericQdisc{
 		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
 		QdiscType:  "clsact",
@@ -203,13 +278,13 @@ func attachLegacyTC(ifindex int, prog *ebpf.Program) error {
 	filter := &netlink.BpfFilter{
 		FilterAttrs: netlink.FilterAttrs{
 			LinkIndex: ifindex,
-			Parent:    netlink.HANDLE_MIN_EGRESS,
+			Parent:    parent,
 			Handle:    1,
 			Protocol:  unix.ETH_P_ALL,
 			Priority:  legacyTCPrio,
 		},
 		Fd:           prog.FD(),
-		Name:         legacyTCName,
+		Name:         name,
 		DirectAction: true,
 	}
 	if err := netlink.FilterReplace(filter); err != nil {
@@ -218,9 +293,9 @@ func attachLegacyTC(ifindex int, prog *ebpf.Program) error {
 	return nil
 }
 
-// detachLegacyTC removes our clsact filters from the given interfaces, or
-// from every interface when ifaces is nil.
-func detachLegacyTC(ifaces []string) error {
+// detachLegacyTC removes our clsact filters named name from the hook
+// parent of the given interfaces, or of every interface when ifaces is nil.
+func detachLegacyTC(ifaces []string, parent uint32, name string) error {
 	links, err := netlink.LinkList()
 	if err != nil {
 		return fmt.Errorf("list links: %w", err)
@@ -230,12 +305,12 @@ func detachLegacyTC(ifaces []string) error {
 		if ifaces != nil && !slices.Contains(ifaces, l.Attrs().Name) {
 			continue
 		}
-		filters, err := netlink.FilterList(l, netlink.HANDLE_MIN_EGRESS)
+		filters, err := netlink.FilterList(l, parent)
 		if err != nil {
 			continue // no clsact qdisc
 		}
 		for _, f := range filters {
-			if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, legacyTCName) {
+			if bf, ok := f.(*netlink.BpfFilter); ok && strings.HasPrefix(bf.Name, name) {
 				errs = append(errs, netlink.FilterDel(f))
 			}
 		}

@@ -14,11 +14,15 @@ type DirectionCounters struct {
 	Fenced      uint64 `json:"fenced"`
 	Steered     uint64 `json:"steered"`
 	SteerErrors uint64 `json:"steer_errors"`
-	Created     uint64 `json:"created"`
-	Closed      uint64 `json:"closed"`
-	Evicted     uint64 `json:"evicted"`
-	EventsLost  uint64 `json:"events_lost"`
-	MapErrors   uint64 `json:"map_errors"`
+	// SteerHandoffs: packets to steer that XDP passed up to TC ingress
+	// (interfaces in tc mode), TCSteered: those TC ingress sent on
+	SteerHandoffs uint64 `json:"steer_handoffs"`
+	TCSteered     uint64 `json:"tc_steered"`
+	Created       uint64 `json:"created"`
+	Closed        uint64 `json:"closed"`
+	Evicted       uint64 `json:"evicted"`
+	EventsLost    uint64 `json:"events_lost"`
+	MapErrors     uint64 `json:"map_errors"`
 }
 
 // Counters are the data plane's counters summed over CPUs.
@@ -35,19 +39,21 @@ func (m *Maps) ReadCounters() (Counters, error) {
 	var c Counters
 	for dir, dc := range []*DirectionCounters{&c.Ingress, &c.Egress} {
 		fields := map[fshaCounter]*uint64{
-			fshaCounterCOUNTER_OTHER:        &dc.Other,
-			fshaCounterCOUNTER_PARSE_ERROR:  &dc.ParseErrors,
-			fshaCounterCOUNTER_FRAGMENT:     &dc.Fragments,
-			fshaCounterCOUNTER_UNTRACKED:    &dc.Untracked,
-			fshaCounterCOUNTER_TRACKED:      &dc.Tracked,
-			fshaCounterCOUNTER_FENCED:       &dc.Fenced,
-			fshaCounterCOUNTER_STEERED:      &dc.Steered,
-			fshaCounterCOUNTER_STEER_ERRORS: &dc.SteerErrors,
-			fshaCounterCOUNTER_CREATED:      &dc.Created,
-			fshaCounterCOUNTER_CLOSED:       &dc.Closed,
-			fshaCounterCOUNTER_EVICTED:      &dc.Evicted,
-			fshaCounterCOUNTER_EVENTS_LOST:  &dc.EventsLost,
-			fshaCounterCOUNTER_MAP_ERRORS:   &dc.MapErrors,
+			fshaCounterCOUNTER_OTHER:         &dc.Other,
+			fshaCounterCOUNTER_PARSE_ERROR:   &dc.ParseErrors,
+			fshaCounterCOUNTER_FRAGMENT:      &dc.Fragments,
+			fshaCounterCOUNTER_UNTRACKED:     &dc.Untracked,
+			fshaCounterCOUNTER_TRACKED:       &dc.Tracked,
+			fshaCounterCOUNTER_FENCED:        &dc.Fenced,
+			fshaCounterCOUNTER_STEERED:       &dc.Steered,
+			fshaCounterCOUNTER_STEER_ERRORS:  &dc.SteerErrors,
+			fshaCounterCOUNTER_STEER_HANDOFF: &dc.SteerHandoffs,
+			fshaCounterCOUNTER_TC_STEERED:    &dc.TCSteered,
+			fshaCounterCOUNTER_CREATED:       &dc.Created,
+			fshaCounterCOUNTER_CLOSED:        &dc.Closed,
+			fshaCounterCOUNTER_EVICTED:       &dc.Evicted,
+			fshaCounterCOUNTER_EVENTS_LOST:   &dc.EventsLost,
+			fshaCounterCOUNTER_MAP_ERRORS:    &dc.MapErrors,
 		}
 		for ctr, dst := range fields {
 			var perCPU []uint64
@@ -59,7 +65,7 @@ func (m *Maps) ReadCounters() (Counters, error) {
 				*dst += v
 			}
 		}
-		dc.Packets = dc.Other + dc.ParseErrors + dc.Fragments + dc.Untracked + dc.Tracked + dc.Fenced + dc.Steered + dc.SteerErrors
+		dc.Packets = dc.Other + dc.ParseErrors + dc.Fragments + dc.Untracked + dc.Tracked + dc.Fenced + dc.Steered + dc.SteerErrors + dc.SteerHandoffs
 	}
 	var n uint64
 	if err := m.FlowCount.Lookup(uint32(0), &n); err != nil {

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -33,6 +35,9 @@ type Options struct {
 	// Interfaces to attach to, by name. Links pinned for interfaces not in
 	// this list are detached.
 	Interfaces []string
+	// SteerMode is how interfaces steer a drain's old connections
+	// (steermode.go); "" is auto.
+	SteerMode SteerMode
 }
 
 // Dataplane is the loaded and attached set of programs and maps.
@@ -43,6 +48,10 @@ type Dataplane struct {
 	objs    fshaObjects
 	lock    *os.File
 	attach  []attachment
+	// steerWant is the operator's steering wish, steer what each
+	// interface got (attachSteering)
+	steerWant SteerMode
+	steer     []SteerState
 }
 
 // Load loads the programs, reuses the maps pinned under opts.PinPath (so a
@@ -70,7 +79,12 @@ func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
 	if err != nil {
 		return nil, err
 	}
-	dp := &Dataplane{log: log, pinPath: opts.PinPath, lock: lock}
+	steerWant, err := ParseSteerMode(string(opts.SteerMode))
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	dp := &Dataplane{log: log, pinPath: opts.PinPath, lock: lock, steerWant: steerWant}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, dp.Close())
@@ -135,6 +149,9 @@ func (dp *Dataplane) Attachments() []Attachment {
 	return out
 }
 
+// Steering says how each interface steers, and why (attachSteering).
+func (dp *Dataplane) Steering() []SteerState { return slices.Clone(dp.steer) }
+
 // Close releases this process's handles. Programs and maps stay pinned and
 // attached: use Unload to remove them.
 func (dp *Dataplane) Close() error {
@@ -183,7 +200,8 @@ func Unload(log *zap.Logger, pinPath string) error {
 	defer lock.Close()
 	var errs []error
 	errs = append(errs, detachPinnedLinks(log.Named("dataplane"), pinPath, nil))
-	errs = append(errs, detachLegacyTC(nil))
+	errs = append(errs, detachLegacyTC(nil, netlink.HANDLE_MIN_EGRESS, legacyTCName),
+		detachLegacyTC(nil, netlink.HANDLE_MIN_INGRESS, legacyTCIngressName))
 	entries, err := os.ReadDir(pinPath)
 	if err != nil {
 		return fmt.Errorf("read pin path: %w", err)

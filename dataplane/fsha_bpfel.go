@@ -16,20 +16,22 @@ import (
 type fshaCounter uint32
 
 const (
-	fshaCounterCOUNTER_OTHER        fshaCounter = 0
-	fshaCounterCOUNTER_PARSE_ERROR  fshaCounter = 1
-	fshaCounterCOUNTER_FRAGMENT     fshaCounter = 2
-	fshaCounterCOUNTER_UNTRACKED    fshaCounter = 3
-	fshaCounterCOUNTER_TRACKED      fshaCounter = 4
-	fshaCounterCOUNTER_CREATED      fshaCounter = 5
-	fshaCounterCOUNTER_CLOSED       fshaCounter = 6
-	fshaCounterCOUNTER_EVICTED      fshaCounter = 7
-	fshaCounterCOUNTER_EVENTS_LOST  fshaCounter = 8
-	fshaCounterCOUNTER_MAP_ERRORS   fshaCounter = 9
-	fshaCounterCOUNTER_FENCED       fshaCounter = 10
-	fshaCounterCOUNTER_STEERED      fshaCounter = 11
-	fshaCounterCOUNTER_STEER_ERRORS fshaCounter = 12
-	fshaCounterCOUNTER_MAX          fshaCounter = 13
+	fshaCounterCOUNTER_OTHER         fshaCounter = 0
+	fshaCounterCOUNTER_PARSE_ERROR   fshaCounter = 1
+	fshaCounterCOUNTER_FRAGMENT      fshaCounter = 2
+	fshaCounterCOUNTER_UNTRACKED     fshaCounter = 3
+	fshaCounterCOUNTER_TRACKED       fshaCounter = 4
+	fshaCounterCOUNTER_CREATED       fshaCounter = 5
+	fshaCounterCOUNTER_CLOSED        fshaCounter = 6
+	fshaCounterCOUNTER_EVICTED       fshaCounter = 7
+	fshaCounterCOUNTER_EVENTS_LOST   fshaCounter = 8
+	fshaCounterCOUNTER_MAP_ERRORS    fshaCounter = 9
+	fshaCounterCOUNTER_FENCED        fshaCounter = 10
+	fshaCounterCOUNTER_STEERED       fshaCounter = 11
+	fshaCounterCOUNTER_STEER_ERRORS  fshaCounter = 12
+	fshaCounterCOUNTER_STEER_HANDOFF fshaCounter = 13
+	fshaCounterCOUNTER_TC_STEERED    fshaCounter = 14
+	fshaCounterCOUNTER_MAX           fshaCounter = 15
 )
 
 type fshaDirection uint32
@@ -162,7 +164,14 @@ type fshaPeerFlow struct {
 type fshaPinFormatVersion uint32
 
 const (
-	fshaPinFormatVersionPIN_FORMAT_VERSION fshaPinFormatVersion = 1
+	fshaPinFormatVersionPIN_FORMAT_VERSION fshaPinFormatVersion = 2
+)
+
+type fshaSteerMode uint32
+
+const (
+	fshaSteerModeSTEER_MODE_XDP fshaSteerMode = 0
+	fshaSteerModeSTEER_MODE_TC  fshaSteerMode = 1
 )
 
 type fshaVipFlags uint32
@@ -225,6 +234,7 @@ const (
 	fshaMapPeerFlows              = "peer_flows"
 	fshaMapPinFormat              = "pin_format"
 	fshaMapPorts                  = "ports"
+	fshaMapSteerModes             = "steer_modes"
 	fshaMapSteering               = "steering"
 	fshaMapVipDeadlines           = "vip_deadlines"
 	fshaMapVipFilter              = "vip_filter"
@@ -233,6 +243,7 @@ const (
 	fshaMapVips                   = "vips"
 	fshaProgFshaClock             = "fsha_clock"
 	fshaProgFshaTcEgress          = "fsha_tc_egress"
+	fshaProgFshaTcIngress         = "fsha_tc_ingress"
 	fshaProgFshaXdp               = "fsha_xdp"
 	fshaVarFlowCacheOn            = "flow_cache_on"
 	fshaVarFlowsMax               = "flows_max"
@@ -249,6 +260,7 @@ const (
 	fshaVarUnusedLeaseMode        = "unused_lease_mode"
 	fshaVarUnusedPeerFlags        = "unused_peer_flags"
 	fshaVarUnusedPinFormatVersion = "unused_pin_format_version"
+	fshaVarUnusedSteerMode        = "unused_steer_mode"
 	fshaVarUnusedVipFlags         = "unused_vip_flags"
 	fshaVarUnusedVipGrant         = "unused_vip_grant"
 	fshaVarUnusedVipLeaseState    = "unused_vip_lease_state"
@@ -296,9 +308,10 @@ type fshaSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type fshaProgramSpecs struct {
-	FshaClock    *ebpf.ProgramSpec `ebpf:"fsha_clock"`
-	FshaTcEgress *ebpf.ProgramSpec `ebpf:"fsha_tc_egress"`
-	FshaXdp      *ebpf.ProgramSpec `ebpf:"fsha_xdp"`
+	FshaClock     *ebpf.ProgramSpec `ebpf:"fsha_clock"`
+	FshaTcEgress  *ebpf.ProgramSpec `ebpf:"fsha_tc_egress"`
+	FshaTcIngress *ebpf.ProgramSpec `ebpf:"fsha_tc_ingress"`
+	FshaXdp       *ebpf.ProgramSpec `ebpf:"fsha_xdp"`
 }
 
 // fshaMapSpecs contains maps before they are loaded into the kernel.
@@ -317,6 +330,7 @@ type fshaMapSpecs struct {
 	PeerFlows    *ebpf.MapSpec `ebpf:"peer_flows"`
 	PinFormat    *ebpf.MapSpec `ebpf:"pin_format"`
 	Ports        *ebpf.MapSpec `ebpf:"ports"`
+	SteerModes   *ebpf.MapSpec `ebpf:"steer_modes"`
 	Steering     *ebpf.MapSpec `ebpf:"steering"`
 	VipDeadlines *ebpf.MapSpec `ebpf:"vip_deadlines"`
 	VipFilter    *ebpf.MapSpec `ebpf:"vip_filter"`
@@ -344,6 +358,7 @@ type fshaVariableSpecs struct {
 	UnusedLeaseMode        *ebpf.VariableSpec `ebpf:"unused_lease_mode"`
 	UnusedPeerFlags        *ebpf.VariableSpec `ebpf:"unused_peer_flags"`
 	UnusedPinFormatVersion *ebpf.VariableSpec `ebpf:"unused_pin_format_version"`
+	UnusedSteerMode        *ebpf.VariableSpec `ebpf:"unused_steer_mode"`
 	UnusedVipFlags         *ebpf.VariableSpec `ebpf:"unused_vip_flags"`
 	UnusedVipGrant         *ebpf.VariableSpec `ebpf:"unused_vip_grant"`
 	UnusedVipLeaseState    *ebpf.VariableSpec `ebpf:"unused_vip_lease_state"`
@@ -381,6 +396,7 @@ type fshaMaps struct {
 	PeerFlows    *ebpf.Map `ebpf:"peer_flows"`
 	PinFormat    *ebpf.Map `ebpf:"pin_format"`
 	Ports        *ebpf.Map `ebpf:"ports"`
+	SteerModes   *ebpf.Map `ebpf:"steer_modes"`
 	Steering     *ebpf.Map `ebpf:"steering"`
 	VipDeadlines *ebpf.Map `ebpf:"vip_deadlines"`
 	VipFilter    *ebpf.Map `ebpf:"vip_filter"`
@@ -403,6 +419,7 @@ func (m *fshaMaps) Close() error {
 		m.PeerFlows,
 		m.PinFormat,
 		m.Ports,
+		m.SteerModes,
 		m.Steering,
 		m.VipDeadlines,
 		m.VipFilter,
@@ -431,6 +448,7 @@ type fshaVariables struct {
 	UnusedLeaseMode        *ebpf.Variable `ebpf:"unused_lease_mode"`
 	UnusedPeerFlags        *ebpf.Variable `ebpf:"unused_peer_flags"`
 	UnusedPinFormatVersion *ebpf.Variable `ebpf:"unused_pin_format_version"`
+	UnusedSteerMode        *ebpf.Variable `ebpf:"unused_steer_mode"`
 	UnusedVipFlags         *ebpf.Variable `ebpf:"unused_vip_flags"`
 	UnusedVipGrant         *ebpf.Variable `ebpf:"unused_vip_grant"`
 	UnusedVipLeaseState    *ebpf.Variable `ebpf:"unused_vip_lease_state"`
@@ -440,15 +458,17 @@ type fshaVariables struct {
 //
 // It can be passed to loadFshaObjects or ebpf.CollectionSpec.LoadAndAssign.
 type fshaPrograms struct {
-	FshaClock    *ebpf.Program `ebpf:"fsha_clock"`
-	FshaTcEgress *ebpf.Program `ebpf:"fsha_tc_egress"`
-	FshaXdp      *ebpf.Program `ebpf:"fsha_xdp"`
+	FshaClock     *ebpf.Program `ebpf:"fsha_clock"`
+	FshaTcEgress  *ebpf.Program `ebpf:"fsha_tc_egress"`
+	FshaTcIngress *ebpf.Program `ebpf:"fsha_tc_ingress"`
+	FshaXdp       *ebpf.Program `ebpf:"fsha_xdp"`
 }
 
 func (p *fshaPrograms) Close() error {
 	return _FshaClose(
 		p.FshaClock,
 		p.FshaTcEgress,
+		p.FshaTcIngress,
 		p.FshaXdp,
 	)
 }

@@ -39,6 +39,9 @@ type Maps struct {
 	// PinFormat holds the format of the pinned maps (migrate.go); nil in
 	// the pins of an older fsha.
 	PinFormat *ebpf.Map
+	// SteerModes: each interface's steering path (steermode.go); nil in
+	// the pins of an older fsha.
+	SteerModes *ebpf.Map
 
 	// leaseMu serialises the writers of the lease, vips, vip_leases and
 	// vip_deadlines maps, whose buckets are read, recomputed and written.
@@ -52,7 +55,7 @@ func mapsOf(m *fshaMaps) Maps {
 		Vips: m.Vips, VipFilter: m.VipFilter, Ports: m.Ports, Counters: m.Counters, Lease: m.Lease,
 		Handshakes: m.Handshakes, PeerFlows: m.PeerFlows, NodeMacs: m.NodeMacs, Steering: m.Steering,
 		FlowCache: m.FlowCache, VipLeases: m.VipLeases, VipDeadlines: m.VipDeadlines, VipGrants: m.VipGrants,
-		PinFormat: m.PinFormat, leaseMu: new(sync.Mutex),
+		PinFormat: m.PinFormat, SteerModes: m.SteerModes, leaseMu: new(sync.Mutex),
 	}
 }
 
@@ -65,7 +68,7 @@ func (m *Maps) byName() []namedMap {
 		{fshaMapHandshakes, m.Handshakes}, {fshaMapPeerFlows, m.PeerFlows},
 		{fshaMapNodeMacs, m.NodeMacs}, {fshaMapSteering, m.Steering}, {fshaMapFlowCache, m.FlowCache},
 		{fshaMapVipLeases, m.VipLeases}, {fshaMapVipDeadlines, m.VipDeadlines}, {fshaMapVipGrants, m.VipGrants},
-		{fshaMapPinFormat, m.PinFormat},
+		{fshaMapPinFormat, m.PinFormat}, {fshaMapSteerModes, m.SteerModes},
 	}
 }
 
@@ -111,7 +114,7 @@ func OpenPinned(pinPath string) (_ *PinnedMaps, err error) {
 		{fshaMapHandshakes, &p.Handshakes}, {fshaMapPeerFlows, &p.PeerFlows},
 		{fshaMapNodeMacs, &p.NodeMacs}, {fshaMapSteering, &p.Steering}, {fshaMapFlowCache, &p.FlowCache},
 		{fshaMapVipLeases, &p.VipLeases}, {fshaMapVipDeadlines, &p.VipDeadlines}, {fshaMapVipGrants, &p.VipGrants},
-		{fshaMapPinFormat, &p.PinFormat},
+		{fshaMapPinFormat, &p.PinFormat}, {fshaMapSteerModes, &p.SteerModes},
 	} {
 		*dst.m, err = open(dst.name)
 		if optionalPins[dst.name] && errors.Is(err, ErrNotLoaded) {
@@ -128,7 +131,7 @@ func OpenPinned(pinPath string) (_ *PinnedMaps, err error) {
 // with nothing to add, no per-VIP leases and grants, no format.
 var optionalPins = map[string]bool{
 	fshaMapFlowCache: true, fshaMapVipLeases: true, fshaMapVipDeadlines: true, fshaMapVipGrants: true,
-	fshaMapPinFormat: true,
+	fshaMapPinFormat: true, fshaMapSteerModes: true,
 }
 
 // Close closes the map handles.

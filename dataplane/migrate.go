@@ -93,7 +93,10 @@ var pinMigrations = map[string]migrateHow{
 	fshaMapPorts:    migrateCopy,
 	fshaMapNodeMacs: migrateCopy,
 	fshaMapSteering: migrateCopy,
-	fshaMapCounters: migrateCounters,
+	// the loader writes it at attach, but the new programs steer with it
+	// from their first packet, before
+	fshaMapSteerModes: migrateCopy,
+	fshaMapCounters:   migrateCounters,
 	// derived from the maps above
 	fshaMapVipFilter:    migrateDerive,
 	fshaMapVipDeadlines: migrateDerive,

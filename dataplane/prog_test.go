@@ -247,7 +247,9 @@ func counterValues(dc DirectionCounters) [fshaCounterCOUNTER_MAX]uint64 {
 		fshaCounterCOUNTER_TRACKED: dc.Tracked, fshaCounterCOUNTER_FENCED: dc.Fenced,
 		fshaCounterCOUNTER_CREATED: dc.Created, fshaCounterCOUNTER_CLOSED: dc.Closed,
 		fshaCounterCOUNTER_EVICTED: dc.Evicted, fshaCounterCOUNTER_EVENTS_LOST: dc.EventsLost,
-		fshaCounterCOUNTER_MAP_ERRORS: dc.MapErrors,
+		fshaCounterCOUNTER_MAP_ERRORS: dc.MapErrors, fshaCounterCOUNTER_STEERED: dc.Steered,
+		fshaCounterCOUNTER_STEER_ERRORS: dc.SteerErrors, fshaCounterCOUNTER_STEER_HANDOFF: dc.SteerHandoffs,
+		fshaCounterCOUNTER_TC_STEERED: dc.TCSteered,
 	} {
 		v[c] = x
 	}
@@ -261,7 +263,9 @@ func counterName(c int) string {
 		fshaCounterCOUNTER_TRACKED: "TRACKED", fshaCounterCOUNTER_FENCED: "FENCED",
 		fshaCounterCOUNTER_CREATED: "CREATED", fshaCounterCOUNTER_CLOSED: "CLOSED",
 		fshaCounterCOUNTER_EVICTED: "EVICTED", fshaCounterCOUNTER_EVENTS_LOST: "EVENTS_LOST",
-		fshaCounterCOUNTER_MAP_ERRORS: "MAP_ERRORS",
+		fshaCounterCOUNTER_MAP_ERRORS: "MAP_ERRORS", fshaCounterCOUNTER_STEERED: "STEERED",
+		fshaCounterCOUNTER_STEER_ERRORS: "STEER_ERRORS", fshaCounterCOUNTER_STEER_HANDOFF: "STEER_HANDOFF",
+		fshaCounterCOUNTER_TC_STEERED: "TC_STEERED",
 	}
 	if n, ok := names[fshaCounter(c)]; ok {
 		return n

@@ -391,7 +391,7 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	})
 	if addr := c.String("metrics-listen"); addr != "" {
 		collector := metrics.NewCollector(log, metrics.Sources{
-			Backend: adminBackend{nd, checker, hookRunner}, Counters: dp.ReadCounters, Gossip: gossip.Members, Takeovers: takeovers,
+			Backend: adminBackend{nd, checker, hookRunner}, Counters: dp.ReadCounters, Steering: dp.Steering, Gossip: gossip.Members, Takeovers: takeovers,
 			Version: version, FlowsMax: uint32(c.Uint("flows-max")),
 		})
 		// never stops the node: failover does not wait for metrics

@@ -26,6 +26,9 @@ type IPInfo struct {
 	ConnsError string         `json:"connections_error,omitempty"`
 	// Last is this node's latest takeover or release of the VIP.
 	Last *admin.Takeover `json:"last_change,omitempty"`
+	// Steering is how each of the VIP's interfaces here steers a drain's
+	// old connections (from the pins and the kernel).
+	Steering []dataplane.SteerState `json:"steering,omitempty"`
 }
 
 func ipinfoCommand(e env) *cli.Command {
@@ -92,6 +95,14 @@ func countConns(pinPath string, info *IPInfo, names map[int]string) error {
 		return err
 	}
 	defer maps.Close()
+	if steer, err := maps.SteerStates(); err == nil {
+		ifaces := strings.Split(info.Iface, ",")
+		for _, s := range steer {
+			if slices.Contains(ifaces, s.Interface) {
+				info.Steering = append(info.Steering, s)
+			}
+		}
+	}
 	if err := maps.ForEachFlow(func(f dataplane.Flow) bool {
 		if f.VIP == vip {
 			info.Conns++
@@ -127,6 +138,13 @@ func printIPInfo(w io.Writer, info IPInfo, now time.Time) error {
 	}
 	line("Owner", owner)
 	line("State", info.State)
+	if len(info.Steering) > 0 {
+		var st []string
+		for _, s := range info.Steering {
+			st = append(st, fmt.Sprintf("%s by %s (xdp %s, driver %s)", s.Interface, s.Steer, s.XDPMode, s.Driver))
+		}
+		line("Steering", strings.Join(st, "; "))
+	}
 	if info.Target != "" && info.Target != info.Owner {
 		line("Moving to", info.Target)
 	}

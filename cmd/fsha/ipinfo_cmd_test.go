@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/fsha/fsha/control/admin"
+	"github.com/fsha/fsha/dataplane"
 )
 
 func TestPrintIPInfo(t *testing.T) {
@@ -15,6 +16,7 @@ func TestPrintIPInfo(t *testing.T) {
 		IP: admin.IP{VIP: "198.18.1.10/24", Iface: "eth0", Owner: "198.18.0.1", PNN: 0, Target: "198.18.0.1",
 			State: "draining", DrainingFrom: "198.18.0.2", Epoch: 7, LeaseLeft: 212 * time.Millisecond},
 		Conns: 12, Replicated: map[string]int{"198.18.0.3": 2, "198.18.0.2": 30},
+		Steering: []dataplane.SteerState{{Interface: "eth0", Ifindex: 2, Driver: "veth", XDPMode: "native", Steer: "tc"}},
 		Last: &admin.Takeover{Kind: "takeover", From: "198.18.0.2", Reason: "move", Steps: []admin.TimelineStep{
 			{Step: "decision", At: now.Add(-90 * time.Second)},
 			{Step: "announced", At: now.Add(-90 * time.Second), Took: 41 * time.Millisecond}}},
@@ -26,6 +28,7 @@ func TestPrintIPInfo(t *testing.T) {
 Interfaces:    eth0
 Owner:         198.18.0.1 (pnn 0), epoch 7, lease left 212ms
 State:         draining
+Steering:      eth0 by tc (xdp native, driver veth)
 Draining on:   198.18.0.2 (serves the old connections, steered to it)
 Connections:   12 tracked here; replicated: 2 of 198.18.0.3, 30 of 198.18.0.2
 Last change:   takeover 1m30s ago from 198.18.0.2 (move), announced after 41ms

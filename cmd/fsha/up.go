@@ -38,6 +38,8 @@ func upFlags() []cli.Flag {
 			Usage: "capacity of the flows map (least recently used flows are evicted beyond it)"},
 		&cli.UintFlag{Name: "peer-flows-max", Value: dataplane.DefaultPeerFlowsMax, EnvVars: []string{"FSHA_PEER_FLOWS_MAX"},
 			Usage: "capacity of the map of the other nodes' replicated connections (all nodes together)"},
+		&cli.StringFlag{Name: "steer-mode", Value: string(dataplane.SteerAuto), EnvVars: []string{"FSHA_STEER_MODE"},
+			Usage: "how a planned move steers old connections to their node: auto (per interface: xdp for native XDP on NICs known for XDP_TX, else tc), xdp (XDP_TX) or tc (TC ingress redirect)"},
 		&cli.DurationFlag{Name: "prune-interval", Value: 30 * time.Second, EnvVars: []string{"FSHA_PRUNE_INTERVAL"},
 			Usage: "how often flows without a local socket (a killed server, a close missed while restarting) are removed"},
 		&cli.DurationFlag{Name: "stats-interval", Value: time.Minute, EnvVars: []string{"FSHA_STATS_INTERVAL"},
@@ -119,9 +121,13 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	defer signal.Stop(sigs)
 	ctx, cancel := context.WithCancel(c.Context)
 	defer cancel()
+	steerMode, err := dataplane.ParseSteerMode(c.String("steer-mode"))
+	if err != nil {
+		return fmt.Errorf("--steer-mode: %w", err)
+	}
 	dp, err := dataplane.Load(log, dataplane.Options{
 		PinPath: c.String("pin-path"), FlowsMax: uint32(flowsMax), Interfaces: ifaces,
-		PeerFlowsMax: uint32(min(c.Uint("peer-flows-max"), 1<<28)),
+		PeerFlowsMax: uint32(min(c.Uint("peer-flows-max"), 1<<28)), SteerMode: steerMode,
 	})
 	if err != nil {
 		return err

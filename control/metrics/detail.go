@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/fsha/fsha/control/admin"
+	"github.com/fsha/fsha/dataplane"
 )
 
 // The series an operator alerts and graphs on one by one, as MetalLB's
@@ -24,6 +25,8 @@ type details struct {
 	checkSeconds   *prometheus.Desc
 	flowsCapacity  *prometheus.Desc
 	nodeThisHealth *prometheus.Desc
+	steerPath      *prometheus.Desc
+	tcSteered      *prometheus.Desc
 }
 
 func newDetails() details {
@@ -48,12 +51,17 @@ func newDetails() details {
 			"Capacity of the flow table (--flows-max): past it the least recently used flows are evicted.", nil, nil),
 		nodeThisHealth: prometheus.NewDesc("fsha_node_state",
 			"1 for this node's own state (OK, UNHEALTHY, DISABLED, STOPPED, BANNED, STARTING, STOPPING, RESTARTING), 0 for the others.", []string{"state"}, nil),
+		steerPath: prometheus.NewDesc("fsha_dataplane_steer_path",
+			"1 for each interface's steering path of a planned move's old connections (xdp: XDP_TX, tc: TC ingress redirect), with how XDP is attached (native, generic).",
+			[]string{"interface", "path", "xdp_mode", "driver"}, nil),
+		tcSteered: prometheus.NewDesc("fsha_dataplane_tc_steered_packets_total",
+			"Packets TC ingress sent on to the node holding their socket (interfaces in tc steering mode); XDP counts them as outcome steer_handoff.", nil, nil),
 	}
 }
 
 func (d details) describe(ch chan<- *prometheus.Desc) {
 	for _, x := range []*prometheus.Desc{d.buildInfo, d.vipOwner, d.vipEpoch, d.vipState, d.vipLease,
-		d.checkPassing, d.checkFailures, d.checkSeconds, d.flowsCapacity, d.nodeThisHealth} {
+		d.checkPassing, d.checkFailures, d.checkSeconds, d.flowsCapacity, d.nodeThisHealth, d.steerPath, d.tcSteered} {
 		ch <- x
 	}
 }
@@ -111,6 +119,13 @@ func (d details) collectBuild(ch chan<- prometheus.Metric, version string, flows
 	ch <- gauge(d.buildInfo, 1, version, runtime.Version())
 	if flowsMax > 0 {
 		ch <- gauge(d.flowsCapacity, float64(flowsMax))
+	}
+}
+
+// collectSteering exports each interface's steering path.
+func (d details) collectSteering(ch chan<- prometheus.Metric, steer []dataplane.SteerState) {
+	for _, s := range steer {
+		ch <- gauge(d.steerPath, 1, s.Interface, s.Steer, s.XDPMode, s.Driver)
 	}
 }
 

@@ -30,6 +30,9 @@ type Sources struct {
 	Backend admin.Backend
 	// Counters reads the data plane's counters, e.g. (*dataplane.Maps).ReadCounters.
 	Counters func() (dataplane.Counters, error)
+	// Steering says how each interface steers, e.g.
+	// (*dataplane.Dataplane).Steering.
+	Steering func() []dataplane.SteerState
 	// Gossip lists the gossip members, e.g. (*membership.Membership).Members.
 	Gossip func() []membership.Member
 	// Takeovers is fed by the controller; nil: the collector makes its own
@@ -215,6 +218,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			c.collectCounters(ch, ctrs)
 		}
 	}
+	if c.src.Steering != nil {
+		c.collectSteering(ch, c.src.Steering())
+	}
 }
 
 func (c *Collector) failed(source string, err error) {
@@ -314,6 +320,7 @@ func (c *Collector) collectCounters(ch chan<- prometheus.Metric, ctrs dataplane.
 			{"fenced", d.c.Fenced},
 			{"steered", d.c.Steered},
 			{"steer_error", d.c.SteerErrors},
+			{"steer_handoff", d.c.SteerHandoffs},
 		} {
 			ch <- counter(c.packets, o.n, d.dir, o.outcome)
 		}
@@ -324,6 +331,7 @@ func (c *Collector) collectCounters(ch chan<- prometheus.Metric, ctrs dataplane.
 		ch <- counter(c.mapErrors, d.c.MapErrors, d.dir)
 	}
 	ch <- gauge(c.flows, float64(ctrs.Flows))
+	ch <- counter(c.tcSteered, ctrs.Ingress.TCSteered)
 }
 
 // Handler serves the collector, with the Go runtime's and the process's

@@ -49,7 +49,7 @@ func (f fakeBackend) IPs(context.Context) ([]admin.IP, error) {
 func counters() (dataplane.Counters, error) {
 	return dataplane.Counters{
 		Ingress: dataplane.DirectionCounters{Tracked: 100, Untracked: 3, Other: 50, Fragments: 1, ParseErrors: 2, Fenced: 4,
-			Closed: 7, EventsLost: 1, MapErrors: 0},
+			Closed: 7, EventsLost: 1, MapErrors: 0, SteerHandoffs: 9, TCSteered: 8},
 		Egress: dataplane.DirectionCounters{Tracked: 90, Other: 10, Created: 12, Closed: 5, Evicted: 2, MapErrors: 1},
 		Flows:  6,
 	}, nil
@@ -67,7 +67,13 @@ func TestCollect(t *testing.T) {
 	// The controller is made first with the record as its observer, then
 	// the collector with the controller as its backend.
 	tk := NewTakeovers()
-	c := NewCollector(zap.NewNop(), Sources{Backend: fakeBackend{}, Counters: counters, Gossip: gossip, Takeovers: tk})
+	c := NewCollector(zap.NewNop(), Sources{Backend: fakeBackend{}, Counters: counters, Gossip: gossip, Takeovers: tk,
+		Steering: func() []dataplane.SteerState {
+			return []dataplane.SteerState{
+				{Interface: "eth0", Driver: "veth", XDPMode: "native", Steer: "tc"},
+				{Interface: "eth1", Driver: "i40e", XDPMode: "native", Steer: "xdp"},
+			}
+		}})
 	tk.ObserveTakeover(KindTakeover, 40*time.Millisecond)
 	tk.ObserveTakeover(KindTakeover, 3*time.Millisecond)
 	tk.ObserveTakeover(KindRelease, 2*time.Second)
@@ -109,6 +115,7 @@ fsha_dataplane_packets_total{direction="egress",outcome="fragment"} 0
 fsha_dataplane_packets_total{direction="egress",outcome="other"} 10
 fsha_dataplane_packets_total{direction="egress",outcome="parse_error"} 0
 fsha_dataplane_packets_total{direction="egress",outcome="steer_error"} 0
+fsha_dataplane_packets_total{direction="egress",outcome="steer_handoff"} 0
 fsha_dataplane_packets_total{direction="egress",outcome="steered"} 0
 fsha_dataplane_packets_total{direction="egress",outcome="tracked"} 90
 fsha_dataplane_packets_total{direction="egress",outcome="untracked"} 0
@@ -117,6 +124,7 @@ fsha_dataplane_packets_total{direction="ingress",outcome="fragment"} 1
 fsha_dataplane_packets_total{direction="ingress",outcome="other"} 50
 fsha_dataplane_packets_total{direction="ingress",outcome="parse_error"} 2
 fsha_dataplane_packets_total{direction="ingress",outcome="steer_error"} 0
+fsha_dataplane_packets_total{direction="ingress",outcome="steer_handoff"} 9
 fsha_dataplane_packets_total{direction="ingress",outcome="steered"} 0
 fsha_dataplane_packets_total{direction="ingress",outcome="tracked"} 100
 fsha_dataplane_packets_total{direction="ingress",outcome="untracked"} 3
@@ -143,6 +151,13 @@ fsha_dataplane_map_errors_total{direction="ingress"} 0
 # HELP fsha_dataplane_flows Live flows in the flow table.
 # TYPE fsha_dataplane_flows gauge
 fsha_dataplane_flows 6
+# HELP fsha_dataplane_tc_steered_packets_total Packets TC ingress sent on to the node holding their socket (interfaces in tc steering mode); XDP counts them as outcome steer_handoff.
+# TYPE fsha_dataplane_tc_steered_packets_total counter
+fsha_dataplane_tc_steered_packets_total 8
+# HELP fsha_dataplane_steer_path 1 for each interface's steering path of a planned move's old connections (xdp: XDP_TX, tc: TC ingress redirect), with how XDP is attached (native, generic).
+# TYPE fsha_dataplane_steer_path gauge
+fsha_dataplane_steer_path{driver="i40e",interface="eth1",path="xdp",xdp_mode="native"} 1
+fsha_dataplane_steer_path{driver="veth",interface="eth0",path="tc",xdp_mode="native"} 1
 # HELP fsha_metrics_collection_errors_total Scrapes that could not read a source (backend, gossip, dataplane); that source's metrics were left out.
 # TYPE fsha_metrics_collection_errors_total counter
 fsha_metrics_collection_errors_total{source="backend"} 0
@@ -154,6 +169,7 @@ fsha_metrics_collection_errors_total{source="gossip"} 0
 		"fsha_takeovers_total", "fsha_dataplane_packets_total", "fsha_dataplane_flows_created_total",
 		"fsha_dataplane_flows_closed_total", "fsha_dataplane_flows_evicted_total", "fsha_dataplane_events_lost_total",
 		"fsha_dataplane_map_errors_total", "fsha_dataplane_flows", "fsha_metrics_collection_errors_total",
+		"fsha_dataplane_tc_steered_packets_total", "fsha_dataplane_steer_path",
 	); err != nil {
 		t.Error(err)
 	}

@@ -51,6 +51,10 @@ type DataPlane interface {
 	KillVIP(vip netip.Addr) (dataplane.KillStats, error)
 	// CountFlows counts this node's own connections to vip.
 	CountFlows(vip netip.Addr) (int, error)
+	// ProbeVIP reads the ingress packet count of this node's own
+	// connections to vip and, with send, sends each client a keepalive
+	// probe (a drain's return path check: drainwatch.go).
+	ProbeVIP(vip netip.Addr, send bool) (dataplane.DrainProbe, error)
 	// Steer makes XDP send the packets of owner's connections to vip on to
 	// owner at mac (on), or stops it; active is the number of (VIP, owner)
 	// pairs steered, 0 turns the lookup off.

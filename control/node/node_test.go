@@ -152,8 +152,11 @@ func (d *fakeDP) TickleVIP(_ context.Context, _ string, vip netip.Addr, _ []int,
 	d.world.mu.Unlock()
 	return dataplane.TickleResult{}, nil
 }
-func (d *fakeDP) DropPeerFlows(int, netip.Addr) (int, error)      { return 0, nil }
-func (d *fakeDP) CountFlows(netip.Addr) (int, error)              { return 0, nil }
+func (d *fakeDP) DropPeerFlows(int, netip.Addr) (int, error) { return 0, nil }
+func (d *fakeDP) CountFlows(netip.Addr) (int, error)         { return 0, nil }
+func (d *fakeDP) ProbeVIP(netip.Addr, bool) (dataplane.DrainProbe, error) {
+	return dataplane.DrainProbe{}, nil
+}
 func (d *fakeDP) Steer(netip.Addr, int, [6]byte, bool, int) error { return nil }
 func (d *fakeDP) KillVIP(netip.Addr) (dataplane.KillStats, error) { return dataplane.KillStats{}, nil }
 

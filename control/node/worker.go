@@ -45,6 +45,9 @@ type worker struct {
 	// takeHooks is closed when the last takeover's takeip hooks are done
 	// (nil before any): tickles wait for it, see tickleAfterHooks
 	takeHooks chan struct{}
+	// watch probes the drain's return path (drainwatch.go); the
+	// worker's goroutine alone uses it
+	watch drainWatch
 }
 
 type vipState uint8
@@ -447,6 +450,7 @@ func (w *worker) drop(d ownership.Drop) {
 		w.state = vipNone
 		if d.Drain {
 			w.state, w.drainSince, w.drainT0 = vipDraining, t0, t0
+			w.watch = drainWatch{}
 		}
 	}
 	w.mu.Unlock()
@@ -508,6 +512,8 @@ func (w *worker) checkDrain() {
 			w.log().Warn("reset drained connections", zap.Error(err))
 		}
 		w.endDrain(fmt.Sprintf("drain timeout: %d connections reset", ks.Destroyed+ks.Reset))
+	default:
+		w.watchDrain(time.Now())
 	}
 }
 

@@ -95,13 +95,23 @@ func (n *Node) Flows(ctx context.Context) ([]Flow, error) {
 
 // Counters returns `fsha counters --json` of the node.
 func (n *Node) Counters(ctx context.Context) (dataplane.Counters, error) {
-	var c dataplane.Counters
+	c, _, err := n.CountersAndSteering(ctx)
+	return c, err
+}
+
+// CountersAndSteering reads `fsha counters --json`: the counters, and how
+// each interface steers a drain's old connections.
+func (n *Node) CountersAndSteering(ctx context.Context) (dataplane.Counters, []dataplane.SteerState, error) {
+	var c struct {
+		dataplane.Counters
+		Steering []dataplane.SteerState `json:"steering"`
+	}
 	out, err := n.Fsha(ctx, "counters", "--json")
 	if err != nil {
-		return c, err
+		return c.Counters, nil, err
 	}
 	if err := json.Unmarshal(out, &c); err != nil {
-		return c, fmt.Errorf("parse fsha counters --json: %w: %s", err, out)
+		return c.Counters, nil, fmt.Errorf("parse fsha counters --json: %w: %s", err, out)
 	}
-	return c, nil
+	return c.Counters, c.Steering, nil
 }

@@ -103,7 +103,22 @@ type Options struct {
 	Fsha string
 	// Log receives what the lab does; nil discards it.
 	Log *zap.Logger
+	// Tuned tunes the network for XDP_TX out of a veth (DESIGN.md's lab
+	// pitfalls): transmit checksum offload off in every host and an
+	// XDP_PASS program on the bridge side of every node's veth. Without
+	// it (the default) the lab is what container networks are: a plain
+	// bridge and veth pairs with default offloads, where fsha's auto
+	// steering takes the tc path. FSHA_LAB_TUNED=1 turns it on for every
+	// lab of a run.
+	Tuned bool
 }
+
+// TunedEnv turns Options.Tuned on for every lab of a run.
+const TunedEnv = "FSHA_LAB_TUNED"
+
+// Tuned reports whether the lab is tuned for XDP_TX out of a veth
+// (Options.Tuned).
+func (l *Lab) Tuned() bool { return l.opts.Tuned }
 
 // Lab is one test network. Its methods are safe for concurrent use.
 type Lab struct {
@@ -212,6 +227,9 @@ func New(opts Options) (_ *Lab, err error) {
 	if opts.Log == nil {
 		opts.Log = zap.NewNop()
 	}
+	if os.Getenv(TunedEnv) == "1" {
+		opts.Tuned = true
+	}
 	id, err := newRunID()
 	if err != nil {
 		return nil, err
@@ -248,10 +266,12 @@ func New(opts Options) (_ *Lab, err error) {
 	if err := l.mountBPFFS(); err != nil {
 		return nil, err
 	}
-	if l.passXDP, err = newPassXDP(); err != nil {
-		return nil, err
+	if opts.Tuned {
+		if l.passXDP, err = newPassXDP(); err != nil {
+			return nil, err
+		}
+		l.push("close xdp pass program", l.passXDP.Close)
 	}
-	l.push("close xdp pass program", l.passXDP.Close)
 	stop, done := make(chan struct{}), make(chan struct{})
 	go l.watchStalls(stop, done)
 	l.push("stop the stall watch", func() error { close(stop); <-done; return nil })
@@ -405,9 +425,10 @@ func (l *Lab) Clients() []*Client {
 	return append([]*Client(nil), l.clients...)
 }
 
-// Node is a file server: a namespace with eth0 on the bridge, an XDP_PASS
-// program on the bridge side of its veth (so XDP_TX/REDIRECT out of eth0
-// is delivered) and a pin path in the lab's bpffs.
+// Node is a file server: a namespace with eth0 on the bridge (in a tuned
+// lab with an XDP_PASS program on the bridge side of its veth, so that
+// XDP_TX/REDIRECT out of eth0 is delivered) and a pin path in the lab's
+// bpffs.
 type Node struct {
 	*Host
 	// Index counts nodes from 1.
@@ -486,9 +507,10 @@ func (l *Lab) NodeAndClientT(t TB, vip bool) (*Node, *Client, netip.Prefix) {
 	return n, c, v
 }
 
-// addHost creates the namespace, the veth pair into the bridge, the
-// address, switches transmit checksum offload off on eth0 and, for nodes,
-// attaches the XDP_PASS program to the bridge-side end.
+// addHost creates the namespace, the veth pair into the bridge and the
+// address; in a tuned lab (Options.Tuned) it also switches transmit
+// checksum offload off on eth0 and, for nodes, attaches the XDP_PASS
+// program to the bridge-side end.
 func (l *Lab) addHost(role string, addr netip.Prefix, node bool) (*Host, error) {
 	h, err := l.newHost(role)
 	if err != nil {
@@ -534,18 +556,20 @@ func (l *Lab) addHost(role string, addr netip.Prefix, node bool) (*Host, error) 
 	if err := h.nl.LinkSetUp(eth); err != nil {
 		return nil, fmt.Errorf("%s up: %w", HostIface, err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	// Pitfall: a veth sends partial checksums; after XDP_TX nobody
-	// completes them and the receiver drops the segment.
-	if out, err := h.Run(ctx, "ethtool", "-K", HostIface, "tx", "off"); err != nil {
-		return nil, fmt.Errorf("switch tx checksum offload off: %w: %s", err, out)
-	}
-	if node {
-		if err := l.attachPassXDP(role, sw.Attrs().Index); err != nil {
-			return nil, err
+	if l.opts.Tuned {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		// Pitfall: a veth sends partial checksums; after XDP_TX nobody
+		// completes them and the receiver drops the segment.
+		if out, err := h.Run(ctx, "ethtool", "-K", HostIface, "tx", "off"); err != nil {
+			return nil, fmt.Errorf("switch tx checksum offload off: %w: %s", err, out)
+		}
+		if node {
+			if err := l.attachPassXDP(role, sw.Attrs().Index); err != nil {
+				return nil, err
+			}
 		}
 	}
-	l.log.Info("host up", zap.String("ns", h.NS), zap.Stringer("addr", addr), zap.Bool("node", node))
+	l.log.Info("host up", zap.String("ns", h.NS), zap.Stringer("addr", addr), zap.Bool("node", node), zap.Bool("tuned", l.opts.Tuned))
 	return h, nil
 }

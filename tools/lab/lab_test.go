@@ -67,24 +67,9 @@ func TestLabTwoNamespaces(t *testing.T) {
 	if strings.Contains(string(out), "default") || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
 		t.Errorf("client routes, want only %s:\n%s", lab.Subnet, out)
 	}
-	// pitfall: transmit checksum offload off on the host side
-	out, err = n.Run(ctx, "ethtool", "-k", lab.HostIface)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !regexp.MustCompile(`(?m)^tx-checksumming: off`).Match(out) {
-		t.Errorf("tx checksumming still on in %s:\n%s", n.NS, out)
-	}
-	// pitfall: XDP on the bridge-side veth of a node, none on a client's
-	for role, want := range map[string]bool{"n1": true, "c1": false} {
-		lk, err := l.Switch.Netlink().LinkByName(role)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if x := lk.Attrs().Xdp; (x != nil && x.Attached) != want {
-			t.Errorf("xdp on bridge-side %s: %+v, want attached=%v", role, x, want)
-		}
-	}
+	// the default lab is a plain network: transmit checksum offload on,
+	// no XDP program on the bridge side (TestLabTuned: the other variant)
+	checkTuning(t, l, n, l.Tuned())
 	if st, err := os.Stat(n.PinPath); err != nil || !st.IsDir() || !strings.HasPrefix(n.PinPath, l.BPFFS) {
 		t.Errorf("pin path %s: %v", n.PinPath, err)
 	}
@@ -572,4 +557,43 @@ func TestSignalSessionAndKill(t *testing.T) {
 	if alive(child) {
 		t.Errorf("child %s survives Kill", child)
 	}
+}
+
+// checkTuning checks the kernel's state of the lab's veth tuning: transmit
+// checksum offload off in the node and an XDP program on the bridge side
+// of a node's veth, both only in a tuned lab; never XDP on a client's.
+func checkTuning(t *testing.T, l *lab.Lab, n *lab.Node, tuned bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	out, err := n.Run(ctx, "ethtool", "-k", lab.HostIface)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "on"
+	if tuned {
+		want = "off"
+	}
+	if !regexp.MustCompile(`(?m)^tx-checksumming: ` + want).Match(out) {
+		t.Errorf("tx checksumming in %s, want %s:\n%s", n.NS, want, out)
+	}
+	for role, want := range map[string]bool{"n1": tuned, "c1": false} {
+		lk, err := l.Switch.Netlink().LinkByName(role)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if x := lk.Attrs().Xdp; (x != nil && x.Attached) != want {
+			t.Errorf("xdp on bridge-side %s: %+v, want attached=%v", role, x, want)
+		}
+	}
+}
+
+// TestLabTuned: the tuned variant (Options.Tuned) switches transmit
+// checksum offload off and attaches XDP_PASS to a node's bridge side.
+func TestLabTuned(t *testing.T) {
+	testenv.RequireBPF(t)
+	testenv.RequireCommand(t, "ethtool")
+	l := lab.NewT(t, lab.Options{Tuned: true, Log: zaptest.NewLogger(t)})
+	n, _, _ := l.NodeAndClientT(t, false)
+	checkTuning(t, l, n, true)
 }

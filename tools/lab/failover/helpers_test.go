@@ -43,9 +43,18 @@ type env struct {
 	client *lab.Client
 	// down are the nodes powered down: no admin socket to ask.
 	down []*lab.ClusterNode
+	// wantSteer is the steering path every node's eth0 must have: tc
+	// (what auto gives a veth) unless the test forced --steer-mode.
+	wantSteer string
 }
 
 func newEnv(t *testing.T, opts lab.ClusterOptions) *env {
+	t.Helper()
+	return newEnvWith(t, lab.Options{}, opts)
+}
+
+// newEnvWith is newEnv on a lab made with labOpts (e.g. the tuned one).
+func newEnvWith(t *testing.T, labOpts lab.Options, opts lab.ClusterOptions) *env {
 	t.Helper()
 	testenv.RequireBPF(t)
 	for _, cmd := range []string{"ip", "ss", "ethtool", "smbd", "smbclient", "ganesha.nfsd", "nfs-cat", "stdbuf"} {
@@ -53,14 +62,18 @@ func newEnv(t *testing.T, opts lab.ClusterOptions) *env {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	t.Cleanup(cancel)
-	l := lab.NewT(t, lab.Options{Fsha: fshaBin, Log: zaptest.NewLogger(t)})
+	labOpts.Fsha, labOpts.Log = fshaBin, zaptest.NewLogger(t)
+	l := lab.NewT(t, labOpts)
 	start := time.Now()
 	c, err := lab.NewCluster(ctx, l, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("cluster of %d nodes up in %v", len(c.Nodes), time.Since(start).Round(time.Millisecond))
-	e := &env{t: t, ctx: ctx, c: c}
+	e := &env{t: t, ctx: ctx, c: c, wantSteer: "tc"} // auto on veth
+	if i := slices.Index(opts.FshaArgs, "--steer-mode"); i >= 0 && i+1 < len(opts.FshaArgs) {
+		e.wantSteer = opts.FshaArgs[i+1]
+	}
 	if len(c.Clients) > 0 {
 		e.client = c.Clients[0]
 	}

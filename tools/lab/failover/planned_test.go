@@ -12,13 +12,16 @@ import (
 	"time"
 
 	"github.com/fsha/fsha/control/admin"
+	"github.com/fsha/fsha/dataplane"
 	"github.com/fsha/fsha/tools/lab"
 )
 
 // Planned moves drain: the old owner keeps the VIP on loopback and serves
 // its connections, the new owner announces the VIP, takes the new
 // connections and steers the old ones' packets back to the old owner
-// (XDP_TX) until they end. No client may notice.
+// until they end. No client may notice. On the default lab (plain veth
+// and bridge, as container networks are) the auto steering mode takes the
+// tc path; TestPlannedMoveTunedXDP covers the XDP_TX path.
 
 const (
 	// pingEvery is the raw sessions' pace: a stall of the data path
@@ -44,14 +47,7 @@ const (
 func TestPlannedMoves(t *testing.T) {
 	e := newEnv(t, lab.ClusterOptions{Nodes: 3, FshaArgs: []string{"--drain-timeout", drainTimeout}})
 	vip := e.c.VIPs[0]
-	old := e.owner(vip)
-	to := e.c.Others(old)[0]
-
-	e.drain("move", vip, func() {
-		if out, err := old.Admin(e.ctx, "move", vip.Addr().String(), to.IP().String()); err != nil {
-			t.Fatalf("fsha move %s %s: %v: %s", vip.Addr(), to.IP(), err, out)
-		}
-	}, to)
+	e.move(vip)
 	e.waitConverged(e.c.Nodes...)
 
 	holder := e.owner(vip)
@@ -60,6 +56,29 @@ func TestPlannedMoves(t *testing.T) {
 			t.Fatalf("fsha disable on %s: %v: %s", holder.Role, err, out)
 		}
 	}, nil)
+}
+
+// TestPlannedMoveTunedXDP is TestPlannedMoves's move on the lab tuned
+// for XDP_TX out of a veth (lab.Options.Tuned: XDP_PASS on the bridge
+// side, transmit checksum offload off) with --steer-mode xdp: the path
+// fsha takes on NICs whose native XDP_TX works.
+func TestPlannedMoveTunedXDP(t *testing.T) {
+	e := newEnvWith(t, lab.Options{Tuned: true}, lab.ClusterOptions{Nodes: 3,
+		FshaArgs: []string{"--drain-timeout", drainTimeout, "--steer-mode", "xdp"}})
+	e.move(e.c.VIPs[0])
+}
+
+// move moves vip from its owner to another node with `fsha move`, under
+// load (drain).
+func (e *env) move(vip netip.Prefix) {
+	e.t.Helper()
+	old := e.owner(vip)
+	to := e.c.Others(old)[0]
+	e.drain("move", vip, func() {
+		if out, err := old.Admin(e.ctx, "move", vip.Addr().String(), to.IP().String()); err != nil {
+			e.t.Fatalf("fsha move %s %s: %v: %s", vip.Addr(), to.IP(), err, out)
+		}
+	}, to)
 }
 
 // drain runs one planned move of vip away from its owner, triggered by
@@ -109,7 +128,7 @@ func (e *env) drain(phase string, vip netip.Prefix, trigger func(), want *lab.Cl
 	for _, p := range peers {
 		e.waitFlows(p, old, false, keys...)
 	}
-	steered0 := map[*lab.ClusterNode]uint64{}
+	steered0 := map[*lab.ClusterNode]steerCount{}
 	for _, p := range peers {
 		steered0[p] = e.steered(p)
 	}
@@ -205,11 +224,7 @@ func (e *env) drain(phase string, vip netip.Prefix, trigger func(), want *lab.Cl
 	if t.Failed() {
 		t.FailNow()
 	}
-	steered := e.steered(next) - steered0[next]
-	t.Logf("%s: %s steered %d packets to %s", phase, next.Role, steered, old.Role)
-	if steered == 0 {
-		t.Errorf("%s: %s steered no packet (counters ingress.steered)", phase, next.Role)
-	}
+	e.checkSteered(phase, next, old, steered0[next])
 
 	// once the old connections are gone, the drain ends
 	e.waitFlowsGone(next, keys...)
@@ -241,6 +256,17 @@ func (e *env) drain(phase string, vip netip.Prefix, trigger func(), want *lab.Cl
 		last.Step, last.Took.Round(time.Millisecond), total.Round(time.Millisecond))
 	if last.Step != "drain ended: last connection closed" {
 		t.Errorf("%s: %s's drain of %s ended with %q, want the last connection closed:\n%s", phase, old.Role, vip, last.Step, timelineJSON(e.ctx, old))
+	}
+	// the old holder probes the return path from a second after the new
+	// holder took the VIP and, with sessions talking, finds it a second
+	// later (control/node/drainwatch.go): a drain that lasted longer than
+	// that, with margin, must say so
+	verified := slices.ContainsFunc(rec.Steps, func(s admin.TimelineStep) bool {
+		return strings.HasPrefix(s.Step, "client packets arrive through node ")
+	})
+	t.Logf("%s: %s's drain of %s verified its return path: %v", phase, old.Role, vip, verified)
+	if !verified && last.Took > 4*time.Second {
+		t.Errorf("%s: %s's drain of %s lasted %v without finding the steered packets arrive:\n%s", phase, old.Role, vip, last.Took, timelineJSON(e.ctx, old))
 	}
 	if tl, err := next.Timeline(e.ctx); err == nil {
 		for _, r := range tl {
@@ -298,14 +324,48 @@ func (e *env) newConnLandsOn(vip netip.Prefix, next, old *lab.ClusterNode) {
 	}
 }
 
-// steered is the node's ingress.steered counter.
-func (e *env) steered(n *lab.ClusterNode) uint64 {
+// steerCount is what a node's data plane steered, by path.
+type steerCount struct{ xdp, tc uint64 }
+
+// steered reads the node's steering counters: ingress.steered (XDP_TX)
+// and ingress.tc_steered (TC ingress redirect).
+func (e *env) steered(n *lab.ClusterNode) steerCount {
 	e.t.Helper()
 	c, err := n.Counters(e.ctx)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return c.Ingress.Steered
+	return steerCount{c.Ingress.Steered, c.Ingress.TCSteered}
+}
+
+// checkSteered checks that n steered packets to `to` since before, all of
+// them by the path its eth0 must have (e.wantSteer), which is what
+// `fsha counters` says eth0 has.
+func (e *env) checkSteered(phase string, n, to *lab.ClusterNode, before steerCount) {
+	e.t.Helper()
+	c, steer, err := n.CountersAndSteering(e.ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var eth0 dataplane.SteerState
+	for _, s := range steer {
+		if s.Interface == lab.HostIface {
+			eth0 = s
+		}
+	}
+	xdp, tc := c.Ingress.Steered-before.xdp, c.Ingress.TCSteered-before.tc
+	e.t.Logf("%s: %s steered %d packets to %s by XDP_TX, %d by TC ingress (eth0: %+v)", phase, n.Role, xdp, to.Role, tc, eth0)
+	if eth0.Steer != e.wantSteer || eth0.Driver != "veth" || eth0.XDPMode != dataplane.XDPNative {
+		e.t.Errorf("%s: %s's eth0 steers %+v, want %s on native xdp on veth", phase, n.Role, eth0, e.wantSteer)
+	}
+	mine, other := tc, xdp
+	if e.wantSteer == "xdp" {
+		mine, other = xdp, tc
+	}
+	if mine == 0 || other != 0 {
+		e.t.Errorf("%s: %s steered %d packets by its path %s and %d by the other one, want some and none",
+			phase, n.Role, mine, e.wantSteer, other)
+	}
 }
 
 // lastRecord is the node's latest timeline record of vip of that kind.
@@ -429,11 +489,7 @@ func TestFailback(t *testing.T) {
 			}
 		}
 	}
-	steered := e.steered(gone) - steered0
-	t.Logf("failback: %s steered %d packets to %s in 2 s", gone.Role, steered, surv.Role)
-	if steered == 0 {
-		t.Errorf("%s steered no packet of the sessions through %s to %s", gone.Role, back, surv.Role)
-	}
+	e.checkSteered("failback", gone, surv, steered0)
 	total := time.Since(start)
 	for _, vs := range all {
 		for _, s := range vs.sessions {
