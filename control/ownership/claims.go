@@ -146,7 +146,7 @@ func (e *Engine) onHeartbeat(now Mono, hb *Heartbeat) {
 	if now.Sub(p.heard) > e.cfg.Timing.Lease || p.claimOf == nil {
 		e.dirty = true // it comes back
 	}
-	p.heard = now
+	e.hear(p, now)
 	fresh := p.claimOf == nil || hb.Incarnation > p.hb.Incarnation || (hb.Incarnation == p.hb.Incarnation && hb.Seq > p.hb.Seq)
 	if fresh {
 		// Not an older heartbeat overtaking a newer one. A heartbeat
@@ -220,7 +220,7 @@ func (e *Engine) onReply(now Mono, rp *Reply) {
 		return
 	}
 	if p := e.peers[rp.From]; p != nil {
-		p.heard = now
+		e.hear(p, now)
 	}
 	for i := len(e.rounds) - 1; i >= 0; i-- { // the latest first: replies come back in order
 		if r := e.rounds[i]; r.seq == rp.Seq {
@@ -239,7 +239,7 @@ func (e *Engine) onRelease(now Mono, rl *Release) {
 	}
 	p := e.peers[rl.From]
 	if p != nil {
-		p.heard = now
+		e.hear(p, now)
 	}
 	e.dirty = true
 	for _, c := range rl.Items {
@@ -469,4 +469,13 @@ func (e *Engine) evaluate(r *round, i int) {
 		e.out.Takes = append(e.out.Takes, Take{VIP: i, Epoch: s.epoch, Until: until, Orphans: orphans,
 			From: from, FromDraining: fromDraining, Reason: s.reason})
 	}
+}
+
+// hear notes a message from peer p: it is alive, and back if it had been
+// silent for more than a lease (see the rejoin hold-down in view.go).
+func (e *Engine) hear(p *peer, now Mono) {
+	if p.heard != 0 && now.Sub(p.heard) > e.cfg.Timing.Lease {
+		p.back = now
+	}
+	p.heard = now
 }

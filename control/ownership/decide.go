@@ -46,10 +46,21 @@ func (e *Engine) decide(i int, v *view) {
 			e.beginRelease(i, Drop{To: target, Reason: e.releaseReason(i, v)})
 			return
 		}
+		drain := e.planned(i, v)
+		if drain && e.rejoining(target) {
+			// A planned move to a peer just heard again after a silence (a
+			// partition healed, a restart) waits a HoldDown: the move
+			// steers the connections the peer has replicas of, and those
+			// made while it was away may still be on their way (a
+			// stream's retransmissions, a resync): one it lacks would get
+			// a RST instead. It also keeps a flapping peer from pulling
+			// VIPs back and forth. Nothing is lost meanwhile: we answer.
+			return
+		}
 		if e.debug {
 			e.note("releases %s: alive %v eligible %v target %v current %v quorum %v starting %v", e.cfg.VIPs[i].Addr, v.alive, v.eligible, v.target, v.current, v.quorum, e.now < e.startingUntil)
 		}
-		e.beginRelease(i, Drop{Drain: e.planned(i, v), To: target, Reason: e.releaseReason(i, v)})
+		e.beginRelease(i, Drop{Drain: drain, To: target, Reason: e.releaseReason(i, v)})
 	case claiming:
 		if target != self || !v.selfCanClaim || (v.current[i] != None && v.current[i] != self) {
 			e.abortClaim(i, "no longer the target")
@@ -181,4 +192,14 @@ func (e *Engine) wantLock() bool {
 	// may well be there), but kept.
 	return !e.view.majorityAlive && e.local.Healthy && !e.local.Disabled && !e.local.Banned && !e.stopping &&
 		(e.now >= e.startingUntil || e.lock.Held)
+}
+
+// rejoining tells whether peer p was heard again after a silence less than
+// a HoldDown ago.
+func (e *Engine) rejoining(p int) bool {
+	if p == None || p == e.cfg.Self {
+		return false
+	}
+	pr := e.peers[p]
+	return pr != nil && pr.back != 0 && e.now.Sub(pr.back) < e.cfg.Timing.HoldDown
 }

@@ -48,9 +48,10 @@ type Timing struct {
 	// before VIPs that were never held are placed, so that a cluster
 	// starting up spreads them instead of giving all to the first node.
 	Settle time.Duration
-	// HoldDown keeps a node that recovered (unhealthy to healthy) from
-	// taking VIPs for a while, so that a flapping node does not pull VIPs
-	// back and forth.
+	// HoldDown keeps a node that recovered (unhealthy to healthy), or a
+	// peer heard again after a silence, from taking VIPs for a while, so
+	// that a flapping node does not pull VIPs back and forth and a VIP
+	// moved to a peer back from a partition finds its replicas complete.
 	HoldDown time.Duration
 }
 
@@ -276,7 +277,10 @@ type round struct {
 
 // peer is what this node knows of another node.
 type peer struct {
-	heard    Mono
+	heard Mono
+	// back is when it was heard again after a silence longer than a
+	// lease (zero if never silent): see the rejoin hold-down in view.go
+	back     Mono
 	hb       Heartbeat
 	hbAt     Mono
 	claimOf  map[netip.Addr]Claim
@@ -375,6 +379,9 @@ func (e *Engine) timeChanges(now Mono) Mono {
 	}
 	for _, p := range e.peers {
 		at(p.heard.Add(e.cfg.Timing.Lease + 1))
+		if p.back != 0 {
+			at(p.back.Add(e.cfg.Timing.HoldDown)) // a rejoined peer becomes eligible
+		}
 	}
 	for _, p := range e.voter.promises {
 		at(p.Until)

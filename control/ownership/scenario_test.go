@@ -508,3 +508,44 @@ func TestTakeEndsDrain(t *testing.T) {
 		}
 	}
 }
+
+// TestSimRejoinHoldDown: a node back from a partition gets no VIP for a
+// HoldDown after it is heard again (its replicas of the connections made
+// while it was away may still be on their way, and a planned move to it
+// would reset the ones it lacks), then gets its share back.
+func TestSimRejoinHoldDown(t *testing.T) {
+	for seed := int64(1); seed <= 10; seed++ {
+		timing := DefaultTiming()
+		w := converged(t, seed, 3, 3, timing, false)
+		cut := int(seed % 3)
+		w.isolate(cut, true)
+		w.runUntil(w.now + int64(time.Second))
+		if held := w.heldBy(cut); len(held) > 0 {
+			t.Fatalf("seed %d: n%d still answers for %v after 1 s cut off", seed, cut, held)
+		}
+		w.isolate(cut, false)
+		took, ok := w.until(timing.HoldDown+3*time.Second, func() bool { return len(w.heldBy(cut)) > 0 })
+		w.ok(t)
+		if !ok {
+			w.dumpLog(t)
+			t.Fatalf("seed %d: n%d got no VIP back within %v of the heal", seed, cut, timing.HoldDown+3*time.Second)
+		}
+		// the holder counts the hold-down on its own clock, which may
+		// run fast by up to Drift
+		if took < time.Duration(float64(timing.HoldDown)*(1-timing.Drift)) {
+			w.dumpLog(t)
+			t.Fatalf("seed %d: n%d answered for a VIP %v after the heal, within the hold-down (%v)", seed, cut, took, timing.HoldDown)
+		}
+	}
+}
+
+// heldBy lists the VIPs node answers for alone.
+func (w *simWorld) heldBy(node int) []netip.Addr {
+	var out []netip.Addr
+	for vip, h := range w.holders() {
+		if len(h) == 1 && h[0] == node {
+			out = append(out, vip)
+		}
+	}
+	return out
+}

@@ -311,8 +311,9 @@ func runSchedule(seed int64, keepLog bool) (*simWorld, schedule, error) {
 	w.runUntil(int64(faultEnd + time.Second))
 	w.healAll()
 	// everything settles within the restart grace (a node that was
-	// restarting or lost its promises) plus a few leases
-	w.runUntil(w.now + int64(simTiming().MaxGrant()+2*time.Second))
+	// restarting or lost its promises) plus a few leases, and the
+	// hold-down before VIPs move back to a node heard again
+	w.runUntil(w.now + int64(simTiming().MaxGrant()+2*time.Second+simTiming().HoldDown))
 	if len(w.violated) > 0 {
 		return w, sc, fmt.Errorf("%s", w.violated[0])
 	}
