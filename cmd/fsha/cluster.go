@@ -81,7 +81,7 @@ func clusterFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "hook-timeout", Value: 10 * time.Second, EnvVars: []string{"FSHA_HOOK_TIMEOUT"},
 			Usage: "how long one hook may run before it is killed"},
 		&cli.StringSliceFlag{Name: "check", Value: cli.NewStringSlice("tcp:445", "tcp:2049"), EnvVars: []string{"FSHA_CHECKS"},
-			Usage: "health checks: tcp:PORT (on the node address), tcp:HOST:PORT or cmd:COMMAND; repeat the flag"},
+			Usage: "health checks: tcp:PORT (on the node address), tcp:HOST:PORT or cmd:COMMAND (words split as a shell would, quotes and backslashes, nothing expanded); repeat the flag"},
 		&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"FSHA_METRICS_LISTEN"},
 			Usage: "address to serve Prometheus metrics on, e.g. 198.18.0.1:9465 (off when empty)"},
 	}

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fsha/fsha/control/config"
+	"github.com/fsha/fsha/control/health"
 	"github.com/fsha/fsha/control/node"
 	"github.com/fsha/fsha/control/replication"
 	"github.com/fsha/fsha/dataplane"
@@ -402,7 +403,18 @@ func settingNames(c *cli.Context) config.Names {
 			multi[name] = isMulti
 		}
 	}
-	return config.Names{Known: func(n string) bool { return known[n] }, Multi: func(n string) bool { return multi[n] }}
+	return config.Names{Known: func(n string) bool { return known[n] }, Multi: func(n string) bool { return multi[n] }, Check: checkSetting}
+}
+
+// checkSetting refuses a bad health check while the settings file is
+// read, so the error names its file and line. The address only fills a
+// bare tcp:PORT; the check itself is built later, on this node's address.
+func checkSetting(name, value string) error {
+	if name != "check" {
+		return nil
+	}
+	_, err := health.ParseCheck(value, "127.0.0.1")
+	return err
 }
 
 // parsePorts reads "445,139,2049".
