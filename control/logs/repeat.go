@@ -165,13 +165,16 @@ func (c *RepeatCore) Write(ent zapcore.Entry, fields []zapcore.Field) error {
 // Sweep writes the summary of every entry whose window has ended and
 // forgets those that did not repeat. It runs by itself at the end of a
 // window in which an entry repeated; tests call it after moving the clock.
-func (c *RepeatCore) Sweep() {
+func (c *RepeatCore) Sweep() { c.sweep(false) }
+
+// sweep writes the due summaries, or with all every pending one.
+func (c *RepeatCore) sweep(all bool) {
 	s := c.shared
 	now := s.opts.Now()
 	var due []*repeated
 	s.mu.Lock()
 	for key, r := range s.seen {
-		if now.Sub(r.start) < s.opts.Window {
+		if now.Sub(r.start) < s.opts.Window && (!all || r.count == 0) {
 			continue
 		}
 		if r.count == 0 {
@@ -199,7 +202,12 @@ func (r *repeated) writeSummary(now time.Time) error {
 	return r.core.Write(ent, fields)
 }
 
-func (c *RepeatCore) Sync() error { return c.inner.Sync() }
+// Sync writes the summaries still pending, whatever their window, so a
+// daemon that exits (or restarts in place) does not lose its counts.
+func (c *RepeatCore) Sync() error {
+	c.sweep(true)
+	return c.inner.Sync()
+}
 
 // identity is the part of fields that tells one problem from another.
 func identity(fields []zapcore.Field) string {

@@ -192,3 +192,24 @@ func TestRepeatEveryTime(t *testing.T) {
 		t.Errorf("the marker shows in the line: %s", out.String())
 	}
 }
+
+// Sync, as the daemon calls it on its way out, writes the pending
+// summaries before their window ends.
+func TestRepeatSyncFlushes(t *testing.T) {
+	log, logs, clock := newTestLogger(t)
+	for range 5 {
+		log.Error("hooks not run", zap.Error(errors.New("permission denied")))
+		clock.advance(time.Second)
+	}
+	if err := log.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	all := logs.All()
+	if len(all) != 2 || all[1].ContextMap()["repeated"] != int64(4) || all[1].ContextMap()["repeated_seconds"] != 5.0 {
+		t.Fatalf("after Sync: %v, want the first line and a summary of 4 over 5 s", all)
+	}
+	clock.advance(time.Minute)
+	if logs.Len() != 2 {
+		t.Errorf("a summary written twice: %v", logs.All())
+	}
+}
