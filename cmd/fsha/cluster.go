@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -74,6 +76,8 @@ func clusterFlags() []cli.Flag {
 			Usage: "automatic (a recovered node gets its share of VIPs back) or sticky (VIPs stay until moved)"},
 		&cli.StringFlag{Name: "run-dir", Value: admin.DefaultRunDir, EnvVars: []string{"FSHA_RUN_DIR"},
 			Usage: "directory of the admin socket"},
+		&cli.StringFlag{Name: "admin-group", EnvVars: []string{"FSHA_ADMIN_GROUP"},
+			Usage: "group whose members may use the read-only commands (status, ip, ipinfo, timeline, checks): the admin socket becomes mode 0660 of this group; changes stay root's"},
 		&cli.StringFlag{Name: "state-dir", Value: "/var/lib/fsha", EnvVars: []string{"FSHA_STATE_DIR"},
 			Usage: "directory of what survives a reboot (maintenance mode: fsha disable)"},
 		&cli.StringFlag{Name: "hooks-dir", Value: "/etc/fsha/events.d", EnvVars: []string{"FSHA_HOOKS_DIR"},
@@ -98,6 +102,9 @@ type clusterConfig struct {
 	policy allocation.Policy
 	lock   *quorum.Lock
 	checks []health.Check
+	// adminGID: the group the admin socket is shared with, read-only
+	// (--admin-group); -1: none
+	adminGID int
 }
 
 // loadClusterConfig checks all of the cluster settings before anything
@@ -205,6 +212,9 @@ func loadClusterConfig(c *cli.Context, log *zap.Logger, vips []config.PublicAddr
 			return nil, fmt.Errorf("--check: %w", err)
 		}
 		cc.checks = append(cc.checks, ch)
+	}
+	if cc.adminGID, err = lookupGroup(c.String("admin-group")); err != nil {
+		return nil, fmt.Errorf("--admin-group: %w", err)
 	}
 	return cc, nil
 }
@@ -387,7 +397,9 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	}()
 	g.Go(func() error { return repl.Run(gctx) })
 	g.Go(func() error {
-		return admin.NewServer(log, adminBackend{nd, checker, hookRunner}).Serve(gctx, admin.SocketPath(runDir))
+		srv := admin.NewServer(log, adminBackend{nd, checker, hookRunner})
+		srv.ShareReadOnly(cc.adminGID)
+		return srv.Serve(gctx, admin.SocketPath(runDir))
 	})
 	if addr := c.String("metrics-listen"); addr != "" {
 		collector := metrics.NewCollector(log, metrics.Sources{
@@ -398,4 +410,19 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 		go collector.KeepServing(gctx, addr)
 	}
 	return g.Wait()
+}
+
+// lookupGroup resolves --admin-group, a name or a number; "" is -1 (the
+// socket is not shared).
+func lookupGroup(name string) (int, error) {
+	if name == "" {
+		return -1, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		if g, err = user.LookupGroupId(name); err != nil {
+			return 0, fmt.Errorf("no group %q on this machine", name)
+		}
+	}
+	return strconv.Atoi(g.Gid)
 }

@@ -313,6 +313,9 @@ func describeConfig(c *cli.Context) (string, error) {
 	if cc.lock != nil {
 		lock = "cluster lock " + cc.lock.Path()
 	}
+	if g := c.String("admin-group"); g != "" {
+		lock += fmt.Sprintf("; admin socket readable by group %s (gid %d)", g, cc.adminGID)
+	}
 	return fmt.Sprintf("%s\n%s: %d nodes; this node is pnn %d (%s); %d health checks; %s",
 		what, c.String("nodes"), live, cc.self, cc.nodes[cc.self].Addr, len(cc.checks), lock), nil
 }
