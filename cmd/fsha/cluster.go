@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -21,6 +22,7 @@ import (
 	"github.com/fsha/fsha/control/allocation"
 	"github.com/fsha/fsha/control/config"
 	"github.com/fsha/fsha/control/health"
+	"github.com/fsha/fsha/control/hooks"
 	"github.com/fsha/fsha/control/membership"
 	"github.com/fsha/fsha/control/metrics"
 	"github.com/fsha/fsha/control/node"
@@ -81,7 +83,7 @@ func clusterFlags() []cli.Flag {
 		&cli.StringFlag{Name: "state-dir", Value: "/var/lib/fsha", EnvVars: []string{"FSHA_STATE_DIR"},
 			Usage: "directory of what survives a reboot (maintenance mode: fsha disable)"},
 		&cli.StringFlag{Name: "hooks-dir", Value: "/etc/fsha/events.d", EnvVars: []string{"FSHA_HOOKS_DIR"},
-			Usage: "executables run on takeip and releaseip with FSHA_VIP, FSHA_IFACE... in the environment"},
+			Usage: "executables run on CTDB's events (startup, takeip, releaseip, monitor, shutdown) with CTDB's arguments and FSHA_VIP, FSHA_IFACE, FSHA_STOP... in the environment"},
 		&cli.DurationFlag{Name: "hook-timeout", Value: 10 * time.Second, EnvVars: []string{"FSHA_HOOK_TIMEOUT"},
 			Usage: "how long one hook may run before it is killed"},
 		&cli.StringSliceFlag{Name: "check", Value: cli.NewStringSlice("tcp:445", "tcp:2049"), EnvVars: []string{"FSHA_CHECKS"},
@@ -330,9 +332,7 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	defer actions.Close()
 	checks := cc.checks
 	hookRunner := newHookRunner(log, c.String("hooks-dir"), cc.nodes[cc.self].Addr.String(), c.Duration("hook-timeout"))
-	if mc := newMonitorCheck(hookRunner); mc != nil {
-		checks = append(checks, mc)
-	}
+	checks = append(checks, newHookChecks(hookRunner)...)
 	checker := health.New(log, health.Config{Interfaces: ifaces, Checks: checks})
 
 	takeovers := metrics.NewTakeovers()
@@ -388,9 +388,18 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 		defer cancel()
 		return nd.Run(gctx)
 	})
+	// how the daemon stops, for the shutdown hooks: abort unless a stop
+	// request came first
+	var stopHow atomic.Value
+	stopHow.Store(hooks.StopAbort)
 	go func() {
 		select {
 		case mode := <-stop:
+			if mode == node.Restart {
+				stopHow.Store(hooks.StopRestart)
+			} else {
+				stopHow.Store(hooks.StopShutdown)
+			}
 			nd.Stop(mode)
 		case <-gctx.Done():
 		}
@@ -409,7 +418,10 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 		// never stops the node: failover does not wait for metrics
 		go collector.KeepServing(gctx, addr)
 	}
-	return g.Wait()
+	err = g.Wait()
+	// every way out: a restart in place, a hand-over, an abort
+	runShutdownHooks(log, hookRunner, stopHow.Load().(string))
+	return err
 }
 
 // lookupGroup resolves --admin-group, a name or a number; "" is -1 (the
