@@ -74,6 +74,8 @@ func clusterFlags() []cli.Flag {
 			Usage: "run a two-node cluster with no lock: a partition makes both nodes stop holding VIPs"},
 		&cli.DurationFlag{Name: "drain-timeout", Value: 5 * time.Minute, EnvVars: []string{"FSHA_DRAIN_TIMEOUT"},
 			Usage: "a VIP moved away in a planned move keeps serving its old connections this long, then resets them (0: reset at once)"},
+		&cli.DurationFlag{Name: "shutdown-timeout", Value: 2 * time.Minute, EnvVars: []string{"FSHA_SHUTDOWN_TIMEOUT"},
+			Usage: "a shutdown (SIGINT: systemctl stop) hands the VIPs over and waits for their connections to drain, at most this long (and --drain-timeout), then stops at once; keep it below the unit's TimeoutStopSec (0: no bound but --drain-timeout)"},
 		&cli.StringFlag{Name: "failback", Value: "automatic", EnvVars: []string{"FSHA_FAILBACK"},
 			Usage: "automatic (a recovered node gets its share of VIPs back) or sticky (VIPs stay until moved)"},
 		&cli.StringFlag{Name: "run-dir", Value: admin.DefaultRunDir, EnvVars: []string{"FSHA_RUN_DIR"},
@@ -237,6 +239,9 @@ func checkRanges(c *cli.Context) error {
 	}
 	if d := c.Duration("drain-timeout"); d < 0 {
 		return fmt.Errorf("--drain-timeout %v: must be 0 (reset at once) or more", d)
+	}
+	if d := c.Duration("shutdown-timeout"); d < 0 {
+		return fmt.Errorf("--shutdown-timeout %v: must be 0 (no bound) or more", d)
 	}
 	if p := c.Int("gossip-port"); p < 1 || p > 65535 {
 		return fmt.Errorf("--gossip-port %d: want 1 to 65535", p)

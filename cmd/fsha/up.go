@@ -197,6 +197,8 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	var (
 		stopping bool
 		reexec   bool
+		// a shutdown's bound (--shutdown-timeout): then as a second signal
+		shutdownDeadline <-chan time.Time
 	)
 	// systemd (Type=notify): serving. A SIGHUP's restart in place keeps
 	// the pid, and the new process says READY again.
@@ -239,6 +241,9 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 				log.Info("SIGINT: shutting down: the VIPs go to the other nodes, their connections drain")
 				stopping = true
 				stopCluster <- node.Shutdown
+				if d := c.Duration("shutdown-timeout"); d > 0 {
+					shutdownDeadline = time.After(d)
+				}
 			}
 			if cc == nil && stopping {
 				log.Info("stopping; programs stay attached and keep tracking", zap.String("pin_path", dp.PinPath()))
@@ -257,6 +262,9 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 				return errReexec
 			}
 			return err
+		case <-shutdownDeadline:
+			log.Warn("shutdown: the drains did not end within --shutdown-timeout: stopping now", zap.Duration("shutdown_timeout", c.Duration("shutdown-timeout")))
+			cancel()
 		case err := <-done:
 			return err
 		case <-pruneTick:

@@ -15,7 +15,6 @@ chmod 755 "$root"
 inst() { install -D -m "$1" "$2" "$root/$3"; }
 
 inst 755 "$bin" usr/bin/fsha
-inst 755 "$here/lib/fsha-stop" usr/lib/fsha/fsha-stop
 inst 644 "$here/fsha.service" lib/systemd/system/fsha.service
 for f in fsha.conf public_addresses events.d/README; do
 	inst 644 "$here/etc/fsha/$f" "etc/fsha/$f"
