@@ -23,6 +23,7 @@ for f in "$here"/events.d/*; do
 	inst 755 "$f" "usr/share/fsha/events.d/$(basename "$f")"
 done
 inst 644 "$here/examples/nodes" usr/share/doc/fsha/examples/nodes
+inst 644 "$here/examples/grafana-dashboard.json" usr/share/doc/fsha/examples/grafana-dashboard.json
 inst 644 "$top/README.md" usr/share/doc/fsha/README.md
 inst 644 "$top/DESIGN.md" usr/share/doc/fsha/DESIGN.md
 gzip -9n "$root/usr/share/doc/fsha/README.md" "$root/usr/share/doc/fsha/DESIGN.md"

@@ -42,7 +42,8 @@ contents=$(dpkg-deb --contents "$deb" | awk '{print $6}')
 for f in ./usr/bin/fsha ./lib/systemd/system/fsha.service \
 	./etc/fsha/fsha.conf ./etc/fsha/public_addresses ./etc/fsha/events.d/README \
 	./usr/share/fsha/events.d/60.nfs-sm-notify ./usr/share/fsha/events.d/61.ganesha-grace \
-	./usr/share/doc/fsha/examples/nodes ./usr/share/man/man8/fsha.8.gz \
+	./usr/share/doc/fsha/examples/nodes ./usr/share/doc/fsha/examples/grafana-dashboard.json \
+	./usr/share/man/man8/fsha.8.gz \
 	./usr/share/bash-completion/completions/fsha; do
 	grep -qx -- "$f" <<<"$contents" || fail "$f not in the package"
 done
@@ -199,7 +200,7 @@ stop_sig=$(sed -n 's/^KillSignal=SIG//p' "$unit")
 grep -q '^ExecStop=' "$unit" && fail "unit: an ExecStop would run before either signal"
 # systemctl restart: the VIP stays, and the next start adopts it
 stop "$restart_sig" "$work/cluster.log"
-ip -n "$ns" addr show dev pub0 | grep -q 198.18.1.10 || fail "SIG$restart_sig (restart) removed the VIP"
+ip -n "$ns" addr show dev pub0 | grep -q 198.18.1.10 || { cat "$work/cluster.log"; fail "SIG$restart_sig (restart) removed the VIP"; }
 # a shutdown hook records how it was told the daemon stops
 mkdir -p "$work/hooks"
 cat >"$work/hooks/10.record" <<EOH
