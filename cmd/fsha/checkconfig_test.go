@@ -50,4 +50,12 @@ func TestCheckConfigCommand(t *testing.T) {
 	if _, err := run("--config", settings, "--public-addresses", vips, "--lease", "0"); err == nil || !strings.Contains(err.Error(), "--lease 0s: must be positive") {
 		t.Errorf("--lease 0: %v", err)
 	}
+	out, err = run("--config", settings, "--public-addresses", vips, "--admin-group", "nogroup")
+	if err != nil || !strings.Contains(out, "admin socket readable by group nogroup (gid 65534)") {
+		t.Errorf("--admin-group nogroup: %v\n%s", err, out)
+	}
+	if _, err := run("--config", settings, "--public-addresses", vips, "--admin-group", "no-such-group-fsha"); err == nil ||
+		!strings.Contains(err.Error(), `--admin-group: no group "no-such-group-fsha" on this machine`) {
+		t.Errorf("an unknown group: %v", err)
+	}
 }

@@ -7,8 +7,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -19,6 +22,7 @@ import (
 	"github.com/fsha/fsha/control/allocation"
 	"github.com/fsha/fsha/control/config"
 	"github.com/fsha/fsha/control/health"
+	"github.com/fsha/fsha/control/hooks"
 	"github.com/fsha/fsha/control/membership"
 	"github.com/fsha/fsha/control/metrics"
 	"github.com/fsha/fsha/control/node"
@@ -70,18 +74,22 @@ func clusterFlags() []cli.Flag {
 			Usage: "run a two-node cluster with no lock: a partition makes both nodes stop holding VIPs"},
 		&cli.DurationFlag{Name: "drain-timeout", Value: 5 * time.Minute, EnvVars: []string{"FSHA_DRAIN_TIMEOUT"},
 			Usage: "a VIP moved away in a planned move keeps serving its old connections this long, then resets them (0: reset at once)"},
+		&cli.DurationFlag{Name: "shutdown-timeout", Value: 2 * time.Minute, EnvVars: []string{"FSHA_SHUTDOWN_TIMEOUT"},
+			Usage: "a shutdown (SIGINT: systemctl stop) hands the VIPs over and waits for their connections to drain, at most this long (and --drain-timeout), then stops at once; keep it below the unit's TimeoutStopSec (0: no bound but --drain-timeout)"},
 		&cli.StringFlag{Name: "failback", Value: "automatic", EnvVars: []string{"FSHA_FAILBACK"},
 			Usage: "automatic (a recovered node gets its share of VIPs back) or sticky (VIPs stay until moved)"},
 		&cli.StringFlag{Name: "run-dir", Value: admin.DefaultRunDir, EnvVars: []string{"FSHA_RUN_DIR"},
 			Usage: "directory of the admin socket"},
+		&cli.StringFlag{Name: "admin-group", EnvVars: []string{"FSHA_ADMIN_GROUP"},
+			Usage: "group whose members may use the read-only commands (status, ip, ipinfo, timeline, checks): the admin socket becomes mode 0660 of this group; changes stay root's"},
 		&cli.StringFlag{Name: "state-dir", Value: "/var/lib/fsha", EnvVars: []string{"FSHA_STATE_DIR"},
 			Usage: "directory of what survives a reboot (maintenance mode: fsha disable)"},
 		&cli.StringFlag{Name: "hooks-dir", Value: "/etc/fsha/events.d", EnvVars: []string{"FSHA_HOOKS_DIR"},
-			Usage: "executables run on takeip and releaseip with FSHA_VIP, FSHA_IFACE... in the environment"},
+			Usage: "executables run on CTDB's events (startup, takeip, releaseip, monitor, shutdown) with CTDB's arguments and FSHA_VIP, FSHA_IFACE, FSHA_STOP... in the environment"},
 		&cli.DurationFlag{Name: "hook-timeout", Value: 10 * time.Second, EnvVars: []string{"FSHA_HOOK_TIMEOUT"},
 			Usage: "how long one hook may run before it is killed"},
 		&cli.StringSliceFlag{Name: "check", Value: cli.NewStringSlice("tcp:445", "tcp:2049"), EnvVars: []string{"FSHA_CHECKS"},
-			Usage: "health checks: tcp:PORT (on the node address), tcp:HOST:PORT or cmd:COMMAND; repeat the flag"},
+			Usage: "health checks: tcp:PORT (on the node address), tcp:HOST:PORT or cmd:COMMAND (words split as a shell would, quotes and backslashes, nothing expanded); repeat the flag"},
 		&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"FSHA_METRICS_LISTEN"},
 			Usage: "address to serve Prometheus metrics on, e.g. 198.18.0.1:9465 (off when empty)"},
 	}
@@ -98,6 +106,9 @@ type clusterConfig struct {
 	policy allocation.Policy
 	lock   *quorum.Lock
 	checks []health.Check
+	// adminGID: the group the admin socket is shared with, read-only
+	// (--admin-group); -1: none
+	adminGID int
 }
 
 // loadClusterConfig checks all of the cluster settings before anything
@@ -206,6 +217,9 @@ func loadClusterConfig(c *cli.Context, log *zap.Logger, vips []config.PublicAddr
 		}
 		cc.checks = append(cc.checks, ch)
 	}
+	if cc.adminGID, err = lookupGroup(c.String("admin-group")); err != nil {
+		return nil, fmt.Errorf("--admin-group: %w", err)
+	}
 	return cc, nil
 }
 
@@ -225,6 +239,9 @@ func checkRanges(c *cli.Context) error {
 	}
 	if d := c.Duration("drain-timeout"); d < 0 {
 		return fmt.Errorf("--drain-timeout %v: must be 0 (reset at once) or more", d)
+	}
+	if d := c.Duration("shutdown-timeout"); d < 0 {
+		return fmt.Errorf("--shutdown-timeout %v: must be 0 (no bound) or more", d)
 	}
 	if p := c.Int("gossip-port"); p < 1 || p > 65535 {
 		return fmt.Errorf("--gossip-port %d: want 1 to 65535", p)
@@ -320,9 +337,7 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	defer actions.Close()
 	checks := cc.checks
 	hookRunner := newHookRunner(log, c.String("hooks-dir"), cc.nodes[cc.self].Addr.String(), c.Duration("hook-timeout"))
-	if mc := newMonitorCheck(hookRunner); mc != nil {
-		checks = append(checks, mc)
-	}
+	checks = append(checks, newHookChecks(hookRunner)...)
 	checker := health.New(log, health.Config{Interfaces: ifaces, Checks: checks})
 
 	takeovers := metrics.NewTakeovers()
@@ -378,16 +393,27 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 		defer cancel()
 		return nd.Run(gctx)
 	})
+	// how the daemon stops, for the shutdown hooks: abort unless a stop
+	// request came first
+	var stopHow atomic.Value
+	stopHow.Store(hooks.StopAbort)
 	go func() {
 		select {
 		case mode := <-stop:
+			if mode == node.Restart {
+				stopHow.Store(hooks.StopRestart)
+			} else {
+				stopHow.Store(hooks.StopShutdown)
+			}
 			nd.Stop(mode)
 		case <-gctx.Done():
 		}
 	}()
 	g.Go(func() error { return repl.Run(gctx) })
 	g.Go(func() error {
-		return admin.NewServer(log, adminBackend{nd, checker, hookRunner}).Serve(gctx, admin.SocketPath(runDir))
+		srv := admin.NewServer(log, adminBackend{nd, checker, hookRunner})
+		srv.ShareReadOnly(cc.adminGID)
+		return srv.Serve(gctx, admin.SocketPath(runDir))
 	})
 	if addr := c.String("metrics-listen"); addr != "" {
 		collector := metrics.NewCollector(log, metrics.Sources{
@@ -397,5 +423,23 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 		// never stops the node: failover does not wait for metrics
 		go collector.KeepServing(gctx, addr)
 	}
-	return g.Wait()
+	err = g.Wait()
+	// every way out: a restart in place, a hand-over, an abort
+	runShutdownHooks(log, hookRunner, stopHow.Load().(string))
+	return err
+}
+
+// lookupGroup resolves --admin-group, a name or a number; "" is -1 (the
+// socket is not shared).
+func lookupGroup(name string) (int, error) {
+	if name == "" {
+		return -1, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		if g, err = user.LookupGroupId(name); err != nil {
+			return 0, fmt.Errorf("no group %q on this machine", name)
+		}
+	}
+	return strconv.Atoi(g.Gid)
 }

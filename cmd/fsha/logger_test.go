@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -43,5 +44,31 @@ func TestNewLoggerFormats(t *testing.T) {
 	}
 	if _, err := run("--log-format", "xml"); err == nil || !strings.Contains(err.Error(), `--log-format "xml": want json or text`) {
 		t.Errorf("xml: %v", err)
+	}
+}
+
+// The daemon's logger holds back a repeated error: the same warning
+// logged in a loop is one line (its summary comes when the window ends,
+// tested in control/logs with a fake clock).
+func TestNewLoggerHoldsBackRepeats(t *testing.T) {
+	var out bytes.Buffer
+	app := &cli.App{Name: "fsha", Flags: []cli.Flag{logLevelFlag(), logFormatFlag()},
+		Action: func(c *cli.Context) error {
+			log, err := newLogger(c, &out)
+			if err != nil {
+				return err
+			}
+			for range 50 {
+				log.Warn("lock check", zap.Error(errors.New("no such file or directory")))
+			}
+			log.Info("still here")
+			return nil
+		}}
+	if err := app.Run([]string{"fsha"}); err != nil {
+		t.Fatal(err)
+	}
+	if lines := strings.Split(strings.TrimSpace(out.String()), "\n"); len(lines) != 2 ||
+		!strings.Contains(lines[0], `"msg":"lock check"`) || !strings.Contains(lines[1], `"msg":"still here"`) {
+		t.Errorf("got %d lines, want the warning once and the info line:\n%s", len(lines), out.String())
 	}
 }

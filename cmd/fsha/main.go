@@ -10,6 +10,8 @@ import (
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/fsha/fsha/control/logs"
 )
 
 // env is what commands touch outside themselves, injected so tests can run
@@ -86,5 +88,8 @@ func newLogger(c *cli.Context, w io.Writer) (*zap.Logger, error) {
 		return nil, fmt.Errorf("--log-format %q: want json or text", f)
 	}
 	core := zapcore.NewCore(encoder, zapcore.AddSync(w), level)
-	return zap.New(core), nil
+	// A warning or error repeated in a loop (a lock on a dead file
+	// system, a failing hook, a metrics address not bindable yet) is
+	// written once, then summarised with a count every 10 s.
+	return zap.New(logs.NewRepeatCore(core, logs.RepeatOptions{})), nil
 }

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
@@ -197,5 +198,43 @@ func TestSampleHooks(t *testing.T) {
 		if !res.OK() {
 			t.Errorf("%s: %+v", ev, res)
 		}
+	}
+}
+
+// The unit tells a restart from a stop by the signal alone (systemd sends
+// RestartKillSignal for a restart job, KillSignal otherwise): SIGTERM is
+// fsha's restart in place, SIGINT its hand-over, and no ExecStop runs
+// before either. systemd's SIGKILL (TimeoutStopSec) must come after
+// fsha's own bound on a hand-over (--shutdown-timeout).
+func TestUnitStopAndRestart(t *testing.T) {
+	b, err := os.ReadFile("../../packaging/fsha.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+			unit[k] = v
+		}
+	}
+	if unit["KillSignal"] != "SIGINT" || unit["RestartKillSignal"] != "SIGTERM" {
+		t.Errorf("KillSignal=%s RestartKillSignal=%s, want SIGINT (stop: hand over) and SIGTERM (restart in place)",
+			unit["KillSignal"], unit["RestartKillSignal"])
+	}
+	if v, ok := unit["ExecStop"]; ok {
+		t.Errorf("ExecStop=%s: it would run before either signal", v)
+	}
+	stopTimeout, err := time.ParseDuration(unit["TimeoutStopSec"] + "s")
+	if err != nil {
+		t.Fatalf("TimeoutStopSec=%s: %v", unit["TimeoutStopSec"], err)
+	}
+	err = runUpStubbed(t, func(c *cli.Context) error {
+		if d := c.Duration("shutdown-timeout"); d <= 0 || d+10*time.Second > stopTimeout {
+			t.Errorf("--shutdown-timeout %v: want it at least 10 s below TimeoutStopSec (%v)", d, stopTimeout)
+		}
+		return nil
+	}, "up", "--config", filepath.Join(samples, "fsha.conf"))
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/urfave/cli/v2"
@@ -53,5 +54,26 @@ func TestSettingsFileWholeValues(t *testing.T) {
 	}
 	if _, _, err := runUpSettings(t, "ports = 445\nports = 2049\n"); err == nil {
 		t.Error("ports given twice in the file was accepted")
+	}
+}
+
+// A cmd: check's words are split as a shell would; a quote left open is
+// refused while the file is read, naming the file, the line and the
+// column of the quote.
+func TestSettingsFileCheckQuoting(t *testing.T) {
+	_, checks, err := runUpSettings(t, "check = cmd:/bin/sh -c \"test -e '/srv/a b'\"\ncheck = \"tcp:445\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{`cmd:/bin/sh -c "test -e '/srv/a b'"`, "tcp:445"}; !slices.Equal(checks, want) {
+		t.Errorf("checks %q, want %q", checks, want)
+	}
+	_, _, err = runUpSettings(t, "ports = 445\ncheck = cmd:/bin/sh -c 'test -e /a\n")
+	if err == nil {
+		t.Fatal("an unterminated quote was accepted")
+	}
+	want := `fsha.conf:2: setting check: check "cmd:/bin/sh -c 'test -e /a": unterminated single quote at column 16`
+	if !strings.HasSuffix(err.Error(), want) {
+		t.Errorf("error %q, want it to end with %q", err, want)
 	}
 }

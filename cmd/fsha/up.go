@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fsha/fsha/control/config"
+	"github.com/fsha/fsha/control/health"
 	"github.com/fsha/fsha/control/node"
 	"github.com/fsha/fsha/control/replication"
 	"github.com/fsha/fsha/dataplane"
@@ -202,6 +203,8 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	var (
 		stopping bool
 		reexec   bool
+		// a shutdown's bound (--shutdown-timeout): then as a second signal
+		shutdownDeadline <-chan time.Time
 	)
 	// systemd (Type=notify): serving. A SIGHUP's restart in place keeps
 	// the pid, and the new process says READY again.
@@ -244,6 +247,9 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 				log.Info("SIGINT: shutting down: the VIPs go to the other nodes, their connections drain")
 				stopping = true
 				stopCluster <- node.Shutdown
+				if d := c.Duration("shutdown-timeout"); d > 0 {
+					shutdownDeadline = time.After(d)
+				}
 			}
 			if cc == nil && stopping {
 				log.Info("stopping; programs stay attached and keep tracking", zap.String("pin_path", dp.PinPath()))
@@ -262,6 +268,9 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 				return errReexec
 			}
 			return err
+		case <-shutdownDeadline:
+			log.Warn("shutdown: the drains did not end within --shutdown-timeout: stopping now", zap.Duration("shutdown_timeout", c.Duration("shutdown-timeout")))
+			cancel()
 		case err := <-done:
 			return err
 		case <-pruneTick:
@@ -317,6 +326,9 @@ func describeConfig(c *cli.Context) (string, error) {
 	lock := "no cluster lock"
 	if cc.lock != nil {
 		lock = "cluster lock " + cc.lock.Path()
+	}
+	if g := c.String("admin-group"); g != "" {
+		lock += fmt.Sprintf("; admin socket readable by group %s (gid %d)", g, cc.adminGID)
 	}
 	return fmt.Sprintf("%s\n%s: %d nodes; this node is pnn %d (%s); %d health checks; %s",
 		what, c.String("nodes"), live, cc.self, cc.nodes[cc.self].Addr, len(cc.checks), lock), nil
@@ -408,7 +420,18 @@ func settingNames(c *cli.Context) config.Names {
 			multi[name] = isMulti
 		}
 	}
-	return config.Names{Known: func(n string) bool { return known[n] }, Multi: func(n string) bool { return multi[n] }}
+	return config.Names{Known: func(n string) bool { return known[n] }, Multi: func(n string) bool { return multi[n] }, Check: checkSetting}
+}
+
+// checkSetting refuses a bad health check while the settings file is
+// read, so the error names its file and line. The address only fills a
+// bare tcp:PORT; the check itself is built later, on this node's address.
+func checkSetting(name, value string) error {
+	if name != "check" {
+		return nil
+	}
+	_, err := health.ParseCheck(value, "127.0.0.1")
+	return err
 }
 
 // parsePorts reads "445,139,2049".

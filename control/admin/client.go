@@ -190,7 +190,7 @@ func (c *Client) dialError(endpoint string, err error) error {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return fmt.Errorf("%w (nothing answers on %s): start `fsha up` or pass --run-dir", ErrNotRunning, c.socket)
 	case errors.Is(err, os.ErrPermission):
-		return fmt.Errorf("%s: permission denied on %s: run as root", endpoint, c.socket)
+		return fmt.Errorf("%s: permission denied on %s: run as root (or, to read only, as a member of the daemon's --admin-group)", endpoint, c.socket)
 	}
 	return fmt.Errorf("%s: %w", endpoint, err)
 }

@@ -45,33 +45,39 @@ var ErrAlreadyRunning = errors.New("another fsha is already running")
 
 // Server serves a Backend over HTTP/JSON on a unix socket.
 type Server struct {
-	log     *zap.Logger
-	backend Backend
-	mux     *http.ServeMux
+	log      *zap.Logger
+	backend  Backend
+	mux      *http.ServeMux
+	readOnly map[string]bool // "METHOD /path" of the requests that change nothing
+	gid      int             // the group the socket is shared with; -1: none
 }
 
 // NewServer returns a server for b; Serve starts it.
 func NewServer(log *zap.Logger, b Backend) *Server {
-	s := &Server{log: log.Named("admin"), backend: b, mux: http.NewServeMux()}
+	s := &Server{log: log.Named("admin"), backend: b, mux: http.NewServeMux(), readOnly: map[string]bool{}, gid: -1}
+	const reads, changes = true, false
 	routes := []struct {
 		method, path string
+		readOnly     bool // an --admin-group member may ask
 		h            func(*http.Request) (any, error)
 	}{
-		{http.MethodGet, "/v1/status", s.status},
-		{http.MethodGet, "/v1/ip", s.ips},
-		{http.MethodGet, "/v1/timeline", s.timeline},
-		{http.MethodGet, "/v1/checks", s.checks},
-		{http.MethodPost, "/v1/move", s.move},
-		{http.MethodPost, "/v1/disable", s.disable},
-		{http.MethodPost, "/v1/enable", s.enable},
-		{http.MethodPost, "/v1/stop", s.stop},
-		{http.MethodPost, "/v1/continue", s.cont},
-		{http.MethodPost, "/v1/ban", s.ban},
-		{http.MethodPost, "/v1/unban", s.unban},
-		{http.MethodPost, "/v1/tickle", s.tickle},
+		{http.MethodGet, "/v1/status", reads, s.status},
+		{http.MethodGet, "/v1/ip", reads, s.ips},
+		{http.MethodGet, "/v1/timeline", reads, s.timeline},
+		{http.MethodGet, "/v1/checks", reads, s.checks},
+		{http.MethodPost, "/v1/move", changes, s.move},
+		{http.MethodPost, "/v1/disable", changes, s.disable},
+		{http.MethodPost, "/v1/enable", changes, s.enable},
+		{http.MethodPost, "/v1/stop", changes, s.stop},
+		{http.MethodPost, "/v1/continue", changes, s.cont},
+		{http.MethodPost, "/v1/ban", changes, s.ban},
+		{http.MethodPost, "/v1/unban", changes, s.unban},
+		// a tickle resets clients' connections
+		{http.MethodPost, "/v1/tickle", changes, s.tickle},
 	}
 	for _, rt := range routes {
 		s.mux.HandleFunc(rt.path, s.handle(rt.method, rt.h))
+		s.readOnly[rt.method+" "+rt.path] = rt.readOnly
 	}
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint %s", r.URL.Path))
@@ -79,8 +85,13 @@ func NewServer(log *zap.Logger, b Backend) *Server {
 	return s
 }
 
-// Handler is the HTTP handler, for tests and other transports.
+// Handler is the HTTP handler, for tests and other transports; Serve adds
+// the access policy (Authorize) on the unix socket.
 func (s *Server) Handler() http.Handler { return s.mux }
+
+// ShareReadOnly makes Serve's socket reachable by the members of group
+// gid (--admin-group), who may then read but not change anything.
+func (s *Server) ShareReadOnly(gid int) { s.gid = gid }
 
 // Serve listens on socketPath (creating its directory, mode 0700) and
 // serves until ctx is done, then shuts down gracefully and removes the
@@ -96,6 +107,10 @@ func (s *Server) Serve(ctx context.Context, socketPath string) (err error) {
 	if err != nil {
 		return err
 	}
+	if err := shareWithGroup(socketPath, s.gid); err != nil {
+		ln.Close()
+		return err
+	}
 	defer func() {
 		// Close removes the socket (unlink on close); make sure anyway, but
 		// only if it is still ours.
@@ -106,7 +121,8 @@ func (s *Server) Serve(ctx context.Context, socketPath string) (err error) {
 	s.log.Info("admin api listening", zap.String("socket", socketPath))
 
 	srv := &http.Server{
-		Handler:           s.mux,
+		Handler:           s.authorized(s.mux),
+		ConnContext:       peerContext,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		IdleTimeout:       time.Minute,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -102,4 +103,38 @@ func withoutLines[T PublicAddress | Node](xs []T) []T {
 		out[i] = x
 	}
 	return out
+}
+
+// FuzzSplitCommand: a cmd: check's words. Any text splits without a
+// panic; a refusal points at the quote or backslash it is about; words
+// that were accepted, quoted again, read back the same.
+func FuzzSplitCommand(f *testing.F) {
+	f.Add(`/bin/sh -c 'test -e /a, b'`)
+	f.Add(`echo "a\"b" c\ d ''`)
+	f.Fuzz(func(t *testing.T, line string) {
+		words, err := SplitCommand(line)
+		var ce *CommandError
+		switch {
+		case errors.Is(err, ErrEmptyCommand):
+			if strings.Trim(strings.ReplaceAll(line, "\\\n", ""), " \t\n") != "" {
+				t.Fatalf("%q: said empty", line)
+			}
+			return
+		case errors.As(err, &ce):
+			if ce.Offset < 0 || ce.Offset >= len(line) || !strings.ContainsRune(`'"\`, rune(line[ce.Offset])) {
+				t.Fatalf("%q: %v points at no quote or backslash", line, err)
+			}
+			return
+		case err != nil:
+			t.Fatalf("%q: unexpected error type %T: %v", line, err, err)
+		}
+		if len(words) == 0 {
+			t.Fatalf("%q: no words and no error", line)
+		}
+		quoted := QuoteCommand(words)
+		again, err := SplitCommand(quoted)
+		if err != nil || !reflect.DeepEqual(again, words) {
+			t.Fatalf("%q: words %q quoted as %q read back as %q, %v", line, words, quoted, again, err)
+		}
+	})
 }

@@ -22,15 +22,20 @@ type Setting struct {
 // Names tells ParseSettings which names are settings (Known), so that a
 // typo is refused with its line rather than silently ignored, and which
 // of them take several values (Multi: one line per value, as the flag is
-// repeated on the command line).
+// repeated on the command line). Check, if set, refuses a value at once,
+// so its error names the file and line (a cmd: check with an
+// unterminated quote) rather than a flag.
 type Names struct {
 	Known, Multi func(string) bool
+	Check        func(name, value string) error
 }
 
 // ParseSettings reads a settings file: "name = value" lines, '#' comments,
 // blank lines. A value is taken whole (commas included: "ports = 445,2049",
-// "check = cmd:/bin/sh -c 'a, b'"). A name given twice is refused unless it
-// takes several values.
+// "check = cmd:/bin/sh -c 'a, b'"); a pair of double quotes around the whole
+// value is removed (failback = "sticky"), quotes inside it stay, for the
+// setting to read (a cmd: check splits its words as a shell would). A name
+// given twice is refused unless it takes several values.
 func ParseSettings(name string, r io.Reader, names Names) ([]Setting, error) {
 	var (
 		out  []Setting
@@ -59,7 +64,14 @@ func ParseSettings(name string, r io.Reader, names Names) ([]Setting, error) {
 			fail("setting %q given twice (first on line %d)", k, seen[k])
 		default:
 			seen[k] = lineNo
-			out = append(out, Setting{Name: k, Value: strings.Trim(v, `"`), File: name, Line: lineNo})
+			v = unquoteValue(v)
+			if names.Check != nil {
+				if err := names.Check(k, v); err != nil {
+					errs = append(errs, &LineError{File: name, Line: lineNo, Reason: "setting " + k, Err: err})
+					continue
+				}
+			}
+			out = append(out, Setting{Name: k, Value: v, File: name, Line: lineNo})
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -69,6 +81,16 @@ func ParseSettings(name string, r io.Reader, names Names) ([]Setting, error) {
 		return nil, errors.Join(errs...)
 	}
 	return out, nil
+}
+
+// unquoteValue removes one pair of double quotes around a whole value. Only
+// a pair: trimming every quote at either end would cut the closing quote
+// of `cmd:sh -c "test -e /x"`.
+func unquoteValue(v string) string {
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		return v[1 : len(v)-1]
+	}
+	return v
 }
 
 // LoadSettings reads a settings file from disk.

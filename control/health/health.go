@@ -15,6 +15,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
+
+	"github.com/fsha/fsha/control/config"
 )
 
 // Check is one service check.
@@ -38,9 +40,20 @@ func (c TCPCheck) Run(ctx context.Context) error {
 }
 
 // CommandCheck runs a command; exit status 0 is healthy.
-type CommandCheck struct{ Argv []string }
+type CommandCheck struct {
+	Argv []string
+	// Line is the command as configured (quotes and all), which names the
+	// check in status and metrics so an operator finds it in the config;
+	// empty: the words quoted again.
+	Line string
+}
 
-func (c CommandCheck) Name() string { return "cmd:" + strings.Join(c.Argv, " ") }
+func (c CommandCheck) Name() string {
+	if c.Line != "" {
+		return "cmd:" + c.Line
+	}
+	return "cmd:" + config.QuoteCommand(c.Argv)
+}
 
 func (c CommandCheck) Run(ctx context.Context) error {
 	out, err := exec.CommandContext(ctx, c.Argv[0], c.Argv[1:]...).CombinedOutput()
@@ -51,7 +64,8 @@ func (c CommandCheck) Run(ctx context.Context) error {
 }
 
 // ParseCheck reads "tcp:PORT" (on the node address), "tcp:HOST:PORT" or
-// "cmd:COMMAND ARGS...".
+// "cmd:COMMAND ARGS...", whose words are split as a shell would, quotes
+// and backslashes included, with nothing expanded (config.SplitCommand).
 func ParseCheck(s string, nodeAddr string) (Check, error) {
 	kind, arg, ok := strings.Cut(s, ":")
 	if !ok || arg == "" {
@@ -67,11 +81,15 @@ func ParseCheck(s string, nodeAddr string) (Check, error) {
 		}
 		return TCPCheck{Addr: arg}, nil
 	case "cmd":
-		argv := strings.Fields(arg)
-		if len(argv) == 0 {
-			return nil, fmt.Errorf("check %q: empty command", s)
+		argv, err := config.SplitCommand(arg)
+		if err != nil {
+			var ce *config.CommandError
+			if errors.As(err, &ce) {
+				ce.Offset += len("cmd:") // a column of the check as written
+			}
+			return nil, fmt.Errorf("check %q: %w", s, err)
 		}
-		return CommandCheck{Argv: argv}, nil
+		return CommandCheck{Argv: argv, Line: strings.TrimSpace(arg)}, nil
 	}
 	return nil, fmt.Errorf("check %q: unknown kind %q (tcp or cmd)", s, kind)
 }

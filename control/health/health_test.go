@@ -110,7 +110,7 @@ func TestCheckReasons(t *testing.T) {
 	c.runChecks(ctx)
 	c.runChecks(ctx)
 	ok, why := c.State()
-	want := "cmd:sh -c echo smbd is not running; exit 3 failing (2 runs in a row): exit status 3: smbd is not running"
+	want := "cmd:sh -c 'echo smbd is not running; exit 3' failing (2 runs in a row): exit status 3: smbd is not running"
 	if ok || len(why) != 1 || why[0] != want {
 		t.Fatalf("healthy=%v why=%q, want [%q]", ok, why, want)
 	}
@@ -123,5 +123,21 @@ func TestCheckReasons(t *testing.T) {
 	}
 	if n := logs.FilterMessage("check").FilterField(zap.Bool("passing", true)).Len(); n != 1 {
 		t.Errorf("the passing check was logged %d times, want once", n)
+	}
+}
+
+// A cmd: check runs with the words a shell would have given it: the
+// command itself says whether it got them (sh compares its arguments).
+func TestCommandCheckQuoting(t *testing.T) {
+	c, err := ParseCheck(`cmd:/bin/sh -c 'test "$1" = "a, b" && test "$2" = "it'\''s"' sh "a, b" it\'s`, "198.18.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Run(context.Background()); err != nil {
+		t.Fatalf("%s: the command did not get its words: %v", c.Name(), err)
+	}
+	_, err = ParseCheck(`cmd:sh -c "exit 1`, "198.18.0.1")
+	if err == nil || !strings.Contains(err.Error(), "unterminated double quote at column 11") {
+		t.Errorf("unterminated quote: %v", err)
 	}
 }

@@ -31,8 +31,13 @@ type Event string
 // The events. Their names are CTDB's, so CTDB event scripts that look at
 // their first argument work unchanged.
 const (
-	Startup   Event = "startup"   // the daemon started, before it holds any VIP
-	Shutdown  Event = "shutdown"  // the daemon stops, after it released its VIPs
+	// Startup runs once the data plane is up, before the node takes a
+	// VIP; until it succeeds the node is UNHEALTHY and it is tried again
+	// (CTDB: "retried until it succeeds").
+	Startup Event = "startup"
+	// Shutdown runs as the daemon exits, whatever the way (FSHA_STOP
+	// says which); its failure is logged and changes nothing.
+	Shutdown  Event = "shutdown"
 	TakeIP    Event = "takeip"    // a VIP was added here and announced
 	ReleaseIP Event = "releaseip" // a VIP was removed from here
 	Monitor   Event = "monitor"   // periodic health check: a failure marks the node unhealthy
@@ -51,9 +56,26 @@ const (
 	EnvPrefix   = "FSHA_PREFIX"   // 198.18.0.10/24, as in public_addresses
 	EnvMaskBits = "FSHA_MASKBITS" // 24
 	EnvIface    = "FSHA_IFACE"    // eth0
+	// EnvStop tells shutdown hooks how the daemon stops: StopRestart,
+	// StopShutdown or StopAbort.
+	EnvStop = "FSHA_STOP"
 )
 
-var reservedEnv = []string{EnvEvent, EnvNode, EnvVIP, EnvPrefix, EnvMaskBits, EnvIface}
+// The values of EnvStop.
+const (
+	// StopRestart: a restart in place (SIGTERM, SIGHUP, a package
+	// upgrade): the VIPs stay here and their connections go on being
+	// served, so a hook must not stop the file servers.
+	StopRestart = "restart"
+	// StopShutdown: the VIPs were handed over to other nodes (SIGINT,
+	// systemctl stop with a hand-over).
+	StopShutdown = "shutdown"
+	// StopAbort: the daemon stops at once (a second signal, an error);
+	// the VIPs it held lapse at their deadlines.
+	StopAbort = "abort"
+)
+
+var reservedEnv = []string{EnvEvent, EnvNode, EnvVIP, EnvPrefix, EnvMaskBits, EnvIface, EnvStop}
 
 const (
 	// DefaultTimeout is CTDB's default event script timeout.

@@ -21,6 +21,7 @@ import (
 	"github.com/fsha/fsha/control/admin"
 	"github.com/fsha/fsha/control/allocation"
 	"github.com/fsha/fsha/control/config"
+	"github.com/fsha/fsha/control/logs"
 	"github.com/fsha/fsha/control/membership"
 	"github.com/fsha/fsha/control/ownership"
 	"github.com/fsha/fsha/control/quorum"
@@ -506,7 +507,7 @@ func (n *Node) Run(ctx context.Context) error {
 			// The loop must never stall: heartbeats and renewals wait.
 			n.count("loop_slow")
 			n.log.Warn("control loop slow", zap.Duration("took", took), zap.Int("sends", len(out.Send)),
-				zap.Int("persisted", len(out.Persist)), zap.Int("deadlines", len(out.Deadlines)))
+				zap.Int("persisted", len(out.Persist)), zap.Int("deadlines", len(out.Deadlines)), logs.EveryTime())
 		}
 		wait := time.Duration(e.NextWake() - monoNow())
 		timer.Reset(min(max(wait, 0), n.cfg.Timing.Renew))

@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/fsha/fsha/control/logs"
 	"github.com/fsha/fsha/control/ownership"
 )
 
@@ -55,7 +56,7 @@ func (n *Node) publish(sn ownership.Snapshot) {
 		addr := n.cfg.Nodes[pnn].Addr
 		n.count("peers_judged_dead")
 		n.log.Warn("peer judged dead: unheard for a lease without a word of a stop, or not back from a restart within the grace",
-			zap.Int("pnn", pnn), zap.Stringer("address", addr))
+			zap.Int("pnn", pnn), zap.Stringer("address", addr), logs.EveryTime())
 		if n.cfg.PeerDead != nil {
 			go n.cfg.PeerDead(pnn, addr)
 		}
@@ -74,7 +75,7 @@ func (n *Node) logQuorum(sn ownership.Snapshot) {
 		held := n.cfg.Lock != nil && n.cfg.Lock.Held()
 		why := quorumReason(sn, n.cfg.Nodes, n.cfg.Lock != nil, held)
 		if n.quorumSaid {
-			n.log.Warn("quorum lost: the VIPs held here lapse at their deadlines", zap.String("why", why))
+			n.log.Warn("quorum lost: the VIPs held here lapse at their deadlines", zap.String("why", why), logs.EveryTime())
 		} else {
 			n.log.Info("no quorum yet", zap.String("why", why))
 		}

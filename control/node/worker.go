@@ -12,6 +12,7 @@ import (
 
 	"github.com/fsha/fsha/control/admin"
 	"github.com/fsha/fsha/control/config"
+	"github.com/fsha/fsha/control/logs"
 	"github.com/fsha/fsha/control/ownership"
 	"github.com/fsha/fsha/dataplane"
 )
@@ -310,7 +311,7 @@ func (w *worker) checkLapse() {
 	}
 	err := w.removeVerified(iface, w.vip.Prefix)
 	w.log().Warn("lease lapsed (no renewal from a majority): the data plane stopped answering; address off "+iface+
-		", connections kept in case the renewals come back", zap.Error(err))
+		", connections kept in case the renewals come back", zap.Error(err), logs.EveryTime())
 	t0 := time.Now()
 	w.n.record(admin.Takeover{VIP: w.vip.Prefix.String(), Iface: iface, Kind: "lapse",
 		Reason: "no renewal from a majority: the data plane stopped answering", Steps: []admin.TimelineStep{{Step: "decision", At: t0}}})

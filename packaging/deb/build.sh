@@ -15,7 +15,6 @@ chmod 755 "$root"
 inst() { install -D -m "$1" "$2" "$root/$3"; }
 
 inst 755 "$bin" usr/bin/fsha
-inst 755 "$here/lib/fsha-stop" usr/lib/fsha/fsha-stop
 inst 644 "$here/fsha.service" lib/systemd/system/fsha.service
 for f in fsha.conf public_addresses events.d/README; do
 	inst 644 "$here/etc/fsha/$f" "etc/fsha/$f"
@@ -24,6 +23,7 @@ for f in "$here"/events.d/*; do
 	inst 755 "$f" "usr/share/fsha/events.d/$(basename "$f")"
 done
 inst 644 "$here/examples/nodes" usr/share/doc/fsha/examples/nodes
+inst 644 "$here/examples/grafana-dashboard.json" usr/share/doc/fsha/examples/grafana-dashboard.json
 inst 644 "$top/README.md" usr/share/doc/fsha/README.md
 inst 644 "$top/DESIGN.md" usr/share/doc/fsha/DESIGN.md
 gzip -9n "$root/usr/share/doc/fsha/README.md" "$root/usr/share/doc/fsha/DESIGN.md"
