@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/fsha/fsha/control/admin"
+	"github.com/fsha/fsha/dataplane"
 )
 
 const dashboardPath = "../../packaging/examples/grafana-dashboard.json"
@@ -31,7 +32,10 @@ func exported(t *testing.T) map[string]*dto.MetricFamily {
 	tk.ObserveTakeover(KindTakeover, 40*time.Millisecond)
 	fams := map[string]*dto.MetricFamily{}
 	for _, c := range []*Collector{
-		NewCollector(zap.NewNop(), Sources{Backend: fakeBackend{}, Counters: counters, Gossip: gossip, Takeovers: tk}),
+		NewCollector(zap.NewNop(), Sources{Backend: fakeBackend{}, Counters: counters, Gossip: gossip, Takeovers: tk,
+			Steering: func() []dataplane.SteerState {
+				return []dataplane.SteerState{{Interface: "eth0", Driver: "veth", XDPMode: "native", Steer: "tc"}}
+			}}),
 		NewCollector(zap.NewNop(), Sources{Backend: holdingBackend{}, Counters: counters, Version: "v1", FlowsMax: 1 << 20}),
 	} {
 		srv := httptest.NewServer(c.Handler())
