@@ -100,6 +100,12 @@ var glusterVolumeOptions = [][2]string{
 	// the default for replica 3 and arbiter volumes, said explicitly: a
 	// client without a majority of the bricks fails I/O (ENOTCONN)
 	{"cluster.quorum-type", "auto"},
+	// The self-heal daemon heals what a brick missed when it sees the
+	// brick come back, and otherwise only on its periodic crawl (600 s by
+	// default). A partition without I/O to the lost brick ends unseen by
+	// it: without a short crawl, a file written during a partition stays
+	// on one side for up to ten minutes.
+	{"cluster.heal-timeout", "10"},
 }
 
 // glusterHost is glusterd, the brick and (on nodes) the FUSE mount of one

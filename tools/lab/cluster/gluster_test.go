@@ -4,11 +4,16 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/fsha/fsha/tools/lab"
 	"github.com/fsha/fsha/tools/testenv"
@@ -189,4 +194,175 @@ func TestGlusterPowerCut(t *testing.T) {
 			return nil
 		})
 	}
+}
+
+// lockProbe tries, once, to take an OFD write lock on path (what fsha's
+// --lock takes) and lets it go at once: nil when it got it, EAGAIN when
+// another holds it, the file system's error otherwise, or errProbeHung
+// when nothing answers within d (a hung FUSE mount blocks in the kernel:
+// the probe is left behind and returns once the mount's client dies).
+func lockProbe(path string, d time.Duration) error {
+	res := make(chan error, 1)
+	go func() {
+		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			res <- err
+			return
+		}
+		defer f.Close() // closing the description drops its lock
+		lk := unix.Flock_t{Type: unix.F_WRLCK}
+		res <- unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk)
+	}()
+	select {
+	case err := <-res:
+		return err
+	case <-time.After(d):
+		return errProbeHung
+	}
+}
+
+var errProbeHung = errors.New("no answer from the file system")
+
+// TestGlusterPartitionTwoNodesLock: two nodes whose --lock is on the
+// volume (replica 2 with the arbiter on the witness gw). n1 is cut off
+// from n2, the witness and client c1, with a client c2 of its own: n2
+// takes the lock and both VIPs; n1 holds none, on its eth0 and on the
+// wire (c2 cannot connect to any VIP), and the volume refuses it the
+// lock (a probe through its mount fails, one through n2's finds the lock
+// held). Then n1's FUSE client is frozen (SIGSTOP: its lock I/O hangs in
+// the kernel), and n1's fsha still answers its admin API at once. Healed,
+// both hold a VIP again, and a file written through n2 during the
+// partition reads back through both VIPs and is on n1's brick.
+func TestGlusterPartitionTwoNodesLock(t *testing.T) {
+	requireGluster(t)
+	began := time.Now()
+	e := newEnvWithin(t, lab.ClusterOptions{Nodes: 2, Lock: true, Gluster: true, Clients: 2}, glusterBudget)
+	n1, n2 := e.c.Node(1), e.c.Node(2)
+	c1, c2 := e.c.Clients[0], e.c.Clients[1]
+	e.both()
+	t.Logf("two nodes with the gluster volume (arbiter on %s) converged after %v", e.c.Witness.Role, time.Since(began).Round(time.Millisecond))
+	if n1.LockFile() == n2.LockFile() || n1.LockFile() == "" {
+		t.Fatalf("lock files %q and %q: want one per node's mount", n1.LockFile(), n2.LockFile())
+	}
+
+	mon := startOverlapMonitor(n1, n2)
+	cut := time.Now()
+	if err := e.c.Partition(e.ctx, []*lab.Host{n1.Host, c2.Host}); err != nil {
+		t.Fatal(err)
+	}
+	e.out = []*lab.ClusterNode{n1}
+	e.eventually("n2 holds the lock and every VIP, n1 none", func(ctx context.Context) error {
+		if h := e.held(n1); len(h) > 0 {
+			return fmt.Errorf("n1 has %v on eth0", h)
+		}
+		if h := e.held(n2); len(h) != len(e.c.VIPs) {
+			return fmt.Errorf("n2 has %v on eth0", h)
+		}
+		st, err := n2.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if !st.LockHeld {
+			return errors.New("n2 holds every VIP without the lock")
+		}
+		return nil
+	})
+	t.Logf("partition: n2 holds the lock and every VIP %v after the cut", time.Since(cut).Round(time.Millisecond))
+
+	// the volume's view, not fsha's: the lock is taken, and n1 cannot get it
+	if err := lockProbe(n2.LockFile(), 10*time.Second); !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EACCES) {
+		t.Errorf("lock probe through n2's mount: %v, want EAGAIN (n2's fsha holds it)", err)
+	}
+	err := lockProbe(n1.LockFile(), 10*time.Second)
+	if err == nil {
+		t.Fatal("lock probe through n1's mount took the lock: the cut-off side can lock")
+	}
+	t.Logf("lock probe through cut-off n1's mount: %v", err)
+	// on the wire, from n1's side: nobody answers for any VIP
+	for _, v := range e.c.VIPs {
+		if _, err := c2.TryConnect(e.ctx, netip.AddrPortFrom(v.Addr(), lab.SMBPort), time.Second); err == nil {
+			t.Errorf("c2, on n1's side, connected to %s:445 during the partition", v.Addr())
+		}
+	}
+
+	name := "gluster-partition.bin"
+	data := randomData(t, 128<<10)
+	e.client = c1
+	e.retry("put "+name+" through "+e.c.VIPs[0].String(), func(ctx context.Context) error {
+		return c1.PutSMB(ctx, e.c.VIPs[0].Addr(), name, data)
+	})
+
+	// a hung cluster file system on n1: its lock I/O blocks in the kernel
+	fuse := n1.GlusterClient()
+	if err := fuse.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	thawed := false
+	thaw := func() {
+		if !thawed {
+			thawed = true
+			if err := fuse.Signal(syscall.SIGCONT); err != nil {
+				t.Errorf("thaw n1's FUSE client: %v", err)
+			}
+		}
+	}
+	t.Cleanup(thaw)
+	if err := lockProbe(n1.LockFile(), 3*time.Second); !errors.Is(err, errProbeHung) {
+		t.Fatalf("lock probe through n1's frozen mount: %v, want it to hang", err)
+	}
+	var slowest time.Duration
+	for i := 0; i < 10; i++ {
+		ctx, cancel := context.WithTimeout(e.ctx, 2*time.Second)
+		asked := time.Now()
+		out, err := n1.Admin(ctx, "status")
+		took := time.Since(asked)
+		cancel()
+		if err != nil {
+			t.Fatalf("fsha status of n1 while its lock I/O hangs: %v: %s", err, out)
+		}
+		slowest = max(slowest, took)
+		if h := e.held(n1); len(h) > 0 {
+			t.Fatalf("n1 has %v on eth0 while its lock I/O hangs", h)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	st := e.status(n1)
+	if st.LockHeld || st.Quorum {
+		t.Errorf("n1 while its lock I/O hangs: lock held %v, quorum %v", st.LockHeld, st.Quorum)
+	}
+	t.Logf("n1's lock I/O hangs (FUSE client stopped): 10 `fsha status` on n1 answered, the slowest in %v", slowest.Round(time.Millisecond))
+
+	thaw()
+	if err := e.c.Heal(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	healed := time.Now()
+	e.out = nil
+	e.both()
+	overlaps, samples, err := mon.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range overlaps[:min(len(overlaps), 10)] {
+		t.Errorf("split brain: %s", o)
+	}
+	t.Logf("healed: one VIP each %v after the heal; %d reads of the nodes' addresses, no VIP on both", time.Since(healed).Round(time.Millisecond), samples)
+	for _, v := range e.c.VIPs {
+		e.retry("read "+name+" through "+v.String(), func(ctx context.Context) error {
+			got, err := c1.GetSMB(ctx, v.Addr(), name)
+			if err != nil {
+				return err
+			}
+			if !bytes.Equal(got, data) {
+				return permanent{fmt.Errorf("read %d bytes of %s through %s that differ from the %d written", len(got), name, v, len(data))}
+			}
+			return nil
+		})
+	}
+	if err := lab.Eventually(e.ctx, glusterHeal, "self-heal of "+name+" to n1's brick", func(context.Context) error {
+		return brickHas(n1, name, data)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s on n1's brick %v after the heal", name, time.Since(healed).Round(time.Millisecond))
 }
