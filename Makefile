@@ -12,7 +12,7 @@ BIN := bin/fsha
 # and the tools the tests drive.
 APT_PACKAGES := clang-19 llvm-19 clang-format-19 libbpf-dev bpftool iproute2 ethtool \
 	hping3 samba smbclient ctdb nfs-ganesha nfs-ganesha-vfs libnfs-utils keepalived \
-	util-linux procps nftables
+	util-linux procps nftables glusterfs-server glusterfs-client
 
 .PHONY: all deps generate check-generate vmlinux build test test-unit lint bench chaos demo clean
 
