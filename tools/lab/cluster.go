@@ -58,7 +58,9 @@ type ClusterOptions struct {
 	// volume, a brick per node, FUSE-mounted on every node (gluster.go):
 	// replica 3 for 3 nodes (or a multiple), replica 2 with an arbiter on
 	// a witness host for 2. It combines with CTDB (CTDB's cluster lock on
-	// the volume too), the GlusterFS HA guide's whole layout.
+	// the volume too), the GlusterFS HA guide's whole layout. PowerDown
+	// and PowerUp take the node's gluster down and up with it; Freeze
+	// and KillFsha leave it running.
 	Gluster bool
 }
 
