@@ -76,7 +76,8 @@ func brickHas(n *lab.ClusterNode, name string, data []byte) error {
 // replica 3 volume, fsha moving the VIPs. A file of random bytes is put
 // through the VIP of a node (not CTDB's leader, whose loss costs CTDB an
 // election on top); the node's power is cut; the file is read back
-// through the same VIP, now on a survivor, byte for byte, and the
+// through the same VIP, now on a survivor, byte for byte (by SMB, then
+// by NFSv4 from the survivor's nfs-ganesha on its mount), and the
 // survivors' bricks hold it. A second file written meanwhile reaches the
 // cut node's brick by self-heal once it is back.
 func TestGlusterPowerCut(t *testing.T) {
@@ -156,6 +157,17 @@ func TestGlusterPowerCut(t *testing.T) {
 			t.Errorf("after the cut: %v", err)
 		}
 	}
+	// nfs-ganesha (VFS FSAL) on the survivor's FUSE mount serves it too
+	e.retry("read "+name+" by NFSv4 through "+vip.String(), func(ctx context.Context) error {
+		got, err := e.client.NFSCat(ctx, vip.Addr(), name)
+		if err != nil {
+			return err
+		}
+		if !bytes.Equal(got, data) {
+			return permanent{fmt.Errorf("read %d bytes of %s by NFS through %s that differ from the %d written", len(got), name, vip, len(data))}
+		}
+		return nil
+	})
 	t.Logf("power cut of %s (CTDB leader %s): %s on %s after %v; %s read back through it byte for byte after %v (%d attempts; volume ping timeout %d s)",
 		victim.Role, leader.Role, vip, newOwner.Role, moved.Round(time.Millisecond), name, readAt.Round(time.Millisecond), attempts, lab.GlusterPingTimeout)
 
