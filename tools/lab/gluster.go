@@ -538,3 +538,46 @@ func (g *glusterHost) peersConnected(ctx context.Context, want int) error {
 	}
 	return nil
 }
+
+// cleanStaleGluster undoes the gluster of a lab whose owner died without
+// closing it: the glusterfs FUSE mounts under its run directory are
+// detached and the gluster processes of its namespaces killed.
+func cleanStaleGluster(log *zap.Logger, dir string, namespaces []string) error {
+	var errs []error
+	if dir != "" {
+		data, err := os.ReadFile("/proc/self/mountinfo")
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Fields(line)
+			_, post, ok := strings.Cut(line, " - ")
+			if len(f) < 5 || !ok || !strings.HasPrefix(post, "fuse.glusterfs ") || !strings.HasPrefix(f[4], dir+"/") {
+				continue
+			}
+			if err := lazyUnmount(f[4]); err != nil {
+				errs = append(errs, err)
+			} else {
+				log.Info("unmounted a stale lab's gluster mount", zap.String("mount", f[4]))
+			}
+		}
+	}
+	for _, ns := range namespaces {
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join("/run/netns", ns), &st); err != nil {
+			continue
+		}
+		pids, err := netnsProcs(st.Ino, glusterNames)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		if len(pids) > 0 {
+			log.Info("killed a stale lab's gluster processes", zap.String("ns", ns), zap.Ints("pids", pids))
+		}
+	}
+	return errors.Join(errs...)
+}
