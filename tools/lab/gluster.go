@@ -327,16 +327,33 @@ var glusterNames = []string{"glusterd", "glusterfsd", "glusterfs"}
 // sweepGluster SIGKILLs, by PID, every gluster process in the host's
 // network namespace, and waits (bounded) until they are gone. The
 // namespace is the lab's own, so they are processes its glusterd started.
+// Then it removes the unix sockets they were given (-S, under
+// /var/run/gluster), which a killed process leaves behind.
 func sweepGluster(h *Host) error {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(h.ns), &st); err != nil {
 		return fmt.Errorf("stat namespace %s: %w", h.NS, err)
 	}
+	sockets := map[string]bool{}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		pids, err := netnsProcs(st.Ino, glusterNames)
-		if err != nil || len(pids) == 0 {
+		if err != nil {
 			return err
+		}
+		for _, pid := range pids {
+			if s := socketArg(pid); s != "" {
+				sockets[s] = true
+			}
+		}
+		if len(pids) == 0 {
+			var errs []error
+			for s := range sockets {
+				if err := os.Remove(s); err != nil && !errors.Is(err, os.ErrNotExist) {
+					errs = append(errs, err)
+				}
+			}
+			return errors.Join(errs...)
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("gluster processes %v of %s survive SIGKILL", pids, h.NS)
@@ -346,6 +363,22 @@ func sweepGluster(h *Host) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// socketArg is the -S argument (its unix socket) of a gluster process,
+// when it is a file under /var/run/gluster.
+func socketArg(pid int) string {
+	data, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if err != nil {
+		return ""
+	}
+	args := strings.Split(string(data), "\x00")
+	for i, a := range args[:max(len(args)-1, 0)] {
+		if a == "-S" && strings.HasPrefix(args[i+1], "/var/run/gluster/") && strings.HasSuffix(args[i+1], ".socket") {
+			return args[i+1]
+		}
+	}
+	return ""
 }
 
 // netnsProcs lists the processes (not zombies) in the network namespace
