@@ -12,7 +12,7 @@ BIN := bin/fsha
 # and the tools the tests drive.
 APT_PACKAGES := clang-19 llvm-19 clang-format-19 libbpf-dev bpftool iproute2 ethtool \
 	hping3 samba smbclient smbnetfs ctdb nfs-ganesha nfs-ganesha-vfs libnfs-utils keepalived \
-	libnfs-dev dbus-daemon dbus-bin iputils-arping \
+	libnfs-dev dbus-daemon dbus-bin iputils-arping glusterfs-server glusterfs-client \
 	util-linux procps nftables curl
 
 .PHONY: all deps generate check-generate vmlinux build test test-unit lint bench chaos demo clean

@@ -19,18 +19,29 @@ const lockIOTimeout = 2 * time.Second
 
 var errLockTimeout = errors.New("cluster lock: file system did not answer in time")
 
+// clusterLock is the lock file's operations (quorum.Lock); each may block
+// in the file system for as long as it likes.
+type clusterLock interface {
+	Path() string
+	TryAcquire() (bool, error)
+	Release() error
+	Check() error
+}
+
+var _ clusterLock = (*quorum.Lock)(nil)
+
 // lockManager takes, confirms and releases the cluster lock as the engine
 // wants, off the loop, with timeouts.
 type lockManager struct {
 	log    *zap.Logger
-	lock   *quorum.Lock
+	lock   clusterLock
 	period time.Duration
 	wantCh chan bool
 	// busy: an operation is still blocked in the file system
 	busy chan struct{}
 }
 
-func newLockManager(log *zap.Logger, l *quorum.Lock, period time.Duration) *lockManager {
+func newLockManager(log *zap.Logger, l clusterLock, period time.Duration) *lockManager {
 	return &lockManager{log: log, lock: l, period: period, wantCh: make(chan bool, 1), busy: make(chan struct{}, 1)}
 }
 
@@ -72,6 +83,12 @@ func (m *lockManager) run(ctx context.Context, report func(ownership.LockState))
 		wanted      bool
 		state       ownership.LockState
 		unconfirmed int
+		// stray: the lock may be held though state says not: an
+		// acquire timed out (a hung file system may still complete
+		// it) or a release did not run. A lock nobody wants must not
+		// stay held: released once the file system lets us.
+		stray        bool
+		strayRelease int
 	)
 	for {
 		select {
@@ -99,14 +116,26 @@ func (m *lockManager) run(ctx context.Context, report func(ownership.LockState))
 				return err
 			})
 			if err != nil {
+				stray = stray || errors.Is(err, errLockTimeout)
 				m.log.Warn("cluster lock", zap.Error(err))
 			} else if got {
+				stray = false
 				state = ownership.LockState{Held: true, Since: monoNow(), Checked: monoNow()}
 				m.log.Info("took the cluster lock", zap.String("lock", m.lock.Path()))
 			}
-		case !wanted && state.Held:
+		case !wanted && (state.Held || stray):
 			if err := m.do(m.lock.Release); err != nil {
-				m.log.Warn("release cluster lock", zap.Error(err))
+				stray = true
+				// every period until the file system answers: log the
+				// first and then every hundredth
+				if strayRelease++; strayRelease == 1 || strayRelease%100 == 0 {
+					m.log.Warn("release cluster lock", zap.Int("times", strayRelease), zap.Error(err))
+				}
+			} else {
+				if strayRelease > 0 {
+					m.log.Info("released the cluster lock", zap.Int("failed_tries", strayRelease))
+				}
+				stray, strayRelease = false, 0
 			}
 			state = ownership.LockState{}
 		case state.Held:

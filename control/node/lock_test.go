@@ -52,3 +52,71 @@ func TestLockManagerChecksByPeriod(t *testing.T) {
 		t.Error("the lock is still held after the manager stopped")
 	}
 }
+
+// slowLock is a cluster lock on a file system that hangs: TryAcquire
+// blocks until the test lets it go, then takes the lock.
+type slowLock struct {
+	unblock  chan struct{}
+	acquires atomic.Int64
+	acquired chan struct{} // closed once the blocked acquire took the lock
+	held     atomic.Bool
+}
+
+func (l *slowLock) Path() string { return "slow" }
+
+func (l *slowLock) TryAcquire() (bool, error) {
+	l.acquires.Add(1)
+	<-l.unblock
+	if !l.held.Swap(true) {
+		close(l.acquired)
+	}
+	return true, nil
+}
+
+func (l *slowLock) Release() error { l.held.Store(false); return nil }
+
+func (l *slowLock) Check() error { return nil }
+
+// TestLockManagerReleasesLateAcquire: an acquire that outlives its timeout
+// (a hung cluster file system, FUSE blocking the caller in the kernel)
+// and completes after the engine stopped wanting the lock must not leave
+// the lock held: a node with a majority holds no lock, so that, should it
+// freeze later, the others can take it.
+func TestLockManagerReleasesLateAcquire(t *testing.T) {
+	l := &slowLock{unblock: make(chan struct{}), acquired: make(chan struct{})}
+	m := newLockManager(zap.NewNop(), l, 20*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	var reportedHeld atomic.Bool
+	go func() {
+		defer close(done)
+		m.run(ctx, func(s ownership.LockState) { reportedHeld.Store(s.Held) })
+	}()
+	defer func() { cancel(); <-done }()
+
+	m.want(true)
+	deadline := time.Now().Add(5 * time.Second)
+	for l.acquires.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the manager never tried to take the lock")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// the acquire times out, the engine gets a majority back, then the
+	// file system answers: the acquire took the lock after all
+	time.Sleep(lockIOTimeout + 100*time.Millisecond)
+	m.want(false)
+	time.Sleep(100 * time.Millisecond)
+	close(l.unblock)
+	<-l.acquired
+	deadline = time.Now().Add(lockIOTimeout + time.Second)
+	for l.held.Load() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the lock taken by a late acquire is still held %v after the engine stopped wanting it", lockIOTimeout+time.Second)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if reportedHeld.Load() {
+		t.Error("the manager reported the lock held while not wanted")
+	}
+}

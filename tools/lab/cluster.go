@@ -63,6 +63,14 @@ type ClusterOptions struct {
 	// directory between the nodes (on the shared storage), with a D-Bus
 	// bus per node and the shipped NFS hooks installed (ganesha.go).
 	NFSState bool
+	// Gluster puts the share and the locks on a replicated GlusterFS
+	// volume, a brick per node, FUSE-mounted on every node (gluster.go):
+	// replica 3 for 3 nodes (or a multiple), replica 2 with an arbiter on
+	// a witness host for 2. It combines with CTDB (CTDB's cluster lock on
+	// the volume too), the GlusterFS HA guide's whole layout. PowerDown
+	// and PowerUp take the node's gluster down and up with it; Freeze
+	// and KillFsha leave it running.
+	Gluster bool
 }
 
 // MaxClusterNodes bounds ClusterOptions.Nodes.
@@ -85,15 +93,22 @@ type Cluster struct {
 	// VIPs are the public addresses, in public_addresses order.
 	VIPs []netip.Prefix
 	// Share is the shared directory: //VIP/share and nfs://VIP/export.
+	// With Gluster, node 1's mount of it (ClusterNode.ShareDir is each
+	// node's).
 	Share string
 	// Files fsha reads: nodes, public_addresses, the gossip key, and the
-	// lock file (empty without ClusterOptions.Lock).
+	// lock file (empty without ClusterOptions.Lock; with Gluster, node 1's
+	// path: ClusterNode.LockFile is each node's).
 	NodesFile, PublicAddressesFile, KeyFile, LockFile string
 	// CTDBLockFile is CTDB's cluster lock on the shared file system
 	// (empty without ClusterOptions.CTDB).
 	CTDBLockFile string
+	// Witness is the gluster arbiter host of a two-node cluster with
+	// ClusterOptions.Gluster, nil otherwise.
+	Witness *Host
 
-	opts ClusterOptions
+	opts    ClusterOptions
+	gluster *glusterCluster // nil without ClusterOptions.Gluster
 }
 
 // ClusterNode is one node of a Cluster.
@@ -109,6 +124,7 @@ type ClusterNode struct {
 	CTDBBase string
 
 	cluster *Cluster
+	gluster *glusterHost // nil without ClusterOptions.Gluster
 
 	mu                         sync.Mutex
 	fsha, smbd, ganesha, ctdbd *Process
@@ -236,8 +252,20 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 	if opts.CTDB {
 		startTimeout += CTDBStartTimeout
 	}
+	if opts.Gluster {
+		startTimeout += GlusterStartTimeout
+	}
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
+	if opts.Gluster {
+		// the volume first: ctdbd's lock and the servers' share are on it
+		if err := c.startGluster(ctx); err != nil {
+			return nil, err
+		}
+		if err := c.prepareGlusterShare(); err != nil {
+			return nil, err
+		}
+	}
 	if opts.CTDB {
 		// every ctdbd up and OK before any smbd, as at a cluster's boot
 		if err := c.startCTDB(ctx); err != nil {
@@ -408,8 +436,8 @@ func (n *ClusterNode) fshaArgs(opts FshaOptions) ([]string, error) {
 	default:
 		argv = append(argv, "--gossip-key", c.KeyFile)
 	}
-	if c.LockFile != "" {
-		argv = append(argv, "--lock", c.LockFile)
+	if lock := n.LockFile(); lock != "" {
+		argv = append(argv, "--lock", lock)
 	}
 	if c.opts.FailbackSticky {
 		argv = append(argv, "--failback", "sticky")
@@ -501,9 +529,14 @@ func (n *ClusterNode) KillFsha() error {
 
 // StartServers starts smbd and nfs-ganesha on the shared directory (unless
 // the cluster has NoServers). With CTDB, ctdbd first, unless it runs:
-// smbd starts once this node's ctdbd sees every running ctdbd OK.
+// smbd starts once this node's ctdbd sees every running ctdbd OK. With
+// Gluster, the node's glusterd, brick and mount before all, unless its
+// mount runs (after a power cut).
 func (n *ClusterNode) StartServers(ctx context.Context) error {
 	c := n.cluster
+	if err := n.joinGluster(ctx); err != nil {
+		return err
+	}
 	if c.opts.NoServers {
 		return nil
 	}
@@ -514,7 +547,7 @@ func (n *ClusterNode) StartServers(ctx context.Context) error {
 		}
 		smbOpts = SmbdOptions{CTDBSocket: n.CTDBSocket(), NetbiosName: CTDBNetbiosName}
 	}
-	smbd, err := n.StartSmbdWith(ctx, c.Share, smbOpts)
+	smbd, err := n.StartSmbdWith(ctx, n.ShareDir(), smbOpts)
 	if err != nil {
 		return err
 	}

@@ -39,6 +39,7 @@ func (n *ClusterNode) PowerDown() error {
 	for _, p := range procs {
 		errs = append(errs, p.Kill())
 	}
+	errs = append(errs, n.powerDownGluster())
 	return errors.Join(errs...)
 }
 

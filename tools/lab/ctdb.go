@@ -266,8 +266,12 @@ func (n *ClusterNode) writeCTDBConfig() error {
 			return fmt.Errorf("create ctdb dir: %w", err)
 		}
 	}
+	helper, lock, err := n.ctdbClusterLock()
+	if err != nil {
+		return err
+	}
 	if err := writeTemplate(filepath.Join(b, "ctdb.conf"), ctdbConf, map[string]any{
-		"NS": n.NS, "Base": b, "Helper": ctdbMutexHelper, "Lock": c.CTDBLockFile,
+		"NS": n.NS, "Base": b, "Helper": helper, "Lock": lock,
 		"Addr": n.IP().String(), "Fast": c.opts.CTDBFast, "MovesIPs": c.opts.CTDBMovesIPs,
 	}); err != nil {
 		return err

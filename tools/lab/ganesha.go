@@ -244,7 +244,7 @@ func (n *ClusterNode) startBus(ctx context.Context) (_ *Process, err error) {
 // at start (a restart must let the clients reclaim), else as before.
 func (n *ClusterNode) startGanesha(ctx context.Context) (*Process, error) {
 	if !n.cluster.opts.NFSState {
-		return n.StartGanesha(ctx, n.cluster.Share, GaneshaOptions{})
+		return n.StartGanesha(ctx, n.ShareDir(), GaneshaOptions{})
 	}
 	bus, err := n.startBus(ctx)
 	if err != nil {
@@ -257,7 +257,7 @@ func (n *ClusterNode) startGanesha(ctx context.Context) (*Process, error) {
 	if err := os.MkdirAll(n.GaneshaRecoveryRoot(), 0o755); err != nil {
 		return nil, fmt.Errorf("create ganesha recovery root: %w", err)
 	}
-	return n.StartGanesha(ctx, n.cluster.Share, GaneshaOptions{
+	return n.StartGanesha(ctx, n.ShareDir(), GaneshaOptions{
 		Grace: true, GracePeriod: GaneshaGracePeriod, RecoveryRoot: n.GaneshaRecoveryRoot(),
 		DebugClientID: true, Env: []string{"DBUS_SYSTEM_BUS_ADDRESS=" + n.busAddress()},
 	})

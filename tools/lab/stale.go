@@ -81,8 +81,11 @@ var (
 // only touches namespaces named fsha-<6 hex digits>-<role> whose owner
 // record exists and names a process that is gone: never another tool's
 // namespace, never a live lab's. Processes a crashed lab left running are
-// not killed (they are not ours); their namespace disappears with them. It
-// returns the deleted namespaces.
+// not killed (they are not ours); their namespace disappears with them.
+// GlusterFS's are the exception (cleanStaleGluster): its glusterd
+// daemonized them out of the lab's sessions, and the FUSE clients keep
+// their mounts in the host's mount namespace. It returns the deleted
+// namespaces.
 func CleanupStale(log *zap.Logger) ([]string, error) {
 	if log == nil {
 		log = zap.NewNop()
@@ -125,6 +128,7 @@ func CleanupStale(log *zap.Logger) ([]string, error) {
 		if start, err := procStartTime(o.PID); err == nil && start == o.StartTime {
 			continue // the owner lives
 		}
+		errs = append(errs, cleanStaleGluster(log, o.Dir, byRun[id]))
 		for _, ns := range byRun[id] {
 			ctx, cancel := context.WithTimeout(context.Background(), nsCmdTimeout)
 			out, err := runCmd(ctx, "ip", "netns", "delete", ns)
