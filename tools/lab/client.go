@@ -253,14 +253,23 @@ func (w *Watch) read(stop <-chan struct{}) {
 	defer close(w.done)
 	buf := make([]byte, 2048)
 	oob := make([]byte, 256)
+	// once stopped, what the kernel queued before is still read (a
+	// frame that arrived just before Close belongs to the capture); the
+	// first empty read ends it
+	flags, stopping := unix.MSG_TRUNC, false
 	for {
-		select {
-		case <-stop:
-			return
-		default:
+		if !stopping {
+			select {
+			case <-stop:
+				stopping, flags = true, unix.MSG_TRUNC|unix.MSG_DONTWAIT
+			default:
+			}
 		}
-		n, oobn, _, from, err := unix.Recvmsg(w.fd, buf, oob, unix.MSG_TRUNC)
+		n, oobn, _, from, err := unix.Recvmsg(w.fd, buf, oob, flags)
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+			if stopping && errors.Is(err, unix.EAGAIN) {
+				return
+			}
 			continue
 		}
 		if err != nil {

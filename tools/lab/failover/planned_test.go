@@ -173,14 +173,20 @@ func (e *env) drain(phase string, vip netip.Prefix, trigger func(), want *lab.Cl
 				phase, tr.name, tr.proc.ExitErr(), tr.proc.Tail(500), e.resetsTo(w, start, keys...))
 		}
 	}
+	// both say so once each has heard the other (the old holder learns
+	// the new owner from its heartbeats, a renewal or two after the
+	// steering began on a loaded machine)
 	for _, n := range []*lab.ClusterNode{old, next} {
-		ip, err := ipOf(e.ctx, n, vip)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ip.State != "draining" || ip.DrainingFrom != old.IP().String() || ip.Owner != next.IP().String() {
-			t.Errorf("%s: %s says %+v, want owner %s, state draining, draining_from %s", phase, n.Role, ip, next.IP(), old.IP())
-		}
+		e.eventually(phase+": "+n.Role+" says "+vip.String()+" drains from "+old.Role+" to "+next.Role, func(ctx context.Context) error {
+			ip, err := ipOf(ctx, n, vip)
+			if err != nil {
+				return err
+			}
+			if ip.State != "draining" || ip.DrainingFrom != old.IP().String() || ip.Owner != next.IP().String() {
+				return fmt.Errorf("%s says %+v, want owner %s, state draining, draining_from %s", n.Role, ip, next.IP(), old.IP())
+			}
+			return nil
+		})
 	}
 
 	// new connections go to the new owner, by SMB and by NFS
