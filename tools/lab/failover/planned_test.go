@@ -27,6 +27,10 @@ const (
 	// pingEvery is the raw sessions' pace: a stall of the data path
 	// longer than a few of these shows in their longest gap.
 	pingEvery = 50 * time.Millisecond
+	// maxSteerStall is the longest a planned move may stall a session:
+	// the steering transition (the new holder steers before its address
+	// is up) takes a few renewals at most
+	maxSteerStall = 500 * time.Millisecond
 	// transferSize and transferRate make each real client's transfer
 	// last about 4 s: it is in flight when the VIP moves.
 	transferSize = 12 << 20
@@ -223,8 +227,11 @@ func (e *env) drain(phase string, vip netip.Prefix, trigger func(), want *lab.Cl
 		if err := s.Err(); err != nil {
 			t.Errorf("%s: %s session through %s broke during the move: %v", phase, s.rc.proto, vip, err)
 		}
-		if min := int(total / pingEvery / 4); s.OK() < min {
+		if min := int(total / pingEvery * 3 / 4); s.OK() < min {
 			t.Errorf("%s: %s session answered %d pings in %v, want at least %d", phase, s.rc.proto, s.OK(), total.Round(time.Millisecond), min)
+		}
+		if g := s.MaxGap(); g > maxSteerStall {
+			t.Errorf("%s: %s session stalled %v, longer than a steering transition (%v)", phase, s.rc.proto, g.Round(time.Millisecond), maxSteerStall)
 		}
 	}
 	if t.Failed() {
@@ -504,8 +511,11 @@ func TestFailback(t *testing.T) {
 			if err := s.Err(); err != nil {
 				t.Errorf("%s session through %s broke: %v", s.rc.proto, vs.vip, err)
 			}
-			if min := int(total / pingEvery / 4); s.OK() < min {
+			if min := int(total / pingEvery * 3 / 4); s.OK() < min {
 				t.Errorf("%s session through %s answered %d pings in %v, want at least %d", s.rc.proto, vs.vip, s.OK(), total.Round(time.Millisecond), min)
+			}
+			if g := s.MaxGap(); g > maxSteerStall {
+				t.Errorf("%s session through %s stalled %v, longer than a steering transition (%v)", s.rc.proto, vs.vip, g.Round(time.Millisecond), maxSteerStall)
 			}
 		}
 	}

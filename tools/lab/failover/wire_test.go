@@ -278,6 +278,13 @@ func (s *session) Err() error {
 	return s.err
 }
 
+// MaxGap is the longest time between two answers so far.
+func (s *session) MaxGap() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxGap
+}
+
 // OK counts the answered pings.
 func (s *session) OK() int {
 	s.mu.Lock()
