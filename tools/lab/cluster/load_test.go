@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -59,6 +61,12 @@ func TestNoFalseFailoverUnderLoad(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The load is the hogs and the readers: wait until what earlier tests
+	// left to the kernel (the namespaces, veths and programs of their labs
+	// are torn down by its workqueues after they close) is done, so that
+	// the test measures the load it states.
+	waited, idle := waitIdle(e.ctx, 0.7, 60*time.Second)
+	t.Logf("machine %.0f%% idle after waiting %v for earlier labs' teardown", idle*100, waited.Round(100*time.Millisecond))
 	m := e.startWireMonitor()
 
 	var hogProcs []*lab.Process
@@ -267,4 +275,51 @@ func (s *stallMeter) result() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return fmt.Sprintf("a %v timer of the test process fired up to %v late; over %v: %v", stallTick, s.max.Round(time.Millisecond), stallReport, s.over)
+}
+
+// waitIdle waits, at most timeout, until the CPUs were at least frac idle
+// over a second (/proc/stat), and returns how long it waited and the last
+// idle fraction seen.
+func waitIdle(ctx context.Context, frac float64, timeout time.Duration) (time.Duration, float64) {
+	start := time.Now()
+	var idle float64
+	for time.Since(start) < timeout && ctx.Err() == nil {
+		a, errA := cpuTimes()
+		time.Sleep(time.Second)
+		b, errB := cpuTimes()
+		if errA != nil || errB != nil || b[0] <= a[0] {
+			return time.Since(start), idle
+		}
+		idle = float64(b[1]-a[1]) / float64(b[0]-a[0])
+		if idle >= frac {
+			break
+		}
+	}
+	return time.Since(start), idle
+}
+
+// cpuTimes reads the total and the idle (idle + iowait) jiffies of all
+// CPUs from /proc/stat.
+func cpuTimes() ([2]uint64, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return [2]uint64{}, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return [2]uint64{}, fmt.Errorf("/proc/stat: %q", line)
+	}
+	var total, idle uint64
+	for i, s := range f[1:] {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return [2]uint64{}, fmt.Errorf("/proc/stat: %q: %w", line, err)
+		}
+		total += v
+		if i == 3 || i == 4 {
+			idle += v
+		}
+	}
+	return [2]uint64{total, idle}, nil
 }
