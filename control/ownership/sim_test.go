@@ -312,8 +312,10 @@ func runSchedule(seed int64, keepLog bool) (*simWorld, schedule, error) {
 	w.healAll()
 	// everything settles within the restart grace (a node that was
 	// restarting or lost its promises) plus a few leases, and the
-	// hold-down before VIPs move back to a node heard again
-	w.runUntil(w.now + int64(simTiming().MaxGrant()+2*time.Second+simTiming().HoldDown))
+	// hold-downs before VIPs move back to a node heard again: a restarted
+	// node's own (while it starts) and then its peers' (once it is back
+	// after a silence), which can follow one another
+	w.runUntil(w.now + int64(simTiming().MaxGrant()+2*time.Second+2*simTiming().HoldDown))
 	if len(w.violated) > 0 {
 		return w, sc, fmt.Errorf("%s", w.violated[0])
 	}

@@ -405,20 +405,15 @@ func (c *Cluster) startGluster(ctx context.Context) error {
 
 // peersConnected checks that glusterd sees want peers, all connected.
 func (g *glusterHost) peersConnected(ctx context.Context, want int) error {
-	out, err := g.cli(ctx, "pool", "list")
+	// connected is not enough: a volume create is refused until every
+	// peer has finished the probe's handshake ("Peer in Cluster"), which
+	// a loaded machine showed lagging behind "Connected"
+	out, err := g.cli(ctx, "peer", "status")
 	if err != nil {
 		return err
 	}
-	// UUID Hostname State, this host as "localhost"
-	connected := 0
-	for _, line := range strings.Split(string(out), "\n")[1:] {
-		f := strings.Fields(line)
-		if len(f) == 3 && f[1] != "localhost" && f[2] == "Connected" {
-			connected++
-		}
-	}
-	if connected != want {
-		return fmt.Errorf("%s's glusterd sees %d peers connected, want %d: %s", g.host.Role, connected, want, out)
+	if in := strings.Count(string(out), "State: Peer in Cluster (Connected)"); in != want {
+		return fmt.Errorf("%s's glusterd sees %d peers in the cluster and connected, want %d: %s", g.host.Role, in, want, out)
 	}
 	return nil
 }
