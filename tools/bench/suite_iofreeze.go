@@ -211,13 +211,7 @@ func (b *iofreezeBench) trial(ctx context.Context, c *lab.Cluster, sys freezeSys
 // ended after since, among its operations from index from on.
 func waitGoodOps(ctx context.Context, app *lab.IORun, from int, since time.Time, n int, timeout time.Duration) error {
 	return lab.Eventually(ctx, timeout, fmt.Sprintf("%d good operations", n), func(context.Context) error {
-		good := 0
-		for _, op := range app.Ops()[from:] {
-			if op.Err == nil && !op.Mismatch && op.End.After(since) {
-				good++
-			}
-		}
-		if good < n {
+		if good := lab.GoodSince(app.Ops()[from:], since); good < n {
 			return fmt.Errorf("%d so far", good)
 		}
 		return nil

@@ -109,6 +109,18 @@ func (r *IORun) record(op IOOp) {
 	r.mu.Unlock()
 }
 
+// GoodSince counts the operations that succeeded, with the data expected,
+// and ended after since: the application working again after a fault.
+func GoodSince(ops []IOOp, since time.Time) int {
+	n := 0
+	for _, op := range ops {
+		if op.Err == nil && !op.Mismatch && op.End.After(since) {
+			n++
+		}
+	}
+	return n
+}
+
 // Ops returns the operations recorded so far.
 func (r *IORun) Ops() []IOOp {
 	r.mu.Lock()

@@ -79,19 +79,7 @@ func TestSMBMountContinuousIO(t *testing.T) {
 	// whose sockets the application uses
 	before = len(io.Ops())
 	cut := e.powerDown(old)
-	e.eventually("the application writes and reads again after the power cut of "+old.Role, func(context.Context) error {
-		ops := io.Ops()[before:]
-		ok := 0
-		for _, op := range ops {
-			if op.Err == nil && op.End.After(cut) {
-				ok++
-			}
-		}
-		if ok < 10 {
-			return fmt.Errorf("%d good operations since the cut: %s", ok, lab.Report(ops))
-		}
-		return nil
-	})
+	e.resumed(io, before, cut, "the power cut of "+old.Role)
 	crash := lab.Report(io.Ops()[before:])
 	t.Logf("power cut of the drainer %s (%v after the move): %s", old.Role, cut.Sub(moved).Round(time.Millisecond), crash)
 	if crash.Mismatches > 0 {
@@ -112,19 +100,7 @@ func TestSMBMountContinuousIO(t *testing.T) {
 	}
 	before = len(io.Ops())
 	cut = e.powerDown(holder)
-	e.eventually("the application writes and reads again after the power cut of "+holder.Role, func(context.Context) error {
-		ops := io.Ops()[before:]
-		ok := 0
-		for _, op := range ops {
-			if op.Err == nil && op.End.After(cut) {
-				ok++
-			}
-		}
-		if ok < 10 {
-			return fmt.Errorf("%d good operations since the cut: %s", ok, lab.Report(ops))
-		}
-		return nil
-	})
+	e.resumed(io, before, cut, "the power cut of "+holder.Role)
 	crash = lab.Report(io.Ops()[before:])
 	t.Logf("power cut of the holder %s: %s", holder.Role, crash)
 	if crash.Mismatches > 0 {
@@ -132,4 +108,17 @@ func TestSMBMountContinuousIO(t *testing.T) {
 	}
 	final := io.Stop(5 * time.Second)
 	t.Logf("whole run: %s", final)
+}
+
+// resumed waits until the application has done 10 good operations that
+// ended after since, among its operations from index from on.
+func (e *env) resumed(io *lab.IORun, from int, since time.Time, what string) {
+	e.t.Helper()
+	e.eventually("the application writes and reads again after "+what, func(context.Context) error {
+		ops := io.Ops()[from:]
+		if ok := lab.GoodSince(ops, since); ok < 10 {
+			return fmt.Errorf("%d good operations since %s: %s", ok, what, lab.Report(ops))
+		}
+		return nil
+	})
 }
