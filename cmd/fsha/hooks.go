@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -30,7 +31,8 @@ type hookRunner struct{ r *hooks.Runner }
 
 func (h hookRunner) Run(ctx context.Context, event string, env map[string]string) error {
 	vip, _ := netip.ParsePrefix(env[hooks.EnvPrefix])
-	res := h.r.Run(ctx, hooks.Event(event), hooks.Vars{VIP: vip, Iface: env[hooks.EnvIface]})
+	epoch, _ := strconv.ParseUint(env[hooks.EnvEpoch], 10, 64) // none: 0, left unset
+	res := h.r.Run(ctx, hooks.Event(event), hooks.Vars{VIP: vip, Iface: env[hooks.EnvIface], Epoch: epoch})
 	if res.Err != nil {
 		return res.Err
 	}

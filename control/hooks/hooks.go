@@ -56,6 +56,13 @@ const (
 	EnvPrefix   = "FSHA_PREFIX"   // 198.18.0.10/24, as in public_addresses
 	EnvMaskBits = "FSHA_MASKBITS" // 24
 	EnvIface    = "FSHA_IFACE"    // eth0
+	// EnvEpoch is the epoch of the VIP's lease the takeip or releaseip is
+	// for, in decimal. A VIP's epochs grow with every holder, cluster-wide,
+	// so hooks on different nodes that keep shared state per VIP (like
+	// 60.ganesha-grace's link to the last holder's NFSv4 records) can tell
+	// which of two runs is the later holder's: hooks on two nodes run at
+	// once, and the slower one may be the earlier holder's.
+	EnvEpoch = "FSHA_EPOCH"
 	// EnvStop tells shutdown hooks how the daemon stops: StopRestart,
 	// StopShutdown or StopAbort.
 	EnvStop = "FSHA_STOP"
@@ -75,7 +82,7 @@ const (
 	StopAbort = "abort"
 )
 
-var reservedEnv = []string{EnvEvent, EnvNode, EnvVIP, EnvPrefix, EnvMaskBits, EnvIface, EnvStop}
+var reservedEnv = []string{EnvEvent, EnvNode, EnvVIP, EnvPrefix, EnvMaskBits, EnvIface, EnvEpoch, EnvStop}
 
 const (
 	// DefaultTimeout is CTDB's default event script timeout.
@@ -159,6 +166,9 @@ type Vars struct {
 	// VIP and Iface, for takeip and releaseip.
 	VIP   netip.Prefix
 	Iface string
+	// Epoch of the VIP's lease, for takeip and releaseip (EnvEpoch); zero
+	// leaves EnvEpoch unset.
+	Epoch uint64
 	// Env holds more variables for the hooks.
 	Env map[string]string
 }
@@ -319,6 +329,9 @@ func (r *Runner) argsEnv(event Event, vars Vars) ([]string, []string) {
 	}
 	if vars.Iface != "" {
 		set[EnvIface] = vars.Iface
+	}
+	if vars.Epoch != 0 && (event == TakeIP || event == ReleaseIP) {
+		set[EnvEpoch] = strconv.FormatUint(vars.Epoch, 10)
 	}
 	for k, v := range vars.Env {
 		if _, ours := set[k]; !ours {

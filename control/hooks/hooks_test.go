@@ -36,7 +36,7 @@ func names(res Result) []string {
 func TestRunPassesEnvironmentAndArguments(t *testing.T) {
 	dir := t.TempDir()
 	writeHook(t, dir, "10.print", 0o755, `echo "args=$*"
-echo "event=$FSHA_EVENT vip=$FSHA_VIP prefix=$FSHA_PREFIX bits=$FSHA_MASKBITS iface=$FSHA_IFACE node=$FSHA_NODE extra=$FSHA_EXTRA"
+echo "event=$FSHA_EVENT vip=$FSHA_VIP prefix=$FSHA_PREFIX bits=$FSHA_MASKBITS iface=$FSHA_IFACE node=$FSHA_NODE epoch=$FSHA_EPOCH extra=$FSHA_EXTRA"
 echo "path=${PATH:+set}"
 `)
 	t.Setenv("FSHA_VIP", "stale") // inherited from the daemon: must not leak
@@ -44,22 +44,23 @@ echo "path=${PATH:+set}"
 	res := r.Run(context.Background(), TakeIP, Vars{
 		VIP:   netip.MustParsePrefix("198.18.0.10/24"),
 		Iface: "eth0",
+		Epoch: 42,
 		Env:   map[string]string{"FSHA_EXTRA": "x", EnvVIP: "cannot override"},
 	})
 	if !res.OK() || len(res.Scripts) != 1 {
 		t.Fatalf("result %+v", res)
 	}
 	want := "args=takeip eth0 198.18.0.10 24\n" +
-		"event=takeip vip=198.18.0.10 prefix=198.18.0.10/24 bits=24 iface=eth0 node=node1 extra=x\n" +
+		"event=takeip vip=198.18.0.10 prefix=198.18.0.10/24 bits=24 iface=eth0 node=node1 epoch=42 extra=x\n" +
 		"path=set\n"
 	if got := res.Scripts[0].Output; got != want {
 		t.Errorf("output\n%s\nwant\n%s", got, want)
 	}
 
 	// an event without an address: no address variables at all
-	writeHook(t, dir, "10.print", 0o755, `echo "args=$* vip=${FSHA_VIP-unset} iface=${FSHA_IFACE-unset}"`)
-	res = r.Run(context.Background(), Monitor, Vars{})
-	if got, want := res.Scripts[0].Output, "args=monitor vip=unset iface=unset\n"; got != want {
+	writeHook(t, dir, "10.print", 0o755, `echo "args=$* vip=${FSHA_VIP-unset} iface=${FSHA_IFACE-unset} epoch=${FSHA_EPOCH-unset}"`)
+	res = r.Run(context.Background(), Monitor, Vars{Epoch: 7})
+	if got, want := res.Scripts[0].Output, "args=monitor vip=unset iface=unset epoch=unset\n"; got != want {
 		t.Errorf("monitor output %q, want %q", got, want)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -70,12 +71,13 @@ func (n *Node) tickle(ctx context.Context, vip config.PublicAddress, iface strin
 	}
 }
 
-func (n *Node) runHooks(ctx context.Context, event string, vip config.PublicAddress, iface string, t0 time.Time) {
+// runHooks runs the event's hooks for a VIP whose lease is at epoch.
+func (n *Node) runHooks(ctx context.Context, event string, vip config.PublicAddress, iface string, epoch uint64, t0 time.Time) {
 	var herr error
 	if n.hooks != nil {
 		herr = n.hooks.Run(ctx, event, map[string]string{
 			"FSHA_VIP": vip.VIP().String(), "FSHA_PREFIX": vip.Prefix.String(), "FSHA_IFACE": iface,
-			"FSHA_NODE": n.cfg.Nodes[n.cfg.Self].Addr.String(),
+			"FSHA_NODE": n.cfg.Nodes[n.cfg.Self].Addr.String(), "FSHA_EPOCH": strconv.FormatUint(epoch, 10),
 		})
 	}
 	now := time.Now()

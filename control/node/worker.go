@@ -258,7 +258,7 @@ func (w *worker) take(ctx context.Context, t ownership.Take) {
 	w.mu.Unlock()
 	go func() {
 		defer close(hooksDone)
-		w.n.runHooks(ctx, "takeip", w.vip, iface, t0)
+		w.n.runHooks(ctx, "takeip", w.vip, iface, t.Epoch, t0)
 	}()
 	if len(t.Orphans) > 0 {
 		go w.tickleAfterHooks(ctx, iface, t.Orphans, t0)
@@ -487,7 +487,7 @@ func (w *worker) drop(d ownership.Drop) {
 	w.log().Info("released", zap.String("reason", d.Reason), zap.Bool("drain", d.Drain), zap.Bool("lost", d.Lost))
 	w.n.record(rec)
 	w.n.done(ownership.Result{VIP: w.i, Epoch: d.Epoch})
-	go w.n.runHooks(context.Background(), "releaseip", w.vip, rec.Iface, t0)
+	go w.n.runHooks(context.Background(), "releaseip", w.vip, rec.Iface, d.Epoch, t0)
 }
 
 // checkDrain ends a drain whose connections are gone, or resets those

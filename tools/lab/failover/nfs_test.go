@@ -70,6 +70,7 @@ func TestNFSStateAcrossFailover(t *testing.T) {
 	r := newNFSRun(t)
 	r.holdOpenAndLocked()
 	r.recordNFSv3Client()
+	r.checkRecordsLink()
 
 	r.cut = r.powerDown(r.old)
 	r.waitConverged(r.up()...)
@@ -163,6 +164,28 @@ func (r *nfsRun) holdOpenAndLocked() {
 	t.Logf("%s recorded the client as %q in %s", r.old.Role, r.record, recov)
 }
 
+// checkRecordsLink checks, before the cut, that the VIP's newest link on
+// the shared storage (60.ganesha-grace: STATE/vips/VIP/EPOCH) points at
+// its holder's records: the taker reads them through it.
+func (r *nfsRun) checkRecordsLink() {
+	r.checkLastHolderLink("before the cut", r.old)
+}
+
+// checkLastHolderLink checks that the VIP's newest link points at n's
+// records.
+func (r *nfsRun) checkLastHolderLink(when string, n *lab.ClusterNode) {
+	dir := filepath.Join(r.c.GaneshaStateDir(), "vips", r.ip)
+	ents, err := os.ReadDir(dir)
+	if err != nil || len(ents) == 0 {
+		r.t.Errorf("%s: the VIP's links in %s: %d, %v", when, dir, len(ents), err)
+		return
+	}
+	link := filepath.Join(dir, ents[len(ents)-1].Name()) // by name: by epoch
+	if to, err := os.Readlink(link); err != nil || to != "../../nodes/"+n.IP().String() {
+		r.t.Errorf("%s: %s -> %q (%v), want ../../nodes/%s (%s holds the VIP)", when, link, to, err, n.IP(), n.Role)
+	}
+}
+
 // recordNFSv3Client writes the record rpc.statd keeps of an NFSv3 client
 // holding NLM locks through the VIP (nfs-utils support/nsm/file.c: NLM's
 // callback address, program, version, procedure, a 16-byte cookie, the
@@ -208,10 +231,7 @@ func (r *nfsRun) checkTakeover() {
 			t.Errorf("ganesha log of %s lacks %q", taker.Role, want)
 		}
 	}
-	link := filepath.Join(r.c.GaneshaStateDir(), "vips", ip)
-	if to, err := os.Readlink(link); err != nil || to != "../nodes/"+taker.IP().String() {
-		t.Errorf("%s -> %q (%v), want ../nodes/%s: the VIP's records are now the taker's", link, to, err, taker.IP())
-	}
+	r.checkLastHolderLink("after the takeover", taker)
 }
 
 // logGraceWindow logs when, on the taker's own timeline, the VIP answered
