@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap/zaptest"
-
 	"github.com/fsha/fsha/control/allocation"
 	"github.com/fsha/fsha/control/config"
 	"github.com/fsha/fsha/control/membership"
@@ -231,14 +229,14 @@ func startClusterHooks(t *testing.T, nNodes, nVIPs int, policy allocation.Policy
 		h := &fakeHealth{healthy: true, ch: make(chan struct{}, 1)}
 		timing := ownership.DefaultTiming()
 		timing.HoldDown = 200 * time.Millisecond
-		nd, err := New(zaptest.NewLogger(t).Named(fmt.Sprint(i)), Config{
+		nd, err := New(testLogger(t).Named(fmt.Sprint(i)), Config{
 			Nodes: c.cfg, Self: i, VIPs: c.vips, Policy: policy, Timing: timing, DrainTimeout: time.Second,
 			StateFile: t.TempDir() + "/state.json",
 		}, nil, &fakeDP{world: c.world, node: i}, h, nodeHooks(hooks, i), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		g, err := membership.New(zaptest.NewLogger(t), membership.Config{
+		g, err := membership.New(testLogger(t), membership.Config{
 			Addr: c.cfg[i].Addr, Port: port, Key: key, Timing: membership.FastTiming(),
 		}, nd)
 		if err != nil {
@@ -383,12 +381,12 @@ func TestRestartKeepsVIPs(t *testing.T) {
 		}
 	}
 	// a new run on the same data plane and address
-	nd, err := New(zaptest.NewLogger(t).Named("1b"), c.nodes[1].cfg, nil, &fakeDP{world: c.world, node: 1}, c.health[1], nil, nil)
+	nd, err := New(testLogger(t).Named("1b"), c.nodes[1].cfg, nil, &fakeDP{world: c.world, node: 1}, c.health[1], nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.gossip[1].Shutdown()
-	g, err := membership.New(zaptest.NewLogger(t), membership.Config{Addr: c.cfg[1].Addr, Port: nextPort,
+	g, err := membership.New(testLogger(t), membership.Config{Addr: c.cfg[1].Addr, Port: nextPort,
 		Key: membership.KeyFromSecret([]byte("test")), Timing: membership.FastTiming()}, nd)
 	if err != nil {
 		t.Fatal(err)
