@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -35,9 +36,12 @@ func CheckConfig(nodes int, lockPath string, allowTwoNodesWithoutLock bool) erro
 // the kernel when the holder dies and work on cluster file systems, and
 // unlike classic POSIX locks they also exclude other holders in the same
 // process, which the in-process tests rely on.
+//
+// Its operations run in the lock manager's goroutine while fsha status
+// asks Held from another: the open description is an atomic pointer.
 type Lock struct {
 	path string
-	f    *os.File
+	f    atomic.Pointer[os.File]
 }
 
 // NewLock returns a lock on path; nothing is taken yet.
@@ -47,11 +51,11 @@ func NewLock(path string) *Lock { return &Lock{path: path} }
 func (l *Lock) Path() string { return l.path }
 
 // Held reports whether this Lock holds the file.
-func (l *Lock) Held() bool { return l.f != nil }
+func (l *Lock) Held() bool { return l.f.Load() != nil }
 
 // TryAcquire takes the lock without waiting; false means another holds it.
 func (l *Lock) TryAcquire() (bool, error) {
-	if l.f != nil {
+	if l.f.Load() != nil {
 		return true, nil
 	}
 	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o600)
@@ -66,18 +70,17 @@ func (l *Lock) TryAcquire() (bool, error) {
 		}
 		return false, fmt.Errorf("lock %s: %w", l.path, err)
 	}
-	l.f = f
+	l.f.Store(f)
 	return true, nil
 }
 
 // Release gives the lock up.
 func (l *Lock) Release() error {
-	if l.f == nil {
+	f := l.f.Swap(nil)
+	if f == nil {
 		return nil
 	}
-	err := l.f.Close() // closing the description drops its lock
-	l.f = nil
-	return err
+	return f.Close() // closing the description drops its lock
 }
 
 // State is the inputs of the quorum decision.
@@ -107,10 +110,11 @@ func (s State) NeedsLock() bool {
 
 // Check confirms the lock is still held and its file system answers.
 func (l *Lock) Check() error {
-	if l.f == nil {
+	f := l.f.Load()
+	if f == nil {
 		return errors.New("cluster lock not held")
 	}
-	if _, err := l.f.Stat(); err != nil {
+	if _, err := f.Stat(); err != nil {
 		return fmt.Errorf("check cluster lock %s: %w", l.path, err)
 	}
 	return nil
