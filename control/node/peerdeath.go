@@ -23,7 +23,12 @@ import (
 // never heard in this run is not judged either: nothing is known of it.
 // A false judgement costs a CTDB recovery (a second or two of frozen
 // databases), so the rule is the one fsha's takeover follows: the peer
-// was unheard for a whole lease.
+// was unheard for a whole lease, by a node that has quorum. A node that
+// hears no majority (nor holds the cluster lock) is more likely the one
+// cut off, or stalled, than its peers all dead: it judges nobody until it
+// has quorum again, and then judges the peers still gone. Its own VIPs
+// lapse meanwhile; the CTDB connections between the others are not its
+// to end.
 
 // peerWatch is what peerDeaths remembers of one peer.
 type peerWatch struct {
@@ -65,6 +70,9 @@ func (d *peerDeaths) update(sn ownership.Snapshot) []int {
 		}
 		if !w.gone {
 			w.gone, w.goneSince = true, sn.Now
+		}
+		if !sn.Quorum {
+			continue // judged, if still gone, once this node has quorum
 		}
 		// nv.Flags are those of its last heartbeat
 		switch {

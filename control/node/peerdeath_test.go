@@ -8,9 +8,10 @@ import (
 	"github.com/fsha/fsha/control/ownership"
 )
 
-// snap is a snapshot at now (ms) of node 0 with peers 1 and 2.
+// snap is a snapshot at now (ms) of node 0 with peers 1 and 2; node 0
+// has quorum when it hears one of them.
 func snap(nowMS int, alive1, alive2 bool, flags1, flags2 ownership.NodeFlags) ownership.Snapshot {
-	return ownership.Snapshot{Now: ownership.Mono(time.Duration(nowMS) * time.Millisecond), Nodes: []ownership.NodeView{
+	return ownership.Snapshot{Now: ownership.Mono(time.Duration(nowMS) * time.Millisecond), Quorum: alive1 || alive2, Nodes: []ownership.NodeView{
 		{PNN: 0, This: true, Alive: true},
 		{PNN: 1, Alive: alive1, Flags: flags1},
 		{PNN: 2, Alive: alive2, Flags: flags2},
@@ -39,9 +40,20 @@ func TestPeerDeaths(t *testing.T) {
 			{200, false, true, healthy, healthy, nil},
 			{5000, false, true, healthy, healthy, nil},
 		}},
-		{"both at once", []step{
+		// this node hears no majority: more likely cut off itself (seen
+		// in the lab: a stalled node ended the CTDB connections between
+		// two live ones while a third restarted)
+		{"both at once: no quorum, nobody judged", []step{
 			{0, true, true, healthy, healthy, nil},
-			{100, false, false, healthy, 0, []int{1, 2}},
+			{100, false, false, healthy, 0, nil},
+			{5000, false, false, healthy, 0, nil},
+			{5100, true, true, healthy, healthy, nil},
+		}},
+		{"judged once quorum is back, if still gone", []step{
+			{0, true, true, healthy, healthy, nil},
+			{100, false, false, healthy, healthy, nil},
+			{400, false, true, healthy, healthy, []int{1}},
+			{500, false, true, healthy, healthy, nil},
 		}},
 		{"never heard in this run: not judged", []step{
 			{0, true, false, healthy, 0, nil},
