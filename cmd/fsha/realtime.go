@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -20,9 +21,22 @@ const realtimePriority = 1
 
 // schedFlagResetOnFork (sched_setattr's SCHED_FLAG_RESET_ON_FORK) keeps
 // the real-time policy from the processes fsha starts (event hooks, health
-// check commands). It also resets threads the Go runtime creates later,
-// which keepRealtime picks up again.
+// check commands). It also resets threads the Go runtime creates later
+// (it makes one whenever a goroutine blocks in a system call, as lock I/O
+// on a hung cluster file system does), which keepRealtime picks up again.
 const schedFlagResetOnFork = 0x01
+
+// Until keepRealtime picks a new thread up, the goroutines the runtime
+// runs on it (the control loop, the heartbeats) compete with every normal
+// process: on a busy node, long enough to lapse a lease (250 ms). In the
+// lab new threads stayed normal for up to 487 ms when only a full scan
+// every second found them. So keepRealtime looks at the thread count
+// every threadWatchEvery, and scans the threads when it changed (and every
+// threadScanEvery in any case, for a thread that ended as another began).
+const (
+	threadWatchEvery = 5 * time.Millisecond
+	threadScanEvery  = time.Second
+)
 
 // setRealtime puts every thread of this process in SCHED_RR; it returns
 // how many it changed.
@@ -61,17 +75,44 @@ func keepRealtime(ctx context.Context, log *zap.Logger) {
 	}
 	log.Info("real-time scheduling (SCHED_RR)", zap.Int("priority", realtimePriority))
 	go func() {
-		t := time.NewTicker(time.Second)
+		t := time.NewTicker(threadWatchEvery)
 		defer t.Stop()
+		threads, _ := threadCount()
+		scanned := time.Now()
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				if _, err := setRealtime(); err != nil {
-					log.Debug("real-time scheduling", zap.Error(err))
-				}
+			}
+			n, err := threadCount()
+			if err == nil && n == threads && time.Since(scanned) < threadScanEvery {
+				continue
+			}
+			threads, scanned = n, time.Now()
+			if _, err := setRealtime(); err != nil {
+				log.Debug("real-time scheduling", zap.Error(err))
 			}
 		}
 	}()
+}
+
+// threadCount returns how many threads this process has (/proc/self/stat,
+// num_threads): one read, cheap enough to do every few milliseconds.
+func threadCount() (int, error) {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0, err
+	}
+	// the command name, in parentheses, may hold spaces: count from after it
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/self/stat: no ')' in %q", b)
+	}
+	f := bytes.Fields(b[i+1:])
+	const numThreads = 20 - 3 // field 20 of stat(5); f[0] is field 3
+	if len(f) <= numThreads {
+		return 0, fmt.Errorf("/proc/self/stat: %d fields after the name", len(f))
+	}
+	return strconv.Atoi(string(f[numThreads]))
 }

@@ -1,35 +1,87 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
 	"github.com/fsha/fsha/tools/testenv"
 )
 
-// TestRealtime runs in a child process (the scheduling policy is the
-// process's): every thread ends up SCHED_RR, and a process it starts does
-// not inherit it.
-func TestRealtime(t *testing.T) {
-	if os.Getenv("FSHA_REALTIME_CHILD") == "1" {
-		if _, err := setRealtime(); err != nil {
+// notRealtime lists the threads of this process not in fsha's SCHED_RR.
+func notRealtime(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, task := range tasks {
+		tid, _ := strconv.Atoi(task.Name())
+		attr, err := unix.SchedGetAttr(tid, 0)
+		if err == unix.ESRCH {
+			continue
+		}
+		if err != nil {
 			t.Fatal(err)
 		}
+		if attr.Policy != unix.SCHED_RR || attr.Priority != realtimePriority {
+			out = append(out, fmt.Sprintf("thread %d: policy %d priority %d", tid, attr.Policy, attr.Priority))
+		}
+	}
+	return out
+}
+
+// TestRealtime runs in a child process (the scheduling policy is the
+// process's): every thread ends up SCHED_RR, threads the runtime makes
+// later too within a few milliseconds, and a process it starts does not
+// inherit it.
+func TestRealtime(t *testing.T) {
+	if os.Getenv("FSHA_REALTIME_CHILD") == "1" {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		keepRealtime(ctx, zap.NewNop())
+		for _, s := range notRealtime(t) {
+			t.Error(s)
+		}
+		// goroutines blocked in system calls: the runtime makes threads
+		// to run the others
+		before, err := threadCount()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				nap := unix.NsecToTimespec(int64(400 * time.Millisecond))
+				_ = unix.Nanosleep(&nap, nil)
+			}()
+		}
+		deadline := time.Now().Add(300 * time.Millisecond)
+		for n, _ := threadCount(); n <= before && time.Now().Before(deadline); n, _ = threadCount() {
+			runtime.Gosched()
+		}
+		after, _ := threadCount()
+		time.Sleep(50 * time.Millisecond) // ten looks at the thread count
+		if after <= before {
+			t.Errorf("no new thread: %d before, %d after", before, after)
+		}
+		for _, s := range notRealtime(t) {
+			t.Errorf("50 ms after the runtime made threads (%d, was %d): %s", after, before, s)
+		}
+		wg.Wait()
 		tasks, _ := os.ReadDir("/proc/self/task")
-		for _, task := range tasks {
-			tid, _ := strconv.Atoi(task.Name())
-			attr, err := unix.SchedGetAttr(tid, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if attr.Policy != unix.SCHED_RR || attr.Priority != realtimePriority {
-				t.Errorf("thread %d: policy %d priority %d", tid, attr.Policy, attr.Priority)
-			}
+		if n, err := threadCount(); err != nil || n != len(tasks) {
+			t.Errorf("threadCount %d (%v), /proc/self/task has %d", n, err, len(tasks))
 		}
 		out, err := exec.Command("sh", "-c", "cat /proc/self/sched").Output()
 		if err != nil {
