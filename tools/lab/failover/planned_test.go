@@ -31,6 +31,11 @@ const (
 	// the steering transition (the new holder steers before its address
 	// is up) takes a few renewals at most
 	maxSteerStall = 500 * time.Millisecond
+	// stallSlack: a session's gap that a machine stall overlaps is the
+	// lab's when it ends within this of the stall: a segment lost in the
+	// stall (a full veth ring) waits for TCP's retransmission (200 ms at
+	// least) and the next ping
+	stallSlack = 400 * time.Millisecond
 	// transferSize and transferRate make each real client's transfer
 	// last about 4 s: it is in flight when the VIP moves.
 	transferSize = 12 << 20
@@ -230,9 +235,7 @@ func (e *env) drain(phase string, vip netip.Prefix, trigger func(), want *lab.Cl
 		if min := int(total / pingEvery * 3 / 4); s.OK() < min {
 			t.Errorf("%s: %s session answered %d pings in %v, want at least %d", phase, s.rc.proto, s.OK(), total.Round(time.Millisecond), min)
 		}
-		if g := s.MaxGap(); g > maxSteerStall {
-			t.Errorf("%s: %s session stalled %v, longer than a steering transition (%v)", phase, s.rc.proto, g.Round(time.Millisecond), maxSteerStall)
-		}
+		e.checkGaps(phase+": "+s.rc.proto+" session through "+vip.String(), s)
 	}
 	if t.Failed() {
 		t.FailNow()
@@ -514,9 +517,7 @@ func TestFailback(t *testing.T) {
 			if min := int(total / pingEvery * 3 / 4); s.OK() < min {
 				t.Errorf("%s session through %s answered %d pings in %v, want at least %d", s.rc.proto, vs.vip, s.OK(), total.Round(time.Millisecond), min)
 			}
-			if g := s.MaxGap(); g > maxSteerStall {
-				t.Errorf("%s session through %s stalled %v, longer than a steering transition (%v)", s.rc.proto, vs.vip, g.Round(time.Millisecond), maxSteerStall)
-			}
+			e.checkGaps("failback: "+s.rc.proto+" session through "+vs.vip.String(), s)
 		}
 	}
 	e.waitFlowsGone(gone, backKeys...)
@@ -632,5 +633,27 @@ func TestDrainTimeoutAndKill(t *testing.T) {
 		return strings.HasPrefix(s.Step, "connections reset (1 of 1)")
 	}) {
 		t.Errorf("%s's timeline has no release of %s resetting its connection:\n%s", to.Role, vip, timelineJSON(e.ctx, to))
+	}
+}
+
+// checkGaps fails the test for each gap of the session longer than a
+// steering transition, unless a machine stall of the lab (its stall
+// watch, a witness independent of fsha: the lab's one kernel kept a
+// real-time thread off its CPU) overlaps it and it ended within
+// stallSlack of the stall: then every session of the lab stalls alike,
+// moved or not, and the gap is logged.
+func (e *env) checkGaps(what string, s *session) {
+	faults := e.c.Lab.Faults()
+	for _, g := range s.LongGaps() {
+		i := slices.IndexFunc(faults, func(f lab.Fault) bool {
+			return f.MachineStall() && f.Start.Before(g.to) && !f.End.Before(g.from) && g.to.Sub(f.End) <= stallSlack
+		})
+		if i >= 0 {
+			e.t.Logf("%s stalled %v from %s, with the lab's %s from %s to %s: not counted", what, g.length().Round(time.Millisecond),
+				g.from.Format("15:04:05.000"), faults[i].What, faults[i].Start.Format("15:04:05.000"), faults[i].End.Format("15:04:05.000"))
+			continue
+		}
+		e.t.Errorf("%s stalled %v from %s, longer than a steering transition (%v)", what, g.length().Round(time.Millisecond),
+			g.from.Format("15:04:05.000"), maxSteerStall)
 	}
 }

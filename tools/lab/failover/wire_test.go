@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -210,8 +211,11 @@ type session struct {
 	errWait time.Duration // how long the failed ping waited
 	maxRTT  time.Duration
 	maxGap  time.Duration // longest time between two answers
-	lastOK  time.Time
-	started time.Time
+	// longGaps are the gaps between two answers longer than
+	// maxSteerStall, when they were
+	longGaps []gap
+	lastOK   time.Time
+	started  time.Time
 }
 
 // pingTimeout bounds one ping: far above any planned-move stall, far
@@ -260,6 +264,9 @@ func (s *session) run() {
 		s.ok++
 		s.maxRTT = max(s.maxRTT, now.Sub(start))
 		s.maxGap = max(s.maxGap, now.Sub(s.lastOK))
+		if now.Sub(s.lastOK) > maxSteerStall {
+			s.longGaps = append(s.longGaps, gap{from: s.lastOK, to: now})
+		}
 		s.lastOK = now
 		s.mu.Unlock()
 	}
@@ -278,11 +285,16 @@ func (s *session) Err() error {
 	return s.err
 }
 
-// MaxGap is the longest time between two answers so far.
-func (s *session) MaxGap() time.Duration {
+// gap is a time with no answer.
+type gap struct{ from, to time.Time }
+
+func (g gap) length() time.Duration { return g.to.Sub(g.from) }
+
+// LongGaps are the gaps between two answers longer than maxSteerStall.
+func (s *session) LongGaps() []gap {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.maxGap
+	return slices.Clone(s.longGaps)
 }
 
 // OK counts the answered pings.
