@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -41,6 +42,10 @@ const machineStall = 150 * time.Millisecond
 // 127 ms within 358 ms). A lease (250 ms) lapses all the same.
 const stallWindow = 2 * machineStall
 
+// stallLogOver: the witnesses log naps late by more than this that are
+// no stall on their own.
+const stallLogOver = 50 * time.Millisecond
+
 // stallNoise: lateness up to this is the timer's and the scheduler's
 // ordinary jitter, not part of a stall.
 const stallNoise = 10 * time.Millisecond
@@ -66,18 +71,19 @@ func (l *Lab) watchStalls(stop <-chan struct{}, done chan<- struct{}) {
 		return
 	}
 	var wg sync.WaitGroup
+	w := &stallWindowWatch{}
 	for cpu := 0; cpu < 64*len(cpus); cpu++ { // every bit of the set's 64-bit words
 		if !cpus.IsSet(cpu) {
 			continue
 		}
 		wg.Add(1)
-		go func() { defer wg.Done(); l.witness(cpu, stop) }()
+		go func() { defer wg.Done(); l.witness(cpu, w, stop) }()
 	}
 	wg.Wait()
 }
 
 // witness watches one CPU until stop is closed.
-func (l *Lab) witness(cpu int, stop <-chan struct{}) {
+func (l *Lab) witness(cpu int, w *stallWindowWatch, stop <-chan struct{}) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	var only unix.CPUSet
@@ -94,8 +100,9 @@ func (l *Lab) witness(cpu int, stop <-chan struct{}) {
 		return
 	}
 	nap := unix.NsecToTimespec(stallNap.Nanoseconds())
-	var w stallWindowWatch
-	var logOver time.Duration // FSHA_LAB_STALL_LOG: log shorter stalls too (debugging)
+	// shorter stalls are logged too, from stallLogOver (FSHA_LAB_STALL_LOG
+	// sets it): a failed test's output then shows what its kernel did
+	logOver := stallLogOver
 	if v, err := time.ParseDuration(os.Getenv("FSHA_LAB_STALL_LOG")); err == nil {
 		logOver = v
 	}
@@ -111,67 +118,102 @@ func (l *Lab) witness(cpu int, stop <-chan struct{}) {
 		if logOver > 0 && late > logOver && late <= machineStall {
 			l.log.Info(fmt.Sprintf("stall watch: CPU %d ran %v late from %s", cpu, late.Round(time.Millisecond), t.Format("15:04:05.000")))
 		}
-		if st, ok := w.add(t, late); ok {
-			l.NoteFault(fmt.Sprintf(machineStallWhat+": a real-time thread bound to CPU %d %s", cpu, st.what()), nil, st.start, st.end)
+		if st, ok := w.add(cpu, t, late); ok {
+			l.NoteFault(machineStallWhat+": "+st.what(), nil, st.start, st.end)
 		}
 	}
 }
 
-// stallWindowWatch finds a witness's stalls in its naps: one nap that
-// ends more than machineStall late, or several later naps that together
-// were late by more than that within stallWindow.
+// stallWindowWatch finds the lab's stalls in its witnesses' naps: one nap
+// that ends more than machineStall late, or late naps (over stallNoise)
+// of any witnesses whose late parts cover more than machineStall of a
+// stallWindow. A CPU that keeps its witness waiting keeps what was queued
+// on it waiting too (the receive work of the veths scheduled there): a
+// stall of CPU 0 followed by one of CPU 1 holds the heartbeats as long as
+// one stall of both lengths would, while two CPUs stalled at the same time
+// count once. Its witnesses share it.
 type stallWindowWatch struct {
-	naps []lateNap // the late naps (over stallNoise) of the last stallWindow
+	mu    sync.Mutex
+	spans []lateSpan // the late parts of late naps, in the last stallWindow
 }
 
-// lateNap is a nap begun at start that ended late by late.
-type lateNap struct {
-	start time.Time
-	late  time.Duration
+// lateSpan is the late part of a nap: from when it should have ended to
+// when it did.
+type lateSpan struct {
+	from, to time.Time
+	cpu      int
 }
-
-func (n lateNap) end() time.Time { return n.start.Add(stallNap + n.late) }
 
 // stall is what the watch reports.
 type stall struct {
 	start, end time.Time
-	late       time.Duration // in all
+	late       time.Duration // the stalled time, overlaps counted once
 	naps       int
+	cpus       []int
 }
 
 func (s stall) what() string {
 	if s.naps == 1 {
-		return fmt.Sprintf("ran %v late", s.late.Round(time.Millisecond))
+		return fmt.Sprintf("a real-time thread bound to CPU %d ran %v late", s.cpus[0], s.late.Round(time.Millisecond))
 	}
-	return fmt.Sprintf("ran %v late in all in %d naps within %v", s.late.Round(time.Millisecond), s.naps,
-		s.end.Sub(s.start).Round(time.Millisecond))
+	return fmt.Sprintf("real-time threads bound to CPUs %v ran late for %v in all in %d naps within %v", s.cpus,
+		s.late.Round(time.Millisecond), s.naps, s.end.Sub(s.start).Round(time.Millisecond))
 }
 
-// add takes the nap begun at start that ended late by late, and returns
-// the stall it completes, if any; the naps of a stall reported are not
-// counted again.
-func (w *stallWindowWatch) add(start time.Time, late time.Duration) (stall, bool) {
+// add takes the nap of CPU cpu's witness begun at start that ended late
+// by late, and returns the stall it completes, if any; the naps of a
+// stall reported are not counted again.
+func (w *stallWindowWatch) add(cpu int, start time.Time, late time.Duration) (stall, bool) {
 	if late <= stallNoise {
 		return stall{}, false
 	}
-	n := lateNap{start: start, late: late}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	sp := lateSpan{from: start.Add(stallNap), to: start.Add(stallNap + late), cpu: cpu}
 	if late > machineStall {
-		w.naps = w.naps[:0]
-		return stall{start: start, end: n.end(), late: late, naps: 1}, true
+		w.spans = slices.DeleteFunc(w.spans, func(x lateSpan) bool { return x.cpu == cpu })
+		return stall{start: start, end: sp.to, late: late, naps: 1, cpus: []int{cpu}}, true
 	}
-	w.naps = append(w.naps, n)
-	from := n.end().Add(-stallWindow)
-	for len(w.naps) > 0 && w.naps[0].start.Before(from) {
-		w.naps = w.naps[1:]
+	w.spans = append(w.spans, sp)
+	slices.SortFunc(w.spans, func(a, b lateSpan) int { return a.from.Compare(b.from) })
+	end := slices.MaxFunc(w.spans, func(a, b lateSpan) int { return a.to.Compare(b.to) }).to
+	from := end.Add(-stallWindow)
+	w.spans = slices.DeleteFunc(w.spans, func(x lateSpan) bool { return !x.to.After(from) })
+	// the union of the spans within the window
+	var covered time.Duration
+	var cur lateSpan
+	for i, x := range w.spans {
+		x.from = maxTime(x.from, from)
+		switch {
+		case i == 0:
+			cur = x
+		case x.from.After(cur.to):
+			covered += cur.to.Sub(cur.from)
+			cur = x
+		case x.to.After(cur.to):
+			cur.to = x.to
+		}
 	}
-	var sum time.Duration
-	for _, x := range w.naps {
-		sum += x.late
+	if len(w.spans) > 0 {
+		covered += cur.to.Sub(cur.from)
 	}
-	if sum <= machineStall {
+	if covered <= machineStall {
 		return stall{}, false
 	}
-	st := stall{start: w.naps[0].start, end: n.end(), late: sum, naps: len(w.naps)}
-	w.naps = w.naps[:0]
+	st := stall{start: w.spans[0].from.Add(-stallNap), end: end, late: covered, naps: len(w.spans)}
+	for _, x := range w.spans {
+		if !slices.Contains(st.cpus, x.cpu) {
+			st.cpus = append(st.cpus, x.cpu)
+		}
+	}
+	slices.Sort(st.cpus)
+	w.spans = w.spans[:0]
 	return st, true
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
