@@ -185,7 +185,13 @@ func (r *Remote) answer(req Request) {
 	defer cancel()
 	resp := r.serve(ctx, req.ForwardRequest)
 	r.served.Add(1)
-	r.log.Info("served a forwarded admin request", zap.Int("from", req.From), zap.String("method", req.Method),
+	// Changes are logged for the record (who changed this node, from
+	// where); reads at debug, or a monitor polling -n all fills the log.
+	level := zap.DebugLevel
+	if req.Method != http.MethodGet {
+		level = zap.InfoLevel
+	}
+	r.log.Log(level, "served a forwarded admin request", zap.Int("from", req.From), zap.String("method", req.Method),
 		zap.String("path", req.Path), zap.Bool("full_access", req.Full), zap.Int("code", resp.Code))
 	r.reply(req, resp)
 }
