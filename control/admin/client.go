@@ -189,6 +189,9 @@ func (c *Client) call(ctx context.Context, method, endpoint string, in, out any)
 		}
 		return &Error{Code: resp.StatusCode, Message: eb.Error}
 	}
+	if c.node != "" && resp.Header.Get(NodeHeader) != c.node {
+		return fmt.Errorf("%s: the daemon on %s answered for itself, not for node %s: it does not forward requests to other nodes (a release before fsha -n?)", endpoint, c.socket, c.node)
+	}
 	if out == nil {
 		return nil
 	}

@@ -112,6 +112,10 @@ func (s *Server) forwarding(next http.Handler) http.Handler {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("%s %q: want a node's number (PNN)", NodeHeader, h))
 			return
 		}
+		// The answer says whose it is: a client that asked for another
+		// node tells an answer from a daemon that ignored the header (a
+		// release before -n) from that node's.
+		w.Header().Set(NodeHeader, strconv.Itoa(pnn))
 		if s.forwarder != nil && pnn == s.self {
 			next.ServeHTTP(w, r)
 			return

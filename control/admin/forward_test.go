@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -200,5 +202,34 @@ func TestForwardWithoutForwarder(t *testing.T) {
 	rec := ask(s, 0, "GET", "/v1/status", "", "1")
 	if rec.Code != http.StatusNotImplemented || !strings.Contains(rec.Body.String(), "node 1") {
 		t.Errorf("answer %d %q, want 501 naming node 1", rec.Code, rec.Body.String())
+	}
+}
+
+// A daemon that ignores NodeHeader (a release before -n) answers for
+// itself: the client refuses that answer rather than show it as the other
+// node's. A new daemon's answers name their node.
+func TestClientNoticesDaemonThatDoesNotForward(t *testing.T) {
+	sock := filepath.Join(shortDir(t), "old.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := &http.Server{Handler: NewServer(zap.NewNop(), &fakeBackend{}).Handler()} // routes only: no forwarding
+	go func() { _ = old.Serve(ln) }()
+	t.Cleanup(func() { old.Close() })
+	cl := NewClient(sock)
+	if _, err := cl.On(1).Status(context.Background()); err == nil || !strings.Contains(err.Error(), "answered for itself, not for node 1") {
+		t.Errorf("old daemon: %v, want an error", err)
+	}
+	if _, err := cl.Status(context.Background()); err != nil {
+		t.Errorf("without -n: %v", err)
+	}
+
+	origin, _, _, _ := forwardCluster(t)
+	for _, node := range []string{"0", "1"} {
+		rec := ask(origin, 0, "GET", "/v1/status", "", node)
+		if got := rec.Header().Get(NodeHeader); got != node {
+			t.Errorf("answer for node %s names node %q", node, got)
+		}
 	}
 }

@@ -71,3 +71,23 @@ func TestRemoteAdmin(t *testing.T) {
 		t.Error("node 0 disabled itself instead of node 2")
 	}
 }
+
+// The remote's messages go to the remote, never to the pins' decoder (which
+// would count them bad), and are dropped and counted until it is set.
+func TestRemoteMessagesRouted(t *testing.T) {
+	c := startCluster(t, 1, 2, allocation.Automatic)
+	nd := c.nodes[0]
+	msg := []byte{remote.TypeRequest, remote.WireVersion}
+	nd.NotifyMsg(msg)
+	var got [][]byte
+	nd.SetRemote(func(m []byte) { got = append(got, m) })
+	nd.NotifyMsg(msg)
+	nd.NotifyMsg([]byte{remote.TypeResponse})
+	if len(got) != 2 || nd.BadMessages() != 0 {
+		t.Errorf("remote got %d messages, bad messages %d; want 2 and 0", len(got), nd.BadMessages())
+	}
+	st, _ := nd.Status(context.Background())
+	if st.Counters["remote_messages_dropped"] != 1 {
+		t.Errorf("counters %v: want one remote message dropped before SetRemote", st.Counters)
+	}
+}
