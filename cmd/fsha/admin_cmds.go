@@ -121,17 +121,19 @@ func statusCommand(e env) *cli.Command {
 			if _, err := wantArgs(c); err != nil {
 				return err
 			}
-			st, err := adminClient(c).Status(c.Context)
-			if err != nil {
-				return err
-			}
-			if c.Bool("json") {
-				if st.Nodes == nil {
-					st.Nodes = []admin.NodeStatus{}
+			return onNodes(c, e, func(cl *admin.Client, _ bool, w io.Writer) error {
+				st, err := cl.Status(c.Context)
+				if err != nil {
+					return err
 				}
-				return writeJSON(e.stdout, st)
-			}
-			return printStatus(e.stdout, st)
+				if c.Bool("json") {
+					if st.Nodes == nil {
+						st.Nodes = []admin.NodeStatus{}
+					}
+					return writeJSON(w, st)
+				}
+				return printStatus(w, st)
+			})
 		},
 	}
 }
@@ -193,22 +195,23 @@ func ipCommand(e env) *cli.Command {
 			if _, err := wantArgs(c); err != nil {
 				return err
 			}
-			cl := adminClient(c)
-			ips, err := cl.IPs(c.Context)
-			if err != nil {
-				return err
-			}
-			if c.Bool("json") {
-				if ips == nil {
-					ips = []admin.IP{}
+			return onNodes(c, e, func(cl *admin.Client, _ bool, w io.Writer) error {
+				ips, err := cl.IPs(c.Context)
+				if err != nil {
+					return err
 				}
-				return writeJSON(e.stdout, ips)
-			}
-			st, err := cl.Status(c.Context)
-			if err != nil {
-				return err
-			}
-			return printIPs(e.stdout, st, ips)
+				if c.Bool("json") {
+					if ips == nil {
+						ips = []admin.IP{}
+					}
+					return writeJSON(w, ips)
+				}
+				st, err := cl.Status(c.Context)
+				if err != nil {
+					return err
+				}
+				return printIPs(w, st, ips)
+			})
 		},
 	}
 }
@@ -276,20 +279,22 @@ func timelineCommand(e env) *cli.Command {
 				}
 				only = a
 			}
-			tl, err := adminClient(c).Timeline(c.Context)
-			if err != nil {
-				return err
-			}
-			if only.IsValid() {
-				tl = slices.DeleteFunc(tl, func(t admin.Takeover) bool { return vipAddr(t.VIP) != only })
-			}
-			if tl == nil {
-				tl = []admin.Takeover{}
-			}
-			if c.Bool("json") {
-				return writeJSON(e.stdout, tl)
-			}
-			return printTimeline(e.stdout, tl)
+			return onNodes(c, e, func(cl *admin.Client, _ bool, w io.Writer) error {
+				tl, err := cl.Timeline(c.Context)
+				if err != nil {
+					return err
+				}
+				if only.IsValid() {
+					tl = slices.DeleteFunc(tl, func(t admin.Takeover) bool { return vipAddr(t.VIP) != only })
+				}
+				if tl == nil {
+					tl = []admin.Takeover{}
+				}
+				if c.Bool("json") {
+					return writeJSON(w, tl)
+				}
+				return printTimeline(w, tl)
+			})
 		},
 	}
 }
@@ -381,28 +386,29 @@ func moveCommand(e env) *cli.Command {
 			if node == "" {
 				return errors.New("move: empty NODE: give a node's address or PNN")
 			}
-			cl := adminClient(c)
-			already := false
-			if ips, err := cl.IPs(c.Context); err == nil {
-				for _, ip := range ips {
-					if vipAddr(ip.VIP) == vip && ip.Owner != "" && (ip.Owner == node || strconv.Itoa(ip.PNN) == node) && ip.State == "held" {
-						already = true
+			return onNodes(c, e, func(cl *admin.Client, _ bool, w io.Writer) error {
+				already := false
+				if ips, err := cl.IPs(c.Context); err == nil {
+					for _, ip := range ips {
+						if vipAddr(ip.VIP) == vip && ip.Owner != "" && (ip.Owner == node || strconv.Itoa(ip.PNN) == node) && ip.State == "held" {
+							already = true
+						}
 					}
 				}
-			}
-			if err := cl.Move(c.Context, vip, node, c.Bool("kill")); err != nil {
+				if err := cl.Move(c.Context, vip, node, c.Bool("kill")); err != nil {
+					return err
+				}
+				if already {
+					_, err := fmt.Fprintf(w, "%s is already on node %s: it stays there (nothing moves)\n", vip, node)
+					return err
+				}
+				how := "draining its connections"
+				if c.Bool("kill") {
+					how = "killing its connections"
+				}
+				_, err := fmt.Fprintf(w, "moving %s to node %s (%s)\n", vip, node, how)
 				return err
-			}
-			if already {
-				_, err = fmt.Fprintf(e.stdout, "%s is already on node %s: it stays there (nothing moves)\n", vip, node)
-				return err
-			}
-			how := "draining its connections"
-			if c.Bool("kill") {
-				how = "killing its connections"
-			}
-			_, err = fmt.Fprintf(e.stdout, "moving %s to node %s (%s)\n", vip, node, how)
-			return err
+			})
 		},
 	}
 }
@@ -416,26 +422,27 @@ func disableCommand(e env) *cli.Command {
 			if _, err := wantArgs(c); err != nil {
 				return err
 			}
-			cl := adminClient(c)
-			if err := cl.Disable(c.Context); err != nil {
-				return err
-			}
-			// Say where the VIPs go: nowhere, when no other node can
-			// take them (they stay here until one can).
-			if st, err := cl.Status(c.Context); err == nil {
-				others := 0
-				for _, n := range st.Nodes {
-					if !n.This && n.State == admin.StateOK {
-						others++
-					}
-				}
-				if others == 0 {
-					_, err := fmt.Fprintln(e.stdout, "node disabled, but no other node is OK to take its VIPs: they stay here until one is")
+			return onNodes(c, e, func(cl *admin.Client, _ bool, w io.Writer) error {
+				if err := cl.Disable(c.Context); err != nil {
 					return err
 				}
-			}
-			_, err := fmt.Fprintln(e.stdout, "node disabled: its VIPs move to other nodes")
-			return err
+				// Say where the VIPs go: nowhere, when no other node can
+				// take them (they stay there until one can).
+				if st, err := cl.Status(c.Context); err == nil {
+					others := 0
+					for _, n := range st.Nodes {
+						if !n.This && n.State == admin.StateOK {
+							others++
+						}
+					}
+					if others == 0 {
+						_, err := fmt.Fprintln(w, "node disabled, but no other node is OK to take its VIPs: they stay here until one is")
+						return err
+					}
+				}
+				_, err := fmt.Fprintln(w, "node disabled: its VIPs move to other nodes")
+				return err
+			})
 		},
 	}
 }
@@ -449,11 +456,13 @@ func enableCommand(e env) *cli.Command {
 			if _, err := wantArgs(c); err != nil {
 				return err
 			}
-			if err := adminClient(c).Enable(c.Context); err != nil {
+			return onNodes(c, e, func(cl *admin.Client, _ bool, w io.Writer) error {
+				if err := cl.Enable(c.Context); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintln(w, "node enabled")
 				return err
-			}
-			_, err := fmt.Fprintln(e.stdout, "node enabled")
-			return err
+			})
 		},
 	}
 }
@@ -467,11 +476,13 @@ func stopCommand(e env) *cli.Command {
 			if _, err := wantArgs(c); err != nil {
 				return err
 			}
-			if err := adminClient(c).OperatorStop(c.Context); err != nil {
+			return onNodes(c, e, func(cl *admin.Client, _ bool, w io.Writer) error {
+				if err := cl.OperatorStop(c.Context); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintln(w, "node stopped: its VIPs move to other nodes until fsha continue")
 				return err
-			}
-			_, err := fmt.Fprintln(e.stdout, "node stopped: its VIPs move to other nodes until fsha continue")
-			return err
+			})
 		},
 	}
 }
@@ -485,11 +496,13 @@ func continueCommand(e env) *cli.Command {
 			if _, err := wantArgs(c); err != nil {
 				return err
 			}
-			if err := adminClient(c).OperatorContinue(c.Context); err != nil {
+			return onNodes(c, e, func(cl *admin.Client, _ bool, w io.Writer) error {
+				if err := cl.OperatorContinue(c.Context); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintln(w, "node continues")
 				return err
-			}
-			_, err := fmt.Fprintln(e.stdout, "node continues")
-			return err
+			})
 		},
 	}
 }
@@ -503,11 +516,13 @@ func unbanCommand(e env) *cli.Command {
 			if _, err := wantArgs(c); err != nil {
 				return err
 			}
-			if err := adminClient(c).Unban(c.Context); err != nil {
+			return onNodes(c, e, func(cl *admin.Client, _ bool, w io.Writer) error {
+				if err := cl.Unban(c.Context); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintln(w, "node unbanned")
 				return err
-			}
-			_, err := fmt.Fprintln(e.stdout, "node unbanned")
-			return err
+			})
 		},
 	}
 }
@@ -528,11 +543,13 @@ func banCommand(e env) *cli.Command {
 				return fmt.Errorf("ban: bad SECONDS %q: want a whole number of seconds from 1 to %d", args[0], admin.MaxBanSeconds)
 			}
 			d := time.Duration(secs) * time.Second
-			if err := adminClient(c).Ban(c.Context, d); err != nil {
+			return onNodes(c, e, func(cl *admin.Client, _ bool, w io.Writer) error {
+				if err := cl.Ban(c.Context, d); err != nil {
+					return err
+				}
+				_, err := fmt.Fprintf(w, "node banned for %s\n", d)
 				return err
-			}
-			_, err = fmt.Fprintf(e.stdout, "node banned for %s\n", d)
-			return err
+			})
 		},
 	}
 }

@@ -110,11 +110,18 @@ func (f *fakeBackend) Tickle(_ context.Context, vip netip.Addr) (admin.TickleRes
 // ends and returns the directory.
 func serve(t *testing.T, b admin.Backend) string {
 	t.Helper()
+	return serveServer(t, admin.NewServer(zap.NewNop(), b))
+}
+
+// serveServer runs srv in a fresh run directory until the test ends and
+// returns the directory.
+func serveServer(t *testing.T, srv *admin.Server) string {
+	t.Helper()
 	runDir := shortTempDir(t) + "/run"
 	sock := admin.SocketPath(runDir)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- admin.NewServer(zap.NewNop(), b).Serve(ctx, sock) }()
+	go func() { done <- srv.Serve(ctx, sock) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -162,6 +169,7 @@ func runAdmin(t *testing.T, args ...string) (string, error) {
 	e := env{stdout: &stdout, stderr: &stderr}
 	app := &cli.App{
 		Name: "fsha", Writer: e.stdout, ErrWriter: e.stderr,
+		Flags:          []cli.Flag{nodeFlag()},
 		Commands:       adminCommands(e),
 		ExitErrHandler: func(*cli.Context, error) {},
 	}

@@ -60,14 +60,16 @@ func checksCommand(e env) *cli.Command {
 			if _, err := wantArgs(c); err != nil {
 				return err
 			}
-			ch, err := adminClient(c).Checks(c.Context)
-			if err != nil {
-				return err
-			}
-			if c.Bool("json") {
-				return writeJSON(e.stdout, ch)
-			}
-			return printChecks(e.stdout, ch, time.Now())
+			return onNodes(c, e, func(cl *admin.Client, _ bool, w io.Writer) error {
+				ch, err := cl.Checks(c.Context)
+				if err != nil {
+					return err
+				}
+				if c.Bool("json") {
+					return writeJSON(w, ch)
+				}
+				return printChecks(w, ch, time.Now())
+			})
 		},
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -28,6 +29,7 @@ import (
 	"github.com/fsha/fsha/control/node"
 	"github.com/fsha/fsha/control/ownership"
 	"github.com/fsha/fsha/control/quorum"
+	"github.com/fsha/fsha/control/remote"
 	"github.com/fsha/fsha/control/replication"
 	"github.com/fsha/fsha/dataplane"
 )
@@ -364,6 +366,19 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	if err != nil {
 		return err
 	}
+	// fsha -n: the admin server serves requests other nodes forward here
+	// and forwards this node's CLI's requests for them (control/remote).
+	srv := admin.NewServer(log, adminBackend{nd, checker, hookRunner})
+	srv.ShareReadOnly(cc.adminGID)
+	peers := map[int]netip.Addr{}
+	for _, n := range cc.nodes {
+		if !n.Deleted {
+			peers[n.PNN] = n.Addr
+		}
+	}
+	rem := remote.New(log, cc.self, peers, srv.ServeForwarded)
+	srv.SetForwarder(cc.self, rem)
+	nd.SetRemote(rem.Receive)
 	gossip, err := membership.New(log, membership.Config{
 		Addr: cc.nodes[cc.self].Addr, Port: c.Int("gossip-port"), Key: cc.key, Timing: cc.timing,
 	}, nd)
@@ -371,8 +386,16 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 		return err
 	}
 	nd.SetGossip(gossip)
+	rem.SetSender(gossip)
 	repl.SetSteer(nd.SteerFor)
-	nd.SetCounters(repl.Counters)
+	nd.SetCounters(func() map[string]uint64 {
+		ctrs := repl.Counters()
+		if ctrs == nil {
+			ctrs = map[string]uint64{}
+		}
+		maps.Copy(ctrs, rem.Counters())
+		return ctrs
+	})
 	nd.OnAlive(func(alive map[int]netip.Addr) {
 		peers := make([]replication.Peer, 0, len(alive))
 		for pnn, addr := range alive {
@@ -411,8 +434,6 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	}()
 	g.Go(func() error { return repl.Run(gctx) })
 	g.Go(func() error {
-		srv := admin.NewServer(log, adminBackend{nd, checker, hookRunner})
-		srv.ShareReadOnly(cc.adminGID)
 		return srv.Serve(gctx, admin.SocketPath(runDir))
 	})
 	if addr := c.String("metrics-listen"); addr != "" {

@@ -46,43 +46,48 @@ func ipinfoCommand(e env) *cli.Command {
 			if err != nil {
 				return err
 			}
-			cl := adminClient(c)
-			ips, err := cl.IPs(c.Context)
-			if err != nil {
-				return err
-			}
-			var info IPInfo
-			found := false
-			for _, ip := range ips {
-				if vipAddr(ip.VIP) == vip {
-					info.IP, found = ip, true
+			return onNodes(c, e, func(cl *admin.Client, here bool, w io.Writer) error {
+				ips, err := cl.IPs(c.Context)
+				if err != nil {
+					return err
 				}
-			}
-			if !found {
-				return fmt.Errorf("ipinfo: %s is not a public address of this cluster (fsha ip lists them)", vip)
-			}
-			if tl, err := cl.Timeline(c.Context); err == nil {
-				for i := len(tl) - 1; i >= 0; i-- {
-					if vipAddr(tl[i].VIP) == vip {
-						info.Last = &tl[i]
-						break
+				var info IPInfo
+				found := false
+				for _, ip := range ips {
+					if vipAddr(ip.VIP) == vip {
+						info.IP, found = ip, true
 					}
 				}
-			}
-			names := map[int]string{}
-			if st, err := cl.Status(c.Context); err == nil {
-				for _, n := range st.Nodes {
-					names[n.PNN] = n.Address
+				if !found {
+					return fmt.Errorf("ipinfo: %s is not a public address of this cluster (fsha ip lists them)", vip)
 				}
-			}
-			info.Replicated = map[string]int{}
-			if err := countConns(c.String("pin-path"), &info, names); err != nil {
-				info.ConnsError = err.Error()
-			}
-			if c.Bool("json") {
-				return writeJSON(e.stdout, info)
-			}
-			return printIPInfo(e.stdout, info, time.Now())
+				if tl, err := cl.Timeline(c.Context); err == nil {
+					for i := len(tl) - 1; i >= 0; i-- {
+						if vipAddr(tl[i].VIP) == vip {
+							info.Last = &tl[i]
+							break
+						}
+					}
+				}
+				names := map[int]string{}
+				if st, err := cl.Status(c.Context); err == nil {
+					for _, n := range st.Nodes {
+						names[n.PNN] = n.Address
+					}
+				}
+				info.Replicated = map[string]int{}
+				// The connections are in each node's own maps: another
+				// node's are counted there (fsha ipinfo on that node).
+				if !here {
+					info.ConnsError = "counted in each node's own maps: run fsha ipinfo on that node"
+				} else if err := countConns(c.String("pin-path"), &info, names); err != nil {
+					info.ConnsError = err.Error()
+				}
+				if c.Bool("json") {
+					return writeJSON(w, info)
+				}
+				return printIPInfo(w, info, time.Now())
+			})
 		},
 	}
 }

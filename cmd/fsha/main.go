@@ -29,6 +29,7 @@ func main() {
 }
 
 func newApp(e env) *cli.App {
+	admins := adminCommands(e)
 	return &cli.App{
 		Name:      "fsha",
 		Usage:     "SMB/NFS connection failover for file-server clusters",
@@ -37,6 +38,9 @@ func newApp(e env) *cli.App {
 		ErrWriter: e.stderr,
 		// A check command may hold commas: --check is repeated instead.
 		DisableSliceFlagSeparator: true,
+		// -n, before the command as with ctdb: fsha -n 2 ip
+		Flags:  []cli.Flag{nodeFlag()},
+		Before: func(c *cli.Context) error { return checkNodeFlag(c, admins) },
 		Commands: append([]*cli.Command{
 			upCommand(e),
 			checkConfigCommand(e),
@@ -44,7 +48,7 @@ func newApp(e env) *cli.App {
 			countersCommand(e),
 			mapsCommand(e),
 			unloadCommand(e),
-		}, adminCommands(e)...),
+		}, admins...),
 	}
 }
 

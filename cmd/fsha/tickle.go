@@ -2,8 +2,11 @@ package main
 
 import (
 	"fmt"
+	"io"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/fsha/fsha/control/admin"
 )
 
 // tickleCommand is `fsha tickle VIP`: what CTDB's tickle list does on a
@@ -26,16 +29,18 @@ func tickleCommand(e env) *cli.Command {
 			if err != nil {
 				return err
 			}
-			res, err := adminClient(c).Tickle(c.Context, vip)
-			if err != nil {
+			return onNodes(c, e, func(cl *admin.Client, _ bool, w io.Writer) error {
+				res, err := cl.Tickle(c.Context, vip)
+				if err != nil {
+					return err
+				}
+				if c.Bool("json") {
+					return writeJSON(w, res)
+				}
+				_, err = fmt.Fprintf(w, "tickled %d connections of %s (%d segments, first round in %v, %d resets from this node's stack)\n",
+					res.Conns, res.VIP, res.Sent, res.FirstRound.Round(1000), res.Resets)
 				return err
-			}
-			if c.Bool("json") {
-				return writeJSON(e.stdout, res)
-			}
-			_, err = fmt.Fprintf(e.stdout, "tickled %d connections of %s (%d segments, first round in %v, %d resets from this node's stack)\n",
-				res.Conns, res.VIP, res.Sent, res.FirstRound.Round(1000), res.Resets)
-			return err
+			})
 		},
 	}
 }

@@ -76,7 +76,10 @@ func (s *Server) authorized(next http.Handler) http.Handler {
 			writeError(w, http.StatusForbidden, err.Error())
 			return
 		}
-		next.ServeHTTP(w, r)
+		// Whether the caller could change things, whatever it asks now:
+		// a request forwarded to another node carries it (forward.go).
+		full := Authorize(peer, self, false) == nil
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), fullAccessKey{}, full)))
 	})
 }
 

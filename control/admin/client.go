@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"strconv"
 	"syscall"
 	"time"
 )
@@ -41,6 +42,9 @@ type Client struct {
 	socket  string
 	http    *http.Client
 	Timeout time.Duration
+	// node is the NodeHeader value: the PNN the requests are for, ""
+	// for this node.
+	node string
 }
 
 var _ Backend = (*Client)(nil)
@@ -59,6 +63,15 @@ func NewClient(socketPath string) *Client {
 			IdleConnTimeout: 10 * time.Second,
 		}},
 	}
+}
+
+// On returns a client whose requests are for node pnn: the daemon behind
+// the socket forwards them there over the cluster channel (fsha -n PNN).
+// It shares c's connection.
+func (c *Client) On(pnn int) *Client {
+	cc := *c
+	cc.node = strconv.Itoa(pnn)
+	return &cc
 }
 
 // Status is `fsha status`.
@@ -157,6 +170,9 @@ func (c *Client) call(ctx context.Context, method, endpoint string, in, out any)
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	if c.node != "" {
+		req.Header.Set(NodeHeader, c.node)
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return c.dialError(endpoint, err)
@@ -172,6 +188,9 @@ func (c *Client) call(ctx context.Context, method, endpoint string, in, out any)
 			eb.Error = fmt.Sprintf("%s: daemon answered %s", endpoint, resp.Status)
 		}
 		return &Error{Code: resp.StatusCode, Message: eb.Error}
+	}
+	if c.node != "" && resp.Header.Get(NodeHeader) != c.node {
+		return fmt.Errorf("%s: the daemon on %s answered for itself, not for node %s: it does not forward requests to other nodes (a release before fsha -n?)", endpoint, c.socket, c.node)
 	}
 	if out == nil {
 		return nil

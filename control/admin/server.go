@@ -50,6 +50,10 @@ type Server struct {
 	mux      *http.ServeMux
 	readOnly map[string]bool // "METHOD /path" of the requests that change nothing
 	gid      int             // the group the socket is shared with; -1: none
+	// forwarder carries requests for other nodes (forward.go); self is
+	// this node's PNN.
+	forwarder Forwarder
+	self      int
 }
 
 // NewServer returns a server for b; Serve starts it.
@@ -86,7 +90,8 @@ func NewServer(log *zap.Logger, b Backend) *Server {
 }
 
 // Handler is the HTTP handler, for tests and other transports; Serve adds
-// the access policy (Authorize) on the unix socket.
+// the access policy (Authorize) on the unix socket and the forwarding to
+// other nodes (NodeHeader).
 func (s *Server) Handler() http.Handler { return s.mux }
 
 // ShareReadOnly makes Serve's socket reachable by the members of group
@@ -121,7 +126,7 @@ func (s *Server) Serve(ctx context.Context, socketPath string) (err error) {
 	s.log.Info("admin api listening", zap.String("socket", socketPath))
 
 	srv := &http.Server{
-		Handler:           s.authorized(s.mux),
+		Handler:           s.authorized(s.forwarding(s.mux)),
 		ConnContext:       peerContext,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,

@@ -279,6 +279,15 @@ func (m *Membership) SendTo(addr netip.Addr, msg []byte) error {
 	return m.ml.SendToAddress(a, msg)
 }
 
+// SendReliableTo sends msg to the node at addr over memberlist's reliable
+// (TCP) channel, encrypted and authenticated like the gossip: forwarded
+// admin requests and their answers, which may be larger than a datagram.
+// It blocks until sent (at most the TCP timeout to connect).
+func (m *Membership) SendReliableTo(addr netip.Addr, msg []byte) error {
+	n := &memberlist.Node{Name: addr.String(), Addr: addr.AsSlice(), Port: uint16(m.port)}
+	return m.ml.SendReliable(n, msg)
+}
+
 // Leave tells the cluster this node goes away, then stops gossip.
 func (m *Membership) Leave(timeout time.Duration) error {
 	m.mu.Lock()

@@ -209,3 +209,28 @@ func FuzzMeta(f *testing.F) {
 		}
 	})
 }
+
+// SendReliableTo reaches a node by its address, joined or not, with a
+// message larger than a datagram; a node with another key never sees it
+// (forwarded admin requests rely on this: only members can send them).
+func TestSendReliableTo(t *testing.T) {
+	good := KeyFromSecret([]byte("right"))
+	nodes := startNodes(t, freePort(), good, good, KeyFromSecret([]byte("wrong")))
+	big := make([]byte, 100<<10)
+	big[0], big[len(big)-1] = 32, 7
+	if err := nodes[0].SendReliableTo(netip.MustParseAddr("127.0.0.12"), big); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "message delivered", 5*time.Second, func() bool {
+		nodes[1].d.mu.Lock()
+		defer nodes[1].d.mu.Unlock()
+		return len(nodes[1].d.msgs) == 1 && len(nodes[1].d.msgs[0]) == len(big) && nodes[1].d.msgs[0][len(big)-1] == 7
+	})
+	_ = nodes[0].SendReliableTo(netip.MustParseAddr("127.0.0.13"), big) // refused by the other side
+	time.Sleep(300 * time.Millisecond)
+	nodes[2].d.mu.Lock()
+	defer nodes[2].d.mu.Unlock()
+	if len(nodes[2].d.msgs) != 0 {
+		t.Errorf("a node with another key received %d messages", len(nodes[2].d.msgs))
+	}
+}

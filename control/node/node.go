@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -25,6 +26,7 @@ import (
 	"github.com/fsha/fsha/control/membership"
 	"github.com/fsha/fsha/control/ownership"
 	"github.com/fsha/fsha/control/quorum"
+	"github.com/fsha/fsha/control/remote"
 	"github.com/fsha/fsha/dataplane"
 )
 
@@ -180,6 +182,8 @@ type Node struct {
 	// quorum as last logged (the loop only); quorumSaid: logged once
 	quorum, quorumSaid bool
 	started            time.Time
+	// remote receives forwarded admin requests (SetRemote)
+	remote atomic.Pointer[func([]byte)]
 }
 
 // New builds a node; SetGossip then Run start it.
@@ -255,7 +259,8 @@ func monoNow() ownership.Mono {
 }
 
 // NotifyMsg receives a gossip message: an ownership message goes to the
-// loop (never blocking memberlist), an operator's move is merged.
+// loop (never blocking memberlist), a forwarded admin request or answer to
+// the remote, an operator's move is merged.
 func (n *Node) NotifyMsg(msg []byte) {
 	switch ownership.MessageType(msg) {
 	case ownership.TypeHeartbeat, ownership.TypeReply, ownership.TypeRelease:
@@ -270,10 +275,21 @@ func (n *Node) NotifyMsg(msg []byte) {
 		default:
 			n.count("ownership_messages_dropped")
 		}
+	case remote.TypeRequest, remote.TypeResponse:
+		// forwarded admin requests (fsha -n) and their answers
+		if fn := n.remote.Load(); fn != nil {
+			(*fn)(msg)
+		} else {
+			n.count("remote_messages_dropped")
+		}
 	default:
 		n.mergePins(msg, "broadcast")
 	}
 }
+
+// SetRemote routes the remote package's messages to fn (remote.Receive),
+// which must not block. It may be called while gossip runs.
+func (n *Node) SetRemote(fn func(msg []byte)) { n.remote.Store(&fn) }
 
 // LocalMeta is this node's metadata for the membership: its flags and the
 // fingerprint of its configuration (status tools read them).

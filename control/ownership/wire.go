@@ -27,7 +27,8 @@ const WireVersion = 1
 // (fsha status shows it): minor revisions only append fields.
 const ProtoVersion = 1
 
-// Message types; the node package owns types 1 and 2 (operator moves).
+// Message types; the node package owns types 1 and 2 (operator moves), the
+// remote package 32 and 33 (forwarded admin requests).
 const (
 	TypeHeartbeat = 16
 	TypeReply     = 17
