@@ -48,6 +48,7 @@ build: deps
 lint: deps
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags longlab ./tools/lab/...
 	$(GO) tool staticcheck ./...
 	@$(CLANG_FORMAT) --dry-run --Werror bpf/*.c bpf/*.h
 
@@ -75,10 +76,13 @@ bench: deps build
 	$(GO) run ./tools/bench
 
 # Long runs of the ownership checks: 50,000 simulated schedules, then the
-# lab's fault storms (50 faults on 3 and 5 nodes, judged from the wire).
+# lab's fault storms (50 faults on 3 and 5 nodes, judged from the wire),
+# then the lab's long control runs (build tag longlab: CTDB left to its
+# own ~30 s keepalives).
 chaos: deps build
 	FSHA_SIM_SCHEDULES=50000 $(GO) test -count=1 -timeout 120m -run TestSimRandomSchedules ./control/ownership/
 	FSHA_LAB_ITERATIONS=50 $(GO) test -count=1 -p 1 -timeout 120m -run 'TestFaultStormWire|TestIsolatedOwner7|TestNetworkFlap' ./tools/lab/cluster/
+	$(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestCTDBKeepalivesWithoutKick' ./tools/lab/cluster/
 
 demo: deps build
 	$(GO) run ./tools/demo

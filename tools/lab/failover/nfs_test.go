@@ -55,6 +55,10 @@ type nfsRun struct {
 	notified []lab.SMNotify
 	// graceBy is when the taker's Ganesha was in grace (60.record)
 	graceBy time.Time
+	// marks are the lengths of the nodes' Ganesha logs before the step
+	// under check: its checks read only what the step wrote (every node's
+	// Ganesha logged takeovers and releases of its own at the start)
+	marks map[*lab.ClusterNode]int
 }
 
 // the file the clients open and lock, and what the first one writes
@@ -72,6 +76,7 @@ func TestNFSStateAcrossFailover(t *testing.T) {
 	r.recordNFSv3Client()
 	r.checkRecordsLink()
 
+	r.marks = r.ganeshaLogMarks()
 	r.cut = r.powerDown(r.old)
 	r.waitConverged(r.up()...)
 	r.taker = r.owner(r.vip, r.up()...)
@@ -218,10 +223,7 @@ func (r *nfsRun) checkTakeover() {
 		runs[0].At.Sub(r.cut).Round(time.Millisecond), runs[2].At.Sub(r.cut).Round(time.Millisecond))
 	r.graceBy = runs[1].At
 	r.logGraceWindow(runs)
-	glog, err := taker.GaneshaLog()
-	if err != nil {
-		t.Fatal(err)
-	}
+	glog := r.ganeshaLogSince(taker)
 	for _, want := range []string{
 		"NFS Server recovery event 5 nodeid -1 ip " + ip,
 		"Recovery for nodeid -1 dir (" + filepath.Join(taker.GaneshaRecoveryRoot(), ip, "v4recov") + ")",
@@ -398,6 +400,7 @@ func (r *nfsRun) checkMoveKill(b3 *lab.NFS4Hold) {
 	t, taker, third, ip := r.t, r.taker, r.third, r.ip
 	b3Record := fmt.Sprintf("::ffff:%s-(", r.c.Clients[1].IP())
 	b3Name := fmt.Sprintf("Libnfs pid:%d ", b3.PID())
+	r.marks = r.ganeshaLogMarks()
 	moved := time.Now()
 	if out, err := taker.Admin(r.ctx, "move", "--kill", ip, third.IP().String()); err != nil {
 		t.Fatalf("fsha move --kill %s %s: %v: %s", ip, third.IP(), err, out)
@@ -408,20 +411,14 @@ func (r *nfsRun) checkMoveKill(b3 *lab.NFS4Hold) {
 	take := r.waitHookRuns(third, "takeip", ip, moved)
 	r.checkHookRuns(take, "takeip", third, ip, r.vip.String(), "yes")
 	r.checkGraceFlip(take, third)
-	glog, err := taker.GaneshaLog()
-	if err != nil {
-		t.Fatal(err)
-	}
+	glog := r.ganeshaLogSince(taker)
 	for _, want := range []string{"NFS Server recovery event 2 nodeid -1 ip " + ip, "NFS Server V4 recovery release ip " + ip} {
 		if !strings.Contains(glog, want) {
 			t.Errorf("ganesha log of %s lacks %q", taker.Role, want)
 		}
 	}
-	if glog, err = third.GaneshaLog(); err != nil {
-		t.Fatal(err)
-	}
 	loaded := false
-	for _, line := range strings.Split(glog, "\n") {
+	for _, line := range strings.Split(r.ganeshaLogSince(third), "\n") {
 		if strings.Contains(line, "added "+b3Record) && strings.Contains(line, b3Name) && strings.Contains(line, "to clid list") {
 			loaded = true
 		}
@@ -461,6 +458,7 @@ func (r *nfsRun) checkDrainedMove() {
 		return err
 	})
 	r.waitFlows(third, third, false, key)
+	r.marks = r.ganeshaLogMarks()
 	drained := time.Now()
 	if out, err := third.Admin(r.ctx, "move", ip, r.taker.IP().String()); err != nil {
 		t.Fatalf("fsha move %s %s: %v: %s", ip, r.taker.IP(), err, out)
@@ -468,11 +466,33 @@ func (r *nfsRun) checkDrainedMove() {
 	rel := r.waitHookRuns(third, "releaseip", ip, drained)
 	r.checkHookRuns(rel, "releaseip", third, ip, r.vip.String(), "no")
 	r.checkOnLo(rel, third, "yes", "of a drained move")
-	glog, err := third.GaneshaLog()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if strings.Contains(glog, "NFS Server recovery event 2 nodeid -1 ip "+ip) {
+	if strings.Contains(r.ganeshaLogSince(third), "NFS Server recovery event 2 nodeid -1 ip "+ip) {
 		t.Errorf("ganesha on %s released the VIP's clients while they drain", third.Role)
 	}
+}
+
+// ganeshaLogMarks notes how long every running node's Ganesha log is now.
+func (r *nfsRun) ganeshaLogMarks() map[*lab.ClusterNode]int {
+	marks := map[*lab.ClusterNode]int{}
+	for _, n := range r.c.Nodes {
+		glog, err := n.GaneshaLog()
+		if err != nil {
+			r.t.Fatal(err)
+		}
+		marks[n] = len(glog)
+	}
+	return marks
+}
+
+// ganeshaLogSince returns what n's Ganesha logged since r.marks.
+func (r *nfsRun) ganeshaLogSince(n *lab.ClusterNode) string {
+	glog, err := n.GaneshaLog()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	mark, ok := r.marks[n]
+	if !ok || mark > len(glog) {
+		r.t.Fatalf("%s's Ganesha log is %d bytes, marked at %d (%v)", n.Role, len(glog), mark, ok)
+	}
+	return glog[mark:]
 }
