@@ -123,3 +123,11 @@ func (n *Node) rejoinLoop(ctx context.Context) {
 		}
 	}
 }
+
+// lapseReason says why a lease lapsed, from the latest snapshot.
+func (n *Node) lapseReason() string {
+	n.mu.Lock()
+	sn := n.snap
+	n.mu.Unlock()
+	return lapseReason(sn, monoNow())
+}

@@ -110,3 +110,29 @@ func quorumReason(sn ownership.Snapshot, nodes []config.Node, lock bool, lockHel
 	}
 	return s
 }
+
+// lapseReason says, at a lease's lapse, when this node last heard each
+// other node, from snapshot sn, at now: a lapse with every peer heard
+// a moment ago points at this node (its loop or its CPU late), one with
+// every peer long silent at the network or the peers.
+func lapseReason(sn ownership.Snapshot, now ownership.Mono) string {
+	var heard []string
+	for _, nv := range sn.Nodes {
+		if nv.This {
+			continue
+		}
+		h := fmt.Sprintf("node %d never", nv.PNN)
+		if nv.Heard != 0 {
+			h = fmt.Sprintf("node %d %v ago", nv.PNN, time.Duration(now-nv.Heard).Round(time.Millisecond))
+		}
+		if nv.Flags&ownership.FlagRestarting != 0 {
+			h += " (restarting)"
+		}
+		heard = append(heard, h)
+	}
+	why := "no renewal from a majority: the data plane stopped answering"
+	if len(heard) > 0 {
+		why += "; last heard: " + strings.Join(heard, ", ")
+	}
+	return why
+}

@@ -72,3 +72,21 @@ func TestNodeReasons(t *testing.T) {
 		t.Errorf("stopped: %q", got)
 	}
 }
+
+func TestLapseReason(t *testing.T) {
+	now := ownership.Mono(10 * time.Second)
+	sn := ownership.Snapshot{Nodes: []ownership.NodeView{
+		{PNN: 0, This: true},
+		{PNN: 1, Heard: now - ownership.Mono(32*time.Millisecond)},
+		{PNN: 2, Heard: now - ownership.Mono(287*time.Millisecond), Flags: ownership.FlagRestarting},
+		{PNN: 3},
+	}}
+	got := lapseReason(sn, now)
+	want := "no renewal from a majority: the data plane stopped answering; last heard: node 1 32ms ago, node 2 287ms ago (restarting), node 3 never"
+	if got != want {
+		t.Errorf("lapseReason = %q\nwant %q", got, want)
+	}
+	if got := lapseReason(ownership.Snapshot{Nodes: []ownership.NodeView{{PNN: 0, This: true}}}, now); got != "no renewal from a majority: the data plane stopped answering" {
+		t.Errorf("one node: %q", got)
+	}
+}

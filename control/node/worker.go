@@ -309,12 +309,13 @@ func (w *worker) checkLapse() {
 	if !lapsed {
 		return
 	}
+	why := w.n.lapseReason()
 	err := w.removeVerified(iface, w.vip.Prefix)
 	w.log().Warn("lease lapsed (no renewal from a majority): the data plane stopped answering; address off "+iface+
-		", connections kept in case the renewals come back", zap.Error(err), logs.EveryTime())
+		", connections kept in case the renewals come back", zap.String("why", why), zap.Error(err), logs.EveryTime())
 	t0 := time.Now()
 	w.n.record(admin.Takeover{VIP: w.vip.Prefix.String(), Iface: iface, Kind: "lapse",
-		Reason: "no renewal from a majority: the data plane stopped answering", Steps: []admin.TimelineStep{{Step: "decision", At: t0}}})
+		Reason: why, Steps: []admin.TimelineStep{{Step: "decision", At: t0}}})
 }
 
 // standUp puts the address of a VIP whose lease was renewed again after a

@@ -265,6 +265,9 @@ type NodeView struct {
 	// "" when it does not.
 	Skew  string
 	Holds int
+	// Heard is when this node last heard from the peer (any heartbeat,
+	// reply or release); 0 if never, and for this node.
+	Heard Mono
 }
 
 // VIPView is one VIP as this node sees it.
@@ -307,6 +310,7 @@ func (e *Engine) Snapshot() Snapshot {
 			nv.Flags, nv.Quorum, nv.Proto = e.localFlags(), v.quorum, ProtoVersion
 		} else if pr, ok := e.peers[p]; ok {
 			nv.Flags, nv.Quorum, nv.Proto = pr.hb.Flags, e.peerQuorum(pr.hb), pr.hb.Proto
+			nv.Heard = pr.heard
 			fp = pr.hb.Fingerprint
 			sn.MACs[p] = pr.hb.MAC
 		}
