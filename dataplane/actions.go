@@ -223,3 +223,12 @@ func (a *Actions) Steer(vip netip.Addr, owner int, mac [6]byte, on bool, active 
 	}
 	return a.maps.SetSteering(active)
 }
+
+// LocalVIPs says on which interfaces the addresses of candidates are up
+// (VIPAddrs.LocalVIPs).
+func (a *Actions) LocalVIPs(ifaces []string, candidates []netip.Prefix) ([]LocalVIP, error) {
+	return a.addrs.LocalVIPs(ifaces, candidates)
+}
+
+// SetVIPs makes addrs the tracked VIPs (Maps.SetVIPs).
+func (a *Actions) SetVIPs(addrs []netip.Addr) error { return a.maps.SetVIPs(addrs) }

@@ -99,15 +99,18 @@ func clusterFlags() []cli.Flag {
 
 // clusterConfig is everything the cluster mode reads before it starts.
 type clusterConfig struct {
-	nodes  []config.Node
-	self   int
-	vips   []config.PublicAddress
-	key    []byte
-	timing membership.Timing
-	owner  ownership.Timing
-	policy allocation.Policy
-	lock   *quorum.Lock
-	checks []health.Check
+	nodes []config.Node
+	self  int
+	vips  []config.PublicAddress
+	// retiring: VIPs held or drained here before a reload that
+	// public_addresses no longer lists (node.RetiringVIPs)
+	retiring []netip.Addr
+	key      []byte
+	timing   membership.Timing
+	owner    ownership.Timing
+	policy   allocation.Policy
+	lock     *quorum.Lock
+	checks   []health.Check
 	// adminGID: the group the admin socket is shared with, read-only
 	// (--admin-group); -1: none
 	adminGID int
@@ -361,7 +364,7 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	nd, err := node.New(log, node.Config{
 		Nodes: cc.nodes, Self: cc.self, VIPs: cc.vips, Policy: cc.policy, Lock: cc.lock, Timing: cc.owner,
 		StateFile: filepath.Join(c.String("state-dir"), "state.json"), LegacyStateFile: filepath.Join(runDir, "state.json"), DrainTimeout: c.Duration("drain-timeout"), MAC: mac,
-		PeerDead: kickCTDB(log, uint16(c.Uint("ctdb-port"))),
+		PeerDead: kickCTDB(log, uint16(c.Uint("ctdb-port"))), Retiring: cc.retiring,
 	}, nil, actions, checker, hookRunnerFor(hookRunner), takeovers)
 	if err != nil {
 		return err

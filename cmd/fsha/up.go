@@ -143,7 +143,22 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	if err := dp.SetPorts(ports); err != nil {
 		return err
 	}
-	if err := dp.SetVIPs(vips); err != nil {
+	tracked := vips
+	if cc != nil {
+		// A reload that dropped a VIP this node held or drained: it stays
+		// tracked and fenced until the node has drained it out.
+		leases, err := dp.VIPLeases()
+		if err != nil {
+			return fmt.Errorf("read the pinned VIP leases: %w", err)
+		}
+		cc.retiring = node.RetiringVIPs(leases, cc.vips)
+		tracked = append(slices.Clone(vips), cc.retiring...)
+		if len(cc.retiring) > 0 {
+			log.Info("VIPs no longer in public_addresses that this node held or drained: retiring them",
+				zap.Stringers("vips", cc.retiring))
+		}
+	}
+	if err := dp.SetVIPs(tracked); err != nil {
 		return err
 	}
 	log.Info("tracking", zap.Stringers("vips", vips), zap.Any("ports", ports), zap.Strings("interfaces", ifaces))

@@ -58,6 +58,11 @@ type DataPlane interface {
 	// connections to vip and, with send, sends each client a keepalive
 	// probe (a drain's return path check: drainwatch.go).
 	ProbeVIP(vip netip.Addr, send bool) (dataplane.DrainProbe, error)
+	// LocalVIPs says on which interfaces (every one: ifaces nil) the
+	// addresses of candidates are up, with their prefixes.
+	LocalVIPs(ifaces []string, candidates []netip.Prefix) ([]dataplane.LocalVIP, error)
+	// SetVIPs makes addrs the VIPs the data plane tracks and fences.
+	SetVIPs(addrs []netip.Addr) error
 	// Steer makes XDP send the packets of owner's connections to vip on to
 	// owner at mac (on), or stops it; active is the number of (VIP, owner)
 	// pairs steered, 0 turns the lookup off.
@@ -128,6 +133,11 @@ type Config struct {
 	// peer is judged dead: unheard for a lease without announcing a stop,
 	// or for the restart grace after announcing a restart (peerdeath.go).
 	PeerDead func(pnn int, addr netip.Addr)
+	// Retiring are VIPs the data plane held or drained for this node
+	// before a reload and the configuration no longer lists
+	// (RetiringVIPs): the caller keeps them tracked, Run drains them out
+	// (retire.go).
+	Retiring []netip.Addr
 }
 
 // StopMode says what a stop is for.
@@ -184,6 +194,8 @@ type Node struct {
 	started            time.Time
 	// remote receives forwarded admin requests (SetRemote)
 	remote atomic.Pointer[func([]byte)]
+	// retiring: the VIPs of Config.Retiring not retired yet
+	retiring []netip.Addr
 }
 
 // New builds a node; SetGossip then Run start it.
@@ -211,7 +223,7 @@ func New(log *zap.Logger, cfg Config, g Gossip, dp DataPlane, h Health, hooks Ho
 		msgs: make(chan any, 4096), results: make(chan ownership.Result, 256),
 		cmds: make(chan func(*ownership.Engine, ownership.Mono), 64), stopReq: make(chan StopMode, 1),
 		pins: map[int]pin{}, counters: map[string]uint64{}, alive: map[int]bool{},
-		deaths: newPeerDeaths(cfg.Timing.Grace),
+		deaths: newPeerDeaths(cfg.Timing.Grace), retiring: slices.Clone(cfg.Retiring),
 	}
 	for i := range cfg.VIPs {
 		n.workers = append(n.workers, newWorker(n, i))
@@ -468,6 +480,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	go n.rejoinLoop(wctx)
 	go n.reconcileLoop(wctx)
+	n.startRetiring(wctx)
 	n.pushPins()
 
 	now := monoNow()

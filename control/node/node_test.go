@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -32,6 +34,10 @@ type world struct {
 	doubles []string
 	// tickles records when each node tickled which VIP's connections
 	tickles []tickleAt
+	// flows: each node's own connections by VIP (CountFlows); tracked:
+	// the VIPs each node's data plane was last told to track (SetVIPs)
+	flows   map[int]map[netip.Addr]int
+	tracked map[int][]netip.Addr
 }
 
 type tickleAt struct {
@@ -151,12 +157,43 @@ func (d *fakeDP) TickleVIP(_ context.Context, _ string, vip netip.Addr, _ []int,
 	return dataplane.TickleResult{}, nil
 }
 func (d *fakeDP) DropPeerFlows(int, netip.Addr) (int, error) { return 0, nil }
-func (d *fakeDP) CountFlows(netip.Addr) (int, error)         { return 0, nil }
+func (d *fakeDP) CountFlows(vip netip.Addr) (int, error) {
+	d.world.mu.Lock()
+	defer d.world.mu.Unlock()
+	return d.world.flows[d.node][vip], nil
+}
 func (d *fakeDP) ProbeVIP(netip.Addr, bool) (dataplane.DrainProbe, error) {
 	return dataplane.DrainProbe{}, nil
 }
 func (d *fakeDP) Steer(netip.Addr, int, [6]byte, bool, int) error { return nil }
 func (d *fakeDP) KillVIP(netip.Addr) (dataplane.KillStats, error) { return dataplane.KillStats{}, nil }
+
+// LocalVIPs lists the candidates' addresses on every interface (ifaces is
+// ignored), each with its candidate's prefix.
+func (d *fakeDP) LocalVIPs(_ []string, candidates []netip.Prefix) ([]dataplane.LocalVIP, error) {
+	d.world.mu.Lock()
+	defer d.world.mu.Unlock()
+	var out []dataplane.LocalVIP
+	for k := range d.world.addrs[d.node] {
+		iface, addr, _ := strings.Cut(k, "/")
+		for _, c := range candidates {
+			if c.Addr().String() == addr {
+				out = append(out, dataplane.LocalVIP{Iface: iface, Prefix: c})
+			}
+		}
+	}
+	return out, nil
+}
+
+func (d *fakeDP) SetVIPs(addrs []netip.Addr) error {
+	d.world.mu.Lock()
+	defer d.world.mu.Unlock()
+	if d.world.tracked == nil {
+		d.world.tracked = map[int][]netip.Addr{}
+	}
+	d.world.tracked[d.node] = slices.Clone(addrs)
+	return nil
+}
 
 type fakeHealth struct {
 	mu      sync.Mutex

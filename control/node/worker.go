@@ -377,13 +377,16 @@ func (w *worker) fail(rec *admin.Takeover, t ownership.Take, err error) {
 // VIPs go one at a time (Node.addrMu): removing an IPv4 primary address
 // takes the kernel's secondaries with it, and RemoveVIP puts back the
 // ones it lost; two VIPs changing at once would undo each other.
-func (w *worker) addVerified(iface string, p netip.Prefix) error {
-	w.n.addrMu.Lock()
-	defer w.n.addrMu.Unlock()
-	if err := w.n.dp.AddVIP(iface, p); err != nil {
+func (w *worker) addVerified(iface string, p netip.Prefix) error { return w.n.addVerified(iface, p) }
+
+// addVerified adds p on iface and reads it back.
+func (n *Node) addVerified(iface string, p netip.Prefix) error {
+	n.addrMu.Lock()
+	defer n.addrMu.Unlock()
+	if err := n.dp.AddVIP(iface, p); err != nil {
 		return err
 	}
-	ok, err := w.n.dp.HasVIP(iface, p.Addr())
+	ok, err := n.dp.HasVIP(iface, p.Addr())
 	switch {
 	case err != nil:
 		return fmt.Errorf("read back %s on %s: %w", p, iface, err)
@@ -393,14 +396,18 @@ func (w *worker) addVerified(iface string, p netip.Prefix) error {
 	return nil
 }
 
-// removeVerified removes the address and reads it back (see addVerified).
 func (w *worker) removeVerified(iface string, p netip.Prefix) error {
-	w.n.addrMu.Lock()
-	defer w.n.addrMu.Unlock()
-	if err := w.n.dp.RemoveVIP(iface, p); err != nil {
+	return w.n.removeVerified(iface, p)
+}
+
+// removeVerified removes p from iface and reads it back.
+func (n *Node) removeVerified(iface string, p netip.Prefix) error {
+	n.addrMu.Lock()
+	defer n.addrMu.Unlock()
+	if err := n.dp.RemoveVIP(iface, p); err != nil {
 		return err
 	}
-	ok, err := w.n.dp.HasVIP(iface, p.Addr())
+	ok, err := n.dp.HasVIP(iface, p.Addr())
 	switch {
 	case err != nil:
 		return fmt.Errorf("read back %s on %s: %w", p, iface, err)

@@ -283,3 +283,18 @@ func (n *ClusterNode) FshaLog(msg string) ([]LogLine, error) {
 	}
 	return out, nil
 }
+
+// SetPublicAddresses rewrites the cluster's public_addresses with vips
+// (on HostIface) and makes them the cluster's VIPs; the nodes read it at
+// their next start or reload.
+func (c *Cluster) SetPublicAddresses(vips []netip.Prefix) error {
+	var pa strings.Builder
+	for _, v := range vips {
+		fmt.Fprintf(&pa, "%s %s\n", v, HostIface)
+	}
+	if err := os.WriteFile(c.PublicAddressesFile, []byte(pa.String()), 0o644); err != nil {
+		return fmt.Errorf("write public_addresses: %w", err)
+	}
+	c.VIPs = slices.Clone(vips)
+	return nil
+}

@@ -432,7 +432,16 @@ func TestFailback(t *testing.T) {
 		}
 		all = append(all, vipSessions{v, []*session{startSession(smb, pingEvery), startSession(nfs, pingEvery)}})
 	}
+	// the control: a session through the third node, which the failback
+	// does not involve; a stall it shares is the lab's (checkGaps)
+	third := e.c.Others(gone, surv)[0]
+	ctlConn, err := dialSMB(e.ctx, e.client, e.held(third)[0].Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	control := startSession(ctlConn, pingEvery)
 	defer func() {
+		control.Close()
 		for _, vs := range all {
 			for _, s := range vs.sessions {
 				s.Close()
@@ -517,9 +526,11 @@ func TestFailback(t *testing.T) {
 			if min := int(total / pingEvery * 3 / 4); s.OK() < min {
 				t.Errorf("%s session through %s answered %d pings in %v, want at least %d", s.rc.proto, vs.vip, s.OK(), total.Round(time.Millisecond), min)
 			}
-			e.checkGaps("failback: "+s.rc.proto+" session through "+vs.vip.String(), s, watches[i])
+			e.checkGaps("failback: "+s.rc.proto+" session through "+vs.vip.String(), s, watches[i], control)
 		}
 	}
+	control.Close()
+	t.Logf("failback: control %s", control)
 	e.waitFlowsGone(gone, backKeys...)
 	e.eventually("the failback drain of "+back.String()+" ends", func(ctx context.Context) error {
 		lo, err := loVIPs(surv, e.c.VIPs)
@@ -649,7 +660,7 @@ func TestDrainTimeoutAndKill(t *testing.T) {
 //     session goroutines, not real-time, waited for a CPU).
 //
 // Either is logged with the evidence; a failure says what the capture saw.
-func (e *env) checkGaps(what string, s *session, w *lab.Watch) {
+func (e *env) checkGaps(what string, s *session, w *lab.Watch, controls ...*session) {
 	faults := e.c.Lab.Faults()
 	port := s.rc.local.Port()
 	for _, g := range s.LongGaps() {
@@ -660,6 +671,12 @@ func (e *env) checkGaps(what string, s *session, w *lab.Watch) {
 		if i >= 0 {
 			e.t.Logf("%s, with the lab's %s from %s to %s: not counted", head, faults[i].What,
 				faults[i].Start.Format("15:04:05.000"), faults[i].End.Format("15:04:05.000"))
+			continue
+		}
+		if c, cg, ok := coincidingStall(g, controls); ok {
+			e.t.Logf("%s, and so did the control session %s (through a node the move does not involve) from %s for %v: "+
+				"the lab stalled, not the move: not counted", head, c.rc.Key(), cg.from.Format("15:04:05.000"),
+				cg.length().Round(time.Millisecond))
 			continue
 		}
 		// the VIP's frames to this session in the gap, as the client's
@@ -682,4 +699,24 @@ func (e *env) checkGaps(what string, s *session, w *lab.Watch) {
 		}
 		e.t.Errorf("%s, longer than a steering transition (%v); %s", head, maxSteerStall, seen)
 	}
+}
+
+// controlCoincide is how close the start and the end of a control
+// session's stall must be to a session's for the two to be one stall.
+const controlCoincide = 100 * time.Millisecond
+
+// coincidingStall finds a stall of one of controls (sessions through a
+// node that a move does not involve: the same client, bridge and machine,
+// none of the move's nodes) that began and ended with g, within
+// controlCoincide: then the lab stalled, whatever the move did.
+func coincidingStall(g gap, controls []*session) (*session, gap, bool) {
+	near := func(a, b time.Time) bool { return a.Sub(b).Abs() <= controlCoincide }
+	for _, c := range controls {
+		for _, cg := range c.GapsOver(recordedGap) {
+			if near(cg.from, g.from) && near(cg.to, g.to) {
+				return c, cg, true
+			}
+		}
+	}
+	return nil, gap{}, false
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"slices"
 	"sync"
 	"time"
 
@@ -264,7 +263,7 @@ func (s *session) run() {
 		s.ok++
 		s.maxRTT = max(s.maxRTT, now.Sub(start))
 		s.maxGap = max(s.maxGap, now.Sub(s.lastOK))
-		if now.Sub(s.lastOK) > maxSteerStall {
+		if now.Sub(s.lastOK) > recordedGap {
 			s.longGaps = append(s.longGaps, gap{from: s.lastOK, to: now})
 		}
 		s.lastOK = now
@@ -290,11 +289,25 @@ type gap struct{ from, to time.Time }
 
 func (g gap) length() time.Duration { return g.to.Sub(g.from) }
 
+// recordedGap: the session records its gaps longer than this (a
+// control session's stall counts from there: controlGapsOver).
+const recordedGap = 200 * time.Millisecond
+
 // LongGaps are the gaps between two answers longer than maxSteerStall.
-func (s *session) LongGaps() []gap {
+func (s *session) LongGaps() []gap { return s.GapsOver(maxSteerStall) }
+
+// GapsOver are the gaps between two answers longer than d (at least
+// recordedGap).
+func (s *session) GapsOver(d time.Duration) []gap {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.Clone(s.longGaps)
+	var out []gap
+	for _, g := range s.longGaps {
+		if g.length() > d {
+			out = append(out, g)
+		}
+	}
+	return out
 }
 
 // OK counts the answered pings.
