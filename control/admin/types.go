@@ -77,8 +77,9 @@ type IP struct {
 	Owner  string `json:"owner"`  // node address holding it, "" when none
 	PNN    int    `json:"pnn"`    // owner's number, -1 when none
 	Target string `json:"target"` // where the allocation wants it, "" when nowhere
-	// State: "held", "unassigned", "moving" (owner and target differ) and,
-	// with connection draining, "draining".
+	// State: "held", "unassigned", "moving" (owner and target differ),
+	// with connection draining, "draining", and "retiring" for a VIP a
+	// reload removed whose connections still drain on its node.
 	State string `json:"state"`
 	// DrainingFrom is the node that still serves the VIP's old
 	// connections after a planned move, "" when none.

@@ -134,6 +134,14 @@ func (n *Node) IPs(context.Context) ([]admin.IP, error) {
 		}
 		out = append(out, ip)
 	}
+	// VIPs a reload removed that drain out here (retire.go)
+	n.mu.Lock()
+	retiring := slices.Clone(n.retiring)
+	n.mu.Unlock()
+	for _, vip := range retiring {
+		out = append(out, admin.IP{VIP: netip.PrefixFrom(vip, vip.BitLen()).String(), Iface: "lo", PNN: n.cfg.Self,
+			Owner: n.cfg.Nodes[n.cfg.Self].Addr.String(), State: "retiring"})
+	}
 	return out, nil
 }
 

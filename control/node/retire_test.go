@@ -84,6 +84,16 @@ func TestRetireDrainsOut(t *testing.T) {
 	if l, _, lo, tracked := state(); l.State != dataplane.VIPLeaseDraining || !lo || tracked != nil {
 		t.Fatalf("with connections left: lease %v, on lo %v, tracked set to %v; want draining on lo, tracking untouched", l.State, lo, tracked)
 	}
+	listed := func() bool {
+		ips, err := n.IPs(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.ContainsFunc(ips, func(ip admin.IP) bool { return ip.VIP == "198.18.0.202/32" && ip.State == "retiring" && ip.PNN == 0 })
+	}
+	if !listed() {
+		t.Errorf("fsha ip does not list the retiring VIP")
+	}
 	w.mu.Lock()
 	w.flows[0][removed] = 0
 	w.mu.Unlock()
@@ -91,6 +101,9 @@ func TestRetireDrainsOut(t *testing.T) {
 		l, eth, lo, tracked := state()
 		return l.State == dataplane.VIPLeaseNone && !eth && !lo && slices.Equal(tracked, []netip.Addr{netip.MustParseAddr("198.18.0.201")})
 	})
+	if listed() {
+		t.Errorf("fsha ip still lists the VIP once retired")
+	}
 	tl, err := n.Timeline(ctx)
 	if err != nil {
 		t.Fatal(err)
