@@ -77,7 +77,7 @@ func clusterFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "drain-timeout", Value: 5 * time.Minute, EnvVars: []string{"FSHA_DRAIN_TIMEOUT"},
 			Usage: "a VIP moved away in a planned move keeps serving its old connections this long, then resets them (0: reset at once)"},
 		&cli.DurationFlag{Name: "shutdown-timeout", Value: 2 * time.Minute, EnvVars: []string{"FSHA_SHUTDOWN_TIMEOUT"},
-			Usage: "a shutdown (SIGINT: systemctl stop) hands the VIPs over and waits for their connections to drain, at most this long (and --drain-timeout), then stops at once; keep it below the unit's TimeoutStopSec (0: no bound but --drain-timeout)"},
+			Usage: "a shutdown (SIGINT: systemctl stop) hands the VIPs over and waits for their connections to drain, at most this long (and --drain-timeout), then resets those left (their clients reconnect to the new holders) and exits; keep it below the unit's TimeoutStopSec (0: no bound but --drain-timeout)"},
 		&cli.StringFlag{Name: "failback", Value: "automatic", EnvVars: []string{"FSHA_FAILBACK"},
 			Usage: "automatic (a recovered node gets its share of VIPs back) or sticky (VIPs stay until moved)"},
 		&cli.StringFlag{Name: "run-dir", Value: admin.DefaultRunDir, EnvVars: []string{"FSHA_RUN_DIR"},
@@ -424,15 +424,18 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	var stopHow atomic.Value
 	stopHow.Store(hooks.StopAbort)
 	go func() {
-		select {
-		case mode := <-stop:
-			if mode == node.Restart {
-				stopHow.Store(hooks.StopRestart)
-			} else {
-				stopHow.Store(hooks.StopShutdown)
+		for first := true; ; first = false {
+			select {
+			case mode := <-stop:
+				if first && mode == node.Restart {
+					stopHow.Store(hooks.StopRestart)
+				} else if first {
+					stopHow.Store(hooks.StopShutdown)
+				}
+				nd.Stop(mode)
+			case <-gctx.Done():
+				return
 			}
-			nd.Stop(mode)
-		case <-gctx.Done():
 		}
 	}()
 	g.Go(func() error { return repl.Run(gctx) })

@@ -218,8 +218,9 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	var (
 		stopping bool
 		reexec   bool
-		// a shutdown's bound (--shutdown-timeout): then as a second signal
-		shutdownDeadline <-chan time.Time
+		// a shutdown's bound (--shutdown-timeout): then the drains are
+		// reset, and hardStop bounds that
+		shutdownDeadline, hardStop <-chan time.Time
 	)
 	// systemd (Type=notify): serving. A SIGHUP's restart in place keeps
 	// the pid, and the new process says READY again.
@@ -284,7 +285,19 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 			}
 			return err
 		case <-shutdownDeadline:
-			log.Warn("shutdown: the drains did not end within --shutdown-timeout: stopping now", zap.Duration("shutdown_timeout", c.Duration("shutdown-timeout")))
+			// The connections still draining are reset (their clients
+			// reconnect at once, to the VIPs' new holders); if that does
+			// not end the shutdown soon, it stops at once.
+			log.Warn("shutdown: the drains did not end within --shutdown-timeout: resetting their connections and stopping",
+				zap.Duration("shutdown_timeout", c.Duration("shutdown-timeout")))
+			shutdownDeadline = nil
+			select {
+			case stopCluster <- node.EndDrains:
+			default: // the shutdown not even taken yet: the bound below
+			}
+			hardStop = time.After(5 * time.Second)
+		case <-hardStop:
+			log.Warn("shutdown: still not stopped 5 s after resetting the drains: stopping now")
 			cancel()
 		case err := <-done:
 			return err

@@ -39,6 +39,20 @@ func (n *Node) stopDone(stopped bool, mode StopMode, by time.Time, drainUntil *t
 	return true
 }
 
+// endDrainsWithin bounds how long a shutdown waits for the resets that
+// EndDrains asked for.
+const endDrainsWithin = 2 * time.Second
+
+// endDrainsNow has every worker that drains reset its drain's connections
+// and end it.
+func (n *Node) endDrainsNow(why string) {
+	for _, w := range n.workers {
+		if w.isDraining() {
+			w.enqueue(job{endDrain: why})
+		}
+	}
+}
+
 func (n *Node) finishStop(mode StopMode) {
 	if mode == Shutdown {
 		if err := n.gossip.Leave(time.Second); err != nil {

@@ -150,6 +150,11 @@ const (
 	// Shutdown hands every VIP over to the other nodes (connections
 	// drain), then stops.
 	Shutdown
+	// EndDrains, during a Shutdown, resets the connections still
+	// draining (the shutdown's bound, --shutdown-timeout, has passed):
+	// their clients reconnect at once, to the VIPs' new holders, and the
+	// shutdown completes.
+	EndDrains
 )
 
 // Node is one node's control: the engine's loop and the executors.
@@ -498,14 +503,22 @@ func (n *Node) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case mode = <-n.stopReq:
-			stopping = true
-			stopBy = time.Now().Add(2 * time.Second)
-			if mode == Shutdown {
-				stopBy = time.Now().Add(10 * time.Second)
+		case m := <-n.stopReq:
+			switch {
+			case stopping && m == EndDrains && mode == Shutdown:
+				// the kills end the drains at once; stopDone waits for them
+				drainUntil = time.Now().Add(endDrainsWithin)
+				n.endDrainsNow("shutdown timeout")
+			case stopping || m == EndDrains:
+			default:
+				mode, stopping = m, true
+				stopBy = time.Now().Add(2 * time.Second)
+				if mode == Shutdown {
+					stopBy = time.Now().Add(10 * time.Second)
+				}
+				n.log.Info("stopping", zap.Bool("restart", mode == Restart))
+				e.Stop(monoNow(), mode == Restart)
 			}
-			n.log.Info("stopping", zap.Bool("restart", mode == Restart))
-			e.Stop(monoNow(), mode == Restart)
 		case m := <-n.msgs:
 			e.Receive(monoNow(), m)
 		case r := <-n.results:

@@ -67,6 +67,8 @@ type job struct {
 	reconcile *reconcileInput
 	standUp   bool
 	announce  bool
+	// endDrain: reset the drain's connections now and end it, saying why
+	endDrain string
 }
 
 func newWorker(n *Node, i int) *worker {
@@ -125,6 +127,8 @@ func (w *worker) run(ctx context.Context) {
 				w.standUp(ctx)
 			case j.announce:
 				w.reannounce(ctx)
+			case j.endDrain != "":
+				w.killDrain(j.endDrain)
 			}
 		case now := <-tick.C:
 			if now.Sub(lastDrainCheck) >= time.Second/4 {
@@ -496,6 +500,18 @@ func (w *worker) drop(d ownership.Drop) {
 	w.n.record(rec)
 	w.n.done(ownership.Result{VIP: w.i, Epoch: d.Epoch})
 	go w.n.runHooks(context.Background(), "releaseip", w.vip, rec.Iface, d.Epoch, t0)
+}
+
+// killDrain resets the connections of a drain and ends it, saying why.
+func (w *worker) killDrain(why string) {
+	if !w.isDraining() {
+		return
+	}
+	ks, err := w.n.dp.KillVIP(w.vip.VIP())
+	if err != nil {
+		w.log().Warn("reset drained connections", zap.Error(err))
+	}
+	w.endDrain(fmt.Sprintf("%s: %d connections reset", why, ks.Destroyed+ks.Reset))
 }
 
 // checkDrain ends a drain whose connections are gone, or resets those
