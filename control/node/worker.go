@@ -182,7 +182,7 @@ func (w *worker) extend(d ownership.Deadline) (written bool) {
 	if len(d.Orphans) > 0 {
 		t0 := time.Now()
 		w.n.record(admin.Takeover{VIP: w.vip.Prefix.String(), Iface: iface, Kind: "takeover",
-			Reason: "renewed after nodes held it meanwhile", Steps: []admin.TimelineStep{{Step: "decision", At: t0}}})
+			Reason: "renewed after a late grant named another earlier holder: its connections tickled", Steps: []admin.TimelineStep{{Step: "decision", At: t0}}})
 		go w.tickleAfterHooks(context.Background(), iface, d.Orphans, t0)
 	}
 	return err == nil

@@ -441,8 +441,12 @@ func (e *Engine) evaluate(r *round, i int) {
 			d := Deadline{VIP: i, Epoch: s.epoch, Until: until}
 			vip := e.cfg.VIPs[i].Addr
 			for o := range s.orphans {
-				if !e.drains(s, o, vip) {
+				if !e.drains(s, o, vip) && !s.tickled[o] {
 					d.Orphans = append(d.Orphans, o)
+					if s.tickled == nil {
+						s.tickled = map[int]bool{}
+					}
+					s.tickled[o] = true
 				}
 			}
 			slices.Sort(d.Orphans)
@@ -458,6 +462,7 @@ func (e *Engine) evaluate(r *round, i int) {
 			orphans = append(orphans, o)
 		}
 		slices.Sort(orphans)
+		clear(s.orphans)
 		from := s.from
 		if from == e.cfg.Self || from == None {
 			from = s.prevHolder
@@ -465,6 +470,14 @@ func (e *Engine) evaluate(r *round, i int) {
 		vip := e.cfg.VIPs[i].Addr
 		drains := func(o int) bool { return e.drains(s, o, vip) }
 		orphans = slices.DeleteFunc(orphans, drains)
+		// The take tickles these; a renewal tickles only the previous
+		// holders that no grant named before (make demo's timeline
+		// showed a second tickle of the same connections 50 ms after
+		// every takeover: a late grant of the claim's other round).
+		s.tickled = map[int]bool{}
+		for _, o := range orphans {
+			s.tickled[o] = true
+		}
 		fromDraining := from != None && drains(from)
 		e.out.Takes = append(e.out.Takes, Take{VIP: i, Epoch: s.epoch, Until: until, Orphans: orphans,
 			From: from, FromDraining: fromDraining, Reason: s.reason})

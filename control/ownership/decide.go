@@ -85,7 +85,7 @@ func (e *Engine) beginClaim(i int, v *view) {
 	s.state = claiming
 	s.epoch = max(s.maxEpoch, e.voter.Epoch(e.cfg.VIPs[i].Addr)) + 1
 	s.maxEpoch = s.epoch
-	s.orphans, s.drainers = map[int]bool{}, map[int]bool{}
+	s.orphans, s.drainers, s.tickled = map[int]bool{}, map[int]bool{}, map[int]bool{}
 	s.from = v.lastHolder[i]
 	s.prevHolder, s.prevEpoch = None, 0
 	s.reason = e.takeReason(i, v)

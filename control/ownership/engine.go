@@ -236,9 +236,12 @@ type slot struct {
 	shortTo  Mono
 	long     bool
 	maxEpoch uint64
-	// orphans collects the previous holders reported by grants.
+	// orphans collects the previous holders reported by grants;
+	// tickled, those whose connections this holding already tickled
+	// (late grants of a claim's other rounds name them again).
 	orphans  map[int]bool
 	drainers map[int]bool
+	tickled  map[int]bool
 	from     int
 	// prevHolder: the holder of the latest epoch before ours, as grants
 	// report it

@@ -133,6 +133,8 @@ type simWorld struct {
 	// resets[n]: drops by node n that reset its connections (not drained);
 	// tickled[n]: takeovers that tickled node n's connections
 	resets, tickled map[int]int
+	// tickledBy: each (holder, VIP, epoch, orphan) tickle asked for
+	tickledBy       map[tickleKey]bool
 	delivered, lost int
 }
 
@@ -255,6 +257,7 @@ func (w *simWorld) execute(n *simNode, out Output) bool {
 		}
 		for _, o := range d.Orphans {
 			w.tickled[o]++
+			w.tickleOnce(n, vip, d.Epoch, o)
 			if w.answering(w.nodes[o], vip, w.now) {
 				w.violate("n%d (renewing) tickles node %d's connections to %s, but n%d still answers for it", n.pnn, o, vip, o)
 			}
@@ -274,6 +277,7 @@ func (w *simWorld) execute(n *simNode, out Output) bool {
 		w.takes++
 		for _, o := range tk.Orphans {
 			w.tickled[o]++
+			w.tickleOnce(n, vip, tk.Epoch, o)
 		}
 		if tk.From != None {
 			w.moves++
@@ -575,7 +579,7 @@ func (w *simWorld) holders() map[netip.Addr][]int {
 
 func newSimWorld(seed int64, nodes, vips int, timing Timing, lock bool) *simWorld {
 	w := &simWorld{rng: rand.New(rand.NewSource(seed)), seed: seed, timing: timing, lock: lock, lockBy: -1,
-		resets: map[int]int{}, tickled: map[int]int{}}
+		resets: map[int]int{}, tickled: map[int]int{}, tickledBy: map[tickleKey]bool{}}
 	var list []VIP
 	for i := range vips {
 		list = append(list, VIP{Addr: netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + i)})})
@@ -610,4 +614,25 @@ func (w *simWorld) startAll(spread time.Duration) {
 			w.startDaemon(n)
 		})
 	}
+}
+
+// tickleKey is one tickle of orphan's connections to vip by holder's
+// daemon run at epoch.
+type tickleKey struct {
+	holder, run, orphan int
+	vip                 netip.Addr
+	epoch               uint64
+}
+
+// tickleOnce records a tickle: a holder's daemon tickles an orphan's
+// connections to a VIP once per epoch (its take, or the renewal after a
+// late grant named it), never again. A restarted daemon does not know what
+// its previous run tickled; a grant naming the orphan then tickles again
+// (harmless: the orphan's connections are over either way).
+func (w *simWorld) tickleOnce(n *simNode, vip netip.Addr, epoch uint64, orphan int) {
+	k := tickleKey{holder: n.pnn, run: n.run, orphan: orphan, vip: vip, epoch: epoch}
+	if w.tickledBy[k] {
+		w.violate("n%d tickles node %d's connections to %s again (epoch %d)", n.pnn, orphan, vip, epoch)
+	}
+	w.tickledBy[k] = true
 }
