@@ -36,7 +36,11 @@ func (n *Node) stopDone(stopped bool, mode StopMode, by time.Time, drainUntil *t
 			return false
 		}
 	}
-	return true
+	// VIPs a reload removed drain here too: nobody takes them over
+	n.mu.Lock()
+	retiring := len(n.retiring)
+	n.mu.Unlock()
+	return retiring == 0 || !time.Now().Before(*drainUntil)
 }
 
 // endDrainsWithin bounds how long a shutdown waits for the resets that
@@ -51,6 +55,7 @@ func (n *Node) endDrainsNow(why string) {
 			w.enqueue(job{endDrain: why})
 		}
 	}
+	n.endRetiring.Do(func() { close(n.retireNow) })
 }
 
 func (n *Node) finishStop(mode StopMode) {

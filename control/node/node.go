@@ -199,8 +199,11 @@ type Node struct {
 	started            time.Time
 	// remote receives forwarded admin requests (SetRemote)
 	remote atomic.Pointer[func([]byte)]
-	// retiring: the VIPs of Config.Retiring not retired yet
-	retiring []netip.Addr
+	// retiring: the VIPs of Config.Retiring not retired yet; retireNow,
+	// closed once (endRetiring), has them reset their connections now
+	retiring    []netip.Addr
+	retireNow   chan struct{}
+	endRetiring sync.Once
 }
 
 // New builds a node; SetGossip then Run start it.
@@ -228,7 +231,7 @@ func New(log *zap.Logger, cfg Config, g Gossip, dp DataPlane, h Health, hooks Ho
 		msgs: make(chan any, 4096), results: make(chan ownership.Result, 256),
 		cmds: make(chan func(*ownership.Engine, ownership.Mono), 64), stopReq: make(chan StopMode, 1),
 		pins: map[int]pin{}, counters: map[string]uint64{}, alive: map[int]bool{},
-		deaths: newPeerDeaths(cfg.Timing.Grace), retiring: slices.Clone(cfg.Retiring),
+		deaths: newPeerDeaths(cfg.Timing.Grace), retiring: slices.Clone(cfg.Retiring), retireNow: make(chan struct{}),
 	}
 	for i := range cfg.VIPs {
 		n.workers = append(n.workers, newWorker(n, i))

@@ -29,8 +29,10 @@ import (
 // connections go on), its address moves to loopback (no longer
 // announced), and once its last connection has closed, or at the drain
 // timeout (the rest reset), the address and the lease go and the data
-// plane stops tracking it. A crash meanwhile leaves the drain's lease,
-// and the next start retires it again.
+// plane stops tracking it. A shutdown waits for it as for its other
+// drains, and at its bound (--shutdown-timeout) resets what is left. A
+// crash meanwhile leaves the drain's lease, and the next start retires
+// it again.
 
 // retiringVIPs returns the VIPs that leases (the data plane's, at start)
 // hold or drain here and that configured (this configuration's VIPs) no
@@ -143,10 +145,18 @@ func (n *Node) retire(ctx context.Context, vip netip.Addr, lease dataplane.VIPLe
 }
 
 // waitRetired waits until vip has no connection left here, or resets
-// those left after timeout; it says which ("" if ctx ended).
+// those left after timeout or when a shutdown's bound passed (retireNow);
+// it says which ("" if ctx ended).
 func (n *Node) waitRetired(ctx context.Context, vip netip.Addr, since time.Time, timeout time.Duration) string {
 	tick := time.NewTicker(retireCheckEvery)
 	defer tick.Stop()
+	kill := func(why string) string {
+		ks, err := n.dp.KillVIP(vip)
+		if err != nil {
+			n.log.Warn("reset a retiring VIP's connections", zap.Stringer("vip", vip), zap.Error(err))
+		}
+		return fmt.Sprintf("%s: %d connections reset", why, ks.Destroyed+ks.Reset)
+	}
 	for {
 		left, err := n.dp.CountFlows(vip)
 		switch {
@@ -155,15 +165,13 @@ func (n *Node) waitRetired(ctx context.Context, vip netip.Addr, since time.Time,
 		case left == 0:
 			return "last connection closed"
 		case time.Since(since) >= timeout:
-			ks, err := n.dp.KillVIP(vip)
-			if err != nil {
-				n.log.Warn("reset a retiring VIP's connections", zap.Stringer("vip", vip), zap.Error(err))
-			}
-			return fmt.Sprintf("drain timeout: %d connections reset", ks.Destroyed+ks.Reset)
+			return kill("drain timeout")
 		}
 		select {
 		case <-ctx.Done():
 			return ""
+		case <-n.retireNow:
+			return kill("shutdown timeout")
 		case <-tick.C:
 		}
 	}

@@ -115,6 +115,40 @@ func TestRetireDrainsOut(t *testing.T) {
 	}
 }
 
+// A shutdown's bound resets what a retiring VIP still has.
+func TestRetireShutdownTimeout(t *testing.T) {
+	n, w, removed := retireNode(t, monoNow()+ownership.Mono(10*time.Second), 3)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n.startRetiring(ctx)
+	waitFor(t, "the removed VIP draining", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.leases[0][removed].State == dataplane.VIPLeaseDraining
+	})
+	drainUntil := time.Now().Add(time.Hour)
+	if n.stopDone(true, Shutdown, time.Now(), &drainUntil) {
+		t.Errorf("a shutdown is done with a VIP still retiring")
+	}
+	n.endDrainsNow("shutdown timeout")
+	n.endDrainsNow("shutdown timeout") // twice: closes once
+	waitFor(t, "the retiring VIP gone after the shutdown's bound", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.leases[0][removed].State == dataplane.VIPLeaseNone && !w.addrs[0]["lo/"+removed.String()]
+	})
+	waitFor(t, "the shutdown done", func() bool { return n.stopDone(true, Shutdown, time.Now(), &drainUntil) })
+	tl, err := n.Timeline(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tl) != 1 || !slices.ContainsFunc(tl[0].Steps, func(s admin.TimelineStep) bool {
+		return s.Step == "drain ended: shutdown timeout: 0 connections reset"
+	}) {
+		t.Errorf("timeline %+v: want the drain ended by the shutdown timeout", tl)
+	}
+}
+
 // A held lease that ran out before the start (a crash long ago, then a
 // start with the VIP removed): nothing to drain, the connections left are
 // reset at once.

@@ -285,12 +285,21 @@ func (n *ClusterNode) FshaLog(msg string) ([]LogLine, error) {
 }
 
 // SetPublicAddresses rewrites the cluster's public_addresses with vips
-// (on HostIface) and makes them the cluster's VIPs; the nodes read it at
+// (on HostIface), each restricted to the nodes only lists for it (none:
+// any node), and makes them the cluster's VIPs; the nodes read it at
 // their next start or reload.
-func (c *Cluster) SetPublicAddresses(vips []netip.Prefix) error {
+func (c *Cluster) SetPublicAddresses(vips []netip.Prefix, only map[netip.Prefix][]*ClusterNode) error {
 	var pa strings.Builder
 	for _, v := range vips {
-		fmt.Fprintf(&pa, "%s %s\n", v, HostIface)
+		fmt.Fprintf(&pa, "%s %s", v, HostIface)
+		var refs []string
+		for _, n := range only[v] {
+			refs = append(refs, n.IP().String())
+		}
+		if len(refs) > 0 {
+			fmt.Fprintf(&pa, " %s", strings.Join(refs, ","))
+		}
+		pa.WriteString("\n")
 	}
 	if err := os.WriteFile(c.PublicAddressesFile, []byte(pa.String()), 0o644); err != nil {
 		return fmt.Errorf("write public_addresses: %w", err)

@@ -14,17 +14,22 @@ import (
 )
 
 // TestReloadVIPs: the operator removes one VIP from public_addresses, adds
-// another, and reloads fsha on every node in turn (SIGHUP, what systemctl
-// reload sends), while a raw SMB and a raw NFS session talk through every
-// VIP. The removed VIP is on no node's eth0 and answers no new connection
-// (ctdb reloadips releases it), yet its sessions go on: its node drains
-// them from loopback. The added VIP is placed and answers. No connection
-// of any VIP is reset (the client's capture) and no session breaks; once
-// the removed VIP's sessions end, its address goes from its node.
+// another, restricts a third to a node that does not hold it, and reloads
+// fsha on every node in turn (SIGHUP, what systemctl reload sends), while
+// a raw SMB and a raw NFS session talk through every VIP. The removed VIP
+// is on no node's eth0 and answers no new connection (ctdb reloadips
+// releases it), yet its sessions go on: its node drains them from
+// loopback. The added VIP is placed and answers. The restricted one moves
+// to its node, its sessions steered back to the old holder. No
+// connection of any VIP is reset (the client's capture) and no session
+// breaks; once the removed VIP's sessions end, its address goes from its
+// node.
 func TestReloadVIPs(t *testing.T) {
-	e := newEnv(t, lab.ClusterOptions{Nodes: 3})
-	removed, added := e.c.VIPs[2], lab.VIP(4)
+	e := newEnv(t, lab.ClusterOptions{Nodes: 3, FshaArgs: []string{"--drain-timeout", drainTimeout}})
+	removed, added, moved := e.c.VIPs[2], lab.VIP(4), e.c.VIPs[0]
 	retirer := e.owner(removed)
+	from := e.owner(moved)
+	to := e.c.Others(from)[0]
 	var (
 		sessions   []*session
 		removedSes []*session
@@ -63,7 +68,7 @@ func TestReloadVIPs(t *testing.T) {
 	start := time.Now()
 
 	kept := []netip.Prefix{e.c.VIPs[0], e.c.VIPs[1], added}
-	if err := e.c.SetPublicAddresses(kept); err != nil {
+	if err := e.c.SetPublicAddresses(kept, map[netip.Prefix][]*lab.ClusterNode{moved: {to}}); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range e.c.Nodes {
@@ -86,11 +91,19 @@ func TestReloadVIPs(t *testing.T) {
 		t.Logf("%s reloaded %v after its SIGHUP", n.Role, time.Since(t0).Round(time.Millisecond))
 	}
 
-	// the added VIP answers, on one node
+	// the added VIP answers, on one node; the restricted one on its node
 	e.eventually(added.String()+" placed", func(ctx context.Context) error {
 		_, err := e.c.Owner(added)
 		return err
 	})
+	e.eventually(moved.String()+" on "+to.Role+", the only node it may be on now", func(ctx context.Context) error {
+		o, err := e.c.Owner(moved)
+		if err == nil && o != to {
+			err = fmt.Errorf("on %s", o.Role)
+		}
+		return err
+	})
+	t.Logf("%s moved from %s to %s", moved, from.Role, to.Role)
 	rc, err := dialSMB(e.ctx, e.client, added.Addr())
 	if err != nil {
 		t.Fatalf("a new connection to the added VIP %s: %v", added, err)
