@@ -78,12 +78,15 @@ bench: deps build
 # Long runs of the ownership checks: 50,000 simulated schedules, then the
 # lab's fault storms (50 faults on 3 and 5 nodes, judged from the wire),
 # five minutes of CPU hogs with no false failover, then the lab's long
-# control runs (build tag longlab: CTDB left to its own ~30 s keepalives).
+# runs (build tag longlab): CTDB left to its own ~30 s keepalives, and ten
+# rolling reloads of the nodes file (TestReloadNodes: fails about one run
+# in six, an open bug, see its comment).
 chaos: deps build
 	FSHA_SIM_SCHEDULES=50000 $(GO) test -count=1 -timeout 120m -run TestSimRandomSchedules ./control/ownership/
 	FSHA_LAB_ITERATIONS=50 $(GO) test -count=1 -p 1 -timeout 120m -run 'TestFaultStormWire|TestIsolatedOwner7|TestNetworkFlap' ./tools/lab/cluster/
 	FSHA_LAB_LOAD_FOR=5m $(GO) test -count=1 -p 1 -timeout 30m -run 'TestNoFalseFailoverUnderLoad' ./tools/lab/cluster/
 	$(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestCTDBKeepalivesWithoutKick' ./tools/lab/cluster/
+	$(GO) test -count=10 -p 1 -timeout 30m -tags longlab -run 'TestReloadNodes' ./tools/lab/failover/
 
 demo: deps build
 	$(GO) run ./tools/demo
