@@ -80,7 +80,7 @@ bench: deps build
 # five minutes of CPU hogs with no false failover, then the lab's long
 # runs (build tag longlab): CTDB left to its own ~30 s keepalives, and ten
 # rolling reloads of the nodes file (TestReloadNodes: fails about one run
-# in six, an open bug, see its comment).
+# in four, an open design problem, see its comment).
 chaos: deps build
 	FSHA_SIM_SCHEDULES=50000 $(GO) test -count=1 -timeout 120m -run TestSimRandomSchedules ./control/ownership/
 	FSHA_LAB_ITERATIONS=50 $(GO) test -count=1 -p 1 -timeout 120m -run 'TestFaultStormWire|TestIsolatedOwner7|TestNetworkFlap' ./tools/lab/cluster/
