@@ -34,32 +34,22 @@ import (
 // crash meanwhile leaves the drain's lease, and the next start retires
 // it again.
 
-// retiringVIPs returns the VIPs that leases (the data plane's, at start)
-// hold or drain here and that configured (this configuration's VIPs) no
-// longer lists, sorted.
-func retiringVIPs(leases map[netip.Addr]dataplane.VIPLease, configured []netip.Addr) []netip.Addr {
+// RetiringVIPs returns the VIPs a node of configuration vips must retire:
+// those that leases (the data plane's, read from the pins before the node
+// starts) hold or drain here and vips no longer lists, sorted. The caller
+// keeps them tracked until Run has retired them.
+func RetiringVIPs(leases map[netip.Addr]dataplane.VIPLease, vips []config.PublicAddress) []netip.Addr {
 	var out []netip.Addr
 	for vip, l := range leases {
 		if l.State != dataplane.VIPLeaseHeld && l.State != dataplane.VIPLeaseDraining {
 			continue
 		}
-		if !slices.ContainsFunc(configured, func(c netip.Addr) bool { return c.Unmap() == vip.Unmap() }) {
+		if !slices.ContainsFunc(vips, func(c config.PublicAddress) bool { return c.VIP().Unmap() == vip.Unmap() }) {
 			out = append(out, vip)
 		}
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return out
-}
-
-// RetiringVIPs returns the VIPs a node of configuration vips must retire,
-// from the data plane's leases (read from the pins before the node
-// starts): the caller keeps them tracked until Run has retired them.
-func RetiringVIPs(leases map[netip.Addr]dataplane.VIPLease, vips []config.PublicAddress) []netip.Addr {
-	configured := make([]netip.Addr, len(vips))
-	for i, v := range vips {
-		configured[i] = v.VIP()
-	}
-	return retiringVIPs(leases, configured)
 }
 
 // retireCheckEvery is how often a retiring VIP's connections are counted.

@@ -422,15 +422,7 @@ func TestFailback(t *testing.T) {
 	}
 	var all []vipSessions
 	for _, v := range held {
-		smb, err := dialSMB(e.ctx, e.client, v.Addr())
-		if err != nil {
-			t.Fatal(err)
-		}
-		nfs, err := dialNFS(e.ctx, e.client, v.Addr())
-		if err != nil {
-			t.Fatal(err)
-		}
-		all = append(all, vipSessions{v, []*session{startSession(smb, pingEvery), startSession(nfs, pingEvery)}})
+		all = append(all, vipSessions{v, e.rawSessions(v.Addr())})
 	}
 	// the control: a session through the third node, which the failback
 	// does not involve; a stall it shares is the lab's (checkGaps)

@@ -48,18 +48,9 @@ func TestReloadVIPs(t *testing.T) {
 		}
 		defer w.Close()
 		watches[v] = w
-		smb, err := dialSMB(e.ctx, e.client, v.Addr())
-		if err != nil {
-			t.Fatal(err)
-		}
-		nfs, err := dialNFS(e.ctx, e.client, v.Addr())
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, rc := range []*rawConn{smb, nfs} {
-			s := startSession(rc, pingEvery)
+		for _, s := range e.rawSessions(v.Addr()) {
 			sessions = append(sessions, s)
-			keys = append(keys, rc.Key())
+			keys = append(keys, s.rc.Key())
 			if v == removed {
 				removedSes = append(removedSes, s)
 			}

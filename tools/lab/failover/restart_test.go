@@ -45,16 +45,10 @@ func TestRollingRestart(t *testing.T) {
 		}
 	}()
 	for _, v := range e.c.VIPs {
-		smb, err := dialSMB(e.ctx, e.client, v.Addr())
-		if err != nil {
-			t.Fatal(err)
+		for _, s := range e.rawSessions(v.Addr()) {
+			sessions = append(sessions, s)
+			keys = append(keys, s.rc.Key())
 		}
-		nfs, err := dialNFS(e.ctx, e.client, v.Addr())
-		if err != nil {
-			t.Fatal(err)
-		}
-		sessions = append(sessions, startSession(smb, pingEvery), startSession(nfs, pingEvery))
-		keys = append(keys, smb.Key(), nfs.Key())
 	}
 	smbGet, err := startSMBGet(e.client, vip.Addr(), "rolling-smb.bin", smbData, rate)
 	if err != nil {

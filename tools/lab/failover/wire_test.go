@@ -341,3 +341,18 @@ func (s *session) String() string {
 		s.rc.proto, s.rc.Key(), s.ok, time.Since(s.started).Round(time.Millisecond),
 		s.maxRTT.Round(time.Millisecond), s.maxGap.Round(time.Millisecond), e)
 }
+
+// rawSessions opens a raw SMB and a raw NFS connection through vip from
+// the client and starts a session on each, pinging every pingEvery.
+func (e *env) rawSessions(vip netip.Addr) []*session {
+	e.t.Helper()
+	smb, err := dialSMB(e.ctx, e.client, vip)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	nfs, err := dialNFS(e.ctx, e.client, vip)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return []*session{startSession(smb, pingEvery), startSession(nfs, pingEvery)}
+}
