@@ -111,6 +111,9 @@ type Options struct {
 	// steering takes the tc path. FSHA_LAB_TUNED=1 turns it on for every
 	// lab of a run.
 	Tuned bool
+	// Topology is how the hosts are joined (topology.go); "" is Bridge,
+	// or what FSHA_LAB_TOPOLOGY says. Tuned needs Bridge.
+	Topology Topology
 }
 
 // TunedEnv turns Options.Tuned on for every lab of a run.
@@ -148,6 +151,9 @@ type Lab struct {
 	partMu  sync.Mutex
 	side    map[string]string // bridge port -> bridge, for ports Partition moved
 	bridges []string          // bridges Partition added
+
+	vxMu  sync.Mutex
+	vteps []vtep // a VXLAN lab's hosts, for their flood lists
 
 	faults faultSet // the switch's nftables faults (faults.go)
 	flog   faultLog // every fault injected, for the failover check (failovers.go)
@@ -230,6 +236,19 @@ func New(opts Options) (_ *Lab, err error) {
 	if os.Getenv(TunedEnv) == "1" {
 		opts.Tuned = true
 	}
+	if opts.Topology == "" {
+		t, err := ParseTopology(os.Getenv(TopologyEnv))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", TopologyEnv, err)
+		}
+		opts.Topology = t
+	}
+	if _, err := ParseTopology(string(opts.Topology)); err != nil {
+		return nil, err
+	}
+	if opts.Tuned && opts.Topology != Bridge {
+		return nil, fmt.Errorf("a tuned lab needs the bridge topology, not %s", opts.Topology)
+	}
 	id, err := newRunID()
 	if err != nil {
 		return nil, err
@@ -279,14 +298,10 @@ func New(opts Options) (_ *Lab, err error) {
 	if l.Switch, err = l.newHost("sw"); err != nil {
 		return nil, err
 	}
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: bridgeName}}
-	if err := l.Switch.nl.LinkAdd(br); err != nil {
-		return nil, fmt.Errorf("add bridge: %w", err)
+	if err := l.setUpSwitch(); err != nil {
+		return nil, err
 	}
-	if err := l.Switch.nl.LinkSetUp(br); err != nil {
-		return nil, fmt.Errorf("bridge up: %w", err)
-	}
-	l.log.Info("lab up", zap.String("dir", l.Dir))
+	l.log.Info("lab up", zap.String("dir", l.Dir), zap.String("topology", string(opts.Topology)))
 	return l, nil
 }
 
@@ -507,7 +522,7 @@ func (l *Lab) NodeAndClientT(t TB, vip bool) (*Node, *Client, netip.Prefix) {
 	return n, c, v
 }
 
-// addHost creates the namespace, the veth pair into the bridge and the
+// addHost creates the namespace, its eth0 on the lab's topology and the
 // address; in a tuned lab (Options.Tuned) it also switches transmit
 // checksum offload off on eth0 and, for nodes, attaches the XDP_PASS
 // program to the bridge-side end.
@@ -517,34 +532,19 @@ func (l *Lab) addHost(role string, addr netip.Prefix, node bool) (*Host, error) 
 		return nil, err
 	}
 	h.Addr, h.node = addr, node
-	br, err := l.Switch.nl.LinkByName(bridgeName)
-	if err != nil {
-		return nil, fmt.Errorf("find bridge: %w", err)
-	}
-	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: role, MasterIndex: br.Attrs().Index},
-		PeerName:      HostIface,
-		PeerNamespace: netlink.NsFd(int(h.ns)),
-	}
-	if err := l.Switch.nl.LinkAdd(veth); err != nil {
-		return nil, fmt.Errorf("add veth %s: %w", role, err)
-	}
-	// Deleting the namespace deletes its end and with it the pair; this
-	// step only matters when the namespace outlives the lab (a socket the
-	// caller did not close holds it).
-	l.push("delete veth "+role, func() error {
-		lk, err := l.Switch.nl.LinkByName(role)
-		if err != nil {
-			return nil
+	var sw netlink.Link
+	switch l.opts.Topology {
+	case Macvlan:
+		err = l.addMacvlan(h)
+	case VXLAN:
+		if _, err = l.addVeth(h, underlayIface); err == nil {
+			err = l.addVXLAN(h, addr)
 		}
-		return l.Switch.nl.LinkDel(lk)
-	})
-	sw, err := l.Switch.nl.LinkByName(role)
-	if err != nil {
-		return nil, fmt.Errorf("find veth %s: %w", role, err)
+	default:
+		sw, err = l.addVeth(h, HostIface)
 	}
-	if err := l.Switch.nl.LinkSetUp(sw); err != nil {
-		return nil, fmt.Errorf("veth %s up: %w", role, err)
+	if err != nil {
+		return nil, err
 	}
 	eth, err := h.nl.LinkByName(HostIface)
 	if err != nil {
@@ -570,6 +570,7 @@ func (l *Lab) addHost(role string, addr netip.Prefix, node bool) (*Host, error) 
 			}
 		}
 	}
-	l.log.Info("host up", zap.String("ns", h.NS), zap.Stringer("addr", addr), zap.Bool("node", node), zap.Bool("tuned", l.opts.Tuned))
+	l.log.Info("host up", zap.String("ns", h.NS), zap.Stringer("addr", addr), zap.Bool("node", node),
+		zap.Bool("tuned", l.opts.Tuned), zap.String("topology", string(l.opts.Topology)))
 	return h, nil
 }

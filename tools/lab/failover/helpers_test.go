@@ -46,6 +46,10 @@ type env struct {
 	// wantSteer is the steering path every node's eth0 must have: tc
 	// (what auto gives a veth) unless the test forced --steer-mode.
 	wantSteer string
+	// wantDriver and wantXDP are what eth0 is on the lab's topology: a
+	// veth with native XDP on the bridge, generic XDP on macvlan and
+	// VXLAN devices.
+	wantDriver, wantXDP string
 }
 
 func newEnv(t *testing.T, opts lab.ClusterOptions) *env {
@@ -70,7 +74,10 @@ func newEnvWith(t *testing.T, labOpts lab.Options, opts lab.ClusterOptions) *env
 		t.Fatal(err)
 	}
 	t.Logf("cluster of %d nodes up in %v", len(c.Nodes), time.Since(start).Round(time.Millisecond))
-	e := &env{t: t, ctx: ctx, c: c, wantSteer: "tc"} // auto on veth
+	e := &env{t: t, ctx: ctx, c: c, wantSteer: "tc", wantDriver: "veth", wantXDP: dataplane.XDPNative} // auto on veth
+	if topo := l.Topology(); topo != lab.Bridge {
+		e.wantDriver, e.wantXDP = string(topo), dataplane.XDPGeneric
+	}
 	if i := slices.Index(opts.FshaArgs, "--steer-mode"); i >= 0 && i+1 < len(opts.FshaArgs) {
 		e.wantSteer = opts.FshaArgs[i+1]
 	}

@@ -371,8 +371,8 @@ func (e *env) checkSteered(phase string, n, to *lab.ClusterNode, before steerCou
 	}
 	xdp, tc := c.Ingress.Steered-before.xdp, c.Ingress.TCSteered-before.tc
 	e.t.Logf("%s: %s steered %d packets to %s by XDP_TX, %d by TC ingress (eth0: %+v)", phase, n.Role, xdp, to.Role, tc, eth0)
-	if eth0.Steer != e.wantSteer || eth0.Driver != "veth" || eth0.XDPMode != dataplane.XDPNative {
-		e.t.Errorf("%s: %s's eth0 steers %+v, want %s on native xdp on veth", phase, n.Role, eth0, e.wantSteer)
+	if eth0.Steer != e.wantSteer || eth0.Driver != e.wantDriver || eth0.XDPMode != e.wantXDP {
+		e.t.Errorf("%s: %s's eth0 steers %+v, want %s on %s xdp on %s", phase, n.Role, eth0, e.wantSteer, e.wantXDP, e.wantDriver)
 	}
 	mine, other := tc, xdp
 	if e.wantSteer == "xdp" {

@@ -1,0 +1,108 @@
+package failover
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fsha/fsha/tools/lab"
+)
+
+// The networks users' file servers sit on besides a plain bridge of veth
+// pairs (every other test's): macvlan in bridge mode, as container and VM
+// networks use it, and a VXLAN overlay between the nodes, as Kubernetes
+// overlays build it. Neither has native XDP, so fsha attaches its XDP
+// program in generic mode there and steers on the tc path: these tests
+// are also the end-to-end run of generic XDP. On each, a planned move
+// drops nothing (TestPlannedMoves's checks: real smbclient and nfs-cat
+// transfers and raw SMB and NFS sessions keep their one connection, no
+// RST on a capture that saw frames both ways and lost none) and a power
+// cut resets the blocked clients within resetBound.
+
+// TestTopologyMacvlan: the cluster on macvlan (bridge mode).
+func TestTopologyMacvlan(t *testing.T) { runTopology(t, lab.Macvlan) }
+
+// TestTopologyVXLAN: the cluster on a VXLAN overlay.
+func TestTopologyVXLAN(t *testing.T) { runTopology(t, lab.VXLAN) }
+
+func runTopology(t *testing.T, topo lab.Topology) {
+	e := newEnvWith(t, lab.Options{Topology: topo}, lab.ClusterOptions{Nodes: 3, FshaArgs: []string{"--drain-timeout", drainTimeout}})
+	e.checkGenericXDP(topo)
+	vip := e.c.VIPs[0]
+	e.move(vip)
+	e.waitConverged(e.c.Nodes...)
+	e.powerCutResets(e.c.VIPs[1], topo)
+}
+
+// checkGenericXDP: the kernel runs fsha's XDP program on every node's eth0
+// in generic mode (ip -d link says xdpgeneric), and fsha says it chose
+// the tc path for it.
+func (e *env) checkGenericXDP(topo lab.Topology) {
+	e.t.Helper()
+	for _, n := range e.c.Nodes {
+		out, err := n.Run(e.ctx, "ip", "-d", "link", "show", "dev", lab.HostIface)
+		if err != nil {
+			e.t.Fatalf("ip -d link show in %s: %v\n%s", n.Role, err, out)
+		}
+		kind := map[lab.Topology]string{lab.Macvlan: "macvlan", lab.VXLAN: "vxlan"}[topo]
+		if !strings.Contains(string(out), "xdpgeneric") || !strings.Contains(string(out), kind) {
+			e.t.Errorf("%s's %s: want a %s device with a generic XDP program:\n%s", n.Role, lab.HostIface, kind, out)
+		}
+		if log := fshaLog(n); !strings.Contains(log, `"xdp_mode":"generic","steer":"tc"`) {
+			e.t.Errorf("%s: fsha's log does not say it steers on the tc path in generic mode", n.Role)
+		}
+	}
+}
+
+// powerCutResets cuts the power of vip's holder while a raw SMB and a raw
+// NFS client wait on it in recv(): both must get ECONNRESET within
+// resetBound, and a new connection through the VIP is answered by the
+// new holder.
+func (e *env) powerCutResets(vip netip.Prefix, where lab.Topology) {
+	t := e.t
+	t.Helper()
+	old := e.owner(vip)
+	smb, err := dialSMB(e.ctx, e.client, vip.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	nfs, err := dialNFS(e.ctx, e.client, vip.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	smbDone, nfsDone := blockedRead(smb), blockedRead(nfs)
+	for _, p := range e.c.Others(old) {
+		e.waitFlows(p, old, false, smb.Key(), nfs.Key())
+	}
+	cut := e.powerDown(old)
+	smbDelay := e.waitReset("raw SMB client blocked in recv() on "+smb.Key(), smbDone, cut)
+	nfsDelay := e.waitReset("raw NFS client blocked in recv() on "+nfs.Key(), nfsDone, cut)
+	t.Logf("power cut of %s on %s: SMB client reset after %v, NFS client after %v", old.Role, where,
+		smbDelay.Round(time.Millisecond), nfsDelay.Round(time.Millisecond))
+
+	e.waitConverged(e.up()...)
+	next := e.owner(vip, e.up()...)
+	rec := e.waitTickled(next, vip, old, 2)
+	t.Logf("%s took %s over: %s, tickled %d connections", next.Role, vip, rec.Reason, rec.Tickled)
+	e.eventually("a new SMB connection through "+vip.String()+" answered by "+next.Role, func(ctx context.Context) error {
+		who, err := e.client.WhoAnswers(ctx, vip.Addr())
+		if err != nil {
+			return err
+		}
+		if who != next.Role {
+			return fmt.Errorf("%s answers, want %s", who, next.Role)
+		}
+		return nil
+	})
+	again, err := dialNFS(e.ctx, e.client, vip.Addr())
+	if err != nil {
+		t.Fatalf("raw NFS client reconnecting: %v", err)
+	}
+	if err := again.ping(); err != nil {
+		t.Errorf("raw NFS client, reconnected: RPC NULL: %v", err)
+	}
+	again.conn.Close()
+}
