@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/google/gopacket"
-	"github.com/google/gopacket/layers"
 	"github.com/mdlayher/packet"
 	"go.uber.org/zap"
 	"golang.org/x/net/bpf"
@@ -40,18 +38,6 @@ var ErrNotEthernet = errors.New("interface has no ethernet address")
 
 // ErrAnnouncerClosed is returned by Announce after Close.
 var ErrAnnouncerClosed = errors.New("announcer closed")
-
-var (
-	ethBroadcast = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
-	// ethAllNodes is the Ethernet group of ff02::1 (RFC 2464: 33:33 and the
-	// address's last 32 bits).
-	ethAllNodes = net.HardwareAddr{0x33, 0x33, 0x00, 0x00, 0x00, 0x01}
-	ethZero     = net.HardwareAddr{0, 0, 0, 0, 0, 0}
-)
-
-// naFlagOverride is the O flag of a neighbour advertisement (RFC 4861
-// 4.4): receivers replace the link-layer address they cache.
-const naFlagOverride = 0x20
 
 // frameLink sends whole Ethernet frames. On a real interface conn is an
 // AF_PACKET socket and to makes a packet.Addr; in tests any
@@ -358,88 +344,4 @@ func (a *Announcer) buildFrames(addr netip.Addr) ([]outFrame, error) {
 		}
 		return []outFrame{{link: a.ndp, dst: ethAllNodes, data: na}}, nil
 	}
-}
-
-// garpFrames builds the two gratuitous ARP frames of a round, both to the
-// Ethernet broadcast, both with sender and target protocol address = ip:
-//
-//   - a request with target hardware address 00:00:00:00:00:00, the ARP
-//     announcement of RFC 5227. Linux takes a request with sender IP ==
-//     target IP as gratuitous and overrides its cache entry even within
-//     locktime (net.ipv4.neigh.*.locktime, 1s);
-//   - a reply with target hardware address = our own MAC, for the hosts
-//     and switches that only learn from replies. Linux counts a reply as
-//     gratuitous only when its target hardware address equals the sender's
-//     (arp_is_garp), so the reply does not carry the broadcast address there.
-func garpFrames(mac net.HardwareAddr, ip netip.Addr) (request, reply []byte, err error) {
-	request, err = arpFrame(mac, layers.ARPRequest, ip, ethZero)
-	if err != nil {
-		return nil, nil, err
-	}
-	reply, err = arpFrame(mac, layers.ARPReply, ip, mac)
-	if err != nil {
-		return nil, nil, err
-	}
-	return request, reply, nil
-}
-
-func arpFrame(mac net.HardwareAddr, op uint16, ip netip.Addr, targetMAC net.HardwareAddr) ([]byte, error) {
-	if !ip.Is4() {
-		return nil, fmt.Errorf("arp for non-ipv4 address %s", ip)
-	}
-	ip4 := ip.As4()
-	eth := &layers.Ethernet{SrcMAC: mac, DstMAC: ethBroadcast, EthernetType: layers.EthernetTypeARP}
-	arp := &layers.ARP{
-		AddrType:          layers.LinkTypeEthernet,
-		Protocol:          layers.EthernetTypeIPv4,
-		HwAddressSize:     6,
-		ProtAddressSize:   4,
-		Operation:         op,
-		SourceHwAddress:   mac,
-		SourceProtAddress: ip4[:],
-		DstHwAddress:      targetMAC,
-		DstProtAddress:    ip4[:],
-	}
-	buf := gopacket.NewSerializeBuffer()
-	// Ethernet pads the frame to the 60-byte minimum.
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true}, eth, arp); err != nil {
-		return nil, fmt.Errorf("build arp frame: %w", err)
-	}
-	return buf.Bytes(), nil
-}
-
-// unsolicitedNAFrame builds an unsolicited neighbour advertisement (RFC
-// 4861 7.2.6) for ip to all nodes (ff02::1): override set, solicited and
-// router clear, with the target link-layer address option. As the
-// kernel's own ndisc_send_na does, its source is the advertised address
-// itself, which is on the interface. Hop limit 255, or receivers drop it.
-func unsolicitedNAFrame(mac net.HardwareAddr, ip netip.Addr) ([]byte, error) {
-	if !ip.Is6() || ip.Is4In6() {
-		return nil, fmt.Errorf("neighbour advertisement for non-ipv6 address %s", ip)
-	}
-	eth := &layers.Ethernet{SrcMAC: mac, DstMAC: ethAllNodes, EthernetType: layers.EthernetTypeIPv6}
-	ip6 := &layers.IPv6{
-		Version:    6,
-		NextHeader: layers.IPProtocolICMPv6,
-		HopLimit:   255,
-		SrcIP:      ip.AsSlice(),
-		DstIP:      net.IPv6linklocalallnodes,
-	}
-	icmp := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(layers.ICMPv6TypeNeighborAdvertisement, 0)}
-	if err := icmp.SetNetworkLayerForChecksum(ip6); err != nil {
-		return nil, fmt.Errorf("build neighbour advertisement: %w", err)
-	}
-	na := &layers.ICMPv6NeighborAdvertisement{
-		Flags:         naFlagOverride,
-		TargetAddress: ip.AsSlice(),
-		Options: layers.ICMPv6Options{
-			{Type: layers.ICMPv6OptTargetAddress, Data: mac},
-		},
-	}
-	buf := gopacket.NewSerializeBuffer()
-	opts := gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}
-	if err := gopacket.SerializeLayers(buf, opts, eth, ip6, icmp, na); err != nil {
-		return nil, fmt.Errorf("build neighbour advertisement: %w", err)
-	}
-	return buf.Bytes(), nil
 }
