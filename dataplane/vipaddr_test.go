@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fsha/fsha/tools/testenv"
 	"github.com/vishvananda/netlink"
@@ -305,6 +306,12 @@ func TestVIPIPv6UsableAtOnce(t *testing.T) {
 	if a.Flags&unix.IFA_F_NODAD == 0 || a.Flags&unix.IFA_F_TENTATIVE != 0 {
 		t.Fatalf("vip flags %#x: want nodad and not tentative", a.Flags)
 	}
+	// and the kernel delivers packets to it: its local route is in (the
+	// kernel inserts it after AddrReplace returns, AddVIP waits for it)
+	routes, err := netlink.RouteGet(vip.Addr().AsSlice())
+	if err != nil || len(routes) == 0 || routes[0].Type != unix.RTN_LOCAL {
+		t.Fatalf("ip route get %s: %+v (%v), want a local route", vip.Addr(), routes, err)
+	}
 	pc, err := net.ListenPacket("udp6", net.JoinHostPort(vip.Addr().String(), "0"))
 	if err != nil {
 		t.Fatalf("bind to the new vip at once: %v", err)
@@ -446,5 +453,34 @@ func TestHasSecondaryOf(t *testing.T) {
 		if got := hasSecondaryOf(primary, tc.others); got != tc.want {
 			t.Errorf("%s: hasSecondaryOf = %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// waitLocal polls until the address is local, and gives up at its bound
+// with an error that names the address; a lookup error ends it at once.
+func TestWaitLocal(t *testing.T) {
+	vip := netip.MustParseAddr("2001:2::201")
+	polls := 0
+	waited, err := waitLocal(vip, time.Second, func(a netip.Addr) (bool, error) {
+		if a != vip {
+			t.Fatalf("looked up %s, want %s", a, vip)
+		}
+		polls++
+		return polls == 5, nil
+	})
+	if err != nil || polls != 5 {
+		t.Errorf("local at the 5th lookup: %d lookups, waited %v, err %v", polls, waited, err)
+	}
+
+	polls = 0
+	_, err = waitLocal(vip, 2*time.Millisecond, func(netip.Addr) (bool, error) { polls++; return false, nil })
+	if err == nil || !strings.Contains(err.Error(), "no local route for 2001:2::201") || polls < 2 {
+		t.Errorf("never local: %d lookups, err %v; want an error after several", polls, err)
+	}
+
+	polls = 0
+	_, err = waitLocal(vip, time.Second, func(netip.Addr) (bool, error) { polls++; return false, errors.New("netlink down") })
+	if err == nil || !strings.Contains(err.Error(), "netlink down") || polls != 1 {
+		t.Errorf("lookup error: %d lookups, err %v; want it returned at once", polls, err)
 	}
 }

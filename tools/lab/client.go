@@ -147,7 +147,9 @@ type Frame struct {
 	At time.Time
 	// Src is the sender's MAC address: which node sent it.
 	Src net.HardwareAddr
-	// ARP is set for ARP packets (Op 1 request, 2 reply), else TCP.
+	// ARP is set for address resolution, else TCP: ARP packets (Op 1
+	// request, 2 reply) or, for an IPv6 address, NDP (1 neighbour
+	// solicitation, 2 neighbour advertisement).
 	ARP   bool
 	ARPOp uint16
 	// TCP ports and flags (SYN 0x02, RST 0x04, ACK 0x10).
@@ -174,7 +176,7 @@ func (f Frame) String() string {
 // from it and ARP packets with it as sender. It tells which node answered
 // and when, to the microsecond.
 type Watch struct {
-	addr   [4]byte
+	addr   netip.Addr
 	fd     int
 	done   chan struct{}
 	mu     sync.Mutex
@@ -189,17 +191,15 @@ type Watch struct {
 	closeFn func() error
 }
 
-// WatchAddr starts a Watch of the IPv4 address addr. The lab closes it on
-// Close if the caller has not.
+// WatchAddr starts a Watch of the IPv4 or IPv6 address addr. The lab
+// closes it on Close if the caller has not.
 func (c *Client) WatchAddr(addr netip.Addr) (*Watch, error) {
-	if !addr.Is4() {
-		return nil, errors.New("watch: IPv4 only")
-	}
+	addr = addr.Unmap()
 	lk, err := c.eth0()
 	if err != nil {
 		return nil, err
 	}
-	w := &Watch{addr: addr.As4(), fd: -1, done: make(chan struct{})}
+	w := &Watch{addr: addr, fd: -1, done: make(chan struct{})}
 	proto := int(htons(unix.ETH_P_ALL))
 	err = c.Do(func() error {
 		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
@@ -305,39 +305,67 @@ func (w *Watch) read(stop <-chan struct{}) {
 	}
 }
 
-// parse keeps TCP from the address and ARP with it as sender.
+// parse keeps TCP from the address, and ARP with it as sender or NDP
+// advertising it.
 func (w *Watch) parse(b []byte) (Frame, bool) {
 	if len(b) < 14 {
 		return Frame{}, false
 	}
 	f := Frame{Src: net.HardwareAddr(bytes.Clone(b[6:12]))}
-	eth := binary.BigEndian.Uint16(b[12:14])
 	p := b[14:]
-	switch eth {
+	switch binary.BigEndian.Uint16(b[12:14]) {
 	case unix.ETH_P_ARP:
 		// htype ptype hlen plen op sha[6] spa[4] ...
-		if len(p) < 28 || p[4] != 6 || p[5] != 4 || !bytes.Equal(p[14:18], w.addr[:]) {
+		if !w.addr.Is4() || len(p) < 28 || p[4] != 6 || p[5] != 4 || !w.is(p[14:18]) {
 			return Frame{}, false
 		}
 		f.ARP, f.ARPOp = true, binary.BigEndian.Uint16(p[6:8])
 		return f, true
 	case unix.ETH_P_IP:
-		if len(p) < 20 || p[0]>>4 != 4 || p[9] != unix.IPPROTO_TCP || !bytes.Equal(p[12:16], w.addr[:]) {
+		if len(p) < 20 || p[0]>>4 != 4 || p[9] != unix.IPPROTO_TCP || !w.is(p[12:16]) {
 			return Frame{}, false
 		}
 		ihl := int(p[0]&0x0f) * 4
 		if ihl < 20 || len(p) < ihl+14 {
 			return Frame{}, false
 		}
-		t := p[ihl:]
-		f.SrcPort, f.DstPort, f.Flags = binary.BigEndian.Uint16(t[0:2]), binary.BigEndian.Uint16(t[2:4]), t[13]
-		return f, true
+		return tcpFrame(f, p[ihl:]), true
+	case unix.ETH_P_IPV6:
+		if len(p) < 40 || p[0]>>4 != 6 {
+			return Frame{}, false
+		}
+		switch l4 := p[40:]; {
+		case p[6] == unix.IPPROTO_TCP && w.is(p[8:24]) && len(l4) >= 14:
+			return tcpFrame(f, l4), true
+		case p[6] == unix.IPPROTO_ICMPV6 && len(l4) >= 24 && l4[0] == ndpAdvertisement && w.is(l4[8:24]):
+			// type code checksum flags[4] target[16]: an advertisement of
+			// the address, from whichever node
+			f.ARP, f.ARPOp = true, 2
+			return f, true
+		}
 	}
 	return Frame{}, false
 }
 
+// ICMPv6 types of NDP (RFC 4861).
+const (
+	ndpSolicitation  = 135
+	ndpAdvertisement = 136
+)
+
+func tcpFrame(f Frame, t []byte) Frame {
+	f.SrcPort, f.DstPort, f.Flags = binary.BigEndian.Uint16(t[0:2]), binary.BigEndian.Uint16(t[2:4]), t[13]
+	return f
+}
+
+// is tells whether b is the watched address.
+func (w *Watch) is(b []byte) bool {
+	a, ok := netip.AddrFromSlice(b)
+	return ok && a == w.addr
+}
+
 // toAddr tells whether a frame the client sent goes to the address: a TCP
-// segment for it or an ARP packet asking for it.
+// segment for it, an ARP request or a neighbour solicitation asking for it.
 func (w *Watch) toAddr(b []byte) bool {
 	if len(b) < 14 {
 		return false
@@ -345,9 +373,16 @@ func (w *Watch) toAddr(b []byte) bool {
 	p := b[14:]
 	switch binary.BigEndian.Uint16(b[12:14]) {
 	case unix.ETH_P_ARP:
-		return len(p) >= 28 && bytes.Equal(p[24:28], w.addr[:])
+		return w.addr.Is4() && len(p) >= 28 && w.is(p[24:28])
 	case unix.ETH_P_IP:
-		return len(p) >= 20 && p[9] == unix.IPPROTO_TCP && bytes.Equal(p[16:20], w.addr[:])
+		return len(p) >= 20 && p[9] == unix.IPPROTO_TCP && w.is(p[16:20])
+	case unix.ETH_P_IPV6:
+		if len(p) < 40 {
+			return false
+		}
+		l4 := p[40:]
+		return (p[6] == unix.IPPROTO_TCP && w.is(p[24:40])) ||
+			(p[6] == unix.IPPROTO_ICMPV6 && len(l4) >= 24 && l4[0] == ndpSolicitation && w.is(l4[8:24]))
 	}
 	return false
 }
@@ -377,11 +412,11 @@ func (w *Watch) Check() error {
 	defer w.mu.Unlock()
 	switch {
 	case w.err != nil:
-		return fmt.Errorf("capture of %s failed: %w", netip.AddrFrom4(w.addr), w.err)
+		return fmt.Errorf("capture of %s failed: %w", w.addr, w.err)
 	case w.drops > 0:
-		return fmt.Errorf("capture of %s dropped %d frames", netip.AddrFrom4(w.addr), w.drops)
+		return fmt.Errorf("capture of %s dropped %d frames", w.addr, w.drops)
 	case w.sent == 0 || len(w.frames) == 0:
-		return fmt.Errorf("capture of %s saw %d frames sent to it and %d from it, want both > 0", netip.AddrFrom4(w.addr), w.sent, len(w.frames))
+		return fmt.Errorf("capture of %s saw %d frames sent to it and %d from it, want both > 0", w.addr, w.sent, len(w.frames))
 	}
 	return nil
 }

@@ -28,6 +28,10 @@ type ClusterOptions struct {
 	Nodes int
 	// VIPs is the number of public addresses; 0 is one per node.
 	VIPs int
+	// IPv6VIPs adds that many IPv6 public addresses (VIP6) after the
+	// IPv4 ones, in the same public_addresses: a dual-stack cluster. It
+	// needs a dual-stack lab (Options.IPv6).
+	IPv6VIPs int
 	// Clients is the number of client namespaces; 0 is 1, -1 is none.
 	Clients int
 	// Lock gives every node `--lock` on a file of the shared file system,
@@ -149,6 +153,9 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 	if opts.VIPs < 0 || opts.VIPs > 50 {
 		return nil, fmt.Errorf("%d VIPs: want 1 to 50", opts.VIPs)
 	}
+	if opts.IPv6VIPs < 0 || opts.IPv6VIPs > 50 || (opts.IPv6VIPs > 0 && !l.IPv6()) {
+		return nil, fmt.Errorf("%d IPv6 VIPs: want 0 to 50, on a dual-stack lab (Options.IPv6)", opts.IPv6VIPs)
+	}
 	switch {
 	case opts.Clients == 0:
 		opts.Clients = 1
@@ -201,6 +208,10 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 	for i := 1; i <= opts.VIPs; i++ {
 		c.VIPs = append(c.VIPs, VIP(i))
 		fmt.Fprintf(&pa, "%s %s\n", VIP(i), HostIface)
+	}
+	for i := 1; i <= opts.IPv6VIPs; i++ {
+		c.VIPs = append(c.VIPs, VIP6(i))
+		fmt.Fprintf(&pa, "%s %s\n", VIP6(i), HostIface)
 	}
 	c.NodesFile = filepath.Join(dir, "nodes")
 	c.PublicAddressesFile = filepath.Join(dir, "public_addresses")

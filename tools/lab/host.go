@@ -31,6 +31,9 @@ type Host struct {
 	NS string
 	// Addr is the address of eth0 (invalid for the switch).
 	Addr netip.Prefix
+	// Addr6 is eth0's IPv6 address in a dual-stack lab (Options.IPv6),
+	// else invalid.
+	Addr6 netip.Prefix
 	// Dir is this host's directory in the run directory: configs, logs.
 	Dir string
 

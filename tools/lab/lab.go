@@ -66,31 +66,12 @@ import (
 // Prefix is the namespace name prefix of every lab.
 const Prefix = "fsha-"
 
-// Subnet is the lab's one broadcast domain. Node i (from 1) is .10+i,
-// client i is .100+i and VIP i is .200+i.
-var Subnet = netip.MustParsePrefix("198.18.0.0/24")
-
 const (
 	bridgeName = "br0"
 	// HostIface is the name of the lab interface inside every node and client.
 	HostIface = "eth0"
 	maxHosts  = 89
 )
-
-// NodeAddr is the address of the i-th node (from 1), prefix included.
-func NodeAddr(i int) netip.Prefix { return hostAddr(10 + i) }
-
-// ClientAddr is the address of the i-th client (from 1), prefix included.
-func ClientAddr(i int) netip.Prefix { return hostAddr(100 + i) }
-
-// VIP is the i-th public address (from 1), prefix included.
-func VIP(i int) netip.Prefix { return hostAddr(200 + i) }
-
-func hostAddr(last int) netip.Prefix {
-	a := Subnet.Addr().As4()
-	a[3] = byte(last)
-	return netip.PrefixFrom(netip.AddrFrom4(a), Subnet.Bits())
-}
 
 // Options configures a Lab. The zero value works.
 type Options struct {
@@ -111,6 +92,10 @@ type Options struct {
 	// steering takes the tc path. FSHA_LAB_TUNED=1 turns it on for every
 	// lab of a run.
 	Tuned bool
+	// IPv6 makes the lab dual-stack: every host's eth0 also gets an
+	// address in Subnet6 (Host.Addr6), and clusters may have IPv6 VIPs
+	// (ClusterOptions.IPv6VIPs).
+	IPv6 bool
 	// Topology is how the hosts are joined (topology.go); "" is Bridge,
 	// or what FSHA_LAB_TOPOLOGY says. Tuned needs Bridge.
 	Topology Topology
@@ -553,6 +538,15 @@ func (l *Lab) addHost(role string, addr netip.Prefix, node bool) (*Host, error) 
 	if err := h.nl.AddrAdd(eth, &netlink.Addr{IPNet: prefixNet(addr)}); err != nil {
 		return nil, fmt.Errorf("add address %s: %w", addr, err)
 	}
+	if l.opts.IPv6 {
+		h.Addr6 = hostAddr6(int(addr.Addr().As4()[3]))
+		// no duplicate address detection: usable at once, as the lab's
+		// addresses are unique by construction
+		a6 := &netlink.Addr{IPNet: prefixNet(h.Addr6), Flags: unix.IFA_F_NODAD}
+		if err := h.nl.AddrAdd(eth, a6); err != nil {
+			return nil, fmt.Errorf("add address %s: %w", h.Addr6, err)
+		}
+	}
 	if err := h.nl.LinkSetUp(eth); err != nil {
 		return nil, fmt.Errorf("%s up: %w", HostIface, err)
 	}
@@ -570,7 +564,7 @@ func (l *Lab) addHost(role string, addr netip.Prefix, node bool) (*Host, error) 
 			}
 		}
 	}
-	l.log.Info("host up", zap.String("ns", h.NS), zap.Stringer("addr", addr), zap.Bool("node", node),
+	l.log.Info("host up", zap.String("ns", h.NS), zap.Stringer("addr", addr), zap.Stringer("addr6", h.Addr6), zap.Bool("node", node),
 		zap.Bool("tuned", l.opts.Tuned), zap.String("topology", string(l.opts.Topology)))
 	return h, nil
 }

@@ -364,7 +364,9 @@ func (s *SMBSession) Close(ctx context.Context) error {
 	return ignoreClosed(werr)
 }
 
-// NFSURL is the libnfs URL of a file in the export of vip, NFSv4.
+// NFSURL is the libnfs URL of a file in the export of vip, NFSv4. An
+// IPv6 address goes in bare: libnfs 4.0 hands the host part to
+// getaddrinfo as it is, brackets included, and fails on them.
 func NFSURL(vip netip.Addr, file string) string {
 	return "nfs://" + vip.String() + ExportPath + "/" + strings.TrimPrefix(file, "/") + "?version=4"
 }

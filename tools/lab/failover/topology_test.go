@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -34,7 +35,7 @@ func runTopology(t *testing.T, topo lab.Topology) {
 	vip := e.c.VIPs[0]
 	e.move(vip)
 	e.waitConverged(e.c.Nodes...)
-	e.powerCutResets(e.c.VIPs[1], topo)
+	e.powerCutResets(e.c.VIPs[1], string(topo))
 }
 
 // checkGenericXDP: the kernel runs fsha's XDP program on every node's eth0
@@ -61,7 +62,7 @@ func (e *env) checkGenericXDP(topo lab.Topology) {
 // NFS client wait on it in recv(): both must get ECONNRESET within
 // resetBound, and a new connection through the VIP is answered by the
 // new holder.
-func (e *env) powerCutResets(vip netip.Prefix, where lab.Topology) {
+func (e *env) powerCutResets(vip netip.Prefix, where string) {
 	t := e.t
 	t.Helper()
 	old := e.owner(vip)
@@ -77,6 +78,10 @@ func (e *env) powerCutResets(vip netip.Prefix, where lab.Topology) {
 	for _, p := range e.c.Others(old) {
 		e.waitFlows(p, old, false, smb.Key(), nfs.Key())
 	}
+	misaddressed := map[*lab.ClusterNode]int64{}
+	for _, n := range e.c.Others(old) {
+		misaddressed[n] = inAddrErrors(e.ctx, t, n, vip.Addr())
+	}
 	cut := e.powerDown(old)
 	smbDelay := e.waitReset("raw SMB client blocked in recv() on "+smb.Key(), smbDone, cut)
 	nfsDelay := e.waitReset("raw NFS client blocked in recv() on "+nfs.Key(), nfsDone, cut)
@@ -87,6 +92,16 @@ func (e *env) powerCutResets(vip netip.Prefix, where lab.Topology) {
 	next := e.owner(vip, e.up()...)
 	rec := e.waitTickled(next, vip, old, 2)
 	t.Logf("%s took %s over: %s, tickled %d connections", next.Role, vip, rec.Reason, rec.Tickled)
+	// The kernel's own count: the clients' answers to the tickles reached
+	// a VIP the new holder's stack took as its own (an IPv6 address is
+	// usable only once the kernel's addrconf work has run, after the
+	// address was added).
+	if got := inAddrErrors(e.ctx, t, next, vip.Addr()) - misaddressed[next]; got != 0 {
+		t.Errorf("%s dropped %d packets as addressed to another host during the takeover of %s (%s)", next.Role, got, vip, addrErrorsCounter(vip.Addr()))
+	}
+	for _, s := range rec.Steps {
+		t.Logf("  +%-8v %s", s.Took.Round(time.Microsecond), s.Step)
+	}
 	e.eventually("a new SMB connection through "+vip.String()+" answered by "+next.Role, func(ctx context.Context) error {
 		who, err := e.client.WhoAnswers(ctx, vip.Addr())
 		if err != nil {
@@ -105,4 +120,34 @@ func (e *env) powerCutResets(vip netip.Prefix, where lab.Topology) {
 		t.Errorf("raw NFS client, reconnected: RPC NULL: %v", err)
 	}
 	again.conn.Close()
+}
+
+// inAddrErrors is the node kernel's count of received packets dropped
+// because their destination was none of its addresses, for addr's family.
+func inAddrErrors(ctx context.Context, t *testing.T, n *lab.ClusterNode, addr netip.Addr) int64 {
+	t.Helper()
+	name := addrErrorsCounter(addr)
+	// -a absolute values, -s history untouched, -z zeros printed too
+	out, err := n.Output(ctx, "nstat", "-asz", name)
+	if err != nil {
+		t.Fatalf("nstat in %s: %v: %s", n.Role, err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == name {
+			v, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				t.Fatalf("nstat in %s: %q: %v", n.Role, line, err)
+			}
+			return v
+		}
+	}
+	t.Fatalf("nstat in %s has no %s:\n%s", n.Role, name, out)
+	return 0
+}
+
+func addrErrorsCounter(addr netip.Addr) string {
+	if addr.Is4() {
+		return "IpInAddrErrors"
+	}
+	return "Ip6InAddrErrors"
 }

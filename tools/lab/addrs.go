@@ -1,0 +1,40 @@
+package lab
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// Subnet is the lab's one broadcast domain. Node i (from 1) is .10+i,
+// client i is .100+i and VIP i is .200+i.
+var Subnet = netip.MustParsePrefix("198.18.0.0/24")
+
+// NodeAddr is the address of the i-th node (from 1), prefix included.
+func NodeAddr(i int) netip.Prefix { return hostAddr(10 + i) }
+
+// ClientAddr is the address of the i-th client (from 1), prefix included.
+func ClientAddr(i int) netip.Prefix { return hostAddr(100 + i) }
+
+// VIP is the i-th public address (from 1), prefix included.
+func VIP(i int) netip.Prefix { return hostAddr(200 + i) }
+
+// Subnet6 is the dual-stack lab's IPv6 prefix: each host's IPv6 address
+// ends in the same digits as its IPv4 one (node 1: 198.18.0.11 and
+// 2001:2::11), and so do the IPv6 VIPs (VIP6).
+var Subnet6 = netip.MustParsePrefix("2001:2::/64")
+
+// VIP6 is the i-th IPv6 public address (from 1), prefix included.
+func VIP6(i int) netip.Prefix { return hostAddr6(200 + i) }
+
+func hostAddr6(last int) netip.Prefix {
+	return netip.PrefixFrom(netip.MustParseAddr(fmt.Sprintf("2001:2::%d", last)), Subnet6.Bits())
+}
+
+// IPv6 tells whether the lab is dual-stack (Options.IPv6).
+func (l *Lab) IPv6() bool { return l.opts.IPv6 }
+
+func hostAddr(last int) netip.Prefix {
+	a := Subnet.Addr().As4()
+	a[3] = byte(last)
+	return netip.PrefixFrom(netip.AddrFrom4(a), Subnet.Bits())
+}
