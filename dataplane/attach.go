@@ -39,41 +39,34 @@ const (
 	legacyTCPrio = 0xfa5
 )
 
+// attachAll attaches the programs to every interface of ifaces that
+// exists. A missing one is skipped with a warning (a secondary interface
+// of a VIP that is not there yet: AttachInterface attaches it when it
+// appears); its pinned links, if any, are pruned with it.
 func (dp *Dataplane) attachAll(ifaces []string) error {
 	dir := filepath.Join(dp.pinPath, linksDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create links dir: %w", err)
 	}
+	dp.attachMu.Lock()
+	defer dp.attachMu.Unlock()
 	wanted := make(map[string]bool)
 	ifindexes := make(map[uint32]bool)
 	var legacyIngress []string // interfaces whose legacy ingress filter goes
 	for _, name := range ifaces {
 		iface, err := net.InterfaceByName(name)
 		if err != nil {
-			return fmt.Errorf("interface %s: %w", name, err)
+			dp.log.Warn("public interface missing: not attached until it appears", zap.String("interface", name), zap.Error(err))
+			continue
 		}
-		xdp, err := dp.attachXDP(iface)
+		st, err := dp.attachOne(iface, wanted)
 		if err != nil {
-			return fmt.Errorf("attach xdp to %s: %w", name, err)
+			return err
 		}
-		dp.attach = append(dp.attach, xdp)
-		wanted[pinName("xdp", name)] = true
 		ifindexes[uint32(iface.Index)] = true
-		st, err := dp.attachSteering(iface)
-		if err != nil {
-			return fmt.Errorf("steering on %s: %w", name, err)
-		}
-		if st.Steer == "tc" {
-			wanted[pinName("tcxin", name)] = true
-		} else {
+		if st.Steer != "tc" {
 			legacyIngress = append(legacyIngress, name)
 		}
-		tc, err := dp.attachEgress(iface)
-		if err != nil {
-			return fmt.Errorf("attach tc egress to %s: %w", name, err)
-		}
-		dp.attach = append(dp.attach, tc)
-		wanted[pinName("tcx", name)] = true
 	}
 	if err := pruneSteerModes(dp.objs.SteerModes, ifindexes); err != nil {
 		return err
@@ -85,6 +78,62 @@ func (dp *Dataplane) attachAll(ifaces []string) error {
 		err = errors.Join(err, detachLegacyTC(legacyIngress, netlink.HANDLE_MIN_INGRESS, legacyTCIngressName))
 	}
 	return err
+}
+
+// attachOne attaches XDP, the steering path and TC egress to iface, and
+// notes the pins it keeps in wanted. attachMu is held.
+func (dp *Dataplane) attachOne(iface *net.Interface, wanted map[string]bool) (SteerState, error) {
+	name := iface.Name
+	xdp, err := dp.attachXDP(iface)
+	if err != nil {
+		return SteerState{}, fmt.Errorf("attach xdp to %s: %w", name, err)
+	}
+	dp.attach = append(dp.attach, xdp)
+	wanted[pinName("xdp", name)] = true
+	st, err := dp.attachSteering(iface)
+	if err != nil {
+		return st, fmt.Errorf("steering on %s: %w", name, err)
+	}
+	if st.Steer == "tc" {
+		wanted[pinName("tcxin", name)] = true
+	}
+	tc, err := dp.attachEgress(iface)
+	if err != nil {
+		return st, fmt.Errorf("attach tc egress to %s: %w", name, err)
+	}
+	dp.attach = append(dp.attach, tc)
+	wanted[pinName("tcx", name)] = true
+	return st, nil
+}
+
+// AttachInterface attaches the programs to a public interface that
+// appeared (or came back with a new index) after the start: the same as
+// at the start, its earlier attachments (to a previous incarnation of the
+// name) forgotten.
+func (dp *Dataplane) AttachInterface(name string) (SteerState, error) {
+	iface, err := net.InterfaceByName(name)
+	if err != nil {
+		return SteerState{}, fmt.Errorf("attach to %s: %w", name, err)
+	}
+	dp.attachMu.Lock()
+	defer dp.attachMu.Unlock()
+	dp.attach = slices.DeleteFunc(dp.attach, func(a attachment) bool {
+		if a.Interface != name {
+			return false
+		}
+		if a.link != nil {
+			_ = a.link.Close() // the old interface, and its links, are gone
+		}
+		return true
+	})
+	dp.steer = slices.DeleteFunc(dp.steer, func(s SteerState) bool { return s.Interface == name })
+	st, err := dp.attachOne(iface, map[string]bool{})
+	if err != nil {
+		return st, err
+	}
+	dp.log.Info("public interface appeared: attached", zap.String("interface", name), zap.Int("ifindex", iface.Index),
+		zap.String("steer", st.Steer), zap.String("xdp_mode", st.XDPMode))
+	return st, nil
 }
 
 // attachSteering chooses how iface steers (steermode.go), from what the

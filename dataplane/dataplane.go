@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
@@ -47,7 +48,10 @@ type Dataplane struct {
 	pinPath string
 	objs    fshaObjects
 	lock    *os.File
-	attach  []attachment
+	// attachMu guards attach and steer: an interface that appears later
+	// is attached while the node runs (AttachInterface)
+	attachMu sync.Mutex
+	attach   []attachment
 	// steerWant is the operator's steering wish, steer what each
 	// interface got (attachSteering)
 	steerWant SteerMode
@@ -142,6 +146,8 @@ func (dp *Dataplane) PinPath() string { return dp.pinPath }
 
 // Attachments describes where the programs are attached.
 func (dp *Dataplane) Attachments() []Attachment {
+	dp.attachMu.Lock()
+	defer dp.attachMu.Unlock()
 	out := make([]Attachment, 0, len(dp.attach))
 	for _, a := range dp.attach {
 		out = append(out, a.Attachment)
@@ -150,12 +156,18 @@ func (dp *Dataplane) Attachments() []Attachment {
 }
 
 // Steering says how each interface steers, and why (attachSteering).
-func (dp *Dataplane) Steering() []SteerState { return slices.Clone(dp.steer) }
+func (dp *Dataplane) Steering() []SteerState {
+	dp.attachMu.Lock()
+	defer dp.attachMu.Unlock()
+	return slices.Clone(dp.steer)
+}
 
 // Close releases this process's handles. Programs and maps stay pinned and
 // attached: use Unload to remove them.
 func (dp *Dataplane) Close() error {
 	var errs []error
+	dp.attachMu.Lock()
+	defer dp.attachMu.Unlock()
 	for _, a := range dp.attach {
 		if a.link != nil {
 			errs = append(errs, a.link.Close())

@@ -343,7 +343,22 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	checks := cc.checks
 	hookRunner := newHookRunner(log, c.String("hooks-dir"), cc.nodes[cc.self].Addr.String(), c.Duration("hook-timeout"))
 	checks = append(checks, newHookChecks(hookRunner)...)
-	checker := health.New(log, health.Config{Interfaces: ifaces, Checks: checks})
+	// Each VIP's interface list is a preference order: the node is fit
+	// while every VIP has one with link, and an interface that appears
+	// later gets the programs and the sysctls then.
+	var groups [][]string
+	for _, a := range cc.vips {
+		groups = append(groups, a.Interfaces)
+	}
+	appeared := func(name string) {
+		if _, err := dp.AttachInterface(name); err != nil {
+			log.Error("attach to a public interface that appeared", zap.String("interface", name), zap.Error(err))
+		}
+		if err := setARPSysctls(name); err != nil {
+			log.Warn("arp sysctls", zap.String("interface", name), zap.Error(err))
+		}
+	}
+	checker := health.New(log, health.Config{Interfaces: ifaces, Groups: groups, Appeared: appeared, Checks: checks})
 
 	takeovers := metrics.NewTakeovers()
 	// No public interface: a public_addresses file with no address (a
@@ -351,12 +366,22 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	var mac [6]byte
 	if len(ifaces) == 0 {
 		log.Warn("public_addresses lists no address: this node holds no VIP, it only votes")
-	} else if ifi, err := net.InterfaceByName(ifaces[0]); err == nil && len(ifi.HardwareAddr) == 6 {
-		copy(mac[:], ifi.HardwareAddr)
+	} else {
+		// the first public interface present: peers steer a drain's
+		// packets to it (one MAC per node)
+		for _, name := range ifaces {
+			if ifi, err := net.InterfaceByName(name); err == nil && len(ifi.HardwareAddr) == 6 {
+				copy(mac[:], ifi.HardwareAddr)
+				break
+			}
+		}
 	}
 	// A VIP draining from here lives on loopback: the public interfaces
 	// must not answer ARP for it, nor announce it as a source.
 	for _, iface := range ifaces {
+		if _, err := net.InterfaceByName(iface); err != nil {
+			continue // set when it appears
+		}
 		if err := setARPSysctls(iface); err != nil {
 			log.Warn("arp sysctls", zap.String("interface", iface), zap.Error(err))
 		}

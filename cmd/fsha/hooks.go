@@ -32,7 +32,7 @@ type hookRunner struct{ r *hooks.Runner }
 func (h hookRunner) Run(ctx context.Context, event string, env map[string]string) error {
 	vip, _ := netip.ParsePrefix(env[hooks.EnvPrefix])
 	epoch, _ := strconv.ParseUint(env[hooks.EnvEpoch], 10, 64) // none: 0, left unset
-	res := h.r.Run(ctx, hooks.Event(event), hooks.Vars{VIP: vip, Iface: env[hooks.EnvIface], Epoch: epoch})
+	res := h.r.Run(ctx, hooks.Event(event), hooks.Vars{VIP: vip, Iface: env[hooks.EnvIface], OldIface: env[hooks.EnvOldIface], Epoch: epoch})
 	if res.Err != nil {
 		return res.Err
 	}

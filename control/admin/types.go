@@ -102,7 +102,7 @@ type TimelineStep struct {
 type Takeover struct {
 	VIP    string         `json:"vip"`
 	Iface  string         `json:"iface"`
-	Kind   string         `json:"kind"`   // "takeover" or "release"
+	Kind   string         `json:"kind"`   // "takeover", "release", "drain", "lapse" or "interface" (moved to another of its interfaces here)
 	Reason string         `json:"reason"` // e.g. "node 198.18.0.2 died", "rebalance", "move", "disabled"
 	From   string         `json:"from"`   // previous holder, "" when none or unknown
 	Steps  []TimelineStep `json:"steps"`

@@ -9,12 +9,14 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/fsha/fsha/control/config"
 )
@@ -96,10 +98,20 @@ func ParseCheck(s string, nodeAddr string) (Check, error) {
 
 // Config configures a Checker.
 type Config struct {
+	// Interfaces are the public interfaces whose link is watched.
 	Interfaces []string
-	Checks     []Check
-	Interval   time.Duration // between check rounds
-	Timeout    time.Duration // of one check
+	// Groups are the VIPs' interface lists (public_addresses' eth0,eth1):
+	// the node is healthy when every group has an interface with link, so
+	// a VIP's secondary interface stands in for its first one. Nil: every
+	// interface must have link.
+	Groups [][]string
+	// Appeared is called (from the link watch, without the lock held)
+	// when a watched interface appears after the start, or comes back
+	// under a new index: the programs must be attached to it again.
+	Appeared func(name string)
+	Checks   []Check
+	Interval time.Duration // between check rounds
+	Timeout  time.Duration // of one check
 	// Failures is how many failed rounds in a row make a check fail, so
 	// one slow answer does not move VIPs.
 	Failures int
@@ -113,6 +125,7 @@ type Checker struct {
 
 	mu       sync.Mutex
 	linkUp   map[string]bool
+	index    map[string]int // ifindex last seen per watched interface; absent: missing
 	failures map[string]int
 	last     map[string]CheckResult
 	judged   bool // the first round of checks is over
@@ -145,7 +158,7 @@ func New(log *zap.Logger, cfg Config) *Checker {
 	}
 	c := &Checker{
 		log: log.Named("health"), cfg: cfg, changed: make(chan struct{}, 1),
-		linkUp: map[string]bool{}, failures: map[string]int{}, last: map[string]CheckResult{},
+		linkUp: map[string]bool{}, index: map[string]int{}, failures: map[string]int{}, last: map[string]CheckResult{},
 	}
 	// Until the first round, service checks count as failed: a node that
 	// just started holds nothing before its services have answered once.
@@ -165,12 +178,7 @@ func (c *Checker) Healthy() bool {
 func (c *Checker) State() (bool, []string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var why []string
-	for _, i := range c.cfg.Interfaces {
-		if !c.linkUp[i] {
-			why = append(why, "no link on "+i)
-		}
-	}
+	why := c.linkReasons()
 	for _, ch := range c.cfg.Checks {
 		if c.failures[ch.Name()] >= c.cfg.Failures {
 			r, ran := c.last[ch.Name()]
@@ -185,6 +193,39 @@ func (c *Checker) State() (bool, []string) {
 		}
 	}
 	return len(why) == 0, why
+}
+
+// linkReasons says which interfaces keep the node unhealthy. c.mu is held.
+func (c *Checker) linkReasons() []string {
+	var why []string
+	if c.cfg.Groups == nil {
+		for _, i := range c.cfg.Interfaces {
+			if !c.linkUp[i] {
+				why = append(why, "no link on "+i)
+			}
+		}
+		return why
+	}
+	seen := map[string]bool{}
+	for _, g := range c.cfg.Groups {
+		if slices.ContainsFunc(g, func(i string) bool { return c.linkUp[i] }) {
+			continue
+		}
+		var down []string
+		for _, i := range g {
+			if _, present := c.index[i]; present {
+				down = append(down, i+" down")
+			} else {
+				down = append(down, i+" missing")
+			}
+		}
+		r := "no link for VIPs on " + strings.Join(g, ",") + " (" + strings.Join(down, ", ") + ")"
+		if !seen[r] {
+			seen[r] = true
+			why = append(why, r)
+		}
+	}
+	return why
 }
 
 // Results returns the latest run of every check, in configuration order.
@@ -242,9 +283,18 @@ func (c *Checker) Run(ctx context.Context) error {
 	// Subscribe first, then read the state, so no change falls in between.
 	for _, name := range c.cfg.Interfaces {
 		l, err := netlink.LinkByName(name)
-		if err != nil {
+		var missing netlink.LinkNotFoundError
+		switch {
+		case errors.As(err, &missing):
+			c.log.Info("public interface missing: unusable until it appears", zap.String("interface", name))
+			c.setLink(name, false)
+			continue
+		case err != nil:
 			return fmt.Errorf("public interface %s: %w", name, err)
 		}
+		c.mu.Lock()
+		c.index[name] = l.Attrs().Index
+		c.mu.Unlock()
 		c.setLink(name, linkIsUp(l))
 	}
 	c.runChecks(ctx)
@@ -263,7 +313,7 @@ func (c *Checker) Run(ctx context.Context) error {
 			if !ok {
 				return errors.New("link watch closed")
 			}
-			c.setLink(u.Attrs().Name, linkIsUp(u.Link))
+			c.update(u)
 		case <-tick.C:
 			c.runChecks(ctx)
 		}
@@ -273,6 +323,33 @@ func (c *Checker) Run(ctx context.Context) error {
 func linkIsUp(l netlink.Link) bool {
 	a := l.Attrs()
 	return a.Flags&net.FlagUp != 0 && (a.OperState == netlink.OperUp || a.OperState == netlink.OperUnknown)
+}
+
+// update applies a link message: a watched interface deleted is missing
+// (no link), one that appears (or comes back under a new index) is
+// reported to Appeared before its link counts.
+func (c *Checker) update(u netlink.LinkUpdate) {
+	name, index := u.Attrs().Name, u.Attrs().Index
+	if !slices.Contains(c.cfg.Interfaces, name) {
+		return
+	}
+	if u.Header.Type == unix.RTM_DELLINK {
+		c.mu.Lock()
+		delete(c.index, name)
+		c.mu.Unlock()
+		c.log.Info("public interface removed", zap.String("interface", name))
+		c.setLink(name, false)
+		return
+	}
+	c.mu.Lock()
+	old, known := c.index[name]
+	c.index[name] = index
+	c.mu.Unlock()
+	if (!known || old != index) && c.cfg.Appeared != nil {
+		c.log.Info("public interface appeared", zap.String("interface", name), zap.Int("ifindex", index))
+		c.cfg.Appeared(name)
+	}
+	c.setLink(name, linkIsUp(u.Link))
 }
 
 func (c *Checker) setLink(name string, up bool) {

@@ -40,11 +40,15 @@ const (
 	Shutdown  Event = "shutdown"
 	TakeIP    Event = "takeip"    // a VIP was added here and announced
 	ReleaseIP Event = "releaseip" // a VIP was removed from here
-	Monitor   Event = "monitor"   // periodic health check: a failure marks the node unhealthy
+	// UpdateIP: a VIP held here moved to another of its interfaces (the
+	// one it was on lost link), as CTDB's updateip: arguments old
+	// interface, new interface, address, mask bits.
+	UpdateIP Event = "updateip"
+	Monitor  Event = "monitor" // periodic health check: a failure marks the node unhealthy
 )
 
 // Events lists every event.
-var Events = []Event{Startup, Shutdown, TakeIP, ReleaseIP, Monitor}
+var Events = []Event{Startup, Shutdown, TakeIP, ReleaseIP, UpdateIP, Monitor}
 
 // Environment variables given to every hook. Variables of these names
 // inherited from the daemon are removed first, so a hook never sees a
@@ -56,6 +60,8 @@ const (
 	EnvPrefix   = "FSHA_PREFIX"   // 198.18.0.10/24, as in public_addresses
 	EnvMaskBits = "FSHA_MASKBITS" // 24
 	EnvIface    = "FSHA_IFACE"    // eth0
+	// EnvOldIface is the interface an updateip moved the VIP from.
+	EnvOldIface = "FSHA_OLD_IFACE"
 	// EnvEpoch is the epoch of the VIP's lease the takeip or releaseip is
 	// for, in decimal. A VIP's epochs grow with every holder, cluster-wide,
 	// so hooks on different nodes that keep shared state per VIP (like
@@ -82,7 +88,7 @@ const (
 	StopAbort = "abort"
 )
 
-var reservedEnv = []string{EnvEvent, EnvNode, EnvVIP, EnvPrefix, EnvMaskBits, EnvIface, EnvEpoch, EnvStop}
+var reservedEnv = []string{EnvEvent, EnvNode, EnvVIP, EnvPrefix, EnvMaskBits, EnvIface, EnvOldIface, EnvEpoch, EnvStop}
 
 const (
 	// DefaultTimeout is CTDB's default event script timeout.
@@ -163,9 +169,11 @@ func (r *Runner) Last() []Result {
 
 // Vars are the details of one event.
 type Vars struct {
-	// VIP and Iface, for takeip and releaseip.
-	VIP   netip.Prefix
-	Iface string
+	// VIP and Iface, for takeip, releaseip and updateip; OldIface, for
+	// updateip, the interface the VIP left.
+	VIP      netip.Prefix
+	Iface    string
+	OldIface string
 	// Epoch of the VIP's lease, for takeip and releaseip (EnvEpoch); zero
 	// leaves EnvEpoch unset.
 	Epoch uint64
@@ -323,12 +331,18 @@ func (r *Runner) argsEnv(event Event, vars Vars) ([]string, []string) {
 		set[EnvVIP] = vars.VIP.Addr().String()
 		set[EnvPrefix] = vars.VIP.String()
 		set[EnvMaskBits] = strconv.Itoa(vars.VIP.Bits())
-		if event == TakeIP || event == ReleaseIP {
+		switch event {
+		case TakeIP, ReleaseIP:
 			args = append(args, vars.Iface, vars.VIP.Addr().String(), strconv.Itoa(vars.VIP.Bits()))
+		case UpdateIP:
+			args = append(args, vars.OldIface, vars.Iface, vars.VIP.Addr().String(), strconv.Itoa(vars.VIP.Bits()))
 		}
 	}
 	if vars.Iface != "" {
 		set[EnvIface] = vars.Iface
+	}
+	if vars.OldIface != "" {
+		set[EnvOldIface] = vars.OldIface
 	}
 	if vars.Epoch != 0 && (event == TakeIP || event == ReleaseIP) {
 		set[EnvEpoch] = strconv.FormatUint(vars.Epoch, 10)

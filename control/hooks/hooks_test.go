@@ -295,3 +295,21 @@ func TestRunErrors(t *testing.T) {
 		t.Errorf("missing command: %+v", res)
 	}
 }
+
+// updateip gets CTDB's arguments (old interface, new interface, address,
+// mask bits) and the old interface in FSHA_OLD_IFACE; an inherited one
+// does not leak into other events.
+func TestRunUpdateIP(t *testing.T) {
+	dir := t.TempDir()
+	writeHook(t, dir, "10.print", 0o755, `echo "args=$* iface=$FSHA_IFACE old=${FSHA_OLD_IFACE-unset}"`)
+	t.Setenv(EnvOldIface, "stale")
+	r := NewRunner(zaptest.NewLogger(t), Config{Dir: dir, Node: "node1"})
+	res := r.Run(context.Background(), UpdateIP, Vars{VIP: netip.MustParsePrefix("2001:2::201/64"), Iface: "eth1", OldIface: "eth0", Epoch: 3})
+	if got, want := res.Scripts[0].Output, "args=updateip eth0 eth1 2001:2::201 64 iface=eth1 old=eth0\n"; got != want {
+		t.Errorf("updateip output %q, want %q", got, want)
+	}
+	res = r.Run(context.Background(), TakeIP, Vars{VIP: netip.MustParsePrefix("2001:2::201/64"), Iface: "eth1", Epoch: 3})
+	if got, want := res.Scripts[0].Output, "args=takeip eth1 2001:2::201 64 iface=eth1 old=unset\n"; got != want {
+		t.Errorf("takeip output %q, want %q", got, want)
+	}
+}

@@ -530,6 +530,7 @@ func (n *Node) Run(ctx context.Context) error {
 			fn(e, monoNow())
 		case <-n.health.Changed():
 			e.SetLocal(monoNow(), n.local())
+			n.relocateAll()
 		case <-timer.C:
 			e.Tick(monoNow())
 		}

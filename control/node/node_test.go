@@ -199,6 +199,8 @@ type fakeHealth struct {
 	mu      sync.Mutex
 	healthy bool
 	ch      chan struct{}
+	// down lists the interfaces without link (the others have it)
+	down map[string]bool
 }
 
 func (h *fakeHealth) Healthy() bool {
@@ -212,8 +214,26 @@ func (h *fakeHealth) State() (bool, []string) {
 	}
 	return false, []string{"fake check failing"}
 }
-func (h *fakeHealth) Judged() bool             { return true }
-func (h *fakeHealth) LinkUp(string) bool       { return true }
+func (h *fakeHealth) Judged() bool { return true }
+func (h *fakeHealth) LinkUp(iface string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return !h.down[iface]
+}
+
+// setLink takes iface's link down or up, and says health changed.
+func (h *fakeHealth) setLink(iface string, up bool) {
+	h.mu.Lock()
+	if h.down == nil {
+		h.down = map[string]bool{}
+	}
+	h.down[iface] = !up
+	h.mu.Unlock()
+	select {
+	case h.ch <- struct{}{}:
+	default:
+	}
+}
 func (h *fakeHealth) Changed() <-chan struct{} { return h.ch }
 func (h *fakeHealth) set(ok bool) {
 	h.mu.Lock()
@@ -248,6 +268,12 @@ func startCluster(t *testing.T, nNodes, nVIPs int, policy allocation.Policy) *te
 // startClusterHooks is startCluster with hooks for every node (nil: none).
 func startClusterHooks(t *testing.T, nNodes, nVIPs int, policy allocation.Policy, hooks func(i int) Hooks) *testCluster {
 	t.Helper()
+	return startClusterIfaces(t, nNodes, nVIPs, policy, hooks, []string{"eth0"})
+}
+
+// startClusterIfaces is startClusterHooks with every VIP on ifaces.
+func startClusterIfaces(t *testing.T, nNodes, nVIPs int, policy allocation.Policy, hooks func(i int) Hooks, ifaces []string) *testCluster {
+	t.Helper()
 	portMu.Lock()
 	nextPort++
 	port := nextPort
@@ -258,7 +284,7 @@ func startClusterHooks(t *testing.T, nNodes, nVIPs int, policy allocation.Policy
 	}
 	for i := range nVIPs {
 		c.vips = append(c.vips, config.PublicAddress{
-			Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + i)}), 24), Interfaces: []string{"eth0"},
+			Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + i)}), 24), Interfaces: ifaces,
 		})
 	}
 	key := membership.KeyFromSecret([]byte("test"))

@@ -77,6 +77,13 @@ func (w *worker) reconcile(_ context.Context, in reconcileInput) {
 		if ok, err := w.n.dp.HasVIP("lo", w.vip.VIP()); err == nil && ok {
 			mend("a held VIP was also on loopback: removed there", w.removeVerified("lo", w.host()))
 		}
+		for _, other := range w.vip.Interfaces {
+			// left behind by a move to another of its interfaces whose
+			// removal failed (ifswitch.go)
+			if ok, err := w.n.dp.HasVIP(other, w.vip.VIP()); other != iface && err == nil && ok {
+				mend("a held VIP was also on "+other+": removed there", w.removeVerified(other, w.vip.Prefix))
+			}
+		}
 	case vipDraining:
 		if !in.hasLease || in.lease.State != dataplane.VIPLeaseDraining {
 			mend("the data plane had lost a drain: written again",

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"time"
@@ -73,12 +74,20 @@ func (n *Node) tickle(ctx context.Context, vip config.PublicAddress, iface strin
 
 // runHooks runs the event's hooks for a VIP whose lease is at epoch.
 func (n *Node) runHooks(ctx context.Context, event string, vip config.PublicAddress, iface string, epoch uint64, t0 time.Time) {
+	n.runHooksEnv(ctx, event, vip, iface, epoch, t0, nil)
+}
+
+// runHooksEnv is runHooks with more variables for the hooks (updateip's
+// FSHA_OLD_IFACE).
+func (n *Node) runHooksEnv(ctx context.Context, event string, vip config.PublicAddress, iface string, epoch uint64, t0 time.Time, extra map[string]string) {
 	var herr error
 	if n.hooks != nil {
-		herr = n.hooks.Run(ctx, event, map[string]string{
+		env := map[string]string{
 			"FSHA_VIP": vip.VIP().String(), "FSHA_PREFIX": vip.Prefix.String(), "FSHA_IFACE": iface,
 			"FSHA_NODE": n.cfg.Nodes[n.cfg.Self].Addr.String(), "FSHA_EPOCH": strconv.FormatUint(epoch, 10),
-		})
+		}
+		maps.Copy(env, extra)
+		herr = n.hooks.Run(ctx, event, env)
 	}
 	now := time.Now()
 	n.updateRecord(vip, t0, "", func(r *admin.Takeover) {

@@ -69,6 +69,8 @@ type job struct {
 	announce  bool
 	// endDrain: reset the drain's connections now and end it, saying why
 	endDrain string
+	// relocate: the VIP's interface may have lost link (ifswitch.go)
+	relocate bool
 }
 
 func newWorker(n *Node, i int) *worker {
@@ -129,6 +131,8 @@ func (w *worker) run(ctx context.Context) {
 				w.reannounce(ctx)
 			case j.endDrain != "":
 				w.killDrain(j.endDrain)
+			case j.relocate:
+				w.relocate(ctx)
 			}
 		case now := <-tick.C:
 			if now.Sub(lastDrainCheck) >= time.Second/4 {

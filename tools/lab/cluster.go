@@ -28,6 +28,13 @@ type ClusterOptions struct {
 	Nodes int
 	// VIPs is the number of public addresses; 0 is one per node.
 	VIPs int
+	// VIPIfaces is every VIP's interface list in public_addresses (a
+	// preference order); nil is eth0.
+	VIPIfaces []string
+	// ExtraIfaces are interfaces every node gets besides eth0 before its
+	// servers and fsha start: veths into the bridge, without an address
+	// (ifaces.go).
+	ExtraIfaces []string
 	// IPv6VIPs adds that many IPv6 public addresses (VIP6) after the
 	// IPv4 ones, in the same public_addresses: a dual-stack cluster. It
 	// needs a dual-stack lab (Options.IPv6).
@@ -207,11 +214,11 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 	}
 	for i := 1; i <= opts.VIPs; i++ {
 		c.VIPs = append(c.VIPs, VIP(i))
-		fmt.Fprintf(&pa, "%s %s\n", VIP(i), HostIface)
+		fmt.Fprintf(&pa, "%s %s\n", VIP(i), strings.Join(c.vipIfaces(), ","))
 	}
 	for i := 1; i <= opts.IPv6VIPs; i++ {
 		c.VIPs = append(c.VIPs, VIP6(i))
-		fmt.Fprintf(&pa, "%s %s\n", VIP6(i), HostIface)
+		fmt.Fprintf(&pa, "%s %s\n", VIP6(i), strings.Join(c.vipIfaces(), ","))
 	}
 	c.NodesFile = filepath.Join(dir, "nodes")
 	c.PublicAddressesFile = filepath.Join(dir, "public_addresses")
@@ -241,6 +248,9 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 			if cn.CTDBBase, err = l.ctdbBase(n); err != nil {
 				return nil, err
 			}
+		}
+		if err := cn.setUpIfaces(ctx); err != nil {
+			return nil, err
 		}
 		c.Nodes = append(c.Nodes, cn)
 	}

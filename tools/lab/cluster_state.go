@@ -69,17 +69,20 @@ func (n *ClusterNode) Timeline(ctx context.Context) ([]admin.Takeover, error) {
 	return tl, n.apiErr("timeline", err)
 }
 
-// HeldVIPs lists the cluster's VIPs that are on the node's eth0 now, as
-// `ip addr` in its namespace shows them.
+// HeldVIPs lists the cluster's VIPs that are on the node's public
+// interfaces (eth0, or ClusterOptions.VIPIfaces) now, as `ip addr` in its
+// namespace shows them.
 func (n *ClusterNode) HeldVIPs() ([]netip.Prefix, error) {
-	addrs, err := n.Addrs()
+	on, err := n.HeldOn()
 	if err != nil {
 		return nil, err
 	}
 	var out []netip.Prefix
-	for _, a := range addrs {
-		if slices.Contains(n.cluster.VIPs, a) {
-			out = append(out, a)
+	for _, iface := range n.cluster.vipIfaces() {
+		for _, a := range on[iface] {
+			if !slices.Contains(out, a) {
+				out = append(out, a)
+			}
 		}
 	}
 	return out, nil

@@ -1,0 +1,134 @@
+package failover
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fsha/fsha/control/admin"
+	"github.com/fsha/fsha/tools/lab"
+)
+
+// TestVIPMovesToSecondInterface: the VIPs live on dedicated public
+// interfaces, "eth1,eth2" in public_addresses, beside eth0 (the node's own
+// address and the cluster's traffic). eth2 does not exist when fsha
+// starts: it starts all the same, healthy on eth1. Then eth2 appears on
+// every node and fsha attaches its programs to it (the kernel's view:
+// XDP on eth2). Then a VIP holder's eth1 loses its carrier (the switch
+// port down): the VIP moves to eth2 on the same node while a raw SMB and
+// a raw NFS session talk through it every 50 ms: no session error, no
+// RST on a capture that saw frames both ways and lost none, the VIP's
+// ARP answers now come from eth2's MAC, no other node took the VIP, and
+// the holder's timeline says why. eth1 back: the VIP stays on eth2.
+func TestVIPMovesToSecondInterface(t *testing.T) {
+	e := newEnv(t, lab.ClusterOptions{Nodes: 3, VIPIfaces: []string{"eth1", "eth2"}, ExtraIfaces: []string{"eth1"}})
+	for _, n := range e.c.Nodes {
+		if !strings.Contains(fshaLog(n), `"public interface missing`) {
+			t.Errorf("%s: fsha's log does not say eth2 is missing at its start", n.Role)
+		}
+		if _, err := n.AddIface("eth2"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range e.c.Nodes {
+		e.eventually(n.Role+": fsha's XDP program on the new eth2", func(ctx context.Context) error {
+			out, err := n.Run(ctx, "ip", "-d", "link", "show", "dev", "eth2")
+			if err != nil {
+				return fmt.Errorf("%v: %s", err, out)
+			}
+			if !bytes.Contains(out, []byte("prog/xdp")) {
+				return fmt.Errorf("no XDP program on eth2:\n%s", out)
+			}
+			return nil
+		})
+	}
+
+	vip := e.c.VIPs[0]
+	holder := e.owner(vip)
+	if on, err := holder.HeldOn(); err != nil || !slices.Contains(on["eth1"], vip) {
+		t.Fatalf("%s on %s: by interface %v (%v), want it on eth1", vip, holder.Role, on, err)
+	}
+	eth2MAC, err := holder.IfaceMAC("eth2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sessions := e.rawSessions(vip.Addr())
+	defer func() {
+		for _, s := range sessions {
+			s.Close()
+		}
+	}()
+	keys := []string{sessions[0].rc.Key(), sessions[1].rc.Key()}
+	w, err := e.client.WatchAddr(vip.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	time.Sleep(500 * time.Millisecond) // the sessions talk before the cut
+	cut := time.Now()
+	if err := holder.SetIfaceLink("eth1", false); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually(vip.String()+" moved from eth1 to eth2 on "+holder.Role, func(context.Context) error {
+		on, err := holder.HeldOn()
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(on["eth2"], vip) || slices.Contains(on["eth1"], vip) {
+			return fmt.Errorf("by interface: %v", on)
+		}
+		return nil
+	})
+	moved := time.Since(cut)
+	time.Sleep(time.Second) // the sessions go on through eth2
+	if err := holder.SetIfaceLink("eth1", true); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // and stay there with eth1 back
+	w.Close()
+
+	for _, s := range sessions {
+		s.Close()
+		t.Logf("%s", s)
+		if err := s.Err(); err != nil {
+			t.Errorf("%s session through %s broke when its interface lost link: %v", s.rc.proto, vip, err)
+		}
+		e.checkGaps(s.rc.proto+" session through "+vip.String(), s, w)
+	}
+	for _, r := range e.resetsTo(w, cut, keys...) {
+		t.Errorf("%s: a connection was reset when its interface lost link", r)
+	}
+	var arpFromEth2 bool
+	for _, f := range w.Frames() {
+		if f.ARP && f.At.After(cut) && bytes.Equal(f.Src, eth2MAC) {
+			arpFromEth2 = true
+		}
+	}
+	if !arpFromEth2 {
+		t.Errorf("no ARP for %s from %s's eth2 (%s) after the cut", vip, holder.Role, eth2MAC)
+	}
+	if on, err := holder.HeldOn(); err != nil || !slices.Contains(on["eth2"], vip) || slices.Contains(on["eth1"], vip) {
+		t.Errorf("eth1 back: %s by interface %v (%v), want it to stay on eth2", vip, on, err)
+	}
+	for _, n := range e.c.Others(holder) {
+		if held, err := n.Holds(vip); err != nil || held {
+			t.Errorf("%s holds %s (%v): the VIP must stay on %s", n.Role, vip, err, holder.Role)
+		}
+	}
+	tl, err := holder.Timeline(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(tl, func(r admin.Takeover) bool { return r.Kind == "interface" && r.VIP == vip.String() })
+	if i < 0 {
+		t.Fatalf("%s's timeline has no interface move of %s:\n%s", holder.Role, vip, timelineJSON(e.ctx, holder))
+	}
+	t.Logf("%s moved to eth2 on %s %v after the cut: %s", vip, holder.Role, moved.Round(time.Millisecond), tl[i].Reason)
+	for _, s := range tl[i].Steps {
+		t.Logf("  +%-8v %s", s.Took.Round(time.Microsecond), s.Step)
+	}
+}

@@ -1,0 +1,158 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
+)
+
+// More interfaces on a host: a node whose VIPs live on dedicated public
+// interfaces (public_addresses' "eth1,eth2"), beside eth0 that carries its
+// own address and the cluster's traffic. Each extra interface is a veth
+// into the same bridge, without an address; its switch port is named
+// <role>-<iface> (Host.SetIfaceLink cuts it).
+
+// AddIface adds interface name to the host, joined to the bridge, up, and
+// returns its switch port. Bridge topology only.
+func (h *Host) AddIface(name string) (string, error) {
+	l := h.lab
+	if l.opts.Topology != Bridge {
+		return "", fmt.Errorf("add %s to %s: extra interfaces need the bridge topology", name, h.Role)
+	}
+	port := h.Role + "-" + name
+	if len(port) >= 16 {
+		return "", fmt.Errorf("add %s to %s: port name %q too long", name, h.Role, port)
+	}
+	br, err := l.Switch.nl.LinkByName(bridgeName)
+	if err != nil {
+		return "", fmt.Errorf("find bridge: %w", err)
+	}
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: port, MasterIndex: br.Attrs().Index},
+		PeerName:      name,
+		PeerNamespace: netlink.NsFd(int(h.ns)),
+	}
+	if err := l.Switch.nl.LinkAdd(veth); err != nil {
+		return "", fmt.Errorf("add veth %s: %w", port, err)
+	}
+	l.push("delete veth "+port, func() error {
+		if lk, err := l.Switch.nl.LinkByName(port); err == nil {
+			return l.Switch.nl.LinkDel(lk)
+		}
+		return nil
+	})
+	if err := l.setPort(port, true); err != nil {
+		return "", err
+	}
+	lk, err := h.nl.LinkByName(name)
+	if err != nil {
+		return "", fmt.Errorf("find %s in %s: %w", name, h.Role, err)
+	}
+	if err := h.nl.LinkSetUp(lk); err != nil {
+		return "", fmt.Errorf("%s up in %s: %w", name, h.Role, err)
+	}
+	h.logger().Info("interface added", zap.String("iface", name), zap.String("port", port))
+	return port, nil
+}
+
+// IfaceMAC is the hardware address of the host's interface name.
+func (h *Host) IfaceMAC(name string) (net.HardwareAddr, error) {
+	lk, err := h.nl.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("find %s in %s: %w", name, h.NS, err)
+	}
+	return lk.Attrs().HardwareAddr, nil
+}
+
+// AddrsOn lists the IPv4 and IPv6 addresses on the host's interface name
+// (link-local ones excluded); none if it does not exist.
+func (h *Host) AddrsOn(name string) ([]netip.Prefix, error) {
+	lk, err := h.nl.LinkByName(name)
+	var missing netlink.LinkNotFoundError
+	if errors.As(err, &missing) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("find %s in %s: %w", name, h.NS, err)
+	}
+	list, err := h.nl.AddrList(lk, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses of %s in %s: %w", name, h.NS, err)
+	}
+	var out []netip.Prefix
+	for _, a := range list {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || ip.IsLinkLocalUnicast() {
+			continue
+		}
+		bits, _ := a.Mask.Size()
+		out = append(out, netip.PrefixFrom(ip.Unmap(), bits))
+	}
+	return out, nil
+}
+
+// SetIfaceLink takes the switch port of the host's extra interface name
+// down (the host sees its carrier go) or up again; a port down is a
+// fault of the host (failovers.go).
+func (h *Host) SetIfaceLink(name string, up bool) error {
+	port := h.Role + "-" + name
+	if up {
+		defer h.lab.endFault("port/" + port)
+	} else {
+		h.lab.beginFault("port/"+port, "switch port "+port+" down", h.Role)
+	}
+	return h.lab.setPort(port, up)
+}
+
+// vipIfaces are the interfaces a cluster's VIPs may be on.
+func (c *Cluster) vipIfaces() []string {
+	if len(c.opts.VIPIfaces) > 0 {
+		return c.opts.VIPIfaces
+	}
+	return []string{HostIface}
+}
+
+// HeldOn lists the cluster's VIPs on each of the node's public
+// interfaces, by interface.
+func (n *ClusterNode) HeldOn() (map[string][]netip.Prefix, error) {
+	out := map[string][]netip.Prefix{}
+	for _, iface := range n.cluster.vipIfaces() {
+		addrs, err := n.AddrsOn(iface)
+		if err != nil {
+			return nil, err
+		}
+		for _, a := range addrs {
+			if slices.Contains(n.cluster.VIPs, a) {
+				out[iface] = append(out[iface], a)
+			}
+		}
+	}
+	return out, nil
+}
+
+// setUpIfaces gives a node the cluster's extra interfaces and, as a node
+// with several interfaces on one subnet needs, ARP answers only from the
+// interface that has the address (arp_ignore 1, arp_announce 2 for all).
+func (n *ClusterNode) setUpIfaces(ctx context.Context) error {
+	opts := n.cluster.opts
+	if len(opts.ExtraIfaces) == 0 && len(opts.VIPIfaces) == 0 {
+		return nil
+	}
+	for _, name := range opts.ExtraIfaces {
+		if _, err := n.AddIface(name); err != nil {
+			return err
+		}
+	}
+	for _, kv := range []string{"net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"} {
+		if out, err := n.Run(ctx, "sysctl", "-q", "-w", kv); err != nil {
+			return fmt.Errorf("sysctl %s in %s: %w: %s", kv, n.Role, err, out)
+		}
+	}
+	return nil
+}
