@@ -1,7 +1,9 @@
 package failover
 
 import (
+	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/fsha/fsha/tools/lab"
 )
@@ -13,8 +15,12 @@ import (
 // VIP that saw frames both ways and lost none; the connections were
 // replicated and are steered back as IPv6 flows), then a power cut of
 // another IPv6 VIP's holder: its blocked raw SMB and NFS clients are
-// reset (the tickles of IPv6 clients) and a new connection is answered
-// by the node that announced it with an unsolicited NA.
+// reset (the tickles of IPv6 clients; the new holder's kernel dropped
+// none of their answers as misaddressed) and a new connection is
+// answered by the node that announced it with an unsolicited NA.
+// Throughout, a monitor on the client asks every 10 ms, by ARP and by
+// neighbour solicitation, who answers for each VIP: no VIP is ever
+// answered by two nodes.
 func TestIPv6DualStack(t *testing.T) {
 	e := newEnvWith(t, lab.Options{IPv6: true}, lab.ClusterOptions{Nodes: 3, IPv6VIPs: 3,
 		FshaArgs: []string{"--drain-timeout", drainTimeout}})
@@ -24,7 +30,62 @@ func TestIPv6DualStack(t *testing.T) {
 			t.Fatalf("VIP %s: want the IPv6 ones after the IPv4 ones", v)
 		}
 	}
+	m := e.startNeighbourMonitor()
 	e.move(v6[0])
 	e.waitConverged(e.c.Nodes...)
 	e.powerCutResets(v6[1], "a dual-stack lab (IPv6 VIP)")
+	e.waitConverged(e.up()...)
+	e.checkNeighbourMonitor(m, v6[1].Addr())
+}
+
+// overlapWindow: a MAC answering again this soon after another answered
+// is an overlap (A, B, A), not a switch-over and back.
+const overlapWindow = 100 * time.Millisecond
+
+// startNeighbourMonitor starts a wire monitor of every VIP (ARP for IPv4,
+// NDP for IPv6) on the client.
+func (e *env) startNeighbourMonitor() *lab.Monitor {
+	e.t.Helper()
+	var hosts []*lab.Host
+	for _, n := range e.c.Nodes {
+		hosts = append(hosts, n.Host)
+	}
+	names, err := lab.MACNames(hosts...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var vips []netip.Addr
+	for _, v := range e.c.VIPs {
+		vips = append(vips, v.Addr())
+	}
+	m, err := e.client.StartMonitor(lab.MonitorOptions{VIPs: vips, Names: names})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return m
+}
+
+// checkNeighbourMonitor stops the monitor and fails on any overlap or any
+// probe the monitor lost, and unless cut's NDP probes were answered by
+// more than one node (its holder before and after the power cut).
+func (e *env) checkNeighbourMonitor(m *lab.Monitor, cut netip.Addr) {
+	e.t.Helper()
+	if err := m.Stop(); err != nil {
+		e.t.Fatalf("monitor: %v", err)
+	}
+	if err := m.Health().Check(); err != nil {
+		e.t.Fatalf("the monitor lost probes or answers, its verdict would not hold: %v", err)
+	}
+	for _, st := range m.Stats() {
+		e.t.Logf("%v %v: %d rounds, %d answered, longest gap %v, by node %v", st.VIP, st.Kind, st.Rounds, st.Answered, st.LongestGap.Duration(), st.ByNode)
+		if st.Answered == 0 {
+			e.t.Errorf("%v %v: no probe answered in %d rounds", st.VIP, st.Kind, st.Rounds)
+		}
+	}
+	if st := m.StatsOf(cut, lab.ProbeNDP); len(st.ByNode) < 2 {
+		e.t.Errorf("%v: NDP answered by %v, want its holder before and after the power cut", cut, st.ByNode)
+	}
+	for _, o := range m.Overlaps(overlapWindow) {
+		e.t.Errorf("overlap on the wire: %+v", o)
+	}
 }
