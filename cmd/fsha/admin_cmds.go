@@ -175,6 +175,20 @@ func printStatus(w io.Writer, st admin.Status) error {
 	if !st.Quorum && st.QuorumReason != "" {
 		fmt.Fprintf(&b, "       why: %s\n", st.QuorumReason)
 	}
+	if len(st.Interfaces) > 0 {
+		b.WriteString("This node's public interfaces:\n")
+		t := newTable(&b, "INTERFACE", "LINK", "DRIVER", "XDP", "STEERING")
+		for _, i := range st.Interfaces {
+			link := yesNo(i.Link)
+			if !i.Present {
+				link = "missing"
+			}
+			t.row(i.Name, link, cmp.Or(i.Driver, "-"), cmp.Or(i.XDPMode, "-"), cmp.Or(i.Steer, "-"))
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }

@@ -475,3 +475,29 @@ Quorum: no (1 of 3 nodes)   Failback: automatic   Lock: none
 		t.Errorf("status:\n%s\nwant:\n%s", b.String(), want)
 	}
 }
+
+// fsha status ends with this node's public interfaces: link (missing for
+// one that does not exist), driver, XDP mode and steering path.
+func TestPrintStatusInterfaces(t *testing.T) {
+	var b strings.Builder
+	err := printStatus(&b, admin.Status{Policy: "automatic", Quorum: true, Interfaces: []admin.InterfaceStatus{
+		{Name: "eth0", Link: true, Present: true, Driver: "veth", XDPMode: "native", Steer: "tc"},
+		{Name: "eth1", Link: false, Present: true, Driver: "macvlan", XDPMode: "generic", Steer: "tc"},
+		{Name: "eth2"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"This node's public interfaces:\n",
+		"INTERFACE  LINK     DRIVER   XDP      STEERING\n",
+		"eth0       yes      veth     native   tc\n",
+		"eth1       no       macvlan  generic  tc\n",
+		"eth2       missing  -        -        -\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+}

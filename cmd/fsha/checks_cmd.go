@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/fsha/fsha/dataplane"
 	"io"
+	"net"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -22,6 +24,34 @@ type adminBackend struct {
 	*node.Node
 	checker *health.Checker
 	hooks   *hooks.Runner
+	dp      *dataplane.Dataplane
+	ifaces  []string
+}
+
+// Status is the node's status with its public interfaces: link (the
+// health checker's view) and steering path (the data plane's).
+func (b adminBackend) Status(ctx context.Context) (admin.Status, error) {
+	st, err := b.Node.Status(ctx)
+	if err != nil {
+		return st, err
+	}
+	steer := map[string]dataplane.SteerState{}
+	if b.dp != nil {
+		for _, s := range b.dp.Steering() {
+			steer[s.Interface] = s
+		}
+	}
+	for _, name := range b.ifaces {
+		is := admin.InterfaceStatus{Name: name, Link: b.checker.LinkUp(name)}
+		if _, err := net.InterfaceByName(name); err == nil {
+			is.Present = true
+		}
+		if s, ok := steer[name]; ok && is.Present {
+			is.Driver, is.XDPMode, is.Steer, is.SteerReason = s.Driver, s.XDPMode, s.Steer, s.Reason
+		}
+		st.Interfaces = append(st.Interfaces, is)
+	}
+	return st, nil
 }
 
 var _ admin.CheckReporter = adminBackend{}

@@ -396,7 +396,7 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	}
 	// fsha -n: the admin server serves requests other nodes forward here
 	// and forwards this node's CLI's requests for them (control/remote).
-	srv := admin.NewServer(log, adminBackend{nd, checker, hookRunner})
+	srv := admin.NewServer(log, adminBackend{Node: nd, checker: checker, hooks: hookRunner, dp: dp, ifaces: ifaces})
 	srv.ShareReadOnly(cc.adminGID)
 	peers := map[int]netip.Addr{}
 	for _, n := range cc.nodes {
@@ -469,7 +469,7 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	})
 	if addr := c.String("metrics-listen"); addr != "" {
 		collector := metrics.NewCollector(log, metrics.Sources{
-			Backend: adminBackend{nd, checker, hookRunner}, Counters: dp.ReadCounters, Steering: dp.Steering, Gossip: gossip.Members, Takeovers: takeovers,
+			Backend: adminBackend{Node: nd, checker: checker, hooks: hookRunner, dp: dp, ifaces: ifaces}, Counters: dp.ReadCounters, Steering: dp.Steering, Gossip: gossip.Members, Takeovers: takeovers,
 			Version: version, FlowsMax: uint32(c.Uint("flows-max")),
 		})
 		// never stops the node: failover does not wait for metrics

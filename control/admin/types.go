@@ -68,6 +68,23 @@ type Status struct {
 	// Counters are this node's cluster counters: rejected gossip and
 	// replication messages, replicated records...
 	Counters map[string]uint64 `json:"counters,omitempty"`
+	// Interfaces are this node's public interfaces: link, and how its
+	// data plane runs there.
+	Interfaces []InterfaceStatus `json:"interfaces,omitempty"`
+}
+
+// InterfaceStatus is one public interface of a node.
+type InterfaceStatus struct {
+	Name string `json:"name"`
+	// Link: the interface exists and has link; Present: it exists.
+	Link    bool `json:"link"`
+	Present bool `json:"present"`
+	// Driver, XDPMode (native, generic), Steer (xdp, tc) and SteerReason
+	// say how the programs run there; empty while it is missing.
+	Driver      string `json:"driver,omitempty"`
+	XDPMode     string `json:"xdp_mode,omitempty"`
+	Steer       string `json:"steer,omitempty"`
+	SteerReason string `json:"steer_reason,omitempty"`
 }
 
 // IP is one line of `fsha ip`.

@@ -30,6 +30,13 @@ func TestVIPMovesToSecondInterface(t *testing.T) {
 		if !strings.Contains(fshaLog(n), `"public interface missing`) {
 			t.Errorf("%s: fsha's log does not say eth2 is missing at its start", n.Role)
 		}
+		st, err := n.Status(e.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i := slices.IndexFunc(st.Interfaces, func(i admin.InterfaceStatus) bool { return i.Name == "eth2" }); i < 0 || st.Interfaces[i].Present {
+			t.Errorf("%s: fsha status says its interfaces are %+v, want eth2 missing", n.Role, st.Interfaces)
+		}
 		if _, err := n.AddIface("eth2"); err != nil {
 			t.Fatal(err)
 		}
@@ -47,6 +54,16 @@ func TestVIPMovesToSecondInterface(t *testing.T) {
 		})
 	}
 
+	for _, n := range e.c.Nodes {
+		st, err := n.Status(e.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i := slices.IndexFunc(st.Interfaces, func(i admin.InterfaceStatus) bool { return i.Name == "eth2" }); i < 0 ||
+			!st.Interfaces[i].Present || !st.Interfaces[i].Link || st.Interfaces[i].Steer == "" {
+			t.Errorf("%s: fsha status says its interfaces are %+v, want eth2 present, with link and a steering path", n.Role, st.Interfaces)
+		}
+	}
 	vip := e.c.VIPs[0]
 	holder := e.owner(vip)
 	if on, err := holder.HeldOn(); err != nil || !slices.Contains(on["eth1"], vip) {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fsha/fsha/control/admin"
 	"github.com/fsha/fsha/tools/lab"
 )
 
@@ -54,6 +55,16 @@ func (e *env) checkGenericXDP(topo lab.Topology) {
 		}
 		if log := fshaLog(n); !strings.Contains(log, `"xdp_mode":"generic","steer":"tc"`) {
 			e.t.Errorf("%s: fsha's log does not say it steers on the tc path in generic mode", n.Role)
+		}
+		// and fsha status says what the kernel says
+		st, err := n.Status(e.ctx)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		want := admin.InterfaceStatus{Name: lab.HostIface, Link: true, Present: true, Driver: kind, XDPMode: "generic", Steer: "tc"}
+		if len(st.Interfaces) != 1 || st.Interfaces[0].Name != want.Name || st.Interfaces[0].Driver != want.Driver ||
+			st.Interfaces[0].XDPMode != want.XDPMode || st.Interfaces[0].Steer != want.Steer || !st.Interfaces[0].Link || !st.Interfaces[0].Present {
+			e.t.Errorf("%s: fsha status says its interfaces are %+v, want %+v", n.Role, st.Interfaces, want)
 		}
 	}
 }
