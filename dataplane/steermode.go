@@ -211,3 +211,15 @@ func pruneSteerModes(m *ebpf.Map, keep map[uint32]bool) error {
 	}
 	return nil
 }
+
+// PredictSteer says, before anything is attached, which steering path
+// `fsha up --steer-mode want` would choose for the interface name, and
+// why, from its driver: the choice once attached may differ only when the
+// driver refuses native XDP (then: tc). For fsha check-config.
+func PredictSteer(want SteerMode, name string) (driver, path, reason string, err error) {
+	if driver, err = interfaceDriver(name); err != nil {
+		return "", "", "", err
+	}
+	mode, reason := chooseSteer(want, driver, XDPNative)
+	return driver, steerModeName(mode), reason, nil
+}

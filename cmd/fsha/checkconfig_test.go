@@ -59,3 +59,32 @@ func TestCheckConfigCommand(t *testing.T) {
 		t.Errorf("an unknown group: %v", err)
 	}
 }
+
+// check-config checks --steer-mode and says, per public interface, the
+// steering path fsha up would take, or that the interface is missing.
+func TestCheckConfigSteering(t *testing.T) {
+	vips := filepath.Join(t.TempDir(), "public_addresses")
+	if err := os.WriteFile(vips, []byte("198.18.1.10/24 lo,fsha-nosuch0\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		err := newApp(env{stdout: &out, stderr: &out}).Run(append([]string{"fsha", "check-config", "--public-addresses", vips}, args...))
+		return out.String(), err
+	}
+	out, err := run("--steer-mode", "tc")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"interface lo (driver none): steering tc (--steer-mode tc: forced by --steer-mode tc)",
+		"interface fsha-nosuch0: missing (fsha up starts without it and attaches when it appears)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if _, err := run("--steer-mode", "fast"); err == nil || !strings.Contains(err.Error(), `--steer-mode: steer mode "fast": want auto, xdp or tc`) {
+		t.Errorf("--steer-mode fast: %v, want a refusal", err)
+	}
+}

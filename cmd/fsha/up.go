@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -323,6 +325,37 @@ func checkConfig(c *cli.Context) error {
 	return err
 }
 
+// describeSteering checks --steer-mode and says, per public interface,
+// whether it exists and which steering path fsha up would take there.
+func describeSteering(mode string, addrs []config.PublicAddress) (string, error) {
+	want, err := dataplane.ParseSteerMode(mode)
+	if err != nil {
+		return "", fmt.Errorf("--steer-mode: %w", err)
+	}
+	var ifaces []string
+	for _, a := range addrs {
+		for _, i := range a.Interfaces {
+			if !slices.Contains(ifaces, i) {
+				ifaces = append(ifaces, i)
+			}
+		}
+	}
+	var lines []string
+	for _, name := range ifaces {
+		if _, err := net.InterfaceByName(name); err != nil {
+			lines = append(lines, fmt.Sprintf("interface %s: missing (fsha up starts without it and attaches when it appears)", name))
+			continue
+		}
+		driver, path, reason, err := dataplane.PredictSteer(want, name)
+		if err != nil {
+			lines = append(lines, fmt.Sprintf("interface %s: %v", name, err))
+			continue
+		}
+		lines = append(lines, fmt.Sprintf("interface %s (driver %s): steering %s (--steer-mode %s: %s)", name, cmp.Or(driver, "none"), path, want, reason))
+	}
+	return strings.Join(lines, "\n"), nil
+}
+
 // describeConfig loads and checks the configuration as a start would
 // (settings, public addresses, ports, capacities, and in a cluster the
 // nodes file, this node, the key, ranges and health checks) and says
@@ -338,6 +371,11 @@ func describeConfig(c *cli.Context) (string, error) {
 		return "", err
 	}
 	what := fmt.Sprintf("%s: %d public addresses; ports %s", c.String("public-addresses"), len(addrs), c.String("ports"))
+	steer, err := describeSteering(c.String("steer-mode"), addrs)
+	if err != nil {
+		return "", err
+	}
+	what += "\n" + steer
 	if c.String("nodes") == "" {
 		return what + "; no --nodes: standalone tracking, no cluster", nil
 	}
