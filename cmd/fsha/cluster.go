@@ -329,6 +329,23 @@ func setARPSysctls(iface string) error {
 	return nil
 }
 
+// linkedMAC is the MAC of the first of ifaces with link (zero: none):
+// where peers steer a drain of this node's connections. A VIP on a second
+// interface, after the first lost link, is reached there.
+func linkedMAC(ifaces []string, linkUp func(string) bool) [6]byte {
+	var mac [6]byte
+	for _, name := range ifaces {
+		if !linkUp(name) {
+			continue
+		}
+		if ifi, err := net.InterfaceByName(name); err == nil && len(ifi.HardwareAddr) == 6 {
+			copy(mac[:], ifi.HardwareAddr)
+			return mac
+		}
+	}
+	return mac
+}
+
 // runCluster runs this node in the cluster until ctx ends.
 // runCluster runs this node in the cluster until a stop request has done
 // its work (see node.StopMode), or ctx ends (at once, as a crash would).
@@ -389,6 +406,7 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	nd, err := node.New(log, node.Config{
 		Nodes: cc.nodes, Self: cc.self, VIPs: cc.vips, Policy: cc.policy, Lock: cc.lock, Timing: cc.owner,
 		StateFile: filepath.Join(c.String("state-dir"), "state.json"), LegacyStateFile: filepath.Join(runDir, "state.json"), DrainTimeout: c.Duration("drain-timeout"), MAC: mac,
+		MACNow:   func() [6]byte { return linkedMAC(ifaces, checker.LinkUp) },
 		PeerDead: kickCTDB(log, uint16(c.Uint("ctdb-port"))), Retiring: cc.retiring,
 	}, nil, actions, checker, hookRunnerFor(hookRunner), takeovers)
 	if err != nil {

@@ -127,6 +127,9 @@ type Config struct {
 	// MAC is this node's public interface address, announced so that the
 	// new owner of a VIP draining from here can steer packets back.
 	MAC [6]byte
+	// MACNow, if set, says this node's MAC now: the first public
+	// interface with link (health changes re-read it). Zero: MAC.
+	MACNow func() [6]byte
 	// Rejoin is how often unreachable nodes are contacted again (gossip).
 	Rejoin time.Duration
 	// PeerDead, when set, is called (in a goroutine of its own) once a
@@ -317,6 +320,11 @@ func (n *Node) LocalMeta() membership.Meta {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	m := membership.Meta{ConfigHash: n.fp.VIPs, MAC: n.cfg.MAC}
+	if n.cfg.MACNow != nil {
+		if now := n.cfg.MACNow(); now != ([6]byte{}) {
+			m.MAC = now
+		}
+	}
 	if n.health.Healthy() {
 		m.Flags |= membership.FlagHealthy
 	}
@@ -396,8 +404,12 @@ func (n *Node) command(fn func(*ownership.Engine, ownership.Mono)) {
 func (n *Node) local() ownership.Local {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return ownership.Local{Healthy: n.health.Healthy(), HealthPending: !n.health.Judged(), Disabled: n.disabled || n.stopped,
+	l := ownership.Local{Healthy: n.health.Healthy(), HealthPending: !n.health.Judged(), Disabled: n.disabled || n.stopped,
 		Banned: time.Now().Before(n.bannedUntil)}
+	if n.cfg.MACNow != nil {
+		l.MAC = n.cfg.MACNow()
+	}
+	return l
 }
 
 // newEngine builds the engine, restores the promises this node made as a

@@ -88,7 +88,7 @@ func (e *Engine) heartbeat(now Mono) {
 		claims = claims[len(chunk):]
 		e.seq++
 		hb := &Heartbeat{From: e.cfg.Self, Incarnation: e.cfg.Incarnation, Seq: e.seq, Proto: ProtoVersion, Flags: e.localFlags(),
-			Fingerprint: e.cfg.Fingerprint, Lease: lease, Hears: hears, MAC: e.cfg.MAC, Claims: chunk}
+			Fingerprint: e.cfg.Fingerprint, Lease: lease, Hears: hears, MAC: e.mac(), Claims: chunk}
 		if e.shortLeases(now, chunk) {
 			hb.Flags |= FlagShortLeases
 		}

@@ -130,6 +130,10 @@ type Local struct {
 	HealthPending bool
 	Disabled      bool
 	Banned        bool
+	// MAC, when set, replaces Config.MAC in the heartbeats: the node's
+	// public interface with link now (a VIP moved to its second
+	// interface when the first lost link), where peers steer a drain.
+	MAC [6]byte
 }
 
 // LockState is what the caller knows of the cluster lock.

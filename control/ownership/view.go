@@ -302,7 +302,7 @@ func (e *Engine) Snapshot() Snapshot {
 		v = e.computeView(e.now)
 	}
 	sn := Snapshot{Now: e.now, Quorum: v.quorum, MajorityAlive: v.majorityAlive, Agreed: v.selfAgrees, MACs: map[int][6]byte{}}
-	sn.MACs[e.cfg.Self] = e.cfg.MAC
+	sn.MACs[e.cfg.Self] = e.mac()
 	for _, p := range e.cfg.Nodes {
 		nv := NodeView{PNN: p, This: p == e.cfg.Self, Alive: v.alive[p], Eligible: slices.Contains(v.eligible, p)}
 		fp := e.cfg.Fingerprint
@@ -371,4 +371,13 @@ func skew(fp, agreed Fingerprint) string {
 		return ""
 	}
 	return strings.Join(what, "; ")
+}
+
+// mac is where peers steer this node's drains: the local inputs' MAC, or
+// the configured one.
+func (e *Engine) mac() [6]byte {
+	if e.local.MAC != ([6]byte{}) {
+		return e.local.MAC
+	}
+	return e.cfg.MAC
 }
