@@ -466,9 +466,17 @@ func (n *ClusterNode) fshaArgs(opts FshaOptions) ([]string, error) {
 	if c.opts.NoServers {
 		argv = append(argv, "--check", "cmd:true")
 	}
+	if m := os.Getenv(SteerModeEnv); m != "" && !slices.Contains(c.opts.FshaArgs, "--steer-mode") && !slices.Contains(opts.Args, "--steer-mode") {
+		argv = append(argv, "--steer-mode", m)
+	}
 	argv = append(argv, c.opts.FshaArgs...)
 	return append(argv, opts.Args...), nil
 }
+
+// SteerModeEnv gives every fsha of a run's clusters --steer-mode (unless
+// the test sets one): FSHA_LAB_TUNED=1 FSHA_LAB_STEER_MODE=xdp runs the
+// planned-move tests on veth's native XDP_TX path.
+const SteerModeEnv = "FSHA_LAB_STEER_MODE"
 
 // StartFsha starts `fsha up` on the node and waits until its admin socket
 // answers. The options are kept for PowerUp.

@@ -80,6 +80,8 @@ func newEnvWith(t *testing.T, labOpts lab.Options, opts lab.ClusterOptions) *env
 	}
 	if i := slices.Index(opts.FshaArgs, "--steer-mode"); i >= 0 && i+1 < len(opts.FshaArgs) {
 		e.wantSteer = opts.FshaArgs[i+1]
+	} else if m := os.Getenv(lab.SteerModeEnv); m != "" {
+		e.wantSteer = m
 	}
 	if len(c.Clients) > 0 {
 		e.client = c.Clients[0]
