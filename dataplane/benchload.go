@@ -22,6 +22,8 @@ type Unpinned struct {
 	XDP *ebpf.Program
 	// TCEgress is fsha_tc_egress (SchedCLS, returns TCX_NEXT).
 	TCEgress *ebpf.Program
+	// TCIngress is fsha_tc_ingress (SchedCLS): steering on the tc path.
+	TCIngress *ebpf.Program
 
 	objs fshaObjects
 }
@@ -71,7 +73,21 @@ func LoadUnpinnedWith(opts UnpinnedOptions) (*Unpinned, error) {
 	u.Maps = mapsOf(&u.objs.fshaMaps)
 	u.XDP = u.objs.FshaXdp
 	u.TCEgress = u.objs.FshaTcEgress
+	u.TCIngress = u.objs.FshaTcIngress
 	return u, nil
+}
+
+// SetSteerPath is a test and benchmark helper: it writes how the
+// programs steer on ifindex (SteerXDP or SteerTC), as the loader does
+// once it has chosen, without attaching anything.
+func (u *Unpinned) SetSteerPath(ifindex int, path SteerMode) error {
+	switch path {
+	case SteerXDP:
+		return u.SetSteerMode(ifindex, fshaSteerModeSTEER_MODE_XDP)
+	case SteerTC:
+		return u.SetSteerMode(ifindex, fshaSteerModeSTEER_MODE_TC)
+	}
+	return fmt.Errorf("steer path %q: want xdp or tc", path)
 }
 
 // Close frees the programs and maps.

@@ -4,7 +4,8 @@ package main
 //
 // Part 1 runs each program on one packet with BPF_PROG_RUN and a large
 // repeat count, several interleaved rounds, on one pinned CPU, and compares
-// it with an empty program of the same hook measured in the same run.
+// it with an empty program of the same hook measured in the same run; its
+// steering cases are in suite_dataplane_steer.go.
 // Part 2 (suite_dataplane_pps.go) pushes packets through a veth pair.
 
 import (
@@ -22,7 +23,6 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/fsha/fsha/dataplane"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 )
 
 type dataplaneBench struct {
@@ -33,6 +33,7 @@ type dataplaneBench struct {
 	realtime    bool
 	lease       bool
 	perVIP      bool
+	steer       bool
 	pps         bool
 	ppsDuration time.Duration
 	ppsRounds   int
@@ -50,6 +51,7 @@ func dataplaneSuite() *suite {
 			fs.BoolVar(&b.realtime, "rt", true, "dataplane: run BPF_PROG_RUN rounds as SCHED_FIFO so that other tasks cannot preempt them")
 			fs.BoolVar(&b.lease, "lease", true, "dataplane: enable the fencing lease (valid), as a clustered node runs")
 			fs.BoolVar(&b.perVIP, "per-vip", true, "dataplane: also measure a data plane with per-VIP leases on (fencing mode 3, the VIPs held)")
+			fs.BoolVar(&b.steer, "steer", true, "dataplane: also measure steering (drain): a steered packet on the xdp and tc paths")
 			fs.BoolVar(&b.pps, "pps", true, "dataplane: also measure packets per second through a veth pair")
 			fs.DurationVar(&b.ppsDuration, "pps-duration", time.Second, "dataplane: length of one veth measurement")
 			fs.IntVar(&b.ppsRounds, "pps-rounds", 9, "dataplane: veth rounds per mode (the median is reported)")
@@ -123,6 +125,14 @@ func (b *dataplaneBench) run(ctx context.Context, log *zap.Logger, out io.Writer
 		}
 		defer perVIP.Close()
 	}
+	// And with steering on, one peer flow to steer (a drain).
+	var steer *dataplane.Unpinned
+	if b.steer {
+		if steer, err = b.loadSteer(log, dataplane.UnpinnedOptions{FlowsMax: capacity}, n4); err != nil {
+			return err
+		}
+		defer steer.Close()
+	}
 
 	pair, err := newVethPair()
 	if err != nil {
@@ -135,7 +145,7 @@ func (b *dataplaneBench) run(ctx context.Context, log *zap.Logger, out io.Writer
 	}()
 	log.Debug("namespaces", zap.Strings("netns", pair.nsName[:]), zap.Strings("veth", pair.ifName[:]))
 
-	if err := b.progRun(ctx, log, out, u, uncached, perVIP, pair, n4); err != nil {
+	if err := b.progRun(ctx, log, out, u, uncached, perVIP, steer, pair, n4); err != nil {
 		return err
 	}
 	if !b.pps {
@@ -203,9 +213,14 @@ type progCase struct {
 	name string
 	prog *ebpf.Program
 	pkt  []byte
-	// want is the packet outcome counter the case must hit, -1 for the
-	// empty programs.
+	// want is the packet outcome counter the case must hit, wantBaseline
+	// for the empty programs, wantOwn for a case with its own verify.
 	want int
+	// setup, when set, runs before every run of the case: it puts the
+	// data plane in the state the case measures.
+	setup func() error
+	// verify, when set, checks the case instead of verifyCase.
+	verify func() error
 	// target is the goal relative to the empty program; nil: none.
 	target *target
 	ns     []float64 // per round
@@ -227,6 +242,11 @@ func (t *target) String() string {
 func (t *target) met(ns, ratio float64) bool {
 	return ratio <= t.maxRatio && (t.maxNS == 0 || ns < t.maxNS)
 }
+
+const (
+	wantBaseline = -1
+	wantOwn      = -2
+)
 
 // Outcome counter indices, as bpf/fsha.h's enum counter numbers them.
 const (
@@ -301,7 +321,7 @@ func (b *dataplaneBench) progCases(u, uncached, perVIP *dataplane.Unpinned, xdpE
 		}
 		data6 := segment{src: client6, dst: vip6, ack: true, payload: payloadLen}
 		defs = append(defs,
-			def{hook, emptyName, u, empty, orient(data), -1, nil},
+			def{hook, emptyName, u, empty, orient(data), wantBaseline, nil},
 			def{hook, "fsha: non-VIP, port 445", u, prog, orient(nonVIP), outcomeOther, nonVIPTarget},
 			def{hook, "fsha: VIP, untracked port", u, prog, orient(otherPort), outcomeOther, nil},
 			def{hook, noFlowName, u, prog, orient(noFlow), outcomeUntracked, nil},
@@ -334,7 +354,7 @@ func (b *dataplaneBench) progCases(u, uncached, perVIP *dataplane.Unpinned, xdpE
 	return cases, nil
 }
 
-func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Writer, u, uncached, perVIP *dataplane.Unpinned, pair *vethPair, n4 int) error {
+func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Writer, u, uncached, perVIP, steerDP *dataplane.Unpinned, pair *vethPair, n4 int) error {
 	xdpEmpty, err := emptyProgram(ebpf.XDP, 2 /* XDP_PASS */)
 	if err != nil {
 		return err
@@ -348,6 +368,19 @@ func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Wr
 	cases, err := b.progCases(u, uncached, perVIP, xdpEmpty, tcEmpty, n4)
 	if err != nil {
 		return err
+	}
+	run := cases
+	var steer *steerRows
+	if steerDP != nil {
+		if steer, err = newSteerRows(steerDP, cases, n4); err != nil {
+			return err
+		}
+		defer func() {
+			if cerr := steer.Close(); cerr != nil {
+				log.Error("clean up steering", zap.Error(cerr))
+			}
+		}()
+		run = append(slices.Clone(cases), steer.run...)
 	}
 	// BPF_PROG_RUN of an XDP program not attached anywhere first adds it to
 	// the kernel's XDP dispatcher and removes it afterwards, which costs
@@ -387,46 +420,19 @@ func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Wr
 		if err := b.pinThread(); err != nil {
 			return err
 		}
-		return b.progRounds(ctx, log, cases)
+		return b.progRounds(ctx, log, run)
 	})
 	if err != nil {
 		return err
 	}
 
-	t := &table{header: []string{"hook", "case", "ns/pkt", "best", "spread", "x empty", "x, best", "target", "result"}}
+	t := &table{header: progHeader}
 	var base *progCase
 	for _, c := range cases {
-		ns := median(c.ns)
-		if c.want < 0 {
+		if c.want == wantBaseline {
 			base = c
 		}
-		// The ratio of each round to the empty program's run in the same
-		// round, then the median: the machine's slow and fast moments
-		// (other guests on the host) cancel out.
-		ratios := make([]float64, len(c.ns))
-		for r := range c.ns {
-			ratios[r] = c.ns[r] / base.ns[r]
-		}
-		ratio := median(ratios)
-		// The best rounds are the ones the host's other tenants disturbed
-		// least: noise only ever adds time (see BENCHMARKS.md).
-		best := slices.Min(c.ns)
-		bestRatio := best / slices.Min(base.ns)
-		tgt, res := "-", "-"
-		if c.want < 0 {
-			tgt = "baseline"
-		}
-		if c.target != nil {
-			tgt, res = c.target.String(), "MISS"
-			switch {
-			case c.target.met(ns, ratio):
-				res = "PASS"
-			case c.target.met(best, bestRatio):
-				res = "PASS on best"
-			}
-		}
-		t.add(c.hook, c.name, fmt.Sprintf("%.1f", ns), fmt.Sprintf("%.1f", best), fmt.Sprintf("%.0f%%", spread(c.ns)),
-			fmt.Sprintf("%.2f", ratio), fmt.Sprintf("%.2f", bestRatio), tgt, res)
+		t.add(caseRow(c.hook, c, base)...)
 	}
 	lease := "fencing lease off"
 	if b.lease {
@@ -440,14 +446,62 @@ func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Wr
 	fmt.Fprintf(out, " target, PASS on best = only the best rounds do; flow cache off = every tracked packet looks its\n")
 	fmt.Fprintf(out, " flow up in the map, as a flow's first packet in a jiffy does; per-VIP leases = fencing mode 3,\n")
 	fmt.Fprintf(out, " node lease and both VIPs' leases valid: every VIP packet also checks its VIP's deadline bucket)\n\n")
-	return t.write(out)
+	if err := t.write(out); err != nil {
+		return err
+	}
+	if steer == nil {
+		return nil
+	}
+	return steer.write(out)
+}
+
+var progHeader = []string{"hook", "case", "ns/pkt", "best", "spread", "x empty", "x, best", "target", "result"}
+
+// caseRow is c's row of a table of progHeader: its rounds against those of
+// base, the empty program of its hook, measured in the same rounds.
+func caseRow(hook string, c, base *progCase) []string {
+	ns := median(c.ns)
+	// The ratio of each round to the empty program's run in the same
+	// round, then the median: the machine's slow and fast moments
+	// (other guests on the host) cancel out.
+	ratios := make([]float64, len(c.ns))
+	for r := range c.ns {
+		ratios[r] = c.ns[r] / base.ns[r]
+	}
+	ratio := median(ratios)
+	// The best rounds are the ones the host's other tenants disturbed
+	// least: noise only ever adds time (see BENCHMARKS.md).
+	best := slices.Min(c.ns)
+	bestRatio := best / slices.Min(base.ns)
+	tgt, res := "-", "-"
+	if c.want == wantBaseline {
+		tgt = "baseline"
+	}
+	if c.target != nil {
+		tgt, res = c.target.String(), "MISS"
+		switch {
+		case c.target.met(ns, ratio):
+			res = "PASS"
+		case c.target.met(best, bestRatio):
+			res = "PASS on best"
+		}
+	}
+	return []string{hook, c.name, fmt.Sprintf("%.1f", ns), fmt.Sprintf("%.1f", best), fmt.Sprintf("%.0f%%", spread(c.ns)),
+		fmt.Sprintf("%.2f", ratio), fmt.Sprintf("%.2f", bestRatio), tgt, res}
 }
 
 // progRounds verifies and warms up every case, then times them in rounds.
 func (b *dataplaneBench) progRounds(ctx context.Context, log *zap.Logger, cases []*progCase) error {
 	// Check that every case takes the path it claims to measure, and warm up.
 	for _, c := range cases {
-		if err := verifyCase(c.u, c); err != nil {
+		if err := c.prepare(); err != nil {
+			return err
+		}
+		check := c.verify
+		if check == nil {
+			check = func() error { return verifyCase(c.u, c) }
+		}
+		if err := check(); err != nil {
 			return err
 		}
 		if _, _, err := timeRun(c.prog, c.pkt, b.repeat/10); err != nil {
@@ -461,6 +515,9 @@ func (b *dataplaneBench) progRounds(ctx context.Context, log *zap.Logger, cases 
 	for r := range b.rounds {
 		for _, c := range cases {
 			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := c.prepare(); err != nil {
 				return err
 			}
 			ns, kernelNS, err := timeRun(c.prog, c.pkt, b.repeat)
@@ -479,36 +536,15 @@ func (b *dataplaneBench) progRounds(ctx context.Context, log *zap.Logger, cases 
 	return nil
 }
 
-// pinThread pins the calling thread to b.cpu and, with -rt, makes it
-// SCHED_FIFO: other tasks cannot preempt it, they run on the other CPUs.
-// Callers sleep between runs to stay clear of RT throttling. The thread
-// must be one onThread throws away.
-func (b *dataplaneBench) pinThread() error {
-	var set unix.CPUSet
-	set.Set(b.cpu)
-	if err := unix.SchedSetaffinity(0, &set); err != nil {
-		return fmt.Errorf("pin thread to cpu %d: %w", b.cpu, err)
+// prepare runs c's setup, if any.
+func (c *progCase) prepare() error {
+	if c.setup == nil {
+		return nil
 	}
-	if b.realtime {
-		if err := unix.SchedSetAttr(0, &unix.SchedAttr{Policy: unix.SCHED_FIFO, Priority: 10}, 0); err != nil {
-			return fmt.Errorf("set SCHED_FIFO: %w", err)
-		}
+	if err := c.setup(); err != nil {
+		return fmt.Errorf("%s %s: %w", c.hook, c.name, err)
 	}
 	return nil
-}
-
-// timeRun returns the wall-clock time per run of repeat runs of p on pkt,
-// and the kernel's own figure (whole nanoseconds, without the time the
-// thread was rescheduled) for comparison. If a signal interrupts the
-// syscall, the kernel starts over and so does the clock.
-func timeRun(p *ebpf.Program, pkt []byte, repeat int) (float64, time.Duration, error) {
-	start := time.Now()
-	_, kernel, err := p.Benchmark(pkt, repeat, func() { start = time.Now() })
-	elapsed := time.Since(start)
-	if err != nil {
-		return 0, 0, err
-	}
-	return float64(elapsed.Nanoseconds()) / float64(repeat), kernel, nil
 }
 
 // verifyCase runs c a few times and checks from the counters that fsha
@@ -531,7 +567,7 @@ func verifyCase(u *dataplane.Unpinned, c *progCase) error {
 	if ret != wantRet {
 		return fmt.Errorf("%s %s: returned %d, want %d", c.hook, c.name, int32(ret), int32(wantRet))
 	}
-	if c.want < 0 {
+	if c.want == wantBaseline {
 		return nil
 	}
 	after, err := u.ReadCounters()
@@ -557,14 +593,4 @@ func verifyCase(u *dataplane.Unpinned, c *progCase) error {
 			a.Created-b.Created, a.Closed-b.Closed)
 	}
 	return nil
-}
-
-// threadSleep blocks the calling OS thread in nanosleep. Unlike
-// time.Sleep, which parks the goroutine and needs another thread of the
-// Go runtime to wake it, a SCHED_FIFO thread wakes right on time even when
-// the other CPUs are busy.
-func threadSleep(d time.Duration) {
-	ts := unix.NsecToTimespec(d.Nanoseconds())
-	for unix.Nanosleep(&ts, &ts) == unix.EINTR {
-	}
 }
