@@ -81,7 +81,8 @@ bench: deps build
 # runs (build tag longlab): CTDB left to its own ~30 s keepalives, and ten
 # rolling reloads of the nodes file (TestReloadNodes: fails about one run
 # in four, an open design problem, see its comment), and the planned-move,
-# failback and power-cut tests again on the macvlan and VXLAN topologies.
+# failback and power-cut tests again on the macvlan and VXLAN topologies and
+# on veth's native XDP_TX path (the tuned lab, --steer-mode xdp).
 chaos: deps build
 	FSHA_SIM_SCHEDULES=50000 $(GO) test -count=1 -timeout 120m -run TestSimRandomSchedules ./control/ownership/
 	FSHA_LAB_ITERATIONS=50 $(GO) test -count=1 -p 1 -timeout 120m -run 'TestFaultStormWire|TestIsolatedOwner7|TestNetworkFlap' ./tools/lab/cluster/
@@ -91,6 +92,7 @@ chaos: deps build
 	for topo in macvlan vxlan; do \
 		FSHA_LAB_TOPOLOGY=$$topo $(GO) test -count=1 -p 1 -timeout 30m -run 'TestPlannedMoves|TestPowerDown|TestFailback$$|TestDrainTimeoutAndKill' ./tools/lab/failover/ || exit 1; \
 	done
+	FSHA_LAB_TUNED=1 FSHA_LAB_STEER_MODE=xdp $(GO) test -count=1 -p 1 -timeout 30m -run 'TestPlannedMoves|TestPowerDown|TestFailback$$|TestDrainTimeoutAndKill|TestIPv6DualStack' ./tools/lab/failover/
 
 demo: deps build
 	$(GO) run ./tools/demo
