@@ -179,16 +179,38 @@ func (dp *Dataplane) attachSteering(iface *net.Interface) (SteerState, error) {
 func pinName(hook, iface string) string { return hook + "_" + iface }
 
 // attachXDP replaces the program of a pinned XDP link in place (atomic: no
-// packet misses a program) or attaches a new link and pins it.
+// packet misses a program) or attaches a new link and pins it, in the
+// mode the operator asked for (--xdp-mode). A pinned link in another mode
+// than the one asked for is replaced: the kernel has no in-place switch
+// between native and generic, so packets pass untracked for the moment
+// between the two.
 func (dp *Dataplane) attachXDP(iface *net.Interface) (attachment, error) {
 	a := attachment{Attachment: Attachment{Interface: iface.Name, Ifindex: iface.Index, Hook: "xdp"}}
 	pin := filepath.Join(dp.pinPath, linksDir, pinName("xdp", iface.Name))
 	if l := dp.reusePinnedLink(pin, iface.Index, dp.objs.FshaXdp); l != nil {
-		a.link = l
-		return a, nil
+		driver, _ := interfaceDriver(iface.Name)
+		if mode, err := xdpAttachMode(iface.Index); err == nil && !xdpModeFits(dp.xdpWant, mode, driver) {
+			dp.log.Warn("xdp attached in another mode than --xdp-mode asks: attaching again", zap.String("interface", iface.Name),
+				zap.String("xdp_mode", mode), zap.String("want", string(dp.xdpWant)))
+			_ = l.Unpin()
+			l.Close()
+		} else {
+			a.link = l
+			return a, nil
+		}
 	}
-	l, err := link.AttachXDP(link.XDPOptions{Program: dp.objs.FshaXdp, Interface: iface.Index})
-	if err != nil {
+	var l link.Link
+	var err error
+	if dp.xdpWant != XDPAttachGeneric {
+		// auto: no mode flag, the kernel takes native where the driver
+		// has it (generic where it has none at all, e.g. macvlan)
+		var flags link.XDPAttachFlags
+		if dp.xdpWant == XDPAttachNative {
+			flags = link.XDPDriverMode
+		}
+		l, err = link.AttachXDP(link.XDPOptions{Program: dp.objs.FshaXdp, Interface: iface.Index, Flags: flags})
+	}
+	if dp.xdpWant == XDPAttachGeneric || (err != nil && dp.xdpWant == XDPAttachAuto) {
 		// a driver that refuses native XDP (e.g. virtio_net with guest
 		// checksum offload on): generic mode works on every interface
 		var gerr error
@@ -196,7 +218,13 @@ func (dp *Dataplane) attachXDP(iface *net.Interface) (attachment, error) {
 		if gerr != nil {
 			return a, errors.Join(err, fmt.Errorf("generic mode: %w", gerr))
 		}
-		dp.log.Warn("native xdp refused, attached in generic mode", zap.String("interface", iface.Name), zap.Error(err))
+		if err != nil {
+			dp.log.Warn("native xdp refused, attached in generic mode", zap.String("interface", iface.Name), zap.Error(err))
+		}
+		err = nil
+	}
+	if err != nil {
+		return a, fmt.Errorf("native mode (--xdp-mode native): %w", err)
 	}
 	if err := l.Pin(pin); err != nil {
 		l.Close()
@@ -204,6 +232,21 @@ func (dp *Dataplane) attachXDP(iface *net.Interface) (attachment, error) {
 	}
 	a.link = l
 	return a, nil
+}
+
+// xdpModeFits tells whether XDP attached in mode (as the kernel says) on
+// an interface of driver is what want asks for. For auto, generic fits
+// unless the driver has native XDP: a node started once with --xdp-mode
+// generic gets native again without it, and an interface that can only
+// run generic (macvlan, vxlan) is not attached again at every restart.
+func xdpModeFits(want XDPAttach, mode, driver string) bool {
+	switch want {
+	case XDPAttachNative:
+		return mode == XDPNative
+	case XDPAttachGeneric:
+		return mode == XDPGeneric
+	}
+	return mode != XDPGeneric || !(driver == "veth" || slices.Contains(xdpTXDrivers, driver))
 }
 
 func (dp *Dataplane) attachEgress(iface *net.Interface) (attachment, error) {

@@ -39,6 +39,8 @@ type Options struct {
 	// SteerMode is how interfaces steer a drain's old connections
 	// (steermode.go); "" is auto.
 	SteerMode SteerMode
+	// XDPAttach is how XDP attaches (native, generic); "" is auto.
+	XDPAttach XDPAttach
 }
 
 // Dataplane is the loaded and attached set of programs and maps.
@@ -56,6 +58,8 @@ type Dataplane struct {
 	// interface got (attachSteering)
 	steerWant SteerMode
 	steer     []SteerState
+	// xdpWant is the operator's XDP attach mode wish
+	xdpWant XDPAttach
 }
 
 // Load loads the programs, reuses the maps pinned under opts.PinPath (so a
@@ -88,7 +92,12 @@ func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
 		lock.Close()
 		return nil, err
 	}
-	dp := &Dataplane{log: log, pinPath: opts.PinPath, lock: lock, steerWant: steerWant}
+	xdpWant, err := ParseXDPAttach(string(opts.XDPAttach))
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	dp := &Dataplane{log: log, pinPath: opts.PinPath, lock: lock, steerWant: steerWant, xdpWant: xdpWant}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, dp.Close())

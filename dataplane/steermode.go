@@ -51,6 +51,31 @@ func ParseSteerMode(s string) (SteerMode, error) {
 	return "", fmt.Errorf("steer mode %q: want auto, xdp or tc", s)
 }
 
+// XDPAttach is how an operator asks XDP to attach (--xdp-mode).
+type XDPAttach string
+
+const (
+	// XDPAttachAuto: native, or generic where the driver refuses native.
+	XDPAttachAuto XDPAttach = "auto"
+	// XDPAttachNative: native only; an interface that refuses it fails
+	// the attach.
+	XDPAttachNative XDPAttach = "native"
+	// XDPAttachGeneric: generic (skb) mode everywhere, e.g. around a
+	// driver whose native XDP misbehaves. Steering then takes tc.
+	XDPAttachGeneric XDPAttach = "generic"
+)
+
+// ParseXDPAttach reads an --xdp-mode value; "" is auto.
+func ParseXDPAttach(s string) (XDPAttach, error) {
+	switch m := XDPAttach(strings.ToLower(strings.TrimSpace(s))); m {
+	case "", XDPAttachAuto:
+		return XDPAttachAuto, nil
+	case XDPAttachNative, XDPAttachGeneric:
+		return m, nil
+	}
+	return "", fmt.Errorf("xdp mode %q: want auto, native or generic", s)
+}
+
 // XDP attach modes as the kernel reports them (IFLA_XDP_ATTACHED).
 const (
 	XDPNative  = "native"

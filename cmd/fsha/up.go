@@ -43,6 +43,8 @@ func upFlags() []cli.Flag {
 			Usage: "capacity of the map of the other nodes' replicated connections (all nodes together)"},
 		&cli.StringFlag{Name: "steer-mode", Value: string(dataplane.SteerAuto), EnvVars: []string{"FSHA_STEER_MODE"},
 			Usage: "how a planned move steers old connections to their node: auto (per interface: xdp for native XDP on NICs known for XDP_TX, else tc), xdp (XDP_TX) or tc (TC ingress redirect)"},
+		&cli.StringFlag{Name: "xdp-mode", Value: string(dataplane.XDPAttachAuto), EnvVars: []string{"FSHA_XDP_MODE"},
+			Usage: "how the XDP program attaches: auto (native, generic where the driver refuses native), native (fail where refused) or generic (skb mode everywhere; steering then takes tc)"},
 		&cli.DurationFlag{Name: "prune-interval", Value: 30 * time.Second, EnvVars: []string{"FSHA_PRUNE_INTERVAL"},
 			Usage: "how often flows without a local socket (a killed server, a close missed while restarting) are removed"},
 		&cli.DurationFlag{Name: "stats-interval", Value: time.Minute, EnvVars: []string{"FSHA_STATS_INTERVAL"},
@@ -128,9 +130,13 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("--steer-mode: %w", err)
 	}
+	xdpMode, err := dataplane.ParseXDPAttach(c.String("xdp-mode"))
+	if err != nil {
+		return fmt.Errorf("--xdp-mode: %w", err)
+	}
 	dp, err := dataplane.Load(log, dataplane.Options{
 		PinPath: c.String("pin-path"), FlowsMax: uint32(flowsMax), Interfaces: ifaces,
-		PeerFlowsMax: uint32(min(c.Uint("peer-flows-max"), 1<<28)), SteerMode: steerMode,
+		PeerFlowsMax: uint32(min(c.Uint("peer-flows-max"), 1<<28)), SteerMode: steerMode, XDPAttach: xdpMode,
 	})
 	if err != nil {
 		return err
@@ -327,10 +333,13 @@ func checkConfig(c *cli.Context) error {
 
 // describeSteering checks --steer-mode and says, per public interface,
 // whether it exists and which steering path fsha up would take there.
-func describeSteering(mode string, addrs []config.PublicAddress) (string, error) {
+func describeSteering(mode, xdpMode string, addrs []config.PublicAddress) (string, error) {
 	want, err := dataplane.ParseSteerMode(mode)
 	if err != nil {
 		return "", fmt.Errorf("--steer-mode: %w", err)
+	}
+	if _, err := dataplane.ParseXDPAttach(xdpMode); err != nil {
+		return "", fmt.Errorf("--xdp-mode: %w", err)
 	}
 	var ifaces []string
 	for _, a := range addrs {
@@ -371,7 +380,7 @@ func describeConfig(c *cli.Context) (string, error) {
 		return "", err
 	}
 	what := fmt.Sprintf("%s: %d public addresses; ports %s", c.String("public-addresses"), len(addrs), c.String("ports"))
-	steer, err := describeSteering(c.String("steer-mode"), addrs)
+	steer, err := describeSteering(c.String("steer-mode"), c.String("xdp-mode"), addrs)
 	if err != nil {
 		return "", err
 	}

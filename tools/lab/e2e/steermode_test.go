@@ -22,6 +22,8 @@ import (
 // as the kernel sees the interface, and sets it up in the kernel: with
 // auto, tc (TC ingress attached next to TC egress); with --steer-mode xdp
 // after a restart, xdp (TC ingress detached); back to auto, tc again.
+// With --xdp-mode generic the program runs in generic (skb) mode and
+// steers by tc; back to the default, native again; --xdp-mode native too.
 // The oracles are the kernel's (bpftool net, ethtool -i, ip link) and
 // what fsha counters reports must agree with them.
 func TestSteerModeAttach(t *testing.T) {
@@ -41,17 +43,26 @@ func TestSteerModeAttach(t *testing.T) {
 		args      []string
 		steer     string
 		tcIngress bool
+		generic   bool
 	}{
-		{nil, "tc", true},
-		{[]string{"--steer-mode", "xdp"}, "xdp", false},
-		{[]string{"--steer-mode", "auto"}, "tc", true},
+		{nil, "tc", true, false},
+		{[]string{"--steer-mode", "xdp"}, "xdp", false, false},
+		{[]string{"--steer-mode", "auto"}, "tc", true, false},
+		// forced generic, then back to auto: native again
+		{[]string{"--xdp-mode", "generic"}, "tc", true, true},
+		{nil, "tc", true, false},
+		{[]string{"--xdp-mode", "native"}, "tc", true, false},
 	} {
+		xdpMode, bpftoolMode := dataplane.XDPNative, "driver"
+		if c.generic {
+			xdpMode, bpftoolMode = dataplane.XDPGeneric, "generic"
+		}
 		up, err := n.FshaUp(ctx, []netip.Prefix{vip}, c.args...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
-		err = up.WaitLog(wctx, `"xdp_mode":"native","steer":"`+c.steer+`","reason"`)
+		err = up.WaitLog(wctx, `"xdp_mode":"`+xdpMode+`","steer":"`+c.steer+`","reason"`)
 		wcancel()
 		if err != nil {
 			t.Errorf("run %d %v: log: %v", i, c.args, err)
@@ -63,8 +74,8 @@ func TestSteerModeAttach(t *testing.T) {
 			t.Fatalf("bpftool net show: %v\n%s", err, out)
 		}
 		t.Logf("run %d %v: bpftool net show dev %s:\n%s", i, c.args, lab.HostIface, out)
-		if !regexp.MustCompile(`(?m)^` + lab.HostIface + `\(\d+\) driver id \d+`).Match(out) {
-			t.Errorf("run %d %v: no native XDP on %s (bpftool says \"generic\" for generic mode)", i, c.args, lab.HostIface)
+		if !regexp.MustCompile(`(?m)^` + lab.HostIface + `\(\d+\) ` + bpftoolMode + ` id \d+`).Match(out) {
+			t.Errorf("run %d %v: no %s XDP on %s (bpftool says \"driver\" for native mode, \"generic\" for generic)", i, c.args, xdpMode, lab.HostIface)
 		}
 		wantIngress := []string(nil)
 		if c.tcIngress {
@@ -82,7 +93,7 @@ func TestSteerModeAttach(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := dataplane.SteerState{Interface: lab.HostIface, Ifindex: steerIfindex(steer), Driver: "veth", XDPMode: dataplane.XDPNative, Steer: c.steer}
+		want := dataplane.SteerState{Interface: lab.HostIface, Ifindex: steerIfindex(steer), Driver: "veth", XDPMode: xdpMode, Steer: c.steer}
 		if len(steer) != 1 || steer[0] != want {
 			t.Errorf("run %d %v: fsha counters says %+v, want [%+v]", i, c.args, steer, want)
 		}

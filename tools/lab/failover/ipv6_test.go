@@ -17,7 +17,8 @@ import (
 // another IPv6 VIP's holder: its blocked raw SMB and NFS clients are
 // reset (the tickles of IPv6 clients; the new holder's kernel dropped
 // none of their answers as misaddressed) and a new connection is
-// answered by the node that announced it with an unsolicited NA.
+// answered by the node that announced it with an unsolicited NA. Last, a
+// third IPv6 VIP moved with --kill resets its idle client at once.
 // Throughout, a monitor on the client asks every 10 ms, by ARP and by
 // neighbour solicitation, who answers for each VIP: no VIP is ever
 // answered by two nodes.
@@ -36,6 +37,32 @@ func TestIPv6DualStack(t *testing.T) {
 	e.powerCutResets(v6[1], "a dual-stack lab (IPv6 VIP)")
 	e.waitConverged(e.up()...)
 	e.checkNeighbourMonitor(m, v6[1].Addr())
+	e.moveKill(v6[2])
+}
+
+// moveKill moves vip with `fsha move --kill` while an idle raw NFS client
+// waits on it: no drain, the client is reset at once by the old holder.
+func (e *env) moveKill(vip netip.Prefix) {
+	t := e.t
+	t.Helper()
+	from := e.owner(vip, e.up()...)
+	to := e.c.Others(append([]*lab.ClusterNode{from}, e.down...)...)[0]
+	idle, err := dialNFS(e.ctx, e.client, vip.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := blockedRead(idle)
+	e.waitFlows(to, from, false, idle.Key())
+	kill := time.Now()
+	if out, err := from.Admin(e.ctx, "move", vip.Addr().String(), to.IP().String(), "--kill"); err != nil {
+		t.Fatalf("fsha move --kill: %v: %s", err, out)
+	}
+	d := e.waitReset("idle NFS client of "+vip.String()+" moved with --kill", done, kill)
+	t.Logf("move --kill of %s from %s to %s: idle client reset after %v", vip, from.Role, to.Role, d.Round(time.Millisecond))
+	e.waitConverged(e.up()...)
+	if o := e.owner(vip, e.up()...); o != to {
+		t.Errorf("%s on %s after the move --kill, want %s", vip, o.Role, to.Role)
+	}
 }
 
 // overlapWindow: a MAC answering again this soon after another answered

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fsha/fsha/control/admin"
+	"github.com/fsha/fsha/dataplane"
 	"github.com/fsha/fsha/tools/lab"
 )
 
@@ -30,9 +31,21 @@ func TestTopologyMacvlan(t *testing.T) { runTopology(t, lab.Macvlan) }
 // TestTopologyVXLAN: the cluster on a VXLAN overlay.
 func TestTopologyVXLAN(t *testing.T) { runTopology(t, lab.VXLAN) }
 
+// TestGenericXDPForced: the bridge lab with --xdp-mode generic, as an
+// operator forces it around a driver whose native XDP misbehaves.
+func TestGenericXDPForced(t *testing.T) {
+	e := newEnvWith(t, lab.Options{Topology: lab.Bridge}, lab.ClusterOptions{Nodes: 3,
+		FshaArgs: []string{"--drain-timeout", drainTimeout, "--xdp-mode", "generic"}})
+	e.wantXDP = dataplane.XDPGeneric
+	e.checkGenericXDP("veth")
+	e.move(e.c.VIPs[0])
+	e.waitConverged(e.c.Nodes...)
+	e.powerCutResets(e.c.VIPs[1], "veth with generic XDP forced")
+}
+
 func runTopology(t *testing.T, topo lab.Topology) {
 	e := newEnvWith(t, lab.Options{Topology: topo}, lab.ClusterOptions{Nodes: 3, FshaArgs: []string{"--drain-timeout", drainTimeout}})
-	e.checkGenericXDP(topo)
+	e.checkGenericXDP(map[lab.Topology]string{lab.Macvlan: "macvlan", lab.VXLAN: "vxlan"}[topo])
 	vip := e.c.VIPs[0]
 	e.move(vip)
 	e.waitConverged(e.c.Nodes...)
@@ -40,16 +53,15 @@ func runTopology(t *testing.T, topo lab.Topology) {
 }
 
 // checkGenericXDP: the kernel runs fsha's XDP program on every node's eth0
-// in generic mode (ip -d link says xdpgeneric), and fsha says it chose
-// the tc path for it.
-func (e *env) checkGenericXDP(topo lab.Topology) {
+// (a device of kind) in generic mode (ip -d link says xdpgeneric), and
+// fsha says it chose the tc path for it.
+func (e *env) checkGenericXDP(kind string) {
 	e.t.Helper()
 	for _, n := range e.c.Nodes {
 		out, err := n.Run(e.ctx, "ip", "-d", "link", "show", "dev", lab.HostIface)
 		if err != nil {
 			e.t.Fatalf("ip -d link show in %s: %v\n%s", n.Role, err, out)
 		}
-		kind := map[lab.Topology]string{lab.Macvlan: "macvlan", lab.VXLAN: "vxlan"}[topo]
 		if !strings.Contains(string(out), "xdpgeneric") || !strings.Contains(string(out), kind) {
 			e.t.Errorf("%s's %s: want a %s device with a generic XDP program:\n%s", n.Role, lab.HostIface, kind, out)
 		}
