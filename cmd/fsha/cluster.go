@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -375,7 +376,10 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 			log.Warn("arp sysctls", zap.String("interface", name), zap.Error(err))
 		}
 	}
-	checker := health.New(log, health.Config{Interfaces: ifaces, Groups: groups, Appeared: appeared, Checks: checks})
+	attached := func(name string) bool {
+		return slices.ContainsFunc(dp.Attachments(), func(a dataplane.Attachment) bool { return a.Interface == name && a.Hook == "xdp" })
+	}
+	checker := health.New(log, health.Config{Interfaces: ifaces, Groups: groups, Appeared: appeared, Attached: attached, Checks: checks})
 
 	takeovers := metrics.NewTakeovers()
 	// No public interface: a public_addresses file with no address (a

@@ -109,6 +109,11 @@ type Config struct {
 	// when a watched interface appears after the start, or comes back
 	// under a new index: the programs must be attached to it again.
 	Appeared func(name string)
+	// Attached, if set, tells whether the programs are on the interface
+	// now: one present at the watch's start but not attached (it appeared
+	// between the data plane's start and this one) is reported to
+	// Appeared too.
+	Attached func(name string) bool
 	Checks   []Check
 	Interval time.Duration // between check rounds
 	Timeout  time.Duration // of one check
@@ -292,10 +297,7 @@ func (c *Checker) Run(ctx context.Context) error {
 		case err != nil:
 			return fmt.Errorf("public interface %s: %w", name, err)
 		}
-		c.mu.Lock()
-		c.index[name] = l.Attrs().Index
-		c.mu.Unlock()
-		c.setLink(name, linkIsUp(l))
+		c.present(name, l.Attrs().Index, linkIsUp(l))
 	}
 	c.runChecks(ctx)
 	c.mu.Lock()
@@ -323,6 +325,20 @@ func (c *Checker) Run(ctx context.Context) error {
 func linkIsUp(l netlink.Link) bool {
 	a := l.Attrs()
 	return a.Flags&net.FlagUp != 0 && (a.OperState == netlink.OperUp || a.OperState == netlink.OperUnknown)
+}
+
+// present notes a watched interface found at the watch's start; one the
+// data plane has not attached to (it appeared in between) is reported to
+// Appeared.
+func (c *Checker) present(name string, index int, up bool) {
+	c.mu.Lock()
+	c.index[name] = index
+	c.mu.Unlock()
+	if c.cfg.Attached != nil && c.cfg.Appeared != nil && !c.cfg.Attached(name) {
+		c.log.Info("public interface appeared since the data plane started", zap.String("interface", name))
+		c.cfg.Appeared(name)
+	}
+	c.setLink(name, up)
 }
 
 // update applies a link message: a watched interface deleted is missing

@@ -82,3 +82,24 @@ func TestLinkNoGroups(t *testing.T) {
 		t.Fatalf("reasons %v", why)
 	}
 }
+
+// At the watch's start, an interface present but without the programs
+// (it appeared after the data plane started) is reported to Appeared; one
+// with them is not.
+func TestLinkPresentAtStart(t *testing.T) {
+	var appeared []string
+	c := New(zap.NewNop(), Config{
+		Interfaces: []string{"eth0", "eth1"},
+		Appeared:   func(name string) { appeared = append(appeared, name) },
+		Attached:   func(name string) bool { return name == "eth0" },
+	})
+	c.present("eth0", 2, true)
+	c.present("eth1", 3, true)
+	if !slices.Equal(appeared, []string{"eth1"}) || !c.LinkUp("eth0") || !c.LinkUp("eth1") {
+		t.Fatalf("appeared %v, links %v %v; want eth1 reported, both up", appeared, c.LinkUp("eth0"), c.LinkUp("eth1"))
+	}
+	c.update(linkMsg(unix.RTM_NEWLINK, "eth1", 3, true))
+	if !slices.Equal(appeared, []string{"eth1"}) {
+		t.Fatalf("appeared %v: eth1's index is known now", appeared)
+	}
+}
