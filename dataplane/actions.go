@@ -74,6 +74,25 @@ func (a *Actions) announcer(iface string) (*Announcer, error) {
 	return an, nil
 }
 
+// ForgetInterface closes the announcer and the tickler of iface: the
+// interface was created again (a new index), and their packet sockets
+// still send through the old one. The next use opens new ones.
+func (a *Actions) ForgetInterface(iface string) error {
+	a.mu.Lock()
+	an, t := a.announcers[iface], a.ticklers[iface]
+	delete(a.announcers, iface)
+	delete(a.ticklers, iface)
+	a.mu.Unlock()
+	var errs []error
+	if an != nil {
+		errs = append(errs, an.Close())
+	}
+	if t != nil {
+		errs = append(errs, t.Close())
+	}
+	return errors.Join(errs...)
+}
+
 // RenewLease lets the programs answer for the VIPs for d more.
 func (a *Actions) RenewLease(d time.Duration) error { return a.maps.RenewLease(d) }
 

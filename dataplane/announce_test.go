@@ -569,3 +569,24 @@ func waitMcastRoute(t *testing.T, h *netlink.Handle, link netlink.Link) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// ForgetInterface closes the interface's announcer (its socket belongs to
+// a former incarnation of the interface) and forgets it; other interfaces
+// keep theirs.
+func TestActionsForgetInterface(t *testing.T) {
+	a := NewActions(zaptest.NewLogger(t), nil)
+	old, other := newUDPAnnouncer(t), newUDPAnnouncer(t)
+	a.announcers["eth1"], a.announcers["eth0"] = old.Announcer, other.Announcer
+	if err := a.ForgetInterface("eth1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.Announce(context.Background(), netip.MustParseAddr("198.18.0.201"), 1, time.Millisecond); !errors.Is(err, ErrAnnouncerClosed) {
+		t.Errorf("the forgotten announcer still announces: %v", err)
+	}
+	if a.announcers["eth1"] != nil || a.announcers["eth0"] != other.Announcer {
+		t.Errorf("announcers after forgetting eth1: %v", a.announcers)
+	}
+	if err := a.ForgetInterface("eth9"); err != nil {
+		t.Errorf("forgetting an interface never used: %v", err)
+	}
+}

@@ -369,6 +369,9 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 		groups = append(groups, a.Interfaces)
 	}
 	appeared := func(name string) {
+		if err := actions.ForgetInterface(name); err != nil {
+			log.Warn("close the packet sockets of a former interface", zap.String("interface", name), zap.Error(err))
+		}
 		if _, err := dp.AttachInterface(name); err != nil {
 			log.Error("attach to a public interface that appeared", zap.String("interface", name), zap.Error(err))
 		}
