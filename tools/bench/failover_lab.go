@@ -1,6 +1,6 @@
 package main
 
-// Helpers shared by the failover and replication suites: the lab cluster
+// Helpers shared by the failover, replication and drain suites: the lab cluster
 // they run in, a crash that cuts the network before it kills anything,
 // a blocked SMB client and percentiles over trials.
 
@@ -40,15 +40,21 @@ func registerLabFlags(fs *flag.FlagSet) {
 	if fs.Lookup("fsha-bin") != nil {
 		return
 	}
-	fs.StringVar(&labOpts.fsha, "fsha-bin", "bin/fsha", "failover, replication: the fsha binary the lab nodes run (a copy of it; make build); built from this tree when missing")
-	fs.BoolVar(&labOpts.keep, "lab-keep", false, "failover, replication: keep the lab's run directory (configs, logs) after the suite")
+	fs.StringVar(&labOpts.fsha, "fsha-bin", "bin/fsha", "failover, replication, drain: the fsha binary the lab nodes run (a copy of it; make build); built from this tree when missing")
+	fs.BoolVar(&labOpts.keep, "lab-keep", false, "failover, replication, drain: keep the lab's run directory (configs, logs) after the suite")
 }
 
 // benchLab builds an empty lab whose nodes run a private copy of the fsha
 // binary (-fsha-bin, or a build of this tree when that does not exist):
 // a `make build` elsewhere during the run cannot swap the binary under a
 // node that restarts. The caller closes the lab.
-func benchLab(ctx context.Context, log *zap.Logger) (_ *lab.Lab, err error) {
+func benchLab(ctx context.Context, log *zap.Logger) (*lab.Lab, error) {
+	return benchLabWith(ctx, log, lab.Options{})
+}
+
+// benchLabWith is benchLab with lab options (Tuned, say); Fsha, Keep and
+// Log are benchLab's.
+func benchLabWith(ctx context.Context, log *zap.Logger, opts lab.Options) (_ *lab.Lab, err error) {
 	labLog := log.Named("lab")
 	if !log.Core().Enabled(zapcore.DebugLevel) {
 		// the lab logs every process start and link change at info
@@ -75,7 +81,8 @@ func benchLab(ctx context.Context, log *zap.Logger) (_ *lab.Lab, err error) {
 			return nil, fmt.Errorf("build fsha: %w: %s", err, out)
 		}
 	}
-	l, err := lab.New(lab.Options{Fsha: bin, Keep: labOpts.keep, Log: labLog})
+	opts.Fsha, opts.Keep, opts.Log = bin, labOpts.keep, labLog
+	l, err := lab.New(opts)
 	if err != nil {
 		return nil, err
 	}

@@ -42,6 +42,7 @@ var suites = []*suite{
 	failoverSuite(),
 	replicationSuite(),
 	iofreezeSuite(),
+	drainSuite(),
 }
 
 func main() {
