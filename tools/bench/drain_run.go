@@ -97,7 +97,7 @@ func (b *drainBench) runPath(ctx context.Context, log *zap.Logger, p drainPath) 
 			closeRPC(conns)
 		}
 	}()
-	log.Info("connections open", zap.String("path", p.name), zap.Int("n", len(conns)), zap.Stringer("vip", addr),
+	log.Info("connections open", zap.Int("n", len(conns)), zap.Stringer("vip", addr),
 		zap.String("owner", old.Role), zap.Duration("took", time.Since(t0)))
 	// the new holder must know every connection before the move, or it
 	// would not steer it
@@ -166,10 +166,10 @@ func (b *drainBench) runPath(ctx context.Context, log *zap.Logger, p drainPath) 
 	if ip, err := ipState(ctx, old, vip); err != nil || ip.State != "draining" || ip.DrainingFrom != old.IP().String() {
 		log.Warn("the old holder does not say it drains", zap.String("node", old.Role), zap.Any("ip", ip), zap.Error(err))
 	}
-	if res.serverSockets, err = serverSockets(old, addr, conns); err != nil {
+	if res.serverSockets, err = serverSockets(ctx, old, addr, conns); err != nil {
 		return nil, err
 	}
-	log.Info("moved and swept", zap.String("path", p.name), zap.String("from", old.Role), zap.String("to", next.Role),
+	log.Info("moved and swept", zap.String("from", old.Role), zap.String("to", next.Role),
 		zap.String("vip_up", fmtDur(res.vipUp, 0)), zap.String("all_answered", fmtDur(res.allAnswered, 0)),
 		zap.Int("failed", res.failed), zap.Int("old_holder_sockets", res.serverSockets),
 		zap.Uint64("steered_xdp", res.steeredXDP), zap.Uint64("steered_tc", res.steeredTC), zap.Any("eth0", res.eth0))
@@ -245,22 +245,26 @@ func waitPeerFlows(ctx context.Context, n, owner *lab.ClusterNode, vip netip.Add
 	})
 }
 
-// serverSockets counts the established sockets of the connections on n.
-func serverSockets(n *lab.ClusterNode, vip netip.AddrPort, conns []*rpcConn) (int, error) {
-	socks, err := diagIn(n)
+// serverSockets counts the established sockets of the connections on n,
+// as `ss` in its namespace lists them.
+func serverSockets(ctx context.Context, n *lab.ClusterNode, vip netip.AddrPort, conns []*rpcConn) (int, error) {
+	out, err := n.Output(ctx, "ss", "-Htn", "state", "established", fmt.Sprintf("( sport = :%d )", vip.Port()))
 	if err != nil {
-		return 0, fmt.Errorf("sock_diag in %s: %w", n.Role, err)
+		return 0, fmt.Errorf("ss in %s: %w: %s", n.Role, err, out)
 	}
-	want := map[uint16]bool{}
+	want := map[netip.AddrPort]bool{}
 	for _, rc := range conns {
-		want[rc.local.Port()] = true
+		want[rc.local] = true
 	}
-	client := conns[0].local.Addr().AsSlice()
 	count := 0
-	for _, s := range socks {
-		id := s.InetDiagMsg.ID
-		if s.InetDiagMsg.State == unix.BPF_TCP_ESTABLISHED && id.SourcePort == vip.Port() &&
-			id.Source.Equal(vip.Addr().AsSlice()) && id.Destination.Equal(client) && want[id.DestinationPort] {
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line) // Recv-Q Send-Q Local Peer
+		if len(f) < 4 {
+			continue
+		}
+		local, err1 := netip.ParseAddrPort(f[2])
+		peer, err2 := netip.ParseAddrPort(f[3])
+		if err1 == nil && err2 == nil && local == vip && want[peer] {
 			count++
 		}
 	}
