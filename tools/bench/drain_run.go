@@ -246,7 +246,8 @@ func waitPeerFlows(ctx context.Context, n, owner *lab.ClusterNode, vip netip.Add
 }
 
 // serverSockets counts the established sockets of the connections on n,
-// as `ss` in its namespace lists them.
+// as `ss` in its namespace lists them (nfs-ganesha's are AF_INET6 sockets
+// with v4-mapped addresses).
 func serverSockets(ctx context.Context, n *lab.ClusterNode, vip netip.AddrPort, conns []*rpcConn) (int, error) {
 	out, err := n.Output(ctx, "ss", "-Htn", "state", "established", fmt.Sprintf("( sport = :%d )", vip.Port()))
 	if err != nil {
@@ -264,7 +265,13 @@ func serverSockets(ctx context.Context, n *lab.ClusterNode, vip netip.AddrPort, 
 		}
 		local, err1 := netip.ParseAddrPort(f[2])
 		peer, err2 := netip.ParseAddrPort(f[3])
-		if err1 == nil && err2 == nil && local == vip && want[peer] {
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		// Ganesha's sockets are IPv6 ones: [::ffff:198.18.0.201]:2049
+		local = netip.AddrPortFrom(local.Addr().Unmap(), local.Port())
+		peer = netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port())
+		if local == vip && want[peer] {
 			count++
 		}
 	}

@@ -139,6 +139,9 @@ func (r *drainResult) check() []error {
 	if r.failed > 0 {
 		errs = append(errs, fmt.Errorf("path %s: %d of %d connections failed (%d reset), first: %w", r.path, r.failed, r.conns, r.reset, r.firstFailure))
 	}
+	if live := r.conns - r.failed; r.serverSockets != live {
+		errs = append(errs, fmt.Errorf("path %s: the old holder %s serves %d of the %d live connections during the drain", r.path, r.old, r.serverSockets, live))
+	}
 	mine, other := r.steeredTC, r.steeredXDP
 	if r.path == "xdp" {
 		mine, other = r.steeredXDP, r.steeredTC
@@ -161,7 +164,7 @@ func (b *drainBench) report(out io.Writer, results []*drainResult, took time.Dur
 		" from the move request (all answered = the last answer of the first sweep during); drain end from the last close (FIN) until\n"+
 		" the VIP left the old holder's loopback and no node's `fsha ip` said draining; steered = the new holder's counters, XDP_TX / TC)\n\n",
 		b.sweeps)
-	t := &table{header: []string{"path", "conns", "failed/reset", "same conn", "RTT before p50/p99/max µs", "RTT during p50/p99/max µs",
+	t := &table{header: []string{"path", "conns", "failed/reset", "on old holder", "RTT before p50/p99/max µs", "RTT during p50/p99/max µs",
 		"VIP up", "all answered", "drain end", "steered xdp/tc", "drain ended by"}}
 	for _, r := range results {
 		end := fmtDur(r.drainEnd, 0)
@@ -180,7 +183,7 @@ func (b *drainBench) report(out io.Writer, results []*drainResult, took time.Dur
 	if err := t.write(out); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "\n(same conn = the old holder's established server sockets of the connections after the sweeps during the drain; %s)\n", load.summary())
+	fmt.Fprintf(out, "\n(on old holder = the old holder's established server sockets of the connections after the sweeps during the drain; %s)\n", load.summary())
 	return nil
 }
 
