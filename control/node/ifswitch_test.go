@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/fsha/fsha/control/admin"
 	"github.com/fsha/fsha/control/allocation"
+	"github.com/fsha/fsha/control/config"
+	"github.com/fsha/fsha/control/ownership"
 )
 
 func TestNextInterface(t *testing.T) {
@@ -124,5 +127,41 @@ func TestVIPFollowsLinkToSecondInterface(t *testing.T) {
 	time.Sleep(2500 * time.Millisecond)
 	if !on("eth1") || on("eth0") {
 		t.Errorf("after eth0 came back, %s on eth0 %v, eth1 %v; want it to stay on eth1", vip, on("eth0"), on("eth1"))
+	}
+}
+
+// A drainer whose MAC changes (its first public interface lost link) is
+// steered to again with the new MAC; an unchanged one is not touched.
+func TestSteeringFollowsDrainerMAC(t *testing.T) {
+	w := newWorld()
+	vip := config.PublicAddress{Prefix: netip.MustParsePrefix("198.18.1.10/24"), Interfaces: []string{"eth0", "eth1"}}
+	nodes := []config.Node{{PNN: 0, Addr: netip.MustParseAddr("127.0.1.1")}, {PNN: 1, Addr: netip.MustParseAddr("127.0.1.2")}, {PNN: 2, Addr: netip.MustParseAddr("127.0.1.3")}}
+	n, err := New(testLogger(t), Config{Nodes: nodes, Self: 0, VIPs: []config.PublicAddress{vip}, Timing: ownership.DefaultTiming(),
+		StateFile: t.TempDir() + "/state.json"}, nil, &fakeDP{world: w, node: 0}, &fakeHealth{healthy: true, ch: make(chan struct{}, 1)}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	macA, macB := [6]byte{2, 0, 0, 0, 0, 0xa}, [6]byte{2, 0, 0, 0, 0, 0xb}
+	snap := func(mac [6]byte) ownership.Snapshot {
+		return ownership.Snapshot{Nodes: []ownership.NodeView{{PNN: 0, Alive: true}, {PNN: 1, Alive: true}},
+			VIPs: []ownership.VIPView{{Addr: vip.VIP(), Holder: 0, Drainers: []int{1}}}, MACs: map[int][6]byte{1: mac}}
+	}
+	calls := func() []steerCall {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return slices.Clone(w.steers)
+	}
+	s := newSteering(n)
+	s.update(snap(macA))
+	s.apply(context.Background())
+	s.update(snap(macA))
+	s.apply(context.Background())
+	if got := calls(); len(got) != 1 || got[0].mac != macA || !got[0].on || got[0].owner != 1 {
+		t.Fatalf("steers %+v, want one to node 1 at %x", got, macA)
+	}
+	s.update(snap(macB))
+	s.apply(context.Background())
+	if got := calls(); len(got) != 2 || got[1].mac != macB || !got[1].on {
+		t.Fatalf("steers %+v, want a second one at the new MAC %x", got, macB)
 	}
 }

@@ -38,6 +38,15 @@ type world struct {
 	// the VIPs each node's data plane was last told to track (SetVIPs)
 	flows   map[int]map[netip.Addr]int
 	tracked map[int][]netip.Addr
+	// steers records every Steer call, in order
+	steers []steerCall
+}
+
+type steerCall struct {
+	node, owner int
+	vip         netip.Addr
+	mac         [6]byte
+	on          bool
 }
 
 type tickleAt struct {
@@ -165,7 +174,12 @@ func (d *fakeDP) CountFlows(vip netip.Addr) (int, error) {
 func (d *fakeDP) ProbeVIP(netip.Addr, bool) (dataplane.DrainProbe, error) {
 	return dataplane.DrainProbe{}, nil
 }
-func (d *fakeDP) Steer(netip.Addr, int, [6]byte, bool, int) error { return nil }
+func (d *fakeDP) Steer(vip netip.Addr, owner int, mac [6]byte, on bool, _ int) error {
+	d.world.mu.Lock()
+	defer d.world.mu.Unlock()
+	d.world.steers = append(d.world.steers, steerCall{node: d.node, owner: owner, vip: vip, mac: mac, on: on})
+	return nil
+}
 func (d *fakeDP) KillVIP(netip.Addr) (dataplane.KillStats, error) { return dataplane.KillStats{}, nil }
 
 // LocalVIPs lists the candidates' addresses on every interface (ifaces is

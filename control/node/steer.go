@@ -24,13 +24,17 @@ type steering struct {
 	mu   sync.Mutex
 	want map[steerKey][6]byte
 	have map[steerKey]bool
+	// mac is the MAC each steering in have was applied with: a drainer
+	// whose MAC changed (its first public interface lost link) is steered
+	// to again with the new one
+	mac  map[steerKey][6]byte
 	dead map[steerKey]bool // drainers that died: tickle their clients
 }
 
 type steerKey struct{ vip, owner int }
 
 func newSteering(n *Node) *steering {
-	return &steering{n: n, kick: make(chan struct{}, 1), want: map[steerKey][6]byte{}, have: map[steerKey]bool{}, dead: map[steerKey]bool{}}
+	return &steering{n: n, kick: make(chan struct{}, 1), want: map[steerKey][6]byte{}, have: map[steerKey]bool{}, mac: map[steerKey][6]byte{}, dead: map[steerKey]bool{}}
 }
 
 // update computes what to steer from a snapshot.
@@ -89,7 +93,7 @@ func (s *steering) ensure(i, owner int) error {
 	}
 	s.mu.Lock()
 	s.want[k] = mac
-	s.have[k] = true
+	s.have[k], s.mac[k] = true, mac
 	active := len(s.have)
 	s.mu.Unlock()
 	return s.n.dp.Steer(s.n.cfg.VIPs[i].VIP(), owner, mac, true, active)
@@ -124,13 +128,14 @@ func (s *steering) apply(ctx context.Context) {
 		if _, ok := s.want[k]; !ok {
 			changes = append(changes, change{k: k, dead: s.dead[k]})
 			delete(s.have, k)
+			delete(s.mac, k)
 			delete(s.dead, k)
 		}
 	}
 	for k, mac := range s.want {
-		if !s.have[k] {
+		if !s.have[k] || s.mac[k] != mac {
 			changes = append(changes, change{k: k, mac: mac, on: true})
-			s.have[k] = true
+			s.have[k], s.mac[k] = true, mac
 		}
 	}
 	active := len(s.want)

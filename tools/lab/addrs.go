@@ -18,6 +18,24 @@ func ClientAddr(i int) netip.Prefix { return hostAddr(100 + i) }
 // VIP is the i-th public address (from 1), prefix included.
 func VIP(i int) netip.Prefix { return hostAddr(200 + i) }
 
+// PublicSubnet is a cluster's public network when it has its own
+// (ClusterOptions.PublicNet): VIP i is .200+i there, client i also has
+// .100+i, and the nodes have no address in it, as when the VIPs live on
+// dedicated interfaces apart from the nodes' own network.
+var PublicSubnet = netip.MustParsePrefix("198.18.2.0/24")
+
+// PublicVIP is the i-th public address (from 1) in PublicSubnet.
+func PublicVIP(i int) netip.Prefix { return publicAddr(200 + i) }
+
+// PublicClientAddr is client i's address (from 1) in PublicSubnet.
+func PublicClientAddr(i int) netip.Prefix { return publicAddr(100 + i) }
+
+func publicAddr(last int) netip.Prefix {
+	a := PublicSubnet.Addr().As4()
+	a[3] = byte(last)
+	return netip.PrefixFrom(netip.AddrFrom4(a), PublicSubnet.Bits())
+}
+
 // Subnet6 is the dual-stack lab's IPv6 prefix: each host's IPv6 address
 // ends in the same digits as its IPv4 one (node 1: 198.18.0.11 and
 // 2001:2::11), and so do the IPv6 VIPs (VIP6).

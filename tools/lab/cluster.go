@@ -31,6 +31,11 @@ type ClusterOptions struct {
 	// VIPIfaces is every VIP's interface list in public_addresses (a
 	// preference order); nil is eth0.
 	VIPIfaces []string
+	// PublicNet puts the IPv4 VIPs in PublicSubnet, a network of their own
+	// that the clients also have an address in and the nodes do not (with
+	// VIPIfaces: the VIPs' interfaces are the nodes' only way there, so
+	// their answers leave through them).
+	PublicNet bool
 	// ExtraIfaces are interfaces every node gets besides eth0 before its
 	// servers and fsha start: veths into the bridge, without an address
 	// (ifaces.go).
@@ -213,8 +218,12 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 		fmt.Fprintln(&nodes, NodeAddr(i).Addr())
 	}
 	for i := 1; i <= opts.VIPs; i++ {
-		c.VIPs = append(c.VIPs, VIP(i))
-		fmt.Fprintf(&pa, "%s %s\n", VIP(i), strings.Join(c.vipIfaces(), ","))
+		v := VIP(i)
+		if opts.PublicNet {
+			v = PublicVIP(i)
+		}
+		c.VIPs = append(c.VIPs, v)
+		fmt.Fprintf(&pa, "%s %s\n", v, strings.Join(c.vipIfaces(), ","))
 	}
 	for i := 1; i <= opts.IPv6VIPs; i++ {
 		c.VIPs = append(c.VIPs, VIP6(i))
@@ -263,6 +272,11 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 		cl, err := l.AddClient("c" + strconv.Itoa(i))
 		if err != nil {
 			return nil, err
+		}
+		if opts.PublicNet {
+			if err := cl.AddAddr(PublicClientAddr(i)); err != nil {
+				return nil, err
+			}
 		}
 		c.Clients = append(c.Clients, cl)
 	}

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,8 +16,10 @@ import (
 )
 
 // TestVIPMovesToSecondInterface: the VIPs live on dedicated public
-// interfaces, "eth1,eth2" in public_addresses, beside eth0 (the node's own
-// address and the cluster's traffic). eth2 does not exist when fsha
+// interfaces, "eth1,eth2" in public_addresses, in a network of their own
+// (lab.PublicSubnet), beside eth0 (the node's own address and the
+// cluster's traffic): answers to the clients leave through the VIP's
+// interface, where fsha tracks them. eth2 does not exist when fsha
 // starts: it starts all the same, healthy on eth1. Then eth2 appears on
 // every node and fsha attaches its programs to it (the kernel's view:
 // XDP on eth2). Then a VIP holder's eth1 loses its carrier (the switch
@@ -25,7 +29,7 @@ import (
 // ARP answers now come from eth2's MAC, no other node took the VIP, and
 // the holder's timeline says why. eth1 back: the VIP stays on eth2.
 func TestVIPMovesToSecondInterface(t *testing.T) {
-	e := newEnv(t, lab.ClusterOptions{Nodes: 3, VIPIfaces: []string{"eth1", "eth2"}, ExtraIfaces: []string{"eth1"}})
+	e := newEnv(t, lab.ClusterOptions{Nodes: 3, VIPIfaces: []string{"eth1", "eth2"}, ExtraIfaces: []string{"eth1"}, PublicNet: true})
 	for _, n := range e.c.Nodes {
 		if !strings.Contains(fshaLog(n), `"public interface missing`) {
 			t.Errorf("%s: fsha's log does not say eth2 is missing at its start", n.Role)
@@ -147,5 +151,55 @@ func TestVIPMovesToSecondInterface(t *testing.T) {
 	t.Logf("%s moved to eth2 on %s %v after the cut: %s", vip, holder.Role, moved.Round(time.Millisecond), tl[i].Reason)
 	for _, s := range tl[i].Steps {
 		t.Logf("  +%-8v %s", s.Took.Round(time.Microsecond), s.Step)
+	}
+	e.drainFromSecondInterface(vip, holder)
+}
+
+// drainFromSecondInterface moves vip, on holder's eth2 while its eth1 has
+// link again, to another node under a raw NFS session: the session lives
+// on through the drain, and the new holder steers its packets to the MAC
+// the old holder's heartbeats carry, its first public interface with link
+// (eth1, back up): one MAC per node, whatever interface the VIP was on.
+// The oracle is the old holder's kernel: eth1 receives the steered
+// packets, eth2 only what the bridge floods to both.
+func (e *env) drainFromSecondInterface(vip netip.Prefix, holder *lab.ClusterNode) {
+	t := e.t
+	t.Helper()
+	to := e.c.Others(holder)[0]
+	rc, err := dialNFS(e.ctx, e.client, vip.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startSession(rc, pingEvery)
+	defer s.Close()
+	e.waitFlows(to, holder, false, rc.Key())
+	rx := func(iface string) int64 {
+		t.Helper()
+		out, err := holder.Output(e.ctx, "cat", "/sys/class/net/"+iface+"/statistics/rx_packets")
+		if err != nil {
+			t.Fatalf("rx_packets of %s on %s: %v: %s", iface, holder.Role, err, out)
+		}
+		v, err := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	eth1, eth2, st := rx("eth1"), rx("eth2"), e.steered(to)
+	if out, err := holder.Admin(e.ctx, "move", vip.Addr().String(), to.IP().String()); err != nil {
+		t.Fatalf("fsha move: %v: %s", err, out)
+	}
+	e.waitFlows(to, holder, true, rc.Key())
+	time.Sleep(1500 * time.Millisecond) // the session talks through the steering
+	s.Close()
+	if err := s.Err(); err != nil {
+		t.Errorf("NFS session through %s broke in the drain: %v", vip, err)
+	}
+	after := e.steered(to)
+	steered := int64(after.xdp + after.tc - st.xdp - st.tc)
+	d1, d2 := rx("eth1")-eth1, rx("eth2")-eth2
+	t.Logf("drain of %s from %s's eth2 to %s: %d packets steered; %s received %d on eth2, %d on eth1", vip, holder.Role, to.Role, steered, holder.Role, d2, d1)
+	if steered == 0 || d1-d2 < steered/2 {
+		t.Errorf("the steered packets did not go to the node's first interface with link: %d steered, %s's eth1 received %d, eth2 %d", steered, holder.Role, d1, d2)
 	}
 }
