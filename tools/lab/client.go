@@ -207,6 +207,18 @@ func (c *Client) WatchAddr(addr netip.Addr) (*Watch, error) {
 			return fmt.Errorf("packet socket: %w", err)
 		}
 		w.fd = fd
+		filter, err := watchFilter(addr)
+		if err != nil {
+			return fmt.Errorf("socket filter: %w", err)
+		}
+		prog := make([]unix.SockFilter, len(filter))
+		for i, ins := range filter {
+			prog[i] = unix.SockFilter{Code: ins.Op, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}
+		}
+		if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
+			&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}); err != nil {
+			return fmt.Errorf("attach socket filter: %w", err)
+		}
 		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: lk.Attrs().Index}); err != nil {
 			return fmt.Errorf("bind packet socket: %w", err)
 		}

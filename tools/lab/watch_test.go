@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+	"golang.org/x/net/bpf"
 )
 
 // Frames for the Watch's decoder, built with gopacket (an encoder
@@ -113,5 +114,65 @@ func TestWatchDecodesIPv4(t *testing.T) {
 	f, ok = w.parse(serialize(t, eth4, ip, tcp))
 	if !ok || f.ARP || f.SrcPort != 2049 || f.DstPort != 40001 || f.Flags&FlagRST == 0 {
 		t.Errorf("RST from the VIP: %+v %v", f, ok)
+	}
+}
+
+// The Watch's socket filter keeps what the Watch reads and nothing else:
+// run in the x/net/bpf VM on the same frames.
+func TestWatchFilter(t *testing.T) {
+	vip4, other4 := netip.MustParseAddr("198.18.0.201"), netip.MustParseAddr("198.18.0.202")
+	vip6, other6 := netip.MustParseAddr("2001:2::201"), netip.MustParseAddr("2001:2::202")
+	client4, client6 := netip.MustParseAddr("198.18.0.101"), netip.MustParseAddr("2001:2::101")
+	tcp4 := func(src, dst netip.Addr) []byte {
+		eth := &layers.Ethernet{SrcMAC: watchMAC, DstMAC: watchPeer, EthernetType: layers.EthernetTypeIPv4}
+		ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+		tcp := &layers.TCP{SrcPort: 445, DstPort: 40000, ACK: true}
+		if err := tcp.SetNetworkLayerForChecksum(ip); err != nil {
+			t.Fatal(err)
+		}
+		return serialize(t, eth, ip, tcp)
+	}
+	arp := serialize(t, &layers.Ethernet{SrcMAC: watchMAC, DstMAC: watchPeer, EthernetType: layers.EthernetTypeARP},
+		&layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
+			Operation: layers.ARPRequest, SourceHwAddress: watchMAC, SourceProtAddress: client4.AsSlice(),
+			DstHwAddress: make([]byte, 6), DstProtAddress: vip4.AsSlice()})
+	for _, c := range []struct {
+		name  string
+		watch netip.Addr
+		frame []byte
+		keep  bool
+	}{
+		{"IPv4 TCP from the VIP", vip4, tcp4(vip4, client4), true},
+		{"IPv4 TCP to the VIP", vip4, tcp4(client4, vip4), true},
+		{"IPv4 TCP of another VIP", vip4, tcp4(other4, client4), false},
+		{"ARP", vip4, arp, true},
+		{"IPv6 to an IPv4 watch", vip4, tcp6Frame(t, client6, vip6, 40000, 445, false), false},
+		{"IPv6 TCP from the VIP", vip6, tcp6Frame(t, vip6, client6, 445, 40000, true), true},
+		{"IPv6 TCP to the VIP", vip6, tcp6Frame(t, client6, vip6, 40000, 445, false), true},
+		{"IPv6 TCP of another VIP", vip6, tcp6Frame(t, other6, client6, 445, 40000, false), false},
+		{"IPv6 TCP between others", vip6, tcp6Frame(t, client6, other6, 40000, 445, false), false},
+		{"NDP", vip6, ndpFrame(t, vip6, vip6, layers.ICMPv6TypeNeighborAdvertisement), true},
+		{"IPv4 to an IPv6 watch", vip6, tcp4(vip4, client4), false},
+		{"ARP to an IPv6 watch", vip6, arp, false},
+	} {
+		raw, err := watchFilter(c.watch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ins, ok := bpf.Disassemble(raw)
+		if !ok {
+			t.Fatalf("%s: the filter does not disassemble", c.name)
+		}
+		vm, err := bpf.NewVM(ins)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		n, err := vm.Run(c.frame)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if kept := n > 0; kept != c.keep {
+			t.Errorf("%s (watch %s): kept %v, want %v", c.name, c.watch, kept, c.keep)
+		}
 	}
 }
