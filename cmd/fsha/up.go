@@ -170,6 +170,9 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 		return err
 	}
 	log.Info("tracking", zap.Stringers("vips", vips), zap.Any("ports", ports), zap.Strings("interfaces", ifaces))
+	for _, w := range replyPathWarnings(addrs, kernelRouteDev) {
+		log.Warn("answers leave through another interface", zap.String("why", w))
+	}
 	// Real-time only now: loading the programs (the verifier, a
 	// migration) is the heaviest work of a start, and at real-time
 	// priority it would starve the other daemons of a small machine (the
@@ -361,6 +364,9 @@ func describeSteering(mode, xdpMode string, addrs []config.PublicAddress) (strin
 			continue
 		}
 		lines = append(lines, fmt.Sprintf("interface %s (driver %s): steering %s (--steer-mode %s: %s)", name, cmp.Or(driver, "none"), path, want, reason))
+	}
+	for _, w := range replyPathWarnings(addrs, kernelRouteDev) {
+		lines = append(lines, "warning: "+w)
 	}
 	return strings.Join(lines, "\n"), nil
 }
