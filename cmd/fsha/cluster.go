@@ -392,14 +392,10 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 		log.Warn("public_addresses lists no address: this node holds no VIP, it only votes")
 	} else {
 		// the first public interface present: peers steer a drain's
-		// packets to it (one MAC per node)
-		for _, name := range ifaces {
-			if ifi, err := net.InterfaceByName(name); err == nil && len(ifi.HardwareAddr) == 6 {
-				copy(mac[:], ifi.HardwareAddr)
-				break
-			}
-		}
+		// packets to it until health says which has link (MACNow)
+		mac = linkedMAC(ifaces, func(string) bool { return true })
 	}
+
 	// A VIP draining from here lives on loopback: the public interfaces
 	// must not answer ARP for it, nor announce it as a source.
 	for _, iface := range ifaces {

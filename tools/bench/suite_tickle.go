@@ -310,19 +310,7 @@ func (b *tickleBench) runReceiver(ctx context.Context, log *zap.Logger, pair *ve
 
 // pinThread pins the calling thread to b.cpu and, with -tickle-rt, makes
 // it SCHED_FIFO. The thread must be one onThread throws away.
-func (b *tickleBench) pinThread() error {
-	var set unix.CPUSet
-	set.Set(b.cpu)
-	if err := unix.SchedSetaffinity(0, &set); err != nil {
-		return fmt.Errorf("pin thread to cpu %d: %w", b.cpu, err)
-	}
-	if b.realtime {
-		if err := unix.SchedSetAttr(0, &unix.SchedAttr{Policy: unix.SCHED_FIFO, Priority: 10}, 0); err != nil {
-			return fmt.Errorf("set SCHED_FIFO: %w", err)
-		}
-	}
-	return nil
-}
+func (b *tickleBench) pinThread() error { return pinThread(b.cpu, b.realtime) }
 
 // measure tickles conns once and checks that b received them all. It
 // returns the first round's time and the CPU time the process used for it.

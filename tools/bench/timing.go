@@ -15,13 +15,17 @@ import (
 // SCHED_FIFO: other tasks cannot preempt it, they run on the other CPUs.
 // Callers sleep between runs to stay clear of RT throttling. The thread
 // must be one onThread throws away.
-func (b *dataplaneBench) pinThread() error {
+func (b *dataplaneBench) pinThread() error { return pinThread(b.cpu, b.realtime) }
+
+// pinThread pins the calling thread to cpu and, with realtime, makes it
+// SCHED_FIFO (priority 10).
+func pinThread(cpu int, realtime bool) error {
 	var set unix.CPUSet
-	set.Set(b.cpu)
+	set.Set(cpu)
 	if err := unix.SchedSetaffinity(0, &set); err != nil {
-		return fmt.Errorf("pin thread to cpu %d: %w", b.cpu, err)
+		return fmt.Errorf("pin thread to cpu %d: %w", cpu, err)
 	}
-	if b.realtime {
+	if realtime {
 		if err := unix.SchedSetAttr(0, &unix.SchedAttr{Policy: unix.SCHED_FIFO, Priority: 10}, 0); err != nil {
 			return fmt.Errorf("set SCHED_FIFO: %w", err)
 		}

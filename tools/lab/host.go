@@ -359,23 +359,4 @@ func (h *Host) LinkUp() error {
 
 // Addrs lists the IPv4 and IPv6 addresses on eth0 (link-local ones
 // excluded), as `ip addr show eth0` in the namespace would.
-func (h *Host) Addrs() ([]netip.Prefix, error) {
-	lk, err := h.eth0()
-	if err != nil {
-		return nil, err
-	}
-	list, err := h.nl.AddrList(lk, netlink.FAMILY_ALL)
-	if err != nil {
-		return nil, fmt.Errorf("list addresses in %s: %w", h.NS, err)
-	}
-	var out []netip.Prefix
-	for _, a := range list {
-		ip, ok := netip.AddrFromSlice(a.IP)
-		if !ok || ip.IsLinkLocalUnicast() {
-			continue
-		}
-		bits, _ := a.Mask.Size()
-		out = append(out, netip.PrefixFrom(ip.Unmap(), bits))
-	}
-	return out, nil
-}
+func (h *Host) Addrs() ([]netip.Prefix, error) { return h.AddrsOn(HostIface) }
