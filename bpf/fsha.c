@@ -461,7 +461,7 @@ int fsha_tc_ingress(struct __sk_buff *skb)
 	if (res != CANDIDATE || bpf_map_lookup_elem(&flows, &pkt.key))
 		return TCX_NEXT;
 	const __u8 *mac = 0;
-	if (steer_target(&pkt, &mac) != COUNTER_STEERED ||
+	if (steer_target(&pkt, skb->ifindex, &mac) != COUNTER_STEERED ||
 	    steer_mode_of(skb->ifindex) != STEER_MODE_TC)
 		return TCX_NEXT;
 	if (steer_rewrite(data, data_end, mac))

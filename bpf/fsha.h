@@ -16,7 +16,7 @@
  * pins of an fsha from before the marker.
  */
 enum pin_format_version {
-	PIN_FORMAT_VERSION = 2, /* 2: steer_modes map, counters 13 and 14 */
+	PIN_FORMAT_VERSION = 3, /* 2: steer_modes map, counters 13 and 14; 3: peer_macs map */
 };
 
 #define FSHA_AF_INET  2
@@ -239,10 +239,23 @@ enum steer_mode {
 	STEER_MODE_TC = 1,
 };
 
-/* Value of the node_macs map: where to steer a node's connections. */
+/* Value of the node_macs and peer_macs maps: where to steer a node's
+ * connections. */
 struct node_mac {
 	__u8 mac[6];
 	__u16 valid;
+};
+
+/*
+ * Key of the peer_macs map: a node's MAC on the network of one of this
+ * node's interfaces. A node with public interfaces on separate networks
+ * (VLANs, a storage and a client network) is reached on each at another
+ * MAC; a steered packet leaves by the interface it came in on, so it must
+ * be addressed to the owner's MAC on that interface's network.
+ */
+struct peer_mac_key {
+	__u32 owner;   /* PNN */
+	__u32 ifindex; /* this node's interface */
 };
 
 #define MAX_NODES 256

@@ -177,6 +177,17 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } node_macs SEC(".maps");
 
+/* peer_macs: (PNN, ifindex) -> node_mac: the node's MAC on that interface's
+ * network, from its heartbeats. Written by the daemon, read when a packet
+ * is steered; no entry: the node's MAC in node_macs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct peer_mac_key);
+	__type(value, struct node_mac);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} peer_macs SEC(".maps");
+
 /* flow_cache: direction * FLOW_CACHE_SLOTS + slot -> flow_cache_slot, per
  * CPU (see fsha.h). Written by both programs, each in its own half; read by
  * userspace, which adds the pending counts to what the flows map says. */

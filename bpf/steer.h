@@ -15,12 +15,13 @@
  * as the interface's mode says; both decide with steer_target and
  * steer_mode_of alone, so that they cannot diverge.
  *
- * steer_target: for a parsed packet of no local flow, returns
- * COUNTER_STEERED with *mac set to the owner's MAC, COUNTER_STEER_ERRORS
+ * steer_target: for a parsed packet of no local flow that came in on
+ * ifindex, returns COUNTER_STEERED with *mac set to the owner's MAC on that
+ * interface's network (peer_macs, else node_macs), COUNTER_STEER_ERRORS
  * for a flow to steer whose owner has no known MAC, or COUNTER_UNTRACKED
  * when the packet is not ours to steer.
  */
-static __always_inline int steer_target(struct packet *pkt, const __u8 **mac)
+static __always_inline int steer_target(struct packet *pkt, __u32 ifindex, const __u8 **mac)
 {
 	__u32 zero = 0;
 	__u32 *active = bpf_map_lookup_elem(&steering, &zero);
@@ -31,7 +32,10 @@ static __always_inline int steer_target(struct packet *pkt, const __u8 **mac)
 	if (!pf || !(pf->flags & PEER_F_STEER))
 		return COUNTER_UNTRACKED;
 	__u32 owner = pf->owner;
-	struct node_mac *nm = bpf_map_lookup_elem(&node_macs, &owner);
+	struct peer_mac_key pk = {.owner = owner, .ifindex = ifindex};
+	struct node_mac *nm = bpf_map_lookup_elem(&peer_macs, &pk);
+	if (!nm || !nm->valid)
+		nm = bpf_map_lookup_elem(&node_macs, &owner);
 	if (!nm || !nm->valid)
 		return COUNTER_STEER_ERRORS;
 	*mac = nm->mac;
@@ -63,7 +67,7 @@ static __always_inline int steer_rewrite(void *data, void *data_end, const __u8 
 static __always_inline int steer_xdp(struct xdp_md *ctx, struct packet *pkt)
 {
 	const __u8 *mac = 0;
-	int res = steer_target(pkt, &mac);
+	int res = steer_target(pkt, ctx->ingress_ifindex, &mac);
 
 	if (res != COUNTER_STEERED)
 		return res;

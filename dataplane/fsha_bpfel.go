@@ -161,10 +161,16 @@ type fshaPeerFlow struct {
 	Pad        uint8
 }
 
+type fshaPeerMacKey struct {
+	_       structs.HostLayout
+	Owner   uint32
+	Ifindex uint32
+}
+
 type fshaPinFormatVersion uint32
 
 const (
-	fshaPinFormatVersionPIN_FORMAT_VERSION fshaPinFormatVersion = 2
+	fshaPinFormatVersionPIN_FORMAT_VERSION fshaPinFormatVersion = 3
 )
 
 type fshaSteerMode uint32
@@ -232,6 +238,7 @@ const (
 	fshaMapLease                  = "lease"
 	fshaMapNodeMacs               = "node_macs"
 	fshaMapPeerFlows              = "peer_flows"
+	fshaMapPeerMacs               = "peer_macs"
 	fshaMapPinFormat              = "pin_format"
 	fshaMapPorts                  = "ports"
 	fshaMapSteerModes             = "steer_modes"
@@ -328,6 +335,7 @@ type fshaMapSpecs struct {
 	Lease        *ebpf.MapSpec `ebpf:"lease"`
 	NodeMacs     *ebpf.MapSpec `ebpf:"node_macs"`
 	PeerFlows    *ebpf.MapSpec `ebpf:"peer_flows"`
+	PeerMacs     *ebpf.MapSpec `ebpf:"peer_macs"`
 	PinFormat    *ebpf.MapSpec `ebpf:"pin_format"`
 	Ports        *ebpf.MapSpec `ebpf:"ports"`
 	SteerModes   *ebpf.MapSpec `ebpf:"steer_modes"`
@@ -394,6 +402,7 @@ type fshaMaps struct {
 	Lease        *ebpf.Map `ebpf:"lease"`
 	NodeMacs     *ebpf.Map `ebpf:"node_macs"`
 	PeerFlows    *ebpf.Map `ebpf:"peer_flows"`
+	PeerMacs     *ebpf.Map `ebpf:"peer_macs"`
 	PinFormat    *ebpf.Map `ebpf:"pin_format"`
 	Ports        *ebpf.Map `ebpf:"ports"`
 	SteerModes   *ebpf.Map `ebpf:"steer_modes"`
@@ -417,6 +426,7 @@ func (m *fshaMaps) Close() error {
 		m.Lease,
 		m.NodeMacs,
 		m.PeerFlows,
+		m.PeerMacs,
 		m.PinFormat,
 		m.Ports,
 		m.SteerModes,

@@ -42,6 +42,9 @@ type Maps struct {
 	// SteerModes: each interface's steering path (steermode.go); nil in
 	// the pins of an older fsha.
 	SteerModes *ebpf.Map
+	// PeerMacs: the other nodes' MACs per interface of this node
+	// (SetPeerMACs); nil in the pins of an older fsha.
+	PeerMacs *ebpf.Map
 
 	// leaseMu serialises the writers of the lease, vips, vip_leases and
 	// vip_deadlines maps, whose buckets are read, recomputed and written.
@@ -55,7 +58,7 @@ func mapsOf(m *fshaMaps) Maps {
 		Vips: m.Vips, VipFilter: m.VipFilter, Ports: m.Ports, Counters: m.Counters, Lease: m.Lease,
 		Handshakes: m.Handshakes, PeerFlows: m.PeerFlows, NodeMacs: m.NodeMacs, Steering: m.Steering,
 		FlowCache: m.FlowCache, VipLeases: m.VipLeases, VipDeadlines: m.VipDeadlines, VipGrants: m.VipGrants,
-		PinFormat: m.PinFormat, SteerModes: m.SteerModes, leaseMu: new(sync.Mutex),
+		PinFormat: m.PinFormat, SteerModes: m.SteerModes, PeerMacs: m.PeerMacs, leaseMu: new(sync.Mutex),
 	}
 }
 
@@ -68,7 +71,7 @@ func (m *Maps) byName() []namedMap {
 		{fshaMapHandshakes, m.Handshakes}, {fshaMapPeerFlows, m.PeerFlows},
 		{fshaMapNodeMacs, m.NodeMacs}, {fshaMapSteering, m.Steering}, {fshaMapFlowCache, m.FlowCache},
 		{fshaMapVipLeases, m.VipLeases}, {fshaMapVipDeadlines, m.VipDeadlines}, {fshaMapVipGrants, m.VipGrants},
-		{fshaMapPinFormat, m.PinFormat}, {fshaMapSteerModes, m.SteerModes},
+		{fshaMapPinFormat, m.PinFormat}, {fshaMapSteerModes, m.SteerModes}, {fshaMapPeerMacs, m.PeerMacs},
 	}
 }
 
@@ -114,7 +117,7 @@ func OpenPinned(pinPath string) (_ *PinnedMaps, err error) {
 		{fshaMapHandshakes, &p.Handshakes}, {fshaMapPeerFlows, &p.PeerFlows},
 		{fshaMapNodeMacs, &p.NodeMacs}, {fshaMapSteering, &p.Steering}, {fshaMapFlowCache, &p.FlowCache},
 		{fshaMapVipLeases, &p.VipLeases}, {fshaMapVipDeadlines, &p.VipDeadlines}, {fshaMapVipGrants, &p.VipGrants},
-		{fshaMapPinFormat, &p.PinFormat}, {fshaMapSteerModes, &p.SteerModes},
+		{fshaMapPinFormat, &p.PinFormat}, {fshaMapSteerModes, &p.SteerModes}, {fshaMapPeerMacs, &p.PeerMacs},
 	} {
 		*dst.m, err = open(dst.name)
 		if optionalPins[dst.name] && errors.Is(err, ErrNotLoaded) {
@@ -131,7 +134,7 @@ func OpenPinned(pinPath string) (_ *PinnedMaps, err error) {
 // with nothing to add, no per-VIP leases and grants, no format.
 var optionalPins = map[string]bool{
 	fshaMapFlowCache: true, fshaMapVipLeases: true, fshaMapVipDeadlines: true, fshaMapVipGrants: true,
-	fshaMapPinFormat: true, fshaMapSteerModes: true,
+	fshaMapPinFormat: true, fshaMapSteerModes: true, fshaMapPeerMacs: true,
 }
 
 // Close closes the map handles.

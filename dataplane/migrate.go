@@ -92,6 +92,7 @@ var pinMigrations = map[string]migrateHow{
 	fshaMapVips:     migrateCopy,
 	fshaMapPorts:    migrateCopy,
 	fshaMapNodeMacs: migrateCopy,
+	fshaMapPeerMacs: migrateCopy,
 	fshaMapSteering: migrateCopy,
 	// the loader writes it at attach, but the new programs steer with it
 	// from their first packet, before

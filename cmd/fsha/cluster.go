@@ -347,7 +347,22 @@ func linkedMAC(ifaces []string, linkUp func(string) bool) [6]byte {
 	return mac
 }
 
-// runCluster runs this node in the cluster until ctx ends.
+// linkedIfaceMACs is the MAC of each of ifaces with link, in order: where
+// peers steer a drain of this node's connections that reach them on the
+// network of that interface (a VIP on eth1 while eth0 is another network).
+func linkedIfaceMACs(ifaces []string, linkUp func(string) bool) []ownership.IfaceMAC {
+	var out []ownership.IfaceMAC
+	for _, name := range ifaces {
+		if !linkUp(name) {
+			continue
+		}
+		if ifi, err := net.InterfaceByName(name); err == nil && len(ifi.HardwareAddr) == 6 {
+			out = append(out, ownership.IfaceMAC{Name: name, MAC: [6]byte(ifi.HardwareAddr)})
+		}
+	}
+	return out
+}
+
 // runCluster runs this node in the cluster until a stop request has done
 // its work (see node.StopMode), or ctx ends (at once, as a crash would).
 func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *dataplane.Dataplane, cc *clusterConfig,
@@ -409,8 +424,9 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	nd, err := node.New(log, node.Config{
 		Nodes: cc.nodes, Self: cc.self, VIPs: cc.vips, Policy: cc.policy, Lock: cc.lock, Timing: cc.owner,
 		StateFile: filepath.Join(c.String("state-dir"), "state.json"), LegacyStateFile: filepath.Join(runDir, "state.json"), DrainTimeout: c.Duration("drain-timeout"), MAC: mac,
-		MACNow:   func() [6]byte { return linkedMAC(ifaces, checker.LinkUp) },
-		PeerDead: kickCTDB(log, uint16(c.Uint("ctdb-port"))), Retiring: cc.retiring,
+		MACNow:    func() [6]byte { return linkedMAC(ifaces, checker.LinkUp) },
+		IfacesNow: func() []ownership.IfaceMAC { return linkedIfaceMACs(ifaces, checker.LinkUp) },
+		PeerDead:  kickCTDB(log, uint16(c.Uint("ctdb-port"))), Retiring: cc.retiring,
 	}, nil, actions, checker, hookRunnerFor(hookRunner), takeovers)
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -163,5 +164,50 @@ func TestSteeringFollowsDrainerMAC(t *testing.T) {
 	s.apply(context.Background())
 	if got := calls(); len(got) != 2 || got[1].mac != macB || !got[1].on {
 		t.Fatalf("steers %+v, want a second one at the new MAC %x", got, macB)
+	}
+}
+
+// TestSteeringSetsDrainerInterfaceMACs: the drainer's MACs by interface
+// (its heartbeats) reach the data plane before its flows are steered,
+// follow its changes, and are forgotten when nothing is steered to it.
+func TestSteeringSetsDrainerInterfaceMACs(t *testing.T) {
+	w := newWorld()
+	vip := config.PublicAddress{Prefix: netip.MustParsePrefix("198.18.1.10/24"), Interfaces: []string{"eth1"}}
+	nodes := []config.Node{{PNN: 0, Addr: netip.MustParseAddr("127.0.1.1")}, {PNN: 1, Addr: netip.MustParseAddr("127.0.1.2")}, {PNN: 2, Addr: netip.MustParseAddr("127.0.1.3")}}
+	n, err := New(testLogger(t), Config{Nodes: nodes, Self: 0, VIPs: []config.PublicAddress{vip}, Timing: ownership.DefaultTiming(),
+		StateFile: t.TempDir() + "/state.json"}, nil, &fakeDP{world: w, node: 0}, &fakeHealth{healthy: true, ch: make(chan struct{}, 1)}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeMAC, eth1A, eth1B := [6]byte{2, 0, 0, 0, 0, 1}, [6]byte{2, 0, 0, 0, 1, 0xa}, [6]byte{2, 0, 0, 0, 1, 0xb}
+	snap := func(drainers []int, ifaces []ownership.IfaceMAC) ownership.Snapshot {
+		return ownership.Snapshot{Nodes: []ownership.NodeView{{PNN: 0, Alive: true}, {PNN: 1, Alive: true}},
+			VIPs: []ownership.VIPView{{Addr: vip.VIP(), Holder: 0, Drainers: drainers}}, MACs: map[int][6]byte{1: nodeMAC},
+			Ifaces: map[int][]ownership.IfaceMAC{1: ifaces}}
+	}
+	peerMACs := func() (map[string][6]byte, bool) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		m, ok := w.peerMACs[0][1]
+		return maps.Clone(m), ok
+	}
+	s := newSteering(n)
+	s.update(snap([]int{1}, []ownership.IfaceMAC{{Name: "eth1", MAC: eth1A}}))
+	s.apply(context.Background())
+	if got, _ := peerMACs(); !maps.Equal(got, map[string][6]byte{"eth1": eth1A}) {
+		t.Fatalf("interface MACs %v, want eth1 at %x", got, eth1A)
+	}
+	if len(w.steers) != 1 || w.steers[0].mac != nodeMAC {
+		t.Fatalf("steers %+v", w.steers)
+	}
+	s.update(snap([]int{1}, []ownership.IfaceMAC{{Name: "eth1", MAC: eth1B}}))
+	s.apply(context.Background())
+	if got, _ := peerMACs(); !maps.Equal(got, map[string][6]byte{"eth1": eth1B}) {
+		t.Fatalf("after a change: interface MACs %v, want eth1 at %x", got, eth1B)
+	}
+	s.update(snap(nil, nil))
+	s.apply(context.Background())
+	if got, ok := peerMACs(); !ok || got != nil {
+		t.Fatalf("nothing steered: interface MACs %v (set %v), want forgotten", got, ok)
 	}
 }

@@ -67,6 +67,11 @@ type DataPlane interface {
 	// owner at mac (on), or stops it; active is the number of (VIP, owner)
 	// pairs steered, 0 turns the lookup off.
 	Steer(vip netip.Addr, owner int, mac [6]byte, on bool, active int) error
+	// SetPeerMACs records owner's MACs by interface name (its heartbeats'
+	// Ifaces): a packet steered to owner out of this node's interface of
+	// that name goes to that MAC, else to the MAC given to Steer. nil
+	// forgets them.
+	SetPeerMACs(owner int, byName map[string][6]byte) error
 }
 
 // Health is the node's own fitness.
@@ -130,6 +135,11 @@ type Config struct {
 	// MACNow, if set, says this node's MAC now: the first public
 	// interface with link (health changes re-read it). Zero: MAC.
 	MACNow func() [6]byte
+	// IfacesNow, if set, says this node's MAC on each public interface
+	// with link, in preference order: peers steering a drain of this
+	// node's connections address each packet to the MAC on the network
+	// it came from (interfaces on separate networks, each its own MAC).
+	IfacesNow func() []ownership.IfaceMAC
 	// Rejoin is how often unreachable nodes are contacted again (gossip).
 	Rejoin time.Duration
 	// PeerDead, when set, is called (in a goroutine of its own) once a
@@ -408,6 +418,9 @@ func (n *Node) local() ownership.Local {
 		Banned: time.Now().Before(n.bannedUntil)}
 	if n.cfg.MACNow != nil {
 		l.MAC = n.cfg.MACNow()
+	}
+	if n.cfg.IfacesNow != nil {
+		l.Ifaces = n.cfg.IfacesNow()
 	}
 	return l
 }

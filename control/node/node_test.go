@@ -40,6 +40,8 @@ type world struct {
 	tracked map[int][]netip.Addr
 	// steers records every Steer call, in order
 	steers []steerCall
+	// peerMACs: node -> owner -> interface MACs, as SetPeerMACs left them
+	peerMACs map[int]map[int]map[string][6]byte
 }
 
 type steerCall struct {
@@ -178,6 +180,18 @@ func (d *fakeDP) Steer(vip netip.Addr, owner int, mac [6]byte, on bool, _ int) e
 	d.world.mu.Lock()
 	defer d.world.mu.Unlock()
 	d.world.steers = append(d.world.steers, steerCall{node: d.node, owner: owner, vip: vip, mac: mac, on: on})
+	return nil
+}
+func (d *fakeDP) SetPeerMACs(owner int, byName map[string][6]byte) error {
+	d.world.mu.Lock()
+	defer d.world.mu.Unlock()
+	if d.world.peerMACs == nil {
+		d.world.peerMACs = map[int]map[int]map[string][6]byte{}
+	}
+	if d.world.peerMACs[d.node] == nil {
+		d.world.peerMACs[d.node] = map[int]map[string][6]byte{}
+	}
+	d.world.peerMACs[d.node][owner] = byName
 	return nil
 }
 func (d *fakeDP) KillVIP(netip.Addr) (dataplane.KillStats, error) { return dataplane.KillStats{}, nil }

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -29,17 +30,32 @@ type steering struct {
 	// to again with the new one
 	mac  map[steerKey][6]byte
 	dead map[steerKey]bool // drainers that died: tickle their clients
+	// ifWant, ifHave: each steered drainer's MACs by interface name, as
+	// its heartbeats say them and as the data plane has them
+	ifWant map[int]map[string][6]byte
+	ifHave map[int]map[string][6]byte
 }
 
 type steerKey struct{ vip, owner int }
 
 func newSteering(n *Node) *steering {
-	return &steering{n: n, kick: make(chan struct{}, 1), want: map[steerKey][6]byte{}, have: map[steerKey]bool{}, mac: map[steerKey][6]byte{}, dead: map[steerKey]bool{}}
+	return &steering{n: n, kick: make(chan struct{}, 1), want: map[steerKey][6]byte{}, have: map[steerKey]bool{}, mac: map[steerKey][6]byte{}, dead: map[steerKey]bool{},
+		ifWant: map[int]map[string][6]byte{}, ifHave: map[int]map[string][6]byte{}}
+}
+
+// ifaceMACs is what a snapshot says of owner's MACs by interface name.
+func ifaceMACs(sn ownership.Snapshot, owner int) map[string][6]byte {
+	m := map[string][6]byte{}
+	for _, f := range sn.Ifaces[owner] {
+		m[f.Name] = f.MAC
+	}
+	return m
 }
 
 // update computes what to steer from a snapshot.
 func (s *steering) update(sn ownership.Snapshot) {
 	want := map[steerKey][6]byte{}
+	ifWant := map[int]map[string][6]byte{}
 	alive := map[int]bool{}
 	for _, nv := range sn.Nodes {
 		alive[nv.PNN] = nv.Alive
@@ -51,6 +67,7 @@ func (s *steering) update(sn ownership.Snapshot) {
 		for _, d := range v.Drainers {
 			if d != s.n.cfg.Self {
 				want[steerKey{i, d}] = sn.MACs[d]
+				ifWant[d] = ifaceMACs(sn, d)
 			}
 		}
 	}
@@ -61,12 +78,17 @@ func (s *steering) update(sn ownership.Snapshot) {
 			changed = true
 		}
 	}
+	for owner, m := range ifWant {
+		if !maps.Equal(m, s.ifWant[owner]) {
+			changed = true
+		}
+	}
 	for k := range s.have {
 		if _, ok := want[k]; !ok && !alive[k.owner] {
 			s.dead[k] = true
 		}
 	}
-	s.want = want
+	s.want, s.ifWant = want, ifWant
 	s.mu.Unlock()
 	if changed {
 		select {
@@ -83,16 +105,28 @@ func (s *steering) ensure(i, owner int) error {
 	s.mu.Lock()
 	mac := s.want[k]
 	s.mu.Unlock()
+	s.n.mu.Lock()
 	if mac == ([6]byte{}) {
-		s.n.mu.Lock()
 		mac = s.n.snap.MACs[owner]
-		s.n.mu.Unlock()
 	}
+	ifaces := ifaceMACs(s.n.snap, owner)
+	s.n.mu.Unlock()
 	if mac == ([6]byte{}) {
 		return fmt.Errorf("no MAC known for node %d", owner)
 	}
+	// the interface MACs first: the first packet steered goes right
+	if err := s.n.dp.SetPeerMACs(owner, ifaces); err != nil {
+		s.n.log.Warn("steer: interface MACs", zap.Int("node", owner), zap.Error(err))
+	} else {
+		s.mu.Lock()
+		s.ifHave[owner] = ifaces
+		s.mu.Unlock()
+	}
 	s.mu.Lock()
 	s.want[k] = mac
+	if s.ifWant[owner] == nil {
+		s.ifWant[owner] = ifaces
+	}
 	s.have[k], s.mac[k] = true, mac
 	active := len(s.have)
 	s.mu.Unlock()
@@ -123,7 +157,24 @@ func (s *steering) apply(ctx context.Context) {
 		dead bool
 	}
 	var changes []change
+	type ifChange struct {
+		owner int
+		macs  map[string][6]byte // nil: forget
+	}
+	var ifChanges []ifChange
 	s.mu.Lock()
+	for owner, m := range s.ifWant {
+		if have, ok := s.ifHave[owner]; !ok || !maps.Equal(have, m) {
+			ifChanges = append(ifChanges, ifChange{owner, m})
+			s.ifHave[owner] = m
+		}
+	}
+	for owner := range s.ifHave {
+		if _, ok := s.ifWant[owner]; !ok {
+			ifChanges = append(ifChanges, ifChange{owner, nil})
+			delete(s.ifHave, owner)
+		}
+	}
 	for k := range s.have {
 		if _, ok := s.want[k]; !ok {
 			changes = append(changes, change{k: k, dead: s.dead[k]})
@@ -140,6 +191,16 @@ func (s *steering) apply(ctx context.Context) {
 	}
 	active := len(s.want)
 	s.mu.Unlock()
+	// the interface MACs before the flows: the first packet steered goes
+	// to the right network
+	for _, c := range ifChanges {
+		if err := s.n.dp.SetPeerMACs(c.owner, c.macs); err != nil {
+			s.n.log.Warn("steer: interface MACs", zap.Int("node", c.owner), zap.Error(err))
+			s.mu.Lock()
+			delete(s.ifHave, c.owner) // try again next time
+			s.mu.Unlock()
+		}
+	}
 	for _, c := range changes {
 		vip := s.n.cfg.VIPs[c.k.vip]
 		if err := s.n.dp.Steer(vip.VIP(), c.k.owner, c.mac, c.on, active); err != nil {

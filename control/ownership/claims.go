@@ -88,13 +88,14 @@ func (e *Engine) heartbeat(now Mono) {
 		claims = claims[len(chunk):]
 		e.seq++
 		hb := &Heartbeat{From: e.cfg.Self, Incarnation: e.cfg.Incarnation, Seq: e.seq, Proto: ProtoVersion, Flags: e.localFlags(),
-			Fingerprint: e.cfg.Fingerprint, Lease: lease, Hears: hears, MAC: e.mac(), Claims: chunk}
+			Fingerprint: e.cfg.Fingerprint, Lease: lease, Hears: hears, MAC: e.mac(), Claims: chunk, Ifaces: e.ifaces()}
 		if e.shortLeases(now, chunk) {
 			hb.Flags |= FlagShortLeases
 		}
 		if first {
 			hb.Draining = draining[:min(len(draining), claimsPerMessage)]
 		}
+		hb.fitIfaces()
 		r := &round{seq: e.seq, sent: now, lease: lease, claims: map[int]uint64{},
 			grants: map[int]map[int]time.Duration{}, busy: map[int]map[int]time.Duration{}}
 		for _, c := range chunk {
@@ -111,6 +112,15 @@ func (e *Engine) heartbeat(now Mono) {
 	e.rounds = slices.DeleteFunc(e.rounds, func(r *round) bool { return r.sent.Add(r.lease) < now })
 	if len(e.rounds) > 4096 {
 		e.rounds = e.rounds[len(e.rounds)-4096:]
+	}
+}
+
+// fitIfaces drops interface MACs from the end of h until it fits in a
+// message: they only refine where drains are steered (the node MAC stays),
+// and give way to claims.
+func (h *Heartbeat) fitIfaces() {
+	for len(h.Ifaces) > 0 && h.size() > MaxMessage {
+		h.Ifaces = h.Ifaces[:len(h.Ifaces)-1]
 	}
 }
 

@@ -134,6 +134,10 @@ type Local struct {
 	// public interface with link now (a VIP moved to its second
 	// interface when the first lost link), where peers steer a drain.
 	MAC [6]byte
+	// Ifaces: the node's MAC on each public interface with link whose MAC
+	// differs from MAC (VLANs on one bond share its MAC and need no
+	// entry), in preference order; heartbeats carry the first MaxIfaces.
+	Ifaces []IfaceMAC
 }
 
 // LockState is what the caller knows of the cluster lock.

@@ -293,6 +293,9 @@ type Snapshot struct {
 	Nodes         []NodeView
 	VIPs          []VIPView
 	MACs          map[int][6]byte
+	// Ifaces: each node's MACs on its interfaces that differ from its
+	// MAC in MACs (Heartbeat.Ifaces); none from a node of protocol 1.
+	Ifaces map[int][]IfaceMAC
 }
 
 // Snapshot returns the state for status commands.
@@ -301,8 +304,9 @@ func (e *Engine) Snapshot() Snapshot {
 	if v.current == nil {
 		v = e.computeView(e.now)
 	}
-	sn := Snapshot{Now: e.now, Quorum: v.quorum, MajorityAlive: v.majorityAlive, Agreed: v.selfAgrees, MACs: map[int][6]byte{}}
-	sn.MACs[e.cfg.Self] = e.mac()
+	sn := Snapshot{Now: e.now, Quorum: v.quorum, MajorityAlive: v.majorityAlive, Agreed: v.selfAgrees, MACs: map[int][6]byte{},
+		Ifaces: map[int][]IfaceMAC{}}
+	sn.MACs[e.cfg.Self], sn.Ifaces[e.cfg.Self] = e.mac(), e.ifaces()
 	for _, p := range e.cfg.Nodes {
 		nv := NodeView{PNN: p, This: p == e.cfg.Self, Alive: v.alive[p], Eligible: slices.Contains(v.eligible, p)}
 		fp := e.cfg.Fingerprint
@@ -312,7 +316,7 @@ func (e *Engine) Snapshot() Snapshot {
 			nv.Flags, nv.Quorum, nv.Proto = pr.hb.Flags, e.peerQuorum(pr.hb), pr.hb.Proto
 			nv.Heard = pr.heard
 			fp = pr.hb.Fingerprint
-			sn.MACs[p] = pr.hb.MAC
+			sn.MACs[p], sn.Ifaces[p] = pr.hb.MAC, pr.hb.Ifaces
 		}
 		if (nv.Alive || nv.This) && v.hasAgreed && fp != v.agreed {
 			nv.Skew = skew(fp, v.agreed)
@@ -371,6 +375,24 @@ func skew(fp, agreed Fingerprint) string {
 		return ""
 	}
 	return strings.Join(what, "; ")
+}
+
+// ifaces is what heartbeats say of this node's interface MACs: the local
+// inputs' entries with a valid name and a MAC of their own, at most
+// MaxIfaces.
+func (e *Engine) ifaces() []IfaceMAC {
+	var out []IfaceMAC
+	mac := e.mac()
+	for _, f := range e.local.Ifaces {
+		if len(out) == MaxIfaces {
+			break
+		}
+		if f.Name == "" || len(f.Name) > maxIfaceName || f.MAC == mac || f.MAC == ([6]byte{}) {
+			continue
+		}
+		out = append(out, f)
+	}
+	return out
 }
 
 // mac is where peers steer this node's drains: the local inputs' MAC, or

@@ -24,8 +24,14 @@ import (
 const WireVersion = 1
 
 // ProtoVersion is this release's protocol revision, reported in heartbeats
-// (fsha status shows it): minor revisions only append fields.
-const ProtoVersion = 1
+// (fsha status shows it): minor revisions only append fields. 2: the
+// heartbeat's interface MACs (Heartbeat.Ifaces).
+const ProtoVersion = 2
+
+// protoIfaces is the first revision whose heartbeats always carry the
+// interface MACs section (empty or not): a decoder knows from Proto
+// whether the bytes after Draining are that section.
+const protoIfaces = 2
 
 // Message types; the node package owns types 1 and 2 (operator moves), the
 // remote package 32 and 33 (forwarded admin requests).
@@ -105,7 +111,25 @@ type Heartbeat struct {
 	MAC      [6]byte
 	Claims   []Claim
 	Draining []netip.Addr
+	// Ifaces is the sender's MAC on each of its public interfaces with
+	// link (protocol 2): a node steering the sender's connections sends
+	// each packet to the sender's MAC on the network of the interface
+	// the packet came in on, taken to be the sender's interface of the
+	// same name. MAC stays the fallback.
+	Ifaces []IfaceMAC
 }
+
+// IfaceMAC is a node's MAC on one of its interfaces.
+type IfaceMAC struct {
+	Name string
+	MAC  [6]byte
+}
+
+// MaxIfaces is how many interface MACs a heartbeat carries at most.
+const MaxIfaces = 16
+
+// maxIfaceName is the kernel's limit on an interface name (IFNAMSIZ - 1).
+const maxIfaceName = 15
 
 // Verdict is a voter's answer to one claim.
 type Verdict uint8
@@ -269,10 +293,45 @@ func (h Heartbeat) MarshalBinary() ([]byte, error) {
 	for _, a := range h.Draining {
 		b = appendAddr(b, a)
 	}
+	if len(h.Ifaces) > MaxIfaces {
+		return nil, fmt.Errorf("heartbeat with %d interfaces, at most %d", len(h.Ifaces), MaxIfaces)
+	}
+	b = append(b, byte(len(h.Ifaces)))
+	for _, f := range h.Ifaces {
+		if len(f.Name) == 0 || len(f.Name) > maxIfaceName {
+			return nil, fmt.Errorf("heartbeat: interface name %q: 1 to %d bytes", f.Name, maxIfaceName)
+		}
+		b = append(b, byte(len(f.Name)))
+		b = append(b, f.Name...)
+		b = append(b, f.MAC[:]...)
+	}
 	if len(b) > MaxMessage {
 		return nil, fmt.Errorf("heartbeat of %d bytes over %d: split its claims", len(b), MaxMessage)
 	}
 	return b, nil
+}
+
+func addrSize(a netip.Addr) int {
+	if a.Unmap().Is4() {
+		return 1 + 4
+	}
+	return 1 + 16
+}
+
+// size is the length of h encoded.
+func (h Heartbeat) size() int {
+	n := headerSize + 8 + 8 + 2 + 2 + 8 + 8 + 2 + 4 + 6 + 2 + 2*len(h.Hears) + 2 + 2
+	for _, c := range h.Claims {
+		n += addrSize(c.VIP) + 8 + 1
+	}
+	for _, a := range h.Draining {
+		n += addrSize(a)
+	}
+	n++
+	for _, f := range h.Ifaces {
+		n += 1 + len(f.Name) + 6
+	}
+	return n
 }
 
 // MarshalBinary encodes r.
@@ -414,6 +473,29 @@ func (r *reader) pnn(what string) int {
 	return v
 }
 
+// ifaces reads a heartbeat's interface MACs section.
+func (r *reader) ifaces() []IfaceMAC {
+	n := int(r.u8("interfaces"))
+	if r.err == nil && n > MaxIfaces {
+		r.err = fmt.Errorf("%w: %d interfaces, at most %d", ErrBadMessage, n, MaxIfaces)
+	}
+	var out []IfaceMAC
+	for i := 0; i < n && r.err == nil; i++ {
+		l := int(r.u8("interface name"))
+		if r.err == nil && (l == 0 || l > maxIfaceName) {
+			r.err = fmt.Errorf("%w: interface name of %d bytes", ErrBadMessage, l)
+		}
+		if !r.need(l+6, "interface") {
+			break
+		}
+		f := IfaceMAC{Name: string(r.b[:l])}
+		copy(f.MAC[:], r.b[l:l+6])
+		r.b = r.b[l+6:]
+		out = append(out, f)
+	}
+	return out
+}
+
 // checkHeader reads the header of a message of type typ.
 func checkHeader(b []byte, typ byte) (*reader, int, error) {
 	if len(b) < headerSize {
@@ -467,6 +549,9 @@ func (h *Heartbeat) UnmarshalBinary(b []byte) error {
 	n = r.count("draining", maxList)
 	for i := 0; i < n && r.err == nil; i++ {
 		out.Draining = append(out.Draining, r.addr("draining"))
+	}
+	if r.err == nil && out.Proto >= protoIfaces {
+		out.Ifaces = r.ifaces()
 	}
 	if r.err != nil {
 		return r.err

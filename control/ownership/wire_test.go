@@ -16,7 +16,8 @@ func sampleMessages() []any {
 			Fingerprint: Fingerprint{Nodes: 1, VIPs: 2, NVIPs: 3}, Lease: 250 * time.Millisecond,
 			Hears: []int{0, 1, 3}, MAC: [6]byte{2, 0, 0, 0, 0, 3},
 			Claims:   []Claim{{VIP: v4, Epoch: 5, State: ClaimHeld}, {VIP: v6, Epoch: 1, State: ClaimTaking}},
-			Draining: []netip.Addr{v6}},
+			Draining: []netip.Addr{v6},
+			Ifaces:   []IfaceMAC{{Name: "eth0", MAC: [6]byte{2, 0, 0, 0, 0, 3}}, {Name: "bond0.100", MAC: [6]byte{2, 0, 0, 0, 1, 3}}}},
 		&Reply{From: 1, Seq: 99, Answers: []Answer{
 			{VIP: v4, Epoch: 5, Verdict: Granted, Granted: 250 * time.Millisecond, CurEpoch: 5, CurHolder: 3,
 				Remaining: 250 * time.Millisecond, PrevEpoch: 4, PrevHolder: 2, PrevDrains: true},
@@ -34,6 +35,9 @@ func TestWireRoundTrip(t *testing.T) {
 		got, err := Decode(b)
 		if err != nil {
 			t.Fatalf("%T: %v", m, err)
+		}
+		if hb, ok := m.(*Heartbeat); ok && hb.size() != len(b) {
+			t.Errorf("heartbeat size %d, encoded %d bytes", hb.size(), len(b))
 		}
 		if !reflect.DeepEqual(got, m) {
 			t.Errorf("round trip of %T:\n got %+v\nwant %+v", m, got, m)
@@ -89,4 +93,50 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("re-encoded %T does not decode the same: %v", m, err)
 		}
 	})
+}
+
+// TestWireIfacesAcrossVersions: a protocol-1 heartbeat (a release before
+// the interface MACs) decodes with none; one of protocol 2 must carry the
+// section, and bad interface entries are refused.
+func TestWireIfacesAcrossVersions(t *testing.T) {
+	hb := *sampleMessages()[0].(*Heartbeat)
+	hb.Proto, hb.Ifaces = 1, nil
+	b, err := hb.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := b[:len(b)-1] // what release 1 sent: no section at all
+	var got Heartbeat
+	if err := got.UnmarshalBinary(old); err != nil {
+		t.Fatalf("protocol 1 heartbeat: %v", err)
+	}
+	if got.Ifaces != nil || got.MAC != hb.MAC || len(got.Draining) != 1 {
+		t.Errorf("protocol 1 heartbeat decoded as %+v", got)
+	}
+	hb.Proto = 2
+	b, _ = hb.MarshalBinary()
+	if err := got.UnmarshalBinary(b[:len(b)-1]); !errors.Is(err, ErrBadMessage) {
+		t.Errorf("protocol 2 heartbeat without its section: %v", err)
+	}
+	for name, f := range map[string]IfaceMAC{"empty name": {}, "long name": {Name: "a-very-long-name0"}} {
+		hb.Ifaces = []IfaceMAC{f}
+		if _, err := hb.MarshalBinary(); err == nil {
+			t.Errorf("%s: encoded", name)
+		}
+	}
+	hb.Ifaces = []IfaceMAC{{Name: "eth0"}}
+	b, _ = hb.MarshalBinary()
+	bad := bytes.Clone(b)
+	bad[len(bad)-6-4-1] = 0 // the name's length
+	if err := got.UnmarshalBinary(bad); !errors.Is(err, ErrBadMessage) {
+		t.Errorf("zero-length interface name: %v", err)
+	}
+	bad[len(bad)-6-4-1] = 16
+	if err := got.UnmarshalBinary(bad); !errors.Is(err, ErrBadMessage) {
+		t.Errorf("16-byte interface name: %v", err)
+	}
+	hb.Ifaces = make([]IfaceMAC, MaxIfaces+1)
+	if _, err := hb.MarshalBinary(); err == nil {
+		t.Error("too many interfaces encoded")
+	}
 }

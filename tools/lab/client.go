@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -191,11 +192,26 @@ type Watch struct {
 	closeFn func() error
 }
 
-// WatchAddr starts a Watch of the IPv4 or IPv6 address addr. The lab
+// routeLink is the interface the client reaches addr through: eth0, or an
+// interface of its own network (ClusterOptions.SecondNet).
+func (c *Client) routeLink(addr netip.Addr) (netlink.Link, error) {
+	routes, err := c.nl.RouteGet(addr.AsSlice())
+	if err != nil || len(routes) == 0 {
+		return c.eth0()
+	}
+	lk, err := c.nl.LinkByIndex(routes[0].LinkIndex)
+	if err != nil {
+		return nil, fmt.Errorf("find the interface to %s in %s: %w", addr, c.NS, err)
+	}
+	return lk, nil
+}
+
+// WatchAddr starts a Watch of the IPv4 or IPv6 address addr, on the
+// interface the client reaches it through. The lab
 // closes it on Close if the caller has not.
 func (c *Client) WatchAddr(addr netip.Addr) (*Watch, error) {
 	addr = addr.Unmap()
-	lk, err := c.eth0()
+	lk, err := c.routeLink(addr)
 	if err != nil {
 		return nil, err
 	}

@@ -36,6 +36,18 @@ type ClusterOptions struct {
 	// VIPIfaces: the VIPs' interfaces are the nodes' only way there, so
 	// their answers leave through them).
 	PublicNet bool
+	// SecondNet puts the last IPv4 VIP on every node's eth1, in
+	// PublicSubnet, on a second bridge (SecondBridge) that only the
+	// nodes' and the clients' eth1 join; the clients have an address
+	// there, and so does every node (.11 for n1), unless SecondNetBare.
+	// A node's public interfaces are then on two networks, each at its
+	// own MAC, as with a client VLAN beside the nodes' own. Not with
+	// PublicNet.
+	SecondNet bool
+	// SecondNetBare: with SecondNet, the nodes have no address of their
+	// own on the second network, only the VIPs they hold (CTDB's public
+	// interfaces often have none).
+	SecondNetBare bool
 	// ExtraIfaces are interfaces every node gets besides eth0 before its
 	// servers and fsha start: veths into the bridge, without an address
 	// (ifaces.go).
@@ -217,13 +229,19 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 	for i := 1; i <= opts.Nodes; i++ {
 		fmt.Fprintln(&nodes, NodeAddr(i).Addr())
 	}
+	if opts.SecondNet && opts.PublicNet {
+		return nil, errors.New("cluster options: SecondNet and PublicNet both use PublicSubnet")
+	}
 	for i := 1; i <= opts.VIPs; i++ {
-		v := VIP(i)
+		v, ifaces := VIP(i), c.vipIfaces()
 		if opts.PublicNet {
 			v = PublicVIP(i)
 		}
+		if opts.SecondNet && i == opts.VIPs {
+			v, ifaces = PublicVIP(i), []string{secondNetIface}
+		}
 		c.VIPs = append(c.VIPs, v)
-		fmt.Fprintf(&pa, "%s %s\n", v, strings.Join(c.vipIfaces(), ","))
+		fmt.Fprintf(&pa, "%s %s\n", v, strings.Join(ifaces, ","))
 	}
 	for i := 1; i <= opts.IPv6VIPs; i++ {
 		c.VIPs = append(c.VIPs, VIP6(i))
@@ -275,6 +293,14 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 		}
 		if opts.PublicNet {
 			if err := cl.AddAddr(PublicClientAddr(i)); err != nil {
+				return nil, err
+			}
+		}
+		if opts.SecondNet {
+			if _, err := cl.AddIfaceOn(secondNetIface, SecondBridge); err != nil {
+				return nil, err
+			}
+			if err := cl.AddAddrOn(secondNetIface, PublicClientAddr(i)); err != nil {
 				return nil, err
 			}
 		}

@@ -70,15 +70,15 @@ func (n *ClusterNode) Timeline(ctx context.Context) ([]admin.Takeover, error) {
 }
 
 // HeldVIPs lists the cluster's VIPs that are on the node's public
-// interfaces (eth0, or ClusterOptions.VIPIfaces) now, as `ip addr` in its
-// namespace shows them.
+// interfaces (eth0, or ClusterOptions.VIPIfaces, and eth1 with
+// SecondNet) now, as `ip addr` in its namespace shows them.
 func (n *ClusterNode) HeldVIPs() ([]netip.Prefix, error) {
 	on, err := n.HeldOn()
 	if err != nil {
 		return nil, err
 	}
 	var out []netip.Prefix
-	for _, iface := range n.cluster.vipIfaces() {
+	for _, iface := range n.cluster.allVIPIfaces() {
 		for _, a := range on[iface] {
 			if !slices.Contains(out, a) {
 				out = append(out, a)

@@ -20,7 +20,11 @@ import (
 
 // AddIface adds interface name to the host, joined to the bridge, up, and
 // returns its switch port. Bridge topology only.
-func (h *Host) AddIface(name string) (string, error) {
+func (h *Host) AddIface(name string) (string, error) { return h.AddIfaceOn(name, bridgeName) }
+
+// AddIfaceOn is AddIface joined to the switch's bridge br instead, which
+// it creates if needed: a network of its own (SecondBridge).
+func (h *Host) AddIfaceOn(name, br string) (string, error) {
 	l := h.lab
 	if l.opts.Topology != Bridge {
 		return "", fmt.Errorf("add %s to %s: extra interfaces need the bridge topology", name, h.Role)
@@ -29,12 +33,12 @@ func (h *Host) AddIface(name string) (string, error) {
 	if len(port) >= 16 {
 		return "", fmt.Errorf("add %s to %s: port name %q too long", name, h.Role, port)
 	}
-	br, err := l.Switch.nl.LinkByName(bridgeName)
+	brLink, err := l.bridge(br)
 	if err != nil {
-		return "", fmt.Errorf("find bridge: %w", err)
+		return "", err
 	}
 	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: port, MasterIndex: br.Attrs().Index},
+		LinkAttrs:     netlink.LinkAttrs{Name: port, MasterIndex: brLink.Attrs().Index},
 		PeerName:      name,
 		PeerNamespace: netlink.NsFd(int(h.ns)),
 	}
@@ -57,8 +61,44 @@ func (h *Host) AddIface(name string) (string, error) {
 	if err := h.nl.LinkSetUp(lk); err != nil {
 		return "", fmt.Errorf("%s up in %s: %w", name, h.Role, err)
 	}
-	h.logger().Info("interface added", zap.String("iface", name), zap.String("port", port))
+	h.logger().Info("interface added", zap.String("iface", name), zap.String("port", port), zap.String("bridge", br))
 	return port, nil
+}
+
+// SecondBridge is the switch's second bridge: a network apart from br0,
+// that only interfaces added with AddIfaceOn join (ClusterOptions.
+// SecondNet).
+const SecondBridge = "br1"
+
+// bridge finds the switch's bridge name, creating it (up) if it is not
+// there yet.
+func (l *Lab) bridge(name string) (netlink.Link, error) {
+	if lk, err := l.Switch.nl.LinkByName(name); err == nil {
+		return lk, nil
+	}
+	if err := l.Switch.nl.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}}); err != nil {
+		return nil, fmt.Errorf("add bridge %s: %w", name, err)
+	}
+	lk, err := l.Switch.nl.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("find bridge %s: %w", name, err)
+	}
+	if err := l.Switch.nl.LinkSetUp(lk); err != nil {
+		return nil, fmt.Errorf("bridge %s up: %w", name, err)
+	}
+	return lk, nil
+}
+
+// AddAddrOn adds p to the host's interface iface.
+func (h *Host) AddAddrOn(iface string, p netip.Prefix) error {
+	lk, err := h.nl.LinkByName(iface)
+	if err != nil {
+		return fmt.Errorf("find %s in %s: %w", iface, h.NS, err)
+	}
+	if err := h.nl.AddrReplace(lk, &netlink.Addr{IPNet: prefixNet(p)}); err != nil {
+		return fmt.Errorf("add %s to %s in %s: %w", p, iface, h.NS, err)
+	}
+	return nil
 }
 
 // IfaceMAC is the hardware address of the host's interface name.
@@ -110,7 +150,8 @@ func (h *Host) SetIfaceLink(name string, up bool) error {
 	return h.lab.setPort(port, up)
 }
 
-// vipIfaces are the interfaces a cluster's VIPs may be on.
+// vipIfaces are the interfaces a cluster's VIPs may be on, but for the
+// second network's VIP (secondNetIface).
 func (c *Cluster) vipIfaces() []string {
 	if len(c.opts.VIPIfaces) > 0 {
 		return c.opts.VIPIfaces
@@ -118,11 +159,24 @@ func (c *Cluster) vipIfaces() []string {
 	return []string{HostIface}
 }
 
+// secondNetIface is the interface of every node and client on the
+// SecondBridge network (ClusterOptions.SecondNet).
+const secondNetIface = "eth1"
+
+// allVIPIfaces are the interfaces any of the cluster's VIPs may be on.
+func (c *Cluster) allVIPIfaces() []string {
+	out := slices.Clone(c.vipIfaces())
+	if c.opts.SecondNet && !slices.Contains(out, secondNetIface) {
+		out = append(out, secondNetIface)
+	}
+	return out
+}
+
 // HeldOn lists the cluster's VIPs on each of the node's public
 // interfaces, by interface.
 func (n *ClusterNode) HeldOn() (map[string][]netip.Prefix, error) {
 	out := map[string][]netip.Prefix{}
-	for _, iface := range n.cluster.vipIfaces() {
+	for _, iface := range n.cluster.allVIPIfaces() {
 		addrs, err := n.AddrsOn(iface)
 		if err != nil {
 			return nil, err
@@ -141,12 +195,22 @@ func (n *ClusterNode) HeldOn() (map[string][]netip.Prefix, error) {
 // interface that has the address (arp_ignore 1, arp_announce 2 for all).
 func (n *ClusterNode) setUpIfaces(ctx context.Context) error {
 	opts := n.cluster.opts
-	if len(opts.ExtraIfaces) == 0 && len(opts.VIPIfaces) == 0 {
+	if len(opts.ExtraIfaces) == 0 && len(opts.VIPIfaces) == 0 && !opts.SecondNet {
 		return nil
 	}
 	for _, name := range opts.ExtraIfaces {
 		if _, err := n.AddIface(name); err != nil {
 			return err
+		}
+	}
+	if opts.SecondNet {
+		if _, err := n.AddIfaceOn(secondNetIface, SecondBridge); err != nil {
+			return err
+		}
+		if !opts.SecondNetBare {
+			if err := n.AddAddrOn(secondNetIface, publicAddr(10+n.PNN+1)); err != nil {
+				return err
+			}
 		}
 	}
 	for _, kv := range []string{"net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"} {
