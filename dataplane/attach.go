@@ -23,6 +23,8 @@ type Attachment struct {
 	// Hook is "xdp", "tcx-egress", "tcx-ingress" (steering in tc mode),
 	// or "tc-egress" and "tc-ingress" (legacy clsact).
 	Hook string `json:"hook"`
+	// Reply: a reply interface (reply.go), where TC egress runs alone.
+	Reply bool `json:"reply,omitempty"`
 }
 
 type attachment struct {
@@ -42,8 +44,10 @@ const (
 // attachAll attaches the programs to every interface of ifaces that
 // exists. A missing one is skipped with a warning (a secondary interface
 // of a VIP that is not there yet: AttachInterface attaches it when it
-// appears); its pinned links, if any, are pruned with it.
-func (dp *Dataplane) attachAll(ifaces []string) error {
+// appears); its pinned links, if any, are pruned with it. The reply
+// interfaces get TC egress alone (reply.go); the pins of those no longer
+// wanted are pruned too.
+func (dp *Dataplane) attachAll(ifaces, reply []string) error {
 	dir := filepath.Join(dp.pinPath, linksDir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("create links dir: %w", err)
@@ -68,6 +72,7 @@ func (dp *Dataplane) attachAll(ifaces []string) error {
 			legacyIngress = append(legacyIngress, name)
 		}
 	}
+	dp.attachReplies(reply, ifaces, wanted)
 	if err := pruneSteerModes(dp.objs.SteerModes, ifindexes); err != nil {
 		return err
 	}

@@ -36,6 +36,10 @@ type Options struct {
 	// Interfaces to attach to, by name. Links pinned for interfaces not in
 	// this list are detached.
 	Interfaces []string
+	// ReplyInterfaces are interfaces besides Interfaces through which
+	// answers to VIP clients leave (reply.go): TC egress alone runs
+	// there. Their links are pinned and pruned like the others'.
+	ReplyInterfaces []string
 	// SteerMode is how interfaces steer a drain's old connections
 	// (steermode.go); "" is auto.
 	SteerMode SteerMode
@@ -139,14 +143,15 @@ func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
 	// background; the local flows are indexed when the event reader starts
 	dp.indexes().ensurePeer(&dp.Maps)
 
-	if err := dp.attachAll(opts.Interfaces); err != nil {
+	if err := dp.attachAll(opts.Interfaces, opts.ReplyInterfaces); err != nil {
 		return nil, err
 	}
 	if err := mig.finish(&dp.Maps); err != nil {
 		return nil, err
 	}
 	log.Info("data plane loaded", zap.String("pin_path", opts.PinPath),
-		zap.Uint32("flows_max", opts.FlowsMax), zap.Strings("interfaces", opts.Interfaces))
+		zap.Uint32("flows_max", opts.FlowsMax), zap.Strings("interfaces", opts.Interfaces),
+		zap.Strings("reply_interfaces", dp.ReplyInterfaces()))
 	return dp, nil
 }
 
