@@ -2,13 +2,10 @@ package main
 
 import (
 	"bytes"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/fsha/fsha/control/config"
 )
 
 // fsha check-config reads what fsha up would (files, settings file,
@@ -89,31 +86,5 @@ func TestCheckConfigSteering(t *testing.T) {
 	}
 	if _, err := run("--steer-mode", "fast"); err == nil || !strings.Contains(err.Error(), `--steer-mode: steer mode "fast": want auto, xdp or tc`) {
 		t.Errorf("--steer-mode fast: %v, want a refusal", err)
-	}
-}
-
-// A VIP whose subnet the node reaches through another interface gets a
-// warning; one reached through its own interfaces, one with no route
-// and a host route do not.
-func TestReplyPathWarnings(t *testing.T) {
-	pa := func(p string, ifaces ...string) config.PublicAddress {
-		return config.PublicAddress{Prefix: netip.MustParsePrefix(p), Interfaces: ifaces}
-	}
-	routes := map[netip.Addr]string{
-		netip.MustParseAddr("198.18.0.1"): "eth0", // the node's own subnet
-		netip.MustParseAddr("198.18.2.1"): "eth1",
-	}
-	dev := func(a netip.Addr) (string, error) { return routes[a], nil }
-	got := replyPathWarnings([]config.PublicAddress{
-		pa("198.18.0.201/24", "eth1", "eth2"),
-		pa("198.18.0.202/24", "eth1", "eth2"), // another VIP there: its own warning
-		pa("198.18.2.201/24", "eth1", "eth2"),
-		pa("198.18.3.201/24", "eth1"),
-		pa("198.18.4.1/32", "eth1"),
-		pa("198.18.0.203/24", "eth0"),
-	}, dev)
-	if len(got) != 2 || !strings.Contains(got[0], "198.18.0.201/24: the node reaches 198.18.0.0/24 through eth0, not through the VIP's interfaces (eth1,eth2)") ||
-		!strings.HasPrefix(got[1], "198.18.0.202/24:") {
-		t.Errorf("warnings %q; want one per VIP reached through eth0 instead of its own interfaces", got)
 	}
 }

@@ -134,14 +134,21 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("--xdp-mode: %w", err)
 	}
+	// the reply interfaces now, so that a restart keeps their links
+	// (pinned, pruned like the public ones'): replypath.go
+	reply, err := replyInterfaces(addrs, kernelRoutes)
+	if err != nil {
+		log.Warn("reply interfaces: route lookup failed; answers through the interfaces it would name may leave untracked", zap.Error(err))
+	}
 	dp, err := dataplane.Load(log, dataplane.Options{
-		PinPath: c.String("pin-path"), FlowsMax: uint32(flowsMax), Interfaces: ifaces,
+		PinPath: c.String("pin-path"), FlowsMax: uint32(flowsMax), Interfaces: ifaces, ReplyInterfaces: replyNames(reply),
 		PeerFlowsMax: uint32(min(c.Uint("peer-flows-max"), 1<<28)), SteerMode: steerMode, XDPAttach: xdpMode,
 	})
 	if err != nil {
 		return err
 	}
 	defer dp.Close()
+	replies := newReplyTracker(log, dp, addrs, kernelRoutes)
 	// Standalone tracking: no cluster decides who may answer, so no
 	// fencing. In a cluster each VIP's own lease decides; a restart keeps
 	// the leases the previous run left, so the VIPs it held stay answered.
@@ -170,8 +177,15 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 		return err
 	}
 	log.Info("tracking", zap.Stringers("vips", vips), zap.Any("ports", ports), zap.Strings("interfaces", ifaces))
-	for _, w := range replyPathWarnings(addrs, kernelRouteDev) {
-		log.Warn("answers leave through another interface", zap.String("why", w))
+	if on := dp.ReplyInterfaces(); len(on) > 0 {
+		var why []string
+		for _, r := range reply {
+			if slices.Contains(on, r.Name) {
+				why = append(why, r.String())
+			}
+		}
+		log.Info("tracking answers to VIP clients on reply interfaces too: the kernel routes clients through them",
+			zap.Strings("reply_interfaces", on), zap.Strings("why", why))
 	}
 	// Real-time only now: loading the programs (the verifier, a
 	// migration) is the heaviest work of a start, and at real-time
@@ -219,6 +233,9 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 		defer t.Stop()
 		pruneTick = t.C
 	}
+
+	replyTick := time.NewTicker(replyCheckInterval)
+	defer replyTick.Stop()
 
 	var tick <-chan time.Time
 	if iv := c.Duration("stats-interval"); iv > 0 {
@@ -314,6 +331,8 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 			return err
 		case <-pruneTick:
 			prune()
+		case <-replyTick.C:
+			replies.check()
 		case <-tick:
 			if ctrs, err := dp.ReadCounters(); err != nil {
 				log.Warn("read counters", zap.Error(err))
@@ -365,10 +384,7 @@ func describeSteering(mode, xdpMode string, addrs []config.PublicAddress) (strin
 		}
 		lines = append(lines, fmt.Sprintf("interface %s (driver %s): steering %s (--steer-mode %s: %s)", name, cmp.Or(driver, "none"), path, want, reason))
 	}
-	for _, w := range replyPathWarnings(addrs, kernelRouteDev) {
-		lines = append(lines, "warning: "+w)
-	}
-	return strings.Join(lines, "\n"), nil
+	return strings.Join(append(lines, describeReplies(addrs, kernelRoutes)...), "\n"), nil
 }
 
 // describeConfig loads and checks the configuration as a start would
