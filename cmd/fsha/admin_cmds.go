@@ -176,14 +176,16 @@ func printStatus(w io.Writer, st admin.Status) error {
 		fmt.Fprintf(&b, "       why: %s\n", st.QuorumReason)
 	}
 	if len(st.Interfaces) > 0 {
-		b.WriteString("This node's public interfaces:\n")
-		t := newTable(&b, "INTERFACE", "LINK", "DRIVER", "XDP", "STEERING")
+		// public: a VIP's, every program; reply: answers to VIP clients
+		// leave there, tracked by the egress program alone
+		b.WriteString("This node's interfaces:\n")
+		t := newTable(&b, "INTERFACE", "ROLE", "LINK", "DRIVER", "XDP", "STEERING")
 		for _, i := range st.Interfaces {
 			link := yesNo(i.Link)
 			if !i.Present {
 				link = "missing"
 			}
-			t.row(i.Name, link, cmp.Or(i.Driver, "-"), cmp.Or(i.XDPMode, "-"), cmp.Or(i.Steer, "-"))
+			t.row(i.Name, cmp.Or(i.Role, "-"), link, cmp.Or(i.Driver, "-"), cmp.Or(i.XDPMode, "-"), cmp.Or(i.Steer, "-"))
 		}
 		if err := t.flush(); err != nil {
 			return err

@@ -476,25 +476,28 @@ Quorum: no (1 of 3 nodes)   Failback: automatic   Lock: none
 	}
 }
 
-// fsha status ends with this node's public interfaces: link (missing for
-// one that does not exist), driver, XDP mode and steering path.
+// fsha status ends with this node's interfaces: the public ones with
+// link (missing for one that does not exist), driver, XDP mode and
+// steering path, then the reply ones (egress only).
 func TestPrintStatusInterfaces(t *testing.T) {
 	var b strings.Builder
 	err := printStatus(&b, admin.Status{Policy: "automatic", Quorum: true, Interfaces: []admin.InterfaceStatus{
-		{Name: "eth0", Link: true, Present: true, Driver: "veth", XDPMode: "native", Steer: "tc"},
-		{Name: "eth1", Link: false, Present: true, Driver: "macvlan", XDPMode: "generic", Steer: "tc"},
-		{Name: "eth2"},
+		{Name: "eth1", Role: admin.RolePublic, Link: true, Present: true, Driver: "veth", XDPMode: "native", Steer: "tc"},
+		{Name: "eth2", Role: admin.RolePublic, Link: false, Present: true, Driver: "macvlan", XDPMode: "generic", Steer: "tc"},
+		{Name: "eth3", Role: admin.RolePublic},
+		{Name: "eth0", Role: admin.RoleReply, Link: true, Present: true},
 	}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := b.String()
 	for _, want := range []string{
-		"This node's public interfaces:\n",
-		"INTERFACE  LINK     DRIVER   XDP      STEERING\n",
-		"eth0       yes      veth     native   tc\n",
-		"eth1       no       macvlan  generic  tc\n",
-		"eth2       missing  -        -        -\n",
+		"This node's interfaces:\n",
+		"INTERFACE  ROLE    LINK     DRIVER   XDP      STEERING\n",
+		"eth1       public  yes      veth     native   tc\n",
+		"eth2       public  no       macvlan  generic  tc\n",
+		"eth3       public  missing  -        -        -\n",
+		"eth0       reply   yes      -        -        -\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q:\n%s", want, out)

@@ -29,7 +29,8 @@ type adminBackend struct {
 }
 
 // Status is the node's status with its public interfaces: link (the
-// health checker's view) and steering path (the data plane's).
+// health checker's view) and steering path (the data plane's); then its
+// reply interfaces, where the egress program alone runs.
 func (b adminBackend) Status(ctx context.Context) (admin.Status, error) {
 	st, err := b.Node.Status(ctx)
 	if err != nil {
@@ -42,7 +43,7 @@ func (b adminBackend) Status(ctx context.Context) (admin.Status, error) {
 		}
 	}
 	for _, name := range b.ifaces {
-		is := admin.InterfaceStatus{Name: name, Link: b.checker.LinkUp(name)}
+		is := admin.InterfaceStatus{Name: name, Role: admin.RolePublic, Link: b.checker.LinkUp(name)}
 		if _, err := net.InterfaceByName(name); err == nil {
 			is.Present = true
 		}
@@ -50,6 +51,16 @@ func (b adminBackend) Status(ctx context.Context) (admin.Status, error) {
 			is.Driver, is.XDPMode, is.Steer, is.SteerReason = s.Driver, s.XDPMode, s.Steer, s.Reason
 		}
 		st.Interfaces = append(st.Interfaces, is)
+	}
+	if b.dp != nil {
+		for _, name := range b.dp.ReplyInterfaces() {
+			// egress only: no XDP, no steering; link as the kernel says
+			is := admin.InterfaceStatus{Name: name, Role: admin.RoleReply}
+			if ifi, err := net.InterfaceByName(name); err == nil {
+				is.Present, is.Link = true, ifi.Flags&net.FlagRunning != 0
+			}
+			st.Interfaces = append(st.Interfaces, is)
+		}
 	}
 	return st, nil
 }

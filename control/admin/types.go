@@ -68,14 +68,27 @@ type Status struct {
 	// Counters are this node's cluster counters: rejected gossip and
 	// replication messages, replicated records...
 	Counters map[string]uint64 `json:"counters,omitempty"`
-	// Interfaces are this node's public interfaces: link, and how its
-	// data plane runs there.
+	// Interfaces are this node's public interfaces, then its reply
+	// interfaces: link, and how its data plane runs there.
 	Interfaces []InterfaceStatus `json:"interfaces,omitempty"`
 }
 
-// InterfaceStatus is one public interface of a node.
+// Roles of an interface in InterfaceStatus.
+const (
+	// RolePublic: a VIP's interface, in public_addresses; every program
+	// runs there.
+	RolePublic = "public"
+	// RoleReply: an interface through which the node's answers to VIP
+	// clients leave although no VIP lives there (the kernel routes the
+	// clients there); the egress program alone runs there, to track them.
+	RoleReply = "reply"
+)
+
+// InterfaceStatus is one public or reply interface of a node.
 type InterfaceStatus struct {
 	Name string `json:"name"`
+	// Role is RolePublic or RoleReply.
+	Role string `json:"role,omitempty"`
 	// Link: the interface exists and has link; Present: it exists.
 	Link    bool `json:"link"`
 	Present bool `json:"present"`
