@@ -18,8 +18,9 @@ func (n *ClusterNode) NetworkDown() error { return n.LinkDown() }
 // NetworkUp brings eth0 back after NetworkDown.
 func (n *ClusterNode) NetworkUp() error { return n.LinkUp() }
 
-// PowerDown crashes the node as a power cut would: its link goes down,
-// then SIGKILL to every one of its processes (fsha first, servers with
+// PowerDown crashes the node as a power cut would: its links go down
+// (eth0, then its extra and VIP interfaces: left up, the dying servers'
+// FINs and RSTs would leave through them), then SIGKILL to every one of its processes (fsha first, servers with
 // their children, ctdbd's whole session: recoverd, eventd, the cluster
 // lock's helper). Addresses and the data plane stay in the namespace,
 // unanswered; PowerUp reboots the node.
@@ -30,7 +31,7 @@ func (n *ClusterNode) PowerDown() error {
 	// The link first: killed processes close their sockets, and the FINs
 	// of a dying server must not reach clients a real power cut leaves
 	// hanging.
-	errs := []error{n.LinkDown()}
+	errs := []error{n.LinkDown(), n.setExtraLinks(false)}
 	for _, p := range procs {
 		if err := p.SignalSession(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
 			errs = append(errs, err)
@@ -64,7 +65,7 @@ func (n *ClusterNode) PowerUp(ctx context.Context) error {
 	if _, err := n.Fsha(ctx, "unload"); err != nil {
 		return fmt.Errorf("power up %s: unload data plane: %w", n.Role, err)
 	}
-	if err := n.LinkUp(); err != nil {
+	if err := errors.Join(n.LinkUp(), n.setExtraLinks(true)); err != nil {
 		return err
 	}
 	if err := n.StartServers(ctx); err != nil {

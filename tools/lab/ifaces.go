@@ -220,3 +220,34 @@ func (n *ClusterNode) setUpIfaces(ctx context.Context) error {
 	}
 	return nil
 }
+
+// setExtraLinks sets the node's interfaces besides eth0 (the cluster's
+// extra and VIP interfaces that exist) down or up from inside the node,
+// as a power cut and a boot do.
+func (n *ClusterNode) setExtraLinks(up bool) error {
+	names := slices.Clone(n.cluster.opts.ExtraIfaces)
+	for _, name := range n.cluster.vipIfaces() {
+		if name != HostIface && !slices.Contains(names, name) {
+			names = append(names, name)
+		}
+	}
+	var errs []error
+	for _, name := range names {
+		lk, err := n.nl.LinkByName(name)
+		var missing netlink.LinkNotFoundError
+		if errors.As(err, &missing) {
+			continue
+		}
+		if err == nil {
+			if up {
+				err = n.nl.LinkSetUp(lk)
+			} else {
+				err = n.nl.LinkSetDown(lk)
+			}
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("set %s up=%v in %s: %w", name, up, n.Role, err))
+		}
+	}
+	return errors.Join(errs...)
+}
