@@ -129,8 +129,19 @@ struct arp_eth_ {
 	__u8 tpa[4];
 };
 
-/* Drop ARP asking for a fenced VIP (ingress) or speaking for one (egress),
- * so that neighbours stop sending the VIP's traffic here. */
+#define ARPOP_REQUEST_BE bpf_htons(1)
+
+/*
+ * Drop ARP asking for a fenced VIP (ingress) or speaking for one (egress),
+ * so that neighbours stop sending the VIP's traffic here. One exception:
+ * an outgoing request that asks for another address with a fenced VIP as
+ * its sender becomes a probe (sender 0.0.0.0, RFC 5227), which every host
+ * answers and none learns a sender from. That is how a node draining a VIP
+ * on an interface where it has no address of its own (the kernel then
+ * asks with the VIP, on loopback) still finds its clients' MACs; dropped,
+ * its answers to the drained connections would wait for a neighbour that
+ * never resolves. Gratuitous ARP (sender = target) is still dropped.
+ */
 static __always_inline int fence_arp(struct hdr_cursor *nh, void *data_end, int dir)
 {
 	struct arp_eth_ *arp = nh->pos;
@@ -140,7 +151,14 @@ static __always_inline int fence_arp(struct hdr_cursor *nh, void *data_end, int 
 	if (arp->hln != 6 || arp->pln != 4)
 		return COUNTER_OTHER;
 	const __u8 *addr = dir == DIRECTION_INGRESS ? arp->tpa : arp->spa;
-	return vip_fenced(addr, FSHA_AF_INET, 0, UNTIL_ARP) ? COUNTER_FENCED : COUNTER_OTHER;
+	if (!vip_fenced(addr, FSHA_AF_INET, 0, UNTIL_ARP))
+		return COUNTER_OTHER;
+	if (dir == DIRECTION_EGRESS && arp->op == ARPOP_REQUEST_BE &&
+	    __builtin_memcmp(arp->spa, arp->tpa, 4) != 0) {
+		__builtin_memset(arp->spa, 0, 4);
+		return COUNTER_ARP_PROBED;
+	}
+	return COUNTER_FENCED;
 }
 
 struct nd_msg_ {

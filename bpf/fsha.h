@@ -16,7 +16,8 @@
  * pins of an fsha from before the marker.
  */
 enum pin_format_version {
-	PIN_FORMAT_VERSION = 3, /* 2: steer_modes map, counters 13 and 14; 3: peer_macs map */
+	/* 2: steer_modes map, counters 13 and 14; 3: peer_macs map, counter 15 */
+	PIN_FORMAT_VERSION = 3,
 };
 
 #define FSHA_AF_INET  2
@@ -137,7 +138,13 @@ enum counter {
 	/* event (ingress): TC ingress sent a packet on to the node that holds
 	 * its socket (bpf_redirect to the interface's egress) */
 	COUNTER_TC_STEERED = 14,
-	COUNTER_MAX = 15,
+	/* outcome (egress): an ARP request speaking for a VIP this node may not
+	 * answer for (a drain's: the VIP on loopback is the only address the
+	 * kernel found to ask with), sent as a probe, sender 0.0.0.0, instead
+	 * of dropped: the node learns its drained clients' MACs, and the
+	 * clients learn nothing of the VIP */
+	COUNTER_ARP_PROBED = 15,
+	COUNTER_MAX = 16,
 };
 
 enum direction {

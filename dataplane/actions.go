@@ -251,3 +251,9 @@ func (a *Actions) LocalVIPs(ifaces []string, candidates []netip.Prefix) ([]Local
 
 // SetVIPs makes addrs the tracked VIPs (Maps.SetVIPs).
 func (a *Actions) SetVIPs(addrs []netip.Addr) error { return a.maps.SetVIPs(addrs) }
+
+// SetDrainRoute adds (on) or removes the route a drain of p keeps
+// through iface (VIPAddrs.SetDrainRoute).
+func (a *Actions) SetDrainRoute(iface string, p netip.Prefix, on bool) error {
+	return a.addrs.SetDrainRoute(iface, p, on)
+}

@@ -3,7 +3,8 @@ package dataplane
 import "fmt"
 
 // DirectionCounters are the counters of one program. Packets is the sum of
-// the outcomes (Other to Tracked, and Fenced); the rest count table events.
+// the outcomes (Other to Tracked, Fenced, Steered, SteerErrors,
+// SteerHandoffs, ARPProbed); the rest count table events.
 type DirectionCounters struct {
 	Packets     uint64 `json:"packets"`
 	Other       uint64 `json:"other"`
@@ -18,11 +19,14 @@ type DirectionCounters struct {
 	// (interfaces in tc mode), TCSteered: those TC ingress sent on
 	SteerHandoffs uint64 `json:"steer_handoffs"`
 	TCSteered     uint64 `json:"tc_steered"`
-	Created       uint64 `json:"created"`
-	Closed        uint64 `json:"closed"`
-	Evicted       uint64 `json:"evicted"`
-	EventsLost    uint64 `json:"events_lost"`
-	MapErrors     uint64 `json:"map_errors"`
+	// ARPProbed: ARP requests speaking for a VIP this node may not answer
+	// for (a drain's), sent as probes (sender 0.0.0.0) instead of dropped
+	ARPProbed  uint64 `json:"arp_probed"`
+	Created    uint64 `json:"created"`
+	Closed     uint64 `json:"closed"`
+	Evicted    uint64 `json:"evicted"`
+	EventsLost uint64 `json:"events_lost"`
+	MapErrors  uint64 `json:"map_errors"`
 }
 
 // Counters are the data plane's counters summed over CPUs.
@@ -49,6 +53,7 @@ func (m *Maps) ReadCounters() (Counters, error) {
 			fshaCounterCOUNTER_STEER_ERRORS:  &dc.SteerErrors,
 			fshaCounterCOUNTER_STEER_HANDOFF: &dc.SteerHandoffs,
 			fshaCounterCOUNTER_TC_STEERED:    &dc.TCSteered,
+			fshaCounterCOUNTER_ARP_PROBED:    &dc.ARPProbed,
 			fshaCounterCOUNTER_CREATED:       &dc.Created,
 			fshaCounterCOUNTER_CLOSED:        &dc.Closed,
 			fshaCounterCOUNTER_EVICTED:       &dc.Evicted,
@@ -65,7 +70,7 @@ func (m *Maps) ReadCounters() (Counters, error) {
 				*dst += v
 			}
 		}
-		dc.Packets = dc.Other + dc.ParseErrors + dc.Fragments + dc.Untracked + dc.Tracked + dc.Fenced + dc.Steered + dc.SteerErrors + dc.SteerHandoffs
+		dc.Packets = dc.Other + dc.ParseErrors + dc.Fragments + dc.Untracked + dc.Tracked + dc.Fenced + dc.Steered + dc.SteerErrors + dc.SteerHandoffs + dc.ARPProbed
 	}
 	var n uint64
 	if err := m.FlowCount.Lookup(uint32(0), &n); err != nil {

@@ -31,7 +31,8 @@ const (
 	fshaCounterCOUNTER_STEER_ERRORS  fshaCounter = 12
 	fshaCounterCOUNTER_STEER_HANDOFF fshaCounter = 13
 	fshaCounterCOUNTER_TC_STEERED    fshaCounter = 14
-	fshaCounterCOUNTER_MAX           fshaCounter = 15
+	fshaCounterCOUNTER_ARP_PROBED    fshaCounter = 15
+	fshaCounterCOUNTER_MAX           fshaCounter = 16
 )
 
 type fshaDirection uint32

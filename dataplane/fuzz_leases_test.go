@@ -131,6 +131,12 @@ func leaseSeedFrames(t testing.TB, d fshaDirection, seg func(c conn, flags uint8
 	m["arp-draining-vip"] = arpFor(drain4)
 	m["arp-fenced-vip-vlan"] = arpFor(fence4, 9)
 	m["arp-fenced-vip-short"] = arpFor(fence4)[:14+20]
+	if d == egress {
+		// asked with a fenced VIP as the sender: a probe (ARP_PROBED)
+		m["arp-request-from-fenced-vip"] = leaseARPFrame(t, layers.ARPRequest, fence4, client4)
+		m["arp-request-from-draining-vip"] = leaseARPFrame(t, layers.ARPRequest, drain4, client4)
+		m["arp-gratuitous-fenced-vip"] = leaseARPFrame(t, layers.ARPRequest, fence4, fence4)
+	}
 	m["nd-vip"] = ndFor(vip6)
 	m["nd-fenced-vip"] = ndFor(fence6)
 	m["nd-draining-vip"] = ndFor(drain6)

@@ -232,7 +232,9 @@ func TestFuzzModel(t *testing.T) {
 		"arp-draining-vip": classFenced, "arp-fenced-vip-vlan": classFenced, "arp-fenced-vip-short": classParseError,
 		"nd-vip": classOther, "nd-fenced-vip": classFenced, "nd-draining-vip": classFenced,
 		"ns-draining-vip": classFenced, "icmp-fenced-vip": classFenced, "icmpv6-fenced-vip": classFenced,
-		"icmpv6-draining-vip": classOther,
+		"icmpv6-draining-vip":         classOther,
+		"arp-request-from-fenced-vip": classARPProbed, "arp-request-from-draining-vip": classARPProbed,
+		"arp-gratuitous-fenced-vip": classFenced,
 	}
 	// seeds the two directions see differently: a cut neighbour
 	// advertisement from fence6 (egress) is still IP from it
@@ -525,6 +527,10 @@ func predict(b []byte, d fshaDirection) prediction {
 			a = netip.AddrFrom4([4]byte(rest[14:18])) // egress: spoken for (sender)
 		}
 		if fencedARP(a) {
+			op := binary.BigEndian.Uint16(rest[6:8])
+			if d == egress && op == uint16(layers.ARPRequest) && !bytes.Equal(rest[14:18], rest[24:28]) {
+				return decided(classARPProbed, "arp request from %v, sent as a probe", a)
+			}
 			return decided(classFenced, "arp for %v", a)
 		}
 		return decided(classOther, "arp for %v", a)
@@ -643,6 +649,9 @@ func (p prediction) apply(d fshaDirection, start fuzzState) fuzzWant {
 		return w
 	case classFenced:
 		outcome(fshaCounterCOUNTER_FENCED)
+		return w
+	case classARPProbed:
+		outcome(fshaCounterCOUNTER_ARP_PROBED)
 		return w
 	}
 

@@ -249,7 +249,7 @@ func counterValues(dc DirectionCounters) [fshaCounterCOUNTER_MAX]uint64 {
 		fshaCounterCOUNTER_EVICTED: dc.Evicted, fshaCounterCOUNTER_EVENTS_LOST: dc.EventsLost,
 		fshaCounterCOUNTER_MAP_ERRORS: dc.MapErrors, fshaCounterCOUNTER_STEERED: dc.Steered,
 		fshaCounterCOUNTER_STEER_ERRORS: dc.SteerErrors, fshaCounterCOUNTER_STEER_HANDOFF: dc.SteerHandoffs,
-		fshaCounterCOUNTER_TC_STEERED: dc.TCSteered,
+		fshaCounterCOUNTER_TC_STEERED: dc.TCSteered, fshaCounterCOUNTER_ARP_PROBED: dc.ARPProbed,
 	} {
 		v[c] = x
 	}
@@ -265,7 +265,7 @@ func counterName(c int) string {
 		fshaCounterCOUNTER_EVICTED: "EVICTED", fshaCounterCOUNTER_EVENTS_LOST: "EVENTS_LOST",
 		fshaCounterCOUNTER_MAP_ERRORS: "MAP_ERRORS", fshaCounterCOUNTER_STEERED: "STEERED",
 		fshaCounterCOUNTER_STEER_ERRORS: "STEER_ERRORS", fshaCounterCOUNTER_STEER_HANDOFF: "STEER_HANDOFF",
-		fshaCounterCOUNTER_TC_STEERED: "TC_STEERED",
+		fshaCounterCOUNTER_TC_STEERED: "TC_STEERED", fshaCounterCOUNTER_ARP_PROBED: "ARP_PROBED",
 	}
 	if n, ok := names[fshaCounter(c)]; ok {
 		return n
@@ -462,6 +462,10 @@ const (
 	// classFenced is what would make the node answer for a VIP it may not
 	// answer for now: dropped (only the fuzz targets fence).
 	classFenced
+	// classARPProbed is an outgoing ARP request asking for another
+	// address with a fenced VIP as its sender: sent as a probe (sender
+	// 0.0.0.0), counted ARP_PROBED.
+	classARPProbed
 )
 
 func (c pktClass) String() string {
@@ -476,6 +480,8 @@ func (c pktClass) String() string {
 		return "candidate"
 	case classFenced:
 		return "FENCED"
+	case classARPProbed:
+		return "ARP_PROBED"
 	}
 	return fmt.Sprintf("class-%d", int(c))
 }

@@ -46,6 +46,7 @@ func countersCommand(e env) *cli.Command {
 				{"  other traffic", in.Other, out.Other},
 				{"  fragments", in.Fragments, out.Fragments},
 				{"  fenced (dropped)", in.Fenced, out.Fenced},
+				{"  arp sent as probe", in.ARPProbed, out.ARPProbed},
 				{"  steered to owner", in.Steered, out.Steered},
 				{"  steer errors", in.SteerErrors, out.SteerErrors},
 				{"  passed to tc to steer", in.SteerHandoffs, out.SteerHandoffs},

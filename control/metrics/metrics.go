@@ -321,6 +321,7 @@ func (c *Collector) collectCounters(ch chan<- prometheus.Metric, ctrs dataplane.
 			{"steered", d.c.Steered},
 			{"steer_error", d.c.SteerErrors},
 			{"steer_handoff", d.c.SteerHandoffs},
+			{"arp_probed", d.c.ARPProbed},
 		} {
 			ch <- counter(c.packets, o.n, d.dir, o.outcome)
 		}

@@ -110,6 +110,7 @@ fsha_takeovers_total{kind="release"} 1
 fsha_takeovers_total{kind="takeover"} 2
 # HELP fsha_dataplane_packets_total Packets the data plane saw, by direction (ingress: XDP, egress: TC) and outcome.
 # TYPE fsha_dataplane_packets_total counter
+fsha_dataplane_packets_total{direction="egress",outcome="arp_probed"} 0
 fsha_dataplane_packets_total{direction="egress",outcome="fenced"} 0
 fsha_dataplane_packets_total{direction="egress",outcome="fragment"} 0
 fsha_dataplane_packets_total{direction="egress",outcome="other"} 10
@@ -119,6 +120,7 @@ fsha_dataplane_packets_total{direction="egress",outcome="steer_handoff"} 0
 fsha_dataplane_packets_total{direction="egress",outcome="steered"} 0
 fsha_dataplane_packets_total{direction="egress",outcome="tracked"} 90
 fsha_dataplane_packets_total{direction="egress",outcome="untracked"} 0
+fsha_dataplane_packets_total{direction="ingress",outcome="arp_probed"} 0
 fsha_dataplane_packets_total{direction="ingress",outcome="fenced"} 4
 fsha_dataplane_packets_total{direction="ingress",outcome="fragment"} 1
 fsha_dataplane_packets_total{direction="ingress",outcome="other"} 50

@@ -35,6 +35,11 @@ type DataPlane interface {
 	AddVIP(iface string, p netip.Prefix) error
 	RemoveVIP(iface string, p netip.Prefix) error
 	HasVIP(iface string, addr netip.Addr) (bool, error)
+	// SetDrainRoute adds (on) or removes the route a drain keeps to p's
+	// subnet through iface, behind any other: the VIP on loopback took
+	// its prefix route along, and a node without an address of its own
+	// there would have no way back to the drained clients.
+	SetDrainRoute(iface string, p netip.Prefix, on bool) error
 	// Announce sends the first gratuitous ARP / unsolicited NA at once and
 	// returns when it left; repeats go on until ctx ends.
 	Announce(ctx context.Context, iface string, addr netip.Addr) (time.Time, error)

@@ -42,6 +42,8 @@ type world struct {
 	steers []steerCall
 	// peerMACs: node -> owner -> interface MACs, as SetPeerMACs left them
 	peerMACs map[int]map[int]map[string][6]byte
+	// drainRoutes: node -> "iface prefix" of each drain route it has
+	drainRoutes map[int]map[string]bool
 }
 
 type steerCall struct {
@@ -180,6 +182,23 @@ func (d *fakeDP) Steer(vip netip.Addr, owner int, mac [6]byte, on bool, _ int) e
 	d.world.mu.Lock()
 	defer d.world.mu.Unlock()
 	d.world.steers = append(d.world.steers, steerCall{node: d.node, owner: owner, vip: vip, mac: mac, on: on})
+	return nil
+}
+func (d *fakeDP) SetDrainRoute(iface string, p netip.Prefix, on bool) error {
+	d.world.mu.Lock()
+	defer d.world.mu.Unlock()
+	if d.world.drainRoutes == nil {
+		d.world.drainRoutes = map[int]map[string]bool{}
+	}
+	if d.world.drainRoutes[d.node] == nil {
+		d.world.drainRoutes[d.node] = map[string]bool{}
+	}
+	k := iface + " " + p.Masked().String()
+	if on {
+		d.world.drainRoutes[d.node][k] = true
+	} else {
+		delete(d.world.drainRoutes[d.node], k)
+	}
 	return nil
 }
 func (d *fakeDP) SetPeerMACs(owner int, byName map[string][6]byte) error {
@@ -537,4 +556,48 @@ func nodeHooks(hooks func(i int) Hooks, i int) Hooks {
 		return nil
 	}
 	return hooks(i)
+}
+
+// TestDrainKeepsRouteToClients: a drained move leaves the old holder a
+// route to the VIP's subnet through the interface the VIP was on, while
+// its connections drain, and takes it away when the drain ends.
+func TestDrainKeepsRouteToClients(t *testing.T) {
+	c := startClusterIfaces(t, 3, 3, allocation.Sticky, nil, []string{"eth1"})
+	c.waitFor("one VIP per node", func() bool { return balanced(c.holders(), []int{0, 1, 2}, 3) })
+	vip := c.vips[0]
+	from := c.holders()[0]
+	to := (from + 1) % 3
+	route := "eth1 198.18.1.0/24"
+	c.world.mu.Lock()
+	if c.world.flows == nil {
+		c.world.flows = map[int]map[netip.Addr]int{}
+	}
+	if c.world.flows[from] == nil {
+		c.world.flows[from] = map[netip.Addr]int{}
+	}
+	c.world.flows[from][vip.VIP()] = 1 // a connection that keeps the drain going
+	c.world.mu.Unlock()
+	c.waitFor("move accepted", func() bool { return c.nodes[from].Move(context.Background(), vip.VIP(), fmt.Sprint(to), false) == nil })
+	hasRoute := func() bool {
+		c.world.mu.Lock()
+		defer c.world.mu.Unlock()
+		return c.world.drainRoutes[from][route]
+	}
+	c.waitFor("the old holder drains with a route to the clients", func() bool {
+		c.world.mu.Lock()
+		onLo := c.world.addrs[from][(&fakeDP{node: from}).key("lo", vip.VIP())]
+		c.world.mu.Unlock()
+		return onLo && hasRoute()
+	})
+	c.world.mu.Lock()
+	c.world.flows[from][vip.VIP()] = 0
+	c.world.mu.Unlock()
+	c.waitFor("the drain's route gone with its last connection", func() bool { return !hasRoute() })
+	c.world.mu.Lock()
+	defer c.world.mu.Unlock()
+	for n, rs := range c.world.drainRoutes {
+		if len(rs) != 0 {
+			t.Errorf("node %d keeps drain routes %v", n, rs)
+		}
+	}
 }

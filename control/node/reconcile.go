@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"go.uber.org/zap"
@@ -99,7 +100,8 @@ func (w *worker) reconcile(_ context.Context, in reconcileInput) {
 				w.n.dp.SetVIPLease(w.vip.VIP(), dataplane.VIPLease{State: dataplane.VIPLeaseNone, Holder: w.n.cfg.Self}))
 		}
 		if ok, err := w.n.dp.HasVIP("lo", w.vip.VIP()); err == nil && ok {
-			mend("a VIP not held here was on loopback (a drain cut short): removed", w.removeVerified("lo", w.host()))
+			mend("a VIP not held here was on loopback (a drain cut short): removed",
+				errors.Join(w.removeVerified("lo", w.host()), w.removeDrainRoutes()))
 		}
 		w.removeStray(mend)
 	}

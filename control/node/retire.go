@@ -90,6 +90,11 @@ func (n *Node) retire(ctx context.Context, vip netip.Addr, lease dataplane.VIPLe
 		ifaces = append(ifaces, a.Iface)
 		errs = append(errs, n.removeVerified(a.Iface, a.Prefix))
 	}
+	for _, a := range up {
+		if a.Iface != "lo" {
+			errs = append(errs, n.dp.SetDrainRoute(a.Iface, a.Prefix, true))
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		rec.Error = err.Error()
 		log.Error("retire", zap.Error(err))
@@ -121,6 +126,11 @@ func (n *Node) retire(ctx context.Context, vip netip.Addr, lease dataplane.VIPLe
 		return
 	}
 	err = n.removeVerified("lo", host)
+	for _, a := range up {
+		if a.Iface != "lo" {
+			err = errors.Join(err, n.dp.SetDrainRoute(a.Iface, a.Prefix, false))
+		}
+	}
 	if terr := n.untrack(vip); terr != nil {
 		err = errors.Join(err, terr)
 	}

@@ -488,6 +488,11 @@ func (w *worker) drop(d ownership.Drop) {
 	for _, iface := range w.vip.Interfaces {
 		errs = append(errs, w.removeVerified(iface, w.vip.Prefix))
 	}
+	if d.Drain {
+		// after the address: the last address of an interface leaving
+		// takes every route through it along
+		errs = append(errs, w.n.dp.SetDrainRoute(rec.Iface, w.vip.Prefix, true))
+	}
 	if err := errors.Join(errs...); err != nil {
 		// The data plane no longer answers: the release is safe. The
 		// address is mended by reconcile.
@@ -568,7 +573,7 @@ func (w *worker) endDrain(why string) {
 // endDrainAddress removes the loopback address of a drain and tells the
 // engine (and the timeline) it is over.
 func (w *worker) endDrainAddress(why string) {
-	err := w.removeVerified("lo", w.host())
+	err := errors.Join(w.removeVerified("lo", w.host()), w.removeDrainRoutes())
 	w.log().Info("drain ended", zap.String("why", why), zap.Error(err))
 	w.n.command(func(e *ownership.Engine, now ownership.Mono) { e.SetDraining(now, w.i, false) })
 	w.mu.Lock()
@@ -578,6 +583,16 @@ func (w *worker) endDrainAddress(why string) {
 	w.n.updateRecord(w.vip, t0, "drain", func(r *admin.Takeover) {
 		r.Steps = append(r.Steps, admin.TimelineStep{Step: "drain ended: " + why, At: now, Took: now.Sub(t0)})
 	})
+}
+
+// removeDrainRoutes removes the route a drain of the VIP kept through any
+// of its interfaces.
+func (w *worker) removeDrainRoutes() error {
+	var errs []error
+	for _, iface := range w.vip.Interfaces {
+		errs = append(errs, w.n.dp.SetDrainRoute(iface, w.vip.Prefix, false))
+	}
+	return errors.Join(errs...)
 }
 
 // done reports a finished take or drop to the loop.

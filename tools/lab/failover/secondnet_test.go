@@ -1,7 +1,10 @@
 package failover
 
 import (
+	"context"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,7 +26,26 @@ import (
 // lost no frame. (The old holder's receive counters cannot tell: the
 // second bridge floods a frame for an unknown MAC to every port.)
 func TestDrainOnSecondNetwork(t *testing.T) {
-	e := newEnv(t, lab.ClusterOptions{Nodes: 3, SecondNet: true})
+	drainOnSecondNetwork(t, lab.ClusterOptions{Nodes: 3, SecondNet: true})
+}
+
+// TestDrainOnBareSecondNetwork is TestDrainOnSecondNetwork where the nodes
+// have no address of their own on the second network (CTDB's public
+// interfaces often have none): once the VIP has left the old holder's
+// eth1, nothing there gives it a route back to the clients or an address
+// to ask for their MACs with. The drain keeps a route to the VIP's subnet
+// through eth1 (the kernel's table: ip route show proto 245, gone when the
+// drain ends), and the old holder's ARP requests, asked with the VIP from
+// loopback, leave as probes: the sessions live on, and the client's
+// neighbour table never puts the VIP at the old holder. Without the route
+// the answers are unroutable; without the probes they wait for a
+// neighbour that never resolves: both sessions time out (run here).
+func TestDrainOnBareSecondNetwork(t *testing.T) {
+	drainOnSecondNetwork(t, lab.ClusterOptions{Nodes: 3, SecondNet: true, SecondNetBare: true})
+}
+
+func drainOnSecondNetwork(t *testing.T, opts lab.ClusterOptions) {
+	e := newEnv(t, opts)
 	vip := e.c.VIPs[len(e.c.VIPs)-1]
 	holder := e.owner(vip)
 	if on, err := holder.HeldOn(); err != nil || !slices.Contains(on["eth1"], vip) {
@@ -62,6 +84,18 @@ func TestDrainOnSecondNetwork(t *testing.T) {
 	}
 	e.waitFlows(to, holder, true, keys...)
 	time.Sleep(1500 * time.Millisecond) // the sessions talk through the steering
+	drainRoute := func() string {
+		t.Helper()
+		out, err := holder.Output(e.ctx, "ip", "-4", "route", "show", "proto", "245")
+		if err != nil {
+			t.Fatalf("ip route on %s: %v: %s", holder.Role, err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	if r := drainRoute(); !strings.Contains(r, vip.Masked().String()+" dev eth1") {
+		t.Errorf("%s drains without its route to the clients: ip route show proto 245 says %q", holder.Role, r)
+	}
+	probed := e.arpProbed(holder)
 	for _, s := range sessions {
 		s.Close()
 	}
@@ -85,4 +119,34 @@ func TestDrainOnSecondNetwork(t *testing.T) {
 	if held, err := to.Holds(vip); err != nil || !held {
 		t.Errorf("%s does not hold %s after the move (%v)", to.Role, vip, err)
 	}
+	// the client's own neighbour table: the VIP at the new holder, never
+	// at the old one (whose requests, if any, were probes)
+	toMAC, err := to.IfaceMAC("eth1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := e.client.Output(e.ctx, "ip", "neigh", "show", vip.Addr().String(), "dev", "eth1")
+	if err != nil || !strings.Contains(string(out), toMAC.String()) {
+		t.Errorf("the client's neighbour entry for %s is %q (%v), want %s's eth1 MAC %s", vip.Addr(), out, err, to.Role, toMAC)
+	}
+	if opts.SecondNetBare && probed == 0 {
+		t.Errorf("%s has no address on eth1, yet sent no ARP request as a probe (fsha counters): how did it find the clients' MACs?", holder.Role)
+	}
+	t.Logf("%s sent %d ARP requests as probes", holder.Role, probed)
+	e.eventually("the drain's route gone once its connections closed", func(context.Context) error {
+		if r := drainRoute(); r != "" {
+			return fmt.Errorf("ip route show proto 245 on %s: %q", holder.Role, r)
+		}
+		return nil
+	})
+}
+
+// arpProbed is n's count of ARP requests sent as probes (fsha counters).
+func (e *env) arpProbed(n *lab.ClusterNode) uint64 {
+	e.t.Helper()
+	c, err := n.Counters(e.ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return c.Egress.ARPProbed
 }
