@@ -95,7 +95,7 @@ chaos: deps build
 	FSHA_LAB_TUNED=1 FSHA_LAB_STEER_MODE=xdp $(GO) test -count=1 -p 1 -timeout 30m -run 'TestPlannedMoves|TestPowerDown|TestFailback$$|TestDrainTimeoutAndKill|TestIPv6DualStack' ./tools/lab/failover/
 
 demo: deps build
-	$(GO) run ./tools/demo
+	$(GO) run ./tools/demo $(DEMO_ARGS)
 
 clean:
 	rm -rf bin dist

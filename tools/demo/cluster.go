@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -24,16 +25,35 @@ import (
 const convergeTimeout = 20 * time.Second
 
 // runCluster is the default demo: a three-node cluster, a client doing I/O
-// through a VIP, and a power cut of the node holding it.
-func runCluster(ctx context.Context, out io.Writer, newLab func() (*lab.Lab, error)) error {
+// through a VIP, and a power cut of the node holding it. With full (the
+// default of make demo) the cluster is the one the guides build: a
+// replica 3 GlusterFS volume, ctdbd on every node for Samba's clustered
+// databases only (its lock on the volume), smbd with clustering = yes and
+// nfs-ganesha serving each node's mount of the volume, and fsha moving
+// the VIPs. Without, every node serves one shared local directory.
+func runCluster(ctx context.Context, out io.Writer, newLab func() (*lab.Lab, error), full bool) error {
 	l, err := newLab()
 	if err != nil {
 		return err
 	}
 	p := printer{out}
 	p.heading("fsha cluster failover demo (lab %s)", l.ID)
-	p.step("building a three-node cluster: each node runs smbd, nfs-ganesha and `fsha up --nodes` on one shared directory")
-	c, err := lab.NewCluster(ctx, l, lab.ClusterOptions{Nodes: 3})
+	opts := lab.ClusterOptions{Nodes: 3}
+	if full {
+		for _, cmd := range []string{"glusterd", "glusterfs", "gluster", "nsenter", "ctdbd", "ctdb"} {
+			if _, err := exec.LookPath(cmd); err != nil {
+				return fmt.Errorf("%s not installed: run `make deps` (or `make demo DEMO_ARGS=-light` for the lighter cluster)", cmd)
+			}
+		}
+		opts.Gluster, opts.CTDB = true, true
+		p.step("building a three-node file-server cluster as the GlusterFS and CTDB guides build it (about a minute):")
+		p.say("each node: glusterd with a brick of the replica 3 volume %q and a FUSE mount of it,", lab.GlusterVolume)
+		p.say("ctdbd for Samba's clustered databases only (no public addresses: CTDB moves no IP; its lock on the volume),")
+		p.say("smbd with clustering = yes and nfs-ganesha serving the mount, and `fsha up --nodes` moving the VIPs")
+	} else {
+		p.step("building a three-node cluster: each node runs smbd, nfs-ganesha and `fsha up --nodes` on one shared directory")
+	}
+	c, err := lab.NewCluster(ctx, l, opts)
 	if err != nil {
 		return err
 	}
@@ -55,6 +75,14 @@ func runCluster(ctx context.Context, out io.Writer, newLab func() (*lab.Lab, err
 	}
 
 	vip := c.VIPs[0]
+	if full {
+		if err := p.ctdb(ctx, n1, "CTDB as n1's ctdbd sees it: databases only, no IPs", "status"); err != nil {
+			return err
+		}
+		if vip, err = vipOffLeader(ctx, c); err != nil {
+			return err
+		}
+	}
 	old, err := c.Owner(vip)
 	if err != nil {
 		return err
@@ -111,10 +139,18 @@ func runCluster(ctx context.Context, out io.Writer, newLab func() (*lab.Lab, err
 			f.reset = fr.At
 		}
 	}
+	if full {
+		f.notes = append(f.notes, ctdbNotes(c.Others(old), old, f.cut)...)
+	}
 	f.print(p, old)
 	_ = sess.Close(ctx) // its connection is gone: whatever smbclient says
-	p.say("%-9s %s  c1's smbclient reads hello.txt again (its attempt made during the gap waited for TCP's 1 s SYN retry)",
-		"+"+ms(firstRead.Sub(f.cut)), clock(firstRead))
+	if full {
+		p.say("%-9s %s  c1's smbclient reads hello.txt again: smbd on %s waited for CTDB's recovery, and the volume's FUSE mounts for %ds (its ping timeout) before they gave up on %s's brick",
+			"+"+ms(firstRead.Sub(f.cut)), clock(firstRead), f.next.Role, lab.GlusterPingTimeout, old.Role)
+	} else {
+		p.say("%-9s %s  c1's smbclient reads hello.txt again (its attempt made during the gap waited for TCP's 1 s SYN retry)",
+			"+"+ms(firstRead.Sub(f.cut)), clock(firstRead))
+	}
 	p.say("")
 	p.say("total: %s from the power cut to a new connection answered by %s; smbclient reads: %d ok, %d failed, content checked",
 		ms(f.firstConn.Sub(f.cut)), f.next.Role, reads.count(), reads.failures())
@@ -128,13 +164,73 @@ func runCluster(ctx context.Context, out io.Writer, newLab func() (*lab.Lab, err
 	if err := p.admin(ctx, f.next, "the cluster after the power cut", "status"); err != nil {
 		return err
 	}
-	return p.admin(ctx, f.next, "every VIP is held by the two survivors", "ip")
+	if err := p.admin(ctx, f.next, "every VIP is held by the two survivors", "ip"); err != nil {
+		return err
+	}
+	if !full {
+		return nil
+	}
+	return p.ctdb(ctx, f.next, "CTDB after the power cut: fsha's kick told it at once (README: Beside CTDB)", "status")
+}
+
+// ctdbNotes are the survivors' ctdbd's view of the failure: when the
+// first said the dead node dead (fsha's kick, README: Beside CTDB) and
+// when its recovery ended.
+func ctdbNotes(survivors []*lab.ClusterNode, dead *lab.ClusterNode, cut time.Time) []note {
+	var out []note
+	var first *lab.ClusterNode
+	var deadAt time.Time
+	for _, n := range survivors {
+		at, ok := lab.CTDBLogged(n.CTDBLog(), 0, fmt.Sprintf("node %s:%d is dead", dead.IP(), lab.CTDBPort), cut)
+		if ok && (deadAt.IsZero() || at.Before(deadAt)) {
+			first, deadAt = n, at
+		}
+	}
+	if first == nil {
+		return nil
+	}
+	out = append(out, note{deadAt, fmt.Sprintf("%s's ctdbd: node %s is dead (fsha ended their connections; CTDB's keepalives would take 25 s)", first.Role, dead.Role)})
+	if at, ok := lab.CTDBLogged(first.CTDBLog(), 0, "Recovery mode set to NORMAL", deadAt); ok {
+		out = append(out, note{at, fmt.Sprintf("%s's ctdbd: CTDB's recovery of the databases done", first.Role)})
+	}
+	return out
+}
+
+// vipOffLeader is a VIP held by a node that is not CTDB's leader: the
+// leader's loss costs CTDB an election (its leader timeout) before its
+// recovery, on top of what the demo shows; README says so.
+func vipOffLeader(ctx context.Context, c *lab.Cluster) (netip.Prefix, error) {
+	var leader *lab.ClusterNode
+	if err := lab.Eventually(ctx, convergeTimeout, "the ctdbd agree on a leader", func(ctx context.Context) error {
+		var err error
+		leader, err = c.CTDBLeader(ctx)
+		return err
+	}); err != nil {
+		return netip.Prefix{}, err
+	}
+	for _, v := range c.VIPs {
+		if o, err := c.Owner(v); err == nil && o != leader {
+			return v, nil
+		}
+	}
+	return netip.Prefix{}, fmt.Errorf("every VIP is on CTDB's leader %s", leader.Role)
+}
+
+// ctdb prints a ctdb command's output, asked of n's ctdbd.
+func (p printer) ctdb(ctx context.Context, n *lab.ClusterNode, title string, args ...string) error {
+	return p.command(ctx, "ctdb", n.CTDB, n, title, args)
 }
 
 // admin prints an fsha admin command's output.
 func (p printer) admin(ctx context.Context, n *lab.ClusterNode, title string, args ...string) error {
-	p.heading("%s   [fsha %s, on %s]", title, strings.Join(args, " "), n.Role)
-	out, err := n.Admin(ctx, args...)
+	return p.command(ctx, "fsha", n.Admin, n, title, args)
+}
+
+// command prints the output of tool's command args, run by run on n.
+func (p printer) command(ctx context.Context, tool string, run func(context.Context, ...string) ([]byte, error),
+	n *lab.ClusterNode, title string, args []string) error {
+	p.heading("%s   [%s %s, on %s]", title, tool, strings.Join(args, " "), n.Role)
+	out, err := run(ctx, args...)
 	if err != nil {
 		return err
 	}
@@ -186,6 +282,14 @@ type failoverResult struct {
 	frames    []lab.Frame
 	nextMAC   []byte
 	probes    int
+	// notes are more events for the timeline (CTDB's, in the full demo)
+	notes []note
+}
+
+// note is an event of a failover's timeline.
+type note struct {
+	at   time.Time
+	what string
 }
 
 // failover takes the holder of vip down with f while the client probes
@@ -289,11 +393,9 @@ func failover(ctx context.Context, c *lab.Cluster, vip netip.Prefix, f fault) (*
 // print shows the failover as a timeline from the cut.
 func (f *failoverResult) print(p printer, old *lab.ClusterNode) {
 	p.heading("failover of %s: %s of %s", f.vip.Addr(), f.fault.what, old.Role)
-	type event struct {
-		at   time.Time
-		what string
-	}
+	type event = note
 	events := []event{{f.cut, fmt.Sprintf("%s: %s", old.Role, f.fault.what)}}
+	events = append(events, f.notes...)
 	if !f.lastOld.IsZero() {
 		events = append(events, event{f.lastOld, fmt.Sprintf("c1: last frame from %s for %s", old.Role, f.vip.Addr())})
 	}

@@ -1,10 +1,13 @@
 // Command demo shows fsha on this machine (`make demo`, as root), in a lab
 // of network namespaces with real smbd, nfs-ganesha, smbclient and libnfs.
 //
-// By default: a three-node cluster; it shows `fsha status` and `fsha ip`,
-// starts a client doing I/O through a VIP, powers down the node that holds
-// it and prints the failover as a timeline, from the power cut to the
-// client's next working connection. -dataplane runs the data-plane demo
+// By default: a three-node cluster as the guides build it (GlusterFS
+// replica 3, ctdbd for Samba's databases, clustered smbd, nfs-ganesha,
+// fsha moving the VIPs; -light: standalone servers on one directory); it
+// shows `fsha status`, `fsha ip` and `ctdb status`, starts a client doing
+// I/O through a VIP, powers down the node that holds it and prints the
+// failover as a timeline, from the power cut to the client's next working
+// read. -dataplane runs the data-plane demo
 // instead (one node: tracked flows, counters, a restart under traffic).
 // -measure N times N power cuts and N network cuts and prints the spread.
 package main
@@ -33,8 +36,9 @@ func main() {
 	keep := flag.Bool("keep", false, "keep the run directory (configs, logs) after the demo")
 	verbose := flag.Bool("v", false, "log what the lab does")
 	dataplane := flag.Bool("dataplane", false, "run the data-plane demo (one node) instead of the cluster failover")
+	light := flag.Bool("light", false, "a lighter cluster: standalone smbd and nfs-ganesha on one local directory, no GlusterFS, no CTDB")
 	measure := flag.Int("measure", 0, "instead of the demo, time this many power-cut and network-cut failovers (1 to 20)")
-	timeout := flag.Duration("timeout", 3*time.Minute, "give up after this long")
+	timeout := flag.Duration("timeout", 5*time.Minute, "give up after this long")
 	flag.Parse()
 
 	if os.Geteuid() != 0 {
@@ -49,7 +53,9 @@ func main() {
 	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	show := runCluster
+	show := func(ctx context.Context, out io.Writer, newLab func() (*lab.Lab, error)) error {
+		return runCluster(ctx, out, newLab, !*light)
+	}
 	switch {
 	case *dataplane:
 		show = runDataplane

@@ -4,9 +4,11 @@ package lab
 // namespace), and waiting until the cluster's ctdbd agree.
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -154,4 +156,30 @@ func (c *Cluster) WaitCTDB(ctx context.Context, timeout time.Duration, nodes ...
 		}
 		return err
 	})
+}
+
+// CTDBLogged finds, in a ctdbd log from offset on, the time of the first
+// line at or after after that contains needle.
+func CTDBLogged(log string, offset int64, needle string, after time.Time) (time.Time, bool) {
+	f, err := os.Open(log)
+	if err != nil {
+		return time.Time{}, false
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, 0); err != nil {
+		return time.Time{}, false
+	}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.Contains(line, needle) {
+			continue
+		}
+		// 2026-12-06T03:40:27.742101+00:00 host ctdbd[123]: ...
+		ts, _, _ := strings.Cut(line, " ")
+		if at, err := time.Parse(time.RFC3339Nano, ts); err == nil && !at.Before(after) {
+			return at, true
+		}
+	}
+	return time.Time{}, false
 }

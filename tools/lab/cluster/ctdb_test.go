@@ -1,14 +1,12 @@
 package cluster
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
 	"net/netip"
 	"os"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -184,7 +182,7 @@ func testCTDBClusteredSmbd(t *testing.T, fshaArgs []string, kick bool) {
 			seen = fmt.Sprintf("after %s (the ask was sent at %s)", ms(a.answered), ms(a.sent))
 		}
 		logged, thawed := "not logged", "not logged"
-		at, ok := ctdbLogged(n.CTDBLog(), logOffsets[n], fmt.Sprintf("node %s:%d is dead", victim.IP(), lab.CTDBPort), cut)
+		at, ok := lab.CTDBLogged(n.CTDBLog(), logOffsets[n], fmt.Sprintf("node %s:%d is dead", victim.IP(), lab.CTDBPort), cut)
 		switch {
 		case !ok:
 			t.Errorf("%s's ctdbd never logged %s dead", n.Role, victim.Role)
@@ -195,7 +193,7 @@ func testCTDBClusteredSmbd(t *testing.T, fshaArgs []string, kick bool) {
 		}
 		if ok {
 			logged = ms(at.Sub(cut))
-			if at, ok := ctdbLogged(n.CTDBLog(), logOffsets[n], "Recovery mode set to NORMAL", at); ok {
+			if at, ok := lab.CTDBLogged(n.CTDBLog(), logOffsets[n], "Recovery mode set to NORMAL", at); ok {
 				thawed = ms(at.Sub(cut))
 			}
 		}
@@ -312,30 +310,4 @@ func fileSize(path string) int64 {
 		return 0
 	}
 	return fi.Size()
-}
-
-// ctdbLogged finds, in a ctdbd log from offset on, the time of the first
-// line at or after after that contains needle.
-func ctdbLogged(log string, offset int64, needle string, after time.Time) (time.Time, bool) {
-	f, err := os.Open(log)
-	if err != nil {
-		return time.Time{}, false
-	}
-	defer f.Close()
-	if _, err := f.Seek(offset, 0); err != nil {
-		return time.Time{}, false
-	}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.Contains(line, needle) {
-			continue
-		}
-		// 2026-12-06T03:40:27.742101+00:00 host ctdbd[123]: ...
-		ts, _, _ := strings.Cut(line, " ")
-		if at, err := time.Parse(time.RFC3339Nano, ts); err == nil && !at.Before(after) {
-			return at, true
-		}
-	}
-	return time.Time{}, false
 }

