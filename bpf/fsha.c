@@ -48,6 +48,7 @@ const enum vip_lease_state *unused_vip_lease_state __attribute__((unused));
 const struct vip_grant *unused_vip_grant __attribute__((unused));
 const enum pin_format_version *unused_pin_format_version __attribute__((unused));
 const enum steer_mode *unused_steer_mode __attribute__((unused));
+const enum node_mac_flags *unused_node_mac_flags __attribute__((unused));
 
 /* Capacity of the flows map, set by the loader: used to count evictions. */
 volatile const __u64 flows_max = 1048576;

@@ -250,7 +250,14 @@ enum steer_mode {
  * connections. */
 struct node_mac {
 	__u8 mac[6];
-	__u16 valid;
+	__u16 valid; /* enum node_mac_flags */
+};
+
+enum node_mac_flags {
+	NODE_MAC_VALID = 1, /* mac is set */
+	/* node_macs only: peer_macs has entries for the node, to look up
+	 * first; without the flag the steering pays no hash lookup for them */
+	NODE_MAC_PER_IFACE = 2,
 };
 
 /*

@@ -179,7 +179,8 @@ struct {
 
 /* peer_macs: (PNN, ifindex) -> node_mac: the node's MAC on that interface's
  * network, from its heartbeats. Written by the daemon, read when a packet
- * is steered; no entry: the node's MAC in node_macs. */
+ * is steered to a node whose node_macs entry has NODE_MAC_PER_IFACE; no
+ * entry: the node's MAC in node_macs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);

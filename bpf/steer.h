@@ -32,11 +32,18 @@ static __always_inline int steer_target(struct packet *pkt, __u32 ifindex, const
 	if (!pf || !(pf->flags & PEER_F_STEER))
 		return COUNTER_UNTRACKED;
 	__u32 owner = pf->owner;
-	struct peer_mac_key pk = {.owner = owner, .ifindex = ifindex};
-	struct node_mac *nm = bpf_map_lookup_elem(&peer_macs, &pk);
-	if (!nm || !nm->valid)
-		nm = bpf_map_lookup_elem(&node_macs, &owner);
-	if (!nm || !nm->valid)
+	struct node_mac *nm = bpf_map_lookup_elem(&node_macs, &owner);
+	if (!nm)
+		return COUNTER_STEER_ERRORS;
+	if (nm->valid & NODE_MAC_PER_IFACE) {
+		struct peer_mac_key pk = {.owner = owner, .ifindex = ifindex};
+		struct node_mac *im = bpf_map_lookup_elem(&peer_macs, &pk);
+		if (im && (im->valid & NODE_MAC_VALID)) {
+			*mac = im->mac;
+			return COUNTER_STEERED;
+		}
+	}
+	if (!(nm->valid & NODE_MAC_VALID))
 		return COUNTER_STEER_ERRORS;
 	*mac = nm->mac;
 	return COUNTER_STEERED;

@@ -147,6 +147,13 @@ type fshaNodeMac struct {
 	Valid uint16
 }
 
+type fshaNodeMacFlags uint32
+
+const (
+	fshaNodeMacFlagsNODE_MAC_VALID     fshaNodeMacFlags = 1
+	fshaNodeMacFlagsNODE_MAC_PER_IFACE fshaNodeMacFlags = 2
+)
+
 type fshaPeerFlags uint32
 
 const (
@@ -266,6 +273,7 @@ const (
 	fshaVarUnusedFlowFin          = "unused_flow_fin"
 	fshaVarUnusedFlowState        = "unused_flow_state"
 	fshaVarUnusedLeaseMode        = "unused_lease_mode"
+	fshaVarUnusedNodeMacFlags     = "unused_node_mac_flags"
 	fshaVarUnusedPeerFlags        = "unused_peer_flags"
 	fshaVarUnusedPinFormatVersion = "unused_pin_format_version"
 	fshaVarUnusedSteerMode        = "unused_steer_mode"
@@ -365,6 +373,7 @@ type fshaVariableSpecs struct {
 	UnusedFlowFin          *ebpf.VariableSpec `ebpf:"unused_flow_fin"`
 	UnusedFlowState        *ebpf.VariableSpec `ebpf:"unused_flow_state"`
 	UnusedLeaseMode        *ebpf.VariableSpec `ebpf:"unused_lease_mode"`
+	UnusedNodeMacFlags     *ebpf.VariableSpec `ebpf:"unused_node_mac_flags"`
 	UnusedPeerFlags        *ebpf.VariableSpec `ebpf:"unused_peer_flags"`
 	UnusedPinFormatVersion *ebpf.VariableSpec `ebpf:"unused_pin_format_version"`
 	UnusedSteerMode        *ebpf.VariableSpec `ebpf:"unused_steer_mode"`
@@ -457,6 +466,7 @@ type fshaVariables struct {
 	UnusedFlowFin          *ebpf.Variable `ebpf:"unused_flow_fin"`
 	UnusedFlowState        *ebpf.Variable `ebpf:"unused_flow_state"`
 	UnusedLeaseMode        *ebpf.Variable `ebpf:"unused_lease_mode"`
+	UnusedNodeMacFlags     *ebpf.Variable `ebpf:"unused_node_mac_flags"`
 	UnusedPeerFlags        *ebpf.Variable `ebpf:"unused_peer_flags"`
 	UnusedPinFormatVersion *ebpf.Variable `ebpf:"unused_pin_format_version"`
 	UnusedSteerMode        *ebpf.Variable `ebpf:"unused_steer_mode"`

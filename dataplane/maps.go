@@ -50,6 +50,9 @@ type Maps struct {
 	// vip_deadlines maps, whose buckets are read, recomputed and written.
 	// Shared by the copies of a Maps.
 	leaseMu *sync.Mutex
+	// macMu serialises the writers of node_macs, whose entries both
+	// SetNodeMAC and SetPeerMACs read, change and write back.
+	macMu *sync.Mutex
 }
 
 func mapsOf(m *fshaMaps) Maps {
@@ -58,7 +61,7 @@ func mapsOf(m *fshaMaps) Maps {
 		Vips: m.Vips, VipFilter: m.VipFilter, Ports: m.Ports, Counters: m.Counters, Lease: m.Lease,
 		Handshakes: m.Handshakes, PeerFlows: m.PeerFlows, NodeMacs: m.NodeMacs, Steering: m.Steering,
 		FlowCache: m.FlowCache, VipLeases: m.VipLeases, VipDeadlines: m.VipDeadlines, VipGrants: m.VipGrants,
-		PinFormat: m.PinFormat, SteerModes: m.SteerModes, PeerMacs: m.PeerMacs, leaseMu: new(sync.Mutex),
+		PinFormat: m.PinFormat, SteerModes: m.SteerModes, PeerMacs: m.PeerMacs, leaseMu: new(sync.Mutex), macMu: new(sync.Mutex),
 	}
 }
 
@@ -91,7 +94,7 @@ type PinnedMaps struct {
 // OpenPinned opens the maps pinned under pinPath, read-only: it is how the
 // CLI reads flows whether or not the daemon runs.
 func OpenPinned(pinPath string) (_ *PinnedMaps, err error) {
-	p := &PinnedMaps{Maps: Maps{leaseMu: new(sync.Mutex)}}
+	p := &PinnedMaps{Maps: Maps{leaseMu: new(sync.Mutex), macMu: new(sync.Mutex)}}
 	defer func() {
 		if err != nil {
 			p.Close()

@@ -12,13 +12,27 @@ import (
 // node's interfaces (ifindex -> MAC): a packet steered to pnn out of one of
 // them is addressed there, and out of any other interface to its node MAC
 // (SetNodeMAC). Entries of pnn not in byIfindex are removed. The map is
-// small (nodes x interfaces): it is read whole.
+// small (nodes x interfaces): it is read whole. The node's node_macs
+// entry says whether it has any (NODE_MAC_PER_IFACE): set once they are
+// written, cleared before they go, so the programs never look for entries
+// that are not there yet.
 func (m *Maps) SetPeerMACs(pnn int, byIfindex map[int][6]byte) error {
 	if m.PeerMacs == nil {
 		return errors.New("the pinned maps have no peer_macs map (an older fsha's pins)")
 	}
 	if pnn < 0 || pnn >= MaxNodes {
 		return fmt.Errorf("node %d out of range 0..%d", pnn, MaxNodes-1)
+	}
+	want := 0
+	for ifindex, mac := range byIfindex {
+		if mac != ([6]byte{}) && ifindex > 0 {
+			want++
+		}
+	}
+	if want == 0 {
+		if err := m.setPerIface(pnn, false); err != nil {
+			return err
+		}
 	}
 	var stale []fshaPeerMacKey
 	var k fshaPeerMacKey
@@ -45,9 +59,12 @@ func (m *Maps) SetPeerMACs(pnn int, byIfindex map[int][6]byte) error {
 			continue
 		}
 		k := fshaPeerMacKey{Owner: uint32(pnn), Ifindex: uint32(ifindex)}
-		if err := m.PeerMacs.Put(k, fshaNodeMac{Mac: mac, Valid: 1}); err != nil {
+		if err := m.PeerMacs.Put(k, fshaNodeMac{Mac: mac, Valid: uint16(fshaNodeMacFlagsNODE_MAC_VALID)}); err != nil {
 			return fmt.Errorf("write node %d's mac on ifindex %d: %w", pnn, ifindex, err)
 		}
+	}
+	if want > 0 {
+		return m.setPerIface(pnn, true)
 	}
 	return nil
 }
@@ -62,7 +79,7 @@ func (m *Maps) PeerMACs() (map[int]map[int][6]byte, error) {
 	var v fshaNodeMac
 	it := m.PeerMacs.Iterate()
 	for it.Next(&k, &v) {
-		if v.Valid == 0 {
+		if v.Valid&uint16(fshaNodeMacFlagsNODE_MAC_VALID) == 0 {
 			continue
 		}
 		if out[int(k.Owner)] == nil {

@@ -174,15 +174,45 @@ func (m *Maps) DeletePeerFlowsWhere(match func(PeerFlow) bool) (int, error) {
 	return len(doomed), m.DeletePeerFlows(doomed)
 }
 
-// SetNodeMAC records where steered packets for node pnn go.
+// SetNodeMAC records where steered packets for node pnn go, keeping what
+// SetPeerMACs said of its interface MACs.
 func (m *Maps) SetNodeMAC(pnn int, mac net.HardwareAddr) error {
 	if pnn < 0 || pnn >= MaxNodes {
 		return fmt.Errorf("node %d out of range 0..%d", pnn, MaxNodes-1)
 	}
+	m.macMu.Lock()
+	defer m.macMu.Unlock()
 	var v fshaNodeMac
+	if err := m.NodeMacs.Lookup(uint32(pnn), &v); err != nil {
+		return fmt.Errorf("read node %d mac: %w", pnn, err)
+	}
+	v.Mac, v.Valid = [6]byte{}, v.Valid&uint16(fshaNodeMacFlagsNODE_MAC_PER_IFACE)
 	if len(mac) == 6 && !bytes.Equal(mac, make([]byte, 6)) {
 		copy(v.Mac[:], mac)
-		v.Valid = 1
+		v.Valid |= uint16(fshaNodeMacFlagsNODE_MAC_VALID)
+	}
+	if err := m.NodeMacs.Put(uint32(pnn), v); err != nil {
+		return fmt.Errorf("write node %d mac: %w", pnn, err)
+	}
+	return nil
+}
+
+// setPerIface sets or clears NODE_MAC_PER_IFACE in node pnn's node_macs
+// entry: the programs look peer_macs up only for a node that has it.
+func (m *Maps) setPerIface(pnn int, on bool) error {
+	m.macMu.Lock()
+	defer m.macMu.Unlock()
+	var v fshaNodeMac
+	if err := m.NodeMacs.Lookup(uint32(pnn), &v); err != nil {
+		return fmt.Errorf("read node %d mac: %w", pnn, err)
+	}
+	flag := uint16(fshaNodeMacFlagsNODE_MAC_PER_IFACE)
+	if (v.Valid&flag != 0) == on {
+		return nil
+	}
+	v.Valid &^= flag
+	if on {
+		v.Valid |= flag
 	}
 	if err := m.NodeMacs.Put(uint32(pnn), v); err != nil {
 		return fmt.Errorf("write node %d mac: %w", pnn, err)

@@ -74,6 +74,11 @@ func TestSteeringPerInterfaceMAC(t *testing.T) {
 	}
 	check("interface MAC", c2, onLo[:])
 	check("interface MAC, owner without node MAC", c7, only7[:])
+	// a new node MAC keeps the interface MACs in force
+	if err := h.maps.SetNodeMAC(2, nodeMAC); err != nil {
+		t.Fatal(err)
+	}
+	check("interface MAC after the node MAC was written again", c2, onLo[:])
 	before := h.counters(t)
 	check("owner without any MAC", c9, nil)
 	if after := h.counters(t); after.Ingress.SteerErrors != before.Ingress.SteerErrors+1 {
@@ -87,6 +92,7 @@ func TestSteeringPerInterfaceMAC(t *testing.T) {
 	}
 	check("interface MAC withdrawn", c2, nodeMAC)
 	check("another owner's entry kept", c7, only7[:])
+	var nm fshaNodeMac
 	got, err := h.maps.PeerMACs()
 	if err != nil {
 		t.Fatal(err)
@@ -94,6 +100,17 @@ func TestSteeringPerInterfaceMAC(t *testing.T) {
 	if len(got) != 2 || len(got[2]) != 1 || got[2][99] != elsewhere || got[7][loIfindex] != only7 {
 		t.Fatalf("peer macs: %v", got)
 	}
+	if err := h.maps.NodeMacs.Lookup(uint32(2), &nm); err != nil || nm.Valid&uint16(fshaNodeMacFlagsNODE_MAC_PER_IFACE) == 0 {
+		t.Errorf("node 2's node_macs entry %+v (%v): interface MACs not flagged", nm, err)
+	}
+	// none left for node 2: the programs no longer look for them
+	if err := h.maps.SetPeerMACs(2, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.maps.NodeMacs.Lookup(uint32(2), &nm); err != nil || nm.Valid != uint16(fshaNodeMacFlagsNODE_MAC_VALID) || nm.Mac != [6]byte(nodeMAC) {
+		t.Errorf("node 2's node_macs entry %+v (%v), want its MAC, valid, no interface MACs", nm, err)
+	}
+	check("interface MACs all withdrawn", c2, nodeMAC)
 	if err := h.maps.SetPeerMACs(MaxNodes, nil); err == nil {
 		t.Error("node out of range accepted")
 	}
