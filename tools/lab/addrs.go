@@ -48,6 +48,20 @@ func hostAddr6(last int) netip.Prefix {
 	return netip.PrefixFrom(netip.MustParseAddr(fmt.Sprintf("2001:2::%d", last)), Subnet6.Bits())
 }
 
+// PublicSubnet6 is PublicSubnet's IPv6 twin (ClusterOptions.SecondNet on
+// a dual-stack lab): the same last digits.
+var PublicSubnet6 = netip.MustParsePrefix("2001:2:0:2::/64")
+
+// PublicVIP6 is the i-th IPv6 public address (from 1) in PublicSubnet6.
+func PublicVIP6(i int) netip.Prefix { return publicAddr6(200 + i) }
+
+// PublicClientAddr6 is client i's IPv6 address (from 1) in PublicSubnet6.
+func PublicClientAddr6(i int) netip.Prefix { return publicAddr6(100 + i) }
+
+func publicAddr6(last int) netip.Prefix {
+	return netip.PrefixFrom(netip.MustParseAddr(fmt.Sprintf("2001:2:0:2::%d", last)), PublicSubnet6.Bits())
+}
+
 // IPv6 tells whether the lab is dual-stack (Options.IPv6).
 func (l *Lab) IPv6() bool { return l.opts.IPv6 }
 

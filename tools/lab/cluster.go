@@ -40,6 +40,7 @@ type ClusterOptions struct {
 	// PublicSubnet, on a second bridge (SecondBridge) that only the
 	// nodes' and the clients' eth1 join; the clients have an address
 	// there, and so does every node (.11 for n1), unless SecondNetBare.
+	// With IPv6VIPs the last IPv6 VIP goes there too, in PublicSubnet6.
 	// A node's public interfaces are then on two networks, each at its
 	// own MAC, as with a client VLAN beside the nodes' own. Not with
 	// PublicNet.
@@ -244,8 +245,12 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 		fmt.Fprintf(&pa, "%s %s\n", v, strings.Join(ifaces, ","))
 	}
 	for i := 1; i <= opts.IPv6VIPs; i++ {
-		c.VIPs = append(c.VIPs, VIP6(i))
-		fmt.Fprintf(&pa, "%s %s\n", VIP6(i), strings.Join(c.vipIfaces(), ","))
+		v, ifaces := VIP6(i), c.vipIfaces()
+		if opts.SecondNet && i == opts.IPv6VIPs {
+			v, ifaces = PublicVIP6(i), []string{secondNetIface}
+		}
+		c.VIPs = append(c.VIPs, v)
+		fmt.Fprintf(&pa, "%s %s\n", v, strings.Join(ifaces, ","))
 	}
 	c.NodesFile = filepath.Join(dir, "nodes")
 	c.PublicAddressesFile = filepath.Join(dir, "public_addresses")
@@ -302,6 +307,11 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 			}
 			if err := cl.AddAddrOn(secondNetIface, PublicClientAddr(i)); err != nil {
 				return nil, err
+			}
+			if l.IPv6() {
+				if err := cl.AddAddrOn(secondNetIface, PublicClientAddr6(i)); err != nil {
+					return nil, err
+				}
 			}
 		}
 		c.Clients = append(c.Clients, cl)

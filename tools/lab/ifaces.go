@@ -95,7 +95,11 @@ func (h *Host) AddAddrOn(iface string, p netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("find %s in %s: %w", iface, h.NS, err)
 	}
-	if err := h.nl.AddrReplace(lk, &netlink.Addr{IPNet: prefixNet(p)}); err != nil {
+	a := &netlink.Addr{IPNet: prefixNet(p)}
+	if p.Addr().Is6() {
+		a.Flags = 0x02 // IFA_F_NODAD: usable at once
+	}
+	if err := h.nl.AddrReplace(lk, a); err != nil {
 		return fmt.Errorf("add %s to %s in %s: %w", p, iface, h.NS, err)
 	}
 	return nil
@@ -210,6 +214,11 @@ func (n *ClusterNode) setUpIfaces(ctx context.Context) error {
 		if !opts.SecondNetBare {
 			if err := n.AddAddrOn(secondNetIface, publicAddr(10+n.PNN+1)); err != nil {
 				return err
+			}
+			if n.lab.IPv6() {
+				if err := n.AddAddrOn(secondNetIface, publicAddr6(10+n.PNN+1)); err != nil {
+					return err
+				}
 			}
 		}
 	}
