@@ -80,7 +80,8 @@ bench: deps build
 # five minutes of CPU hogs with no false failover, then the lab's long
 # runs (build tag longlab): CTDB left to its own ~30 s keepalives, and ten
 # rolling reloads of the nodes file (TestReloadNodes: fails about one run
-# in four, an open design problem, see its comment), and the planned-move,
+# in four, an open design problem, see its comment), a drain on a second
+# network whose nodes have addresses there, and the planned-move,
 # failback and power-cut tests again on the macvlan and VXLAN topologies and
 # on veth's native XDP_TX path (the tuned lab, --steer-mode xdp).
 chaos: deps build
@@ -89,6 +90,7 @@ chaos: deps build
 	FSHA_LAB_LOAD_FOR=5m $(GO) test -count=1 -p 1 -timeout 30m -run 'TestNoFalseFailoverUnderLoad' ./tools/lab/cluster/
 	$(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestCTDBKeepalivesWithoutKick' ./tools/lab/cluster/
 	$(GO) test -count=10 -p 1 -timeout 30m -tags longlab -run 'TestReloadNodes' ./tools/lab/failover/
+	$(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestDrainOnSecondNetwork$$' ./tools/lab/failover/
 	for topo in macvlan vxlan; do \
 		FSHA_LAB_TOPOLOGY=$$topo $(GO) test -count=1 -p 1 -timeout 30m -run 'TestPlannedMoves|TestPowerDown|TestFailback$$|TestDrainTimeoutAndKill' ./tools/lab/failover/ || exit 1; \
 	done
