@@ -205,6 +205,16 @@ func TestSteeringSetsDrainerInterfaceMACs(t *testing.T) {
 	if got, _ := peerMACs(); !maps.Equal(got, map[string][6]byte{"eth1": eth1B}) {
 		t.Fatalf("after a change: interface MACs %v, want eth1 at %x", got, eth1B)
 	}
+	// a refresh writes them again, unchanged (an interface recreated here
+	// has another ifindex)
+	w.mu.Lock()
+	delete(w.peerMACs[0], 1)
+	w.mu.Unlock()
+	s.refreshIfaces()
+	s.apply(context.Background())
+	if got, _ := peerMACs(); !maps.Equal(got, map[string][6]byte{"eth1": eth1B}) {
+		t.Fatalf("after a refresh: interface MACs %v, want eth1 at %x written again", got, eth1B)
+	}
 	s.update(snap(nil, nil))
 	s.apply(context.Background())
 	if got, ok := peerMACs(); !ok || got != nil {

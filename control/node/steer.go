@@ -142,9 +142,20 @@ func (s *steering) run(ctx context.Context) {
 			return
 		case <-s.kick:
 		case <-t.C:
+			s.refreshIfaces()
 		}
 		s.apply(ctx)
 	}
+}
+
+// refreshIfaces makes the next apply write every steered drainer's
+// interface MACs again: the data plane keys them by this node's ifindex,
+// which a deleted and recreated interface changes while the drainer's
+// heartbeats do not (a few small map writes a second while draining).
+func (s *steering) refreshIfaces() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.ifHave)
 }
 
 // apply makes the data plane steer what is wanted. Steer may walk many
