@@ -15,7 +15,7 @@ APT_PACKAGES := clang-19 llvm-19 clang-format-19 libbpf-dev bpftool iproute2 eth
 	libnfs-dev dbus-daemon dbus-bin iputils-arping glusterfs-server glusterfs-client \
 	util-linux procps nftables curl
 
-.PHONY: all deps generate check-generate vmlinux build test test-unit lint bench chaos demo clean
+.PHONY: all deps generate check-generate vmlinux build test test-unit lint bench chaos fuzz demo clean
 
 all: build
 
@@ -74,6 +74,23 @@ test: deps lint check-generate build
 
 bench: deps build
 	$(GO) run ./tools/bench
+
+# Bounded fuzzing (FUZZTIME per target, 60s by default): the data plane's
+# differential models (one packet from a seeded state, and sequences with
+# the flow cache live and a steered peer flow) and every decoder of input
+# from outside (peer messages, config files, pins, BTF). A failing input
+# is written under the package's testdata/fuzz/ for `go test` to replay.
+FUZZTIME ?= 60s
+FUZZ_TARGETS := ./dataplane:FuzzXDP ./dataplane:FuzzTCEgress ./dataplane:FuzzSequence \
+	./dataplane:FuzzDecodeBTF ./control/ownership:FuzzDecode ./control/remote:FuzzDecode \
+	./control/replication:FuzzDecodeMessage ./control/replication:FuzzDecodeHello \
+	./control/config:FuzzParsePublicAddresses ./control/config:FuzzParseNodes \
+	./control/config:FuzzSplitCommand ./control/membership:FuzzMeta ./control/node:FuzzDecodePins
+fuzz: deps
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; echo "== $$name ($$pkg, $(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -fuzzminimizetime=200x $$pkg || exit 1; \
+	done
 
 # Long runs of the ownership checks: 50,000 simulated schedules, then the
 # lab's fault storms (50 faults on 3 and 5 nodes, judged from the wire),

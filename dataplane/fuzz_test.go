@@ -48,10 +48,14 @@ type fuzzState struct {
 	flows      map[fshaFlowKey]fshaFlow // timestamps not compared
 	closed     map[fshaFlowKey]uint32   // tombstones: the VIP side's next sequence number
 	handshakes map[fshaFlowKey]uint32   // the client's ISN + 1, from the SYN-ACK
+	// steered: peer flows XDP sends on to their owner (steering on, the
+	// owner's MAC known); FuzzSequence's only
+	steered map[fshaFlowKey]bool
 }
 
 func (s fuzzState) clone() fuzzState {
-	return fuzzState{flows: maps.Clone(s.flows), closed: maps.Clone(s.closed), handshakes: maps.Clone(s.handshakes)}
+	return fuzzState{flows: maps.Clone(s.flows), closed: maps.Clone(s.closed), handshakes: maps.Clone(s.handshakes),
+		steered: maps.Clone(s.steered)}
 }
 
 var (
@@ -660,6 +664,10 @@ func (p prediction) apply(d fshaDirection, start fuzzState) fuzzWant {
 		if d == egress && p.flags&(tcpSYN|tcpACK|tcpRST) == tcpSYN|tcpACK {
 			w.handshakes[p.key] = p.ack // the client's ISN + 1
 			outcome(fshaCounterCOUNTER_UNTRACKED)
+			return w
+		}
+		if d == ingress && w.steered[p.key] {
+			outcome(fshaCounterCOUNTER_STEERED) // a peer's: sent on to it (XDP_TX)
 			return w
 		}
 		if d == ingress || p.flags&(tcpSYN|tcpRST|tcpFIN) != 0 {
