@@ -70,38 +70,6 @@ func (v *VIPAddrs) SetDrainRoute(iface string, prefix netip.Prefix, on bool) err
 	return nil
 }
 
-// HasDrainRoute tells whether the drain route of prefix through iface is
-// in the kernel's main table.
-func (v *VIPAddrs) HasDrainRoute(iface string, prefix netip.Prefix) (bool, error) {
-	link, err := netlink.LinkByName(iface)
-	if err != nil {
-		return false, fmt.Errorf("drain route to %s via %s: %w", prefix.Masked(), iface, err)
-	}
-	want, ok := drainRoute(link, prefix)
-	if !ok {
-		return false, nil
-	}
-	family := netlink.FAMILY_V4
-	if prefix.Addr().Is6() {
-		family = netlink.FAMILY_V6
-	}
-	routes, err := netlink.RouteListFiltered(family, &netlink.Route{LinkIndex: want.LinkIndex, Dst: want.Dst},
-		netlink.RT_FILTER_OIF|netlink.RT_FILTER_DST)
-	if err != nil {
-		return false, fmt.Errorf("list routes to %s: %w", prefix.Masked(), err)
-	}
-	for _, r := range routes {
-		if r.Priority == DrainRouteMetric && r.Protocol == drainRouteProto && ipNetEqual(r.Dst, want.Dst) {
-			return true, nil
-		}
-	}
-	return false, nil
-}
-
-func ipNetEqual(a, b *net.IPNet) bool {
-	return a != nil && b != nil && a.IP.Equal(b.IP) && a.Mask.String() == b.Mask.String()
-}
-
 // prefixNet is p as the net package has it.
 func prefixNet(p netip.Prefix) *net.IPNet {
 	a := p.Addr().Unmap()

@@ -334,17 +334,10 @@ func setARPSysctls(iface string) error {
 // where peers steer a drain of this node's connections. A VIP on a second
 // interface, after the first lost link, is reached there.
 func linkedMAC(ifaces []string, linkUp func(string) bool) [6]byte {
-	var mac [6]byte
-	for _, name := range ifaces {
-		if !linkUp(name) {
-			continue
-		}
-		if ifi, err := net.InterfaceByName(name); err == nil && len(ifi.HardwareAddr) == 6 {
-			copy(mac[:], ifi.HardwareAddr)
-			return mac
-		}
+	if l := linkedIfaceMACs(ifaces, linkUp); len(l) > 0 {
+		return l[0].MAC
 	}
-	return mac
+	return [6]byte{}
 }
 
 // linkedIfaceMACs is the MAC of each of ifaces with link, in order: where
