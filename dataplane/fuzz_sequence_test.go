@@ -2,12 +2,10 @@ package dataplane
 
 import (
 	"net"
-	"runtime"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 )
 
 // Differential fuzzing of sequences: a fuzz input is a run of segments
@@ -96,7 +94,7 @@ func FuzzSequence(f *testing.F) {
 		op(0, false, tcpFIN|tcpACK, 0, false, 0)))
 
 	f.Fuzz(func(t *testing.T, b []byte) {
-		onOneCPU(t)
+		onCPU0(t)
 		h.reset(t)
 		state := fuzzSeedState(ingress)
 		state.load(t, h)
@@ -165,26 +163,6 @@ func FuzzSequence(f *testing.F) {
 				t.Fatal(err)
 			}
 		}
-	})
-}
-
-// onOneCPU keeps the calling goroutine on one thread bound to CPU 0 until
-// the test ends.
-func onOneCPU(t *testing.T) {
-	t.Helper()
-	runtime.LockOSThread()
-	var was unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &was); err != nil {
-		t.Fatal(err)
-	}
-	var one unix.CPUSet
-	one.Set(0)
-	if err := unix.SchedSetaffinity(0, &one); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		unix.SchedSetaffinity(0, &was)
-		runtime.UnlockOSThread()
 	})
 }
 

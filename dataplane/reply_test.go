@@ -4,7 +4,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"testing"
 
@@ -14,7 +13,6 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
-	"golang.org/x/sys/unix"
 
 	"github.com/fsha/fsha/tools/testenv"
 )
@@ -27,18 +25,7 @@ import (
 // links and the interfaces' XDP state.
 func TestReplyInterfaces(t *testing.T) {
 	testenv.RequireBPF(t)
-	// a network namespace of the test's own (its thread stays locked and
-	// ends with the test) and a bpffs of its own
-	runtime.LockOSThread()
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		t.Fatalf("unshare network namespace: %v", err)
-	}
-	root := filepath.Join(t.TempDir(), "bpffs")
-	if err := EnsureBPFFS(root); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Unmount(root, unix.MNT_DETACH)
-	dir := filepath.Join(root, "fsha")
+	dir := ownNetnsAndPins(t)
 	// a veth pair (no dummy module everywhere), name's end up (pub0: steering on
 	// the tc path, as auto gives a veth)
 	addVeth := func(name string) int {

@@ -379,19 +379,7 @@ func TestVIPLeasesRestart(t *testing.T) {
 	testenv.RequireBPF(t)
 	// Unload looks for legacy tc filters on every link: in a network
 	// namespace of its own, this test's thread sees none of the host's.
-	// The thread stays locked, so it ends with the test.
-	runtime.LockOSThread()
-	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-		t.Fatalf("unshare network namespace: %v", err)
-	}
-	// a bpffs of the test's own, the pins in a directory of it (its root
-	// holds the kernel's maps.debug and progs.debug)
-	root := filepath.Join(t.TempDir(), "bpffs")
-	if err := EnsureBPFFS(root); err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Unmount(root, unix.MNT_DETACH)
-	dir := filepath.Join(root, "fsha")
+	dir := ownNetnsAndPins(t)
 	log := zaptest.NewLogger(t)
 	opts := Options{PinPath: dir, FlowsMax: 1024, PeerFlowsMax: 1024}
 	jiffy, _ := jiffyLength()
@@ -490,4 +478,23 @@ func TestVIPLeasesRestart(t *testing.T) {
 			t.Errorf("pin %s left after unload", e.Name())
 		}
 	}
+}
+
+// ownNetnsAndPins moves the test's thread into a network namespace of its
+// own (the thread stays locked, so it ends with the test) and mounts a
+// bpffs of the test's own, unmounted at its end; it returns a pin
+// directory in it (the bpffs root holds the kernel's maps.debug and
+// progs.debug).
+func ownNetnsAndPins(t *testing.T) string {
+	t.Helper()
+	runtime.LockOSThread()
+	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+		t.Fatalf("unshare network namespace: %v", err)
+	}
+	root := filepath.Join(t.TempDir(), "bpffs")
+	if err := EnsureBPFFS(root); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(root, unix.MNT_DETACH) })
+	return filepath.Join(root, "fsha")
 }

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/fsha/fsha/control/config"
+	"github.com/fsha/fsha/dataplane"
 )
 
 func pa(p string, ifaces ...string) config.PublicAddress {
@@ -199,5 +200,34 @@ func TestReplyTracker(t *testing.T) {
 	tr.check()
 	if warned() != 2 {
 		t.Errorf("%d warnings; want a second one for wg0's new reason", warned())
+	}
+}
+
+// What the start warned of (a failed route lookup, a reply interface the
+// data plane refused) the tracker's checks do not warn of again, as long
+// as the reason stays the same.
+func TestReplyTrackerAfterStart(t *testing.T) {
+	core, logs := observer.New(zapcore.InfoLevel)
+	routes := &fakeRoutes{subnets: map[string]string{"198.18.0.0/24": "error"}, def4: []string{"nosuch0"}}
+	want, lookupErr := replyInterfaces([]config.PublicAddress{pa("198.18.0.201/24", "eth1")}, routes.view())
+	if lookupErr == nil || len(want) != 1 {
+		t.Fatalf("the start's lookup: %v, %v; want an error and nosuch0", want, lookupErr)
+	}
+	refusal := dataplane.CheckReplyInterface("nosuch0") // what attaching it says
+	if refusal == nil {
+		t.Fatal("an interface that does not exist can take the program")
+	}
+	dp := &fakeAttacher{refuse: map[string]error{"nosuch0": refusal}}
+	tr := newReplyTracker(zap.New(core), dp, []config.PublicAddress{pa("198.18.0.201/24", "eth1")}, routes.view())
+	tr.warned(lookupErr, want, nil)
+	tr.check()
+	tr.check()
+	if n := logs.Len(); n != 0 {
+		t.Errorf("%d lines after the start's warnings, want none: %v", n, logs.All())
+	}
+	dp.refuse["nosuch0"] = errors.New("another reason")
+	tr.check()
+	if n := logs.FilterMessageSnippet("reply interface not attached").Len(); n != 1 {
+		t.Errorf("%d warnings for a new reason, want 1", n)
 	}
 }

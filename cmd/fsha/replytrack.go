@@ -1,11 +1,13 @@
 package main
 
 import (
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
 
 	"github.com/fsha/fsha/control/config"
+	"github.com/fsha/fsha/dataplane"
 )
 
 // replyCheckInterval is how often fsha up looks again for reply
@@ -39,6 +41,24 @@ type replyTracker struct {
 
 func newReplyTracker(log *zap.Logger, dp replyAttacher, addrs []config.PublicAddress, rv routeView) *replyTracker {
 	return &replyTracker{log: log, dp: dp, addrs: addrs, rv: rv, refused: map[string]string{}}
+}
+
+// warned notes what the start already warned of, so that the first
+// checks do not say it again: the route lookup's error, and each of want
+// that the data plane did not attach (Load warned, with the error
+// dataplane.CheckReplyInterface gives again).
+func (r *replyTracker) warned(lookupErr error, want []replyIface, attached []string) {
+	if lookupErr != nil {
+		r.refused[""] = lookupErr.Error()
+	}
+	for _, ri := range want {
+		if slices.Contains(attached, ri.Name) {
+			continue
+		}
+		if err := dataplane.CheckReplyInterface(ri.Name); err != nil {
+			r.refused[ri.Name] = err.Error()
+		}
+	}
 }
 
 // check finds the reply interfaces and attaches the ones the program

@@ -136,9 +136,9 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	}
 	// the reply interfaces now, so that a restart keeps their links
 	// (pinned, pruned like the public ones'): replypath.go
-	reply, err := replyInterfaces(addrs, kernelRoutes)
-	if err != nil {
-		log.Warn("reply interfaces: route lookup failed; answers through the interfaces it would name may leave untracked", zap.Error(err))
+	reply, replyErr := replyInterfaces(addrs, kernelRoutes)
+	if replyErr != nil {
+		log.Warn("reply interfaces: route lookup failed; answers through the interfaces it would name may leave untracked", zap.Error(replyErr))
 	}
 	dp, err := dataplane.Load(log, dataplane.Options{
 		PinPath: c.String("pin-path"), FlowsMax: uint32(flowsMax), Interfaces: ifaces, ReplyInterfaces: replyNames(reply),
@@ -149,6 +149,7 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	}
 	defer dp.Close()
 	replies := newReplyTracker(log, dp, addrs, kernelRoutes)
+	replies.warned(replyErr, reply, dp.ReplyInterfaces())
 	// Standalone tracking: no cluster decides who may answer, so no
 	// fencing. In a cluster each VIP's own lease decides; a restart keeps
 	// the leases the previous run left, so the VIPs it held stay answered.

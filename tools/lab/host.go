@@ -173,20 +173,7 @@ func (h *Host) Sysctl(key, value string) error {
 }
 
 // AddAddr adds (or replaces) an address on eth0, e.g. a VIP.
-func (h *Host) AddAddr(p netip.Prefix) error {
-	eth, err := h.nl.LinkByName(HostIface)
-	if err != nil {
-		return fmt.Errorf("find %s in %s: %w", HostIface, h.NS, err)
-	}
-	a := &netlink.Addr{IPNet: prefixNet(p)}
-	if p.Addr().Is6() {
-		a.Flags = 0x02 // IFA_F_NODAD
-	}
-	if err := h.nl.AddrReplace(eth, a); err != nil {
-		return fmt.Errorf("add %s in %s: %w", p, h.NS, err)
-	}
-	return nil
-}
+func (h *Host) AddAddr(p netip.Prefix) error { return h.AddAddrOn(HostIface, p) }
 
 // DelAddr removes an address from eth0.
 func (h *Host) DelAddr(p netip.Prefix) error {

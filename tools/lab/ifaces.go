@@ -89,7 +89,8 @@ func (l *Lab) bridge(name string) (netlink.Link, error) {
 	return lk, nil
 }
 
-// AddAddrOn adds p to the host's interface iface.
+// AddAddrOn adds (or replaces) p on the host's interface iface; an IPv6
+// address usable at once (no duplicate address detection).
 func (h *Host) AddAddrOn(iface string, p netip.Prefix) error {
 	lk, err := h.nl.LinkByName(iface)
 	if err != nil {

@@ -105,14 +105,7 @@ func (e *env) drain(phase string, vip netip.Prefix, trigger func(), want *lab.Cl
 	e.writeShare(smbFile, smbData)
 	e.writeShare(nfsFile, nfsData)
 
-	smbRaw, err := dialSMB(e.ctx, e.client, vip.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	nfsRaw, err := dialNFS(e.ctx, e.client, vip.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
+	smbRaw, nfsRaw := e.dialRaw(vip.Addr())
 	sessions := []*session{startSession(smbRaw, pingEvery), startSession(nfsRaw, pingEvery)}
 	defer func() {
 		for _, s := range sessions {

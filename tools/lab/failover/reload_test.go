@@ -139,11 +139,8 @@ func TestReloadVIPs(t *testing.T) {
 	}
 	for _, s := range sessions {
 		s.Close()
-		t.Logf("%s", s)
-		if err := s.Err(); err != nil {
-			t.Errorf("%s session broke during the reload: %v", s.rc.proto, err)
-		}
 	}
+	e.checkSessions(sessions, "during the reload", nil)
 	// its sessions closed, the removed VIP goes from its node
 	e.eventually("the removed VIP gone from "+retirer.Role, func(context.Context) error {
 		lo, err := loVIPs(retirer, []netip.Prefix{removed})

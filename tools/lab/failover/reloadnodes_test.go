@@ -113,9 +113,6 @@ func TestReloadNodes(t *testing.T) {
 	}
 	for _, s := range sessions {
 		s.Close()
-		t.Logf("%s", s)
-		if err := s.Err(); err != nil {
-			t.Errorf("%s session broke during the reloads: %v", s.rc.proto, err)
-		}
 	}
+	e.checkSessions(sessions, "during the reloads", nil)
 }

@@ -38,14 +38,7 @@ func TestReplyInterfaceTracked(t *testing.T) {
 		}
 	}
 
-	smb, err := dialSMB(e.ctx, e.client, vip.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	nfs, err := dialNFS(e.ctx, e.client, vip.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
+	smb, nfs := e.dialRaw(vip.Addr())
 	smbDone, nfsDone := blockedRead(smb), blockedRead(nfs)
 	keys := []string{smb.Key(), nfs.Key()}
 	// (a) replicated: one bounded wait over the other nodes that does not

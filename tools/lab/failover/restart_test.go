@@ -163,10 +163,9 @@ func TestRollingRestart(t *testing.T) {
 	}
 	for _, s := range sessions {
 		s.Close()
-		t.Logf("%s", s)
-		if err := s.Err(); err != nil {
-			t.Errorf("%s session broke during the rolling restart: %v", s.rc.proto, err)
-		}
+	}
+	e.checkSessions(sessions, "during the rolling restart", nil)
+	for _, s := range sessions {
 		if min := int(total / pingEvery / 4); s.OK() < min {
 			t.Errorf("%s session answered %d pings in %v, want at least %d", s.rc.proto, s.OK(), total.Round(time.Millisecond), min)
 		}

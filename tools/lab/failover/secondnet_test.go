@@ -97,13 +97,7 @@ func drainOnSecondNetwork(t *testing.T, labOpts lab.Options, opts lab.ClusterOpt
 		s.Close()
 	}
 	w.Close()
-	for _, s := range sessions {
-		t.Logf("%s", s)
-		if err := s.Err(); err != nil {
-			t.Errorf("%s session through %s broke in the drain: %v", s.rc.proto, vip, err)
-		}
-		e.checkGaps(s.rc.proto+" session through "+vip.String(), s, w)
-	}
+	e.checkSessions(sessions, "in the drain", w)
 	for _, r := range e.resetsTo(w, moved, keys...) {
 		t.Errorf("%s: a connection was reset in the drain", r)
 	}

@@ -89,14 +89,7 @@ func (e *env) powerCutResets(vip netip.Prefix, where string) {
 	t := e.t
 	t.Helper()
 	old := e.owner(vip)
-	smb, err := dialSMB(e.ctx, e.client, vip.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	nfs, err := dialNFS(e.ctx, e.client, vip.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
+	smb, nfs := e.dialRaw(vip.Addr())
 	smbDone, nfsDone := blockedRead(smb), blockedRead(nfs)
 	for _, p := range e.c.Others(old) {
 		e.waitFlows(p, old, false, smb.Key(), nfs.Key())

@@ -342,17 +342,41 @@ func (s *session) String() string {
 		s.maxRTT.Round(time.Millisecond), s.maxGap.Round(time.Millisecond), e)
 }
 
-// rawSessions opens a raw SMB and a raw NFS connection through vip from
-// the client and starts a session on each, pinging every pingEvery.
-func (e *env) rawSessions(vip netip.Addr) []*session {
+// dialRaw opens a raw SMB and a raw NFS connection through vip from the
+// client.
+func (e *env) dialRaw(vip netip.Addr) (smb, nfs *rawConn) {
 	e.t.Helper()
 	smb, err := dialSMB(e.ctx, e.client, vip)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	nfs, err := dialNFS(e.ctx, e.client, vip)
+	nfs, err = dialNFS(e.ctx, e.client, vip)
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	return smb, nfs
+}
+
+// checkSessions logs each of sessions (closed) and fails on any that
+// broke, saying it broke what ("in the drain"); with a capture w, also on
+// a gap it cannot put on the lab (checkGaps).
+func (e *env) checkSessions(sessions []*session, what string, w *lab.Watch) {
+	e.t.Helper()
+	for _, s := range sessions {
+		e.t.Logf("%s", s)
+		if err := s.Err(); err != nil {
+			e.t.Errorf("%s session %s broke %s: %v", s.rc.proto, s.rc.Key(), what, err)
+		}
+		if w != nil {
+			e.checkGaps(s.rc.proto+" session "+s.rc.Key(), s, w)
+		}
+	}
+}
+
+// rawSessions opens a raw SMB and a raw NFS connection through vip from
+// the client and starts a session on each, pinging every pingEvery.
+func (e *env) rawSessions(vip netip.Addr) []*session {
+	e.t.Helper()
+	smb, nfs := e.dialRaw(vip)
 	return []*session{startSession(smb, pingEvery), startSession(nfs, pingEvery)}
 }
