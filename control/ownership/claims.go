@@ -41,7 +41,7 @@ func (e *Engine) heartbeat(now Mono) {
 	e.urgent = false
 	e.nextHB = now.Add(e.cfg.Timing.Renew)
 	lease := e.cfg.Timing.Lease
-	if e.restarting {
+	if e.restarting || e.covering {
 		lease = e.cfg.Timing.Grace
 	}
 	var claims []Claim
@@ -128,7 +128,7 @@ func (h *Heartbeat) fitIfaces() {
 // deadline no later than now plus a lease, confirmed (FlagShortLeases). A
 // restarting node asks for its grace, not for short promises.
 func (e *Engine) shortLeases(now Mono, claims []Claim) bool {
-	if e.restarting {
+	if e.restarting || e.covering {
 		return false
 	}
 	for _, c := range claims {
@@ -430,7 +430,7 @@ func (e *Engine) evaluate(r *round, i int) {
 		} else if epoch != s.epoch {
 			return
 		}
-		if (s.long || s.shortTo != 0) && !e.restarting && !e.stopping {
+		if (s.long || s.shortTo != 0) && !e.restarting && !e.stopping && !e.covering {
 			// The first renewal since this daemon adopted the VIP from a
 			// restart: give the restart's grace back, or a crash now
 			// would leave the VIP unanswered for the rest of it. Until
@@ -448,6 +448,9 @@ func (e *Engine) evaluate(r *round, i int) {
 		if until > s.deadline {
 			s.deadline = until
 			s.dpMax = max(s.dpMax, until)
+			// a restart's grace (covering a peer's): the first renewal
+			// after it shortens the deadline again
+			s.long = s.long || until > e.now.Add(e.cfg.Timing.usable(e.cfg.Timing.Lease))
 			d := Deadline{VIP: i, Epoch: s.epoch, Until: until}
 			vip := e.cfg.VIPs[i].Addr
 			for o := range s.orphans {

@@ -169,6 +169,9 @@ func (e *Engine) takeReason(i int, v *view) string {
 }
 
 func (e *Engine) checkStopped() {
+	if e.restarting && !e.restartCovered() {
+		return
+	}
 	for i := range e.slots {
 		s := &e.slots[i]
 		if e.restarting {

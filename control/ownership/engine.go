@@ -327,7 +327,10 @@ type Engine struct {
 	stopping      bool
 	restarting    bool
 	stopped       bool
-	view          view
+	stopSince     Mono
+	// covering: a peer restarts that the others need (restartcover.go)
+	covering bool
+	view     view
 	// dirty: something the view depends on changed since it was computed;
 	// viewUntil: when the passing of time alone changes it (a peer or a
 	// promise times out, a hold-down ends)
@@ -469,6 +472,7 @@ func (e *Engine) step() {
 			e.urgent = true // a busy voter's promise has run out
 		}
 	}
+	e.updateCover(now)
 	if e.stopping && !e.stopped {
 		e.checkStopped()
 	}

@@ -89,6 +89,9 @@ func (e *Engine) SetDraining(now Mono, i int, on bool) {
 func (e *Engine) Stop(now Mono, restart bool) {
 	e.advance(now)
 	e.dirty = true
+	if !e.stopping {
+		e.stopSince = now
+	}
 	e.stopping, e.restarting = true, restart
 	e.urgent = true
 	e.step()

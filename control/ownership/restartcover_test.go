@@ -1,0 +1,89 @@
+package ownership
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// TestSimRestartOfNeededVoter: ctdb reloadnodes with a node listed and not
+// running. Four nodes in the nodes file, three running: a majority is all
+// three, so while one daemon restarts (a reload restarts in place) the
+// other two cannot renew on their own. Their VIPs must stay answered all
+// along: the holders ask for the restart's grace while the restarting
+// voter can still promise it, and it waits for them before it exits. No
+// VIP moves or lapses, in turn on every node. The same in a two-node
+// cluster with the lock (which vouches for a lease only, and only a while
+// after it is taken).
+func TestSimRestartOfNeededVoter(t *testing.T) {
+	for _, tc := range []struct {
+		nodes, running int
+		lock           bool
+	}{{4, 3, false}, {2, 2, true}} {
+		for seed := int64(1); seed <= 8; seed++ {
+			t.Run(fmt.Sprintf("%dof%d/seed%d", tc.running, tc.nodes, seed), func(t *testing.T) {
+				restartNeededVoter(t, seed, tc.nodes, tc.running, tc.lock)
+			})
+		}
+	}
+}
+
+func restartNeededVoter(t *testing.T, seed int64, nodes, running int, lock bool) {
+	w := newSimWorld(seed, nodes, 6, DefaultTiming(), lock)
+	w.keepLog = testing.Verbose()
+	for _, n := range w.nodes[running:] {
+		w.powerCut(n) // listed, never started
+	}
+	for _, n := range w.nodes[:running] {
+		w.at(time.Duration(w.rng.Int63n(int64(100*time.Millisecond))), fmt.Sprintf("n%d boots", n.pnn), func() {
+			n.bootedAt = w.now
+			w.startDaemon(n)
+		})
+	}
+	// a cold start waits for the listed nodes it has not heard
+	w.runUntil(int64(coldStartWait + 3*time.Second))
+	w.ok(t)
+	if err := w.settled(200*time.Millisecond, -1); err != nil {
+		w.dumpLog(t)
+		t.Fatalf("not converged: %v", err)
+	}
+	before := w.holders()
+	takes, drops := w.takes, w.drops
+	for _, n := range w.nodes[:running] {
+		n.stopping, n.restartIn = true, time.Second
+		n.eng.Stop(n.local2(w.now), true)
+		w.drain(n)
+		n.local = Local{HealthPending: true}
+		gaps := map[netip.Addr]time.Duration{}
+		for i := range 3000 {
+			w.runUntil(w.now + int64(time.Millisecond))
+			if i == 1300 {
+				n.local = Local{Healthy: true}
+				n.eng.SetLocal(n.local2(w.now), n.local)
+				w.drain(n)
+			}
+			for vip, h := range before {
+				if !w.answering(w.nodes[h[0]], vip, w.now) {
+					gaps[vip] += time.Millisecond
+				}
+			}
+		}
+		w.ok(t)
+		if n.run < 2 || !n.running {
+			t.Fatalf("n%d did not restart", n.pnn)
+		}
+		for vip, gap := range gaps {
+			t.Errorf("while n%d restarted, %s (on n%d) went unanswered for %v", n.pnn, vip, before[vip][0], gap)
+		}
+	}
+	for vip, h := range before {
+		if now := w.holders()[vip]; len(now) != 1 || now[0] != h[0] {
+			t.Errorf("%s was on n%d, now on %v", vip, h[0], now)
+		}
+	}
+	if w.takes != takes || w.drops != drops {
+		w.dumpLog(t)
+		t.Errorf("the restarts took %d VIPs and dropped %d", w.takes-takes, w.drops-drops)
+	}
+}
