@@ -70,21 +70,26 @@ func (e *Engine) updateCover(now Mono) {
 }
 
 // restartCovered tells whether a restarting node may exit as far as its
-// peers are concerned: every live peer it promised a VIP holds the grace
-// from it, or has renewed for less since it could see the restart (it is
-// a majority without this node: by its own nodes file, which a reload may
-// be changing), or this node waited long enough.
+// peers are concerned: every live peer it promised a VIP has, since the
+// restart began, asked for the grace and been promised it (it covers the
+// restart), or renewed for less a while after (it is a majority without
+// this node, by its own nodes file, which a reload may be changing); or
+// this node waited long enough. How long the promise itself runs says
+// nothing: one the grace left from an earlier restart may outlive a
+// deadline its holder has shortened since.
 func (e *Engine) restartCovered() bool {
 	if e.now >= e.stopSince.Add(e.cfg.Timing.coverWait()) {
 		return true
 	}
 	for _, p := range e.voter.promises {
-		if p.Holder == e.cfg.Self || p.Until <= e.now || !e.alive(e.now, p.Holder) ||
-			p.Until >= e.now.Add(e.cfg.Timing.Grace/2) {
+		if p.Holder == e.cfg.Self || p.Until <= e.now || !e.alive(e.now, p.Holder) {
 			continue
 		}
 		pr := e.peers[p.Holder]
-		if pr.hbAt >= e.stopSince.Add(2*e.cfg.Timing.Renew) && pr.hb.Lease < e.cfg.Timing.Grace {
+		switch {
+		case pr.hbAt > e.stopSince && pr.hb.Lease >= e.cfg.Timing.Grace && p.Until >= e.now.Add(e.cfg.Timing.Grace/2):
+			continue // it covers the restart
+		case pr.hbAt >= e.stopSince.Add(2*e.cfg.Timing.Renew) && pr.hb.Lease < e.cfg.Timing.Grace:
 			continue // it renews for a lease: it does without this node
 		}
 		return false
