@@ -35,6 +35,7 @@ type dataplaneBench struct {
 	perVIP      bool
 	steer       bool
 	pps         bool
+	flowMix     bool
 	ppsDuration time.Duration
 	ppsRounds   int
 }
@@ -53,6 +54,7 @@ func dataplaneSuite() *suite {
 			fs.BoolVar(&b.perVIP, "per-vip", true, "dataplane: also measure a data plane with per-VIP leases on (fencing mode 3, the VIPs held)")
 			fs.BoolVar(&b.steer, "steer", true, "dataplane: also measure steering (drain): a steered packet on the xdp and tc paths")
 			fs.BoolVar(&b.pps, "pps", true, "dataplane: also measure packets per second through a veth pair")
+			fs.BoolVar(&b.flowMix, "flow-mix", true, "dataplane: also measure tracked packets spread over the flows in turn, in random order and in a Zipf mix")
 			fs.DurationVar(&b.ppsDuration, "pps-duration", time.Second, "dataplane: length of one veth measurement")
 			fs.IntVar(&b.ppsRounds, "pps-rounds", 9, "dataplane: veth rounds per mode (the median is reported)")
 		},
@@ -104,6 +106,15 @@ func (b *dataplaneBench) run(ctx context.Context, log *zap.Logger, out io.Writer
 		capacity = uint32(b.flows)
 	}
 	n4 := b.flows - flows6
+	// The orders the packet generators walk the flows in (the veth
+	// sender's and the flow mix rows' drivers).
+	mix, err := newFlowMix(n4)
+	if err != nil {
+		return err
+	}
+	defer mix.Close()
+	log.Info("flow mix", zap.Int("flows", n4), zap.Int("random_walk", mix.walk), zap.Float64("zipf_s", zipfS),
+		zap.Float64("zipf_top1_share", mix.zipfTop1), zap.Int("zipf_flows", mix.zipfUsed))
 	u, err := b.load(log, dataplane.UnpinnedOptions{FlowsMax: capacity}, n4, false)
 	if err != nil {
 		return err
@@ -145,13 +156,13 @@ func (b *dataplaneBench) run(ctx context.Context, log *zap.Logger, out io.Writer
 	}()
 	log.Debug("namespaces", zap.Strings("netns", pair.nsName[:]), zap.Strings("veth", pair.ifName[:]))
 
-	if err := b.progRun(ctx, log, out, u, uncached, perVIP, steer, pair, n4); err != nil {
+	if err := b.progRun(ctx, log, out, u, uncached, perVIP, steer, pair, mix, n4); err != nil {
 		return err
 	}
 	if !b.pps {
 		return nil
 	}
-	return b.vethPPS(ctx, log, out, u, pair, n4)
+	return b.vethPPS(ctx, log, out, u, pair, mix, n4)
 }
 
 // load loads a data plane as a clustered node runs it and fills its flows
@@ -224,6 +235,9 @@ type progCase struct {
 	// target is the goal relative to the empty program; nil: none.
 	target *target
 	ns     []float64 // per round
+	// tally, when set, adds up how u's counters of the case's direction
+	// moved around every timed run.
+	tally *dataplane.DirectionCounters
 }
 
 type target struct {
@@ -354,7 +368,8 @@ func (b *dataplaneBench) progCases(u, uncached, perVIP *dataplane.Unpinned, xdpE
 	return cases, nil
 }
 
-func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Writer, u, uncached, perVIP, steerDP *dataplane.Unpinned, pair *vethPair, n4 int) error {
+func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Writer, u, uncached, perVIP, steerDP *dataplane.Unpinned,
+	pair *vethPair, mix *flowMix, n4 int) error {
 	xdpEmpty, err := emptyProgram(ebpf.XDP, 2 /* XDP_PASS */)
 	if err != nil {
 		return err
@@ -381,6 +396,18 @@ func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Wr
 			}
 		}()
 		run = append(slices.Clone(cases), steer.run...)
+	}
+	var mixed *mixRows
+	if b.flowMix {
+		if mixed, err = newMixRows(u, cases, mix, n4); err != nil {
+			return err
+		}
+		defer func() {
+			if cerr := mixed.Close(); cerr != nil {
+				log.Error("clean up the flow mix drivers", zap.Error(cerr))
+			}
+		}()
+		run = append(slices.Clone(run), mixed.run...)
 	}
 	// BPF_PROG_RUN of an XDP program not attached anywhere first adds it to
 	// the kernel's XDP dispatcher and removes it afterwards, which costs
@@ -449,10 +476,15 @@ func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Wr
 	if err := t.write(out); err != nil {
 		return err
 	}
-	if steer == nil {
-		return nil
+	if steer != nil {
+		if err := steer.write(out); err != nil {
+			return err
+		}
 	}
-	return steer.write(out)
+	if mixed != nil {
+		return mixed.write(out, b.repeat, b.rounds)
+	}
+	return nil
 }
 
 var progHeader = []string{"hook", "case", "ns/pkt", "best", "spread", "x empty", "x, best", "target", "result"}
@@ -520,7 +552,12 @@ func (b *dataplaneBench) progRounds(ctx context.Context, log *zap.Logger, cases 
 			if err := c.prepare(); err != nil {
 				return err
 			}
-			ns, kernelNS, err := timeRun(c.prog, c.pkt, b.repeat)
+			var ns float64
+			var kernelNS time.Duration
+			err := c.counted(func() (err error) {
+				ns, kernelNS, err = timeRun(c.prog, c.pkt, b.repeat)
+				return err
+			})
 			if err != nil {
 				return fmt.Errorf("%s %s: %w", c.hook, c.name, err)
 			}
@@ -533,6 +570,32 @@ func (b *dataplaneBench) progRounds(ctx context.Context, log *zap.Logger, cases 
 			threadSleep(time.Duration(ns*float64(b.repeat))/8 + time.Millisecond)
 		}
 	}
+	return nil
+}
+
+// counted runs run, adding to c.tally, if c has one, how the counters of
+// c's direction moved.
+func (c *progCase) counted(run func() error) error {
+	if c.tally == nil {
+		return run()
+	}
+	before, err := c.u.ReadCounters()
+	if err != nil {
+		return err
+	}
+	if err := run(); err != nil {
+		return err
+	}
+	after, err := c.u.ReadCounters()
+	if err != nil {
+		return err
+	}
+	a, b := after.Ingress, before.Ingress
+	if c.hook == "tc" {
+		a, b = after.Egress, before.Egress
+	}
+	moved := combineCounters(a, b, func(a, b uint64) uint64 { return a - b })
+	*c.tally = combineCounters(*c.tally, moved, func(a, b uint64) uint64 { return a + b })
 	return nil
 }
 

@@ -41,9 +41,13 @@ type ppsMode struct {
 	xdp  *ebpf.Program
 	fsha bool
 	// pkt is sent; the sender rewrites the client of each copy to
-	// benchClient(i) for i = 0, 1, ... flows-1, 0, ...
+	// benchClient(f), f the flow of order (flowmix.go) over flows flows:
+	// in turn f = 0, 1, ... flows-1, 0, ...
 	pkt   []byte
 	flows int
+	order flowOrder
+	// tracked: every packet must be a tracked packet of an existing flow
+	tracked bool
 	// base is the mode without fsha this one compares with (nil: none).
 	base *ppsMode
 	// dp is the data plane whose programs run (nil: the suite's first);
@@ -58,6 +62,10 @@ type ppsMode struct {
 	// of the CPU the sending thread (which also runs b's receive path) got,
 	// and that thread's CPU time per packet received
 	pps, cpuShare, nsPerPkt []float64
+	// over all rounds, fsha modes: how b's fsha counted what it saw
+	// (ingress), and the frames b received, sender start to stop
+	seen     dataplane.DirectionCounters
+	received uint64
 }
 
 // xdpMd is struct xdp_md, the context of a live-frame run.
@@ -65,19 +73,19 @@ type xdpMd struct {
 	Data, DataEnd, DataMeta, IngressIfindex, RxQueueIndex, EgressIfindex uint32
 }
 
-func (b *dataplaneBench) vethPPS(ctx context.Context, log *zap.Logger, out io.Writer, u *dataplane.Unpinned, pair *vethPair, n4 int) error {
+func (b *dataplaneBench) vethPPS(ctx context.Context, log *zap.Logger, out io.Writer, u *dataplane.Unpinned, pair *vethPair, mix *flowMix, n4 int) error {
 	// NAPI on b is what lets a's XDP_TX frames in when no XDP program is
 	// attached there: GRO turns it on. It stays on in every mode.
 	if err := pair.exec(sideB, "ethtool", "-K", pair.ifName[sideB], "gro", "on"); err != nil {
 		return err
 	}
 
-	state, err := ebpf.NewMap(&ebpf.MapSpec{Name: "bench_sender", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 2})
+	state, err := newGenState("bench_sender")
 	if err != nil {
-		return fmt.Errorf("create sender map: %w", err)
+		return err
 	}
 	defer state.Close()
-	sender, err := senderProgram(state)
+	sender, err := senderProgram(state, mix)
 	if err != nil {
 		return err
 	}
@@ -115,9 +123,18 @@ func (b *dataplaneBench) vethPPS(ctx context.Context, log *zap.Logger, out io.Wr
 		none,
 		{name: "empty XDP program, 1 client", xdp: xdpEmpty, pkt: tracked, flows: 1, base: none},
 		{name: "fsha, non-VIP traffic, 1 client", xdp: u.XDP, fsha: true, pkt: other, flows: 1, base: none},
-		{name: "fsha, tracked, 1 flow", xdp: u.XDP, fsha: true, pkt: tracked, flows: 1, base: none},
+		{name: "fsha, tracked, 1 flow", xdp: u.XDP, fsha: true, pkt: tracked, flows: 1, tracked: true, base: none},
 		noneMany,
-		{name: "fsha, tracked, " + thousands(n4) + " flows in turn", xdp: u.XDP, fsha: true, pkt: tracked, flows: n4, base: noneMany},
+		{name: "fsha, tracked, " + thousands(n4) + " flows in turn", xdp: u.XDP, fsha: true, pkt: tracked, flows: n4, tracked: true, base: noneMany},
+	}
+	if b.flowMix {
+		// Each order gets a baseline of its own: the sender's work
+		// differs a little between them.
+		for _, o := range []flowOrder{orderRandom, orderZipf} {
+			base := &ppsMode{name: "no XDP program, " + thousands(n4) + " clients, " + orderName(o), pkt: tracked, flows: n4, order: o}
+			modes = append(modes, base, &ppsMode{name: "fsha, tracked, " + thousands(n4) + " flows, " + orderName(o),
+				xdp: u.XDP, fsha: true, pkt: tracked, flows: n4, order: o, tracked: true, base: base})
+		}
 	}
 	if b.steer {
 		us, err := b.loadPPSSteer()
@@ -140,10 +157,12 @@ func (b *dataplaneBench) vethPPS(ctx context.Context, log *zap.Logger, out io.Wr
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			res, err := b.measurePPS(ctx, pair, u, m, sender, state)
+			res, err := b.measurePPS(ctx, pair, u, m, sender, state, mix)
 			if err != nil {
 				return fmt.Errorf("%s: %w", m.name, err)
 			}
+			m.seen = combineCounters(m.seen, res.seen, func(a, b uint64) uint64 { return a + b })
+			m.received += res.received
 			m.pps = append(m.pps, res.pps)
 			m.cpuShare = append(m.cpuShare, res.cpuShare)
 			m.nsPerPkt = append(m.nsPerPkt, res.nsPerPkt)
@@ -166,6 +185,20 @@ func (b *dataplaneBench) vethPPS(ctx context.Context, log *zap.Logger, out io.Wr
 	if n := after.Ingress.Untracked - before.Ingress.Untracked; n != 0 {
 		return fmt.Errorf("%d packets of the tracked modes found no flow: the sender and the flows disagree", n)
 	}
+	// Mode by mode: every packet of a tracked mode was a tracked packet of
+	// an existing flow (no other outcome, no flow created).
+	var checks []string
+	for _, m := range modes {
+		if !m.tracked {
+			continue
+		}
+		s := m.seen
+		if s.Tracked == 0 || s.Tracked != s.Packets || s.Created != 0 || s.Closed != 0 || s.Evicted != 0 {
+			return fmt.Errorf("%s: fsha counted %+v over the rounds, want every packet tracked and no flow created", m.name, s)
+		}
+		checks = append(checks, fmt.Sprintf("%s: %s tracked of %s b received (%.2f%%), 0 untracked, 0 created",
+			m.name, thousands(int(s.Tracked)), thousands(int(m.received)), float64(s.Tracked)/float64(m.received)*100))
+	}
 
 	t := &table{header: []string{"receiver (veth b)", "pps", "CPU", "pps per CPU", "spread", "ns/pkt", "vs no program"}}
 	for _, m := range modes {
@@ -187,6 +220,13 @@ func (b *dataplaneBench) vethPPS(ctx context.Context, log *zap.Logger, out io.Wr
 		b.cpu, seconds(b.ppsDuration), b.ppsRounds)
 	fmt.Fprintf(out, "pps = b received per second; CPU = share of the CPU the thread got; pps per CPU and ns/pkt =\n")
 	fmt.Fprintf(out, "packets per CPU-second of the thread, send + receive; spread = (max-min)/median of ns/pkt\n")
+	if b.flowMix {
+		fmt.Fprintf(out, "clients in turn = 0, 1, 2, ...; random order = a full-period permutation of the %s flows, each\n", thousands(n4))
+		fmt.Fprintf(out, "once per period; Zipf = a table of %s flows drawn with P(rank k) ~ k^-%g, ranks given to flows\n",
+			thousands(zipfEntries), zipfS)
+		fmt.Fprintf(out, "at random (the top 1%% of flows get %.1f%% of its packets; it names %s flows)\n",
+			mix.zipfTop1*100, thousands(mix.zipfUsed))
+	}
 	if b.steer {
 		fmt.Fprintf(out, "steered back = b's fsha (steering on, the flow a peer flow of node %d) sends every frame back\n", ownerPNN)
 		fmt.Fprintf(out, "out of b to that node's MAC: by XDP_TX, or passed up and redirected by TC ingress; a's sender\n")
@@ -201,7 +241,14 @@ func (b *dataplaneBench) vethPPS(ctx context.Context, log *zap.Logger, out io.Wr
 		fmt.Fprintf(out, "waits for the page pool meanwhile); compare their pps, not their ns/pkt\n")
 	}
 	fmt.Fprintln(out)
-	return t.write(out)
+	if err := t.write(out); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nfsha's counters over every round of each tracked mode (the packets its XDP program saw):\n")
+	for _, c := range checks {
+		fmt.Fprintf(out, "  %s\n", c)
+	}
+	return nil
 }
 
 // senderIPID is the IPv4 identification the sender starts from: it lowers
@@ -210,52 +257,15 @@ func (b *dataplaneBench) vethPPS(ctx context.Context, log *zap.Logger, out io.Wr
 const senderIPID = 0x1000
 
 // senderProgram returns an XDP program that sends every frame back out
-// (XDP_TX) after writing client i into it, i counting 0, 1, ... n-1, 0, ...
-// where state[0] = {next i: u32, n: u32}: source port 10000 + (i & 0x3fff),
-// last byte of the source address i >> 14, as benchClient does, and the IP
-// identification senderIPID - (i >> 14) so the checksum stays right.
-// IPv4 frames with a 20-byte IP header only.
-func senderProgram(state *ebpf.Map) (*ebpf.Program, error) {
-	const (
-		ipID    = 14 + 4
-		srcLast = 14 + 15
-		srcPort = 14 + 20
-	)
-	insns := append(steeredBack(state), asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1).WithSymbol("send"),
-		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, -4),
-		asm.LoadMapPtr(asm.R1, state.FD()),
-		asm.FnMapLookupElem.Call(),
-		asm.JEq.Imm(asm.R0, 0, "tx"),
-		asm.LoadMem(asm.R7, asm.R0, 0, asm.Word), // i
-		asm.LoadMem(asm.R8, asm.R0, 4, asm.Word), // n
-		asm.Mov.Reg(asm.R9, asm.R7),
-		asm.Add.Imm(asm.R9, 1),
-		asm.JLT.Reg(asm.R9, asm.R8, "store"),
-		asm.Mov.Imm(asm.R9, 0),
-		asm.StoreMem(asm.R0, 0, asm.R9, asm.Word).WithSymbol("store"),
-		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word), // data
-		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word), // data_end
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, srcPort+2),
-		asm.JGT.Reg(asm.R4, asm.R3, "tx"),
-		asm.Mov.Reg(asm.R5, asm.R7),
-		asm.And.Imm(asm.R5, 0x3fff),
-		asm.Add.Imm(asm.R5, 10000),
-		asm.HostTo(asm.BE, asm.R5, asm.Half),
-		asm.StoreMem(asm.R2, srcPort, asm.R5, asm.Half),
-		asm.Mov.Reg(asm.R5, asm.R7),
-		asm.RSh.Imm(asm.R5, 14),
-		asm.StoreMem(asm.R2, srcLast, asm.R5, asm.Byte),
-		asm.Mov.Imm(asm.R4, senderIPID),
-		asm.Sub.Reg(asm.R4, asm.R5),
-		asm.HostTo(asm.BE, asm.R4, asm.Half),
-		asm.StoreMem(asm.R2, ipID, asm.R4, asm.Half),
+// (XDP_TX) after writing a client into it: the flow of the order state[0]
+// says (mix.rewrite). IPv4 frames with a 20-byte IP header only.
+func senderProgram(state *ebpf.Map, mix *flowMix) (*ebpf.Program, error) {
+	insns := append(steeredBack(state), asm.Mov.Reg(asm.R6, asm.R1).WithSymbol("send"))
+	insns = append(insns, mix.rewrite(state, xdpToServer, "tx")...)
+	insns = append(insns,
 		asm.Mov.Imm(asm.R0, 3).WithSymbol("tx"), // XDP_TX
 		asm.Return(),
-	}...)
+	)
 	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "bench_sender", Type: ebpf.XDP, Instructions: insns, License: "GPL"})
 	if err != nil {
 		return nil, fmt.Errorf("load sender program: %w", err)
@@ -266,11 +276,15 @@ func senderProgram(state *ebpf.Map) (*ebpf.Program, error) {
 type ppsResult struct {
 	pps, cpuShare, nsPerPkt float64
 	back                    float64 // frames back at a per frame b received
+	// fsha modes: how b's fsha counted what it saw (ingress), and the
+	// frames b received, from the sender's start to its stop
+	seen     dataplane.DirectionCounters
+	received uint64
 }
 
 // measurePPS runs one mode for one round.
 func (b *dataplaneBench) measurePPS(ctx context.Context, pair *vethPair, u *dataplane.Unpinned,
-	m *ppsMode, sender *ebpf.Program, state *ebpf.Map) (_ ppsResult, err error) {
+	m *ppsMode, sender *ebpf.Program, state *ebpf.Map, mix *flowMix) (res ppsResult, err error) {
 	var links []link.Link
 	defer func() {
 		for _, l := range links {
@@ -307,9 +321,31 @@ func (b *dataplaneBench) measurePPS(ctx context.Context, pair *vethPair, u *data
 			links = append(links, l)
 		}
 	}
-	if err := state.Put(uint32(0), [2]uint32{0, uint32(m.flows)}); err != nil {
-		return ppsResult{}, fmt.Errorf("set sender state: %w", err)
+	if err := mix.setOrder(state, m.order, m.flows); err != nil {
+		return ppsResult{}, err
 	}
+	// What fsha and b saw from the sender's start to its stop (the
+	// deferred function below waits for the sender first).
+	before, err := dp.ReadCounters()
+	if err != nil {
+		return ppsResult{}, err
+	}
+	rxStart, err := pair.rxPackets(sideB)
+	if err != nil {
+		return ppsResult{}, err
+	}
+	defer func() {
+		if err != nil || !m.fsha {
+			return
+		}
+		after, cerr := dp.ReadCounters()
+		rxEnd, rerr := pair.rxPackets(sideB)
+		if err = errors.Join(cerr, rerr); err != nil {
+			return
+		}
+		res.seen = combineCounters(after.Ingress, before.Ingress, func(a, b uint64) uint64 { return a - b })
+		res.received = rxEnd - rxStart
+	}()
 
 	stop := make(chan struct{})
 	tid := make(chan int, 1)
@@ -347,7 +383,7 @@ func (b *dataplaneBench) measurePPS(ctx context.Context, pair *vethPair, u *data
 	if err != nil {
 		return ppsResult{}, err
 	}
-	var back0, back1 uint64
+	var back0, back1 [2]uint64 // the count, then padding
 	if err := state.Lookup(uint32(1), &back0); err != nil {
 		return ppsResult{}, fmt.Errorf("read the sender's count: %w", err)
 	}
@@ -381,7 +417,7 @@ func (b *dataplaneBench) measurePPS(ctx context.Context, pair *vethPair, u *data
 		pps:      pkts / elapsed.Seconds(),
 		cpuShare: float64(cpu1-cpu0) / float64(elapsed),
 		nsPerPkt: float64(cpu1-cpu0) / pkts,
-		back:     float64(back1-back0) / pkts,
+		back:     float64(back1[0]-back0[0]) / pkts,
 	}, nil
 }
 
