@@ -21,6 +21,7 @@ import (
 	"github.com/fsha/fsha/control/config"
 	"github.com/fsha/fsha/control/health"
 	"github.com/fsha/fsha/control/node"
+	"github.com/fsha/fsha/control/realtime"
 	"github.com/fsha/fsha/control/replication"
 	"github.com/fsha/fsha/dataplane"
 )
@@ -193,7 +194,7 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	// priority it would starve the other daemons of a small machine (the
 	// lab's nodes share its CPUs) of their lease renewals.
 	if cc != nil && c.Bool("realtime") {
-		keepRealtime(ctx, log)
+		realtime.Keep(ctx, log)
 	}
 
 	events, err := dp.NewEventReader()

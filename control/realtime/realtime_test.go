@@ -1,4 +1,4 @@
-package main
+package realtime
 
 import (
 	"context"
@@ -32,7 +32,7 @@ func notRealtime(t *testing.T) []string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if attr.Policy != unix.SCHED_RR || attr.Priority != realtimePriority {
+		if attr.Policy != unix.SCHED_RR || attr.Priority != Priority {
 			out = append(out, fmt.Sprintf("thread %d: policy %d priority %d", tid, attr.Policy, attr.Priority))
 		}
 	}
@@ -47,7 +47,7 @@ func TestRealtime(t *testing.T) {
 	if os.Getenv("FSHA_REALTIME_CHILD") == "1" {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		keepRealtime(ctx, zap.NewNop())
+		Keep(ctx, zap.NewNop())
 		for _, s := range notRealtime(t) {
 			t.Error(s)
 		}

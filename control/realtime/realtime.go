@@ -1,4 +1,7 @@
-package main
+// Package realtime keeps the fsha daemon's threads in real-time
+// scheduling (SCHED_RR at the lowest priority), as fsha up does by
+// default in a cluster (--realtime).
+package realtime
 
 import (
 	"bytes"
@@ -12,26 +15,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// realtimePriority is the SCHED_RR priority fsha runs at: the lowest, so
-// that it wins over every normal process of a busy machine (a starved
-// daemon renews no lease and its node's VIPs fail over) yet yields to any
-// other real-time task. ctdbd and keepalived run real-time for the same
+// Priority is the SCHED_RR priority fsha runs at: the lowest, so that
+// it wins over every normal process of a busy machine (a starved daemon
+// renews no lease and its node's VIPs fail over) yet yields to any other
+// real-time task. ctdbd and keepalived run real-time for the same
 // reason.
-const realtimePriority = 1
+const Priority = 1
 
 // schedFlagResetOnFork (sched_setattr's SCHED_FLAG_RESET_ON_FORK) keeps
 // the real-time policy from the processes fsha starts (event hooks, health
 // check commands). It also resets threads the Go runtime creates later
 // (it makes one whenever a goroutine blocks in a system call, as lock I/O
-// on a hung cluster file system does), which keepRealtime picks up again.
+// on a hung cluster file system does), which Keep picks up again.
 const schedFlagResetOnFork = 0x01
 
-// Until keepRealtime picks a new thread up, the goroutines the runtime
-// runs on it (the control loop, the heartbeats) compete with every normal
+// Until Keep picks a new thread up, the goroutines the runtime runs on
+// it (the control loop, the heartbeats) compete with every normal
 // process: on a busy node, long enough to lapse a lease (250 ms). In the
 // lab new threads stayed normal for up to 487 ms when only a full scan
-// every second found them. So keepRealtime looks at the thread count
-// every threadWatchEvery, and scans the threads when it changed (and every
+// every second found them. So Keep looks at the thread count every
+// threadWatchEvery, and scans the threads when it changed (and every
 // threadScanEvery in any case, for a thread that ended as another began).
 const (
 	threadWatchEvery = 5 * time.Millisecond
@@ -55,7 +58,7 @@ func setRealtime() (int, error) {
 		if err == nil && cur.Policy == unix.SCHED_RR {
 			continue
 		}
-		attr := &unix.SchedAttr{Policy: unix.SCHED_RR, Flags: schedFlagResetOnFork, Priority: realtimePriority}
+		attr := &unix.SchedAttr{Policy: unix.SCHED_RR, Flags: schedFlagResetOnFork, Priority: Priority}
 		if err := unix.SchedSetAttr(tid, attr, 0); err != nil {
 			if err == unix.ESRCH {
 				continue // the thread ended meanwhile
@@ -67,13 +70,14 @@ func setRealtime() (int, error) {
 	return n, nil
 }
 
-// keepRealtime makes fsha real-time now and keeps its new threads so.
-func keepRealtime(ctx context.Context, log *zap.Logger) {
+// Keep makes this process real-time now and keeps its new threads so,
+// until ctx ends. It logs and returns when it cannot (no CAP_SYS_NICE).
+func Keep(ctx context.Context, log *zap.Logger) {
 	if _, err := setRealtime(); err != nil {
 		log.Warn("running without real-time scheduling: a busy machine may starve the lease renewals", zap.Error(err))
 		return
 	}
-	log.Info("real-time scheduling (SCHED_RR)", zap.Int("priority", realtimePriority))
+	log.Info("real-time scheduling (SCHED_RR)", zap.Int("priority", Priority))
 	go func() {
 		t := time.NewTicker(threadWatchEvery)
 		defer t.Stop()
