@@ -43,6 +43,7 @@ var suites = []*suite{
 	replicationSuite(),
 	iofreezeSuite(),
 	drainSuite(),
+	takeoverSuite(),
 }
 
 func main() {

@@ -148,7 +148,7 @@ func (b *tickleBench) run(ctx context.Context, log *zap.Logger, out io.Writer) e
 		return err
 	}
 	defer pair.Close()
-	if err := b.setupPair(pair); err != nil {
+	if err := routeClientsThroughB(pair); err != nil {
 		return err
 	}
 	counter, err := ebpf.NewMap(&ebpf.MapSpec{Name: "tickle_rx", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
@@ -223,9 +223,10 @@ func (p *vethPair) attachTCXIngress(side int, prog *ebpf.Program) (link.Link, er
 	return l, nil
 }
 
-// setupPair routes the client prefixes from a through b, makes b own them
-// (for the kernel TCP receiver) and fixes both neighbour entries.
-func (b *tickleBench) setupPair(pair *vethPair) error {
+// routeClientsThroughB routes the client prefixes from a through b, makes
+// b own them (for the kernel TCP receiver) and fixes both neighbour
+// entries.
+func routeClientsThroughB(pair *vethPair) error {
 	gw := vethAddrB.Addr().AsSlice()
 	for _, p := range tickleClientPrefixes {
 		dst := &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)}
