@@ -131,31 +131,30 @@ type TickleResult struct {
 // by one of owners (every owner when owners is nil), out of iface, and
 // waits for the repeats. With forget, the tickled connections are then
 // removed from the peer map: after a takeover their owner's sockets are
-// gone. Finding them costs O(connections of vip) (PeerFlowsOf).
+// gone. Finding them costs O(connections of vip): one copy of their keys
+// from the peer index, which the tickler converts as its first round
+// sends (Tickler.tickle), so the first tickles leave before the last
+// connection is even looked at.
 func (a *Actions) TickleVIP(ctx context.Context, iface string, vip netip.Addr, owners []int, forget bool) (TickleResult, error) {
-	flows, err := a.maps.PeerFlowsOf(vip, owners)
+	pc, err := a.maps.tickleSetOf(vip, owners)
 	if err != nil {
 		return TickleResult{}, err
 	}
-	res := TickleResult{Conns: len(flows), FirstRoundAt: time.Now()}
-	if len(flows) == 0 {
+	res := TickleResult{Conns: pc.len(), FirstRoundAt: time.Now()}
+	if pc.len() == 0 {
 		return res, nil
 	}
 	t, err := a.tickler(iface)
 	if err != nil {
 		return res, err
 	}
-	conns := make([]Conn, len(flows))
-	for i, f := range flows {
-		conns[i] = PeerConn(f)
-	}
 	rstBefore := tcpOutRsts()
 	start := time.Now()
-	st, err := t.Tickle(ctx, conns, DefaultTickleRepeats, DefaultTickleSpacing)
+	st, err := t.tickle(ctx, pc.len(), pc.conn, DefaultTickleRepeats, DefaultTickleSpacing)
 	res.Sent, res.FirstRound, res.FirstRoundAt = st.Sent, st.FirstRound, start.Add(st.FirstRound)
 	res.Resets = tcpOutRsts() - rstBefore
 	if forget {
-		err = errors.Join(err, a.maps.DeletePeerFlows(flows))
+		err = errors.Join(err, a.maps.forgetTickleSet(pc))
 	}
 	return res, err
 }

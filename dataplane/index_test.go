@@ -366,6 +366,7 @@ func TestIndexedQueriesDoNotWalk(t *testing.T) {
 		{"TickleVIP's connections", func() (int, error) { f, err := m.PeerFlowsOf(vip4b, []int{2}); return len(f), err }, small},
 		{"TickleVIP's connections, any owner", func() (int, error) { f, err := m.PeerFlowsOf(vip4b, nil); return len(f), err }, small},
 		{"another owner's", func() (int, error) { f, err := m.PeerFlowsOf(vip4b, []int{1}); return len(f), err }, 0},
+		{"TickleVIP's set", func() (int, error) { s, err := m.tickleSetOf(vip4b, []int{2}); return s.len(), err }, small},
 		{"Steer on", func() (int, error) { return small, m.steerPeerFlows(vip4b, 2, true) }, small},
 		{"digests", func() (int, error) { d, _ := m.PeerDigests(2); return int(d[vip4b].Count), nil }, small},
 		{"SweepPeerFlows, all current", func() (int, error) { n, err := m.SweepPeerFlows(2, vip4b, 5); return small - n, err }, small},
@@ -500,6 +501,20 @@ func TestPeerIndexProperty(t *testing.T) {
 				if !slices.Equal(got, want) {
 					t.Fatalf("seed %d step %d: %s owner %d: index %v, map %v", seed, i, vip, owner, got, want)
 				}
+				set, err := m.tickleSetOf(vip, []int{owner})
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = got[:0]
+				for j := range set.len() {
+					if c := set.conn(j); c.VIP == vip && c.VIPPort == 445 {
+						got = append(got, fmt.Sprint(c.ClientPort))
+					}
+				}
+				slices.Sort(got)
+				if !slices.Equal(got, want) {
+					t.Fatalf("seed %d step %d: %s owner %d: tickle set %v, map %v", seed, i, vip, owner, got, want)
+				}
 				d, ok := m.PeerDigests(owner)
 				if !ok || d[vip] != wantDigest {
 					t.Fatalf("seed %d step %d: %s owner %d: digest %+v, map %+v", seed, i, vip, owner, d[vip], wantDigest)
@@ -515,6 +530,51 @@ func TestPeerIndexProperty(t *testing.T) {
 	}
 	if s := m.IndexStats(); s.PeerFlows != 0 {
 		t.Fatalf("index holds %d peer flows of an empty map", s.PeerFlows)
+	}
+}
+
+// TestForgetTickleSet: after a takeover's tickles, the tickled
+// connections go from the peer map and its index, except one that
+// another owner replicated meanwhile (its socket is there), and those
+// replicated after the tickle's snapshot.
+func TestForgetTickleSet(t *testing.T) {
+	h := newHarness(t, 64)
+	m := &h.maps
+	flow := func(port uint16, owner int) PeerFlow {
+		return PeerFlow{VIP: vip4, VIPPort: 445, Client: client4, ClientPort: port, Owner: owner, Gen: 1, LastSeen: time.Unix(0, 1)}
+	}
+	var tickled []PeerFlow
+	for port := range uint16(10) {
+		tickled = append(tickled, flow(1000+port, 1))
+	}
+	if err := m.UpsertPeerFlows(append(slices.Clone(tickled), flow(2000, 2))); err != nil {
+		t.Fatal(err)
+	}
+	waitPeerReady(t, m)
+	set, err := m.tickleSetOf(vip4, []int{1})
+	if err != nil || set.len() != len(tickled) || set.flows != nil {
+		t.Fatalf("tickle set of %d (%d walked), %v; want %d from the index", set.len(), len(set.flows), err, len(tickled))
+	}
+	// meanwhile: one tuple now owner 2's, and a new one of owner 1
+	if err := m.UpsertPeerFlows([]PeerFlow{flow(1003, 2), flow(3000, 1)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.forgetTickleSet(set); err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	if err := m.ForEachPeerFlow(func(f PeerFlow) bool {
+		left = append(left, fmt.Sprintf("%d/%d", f.ClientPort, f.Owner))
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(left)
+	if want := []string{"1003/2", "2000/2", "3000/1"}; !slices.Equal(left, want) {
+		t.Errorf("peer map after the forget: %v, want %v", left, want)
+	}
+	if s := m.IndexStats(); s.PeerFlows != len(left) {
+		t.Errorf("index holds %d peer flows, map %d", s.PeerFlows, len(left))
 	}
 }
 

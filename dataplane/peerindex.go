@@ -139,6 +139,15 @@ func (x *indexes) peerEntries(m *Maps, vip netip.Addr, want func(owner uint16) b
 	if !p.ready {
 		return nil, false
 	}
+	// sized first: a takeover's tickles wait for this copy
+	n := 0
+	count := func(owners map[uint16]*flowSet) {
+		for o, s := range owners {
+			if want(o) {
+				n += s.len()
+			}
+		}
+	}
 	add := func(vip netip.Addr, owners map[uint16]*flowSet) {
 		for o, s := range owners {
 			if want(o) {
@@ -147,9 +156,15 @@ func (x *indexes) peerEntries(m *Maps, vip netip.Addr, want func(owner uint16) b
 		}
 	}
 	if vip.IsValid() {
+		count(p.vips[vip.Unmap()])
+		out = make([]peerEntry, 0, n)
 		add(vip.Unmap(), p.vips[vip.Unmap()])
 		return out, true
 	}
+	for _, owners := range p.vips {
+		count(owners)
+	}
+	out = make([]peerEntry, 0, n)
 	for vip, owners := range p.vips {
 		add(vip, owners)
 	}
@@ -231,6 +246,12 @@ func (m *Maps) DropPeerFlows(owner int, vip netip.Addr) (int, error) {
 			return f.Owner == owner && (!vip.IsValid() || f.VIP == vip)
 		})
 	}
+	return m.deletePeerEntries(x, entries)
+}
+
+// deletePeerEntries deletes entries from the map and the index, those
+// the index still holds for the same owner, and returns how many.
+func (m *Maps) deletePeerEntries(x *indexes, entries []peerEntry) (int, error) {
 	n := 0
 	err := x.eachPeerChunk(entries, func(e *peerEntry) error {
 		x.keyOps.Add(1)
@@ -242,6 +263,53 @@ func (m *Maps) DropPeerFlows(owner int, vip netip.Addr) (int, error) {
 		return nil
 	})
 	return n, err
+}
+
+// tickleSet is the replicated connections a takeover tickles: the peer
+// index's entries, or before its first build the flows a walk found.
+type tickleSet struct {
+	entries []peerEntry
+	flows   []PeerFlow
+}
+
+func (c *tickleSet) len() int { return len(c.entries) + len(c.flows) }
+
+// conn returns the i-th connection, converted only now: the tickler's
+// first round asks for them as it sends.
+func (c *tickleSet) conn(i int) Conn {
+	if c.flows != nil {
+		return PeerConn(c.flows[i])
+	}
+	k := &c.entries[i].key
+	return Conn{VIP: keyVIP(k), VIPPort: k.Vport, Client: bytesAddr(k.Client, k.Family), ClientPort: k.Cport}
+}
+
+// tickleSetOf is PeerFlowsOf for a tickle: the same connections, left as
+// the index's entries (one copy, sized first, under the index's lock).
+func (m *Maps) tickleSetOf(vip netip.Addr, owners []int) (*tickleSet, error) {
+	x := m.indexes()
+	entries, ok := x.peerEntries(m, vip, func(o uint16) bool {
+		return owners == nil || slices.Contains(owners, int(o))
+	})
+	if ok {
+		return &tickleSet{entries: entries}, nil
+	}
+	flows, err := m.peerFlowsWalk(vip, owners)
+	if err != nil {
+		return nil, err
+	}
+	return &tickleSet{flows: flows}, nil
+}
+
+// forgetTickleSet deletes c's connections from the peer map: those the
+// index still holds for the owner they were tickled for (a connection
+// replicated meanwhile by another owner stays).
+func (m *Maps) forgetTickleSet(c *tickleSet) error {
+	if c.flows != nil {
+		return m.DeletePeerFlows(c.flows)
+	}
+	_, err := m.deletePeerEntries(m.indexes(), c.entries)
+	return err
 }
 
 // SweepPeerFlows deletes owner's replicated connections (to vip only, when

@@ -34,9 +34,11 @@ package dataplane
 // So: AF_PACKET with the qdisc bypass, sendmmsg in batches of 1,024, and
 // large rounds split over up to TickleMaxWorkers goroutines (one CPU's
 // send path each; on a multi-queue NIC one transmit queue each). The
-// bypass also keeps tickles out of the tc egress hook, so fsha's egress
-// program does not take them for a local socket's segments and create
-// flows for them (TestTickleBypassesEgressHook).
+// first round is sent batch by batch as it is built, so the first
+// tickles never wait for the whole plan (firstRound). The bypass also
+// keeps tickles out of the tc egress hook, so fsha's egress program does
+// not take them for a local socket's segments and create flows for them
+// (TestTickleBypassesEgressHook).
 //
 // AF_PACKET needs the next hop's MAC. It comes from the main routing
 // table (longest prefix match, done here) and the kernel's neighbour
@@ -285,31 +287,22 @@ func (t *Tickler) Close() error {
 // returns when the last round is out or ctx ends; the error is ctx's, or
 // reports the segments that could not be sent, or invalid connections.
 func (t *Tickler) Tickle(ctx context.Context, conns []Conn, repeats int, spacing time.Duration) (TickleStats, error) {
+	return t.tickle(ctx, len(conns), func(i int) Conn { return conns[i] }, repeats, spacing)
+}
+
+// tickle is Tickle over n connections that conn returns by index, in
+// order, once each: a caller can hand over its own records (the peer
+// index's keys) without converting them all first.
+func (t *Tickler) tickle(ctx context.Context, n int, conn func(i int) Conn, repeats int, spacing time.Duration) (TickleStats, error) {
 	start := time.Now()
-	st := TickleStats{Conns: len(conns)}
+	st := TickleStats{Conns: n}
 	t.calls.Add(1)
-	t.conns.Add(uint64(len(conns)))
+	t.conns.Add(uint64(n))
 	var errs []error
 	defer func() {
 		t.sent.Add(uint64(st.Sent))
 		t.errs.Add(uint64(st.Errors))
 	}()
-
-	valid := make([]Conn, 0, len(conns))
-	for _, c := range conns {
-		c, err := c.normalize()
-		if err != nil {
-			if st.Invalid == 0 {
-				errs = append(errs, err)
-			}
-			st.Invalid++
-			continue
-		}
-		valid = append(valid, c)
-	}
-	if st.Invalid > 0 {
-		t.log.Warn("invalid connections skipped", zap.Int("count", st.Invalid), zap.Error(errs[0]))
-	}
 
 	var hops *nextHops
 	if t.mac != nil {
@@ -319,31 +312,38 @@ func (t *Tickler) Tickle(ctx context.Context, conns []Conn, repeats int, spacing
 			t.log.Warn("cannot read routes and neighbours, sending through raw sockets", zap.Error(err))
 		}
 	}
-	p := t.plan(valid, hops)
-	st.Packet, st.Raw = p.pkt.n, len(p.rawIdx)
-	for round := 0; round <= repeats; round++ {
-		if round > 0 {
-			if err := sleepCtx(ctx, spacing); err != nil {
-				errs = append(errs, err)
-				break
-			}
-			if len(p.rawIdx) > 0 && p.hops != nil {
-				t.replan(p)
-			}
-		}
-		sent, failed, err := t.sendRound(ctx, p)
-		st.Sent += sent
-		st.Errors += failed
-		st.Rounds++
-		if round == 0 {
-			st.FirstRound = time.Since(start)
-		}
+	p, first := t.firstRound(ctx, n, conn, hops)
+	st.Invalid, st.Packet, st.Raw = first.invalid, p.pkt.n, len(p.raw)
+	st.Sent, st.Errors, st.Rounds = first.sent, first.failed, 1
+	st.FirstRound = time.Since(start)
+	if st.Invalid > 0 {
+		errs = append(errs, first.invalidErr)
+		t.log.Warn("invalid connections skipped", zap.Int("count", st.Invalid), zap.Error(first.invalidErr))
+	}
+	err := first.err
+	for round := 1; ; round++ {
+		// err is that of round number round, the last one sent
 		if err != nil {
-			errs = append(errs, fmt.Errorf("round %d: %w", round+1, err))
+			errs = append(errs, fmt.Errorf("round %d: %w", round, err))
 			if errors.Is(err, ErrTicklerClosed) || ctx.Err() != nil {
 				break
 			}
 		}
+		if round > repeats {
+			break
+		}
+		if err := sleepCtx(ctx, spacing); err != nil {
+			errs = append(errs, err)
+			break
+		}
+		if len(p.raw) > 0 && p.hops != nil {
+			t.replan(p)
+		}
+		var sent, failed int
+		sent, failed, err = t.sendRound(ctx, p)
+		st.Sent += sent
+		st.Errors += failed
+		st.Rounds++
 	}
 	st.Duration = time.Since(start)
 	t.log.Info("tickled", zap.Int("conns", st.Conns), zap.Int("packet", st.Packet), zap.Int("raw", st.Raw),

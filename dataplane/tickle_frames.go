@@ -189,57 +189,62 @@ func (l *frameList) slice(from, to int) *frameList {
 
 // ticklePlan is what every round of one Tickle call sends.
 type ticklePlan struct {
-	conns []Conn
-	pkt   frameList // Ethernet frames for the packet socket
-	// rawIdx are the indexes in conns of the connections sent through the
-	// raw sockets, raw4 and raw6 their packets.
-	rawIdx     []int
+	pkt frameList // Ethernet frames for the packet socket
+	// raw are the connections sent through the raw sockets, raw4 and
+	// raw6 their packets.
+	raw        []Conn
 	raw4, raw6 frameList
 	// hops is set when next hops were resolved: the routes and what each
 	// client resolved to.
 	hops *nextHops
 }
 
-// plan builds the frames of conns: Ethernet frames for those whose next
-// hop hops resolves, IP packets for the raw sockets for the others (and
-// for all without hops).
-func (t *Tickler) plan(conns []Conn, hops *nextHops) *ticklePlan {
-	p := &ticklePlan{conns: conns, hops: hops}
-	if hops == nil {
-		p.rawIdx = make([]int, len(conns))
-		for i := range conns {
-			p.rawIdx[i] = i
-		}
-		t.buildRaw(p)
-		return p
+// newPlan returns an empty plan with room for n frames for the packet
+// socket when next hops were resolved (without hops, everything is raw).
+func newPlan(n int, hops *nextHops) *ticklePlan {
+	p := &ticklePlan{hops: hops}
+	if hops != nil {
+		p.pkt = newFrameList(n)
 	}
-	p.pkt = newFrameList(len(conns))
-	for i := range conns {
-		c := &conns[i]
-		mac := hops.lookup(c.Client)
-		if mac == nil {
-			p.rawIdx = append(p.rawIdx, i)
-			continue
+	return p
+}
+
+// add puts c, normalized, in p: an Ethernet frame when its next hop
+// resolves, else in p.raw (buildRaw makes their packets).
+func (t *Tickler) add(p *ticklePlan, c Conn) {
+	if p.hops != nil {
+		if mac := p.hops.lookup(c.Client); mac != nil {
+			s := tickleSegment(c)
+			p.pkt.commit(s.putFrame(p.pkt.next(), t.mac, mac))
+			return
 		}
-		s := tickleSegment(*c)
-		p.pkt.commit(s.putFrame(p.pkt.next(), t.mac, mac))
+	}
+	p.raw = append(p.raw, c)
+}
+
+// plan builds the frames of conns, normalized: Ethernet frames for those
+// whose next hop hops resolves, IP packets for the raw sockets for the
+// others (and for all without hops).
+func (t *Tickler) plan(conns []Conn, hops *nextHops) *ticklePlan {
+	p := newPlan(len(conns), hops)
+	for _, c := range conns {
+		t.add(p, c)
 	}
 	t.buildRaw(p)
 	return p
 }
 
-// buildRaw builds the raw sockets' packets for p.rawIdx.
+// buildRaw builds the raw sockets' packets for p.raw.
 func (t *Tickler) buildRaw(p *ticklePlan) {
 	var n4 int
-	for _, i := range p.rawIdx {
-		if p.conns[i].VIP.Is4() {
+	for i := range p.raw {
+		if p.raw[i].VIP.Is4() {
 			n4++
 		}
 	}
-	p.raw4, p.raw6 = newFrameList(n4), newFrameList(len(p.rawIdx)-n4)
-	p.raw4.dsts, p.raw6.dsts = make([]netip.Addr, n4), make([]netip.Addr, len(p.rawIdx)-n4)
-	for _, i := range p.rawIdx {
-		c := p.conns[i]
+	p.raw4, p.raw6 = newFrameList(n4), newFrameList(len(p.raw)-n4)
+	p.raw4.dsts, p.raw6.dsts = make([]netip.Addr, n4), make([]netip.Addr, len(p.raw)-n4)
+	for _, c := range p.raw {
 		l := &p.raw6
 		if c.VIP.Is4() {
 			l = &p.raw4
@@ -259,20 +264,19 @@ func (t *Tickler) replan(p *ticklePlan) {
 		t.log.Debug("reload neighbours", zap.Error(err))
 		return
 	}
-	var still []int
-	for _, i := range p.rawIdx {
-		c := p.conns[i]
+	var still []Conn
+	for _, c := range p.raw {
 		mac := p.hops.lookup(c.Client)
 		if mac == nil {
-			still = append(still, i)
+			still = append(still, c)
 			continue
 		}
 		s := tickleSegment(c)
 		p.pkt.commit(s.putFrame(p.pkt.next(), t.mac, mac))
 	}
-	if len(still) != len(p.rawIdx) {
-		t.log.Debug("next hops resolved", zap.Int("moved", len(p.rawIdx)-len(still)), zap.Int("raw", len(still)))
-		p.rawIdx = still
+	if len(still) != len(p.raw) {
+		t.log.Debug("next hops resolved", zap.Int("moved", len(p.raw)-len(still)), zap.Int("raw", len(still)))
+		p.raw = still
 		t.buildRaw(p)
 	}
 }
