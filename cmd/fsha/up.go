@@ -141,6 +141,9 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	if replyErr != nil {
 		log.Warn("reply interfaces: route lookup failed; answers through the interfaces it would name may leave untracked", zap.Error(replyErr))
 	}
+	if err := realtime.Normal(); err != nil {
+		log.Warn("starting at the inherited real-time priority", zap.Error(err))
+	}
 	dp, err := dataplane.Load(log, dataplane.Options{
 		PinPath: c.String("pin-path"), FlowsMax: uint32(flowsMax), Interfaces: ifaces, ReplyInterfaces: replyNames(reply),
 		PeerFlowsMax: uint32(min(c.Uint("peer-flows-max"), 1<<28)), SteerMode: steerMode, XDPAttach: xdpMode,

@@ -70,6 +70,35 @@ func setRealtime() (int, error) {
 	return n, nil
 }
 
+// Normal puts every thread of this process in the normal policy
+// (SCHED_OTHER). A process that a reload (SIGHUP) executed again starts
+// with its predecessor's real-time policy, which execve keeps, and a
+// start's heaviest work (loading the programs: the verifier, a map
+// migration) must not run real-time: on a small machine it starves the
+// other daemons of their lease renewals (the lab's TestReloadNodes: the
+// two other nodes stopped hearing each other for 280-480 ms while a node
+// reloaded). Keep makes it real-time again once that is done.
+func Normal() error {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return fmt.Errorf("normal scheduling: list threads: %w", err)
+	}
+	for _, t := range tasks {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		cur, err := unix.SchedGetAttr(tid, 0)
+		if err == nil && cur.Policy == unix.SCHED_NORMAL {
+			continue
+		}
+		if err := unix.SchedSetAttr(tid, &unix.SchedAttr{Policy: unix.SCHED_NORMAL}, 0); err != nil && err != unix.ESRCH {
+			return fmt.Errorf("normal scheduling of thread %d: %w", tid, err)
+		}
+	}
+	return nil
+}
+
 // Keep makes this process real-time now and keeps its new threads so,
 // until ctx ends. It logs and returns when it cannot (no CAP_SYS_NICE).
 func Keep(ctx context.Context, log *zap.Logger) {

@@ -101,6 +101,20 @@ func TestRealtime(t *testing.T) {
 		if n, err := threadCount(); err != nil || n != len(tasks) {
 			t.Errorf("threadCount %d (%v), /proc/self/task has %d", n, err, len(tasks))
 		}
+		// what a reload's new process does first
+		if err := Normal(); err != nil {
+			t.Fatal(err)
+		}
+		cancel() // Keep's watch ends
+		time.Sleep(20 * time.Millisecond)
+		if err := Normal(); err != nil {
+			t.Fatal(err)
+		}
+		for tid := range threadIDs() {
+			if attr, err := unix.SchedGetAttr(tid, 0); err == nil && attr.Policy != unix.SCHED_NORMAL {
+				t.Errorf("after Normal, thread %d has policy %d", tid, attr.Policy)
+			}
+		}
 		out, err := exec.Command("sh", "-c", "cat /proc/self/sched").Output()
 		if err != nil {
 			t.Fatal(err)
