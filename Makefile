@@ -95,9 +95,8 @@ fuzz: deps
 # Long runs of the ownership checks: 50,000 simulated schedules, then the
 # lab's fault storms (50 faults on 3 and 5 nodes, judged from the wire),
 # five minutes of CPU hogs with no false failover, then the lab's long
-# runs (build tag longlab): CTDB left to its own ~30 s keepalives, and ten
-# rolling reloads of the nodes file (TestReloadNodes: fails about one run
-# in four, an open design problem, see its comment), a drain on a second
+# runs (build tag longlab): CTDB left to its own ~30 s keepalives, ten
+# rolling reloads of the nodes file (TestReloadNodes), a drain on a second
 # network whose nodes have addresses there, and the planned-move,
 # failback and power-cut tests again on the macvlan and VXLAN topologies and
 # on veth's native XDP_TX path (the tuned lab, --steer-mode xdp).
