@@ -536,7 +536,7 @@ func (b *dataplaneBench) progRounds(ctx context.Context, log *zap.Logger, cases 
 		if err := check(); err != nil {
 			return err
 		}
-		if _, _, err := timeRun(c.prog, c.pkt, b.repeat/10); err != nil {
+		if _, _, err := timeRun(c.prog, c.pkt, b.repeat/10, nil); err != nil {
 			return err
 		}
 	}
@@ -554,8 +554,8 @@ func (b *dataplaneBench) progRounds(ctx context.Context, log *zap.Logger, cases 
 			}
 			var ns float64
 			var kernelNS time.Duration
-			err := c.counted(func() (err error) {
-				ns, kernelNS, err = timeRun(c.prog, c.pkt, b.repeat)
+			err := c.counted(func(restart func()) (err error) {
+				ns, kernelNS, err = timeRun(c.prog, c.pkt, b.repeat, restart)
 				return err
 			})
 			if err != nil {
@@ -574,17 +574,23 @@ func (b *dataplaneBench) progRounds(ctx context.Context, log *zap.Logger, cases 
 }
 
 // counted runs run, adding to c.tally, if c has one, how the counters of
-// c's direction moved.
-func (c *progCase) counted(run func() error) error {
+// c's direction moved since the start of the last attempt: run calls
+// restart when BPF_PROG_RUN starts over after a signal.
+func (c *progCase) counted(run func(restart func()) error) error {
 	if c.tally == nil {
-		return run()
+		return run(nil)
 	}
 	before, err := c.u.ReadCounters()
 	if err != nil {
 		return err
 	}
-	if err := run(); err != nil {
+	var restartErr error
+	restart := func() { before, restartErr = c.u.ReadCounters() }
+	if err := run(restart); err != nil {
 		return err
+	}
+	if restartErr != nil {
+		return restartErr
 	}
 	after, err := c.u.ReadCounters()
 	if err != nil {

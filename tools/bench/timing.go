@@ -36,10 +36,16 @@ func pinThread(cpu int, realtime bool) error {
 // timeRun returns the wall-clock time per run of repeat runs of p on pkt,
 // and the kernel's own figure (whole nanoseconds, without the time the
 // thread was rescheduled) for comparison. If a signal interrupts the
-// syscall, the kernel starts over and so does the clock.
-func timeRun(p *ebpf.Program, pkt []byte, repeat int) (float64, time.Duration, error) {
+// syscall, the kernel starts over and so does the clock, after restart
+// (if not nil): the runs before the signal count for nothing.
+func timeRun(p *ebpf.Program, pkt []byte, repeat int, restart func()) (float64, time.Duration, error) {
 	start := time.Now()
-	_, kernel, err := p.Benchmark(pkt, repeat, func() { start = time.Now() })
+	_, kernel, err := p.Benchmark(pkt, repeat, func() {
+		if restart != nil {
+			restart()
+		}
+		start = time.Now()
+	})
 	elapsed := time.Since(start)
 	if err != nil {
 		return 0, 0, err
