@@ -36,6 +36,7 @@ type dataplaneBench struct {
 	steer       bool
 	pps         bool
 	flowMix     bool
+	flowCost    bool
 	ppsDuration time.Duration
 	ppsRounds   int
 }
@@ -55,6 +56,7 @@ func dataplaneSuite() *suite {
 			fs.BoolVar(&b.steer, "steer", true, "dataplane: also measure steering (drain): a steered packet on the xdp and tc paths")
 			fs.BoolVar(&b.pps, "pps", true, "dataplane: also measure packets per second through a veth pair")
 			fs.BoolVar(&b.flowMix, "flow-mix", true, "dataplane: also measure tracked packets spread over the flows in turn, in random order and in a Zipf mix")
+			fs.BoolVar(&b.flowCost, "flow-cost", false, "dataplane: with -flow-mix, also time probes of the map path's parts behind the XDP drivers (issue 12)")
 			fs.DurationVar(&b.ppsDuration, "pps-duration", time.Second, "dataplane: length of one veth measurement")
 			fs.IntVar(&b.ppsRounds, "pps-rounds", 9, "dataplane: veth rounds per mode (the median is reported)")
 		},
@@ -399,7 +401,11 @@ func (b *dataplaneBench) progRun(ctx context.Context, log *zap.Logger, out io.Wr
 	}
 	var mixed *mixRows
 	if b.flowMix {
-		if mixed, err = newMixRows(u, cases, mix, n4); err != nil {
+		var cost *costOptions
+		if b.flowCost {
+			cost = &costOptions{uncached: uncached, capacity: u.Flows.MaxEntries()}
+		}
+		if mixed, err = newMixRows(u, cases, mix, n4, cost); err != nil {
 			return err
 		}
 		defer func() {

@@ -56,9 +56,10 @@ type mixRow struct {
 }
 
 // newMixRows builds the flow mix cases for both hooks on dp, the main
-// data plane, and finds the empty programs among cases. Close frees what
-// it created.
-func newMixRows(dp *dataplane.Unpinned, cases []*progCase, mix *flowMix, n4 int) (_ *mixRows, err error) {
+// data plane, and finds the empty programs among cases. With cost
+// (non-nil), it adds the probe rows of suite_dataplane_cost.go. Close
+// frees what it created.
+func newMixRows(dp *dataplane.Unpinned, cases []*progCase, mix *flowMix, n4 int, cost *costOptions) (_ *mixRows, err error) {
 	s := &mixRows{mix: mix, n4: n4}
 	defer func() {
 		if err != nil {
@@ -130,6 +131,11 @@ func newMixRows(dp *dataplane.Unpinned, cases []*progCase, mix *flowMix, n4 int)
 				return verifyCase(dp, c)
 			}
 			s.rows = append(s.rows, mixRow{c: c, driver: drivers[v.o]})
+		}
+		if cost != nil && h.hook == "xdp" {
+			if err := s.addCostRows(dp, cost.uncached, drivers, pkt, cost.capacity); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return s, nil
@@ -273,7 +279,7 @@ func verifyDriver(c *progCase, state *ebpf.Map, mix *flowMix, o flowOrder) error
 func (s *mixRows) check(runs int) ([]string, error) {
 	var lines []string
 	for _, r := range s.rows {
-		if r.driver == nil {
+		if r.driver == nil || r.c.tally == nil {
 			continue
 		}
 		t := r.c.tally
