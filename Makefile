@@ -85,7 +85,8 @@ FUZZ_TARGETS := ./dataplane:FuzzXDP ./dataplane:FuzzTCEgress ./dataplane:FuzzSeq
 	./dataplane:FuzzDecodeBTF ./control/ownership:FuzzDecode ./control/remote:FuzzDecode \
 	./control/replication:FuzzDecodeMessage ./control/replication:FuzzDecodeHello \
 	./control/config:FuzzParsePublicAddresses ./control/config:FuzzParseNodes \
-	./control/config:FuzzSplitCommand ./control/membership:FuzzMeta ./control/node:FuzzDecodePins
+	./control/config:FuzzSplitCommand ./control/membership:FuzzMeta ./control/node:FuzzDecodePins \
+	./control/ctdbclient:FuzzDecode
 fuzz: deps
 	@for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; echo "== $$name ($$pkg, $(FUZZTIME))"; \
