@@ -23,6 +23,7 @@ import (
 	"github.com/fsha/fsha/control/admin"
 	"github.com/fsha/fsha/control/allocation"
 	"github.com/fsha/fsha/control/config"
+	"github.com/fsha/fsha/control/ctdbclient"
 	"github.com/fsha/fsha/control/health"
 	"github.com/fsha/fsha/control/hooks"
 	"github.com/fsha/fsha/control/membership"
@@ -71,6 +72,10 @@ func clusterFlags() []cli.Flag {
 			Usage: "override the gossip's suspicion multiplier"},
 		&cli.UintFlag{Name: "ctdb-port", Value: ctdbPort, EnvVars: []string{"FSHA_CTDB_PORT"},
 			Usage: "once a peer is judged dead, end this node's TCP connections with it on this port (ctdbd's), so that CTDB recovers Samba's databases now rather than after its keepalives (0: leave them)"},
+		&cli.BoolFlag{Name: "ctdb-election", Value: true, EnvVars: []string{"FSHA_CTDB_ELECTION"},
+			Usage: "with --ctdb-port: when the peer judged dead was CTDB's leader (as its broadcasts, heard through --ctdb-socket, said), send CTDB's own unknown-leader broadcast so that the survivors elect a new leader now rather than after CTDB's leader timeout; only when CTDB runs with a cluster lock (--ctdb-election=false: wait for CTDB)"},
+		&cli.StringFlag{Name: "ctdb-socket", Value: ctdbclient.DefaultSocket, EnvVars: []string{"FSHA_CTDB_SOCKET", "CTDB_SOCKET"},
+			Usage: "the local ctdbd's client socket, for --ctdb-election: the one smbd's 'ctdbd socket' and the ctdb tool use (CTDB_SOCKET, or CTDB's default)"},
 		&cli.StringFlag{Name: "lock", EnvVars: []string{"FSHA_LOCK"},
 			Usage: "lock file on the cluster file system (like CTDB's recovery lock): needed by two-node clusters"},
 		&cli.BoolFlag{Name: "allow-two-nodes-without-lock", EnvVars: []string{"FSHA_ALLOW_TWO_NODES_WITHOUT_LOCK"},
@@ -414,12 +419,13 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 			log.Warn("arp sysctls", zap.String("interface", iface), zap.Error(err))
 		}
 	}
+	kick := newCTDBKick(log, uint16(c.Uint("ctdb-port")), c.Bool("ctdb-election"), c.String("ctdb-socket"))
 	nd, err := node.New(log, node.Config{
 		Nodes: cc.nodes, Self: cc.self, VIPs: cc.vips, Policy: cc.policy, Lock: cc.lock, Timing: cc.owner,
 		StateFile: filepath.Join(c.String("state-dir"), "state.json"), LegacyStateFile: filepath.Join(runDir, "state.json"), DrainTimeout: c.Duration("drain-timeout"), MAC: mac,
 		MACNow:    func() [6]byte { return linkedMAC(ifaces, checker.LinkUp) },
 		IfacesNow: func() []ownership.IfaceMAC { return linkedIfaceMACs(ifaces, checker.LinkUp) },
-		PeerDead:  kickCTDB(log, uint16(c.Uint("ctdb-port"))), Retiring: cc.retiring,
+		PeerDead:  kick.peerDead(), Retiring: cc.retiring,
 	}, nil, actions, checker, hookRunnerFor(hookRunner), takeovers)
 	if err != nil {
 		return err
@@ -494,6 +500,8 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 		}
 	}()
 	g.Go(func() error { return repl.Run(gctx) })
+	// never stops the node: a death only looks at what it learnt
+	go kick.run(gctx)
 	g.Go(func() error {
 		return srv.Serve(gctx, admin.SocketPath(runDir))
 	})

@@ -27,8 +27,10 @@ type LeaderWatch struct {
 
 	mu        sync.Mutex
 	connected bool
-	leader    uint32
-	heard     time.Time
+	// heardAny: a broadcast came since connecting
+	heardAny bool
+	leader   uint32
+	heard    time.Time
 }
 
 // NewLeaderWatch returns a watch of the ctdbd at path (see Run).
@@ -48,11 +50,26 @@ func (w *LeaderWatch) Leader() (pnn uint32, heard time.Time, ok bool) {
 	return w.leader, w.heard, w.connected && w.leader != UnknownPNN
 }
 
-func (w *LeaderWatch) set(connected bool, leader uint32) (changed bool) {
+// unknownWhy says why Leader knows none.
+func (w *LeaderWatch) unknownWhy() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case !w.connected:
+		return "not connected to ctdbd: CTDB's leader is not known here"
+	case !w.heardAny:
+		return "no leader broadcast heard since connecting to ctdbd: CTDB's leader is not known here"
+	default:
+		return "an election is already on: the last leader broadcast said unknown"
+	}
+}
+
+// set records a connection (heard false) or a broadcast (heard true).
+func (w *LeaderWatch) set(connected, heard bool, leader uint32) (changed bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	changed = w.leader != leader
-	w.connected, w.leader, w.heard = connected, leader, time.Now()
+	w.connected, w.heardAny, w.leader, w.heard = connected, heard, leader, time.Now()
 	return changed
 }
 
@@ -62,7 +79,7 @@ func (w *LeaderWatch) Run(ctx context.Context) {
 	absent := false
 	for {
 		was, err := w.listen(ctx)
-		w.set(false, UnknownPNN)
+		w.set(false, false, UnknownPNN)
 		if ctx.Err() != nil {
 			return
 		}
@@ -102,7 +119,7 @@ func (w *LeaderWatch) listen(ctx context.Context) (connected bool, err error) {
 	if err := c.RegisterSrvid(dctx, SrvidLeader); err != nil {
 		return false, err
 	}
-	w.set(true, UnknownPNN)
+	w.set(true, false, UnknownPNN)
 	w.log.Info("listening to CTDB's leader broadcasts", zap.String("socket", w.path))
 	for {
 		m, err := c.ReadMessage(ctx)
@@ -117,7 +134,7 @@ func (w *LeaderWatch) listen(ctx context.Context) (connected bool, err error) {
 			w.log.Warn("ignored a leader broadcast", zap.Error(err))
 			continue
 		}
-		if w.set(true, pnn) {
+		if w.set(true, true, pnn) {
 			if pnn == UnknownPNN {
 				w.log.Info("CTDB's leader: unknown, an election is on")
 			} else {
@@ -160,7 +177,7 @@ func (w *LeaderWatch) ElectIfLeader(ctx context.Context, dead netip.Addr) (Elect
 	var e Election
 	e.Leader, e.Heard, e.LeaderKnown = w.Leader()
 	if !e.LeaderKnown {
-		e.Why = "CTDB's leader is not known here"
+		e.Why = w.unknownWhy()
 		return e, nil
 	}
 	c, err := Dial(ctx, w.path)

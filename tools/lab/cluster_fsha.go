@@ -91,6 +91,11 @@ func (n *ClusterNode) StartFsha(ctx context.Context, opts FshaOptions) (*Process
 	// Each node its own state dir (the default, /var/lib/fsha, is the
 	// host's): by the environment, which older releases ignore.
 	env := append([]string{"FSHA_STATE_DIR=" + filepath.Join(n.Dir, "state")}, n.hookEnv()...)
+	if n.CTDBBase != "" {
+		// the node's own ctdbd, for the CTDB election kick
+		// (--ctdb-socket; a flag would stop an older release)
+		env = append(env, "FSHA_CTDB_SOCKET="+n.CTDBSocket())
+	}
 	p, err := n.StartWith("fsha-up", StartOptions{Env: env}, argv...)
 	if err != nil {
 		return nil, err
