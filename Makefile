@@ -96,8 +96,10 @@ fuzz: deps
 # Long runs of the ownership checks: 50,000 simulated schedules, then the
 # lab's fault storms (50 faults on 3 and 5 nodes, judged from the wire),
 # five minutes of CPU hogs with no false failover, then the lab's long
-# runs (build tag longlab): CTDB left to its own ~30 s keepalives, ten
-# rolling reloads of the nodes file (TestReloadNodes), a drain on a second
+# runs (build tag longlab): CTDB left to its own ~30 s keepalives, three
+# power cuts of CTDB's leader with fsha's election kick and three without
+# (the survivors wait CTDB's leader timeout), ten rolling reloads of the
+# nodes file (TestReloadNodes), a drain on a second
 # network whose nodes have addresses there, and the planned-move,
 # failback and power-cut tests again on the macvlan and VXLAN topologies and
 # on veth's native XDP_TX path (the tuned lab, --steer-mode xdp).
@@ -106,6 +108,7 @@ chaos: deps build
 	FSHA_LAB_ITERATIONS=50 $(GO) test -count=1 -p 1 -timeout 120m -run 'TestFaultStormWire|TestIsolatedOwner7|TestNetworkFlap' ./tools/lab/cluster/
 	FSHA_LAB_LOAD_FOR=5m $(GO) test -count=1 -p 1 -timeout 30m -run 'TestNoFalseFailoverUnderLoad' ./tools/lab/cluster/
 	$(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestCTDBKeepalivesWithoutKick' ./tools/lab/cluster/
+	FSHA_LAB_ITERATIONS=3 $(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestCTDBLeaderDeath' ./tools/lab/cluster/
 	$(GO) test -count=10 -p 1 -timeout 30m -tags longlab -run 'TestReloadNodes' ./tools/lab/failover/
 	$(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestDrainOnSecondNetwork$$' ./tools/lab/failover/
 	for topo in macvlan vxlan; do \

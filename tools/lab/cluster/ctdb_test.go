@@ -55,15 +55,22 @@ const (
 // death at once). The control run without it (--ctdb-port 0: CTDB's
 // keepalives, about 30 s) is TestCTDBKeepalivesWithoutKick, in make chaos:
 // it shows that ctdbOwnDetection is a bound CTDB does not beat by itself.
+//
+// (c) Then it cuts the power of CTDB's leader: with fsha's election kick
+// (its default) the survivors elect a new leader at once rather than
+// after CTDB's leader timeout (cutCTDBLeader, ctdb_leader_test.go; the
+// control run without it is TestCTDBLeaderDeath/no-election, in make
+// chaos).
 func TestCTDBClusteredSmbd(t *testing.T) {
-	testCTDBClusteredSmbd(t, nil, true)
+	testCTDBClusteredSmbd(t, nil, true, true)
 }
 
 // kick: fsha ends the survivors' connections with the dead node's ctdbd,
 // so each survivor's ctdbd must say it dead before CTDB's keepalives could
 // have (ctdbOwnDetection); without, it must not (or that bound proves
-// nothing).
-func testCTDBClusteredSmbd(t *testing.T, fshaArgs []string, kick bool) {
+// nothing). leaderCut: then (c), the leader's power cut, with fsha's
+// election kick.
+func testCTDBClusteredSmbd(t *testing.T, fshaArgs []string, kick, leaderCut bool) {
 	e := newEnvWithin(t, lab.ClusterOptions{CTDB: true, FshaArgs: fshaArgs}, ctdbBudget)
 	e.waitConverged(e.c.Nodes...)
 
@@ -148,32 +155,8 @@ func testCTDBClusteredSmbd(t *testing.T, fshaArgs []string, kick bool) {
 
 	// read through the VIP until it works: the survivor's smbd waits for
 	// CTDB's recovery, which waits for CTDB to see the node dead
-	var readAt time.Duration
-	attempts := 0
-	var lastErr error
-	for readAt == 0 {
-		if time.Since(cut) > ctdbShareBack {
-			t.Fatalf("no read of %s through %s within %v of the power cut (%d attempts): %v", name, vip, ctdbShareBack, attempts, lastErr)
-		}
-		attempts++
-		ctx, cancel := context.WithTimeout(e.ctx, ctdbAttempt)
-		got, err := e.client.GetSMB(ctx, vip.Addr(), name)
-		cancel()
-		switch {
-		case err != nil:
-			lastErr = err
-			if e.ctx.Err() != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(100 * time.Millisecond)
-		case !bytes.Equal(got, data):
-			t.Fatalf("read %q through %s, want %q", got, vip, data)
-		default:
-			readAt = time.Since(cut)
-		}
-	}
+	readAt, attempts := e.readThrough(vip, name, data, cut)
 	dead := watch.wait()
-	ms := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
 	t.Logf("fsha %q; power cut of %s (pnn %d; CTDB leader %s; CTDB defaults) took %s; %s on %s after %s",
 		fshaArgs, victim.Role, victim.PNN, leader.Role, ms(cutTook), vip, newOwner.Role, ms(moved))
 	for _, n := range survivors {
@@ -220,6 +203,11 @@ func testCTDBClusteredSmbd(t *testing.T, fshaArgs []string, kick bool) {
 	e.waitConverged(e.c.Nodes...)
 	t.Logf("%s powered up, CTDB all OK and the cluster converged after %v", victim.Role, time.Since(up).Round(time.Millisecond))
 	e.inSync()
+
+	if leaderCut {
+		// (c) power cut of CTDB's leader; it stays down
+		e.cutCTDBLeader(true)
+	}
 }
 
 // ctdbDeadWatch polls the survivors' ctdbd until each marks the victim
@@ -310,4 +298,34 @@ func fileSize(path string) int64 {
 		return 0
 	}
 	return fi.Size()
+}
+
+// readThrough reads name through vip until it works and returns when,
+// since cut, and after how many attempts; not within ctdbShareBack of cut
+// fails the test. Each attempt may wait for CTDB's recovery (ctdbAttempt).
+func (e *env) readThrough(vip netip.Prefix, name string, data []byte, cut time.Time) (time.Duration, int) {
+	e.t.Helper()
+	attempts := 0
+	var lastErr error
+	for {
+		if time.Since(cut) > ctdbShareBack {
+			e.t.Fatalf("no read of %s through %s within %v of the power cut (%d attempts): %v", name, vip, ctdbShareBack, attempts, lastErr)
+		}
+		attempts++
+		ctx, cancel := context.WithTimeout(e.ctx, ctdbAttempt)
+		got, err := e.client.GetSMB(ctx, vip.Addr(), name)
+		cancel()
+		switch {
+		case err != nil:
+			lastErr = err
+			if e.ctx.Err() != nil {
+				e.t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		case !bytes.Equal(got, data):
+			e.t.Fatalf("read %q through %s, want %q", got, vip, data)
+		default:
+			return time.Since(cut), attempts
+		}
+	}
 }
