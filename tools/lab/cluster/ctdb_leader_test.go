@@ -49,7 +49,9 @@ type leaderCut struct {
 	// through it; reported: every survivor's `ctdb leader` named the
 	// winner; tookLock: the winner's ctdbd logged taking the cluster lock
 	moved, read, reported, tookLock time.Duration
-	attempts                        int
+	// thawed: the winner's ctdbd logged its recovery done (0: not seen)
+	thawed   time.Duration
+	attempts int
 	// timeouts: the survivors whose ctdbd logged a leader broadcast
 	// timeout before tookLock
 	timeouts []string
@@ -58,8 +60,8 @@ type leaderCut struct {
 }
 
 func (c leaderCut) String() string {
-	return fmt.Sprintf("cut of the CTDB leader %s took %s; %s moved after %s; new leader %s took the cluster lock after %s, every survivor's `ctdb leader` named it after %s; first good read through %s after %s (%d attempts); leader broadcast timeouts logged by %v; fsha asked for the election on %v",
-		c.victim.Role, ms(c.cutTook), c.vip, ms(c.moved), c.winner.Role, ms(c.tookLock), ms(c.reported), c.vip, ms(c.read), c.attempts, c.timeouts, c.asked)
+	return fmt.Sprintf("cut of the CTDB leader %s took %s; %s moved after %s; new leader %s took the cluster lock after %s and logged \"Recovery mode set to NORMAL\" after %s, every survivor's `ctdb leader` named it after %s; first good read through %s after %s (%d attempts); leader broadcast timeouts logged by %v; fsha asked for the election on %v",
+		c.victim.Role, ms(c.cutTook), c.vip, ms(c.moved), c.winner.Role, ms(c.tookLock), ms(c.thawed), ms(c.reported), c.vip, ms(c.read), c.attempts, c.timeouts, c.asked)
 }
 
 func ms(d time.Duration) string { return d.Round(time.Millisecond).String() }
@@ -126,6 +128,9 @@ func (e *env) cutCTDBLeader(election bool) leaderCut {
 		at = cut.Add(r.reported)
 	}
 	r.tookLock = at.Sub(cut)
+	if th, ok := lab.CTDBLogged(r.winner.CTDBLog(), offsets[r.winner], "Recovery mode set to NORMAL", at); ok {
+		r.thawed = th.Sub(cut)
+	}
 	for _, n := range survivors {
 		if to, ok := lab.CTDBLogged(n.CTDBLog(), offsets[n], ctdbLogLeaderTimeout, cut); ok && !to.After(at) {
 			r.timeouts = append(r.timeouts, n.Role)
