@@ -195,9 +195,11 @@ func (b *failoverBench) report(out io.Writer, c *lab.Cluster, runs []*failoverRu
 		fmt.Fprintf(out, "decision = its worker starts the takeover (the majority's promises are in); first GARP sent;\n")
 		fmt.Fprintf(out, "tickles sent = its record of the first round of tickle ACKs. From the client's eth0 (packet socket,\n")
 		fmt.Fprintf(out, "kernel time): the first ARP for the VIP and the first segment from VIP:445 to the blocked client\n\n")
-		return bt.write(out)
+		if err := bt.write(out); err != nil {
+			return err
+		}
 	}
-	return nil
+	return b.reportConns(out, runs)
 }
 
 // failures0 is the first failure of system's runs (its notes come once).

@@ -197,6 +197,7 @@ func (s *fshaSystem) explain(ctx context.Context, n *lab.ClusterNode, vip netip.
 			}
 			tr.decision, tr.addrUp, tr.announce = since("decision"), since("address up"), since("first announcement")
 			tr.tickled, tr.tickledConns = since("tickles sent"), r.Tickled
+			tr.hooksDone, tr.tickleResets = since("hooks done"), r.Resets
 			if math.IsNaN(tr.tickled) && time.Since(r.Steps[0].At) < 1500*time.Millisecond {
 				return errors.New("no tickle step yet")
 			}

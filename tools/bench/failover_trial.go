@@ -28,6 +28,10 @@ type trialResult struct {
 	// fsha only: the new owner's timeline (fsha timeline).
 	decision, addrUp, announce, tickled float64
 	tickledConns                        int
+	// hooksDone is when its takeip hooks were done (the tickles wait for
+	// them); tickleResets the RSTs its stack sent during the tickles.
+	hooksDone    float64
+	tickleResets int64
 	// seen by the client (a packet socket on its eth0, kernel receive
 	// times): the first ARP for the VIP and the first segment from
 	// VIP:445 to the blocked client after the failure.
@@ -62,6 +66,9 @@ type trialResult struct {
 	// setupRetries counts set-ups (VIP answers, blocked client tracked)
 	// that failed before the failure: the system was not stable.
 	setupRetries int
+	// conns is what the many connections saw (-failover-conns), nil
+	// without them.
+	conns *connsResult
 }
 
 // prepare readies a trial on VIP prefix: it finds its owner, waits until
@@ -112,7 +119,7 @@ func (b *failoverBench) prepare(ctx context.Context, log *zap.Logger, c *lab.Clu
 // trial fails the owner of VIP vip once and restores it.
 func (b *failoverBench) trial(ctx context.Context, log *zap.Logger, c *lab.Cluster, sys failSystem, failure string, vip int) (tr trialResult, err error) {
 	tr = trialResult{vip: vip, connect: math.Inf(1), reset: math.Inf(1),
-		decision: math.NaN(), addrUp: math.NaN(), announce: math.NaN(), tickled: math.NaN(),
+		decision: math.NaN(), addrUp: math.NaN(), announce: math.NaN(), tickled: math.NaN(), hooksDone: math.NaN(),
 		garpSeen: math.NaN(), tickleSeen: math.NaN()}
 	prefix := c.VIPs[vip]
 	dst := netip.AddrPortFrom(prefix.Addr(), lab.SMBPort)
@@ -142,6 +149,15 @@ func (b *failoverBench) trial(ctx context.Context, log *zap.Logger, c *lab.Clust
 	}
 	defer blocked.closeAbort()
 	tr.owner = owner.Role
+	var many *connsTrial // -failover-conns
+	if b.conns > 0 {
+		many, err = b.prepareConns(ctx, log, c, sys, owner, survivors, prefix)
+		if err != nil {
+			return tr, err
+		}
+		defer many.close()
+		tr.conns = many.res
+	}
 	watch, err := client.WatchAddr(prefix.Addr())
 	if err != nil {
 		return tr, err
@@ -205,16 +221,26 @@ func (b *failoverBench) trial(ctx context.Context, log *zap.Logger, c *lab.Clust
 		at, outcome := blocked.awaitReset(t0.Add(b.blockTimeout))
 		readDone <- readEnd{at, outcome}
 	}()
+	if many != nil {
+		many.begin(t0, t0.Add(b.blockTimeout))
+	}
 	pr.begin(t0)
 	began = true
 	var killErr error
 	if failure == failPower {
-		for _, p := range sys.procs(owner) {
+		procs := sys.procs(owner)
+		if many != nil {
+			procs = append(procs, many.holder)
+		}
+		for _, p := range procs {
 			killErr = errors.Join(killErr, p.Kill())
 		}
 	}
 	res, perr := pr.wait()
 	end := <-readDone
+	if many != nil {
+		many.wait()
+	}
 	if perr != nil {
 		return tr, perr
 	}
@@ -250,6 +276,9 @@ func (b *failoverBench) trial(ctx context.Context, log *zap.Logger, c *lab.Clust
 	tr.holders = len(holders)
 	if len(holders) == 1 {
 		sys.explain(ctx, holders[0], prefix, t0, &tr)
+		if many != nil {
+			many.res.firstRound = tickleFirstRound(holders[0], prefix, t0)
+		}
 	}
 	// the watch reads its socket on its own goroutine: let it catch up
 	time.Sleep(100 * time.Millisecond)
@@ -266,6 +295,11 @@ func (b *failoverBench) trial(ctx context.Context, log *zap.Logger, c *lab.Clust
 		}
 	}
 	blocked.closeAbort()
+	if many != nil {
+		many.finish(watch, t0)
+		// reset ones are gone; the others end with a RST
+		many.close()
+	}
 
 	if err := sys.restore(ctx, owner, failure); err != nil {
 		return tr, fmt.Errorf("restore %s: %w", owner.Role, err)

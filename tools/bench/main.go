@@ -47,6 +47,14 @@ var suites = []*suite{
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == holdConnsCmd {
+		// a child the failover suite starts in a node's namespace
+		if err := holdConnsMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench "+holdConnsCmd+":", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)

@@ -36,6 +36,12 @@ package main
 // waits until the cluster is stable before the next trial. Trials
 // alternate the failures and rotate over the VIPs (so over the nodes).
 //
+// With -failover-conns N, each trial also holds N idle connections to
+// VIP:139 of the owner (failover_conns.go): opened before the failure,
+// replicated to every survivor, held by a minimal listener the bench
+// starts in the owner's namespace (smbd forks a process per connection),
+// and timed one by one from the failure to their reset.
+//
 // Systems, one after the other in the same lab: fsha with its default
 // settings (--failover default), fsha --failover fast, then keepalived
 // (Debian's package) with one VRRP instance per VIP on the same nodes'
@@ -50,6 +56,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -67,6 +74,12 @@ type failoverBench struct {
 	probe        probeSpec
 	blockTimeout time.Duration
 	stable       time.Duration
+	// conns connections on the owner besides, on connsPort
+	// (failover_conns.go); connsSysctls the client's limits that bear on
+	// their resets, read at the first trial
+	conns        int
+	connsPort    uint16
+	connsSysctls map[string]string
 
 	mon  *stallMonitor
 	logs *fshaLogs
@@ -99,7 +112,7 @@ var failoverSystems = []systemSpec{
 }
 
 func failoverSuite() *suite {
-	b := &failoverBench{}
+	b := &failoverBench{connsPort: 139}
 	return &suite{
 		name: "failover",
 		flags: func(fs *flag.FlagSet) {
@@ -115,6 +128,15 @@ func failoverSuite() *suite {
 			fs.DurationVar(&b.probe.Limit, "failover-probe-limit", 15*time.Second, "failover: give up on the VIP answering after this")
 			fs.DurationVar(&b.blockTimeout, "failover-block-timeout", 6*time.Second, "failover: give up on the blocked client's reset after this")
 			fs.DurationVar(&b.stable, "failover-stable-timeout", 60*time.Second, "failover: bound on the wait for a stable cluster after a restore")
+			fs.IntVar(&b.conns, "failover-conns", 0, "failover: before each failure also open this many TCP connections from the client to VIP:-failover-conns-port on the owner (held by a minimal listener the bench starts there), wait until they are replicated, and time each one's reset; 0 = off. Meant for -failover-systems fsha -failover-failures power; 10000 adds about 20 s per trial")
+			fs.Func("failover-conns-port", "failover: the port of -failover-conns: one fsha tracks (--ports 445,139,2049,111) that no lab server listens on (default 139)", func(v string) error {
+				p, err := strconv.ParseUint(v, 10, 16)
+				if err != nil || p == 0 {
+					return fmt.Errorf("port %q", v)
+				}
+				b.connsPort = uint16(p)
+				return nil
+			})
 		},
 		run: b.run,
 	}
@@ -151,6 +173,16 @@ func (b *failoverBench) run(ctx context.Context, log *zap.Logger, out io.Writer)
 	}
 	if b.probe.Interval < time.Millisecond || b.probe.AttemptTTL < b.probe.Interval || b.probe.Limit < time.Second {
 		return errors.New("-failover-probe-interval >= 1ms, -failover-probe-ttl >= the interval, -failover-probe-limit >= 1s")
+	}
+	if b.conns < 0 || b.conns > 25000 {
+		return fmt.Errorf("-failover-conns %d out of 0..25000 (one client address, ports 32768-60999)", b.conns)
+	}
+	if b.conns > 0 {
+		lim, err := raiseNoFile(b.conns)
+		if err != nil {
+			return err
+		}
+		log.Info("open files limit", zap.Uint64("soft", lim.Cur), zap.Uint64("hard", lim.Max), zap.Int("conns", b.conns))
 	}
 	failures := strings.Split(b.failures, ",")
 	for _, f := range failures {
