@@ -72,8 +72,11 @@ type connsResult struct {
 	// the failure to the end of the trial; rxDropped its eth0's receive
 	// drops; softnetDrops and softnetSqueezed the machine's backlog drops
 	// and squeezes over the same time.
-	counters                      netCounters
-	rxDropped                     uint64
+	counters  netCounters
+	rxDropped uint64
+	// linkDrops are the lab's links that dropped frames (linkDrops),
+	// with how many
+	linkDrops                     map[string]uint64
 	softnetDrops, softnetSqueezed uint64
 	// firstRound is how long the new owner's first tickle round took
 	// (its "tickled" log line), NaN when not found.
@@ -89,6 +92,7 @@ type connsTrial struct {
 	res    *connsResult
 	before netCounters
 	rx0    uint64
+	links0 map[string]uint64
 	sd0    uint64
 	sq0    uint64
 	done   chan []connEnd
@@ -140,6 +144,7 @@ func (b *failoverBench) prepareConns(ctx context.Context, log *zap.Logger, c *la
 		return nil, fmt.Errorf("counters of %s: %w", client.Role, err)
 	}
 	ct.rx0 = rxDropped(client.Host)
+	ct.links0 = linkDrops(c)
 	ct.sd0, ct.sq0 = softnetDrops()
 	log.Info("connections ready", zap.Int("connections", b.conns), zap.Stringer("to", dst), zap.String("held_by", owner.Role),
 		zap.Duration("opened", ct.res.opened), zap.Duration("replicated", ct.res.replicated))
@@ -159,7 +164,13 @@ func (ct *connsTrial) wait() {
 }
 
 // finish reads the counters and the capture (closed) of the trial.
-func (ct *connsTrial) finish(w *lab.Watch, t0 time.Time) {
+func (ct *connsTrial) finish(c *lab.Cluster, w *lab.Watch, t0 time.Time) {
+	ct.res.linkDrops = map[string]uint64{}
+	for k, v := range linkDrops(c) {
+		if v > ct.links0[k] {
+			ct.res.linkDrops[k] = v - ct.links0[k]
+		}
+	}
 	if after, err := readNetCounters(ct.client.Host); err == nil {
 		ct.res.counters = after.sub(ct.before)
 	}
@@ -639,6 +650,35 @@ func softnetDrops() (drops, squeezed uint64) {
 		squeezed += s
 	}
 	return drops, squeezed
+}
+
+// linkDrops reads the receive and transmit drops of every link of the
+// lab's hosts and switch ("n2/eth0 rx", "sw/n2 tx"): a frame the lab's
+// network lost on the way (a veth whose peer's XDP ring was full, say).
+func linkDrops(c *lab.Cluster) map[string]uint64 {
+	hosts := []*lab.Host{c.Lab.Switch}
+	for _, n := range c.Nodes {
+		hosts = append(hosts, n.Host)
+	}
+	for _, cl := range c.Clients {
+		hosts = append(hosts, cl.Host)
+	}
+	out := map[string]uint64{}
+	for _, h := range hosts {
+		links, err := h.Netlink().LinkList()
+		if err != nil {
+			continue
+		}
+		for _, l := range links {
+			st := l.Attrs().Statistics
+			if st == nil {
+				continue
+			}
+			out[h.Role+"/"+l.Attrs().Name+" rx"] = st.RxDropped
+			out[h.Role+"/"+l.Attrs().Name+" tx"] = st.TxDropped
+		}
+	}
+	return out
 }
 
 // rxDropped is the receive drops of h's eth0.

@@ -157,6 +157,7 @@ func (b *failoverBench) reportConns(out io.Writer, runs []*failoverRun) error {
 	bt := &table{header: []string{"system", "trial", "owner", "opened", "replicated", "decision", "first GARP", "hooks done", "tickles sent", "first round",
 		"tickle at client", "RST at client", "tickle -> RST", "read reset", "reader queued", "survivor RSTs"}}
 	tot := netCounters{}
+	links := map[string]uint64{}
 	var rxDrops, softDrops, squeezed, capDrops uint64
 	for _, r := range with {
 		short := r.system
@@ -209,6 +210,9 @@ func (b *failoverBench) reportConns(out io.Writer, runs []*failoverRun) error {
 				tot[name] += v
 			}
 			rxDrops += cr.rxDropped
+			for k, v := range cr.linkDrops {
+				links[k] += v
+			}
 			softDrops += cr.softnetDrops
 			squeezed += cr.softnetSqueezed
 			capDrops += cc.drops
@@ -243,6 +247,14 @@ func (b *failoverBench) reportConns(out io.Writer, runs []*failoverRun) error {
 	}
 	fmt.Fprintf(out, "its eth0 dropped %d received frames; the machine's softnet backlog dropped %d and squeezed %d times (all\n", rxDrops, softDrops, squeezed)
 	fmt.Fprintf(out, "namespaces and jobs); the capture lost %d frames.\n", capDrops)
+	var ld []string
+	for _, k := range slices.Sorted(maps.Keys(links)) {
+		ld = append(ld, fmt.Sprintf("%s %d", k, links[k]))
+	}
+	if len(ld) == 0 {
+		ld = []string{"none"}
+	}
+	fmt.Fprintf(out, "frames the lab's links dropped (rx/tx dropped of every interface of the nodes, client and switch): %s\n", strings.Join(ld, ", "))
 	if len(b.connsSysctls) > 0 {
 		var kv []string
 		for _, k := range slices.Sorted(maps.Keys(b.connsSysctls)) {

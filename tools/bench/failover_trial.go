@@ -296,7 +296,7 @@ func (b *failoverBench) trial(ctx context.Context, log *zap.Logger, c *lab.Clust
 	}
 	blocked.closeAbort()
 	if many != nil {
-		many.finish(watch, t0)
+		many.finish(c, watch, t0)
 		// reset ones are gone; the others end with a RST
 		many.close()
 	}
