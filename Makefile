@@ -73,8 +73,8 @@ test: deps lint check-generate build
 	rm -rf $$reports; exit $$rc
 
 # Every suite, then the failover suite again with 10,000 client
-# connections on the failed node (5 power cuts of fsha's default, about
-# two minutes): every one must be reset (see BENCHMARKS.md, Failover).
+# connections on the failed node (5 power cuts of fsha's default, under
+# a minute): every one must be reset (see BENCHMARKS.md, Failover).
 bench: deps build
 	$(GO) run ./tools/bench
 	$(GO) run ./tools/bench -suite failover -failover-systems fsha -failover-failures power \

@@ -128,7 +128,7 @@ func failoverSuite() *suite {
 			fs.DurationVar(&b.probe.Limit, "failover-probe-limit", 15*time.Second, "failover: give up on the VIP answering after this")
 			fs.DurationVar(&b.blockTimeout, "failover-block-timeout", 6*time.Second, "failover: give up on the blocked client's reset after this")
 			fs.DurationVar(&b.stable, "failover-stable-timeout", 60*time.Second, "failover: bound on the wait for a stable cluster after a restore")
-			fs.IntVar(&b.conns, "failover-conns", 0, "failover: before each failure also open this many TCP connections from the client to VIP:-failover-conns-port on the owner (held by a minimal listener the bench starts there), wait until they are replicated, and time each one's reset; 0 = off. Meant for -failover-systems fsha -failover-failures power; 10000 adds about 20 s per trial")
+			fs.IntVar(&b.conns, "failover-conns", 0, "failover: before each failure also open this many TCP connections from the client to VIP:-failover-conns-port on the owner (held by a minimal listener the bench starts there), wait until they are replicated, and time each one's reset; 0 = off. Meant for -failover-systems fsha -failover-failures power; 10000 adds about 5 s per trial")
 			fs.Func("failover-conns-port", "failover: the port of -failover-conns: one fsha tracks (--ports 445,139,2049,111) that no lab server listens on (default 139)", func(v string) error {
 				p, err := strconv.ParseUint(v, 10, 16)
 				if err != nil || p == 0 {
