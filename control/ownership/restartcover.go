@@ -16,9 +16,10 @@ package ownership
 // heartbeats (FlagRestarting). A holder that sees it, and is no majority
 // without that node, renews for the grace instead of a lease (and without
 // FlagShortLeases) until the node is gone; the restarting node waits, before
-// it exits, until it has promised the grace to every peer it promised
-// anything (bounded by coverWait, for a peer that does not cover: an older
-// release). Once the node is back, the first renewal with a majority
+// it exits, until every live peer it promised anything has, since the
+// restart began, asked for the grace and been promised it, or renewed for
+// less (it does without this node); bounded by coverWait, for a peer that
+// does not cover (an older release). Once the node is back, the first renewal with a majority
 // shortens the deadline to a lease again (the path an adopted VIP takes).
 // The promises given for the grace end only when they run out: a holder
 // that dies meanwhile is failed over after them, not after a lease. That
