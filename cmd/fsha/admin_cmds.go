@@ -28,6 +28,7 @@ func adminCommands(e env) []*cli.Command {
 		enableCommand(e),
 		banCommand(e),
 		unbanCommand(e),
+		reloadCommand(e),
 		stopCommand(e),
 		continueCommand(e),
 		tickleCommand(e),

@@ -24,6 +24,8 @@ import (
 type fakeBackend struct {
 	mu    sync.Mutex
 	calls []string
+	// refuse: the configuration Reload refuses, if any
+	refuse string
 }
 
 func (f *fakeBackend) record(s string) {
@@ -97,8 +99,15 @@ func (f *fakeBackend) Ban(_ context.Context, d time.Duration) error {
 	f.record("ban " + d.String())
 	return nil
 }
-func (f *fakeBackend) Unban(context.Context) error            { f.record("unban"); return nil }
-func (f *fakeBackend) OperatorStop(context.Context) error     { f.record("stop"); return nil }
+func (f *fakeBackend) Unban(context.Context) error        { f.record("unban"); return nil }
+func (f *fakeBackend) OperatorStop(context.Context) error { f.record("stop"); return nil }
+func (f *fakeBackend) Reload(context.Context) error {
+	if f.refuse != "" {
+		return errors.New(f.refuse)
+	}
+	f.record("reload")
+	return nil
+}
 func (f *fakeBackend) OperatorContinue(context.Context) error { f.record("continue"); return nil }
 
 func (f *fakeBackend) Tickle(_ context.Context, vip netip.Addr) (admin.TickleResult, error) {
@@ -331,6 +340,7 @@ func TestChangeCommands(t *testing.T) {
 		{[]string{"unban", "--run-dir", dir}, "node unbanned\n"},
 		{[]string{"stop", "--run-dir", dir}, "node stopped: its VIPs move to other nodes until fsha continue\n"},
 		{[]string{"continue", "--run-dir", dir}, "node continues\n"},
+		{[]string{"reload", "--run-dir", dir}, "configuration checked: restarting in place with it\n"},
 		// Flags after the arguments, as ctdb users type them.
 		{[]string{"move", "198.18.1.12", "1", "--kill", "--run-dir", dir}, "moving 198.18.1.12 to node 1 (killing its connections)\n"},
 		{[]string{"ban", "60", "--run-dir=" + dir}, "node banned for 1m0s\n"},
@@ -345,7 +355,7 @@ func TestChangeCommands(t *testing.T) {
 			t.Errorf("%v: printed %q, want %q", tc.args, out, tc.out)
 		}
 	}
-	want := "move 198.18.1.10 1 false|move 198.18.1.11 198.18.0.2 true|disable|enable|ban 5m0s|unban|stop|continue|" +
+	want := "move 198.18.1.10 1 false|move 198.18.1.11 198.18.0.2 true|disable|enable|ban 5m0s|unban|stop|continue|reload|" +
 		"move 198.18.1.12 1 true|ban 1m0s|move 198.18.1.13 1 false|move 198.18.1.10 0 false"
 	if got := strings.Join(b.Calls(), "|"); got != want {
 		t.Errorf("backend calls %q, want %q", got, want)
@@ -502,5 +512,19 @@ func TestPrintStatusInterfaces(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("status lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestReloadRefused: a configuration the daemon refuses is fsha reload's
+// error, with the daemon's reason, and nothing restarts.
+func TestReloadRefused(t *testing.T) {
+	b := &fakeBackend{refuse: "configuration refused, the running one goes on: /etc/fsha/nodes line 3: bad address \"198.18.0.x\""}
+	dir := serve(t, b)
+	out, err := runAdmin(t, "reload", "--run-dir", dir)
+	if err == nil || !strings.Contains(err.Error(), `line 3: bad address "198.18.0.x"`) {
+		t.Errorf("fsha reload: %v (printed %q), want the daemon's reason", err, out)
+	}
+	if calls := b.Calls(); len(calls) != 0 {
+		t.Errorf("backend calls %v, want none", calls)
 	}
 }

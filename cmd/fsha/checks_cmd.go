@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"github.com/fsha/fsha/dataplane"
 	"io"
 	"net"
 	"strings"
@@ -16,6 +16,7 @@ import (
 	"github.com/fsha/fsha/control/health"
 	"github.com/fsha/fsha/control/hooks"
 	"github.com/fsha/fsha/control/node"
+	"github.com/fsha/fsha/dataplane"
 )
 
 // adminBackend is what the admin API serves: the node, and how its health
@@ -26,6 +27,17 @@ type adminBackend struct {
 	hooks   *hooks.Runner
 	dp      *dataplane.Dataplane
 	ifaces  []string
+	// reload checks the configuration and restarts in place with it
+	reload func() error
+}
+
+// Reload is fsha reload: the configuration checked, then a restart in
+// place as SIGHUP's.
+func (b adminBackend) Reload(context.Context) error {
+	if b.reload == nil {
+		return errors.New("this daemon cannot reload its configuration")
+	}
+	return b.reload()
 }
 
 // Status is the node's status with its public interfaces: link (the

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -432,7 +433,14 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 	}
 	// fsha -n: the admin server serves requests other nodes forward here
 	// and forwards this node's CLI's requests for them (control/remote).
-	srv := admin.NewServer(log, adminBackend{Node: nd, checker: checker, hooks: hookRunner, dp: dp, ifaces: ifaces})
+	reload := func() error {
+		if err := checkConfig(c); err != nil {
+			return fmt.Errorf("configuration refused, the running one goes on: %w", err)
+		}
+		// the SIGHUP path: it checks again and restarts in place
+		return syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	}
+	srv := admin.NewServer(log, adminBackend{Node: nd, checker: checker, hooks: hookRunner, dp: dp, ifaces: ifaces, reload: reload})
 	srv.ShareReadOnly(cc.adminGID)
 	peers := map[int]netip.Addr{}
 	for _, n := range cc.nodes {

@@ -270,6 +270,8 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 			case stopping && sig != syscall.SIGHUP:
 				log.Warn("second signal: stopping now", zap.Stringer("signal", sig))
 				cancel()
+			case stopping:
+				log.Info("SIGHUP while stopping: nothing to reload")
 			case sig == syscall.SIGHUP:
 				if err := checkConfig(c); err != nil {
 					log.Error("SIGHUP: configuration refused, going on with the running one", zap.Error(err))

@@ -126,6 +126,12 @@ func (c *Client) OperatorStop(ctx context.Context) error {
 	return c.call(ctx, http.MethodPost, "stop", struct{}{}, nil)
 }
 
+// Reload has the daemon check its configuration files and restart in
+// place with them; a refused configuration is the error.
+func (c *Client) Reload(ctx context.Context) error {
+	return c.call(ctx, http.MethodPost, "reload", struct{}{}, nil)
+}
+
 // OperatorContinue ends an OperatorStop.
 func (c *Client) OperatorContinue(ctx context.Context) error {
 	return c.call(ctx, http.MethodPost, "continue", struct{}{}, nil)

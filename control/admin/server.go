@@ -76,6 +76,7 @@ func NewServer(log *zap.Logger, b Backend) *Server {
 		{http.MethodPost, "/v1/continue", changes, s.cont},
 		{http.MethodPost, "/v1/ban", changes, s.ban},
 		{http.MethodPost, "/v1/unban", changes, s.unban},
+		{http.MethodPost, "/v1/reload", changes, s.reload},
 		// a tickle resets clients' connections
 		{http.MethodPost, "/v1/tickle", changes, s.tickle},
 	}
@@ -390,6 +391,17 @@ func (s *Server) disable(r *http.Request) (any, error) {
 		return nil, err
 	}
 	return nil, s.backend.Disable(r.Context())
+}
+
+func (s *Server) reload(r *http.Request) (any, error) {
+	if err := decode(r, &struct{}{}); err != nil {
+		return nil, err
+	}
+	rl, ok := s.backend.(Reloader)
+	if !ok {
+		return nil, errors.New("this daemon cannot reload its configuration")
+	}
+	return nil, rl.Reload(r.Context())
 }
 
 func (s *Server) stop(r *http.Request) (any, error) {

@@ -206,6 +206,10 @@ func TestErrors(t *testing.T) {
 		t.Errorf("disable with failing backend: %#v", err)
 	}
 	b.err = nil
+	// A daemon whose backend cannot reload says so.
+	if err := c.Reload(ctx); err == nil || err.Error() != "this daemon cannot reload its configuration" {
+		t.Errorf("reload without a Reloader: %v", err)
+	}
 
 	for _, tc := range []struct {
 		name, method, path, body string

@@ -209,6 +209,14 @@ type CheckReporter interface {
 	Checks(ctx context.Context) (Checks, error)
 }
 
+// Reloader is implemented by a Backend that can reload the node's
+// configuration (ctdb reloadips and reloadnodes): it checks the files and
+// restarts the daemon in place with them, as SIGHUP does; a configuration
+// it refuses is the error, and the running one goes on.
+type Reloader interface {
+	Reload(ctx context.Context) error
+}
+
 // Backend is what the server serves: the node's controller implements it.
 type Backend interface {
 	Status(ctx context.Context) (Status, error)
