@@ -305,14 +305,21 @@ func fileSize(path string) int64 {
 // fails the test. Each attempt may wait for CTDB's recovery (ctdbAttempt).
 func (e *env) readThrough(vip netip.Prefix, name string, data []byte, cut time.Time) (time.Duration, int) {
 	e.t.Helper()
+	return e.readThroughWithin(vip, name, data, cut, ctdbShareBack, ctdbAttempt)
+}
+
+// readThroughWithin is readThrough with its bound (within, from cut) and
+// each attempt's time.
+func (e *env) readThroughWithin(vip netip.Prefix, name string, data []byte, cut time.Time, within, attempt time.Duration) (time.Duration, int) {
+	e.t.Helper()
 	attempts := 0
 	var lastErr error
 	for {
-		if time.Since(cut) > ctdbShareBack {
-			e.t.Fatalf("no read of %s through %s within %v of the power cut (%d attempts): %v", name, vip, ctdbShareBack, attempts, lastErr)
+		if time.Since(cut) > within {
+			e.t.Fatalf("no read of %s through %s within %v of the power cut (%d attempts): %v", name, vip, within, attempts, lastErr)
 		}
 		attempts++
-		ctx, cancel := context.WithTimeout(e.ctx, ctdbAttempt)
+		ctx, cancel := context.WithTimeout(e.ctx, attempt)
 		got, err := e.client.GetSMB(ctx, vip.Addr(), name)
 		cancel()
 		switch {
@@ -323,7 +330,7 @@ func (e *env) readThrough(vip netip.Prefix, name string, data []byte, cut time.T
 			}
 			time.Sleep(100 * time.Millisecond)
 		case !bytes.Equal(got, data):
-			e.t.Fatalf("read %q through %s, want %q", got, vip, data)
+			e.t.Fatalf("read %d bytes of %s through %s after the cut that differ from the %d written", len(got), name, vip, len(data))
 		default:
 			return time.Since(cut), attempts
 		}

@@ -128,30 +128,7 @@ func TestGlusterPowerCut(t *testing.T) {
 	})
 	moved := time.Since(cut)
 
-	var readAt time.Duration
-	attempts := 0
-	var lastErr error
-	for readAt == 0 {
-		if time.Since(cut) > glusterReadBack {
-			t.Fatalf("no read of %s through %s within %v of the power cut (%d attempts): %v", name, vip, glusterReadBack, attempts, lastErr)
-		}
-		attempts++
-		ctx, cancel := context.WithTimeout(e.ctx, glusterAttempt)
-		got, err := e.client.GetSMB(ctx, vip.Addr(), name)
-		cancel()
-		switch {
-		case err != nil:
-			lastErr = err
-			if e.ctx.Err() != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(100 * time.Millisecond)
-		case !bytes.Equal(got, data):
-			t.Fatalf("read %d bytes of %s through %s after the cut that differ from the %d written", len(got), name, vip, len(data))
-		default:
-			readAt = time.Since(cut)
-		}
-	}
+	readAt, attempts := e.readThroughWithin(vip, name, data, cut, glusterReadBack, glusterAttempt)
 	for _, n := range survivors {
 		if err := brickHas(n, name, data); err != nil {
 			t.Errorf("after the cut: %v", err)

@@ -126,15 +126,5 @@ func TestReloadNodes(t *testing.T) {
 		})
 		t.Logf("%s: every node reloaded, quorum, every VIP held", step.what)
 	}
-	for _, w := range watches {
-		for _, r := range e.resetsTo(w, start, keys...) {
-			t.Errorf("a connection was reset by a reload of the nodes: %s", r)
-		}
-	}
-	for _, s := range sessions {
-		s.Close()
-	}
-	for i, s := range sessions {
-		e.checkSessions([]*session{s}, "during the reloads", watches[i])
-	}
+	e.checkUndisturbed("the reloads", start, sessions, watches, keys)
 }

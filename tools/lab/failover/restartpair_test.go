@@ -81,15 +81,5 @@ func TestRestartTwoNodes(t *testing.T) {
 			t.Errorf("%s moved from %s to %s", vip, owner, after[vip])
 		}
 	}
-	for _, w := range watches {
-		for _, r := range e.resetsTo(w, start, keys...) {
-			t.Errorf("a connection was reset by a restart: %s", r)
-		}
-	}
-	for _, s := range sessions {
-		s.Close()
-	}
-	for i, s := range sessions {
-		e.checkSessions([]*session{s}, "during the restarts", watches[i])
-	}
+	e.checkUndisturbed("the restarts", start, sessions, watches, keys)
 }

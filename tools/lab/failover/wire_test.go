@@ -373,6 +373,25 @@ func (e *env) checkSessions(sessions []*session, what string, w *lab.Watch) {
 	}
 }
 
+// checkUndisturbed closes sessions[i] (each watched by watches[i]) and
+// checks that since start none of the connections keys names was reset
+// (the capture) and no session broke or stalled past a steering
+// transition, during what.
+func (e *env) checkUndisturbed(what string, start time.Time, sessions []*session, watches []*lab.Watch, keys []string) {
+	e.t.Helper()
+	for _, w := range watches {
+		for _, r := range e.resetsTo(w, start, keys...) {
+			e.t.Errorf("a connection was reset during %s: %s", what, r)
+		}
+	}
+	for _, s := range sessions {
+		s.Close()
+	}
+	for i, s := range sessions {
+		e.checkSessions([]*session{s}, "during "+what, watches[i])
+	}
+}
+
 // rawSessions opens a raw SMB and a raw NFS connection through vip from
 // the client and starts a session on each, pinging every pingEvery.
 func (e *env) rawSessions(vip netip.Addr) []*session {
