@@ -43,6 +43,8 @@ const enum vip_flags *unused_vip_flags __attribute__((unused));
 const struct flow_event *unused_flow_event __attribute__((unused));
 const enum peer_flags *unused_peer_flags __attribute__((unused));
 const struct flow_cache_slot *unused_flow_cache_slot __attribute__((unused));
+const struct peer_flow *unused_peer_flow
+    __attribute__((unused)); /* the value of peer_flows' inner maps */
 const enum lease_mode *unused_lease_mode __attribute__((unused));
 const enum vip_lease_state *unused_vip_lease_state __attribute__((unused));
 const struct vip_grant *unused_vip_grant __attribute__((unused));

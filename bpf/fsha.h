@@ -16,8 +16,9 @@
  * pins of an fsha from before the marker.
  */
 enum pin_format_version {
-	/* 2: steer_modes map, counters 13 and 14; 3: peer_macs map, counter 15 */
-	PIN_FORMAT_VERSION = 3,
+	/* 2: steer_modes map, counters 13 and 14; 3: peer_macs map, counter 15;
+	 * 4: peer_flows an array of one hash map, grown by the daemon */
+	PIN_FORMAT_VERSION = 4,
 };
 
 #define FSHA_AF_INET  2

@@ -155,16 +155,28 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } vip_grants SEC(".maps");
 
-/* peer_flows: flow_key -> peer_flow. Written by the daemon (replication from
- * the other nodes), read by XDP ingress to steer a draining VIP's old
- * connections. Not preallocated: memory grows with the cluster's flows. */
-struct {
+/* peer_flows_inner: the map in peer_flows' slot, flow_key -> peer_flow:
+ * the other nodes' flows. The daemon creates these maps (this type, flags,
+ * key and value; max_entries is the first one's, they grow) and swaps a
+ * bigger one into the slot as the flows grow (dataplane/peergrow.go). Not
+ * preallocated: entries take memory as they come, buckets as it grows. */
+struct peer_flows_inner {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4194304);
+	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct flow_key);
 	__type(value, struct peer_flow);
+};
+
+/* peer_flows: [0] -> the current peer_flows_inner map. Written by the
+ * daemon (replication from the other nodes), read by XDP and TC ingress to
+ * steer a draining VIP's old connections. An empty slot: no peer flows. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct peer_flows_inner);
 } peer_flows SEC(".maps");
 
 /* node_macs: PNN -> node_mac. Written by the daemon, read by XDP ingress

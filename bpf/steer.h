@@ -28,7 +28,11 @@ static __always_inline int steer_target(struct packet *pkt, __u32 ifindex, const
 
 	if (!active || !*active)
 		return COUNTER_UNTRACKED;
-	struct peer_flow *pf = bpf_map_lookup_elem(&peer_flows, &pkt->key);
+	void *peers = bpf_map_lookup_elem(&peer_flows, &zero);
+
+	if (!peers)
+		return COUNTER_UNTRACKED;
+	struct peer_flow *pf = bpf_map_lookup_elem(peers, &pkt->key);
 	if (!pf || !(pf->flags & PEER_F_STEER))
 		return COUNTER_UNTRACKED;
 	__u32 owner = pf->owner;

@@ -71,6 +71,10 @@ func LoadUnpinnedWith(opts UnpinnedOptions) (*Unpinned, error) {
 		return nil, fmt.Errorf("load bpf objects: %w", err)
 	}
 	u.Maps = mapsOf(&u.objs.fshaMaps)
+	if err := u.initPeer(); err != nil { // the first peer flows map, as Load makes it
+		u.objs.Close()
+		return nil, err
+	}
 	u.XDP = u.objs.FshaXdp
 	u.TCEgress = u.objs.FshaTcEgress
 	u.TCIngress = u.objs.FshaTcIngress

@@ -20,10 +20,12 @@ const DefaultPinPath = "/sys/fs/bpf/fsha"
 // DefaultFlowsMax is the default capacity of the flows map.
 const DefaultFlowsMax = 1 << 20
 
-// DefaultPeerFlowsMax is the default capacity of the peer flows map: the
-// flows of 16 nodes at 256k each, or fewer nodes with more. It is not
-// preallocated, so only flows that exist take memory.
-const DefaultPeerFlowsMax = 1 << 22
+// DefaultPeerFlowsMax is the default largest capacity of the peer flows
+// map: the flows of 16 nodes at 1M each (16,777,216), or fewer nodes with
+// more. The map starts at 65,536 entries and grows as it fills
+// (peergrow.go), so only the flows that exist take memory, and buckets in
+// proportion.
+const DefaultPeerFlowsMax = 1 << 24
 
 // Options configures Load.
 type Options struct {
@@ -31,7 +33,8 @@ type Options struct {
 	PinPath string
 	// FlowsMax is the capacity of the flows map.
 	FlowsMax uint32
-	// PeerFlowsMax is the capacity of the map of the other nodes' flows.
+	// PeerFlowsMax is the largest capacity of the map of the other nodes'
+	// flows, which grows up to it.
 	PeerFlowsMax uint32
 	// Interfaces to attach to, by name. Links pinned for interfaces not in
 	// this list are detached.
@@ -112,8 +115,7 @@ func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
 	if err != nil {
 		return nil, err
 	}
-	spec.Maps[fshaMapPeerFlows].MaxEntries = opts.PeerFlowsMax
-	mig, err := planMigration(log, spec, opts.PinPath)
+	mig, err := planMigration(log, spec, opts.PinPath, opts.PeerFlowsMax)
 	if err != nil {
 		return nil, err
 	}
@@ -130,6 +132,7 @@ func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
 		return nil, fmt.Errorf("load bpf objects: %w", err)
 	}
 	dp.Maps = mapsOf(&dp.objs.fshaMaps)
+	dp.indexes().setPeerLimits(0, opts.PeerFlowsMax)
 	// the new programs' maps of another layout than the pins: filled and
 	// pinned in place of the old ones, which the old programs use until
 	// attachAll replaces them
@@ -137,6 +140,9 @@ func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
 		return nil, err
 	}
 	if err := mig.pin(); err != nil {
+		return nil, err
+	}
+	if err := dp.initPeer(); err != nil {
 		return nil, err
 	}
 	// index the other nodes' flows (kept from an earlier run) now, in the
@@ -150,7 +156,7 @@ func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
 		return nil, err
 	}
 	log.Info("data plane loaded", zap.String("pin_path", opts.PinPath),
-		zap.Uint32("flows_max", opts.FlowsMax), zap.Strings("interfaces", opts.Interfaces),
+		zap.Uint32("flows_max", opts.FlowsMax), zap.Uint32("peer_flows_max", opts.PeerFlowsMax), zap.Strings("interfaces", opts.Interfaces),
 		zap.Strings("reply_interfaces", dp.ReplyInterfaces()))
 	return dp, nil
 }

@@ -178,7 +178,7 @@ type fshaPeerMacKey struct {
 type fshaPinFormatVersion uint32
 
 const (
-	fshaPinFormatVersionPIN_FORMAT_VERSION fshaPinFormatVersion = 3
+	fshaPinFormatVersionPIN_FORMAT_VERSION fshaPinFormatVersion = 4
 )
 
 type fshaSteerMode uint32
@@ -275,6 +275,7 @@ const (
 	fshaVarUnusedLeaseMode        = "unused_lease_mode"
 	fshaVarUnusedNodeMacFlags     = "unused_node_mac_flags"
 	fshaVarUnusedPeerFlags        = "unused_peer_flags"
+	fshaVarUnusedPeerFlow         = "unused_peer_flow"
 	fshaVarUnusedPinFormatVersion = "unused_pin_format_version"
 	fshaVarUnusedSteerMode        = "unused_steer_mode"
 	fshaVarUnusedVipFlags         = "unused_vip_flags"
@@ -375,6 +376,7 @@ type fshaVariableSpecs struct {
 	UnusedLeaseMode        *ebpf.VariableSpec `ebpf:"unused_lease_mode"`
 	UnusedNodeMacFlags     *ebpf.VariableSpec `ebpf:"unused_node_mac_flags"`
 	UnusedPeerFlags        *ebpf.VariableSpec `ebpf:"unused_peer_flags"`
+	UnusedPeerFlow         *ebpf.VariableSpec `ebpf:"unused_peer_flow"`
 	UnusedPinFormatVersion *ebpf.VariableSpec `ebpf:"unused_pin_format_version"`
 	UnusedSteerMode        *ebpf.VariableSpec `ebpf:"unused_steer_mode"`
 	UnusedVipFlags         *ebpf.VariableSpec `ebpf:"unused_vip_flags"`
@@ -468,6 +470,7 @@ type fshaVariables struct {
 	UnusedLeaseMode        *ebpf.Variable `ebpf:"unused_lease_mode"`
 	UnusedNodeMacFlags     *ebpf.Variable `ebpf:"unused_node_mac_flags"`
 	UnusedPeerFlags        *ebpf.Variable `ebpf:"unused_peer_flags"`
+	UnusedPeerFlow         *ebpf.Variable `ebpf:"unused_peer_flow"`
 	UnusedPinFormatVersion *ebpf.Variable `ebpf:"unused_pin_format_version"`
 	UnusedSteerMode        *ebpf.Variable `ebpf:"unused_steer_mode"`
 	UnusedVipFlags         *ebpf.Variable `ebpf:"unused_vip_flags"`

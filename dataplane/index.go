@@ -113,6 +113,13 @@ type IndexStats struct {
 	// Evicted counts keys dropped from the local index because their
 	// flow had gone without a close event (LRU eviction).
 	Evicted uint64 `json:"evicted"`
+	// PeerCapacity is the capacity of the peer flows map now (0 before
+	// its first write), PeerGrowths how often it grew in this process,
+	// PeerGrowError why its last growth failed ("" when it did not).
+	PeerCapacity  uint32 `json:"peer_capacity"`
+	PeerGrowing   bool   `json:"peer_growing"`
+	PeerGrowths   uint64 `json:"peer_growths"`
+	PeerGrowError string `json:"peer_grow_error,omitempty"`
 }
 
 // IndexStats returns the indexes' sizes and counters.
@@ -124,6 +131,13 @@ func (m *Maps) IndexStats() IndexStats {
 	x.local.mu.Unlock()
 	x.peer.mu.Lock()
 	s.PeerFlows, s.PeerReady = x.peer.n, x.peer.ready
+	if x.peer.inner != nil {
+		s.PeerCapacity = x.peer.inner.MaxEntries()
+	}
+	s.PeerGrowing, s.PeerGrowths = x.peer.growing, x.peer.growths
+	if x.peer.growErr != nil {
+		s.PeerGrowError = x.peer.growErr.Error()
+	}
 	x.peer.mu.Unlock()
 	return s
 }

@@ -344,9 +344,7 @@ func TestIndexedQueriesDoNotWalk(t *testing.T) {
 		keys = append(keys, flowKey(vip, c.Addr(), 445, c.Port()))
 		vals = append(vals, fshaPeerFlow{Owner: owner, Gen: 5})
 	}
-	if _, err := m.PeerFlows.BatchUpdate(keys, vals, nil); err != nil {
-		t.Fatal(err)
-	}
+	putPeerBehind(t, m, keys, vals)
 	x := m.indexes()
 	x.startLocalBuild(m) // FillFlows sent no events
 	waitLocalExact(t, m)

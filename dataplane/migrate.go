@@ -70,10 +70,14 @@ const (
 	migrateDerive
 	// migrateFresh starts the map empty.
 	migrateFresh
+	// migratePeerFlows converts every entry of the peer flows map (a
+	// hash of an fsha before pin format 4, else the map in the slot) into
+	// a new map sized for them, put in a new peer_flows array.
+	migratePeerFlows
 )
 
 func (h migrateHow) String() string {
-	return [...]string{"copied", "counters copied", "rebuilt", "new and empty"}[h]
+	return [...]string{"copied", "counters copied", "rebuilt", "new and empty", "copied into a map sized for them"}[h]
 }
 
 // pinMigrations says how each pinned map is migrated. Every pinned map of
@@ -83,7 +87,7 @@ var pinMigrations = map[string]migrateHow{
 	fshaMapFlows:       migrateCopy,
 	fshaMapClosedFlows: migrateCopy,
 	fshaMapHandshakes:  migrateCopy,
-	fshaMapPeerFlows:   migrateCopy, // the other nodes resend what differs, but only in a digest round
+	fshaMapPeerFlows:   migratePeerFlows, // the other nodes resend what differs, but only in a digest round
 	fshaMapVipLeases:   migrateCopy,
 	fshaMapVipGrants:   migrateCopy,
 	fshaMapLease:       migrateCopy,
@@ -128,6 +132,8 @@ type migration struct {
 	found uint32
 	maps  []*migratingMap
 	start time.Time
+	// peerMax is the largest capacity of the peer flows map
+	peerMax uint32
 }
 
 // migratingMap is one pinned map being replaced.
@@ -136,9 +142,11 @@ type migratingMap struct {
 	how  migrateHow
 	why  string
 	spec *ebpf.MapSpec
-	// old is the pinned map (nil for a derived map); oldKey and oldValue
-	// its BTF types (nil without BTF)
+	// old is the pinned map (nil for a derived map; for peer_flows of
+	// pin format 4 on, the map in its slot); oldKey and oldValue its BTF
+	// types (nil without BTF)
 	old              *ebpf.Map
+	oldOuter         *ebpf.Map // the pinned peer_flows array, if old is its map
 	oldKey, oldValue btf.Type
 	new              *ebpf.Map
 
@@ -154,8 +162,11 @@ const tempPinSuffix = "-new"
 // planMigration compares the maps pinned under pinPath with spec and
 // prepares a new map for each one that differs. It returns an empty
 // migration for a fresh pin path or pins of this very layout.
-func planMigration(log *zap.Logger, spec *ebpf.CollectionSpec, pinPath string) (_ *migration, err error) {
-	mg := &migration{log: log, pinPath: pinPath, start: time.Now()}
+func planMigration(log *zap.Logger, spec *ebpf.CollectionSpec, pinPath string, peerMax uint32) (_ *migration, err error) {
+	if peerMax == 0 {
+		peerMax = DefaultPeerFlowsMax
+	}
+	mg := &migration{log: log, pinPath: pinPath, start: time.Now(), peerMax: peerMax}
 	defer func() {
 		if err != nil {
 			mg.Close()
@@ -183,16 +194,20 @@ func planMigration(log *zap.Logger, spec *ebpf.CollectionSpec, pinPath string) (
 			return nil, fmt.Errorf("open pinned map %s: %w", name, err)
 		}
 		pinned[name] = true
-		why, key, value, err := differences(ms, old)
+		mm := &migratingMap{name: name, how: pinMigrations[name], spec: ms, old: old}
+		if name == fshaMapPeerFlows {
+			err = mm.peerDifferences(peerMax)
+		} else {
+			mm.why, mm.oldKey, mm.oldValue, err = differences(ms, old)
+		}
 		if err != nil {
-			old.Close()
+			mm.closeOld()
 			return nil, fmt.Errorf("compare pinned map %s: %w", name, err)
 		}
-		if why == "" {
-			old.Close()
+		if mm.why == "" {
+			mm.closeOld()
 			continue
 		}
-		mm := &migratingMap{name: name, how: pinMigrations[name], why: why, spec: ms, old: old, oldKey: key, oldValue: value}
 		byName[name] = mm
 		mg.maps = append(mg.maps, mm)
 	}

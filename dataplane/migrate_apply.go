@@ -27,6 +27,8 @@ func (mg *migration) fill(m *Maps) error {
 			err = mm.copyEntries(nil)
 		case migrateCounters:
 			err = mm.copyEntries(counterIndex(mm.old.MaxEntries(), mm.new.MaxEntries()))
+		case migratePeerFlows:
+			err = mm.copyPeerFlows(mg.peerMax)
 		}
 		if err != nil {
 			return fmt.Errorf("migrate pinned map %s: %w", mm.name, err)
@@ -99,7 +101,7 @@ func (mg *migration) finish(m *Maps) error {
 	for _, mm := range mg.maps {
 		fields := append([]zap.Field{zap.String("map", mm.name), zap.Stringer("how", mm.how), zap.String("differs", mm.why)}, mm.fields...)
 		switch mm.how {
-		case migrateCopy, migrateCounters:
+		case migrateCopy, migrateCounters, migratePeerFlows:
 			fields = append(fields, zap.Int("entries", mm.copied), zap.Int("dropped", mm.dropped))
 		case migrateFresh:
 			if mm.name == fshaMapFlowCache {
@@ -123,7 +125,7 @@ func (mg *migration) finish(m *Maps) error {
 func (mg *migration) Close() error {
 	var errs []error
 	for _, mm := range mg.maps {
-		for _, m := range []**ebpf.Map{&mm.old, &mm.new} {
+		for _, m := range []**ebpf.Map{&mm.old, &mm.oldOuter, &mm.new} {
 			if *m != nil {
 				errs = append(errs, (*m).Close())
 				*m = nil
@@ -201,7 +203,7 @@ func foldFlowCache(mm *migratingMap, m *Maps) (int, error) {
 	if int(mm.spec.ValueSize) != size {
 		return 0, fmt.Errorf("flow cache slot of %d bytes, want %d", mm.spec.ValueSize, size)
 	}
-	_, vc, err := mm.converters()
+	_, vc, err := mm.converters(mm.spec)
 	if err != nil {
 		return 0, err
 	}

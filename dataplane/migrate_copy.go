@@ -39,8 +39,9 @@ func isPerCPU(t ebpf.MapType) bool {
 
 func isArray(t ebpf.MapType) bool { return t == ebpf.Array || t == ebpf.PerCPUArray }
 
-// converters returns the conversions of mm's keys and values.
-func (mm *migratingMap) converters() (key, value *converter, err error) {
+// converters returns the conversions of mm's keys and values into those
+// of to.
+func (mm *migratingMap) converters(to *ebpf.MapSpec) (key, value *converter, err error) {
 	build := func(from, to btf.Type, fromSize, toSize uint32, what string) (*converter, error) {
 		if from == nil || to == nil {
 			mm.fields = append(mm.fields, zap.String(what, "no BTF: converted by position"))
@@ -60,10 +61,10 @@ func (mm *migratingMap) converters() (key, value *converter, err error) {
 		}
 		return c, nil
 	}
-	if key, err = build(mm.oldKey, mm.spec.Key, mm.old.KeySize(), mm.spec.KeySize, "key"); err != nil {
+	if key, err = build(mm.oldKey, to.Key, mm.old.KeySize(), to.KeySize, "key"); err != nil {
 		return nil, nil, err
 	}
-	value, err = build(mm.oldValue, mm.spec.Value, mm.old.ValueSize(), mm.spec.ValueSize, "value")
+	value, err = build(mm.oldValue, to.Value, mm.old.ValueSize(), to.ValueSize, "value")
 	return key, value, err
 }
 
@@ -71,22 +72,27 @@ func (mm *migratingMap) converters() (key, value *converter, err error) {
 // when set, moves array indexes. A new map with less room keeps the most
 // recently seen entries (by a last_seen_ns member of the value, if any).
 func (mm *migratingMap) copyEntries(remap func(uint32) (uint32, bool)) error {
-	oldType, newType := mm.old.Type(), mm.new.Type()
+	return mm.copyInto(mm.new, mm.spec, remap)
+}
+
+// copyInto is copyEntries into dst, a map of spec to.
+func (mm *migratingMap) copyInto(dst *ebpf.Map, to *ebpf.MapSpec, remap func(uint32) (uint32, bool)) error {
+	oldType, newType := mm.old.Type(), dst.Type()
 	if isPerCPU(oldType) != isPerCPU(newType) {
 		n, err := countEntries(mm.old)
 		mm.dropped = n
 		mm.fields = append(mm.fields, zap.String("dropped_because", fmt.Sprintf("%s cannot be converted into %s", oldType, newType)))
 		return err
 	}
-	kc, vc, err := mm.converters()
+	kc, vc, err := mm.converters(to)
 	if err != nil {
 		return err
 	}
 	if isArray(newType) && kc.to != 4 {
 		return fmt.Errorf("array with a key of %d bytes", kc.to)
 	}
-	w := &entryWriter{m: mm.new, array: isArray(newType), lru: newType == ebpf.LRUHash || newType == ebpf.LRUCPUHash,
-		room: int(mm.new.MaxEntries()), keySize: kc.to, valueSize: vc.to}
+	w := &entryWriter{m: dst, array: isArray(newType), lru: newType == ebpf.LRUHash || newType == ebpf.LRUCPUHash,
+		room: int(dst.MaxEntries()), keySize: kc.to, valueSize: vc.to}
 	if isPerCPU(oldType) {
 		err = copyPerCPU(mm.old, kc, vc, remap, w)
 	} else {

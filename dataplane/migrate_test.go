@@ -54,7 +54,6 @@ func currentSpec(t *testing.T, opts Options) *ebpf.CollectionSpec {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec.Maps[fshaMapPeerFlows].MaxEntries = opts.PeerFlowsMax
 	return spec
 }
 
@@ -358,7 +357,7 @@ func TestMigrateShrinksPeerFlows(t *testing.T) {
 	dir := pinTestDir(t)
 	opts := migrationOpts(dir)
 	opts.PeerFlowsMax = 16
-	old := pinOld(t, dir, currentSpec(t, opts).Maps[fshaMapPeerFlows], nil, 64)
+	old := pinOld(t, dir, flatPeerFlows(t, opts), nil, 64)
 	for i := range 40 {
 		k := conn{vip: vip4, client: client4, vport: 445, cport: uint16(50000 + i)}.key()
 		// seen in an order other than the keys'
@@ -368,10 +367,7 @@ func TestMigrateShrinksPeerFlows(t *testing.T) {
 		}
 	}
 	dp, logs := loadLogged(t, opts)
-	got, err := readAll[fshaFlowKey, fshaPeerFlow](dp.PeerFlows)
-	if err != nil {
-		t.Fatal(err)
-	}
+	got := peerEntriesOf(t, &dp.Maps)
 	if len(got) != 16 {
 		t.Errorf("%d peer flows kept, want 16", len(got))
 	}

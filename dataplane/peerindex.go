@@ -22,6 +22,7 @@ type peerIndex struct {
 	building bool
 	log      []peerOp // changes made while building
 	buildErr error
+	peerMaps // the maps the writes go to (peergrow.go)
 }
 
 type peerOp struct {
@@ -107,7 +108,7 @@ func (x *indexes) ensurePeer(m *Maps) {
 func (x *indexes) buildPeer(m *Maps) {
 	vips := map[netip.Addr]map[uint16]*flowSet{}
 	n := 0
-	err := walkMap(x, m.PeerFlows, func(k *fshaFlowKey, v *fshaPeerFlow) bool {
+	err := m.walkPeer(x, func(k *fshaFlowKey, v *fshaPeerFlow) bool {
 		applyPeer(vips, &n, k, v.Owner, false)
 		return true
 	})
@@ -127,6 +128,7 @@ func (x *indexes) buildPeer(m *Maps) {
 		applyPeer(vips, &n, &op.key, op.owner, op.del)
 	}
 	p.vips, p.n, p.log, p.ready = vips, n, nil, true
+	m.maybeGrowLocked(x) // a map filled by an earlier run
 }
 
 // peerEntries returns the index's entries of vip (every VIP when vip is
@@ -255,8 +257,8 @@ func (m *Maps) deletePeerEntries(x *indexes, entries []peerEntry) (int, error) {
 	n := 0
 	err := x.eachPeerChunk(entries, func(e *peerEntry) error {
 		x.keyOps.Add(1)
-		if err := m.PeerFlows.Delete(&e.key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete peer flow: %w", err)
+		if err := m.deletePeerLocked(&x.peer, &e.key); err != nil {
+			return err
 		}
 		x.peer.applyLocked(&e.key, e.owner, true)
 		n++
@@ -328,7 +330,7 @@ func (m *Maps) SweepPeerFlows(owner int, vip netip.Addr, keep uint32) (int, erro
 	var v fshaPeerFlow
 	err := x.eachPeerChunk(entries, func(e *peerEntry) error {
 		x.keyOps.Add(1)
-		err := m.PeerFlows.Lookup(&e.key, &v)
+		err := m.lookupPeerLocked(&x.peer, &e.key, &v)
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			x.peer.applyLocked(&e.key, e.owner, true)
 			return nil
@@ -340,8 +342,8 @@ func (m *Maps) SweepPeerFlows(owner int, vip netip.Addr, keep uint32) (int, erro
 			return nil
 		}
 		x.keyOps.Add(1)
-		if err := m.PeerFlows.Delete(&e.key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete peer flow: %w", err)
+		if err := m.deletePeerLocked(&x.peer, &e.key); err != nil {
+			return err
 		}
 		x.peer.applyLocked(&e.key, e.owner, true)
 		n++
@@ -365,7 +367,7 @@ func (m *Maps) steerPeerFlows(vip netip.Addr, owner int, on bool) error {
 	var v fshaPeerFlow
 	return x.eachPeerChunk(entries, func(e *peerEntry) error {
 		x.keyOps.Add(1)
-		err := m.PeerFlows.Lookup(&e.key, &v)
+		err := m.lookupPeerLocked(&x.peer, &e.key, &v)
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			x.peer.applyLocked(&e.key, e.owner, true)
 			return nil
@@ -378,7 +380,7 @@ func (m *Maps) steerPeerFlows(vip netip.Addr, owner int, on bool) error {
 		}
 		v.Flags = v.Flags&^uint8(fshaPeerFlagsPEER_F_STEER) | want
 		x.keyOps.Add(1)
-		if err := m.PeerFlows.Update(&e.key, &v, ebpf.UpdateExist); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		if err := m.updatePeerLocked(&x.peer, &e.key, &v); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("write peer flow: %w", err)
 		}
 		return nil

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,7 +24,8 @@ type PeerFlow struct {
 	Steer      bool      // XDP ingress steers its packets to the owner
 }
 
-// ErrPeerMapFull is returned when the peer flows map has no room left: the
+// ErrPeerMapFull is returned when the peer flows map has no room left and
+// cannot grow (it holds --peer-flows-max entries, or growing failed): the
 // flows that did not fit are not tracked here (and would not be tickled);
 // raise --peer-flows-max.
 var ErrPeerMapFull = errors.New("peer flows map full")
@@ -83,38 +83,26 @@ func (m *Maps) UpsertPeerFlows(flows []PeerFlow) error {
 	return nil
 }
 
-// upsertPeerChunk writes one chunk and indexes what was written.
+// upsertPeerChunk writes one chunk and indexes what was written. A full
+// map that can grow grows first (peergrow.go): the chunk waits for it.
 func (m *Maps) upsertPeerChunk(x *indexes, keys []fshaFlowKey, vals []fshaPeerFlow) error {
-	x.peer.mu.Lock()
-	defer x.peer.mu.Unlock()
-	done, err := m.PeerFlows.BatchUpdate(keys, vals, nil)
-	if errors.Is(err, ebpf.ErrNotSupported) {
-		done, err = m.upsertPeerFlowsOneByOne(keys, vals)
-	}
-	if err != nil && errors.Is(err, errNoSpace) {
-		err = fmt.Errorf("%w (%d entries)", ErrPeerMapFull, m.PeerFlows.MaxEntries())
-	} else if err != nil && !errors.Is(err, ErrPeerMapFull) {
-		err = fmt.Errorf("write peer flows: %w", err)
-	}
-	if err == nil {
-		done = len(keys)
-	}
-	for i := range min(max(done, 0), len(keys)) {
-		x.peer.applyLocked(&keys[i], vals[i].Owner, false)
-	}
-	return err
-}
-
-func (m *Maps) upsertPeerFlowsOneByOne(keys []fshaFlowKey, vals []fshaPeerFlow) (int, error) {
-	for i := range keys {
-		if err := m.PeerFlows.Put(keys[i], vals[i]); err != nil {
-			if errors.Is(err, errNoSpace) {
-				return i, fmt.Errorf("%w (%d entries)", ErrPeerMapFull, m.PeerFlows.MaxEntries())
-			}
-			return i, fmt.Errorf("write peer flow: %w", err)
+	p := &x.peer
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for {
+		done, err := m.putPeerLocked(p, keys, vals)
+		for i := range done {
+			p.applyLocked(&keys[i], vals[i].Owner, false)
+		}
+		keys, vals = keys[done:], vals[done:]
+		if err == nil {
+			m.maybeGrowLocked(x)
+			return nil
+		}
+		if !errors.Is(err, ErrPeerMapFull) || !m.growPeerLocked(x) {
+			return err
 		}
 	}
-	return len(keys), nil
 }
 
 // DeletePeerFlows removes peer flows (only their tuples matter); missing
@@ -138,8 +126,8 @@ func (m *Maps) deletePeerChunk(x *indexes, flows []PeerFlow) error {
 	for i := range flows {
 		k := peerKey(&flows[i])
 		x.keyOps.Add(1)
-		if err := m.PeerFlows.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete peer flow: %w", err)
+		if err := m.deletePeerLocked(&x.peer, &k); err != nil {
+			return err
 		}
 		x.peer.applyLocked(&k, 0, true)
 	}
@@ -149,7 +137,7 @@ func (m *Maps) deletePeerChunk(x *indexes, flows []PeerFlow) error {
 // ForEachPeerFlow calls fn for every peer flow until it returns false: a
 // walk of the whole map.
 func (m *Maps) ForEachPeerFlow(fn func(PeerFlow) bool) error {
-	err := walkMap(m.indexes(), m.PeerFlows, func(k *fshaFlowKey, v *fshaPeerFlow) bool {
+	err := m.walkPeer(m.indexes(), func(k *fshaFlowKey, v *fshaPeerFlow) bool {
 		return fn(peerOf(k, v))
 	})
 	if err != nil {

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-
-	"github.com/fsha/fsha/tools/testenv"
 )
 
 const xdpTX = 3 // XDP_TX
@@ -97,26 +95,13 @@ func TestSteering(t *testing.T) {
 }
 
 func TestPeerMapFull(t *testing.T) {
-	testenv.RequireBPF(t)
-	spec, err := loadFsha()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range spec.Maps {
-		m.Pinning = ebpf.PinNone
-	}
-	spec.Maps[fshaMapPeerFlows].MaxEntries = 4
-	var objs fshaObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		t.Fatal(err)
-	}
-	defer objs.Close()
-	m := mapsOf(&objs.fshaMaps)
+	m := bareMaps(t)
+	m.indexes().setPeerLimits(4, 4)
 	var flows []PeerFlow
 	for i := range 6 {
 		flows = append(flows, PeerFlow{VIP: vip4, VIPPort: 445, Client: client4, ClientPort: uint16(100 + i), Owner: 1})
 	}
-	waitPeerReady(t, &m)
+	waitPeerReady(t, m)
 	if err := m.UpsertPeerFlows(flows); !errors.Is(err, ErrPeerMapFull) {
 		t.Fatalf("want ErrPeerMapFull, got %v", err)
 	}

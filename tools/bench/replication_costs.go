@@ -6,6 +6,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
@@ -17,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -164,27 +166,34 @@ func wireDelta(before, after map[int]streamCounters) (streamDelta, error) {
 	return streamDelta{d.payload / n, d.segsOut / n, d.segsBack / n}, nil
 }
 
-// peerMapMemory reads the peer flows map's memory as the kernel accounts
-// it (memlock in /proc/self/fdinfo, what bpftool shows as bytes_memlock),
-// and the kernel's slab + per-cpu memory (noisy: the whole machine).
-func peerMapMemory(dp *dataplane.Unpinned, entries int) (memPoint, error) {
-	p := memPoint{entries: entries}
-	f, err := os.Open(fmt.Sprintf("/proc/self/fdinfo/%d", dp.PeerFlows.FD()))
+// peerMapMemory reads the peer flows maps' memory as the kernel accounts
+// it (memlock in /proc/self/fdinfo, what bpftool shows as bytes_memlock:
+// the array and the map in its slot, once no growth runs), and the
+// kernel's slab + per-cpu memory (noisy: the whole machine).
+func peerMapMemory(ctx context.Context, dp *dataplane.Unpinned, entries int, note string) (memPoint, error) {
+	p := memPoint{entries: entries, note: note}
+	for dp.IndexStats().PeerGrowing {
+		select {
+		case <-ctx.Done():
+			return p, ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	in, err := dp.PeerFlowsInner()
 	if err != nil {
 		return p, err
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "memlock:"); ok {
-			p.memlock, err = strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-			if err != nil {
-				return p, fmt.Errorf("parse memlock: %w", err)
-			}
-		}
+	if in == nil {
+		return p, errors.New("no map in peer_flows' slot")
 	}
-	if p.memlock == 0 {
-		return p, errors.New("no memlock in the map's fdinfo")
+	defer in.Close()
+	p.capacity = in.MaxEntries()
+	for _, m := range []*ebpf.Map{dp.PeerFlows, in} {
+		v, err := memlockOf(m)
+		if err != nil {
+			return p, err
+		}
+		p.memlock += v
 	}
 	mi, err := os.ReadFile("/proc/meminfo")
 	if err != nil {
@@ -207,4 +216,24 @@ func timeWalk(m *dataplane.Maps) (time.Duration, int, error) {
 	start := time.Now()
 	err := m.ForEachPeerFlow(func(dataplane.PeerFlow) bool { n++; return true })
 	return time.Since(start), n, err
+}
+
+// memlockOf is a map's memlock in /proc/self/fdinfo.
+func memlockOf(m *ebpf.Map) (uint64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/self/fdinfo/%d", m.FD()))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "memlock:"); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("parse memlock: %w", err)
+			}
+			return n, nil
+		}
+	}
+	return 0, errors.New("no memlock in the map's fdinfo")
 }

@@ -61,10 +61,12 @@ type snapResult struct {
 }
 
 type memPoint struct {
-	entries int
-	maps    int    // peer maps holding them (the slab delta is theirs)
-	memlock uint64 // /proc/self/fdinfo of the map
-	slab    int64  // /proc/meminfo Slab + Percpu, kB
+	entries  int
+	note     string // what state the map is in, beside its entries
+	capacity uint32 // of the map in the slot
+	maps     int    // peer maps holding them (the slab delta is theirs)
+	memlock  uint64 // /proc/self/fdinfo of the array and of the map in its slot
+	slab     int64  // /proc/meminfo Slab + Percpu, kB
 }
 
 // replNode is one in-process node.
@@ -150,6 +152,11 @@ func (b *replicationBench) runInProcess(ctx context.Context, log *zap.Logger, si
 	if res.walkEmpty, _, err = timeWalk(&dsts[0].dp.Maps); err != nil {
 		return nil, err
 	}
+	fresh, err := peerMapMemory(ctx, dsts[0].dp, 0, "as loaded")
+	if err != nil {
+		return nil, err
+	}
+	res.mem = append(res.mem, fresh)
 
 	// The streams start with an (empty) snapshot.
 	src.r.SetPeers(rctx, peers)
@@ -254,7 +261,7 @@ func (b *replicationBench) runInProcess(ctx context.Context, log *zap.Logger, si
 
 	// Snapshots: the source's own flows map holds n flows; new streams
 	// start with a full copy. The peers' maps are empty again.
-	emptyMem, err := peerMapMemory(dsts[0].dp, 0)
+	emptyMem, err := peerMapMemory(ctx, dsts[0].dp, 0, "emptied after the storm")
 	if err != nil {
 		return nil, err
 	}
@@ -303,7 +310,7 @@ func (b *replicationBench) runInProcess(ctx context.Context, log *zap.Logger, si
 			return nil, err
 		}
 		res.snaps = append(res.snaps, sr)
-		m, err := peerMapMemory(dsts[0].dp, n)
+		m, err := peerMapMemory(ctx, dsts[0].dp, n, "")
 		if err != nil {
 			return nil, err
 		}

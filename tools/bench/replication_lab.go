@@ -68,9 +68,16 @@ func (b *replicationBench) runLab(ctx context.Context, log *zap.Logger) (_ *repl
 		}
 	}()
 	for _, p := range peers {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(p.PinPath, "peer_flows"), &ebpf.LoadPinOptions{ReadOnly: true})
+		outer, err := ebpf.LoadPinnedMap(filepath.Join(p.PinPath, "peer_flows"), &ebpf.LoadPinOptions{ReadOnly: true})
 		if err != nil {
 			return nil, fmt.Errorf("open peer_flows of %s: %w", p.Role, err)
+		}
+		// the map in its slot: a few hundred flows never make it grow
+		var m *ebpf.Map
+		err = outer.Lookup(uint32(0), &m)
+		outer.Close()
+		if err != nil {
+			return nil, fmt.Errorf("read peer_flows' slot of %s: %w", p.Role, err)
 		}
 		maps = append(maps, m)
 		res.peers = append(res.peers, p.Role)

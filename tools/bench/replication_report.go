@@ -104,20 +104,30 @@ func (b *replicationBench) report(out io.Writer, lr *replLabResult, ip *replInPr
 		return err
 	}
 
-	fmt.Fprintf(out, "\npeer_flows map memory (hash, BPF_F_NO_PREALLOC, max_entries %s as the daemon loads it):\n", thousands(dataplane.DefaultPeerFlowsMax))
-	fmt.Fprintf(out, "memlock = the kernel's own account (/proc/self/fdinfo, bpftool's bytes_memlock); slab = /proc/meminfo\n")
-	fmt.Fprintf(out, "Slab + Percpu of the whole machine since the maps were emptied (noisy: other work, and the slab\n")
-	fmt.Fprintf(out, "pages the storm's deleted entries left behind are reused first)\n\n")
-	mt := &table{header: []string{"entries", "memlock (one map)", "per entry above empty", "slab delta (both peers' maps)", "per entry"}}
+	fmt.Fprintf(out, "\npeer_flows map memory (an array of one hash, BPF_F_NO_PREALLOC, that grows from %s entries to twice\n", thousands(dataplane.PeerFlowsFirst))
+	fmt.Fprintf(out, "as it passes 3/4 full, up to --peer-flows-max, %s by default, and never shrinks):\n", thousands(dataplane.DefaultPeerFlowsMax))
+	fmt.Fprintf(out, "memlock = the kernel's own account of the array and the hash (/proc/self/fdinfo, bpftool's bytes_memlock);\n")
+	fmt.Fprintf(out, "slab = /proc/meminfo Slab + Percpu of the whole machine since the maps were emptied (noisy: other work,\n")
+	fmt.Fprintf(out, "and the slab pages the storm's deleted entries left behind are reused first)\n\n")
+	mt := &table{header: []string{"entries", "capacity", "memlock (one peer)", "per entry", "slab delta (both peers' maps)", "per entry"}}
 	base := ip.mem[0]
 	for _, m := range ip.mem {
-		per, sper := "-", "-"
+		if m.entries == 0 {
+			base = m // the last empty one: after the storm
+		}
+	}
+	for _, m := range ip.mem {
+		per, sdelta, sper := "-", "-", "-"
 		if m.entries > 0 {
-			per = fmt.Sprintf("%.1f B", float64(m.memlock-base.memlock)/float64(m.entries))
+			per = fmt.Sprintf("%.1f B", float64(m.memlock)/float64(m.entries))
+			sdelta = fmt.Sprintf("%.1f MB", float64(m.slab-base.slab)/1e3)
 			sper = fmt.Sprintf("%.1f B", float64(m.slab-base.slab)*1024/float64(m.entries*m.maps))
 		}
-		mt.add(thousands(m.entries), fmt.Sprintf("%.1f MB", float64(m.memlock)/1e6), per,
-			fmt.Sprintf("%.1f MB", float64(m.slab-base.slab)/1e3), sper)
+		label := thousands(m.entries)
+		if m.note != "" {
+			label += " (" + m.note + ")"
+		}
+		mt.add(label, thousands(int(m.capacity)), fmt.Sprintf("%.1f MB", float64(m.memlock)/1e6), per, sdelta, sper)
 	}
 	if err := mt.write(out); err != nil {
 		return err
