@@ -41,7 +41,7 @@ func upFlags() []cli.Flag {
 		&cli.UintFlag{Name: "flows-max", Value: dataplane.DefaultFlowsMax, EnvVars: []string{"FSHA_FLOWS_MAX"},
 			Usage: "capacity of the flows map (least recently used flows are evicted beyond it)"},
 		&cli.UintFlag{Name: "peer-flows-max", Value: dataplane.DefaultPeerFlowsMax, EnvVars: []string{"FSHA_PEER_FLOWS_MAX"},
-			Usage: "capacity of the map of the other nodes' replicated connections (all nodes together)"},
+			Usage: "the most entries the map of the other nodes' replicated connections (all nodes together) grows to; it starts at 65,536"},
 		&cli.StringFlag{Name: "steer-mode", Value: string(dataplane.SteerAuto), EnvVars: []string{"FSHA_STEER_MODE"},
 			Usage: "how a planned move steers old connections to their node: auto (per interface: xdp for native XDP on NICs known for XDP_TX, else tc), xdp (XDP_TX) or tc (TC ingress redirect)"},
 		&cli.StringFlag{Name: "xdp-mode", Value: string(dataplane.XDPAttachAuto), EnvVars: []string{"FSHA_XDP_MODE"},
