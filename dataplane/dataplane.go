@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
@@ -36,6 +37,9 @@ type Options struct {
 	// PeerFlowsMax is the largest capacity of the map of the other nodes'
 	// flows, which grows up to it.
 	PeerFlowsMax uint32
+	// PeerFlowsFirst is that map's first capacity (0: PeerFlowsFirst);
+	// tests make it small to see it grow.
+	PeerFlowsFirst uint32
 	// Interfaces to attach to, by name. Links pinned for interfaces not in
 	// this list are detached.
 	Interfaces []string
@@ -115,7 +119,7 @@ func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
 	if err != nil {
 		return nil, err
 	}
-	mig, err := planMigration(log, spec, opts.PinPath, opts.PeerFlowsMax)
+	mig, err := planMigration(log, spec, opts.PinPath, opts.PeerFlowsFirst, opts.PeerFlowsMax)
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +136,16 @@ func Load(log *zap.Logger, opts Options) (_ *Dataplane, err error) {
 		return nil, fmt.Errorf("load bpf objects: %w", err)
 	}
 	dp.Maps = mapsOf(&dp.objs.fshaMaps)
-	dp.indexes().setPeerLimits(0, opts.PeerFlowsMax)
+	dp.indexes().setPeerLimits(opts.PeerFlowsFirst, opts.PeerFlowsMax)
+	dp.indexes().setPeerGrowthLog(func(from, to uint32, n int, took time.Duration, err error) {
+		if err != nil {
+			log.Error("peer flows map could not grow: it stays as it is", zap.Uint32("capacity", from),
+				zap.Uint32("to", to), zap.Error(err))
+			return
+		}
+		log.Info("peer flows map grew", zap.Uint32("from", from), zap.Uint32("to", to),
+			zap.Int("entries_copied", n), zap.Duration("took", took))
+	})
 	// the new programs' maps of another layout than the pins: filled and
 	// pinned in place of the old ones, which the old programs use until
 	// attachAll replaces them

@@ -132,8 +132,9 @@ type migration struct {
 	found uint32
 	maps  []*migratingMap
 	start time.Time
-	// peerMax is the largest capacity of the peer flows map
-	peerMax uint32
+	// peerFirst, peerMax: the first and largest capacity of the peer
+	// flows map
+	peerFirst, peerMax uint32
 }
 
 // migratingMap is one pinned map being replaced.
@@ -162,11 +163,14 @@ const tempPinSuffix = "-new"
 // planMigration compares the maps pinned under pinPath with spec and
 // prepares a new map for each one that differs. It returns an empty
 // migration for a fresh pin path or pins of this very layout.
-func planMigration(log *zap.Logger, spec *ebpf.CollectionSpec, pinPath string, peerMax uint32) (_ *migration, err error) {
+func planMigration(log *zap.Logger, spec *ebpf.CollectionSpec, pinPath string, peerFirst, peerMax uint32) (_ *migration, err error) {
 	if peerMax == 0 {
 		peerMax = DefaultPeerFlowsMax
 	}
-	mg := &migration{log: log, pinPath: pinPath, start: time.Now(), peerMax: peerMax}
+	if peerFirst == 0 {
+		peerFirst = PeerFlowsFirst
+	}
+	mg := &migration{log: log, pinPath: pinPath, start: time.Now(), peerFirst: peerFirst, peerMax: peerMax}
 	defer func() {
 		if err != nil {
 			mg.Close()

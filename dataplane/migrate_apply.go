@@ -28,7 +28,7 @@ func (mg *migration) fill(m *Maps) error {
 		case migrateCounters:
 			err = mm.copyEntries(counterIndex(mm.old.MaxEntries(), mm.new.MaxEntries()))
 		case migratePeerFlows:
-			err = mm.copyPeerFlows(mg.peerMax)
+			err = mm.copyPeerFlows(mg.peerFirst, mg.peerMax)
 		}
 		if err != nil {
 			return fmt.Errorf("migrate pinned map %s: %w", mm.name, err)

@@ -69,12 +69,12 @@ func (mm *migratingMap) closeOld() {
 // copyPeerFlows copies the old peer flows into a new map of the capacity
 // the growth rule gives their number (at most peerMax: past it, the most
 // recently seen are kept), put in the new array's slot.
-func (mm *migratingMap) copyPeerFlows(peerMax uint32) error {
+func (mm *migratingMap) copyPeerFlows(peerFirst, peerMax uint32) error {
 	n, err := countEntries(mm.old)
 	if err != nil {
 		return err
 	}
-	in, err := newPeerInner(peerCapacityFor(n, PeerFlowsFirst, peerMax))
+	in, err := newPeerInner(peerCapacityFor(n, peerFirst, peerMax))
 	if err != nil {
 		return err
 	}

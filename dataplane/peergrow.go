@@ -41,6 +41,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 )
@@ -88,6 +89,9 @@ type peerMaps struct {
 	mirrored   uint64 // writes also made to next
 	growErr    error
 	grown      *sync.Cond // broadcast when a growth ends
+	// logGrowth, when set, is told of every growth (from, to: the
+	// capacities; n: the entries copied)
+	logGrowth func(from, to uint32, n int, took time.Duration, err error)
 }
 
 func (p *peerIndex) limits() (first, max uint32) {
@@ -113,6 +117,13 @@ func (p *peerIndex) cond() *sync.Cond {
 func (x *indexes) setPeerLimits(first, max uint32) {
 	x.peer.mu.Lock()
 	x.peer.first, x.peer.max = first, max
+	x.peer.mu.Unlock()
+}
+
+// setPeerGrowthLog sets what is told of every growth.
+func (x *indexes) setPeerGrowthLog(f func(from, to uint32, n int, took time.Duration, err error)) {
+	x.peer.mu.Lock()
+	x.peer.logGrowth = f
 	x.peer.mu.Unlock()
 }
 
@@ -331,9 +342,16 @@ func (m *Maps) growPeerLocked(x *indexes) bool {
 func (m *Maps) growPeer(x *indexes, outer *ebpf.Map, capacity uint32) {
 	defer outer.Close()
 	p := &x.peer
+	start, copied := time.Now(), 0
 	next, err := newPeerInner(capacity)
 	p.mu.Lock()
-	defer p.mu.Unlock()
+	from := p.inner.MaxEntries()
+	defer func() {
+		if p.logGrowth != nil {
+			p.logGrowth(from, capacity, copied, time.Since(start), p.growErr)
+		}
+		p.mu.Unlock()
+	}()
 	if err != nil {
 		p.abortGrowthLocked(err)
 		return
@@ -344,7 +362,7 @@ func (m *Maps) growPeer(x *indexes, outer *ebpf.Map, capacity uint32) {
 	var cursor ebpf.MapBatchCursor
 	for {
 		if p.next != next {
-			return // a writer abandoned it
+			return // a writer abandoned it (p.growErr says why)
 		}
 		n, err := old.BatchLookup(&cursor, keys, vals, nil)
 		end := errors.Is(err, ebpf.ErrKeyNotExist)
@@ -357,6 +375,7 @@ func (m *Maps) growPeer(x *indexes, outer *ebpf.Map, capacity uint32) {
 				p.abortGrowthLocked(fmt.Errorf("copy into the bigger peer flows map: %w", err))
 				return
 			}
+			copied += n
 		}
 		if end {
 			break

@@ -42,6 +42,8 @@ func upFlags() []cli.Flag {
 			Usage: "capacity of the flows map (least recently used flows are evicted beyond it)"},
 		&cli.UintFlag{Name: "peer-flows-max", Value: dataplane.DefaultPeerFlowsMax, EnvVars: []string{"FSHA_PEER_FLOWS_MAX"},
 			Usage: "the most entries the map of the other nodes' replicated connections (all nodes together) grows to; it starts at 65,536"},
+		&cli.UintFlag{Name: "peer-flows-first", EnvVars: []string{"FSHA_PEER_FLOWS_FIRST"}, Hidden: true,
+			Usage: "the first capacity of the map of the other nodes' replicated connections (tests: to see it grow)"},
 		&cli.StringFlag{Name: "steer-mode", Value: string(dataplane.SteerAuto), EnvVars: []string{"FSHA_STEER_MODE"},
 			Usage: "how a planned move steers old connections to their node: auto (per interface: xdp for native XDP on NICs known for XDP_TX, else tc), xdp (XDP_TX) or tc (TC ingress redirect)"},
 		&cli.StringFlag{Name: "xdp-mode", Value: string(dataplane.XDPAttachAuto), EnvVars: []string{"FSHA_XDP_MODE"},
@@ -146,7 +148,7 @@ func runUp(c *cli.Context, log *zap.Logger) error {
 	}
 	dp, err := dataplane.Load(log, dataplane.Options{
 		PinPath: c.String("pin-path"), FlowsMax: uint32(flowsMax), Interfaces: ifaces, ReplyInterfaces: replyNames(reply),
-		PeerFlowsMax: uint32(min(c.Uint("peer-flows-max"), 1<<28)), SteerMode: steerMode, XDPAttach: xdpMode,
+		PeerFlowsMax: uint32(min(c.Uint("peer-flows-max"), 1<<28)), PeerFlowsFirst: uint32(min(c.Uint("peer-flows-first"), 1<<28)), SteerMode: steerMode, XDPAttach: xdpMode,
 	})
 	if err != nil {
 		return err
