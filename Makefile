@@ -104,7 +104,8 @@ fuzz: deps
 # runs (build tag longlab): CTDB left to its own ~30 s keepalives, three
 # power cuts of CTDB's leader with fsha's election kick and three without
 # (the survivors wait CTDB's leader timeout), ten rolling reloads of the
-# nodes file (TestReloadNodes), a drain on a second
+# nodes file (TestReloadNodes), a restart of a node while it drains
+# (TestRestartDuringDrain), a drain on a second
 # network whose nodes have addresses there, and the planned-move,
 # failback and power-cut tests again on the macvlan and VXLAN topologies and
 # on veth's native XDP_TX path (the tuned lab, --steer-mode xdp).
@@ -115,6 +116,7 @@ chaos: deps build
 	$(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestCTDBKeepalivesWithoutKick' ./tools/lab/cluster/
 	FSHA_LAB_ITERATIONS=3 $(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestCTDBLeaderDeath' ./tools/lab/cluster/
 	$(GO) test -count=10 -p 1 -timeout 30m -tags longlab -run 'TestReloadNodes' ./tools/lab/failover/
+	$(GO) test -count=3 -p 1 -timeout 30m -tags longlab -run 'TestRestartDuringDrain' ./tools/lab/failover/
 	$(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestDrainOnSecondNetwork$$' ./tools/lab/failover/
 	for topo in macvlan vxlan; do \
 		FSHA_LAB_TOPOLOGY=$$topo $(GO) test -count=1 -p 1 -timeout 30m -run 'TestPlannedMoves|TestPowerDown|TestFailback$$|TestDrainTimeoutAndKill' ./tools/lab/failover/ || exit 1; \

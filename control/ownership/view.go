@@ -298,6 +298,21 @@ type Snapshot struct {
 	Ifaces map[int][]IfaceMAC
 }
 
+// drainsOn tells whether peer p still serves vip's old connections: it
+// said so in its heartbeats and is alive, or it announced a restart and
+// has been away less than the grace. A restarting drainer's programs and
+// sockets go on serving them (its pinned data plane answers steered
+// packets with no daemon), so the holder must keep steering them to it
+// and must not take it for dead: that reset every drained connection of
+// a node reloaded during its drain (TestReloadVIPs).
+func (e *Engine) drainsOn(p int, vip netip.Addr, v view) bool {
+	pr, ok := e.peers[p]
+	if !ok || !pr.draining[vip] {
+		return false
+	}
+	return v.alive[p] || (pr.hb.Flags&FlagRestarting != 0 && e.now.Sub(pr.heard) < e.cfg.Timing.Grace)
+}
+
 // Snapshot returns the state for status commands.
 func (e *Engine) Snapshot() Snapshot {
 	v := e.view
@@ -347,8 +362,8 @@ func (e *Engine) Snapshot() Snapshot {
 		if s.draining {
 			vv.Drainers = append(vv.Drainers, e.cfg.Self)
 		}
-		for p := range v.alive {
-			if p != e.cfg.Self && e.peers[p].draining[a.Addr] {
+		for _, p := range e.cfg.Nodes {
+			if p != e.cfg.Self && e.drainsOn(p, a.Addr, v) {
 				vv.Drainers = append(vv.Drainers, p)
 			}
 		}
