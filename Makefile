@@ -110,7 +110,7 @@ fuzz: deps
 # failback and power-cut tests again on the macvlan and VXLAN topologies and
 # on veth's native XDP_TX path (the tuned lab, --steer-mode xdp).
 chaos: deps build
-	FSHA_SIM_SCHEDULES=50000 $(GO) test -count=1 -timeout 120m -run TestSimRandomSchedules ./control/ownership/
+	FSHA_SIM_SCHEDULES=50000 $(GO) test -count=1 -timeout 120m -run TestSimRandomSchedules ./control/ownership/sim/
 	FSHA_LAB_ITERATIONS=50 $(GO) test -count=1 -p 1 -timeout 120m -run 'TestFaultStormWire|TestIsolatedOwner7|TestNetworkFlap' ./tools/lab/cluster/
 	FSHA_LAB_LOAD_FOR=5m $(GO) test -count=1 -p 1 -timeout 30m -run 'TestNoFalseFailoverUnderLoad' ./tools/lab/cluster/
 	$(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestCTDBKeepalivesWithoutKick' ./tools/lab/cluster/

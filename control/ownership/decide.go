@@ -57,7 +57,7 @@ func (e *Engine) decide(i int, v *view) {
 			// VIPs back and forth. Nothing is lost meanwhile: we answer.
 			return
 		}
-		if e.debug {
+		if e.cfg.Debug {
 			e.note("releases %s: alive %v eligible %v target %v current %v quorum %v starting %v", e.cfg.VIPs[i].Addr, v.alive, v.eligible, v.target, v.current, v.quorum, e.now < e.startingUntil)
 		}
 		e.beginRelease(i, Drop{Drain: drain, To: target, Reason: e.releaseReason(i, v)})
@@ -91,7 +91,7 @@ func (e *Engine) beginClaim(i int, v *view) {
 	s.reason = e.takeReason(i, v)
 	s.retryAt = 0
 	e.urgent = true
-	if e.debug {
+	if e.cfg.Debug {
 		e.note("claims %s epoch %d: %s (alive %v eligible %v)", e.cfg.VIPs[i].Addr, s.epoch, s.reason, v.alive, v.eligible)
 	}
 }

@@ -13,7 +13,7 @@
 // Done...), its outputs are collected in Ready: what to persist, what to
 // send, what the data plane must enforce, which VIPs to take or release.
 // It does no I/O and reads no clock, so a deterministic simulator drives it
-// (sim_test.go). The caller executes Ready's actions in order, persisting
+// (control/ownership/sim). The caller executes Ready's actions in order, persisting
 // promises before sending anything.
 package ownership
 
@@ -119,6 +119,9 @@ type Config struct {
 	// grant (later than Start when it lost its promises).
 	Start      Mono
 	QuietUntil Mono
+	// Debug adds a note to Output.Notes for every decision (the
+	// simulator's log).
+	Debug bool
 }
 
 // Local is this node's own fitness.
@@ -336,7 +339,6 @@ type Engine struct {
 	// promise times out, a hold-down ends)
 	dirty     bool
 	viewUntil Mono
-	debug     bool // notes for every decision (the simulator's log)
 }
 
 // New returns an engine; it sends its first heartbeat at the first Tick.

@@ -11,9 +11,9 @@ import (
 	"github.com/fsha/fsha/control/allocation"
 )
 
-// coldStartWait bounds how long, after this node started, the placement
+// ColdStartWait bounds how long, after this node started, the placement
 // of VIPs that were never held waits for peers that are still starting.
-const coldStartWait = 3 * time.Second
+const ColdStartWait = 3 * time.Second
 
 // view is the cluster as this node sees it at one instant.
 type view struct {
@@ -221,7 +221,7 @@ func (e *Engine) computeView(now Mono) view {
 			startingPeer = true
 		}
 	}
-	startingPeer = startingPeer && now.Sub(e.cfg.Start) < coldStartWait
+	startingPeer = startingPeer && now.Sub(e.cfg.Start) < ColdStartWait
 	if !slices.Equal(v.eligible, e.eligibleSet) || startingPeer {
 		e.eligibleSet = v.eligible
 		e.settledSince = now

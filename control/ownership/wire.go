@@ -227,6 +227,19 @@ const (
 	maxNodes   = 4096
 )
 
+// Encode encodes any ownership message: *Heartbeat, *Reply or *Release.
+func Encode(msg any) ([]byte, error) {
+	switch m := msg.(type) {
+	case *Heartbeat:
+		return m.MarshalBinary()
+	case *Reply:
+		return m.MarshalBinary()
+	case *Release:
+		return m.MarshalBinary()
+	}
+	return nil, fmt.Errorf("unknown message %T", msg)
+}
+
 // MessageType returns the type of an encoded message, or 0.
 func MessageType(b []byte) byte {
 	if len(b) == 0 {

@@ -28,7 +28,7 @@ func sampleMessages() []any {
 
 func TestWireRoundTrip(t *testing.T) {
 	for _, m := range sampleMessages() {
-		b, err := encode(m)
+		b, err := Encode(m)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -76,7 +76,7 @@ func TestWireRejects(t *testing.T) {
 // something that decodes to the same.
 func FuzzDecode(f *testing.F) {
 	for _, m := range sampleMessages() {
-		b, _ := encode(m)
+		b, _ := Encode(m)
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -84,7 +84,7 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			return
 		}
-		again, err := encode(m)
+		again, err := Encode(m)
 		if err != nil {
 			return // decodes, but is over the size a sender may send
 		}

@@ -1,4 +1,4 @@
-package ownership
+package sim
 
 import (
 	"container/heap"
@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fsha/fsha/control/allocation"
+	"github.com/fsha/fsha/control/ownership"
 )
 
 // The deterministic simulator: a fake clock (real time in ns, and a clock
@@ -67,13 +68,13 @@ func (q *eventQueue) Pop() any {
 type dpEntry struct {
 	held  bool
 	epoch uint64
-	until Mono // the node's clock
+	until ownership.Mono // the node's clock
 }
 
 type simNode struct {
 	pnn     int
-	eng     *Engine
-	offset  Mono
+	eng     *ownership.Engine
+	offset  ownership.Mono
 	rate    float64
 	powered bool
 	running bool // the daemon
@@ -81,15 +82,15 @@ type simNode struct {
 	inbox   []*simEvent // delivered while paused
 	run     int         // daemon runs so far (incarnation)
 	// persisted promises survive a daemon crash, not a power cut
-	persisted map[netip.Addr]Promise
+	persisted map[netip.Addr]ownership.Promise
 	dp        map[netip.Addr]*dpEntry
-	local     Local
-	vips      []VIP
-	fp        Fingerprint
+	local     ownership.Local
+	vips      []ownership.VIP
+	fp        ownership.Fingerprint
 	wakeTok   int
 	wakeAt    int64
 	lockHeld  bool
-	lockSince Mono
+	lockSince ownership.Mono
 	bootedAt  int64
 	stopping  bool
 	restartIn time.Duration // after a graceful stop
@@ -119,9 +120,9 @@ type simWorld struct {
 	seq      int
 	q        eventQueue
 	nodes    []*simNode
-	vips     []VIP // the majority's configuration
+	vips     []ownership.VIP // the majority's configuration
 	links    [][]simLink
-	timing   Timing
+	timing   ownership.Timing
 	lock     bool
 	lockBy   int
 	policy   allocation.Policy
@@ -156,9 +157,11 @@ func (w *simWorld) push(e *simEvent) {
 	heap.Push(&w.q, e)
 }
 
-func (n *simNode) local2(rt int64) Mono { return n.offset + Mono(float64(rt)*n.rate) }
+func (n *simNode) local2(rt int64) ownership.Mono {
+	return n.offset + ownership.Mono(float64(rt)*n.rate)
+}
 
-func (n *simNode) real(m Mono) int64 { return int64(float64(m-n.offset) / n.rate) }
+func (n *simNode) real(m ownership.Mono) int64 { return int64(float64(m-n.offset) / n.rate) }
 
 // answering tells whether node n's data plane answers for vip at real time rt.
 func (w *simWorld) answering(n *simNode, vip netip.Addr, rt int64) bool {
@@ -170,7 +173,7 @@ func (w *simWorld) answering(n *simNode, vip netip.Addr, rt int64) bool {
 }
 
 // fingerprint of a VIP list, as the node package computes it.
-func simFingerprint(vips []VIP) Fingerprint {
+func simFingerprint(vips []ownership.VIP) ownership.Fingerprint {
 	var h uint64 = 1469598103934665603
 	for _, v := range vips {
 		b, _ := v.Addr.MarshalBinary()
@@ -179,7 +182,7 @@ func simFingerprint(vips []VIP) Fingerprint {
 			h *= 1099511628211
 		}
 	}
-	return Fingerprint{Nodes: 1, VIPs: h, NVIPs: uint16(len(vips))}
+	return ownership.Fingerprint{Nodes: 1, VIPs: h, NVIPs: uint16(len(vips))}
 }
 
 // startDaemon starts (or restarts) node n's daemon: a new engine that
@@ -192,21 +195,20 @@ func (w *simWorld) startDaemon(n *simNode) {
 	if n.persisted == nil {
 		// no promises survived (a power cut): give none until any we gave
 		// before has run out
-		n.persisted = map[netip.Addr]Promise{}
+		n.persisted = map[netip.Addr]ownership.Promise{}
 		quiet = now.Add(w.timing.MaxGrant())
 	}
 	nodes := make([]int, len(w.nodes))
 	for i := range w.nodes {
 		nodes[i] = i
 	}
-	eng, err := New(Config{Self: n.pnn, Nodes: nodes, VIPs: n.vips, Policy: w.policy, Timing: w.timing,
+	eng, err := ownership.New(ownership.Config{Self: n.pnn, Nodes: nodes, VIPs: n.vips, Policy: w.policy, Timing: w.timing,
 		Lock: w.lock, Fingerprint: n.fp, MAC: [6]byte{2, 0, 0, 0, 0, byte(n.pnn)},
-		Incarnation: uint64(n.run), Start: now, QuietUntil: quiet})
+		Incarnation: uint64(n.run), Start: now, QuietUntil: quiet, Debug: w.keepLog})
 	if err != nil {
 		panic(err)
 	}
 	n.eng = eng
-	eng.debug = w.keepLog
 	for vip, p := range n.persisted {
 		eng.Voter().Restore(vip, p)
 	}
@@ -237,7 +239,7 @@ func (w *simWorld) drain(n *simNode) {
 
 // execute carries out one Output; it reports whether it fed the engine
 // again (lock changes), so that drain asks for the next Output.
-func (w *simWorld) execute(n *simNode, out Output) bool {
+func (w *simWorld) execute(n *simNode, out ownership.Output) bool {
 	now := n.local2(w.now)
 	for vip, p := range out.Persist {
 		n.persisted[vip] = p
@@ -279,7 +281,7 @@ func (w *simWorld) execute(n *simNode, out Output) bool {
 			w.tickled[o]++
 			w.tickleOnce(n, vip, tk.Epoch, o)
 		}
-		if tk.From != None {
+		if tk.From != ownership.None {
 			w.moves++
 		}
 		w.logf("n%d takes %s epoch %d until +%v orphans %v from %d (%s)", n.pnn, vip, tk.Epoch,
@@ -310,7 +312,7 @@ func (w *simWorld) execute(n *simNode, out Output) bool {
 				}
 				w.checkNotDrainingAt(n, o, vip, decided, heard[o])
 			}
-			n.eng.Done(n.local2(w.now), Result{VIP: tk.VIP, Epoch: tk.Epoch, Take: true})
+			n.eng.Done(n.local2(w.now), ownership.Result{VIP: tk.VIP, Epoch: tk.Epoch, Take: true})
 			w.drain(n)
 		}})
 	}
@@ -331,7 +333,7 @@ func (w *simWorld) execute(n *simNode, out Output) bool {
 			if e := n.dp[vip]; e != nil {
 				e.held = false
 			}
-			n.eng.Done(n.local2(w.now), Result{VIP: dr.VIP, Epoch: dr.Epoch})
+			n.eng.Done(n.local2(w.now), ownership.Result{VIP: dr.VIP, Epoch: dr.Epoch})
 			if dr.Drain {
 				w.beginDrain(n, dr.VIP)
 			}
@@ -354,7 +356,7 @@ func (w *simWorld) execute(n *simNode, out Output) bool {
 			fed = true
 		}
 		if fed {
-			n.eng.SetLock(now, LockState{Held: n.lockHeld, Since: n.lockSince, Checked: now})
+			n.eng.SetLock(now, ownership.LockState{Held: n.lockHeld, Since: n.lockSince, Checked: now})
 		}
 	}
 	if out.Stopped && n.stopping {
@@ -405,7 +407,7 @@ func (w *simWorld) checkNotDraining(n *simNode, o int, vip netip.Addr) {
 // executor's few milliseconds) cannot change it.
 func (w *simWorld) checkNotDrainingAt(n *simNode, o int, vip netip.Addr, at, heard int64) {
 	d := w.nodes[o]
-	audible := heard > d.drainSince[vip] && at-heard <= int64(2*n.eng.cfg.Timing.Renew)
+	audible := heard > d.drainSince[vip] && at-heard <= int64(2*w.timing.Renew)
 	if d.running && !d.paused && d.draining[vip] && audible {
 		w.violate("n%d tickles node %d's connections to %s, but n%d drains them (alive)", n.pnn, o, vip, o)
 	}
@@ -426,7 +428,7 @@ func (w *simWorld) execTime(n *simNode, i int) int64 {
 
 // send puts a message on the network, through the codec.
 func (w *simWorld) send(from, to int, msg any) {
-	b, err := encode(msg)
+	b, err := ownership.Encode(msg)
 	if err != nil {
 		w.violate("n%d cannot encode %T: %v", from, msg, err)
 		return
@@ -442,25 +444,13 @@ func (w *simWorld) send(from, to int, msg any) {
 	}
 	for range copies {
 		d := l.delay[0] + time.Duration(w.rng.Int63n(int64(l.delay[1]-l.delay[0])+1))
-		m, err := Decode(b)
+		m, err := ownership.Decode(b)
 		if err != nil {
 			w.violate("decode own %T: %v", msg, err)
 			return
 		}
 		w.push(&simEvent{at: w.now + int64(d), kind: evDeliver, node: to, from: from, msg: m})
 	}
-}
-
-func encode(msg any) ([]byte, error) {
-	switch m := msg.(type) {
-	case *Heartbeat:
-		return m.MarshalBinary()
-	case *Reply:
-		return m.MarshalBinary()
-	case *Release:
-		return m.MarshalBinary()
-	}
-	return nil, fmt.Errorf("unknown message %T", msg)
 }
 
 func (w *simWorld) scheduleWake(n *simNode) {
@@ -514,7 +504,7 @@ func (w *simWorld) handle(e *simEvent) {
 	switch e.kind {
 	case evDeliver:
 		w.delivered++
-		if _, ok := e.msg.(*Heartbeat); ok {
+		if _, ok := e.msg.(*ownership.Heartbeat); ok {
 			n.heardAt[e.from] = w.now
 		}
 		n.eng.Receive(now, e.msg)
@@ -524,7 +514,7 @@ func (w *simWorld) handle(e *simEvent) {
 		}
 		n.wakeAt = 0
 		if n.lockHeld {
-			n.eng.SetLock(now, LockState{Held: true, Since: n.lockSince, Checked: now})
+			n.eng.SetLock(now, ownership.LockState{Held: true, Since: n.lockSince, Checked: now})
 		}
 		n.eng.Tick(now)
 	}
@@ -577,12 +567,12 @@ func (w *simWorld) holders() map[netip.Addr][]int {
 	return out
 }
 
-func newSimWorld(seed int64, nodes, vips int, timing Timing, lock bool) *simWorld {
+func newSimWorld(seed int64, nodes, vips int, timing ownership.Timing, lock bool) *simWorld {
 	w := &simWorld{rng: rand.New(rand.NewSource(seed)), seed: seed, timing: timing, lock: lock, lockBy: -1,
 		resets: map[int]int{}, tickled: map[int]int{}, tickledBy: map[tickleKey]bool{}}
-	var list []VIP
+	var list []ownership.VIP
 	for i := range vips {
-		list = append(list, VIP{Addr: netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + i)})})
+		list = append(list, ownership.VIP{Addr: netip.AddrFrom4([4]byte{198, 18, 1, byte(10 + i)})})
 	}
 	fp := simFingerprint(list)
 	w.vips = list
@@ -593,10 +583,10 @@ func newSimWorld(seed int64, nodes, vips int, timing Timing, lock bool) *simWorl
 			w.links[i][j] = simLink{delay: [2]time.Duration{50 * time.Microsecond, 500 * time.Microsecond}}
 		}
 		drift := timing.Drift * 0.95
-		n := &simNode{pnn: i, offset: Mono(w.rng.Int63n(int64(time.Hour))) + Mono(time.Hour),
+		n := &simNode{pnn: i, offset: ownership.Mono(w.rng.Int63n(int64(time.Hour))) + ownership.Mono(time.Hour),
 			rate: 1 - drift + 2*drift*w.rng.Float64(), powered: true,
-			persisted: map[netip.Addr]Promise{}, dp: map[netip.Addr]*dpEntry{},
-			local: Local{Healthy: true}, vips: slices.Clone(list), fp: fp, draining: map[netip.Addr]bool{}, heardAt: map[int]int64{}, drainSince: map[netip.Addr]int64{}}
+			persisted: map[netip.Addr]ownership.Promise{}, dp: map[netip.Addr]*dpEntry{},
+			local: ownership.Local{Healthy: true}, vips: slices.Clone(list), fp: fp, draining: map[netip.Addr]bool{}, heardAt: map[int]int64{}, drainSince: map[netip.Addr]int64{}}
 		w.nodes = append(w.nodes, n)
 	}
 	return w

@@ -1,4 +1,4 @@
-package ownership
+package sim
 
 import (
 	"flag"
@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/fsha/fsha/control/ownership"
 )
 
 var (
@@ -30,8 +32,8 @@ func schedules() int {
 
 // simTiming is the default timing with a short restart grace, so that a
 // schedule with restarts settles within seconds.
-func simTiming() Timing {
-	t := DefaultTiming()
+func simTiming() ownership.Timing {
+	t := ownership.DefaultTiming()
 	t.Grace = 1500 * time.Millisecond
 	return t
 }
@@ -176,7 +178,7 @@ func (w *simWorld) inject(k faultKind, t time.Duration) {
 			}
 		})
 		w.at(t+dur, "end of "+what, func() {
-			n.local = Local{Healthy: true}
+			n.local = ownership.Local{Healthy: true}
 			if n.running && !n.paused {
 				n.eng.SetLocal(n.local2(w.now), n.local)
 				w.drain(n)
@@ -233,7 +235,7 @@ func (w *simWorld) healAll() {
 		}
 	}
 	for _, n := range w.nodes {
-		n.local = Local{Healthy: true}
+		n.local = ownership.Local{Healthy: true}
 		switch {
 		case !n.powered:
 			w.powerUp(n)
@@ -295,7 +297,7 @@ func runSchedule(seed int64, keepLog bool) (*simWorld, schedule, error) {
 		// one node's public_addresses has one VIP more and lines reordered
 		n := w.nodes[r.Intn(sc.nodes)]
 		skewed = n.pnn
-		n.vips = append(n.vips, VIP{Addr: netip.AddrFrom4([4]byte{198, 18, 1, 250})})
+		n.vips = append(n.vips, ownership.VIP{Addr: netip.AddrFrom4([4]byte{198, 18, 1, 250})})
 		n.vips[0], n.vips[len(n.vips)-1] = n.vips[len(n.vips)-1], n.vips[0]
 		n.fp = simFingerprint(n.vips)
 	}
@@ -382,7 +384,7 @@ func TestSimRandomSchedules(t *testing.T) {
 				if err != nil {
 					mu.Lock()
 					failures = append(failures, fmt.Sprintf("seed %d (%d nodes, %d VIPs, lock %v, skew %v, faults %s): %v\n"+
-						"  replay: go test ./control/ownership -run TestSimRandomSchedules -v -sim.seed=%d",
+						"  replay: go test ./control/ownership/sim -run TestSimRandomSchedules -v -sim.seed=%d",
 						seed, sc.nodes, sc.vips, sc.lock, sc.skew, strings.Join(sc.faults, ", "), err, seed))
 					mu.Unlock()
 				}

@@ -1,10 +1,12 @@
-package ownership
+package sim
 
 import (
 	"fmt"
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/fsha/fsha/control/ownership"
 )
 
 // Scenarios the issue names, each a fixed schedule under the simulator;
@@ -12,7 +14,7 @@ import (
 // of a node that answers) are checked at every instant here too.
 
 // converged starts a cluster and runs it until every VIP is answered.
-func converged(t *testing.T, seed int64, nodes, vips int, timing Timing, lock bool) *simWorld {
+func converged(t *testing.T, seed int64, nodes, vips int, timing ownership.Timing, lock bool) *simWorld {
 	t.Helper()
 	w := newSimWorld(seed, nodes, vips, timing, lock)
 	w.keepLog = testing.Verbose()
@@ -86,11 +88,11 @@ func (w *simWorld) isolate(pnn int, on bool) {
 func TestSimPowerCutFailover(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
-		timing Timing
+		timing ownership.Timing
 		nodes  int
 	}{
-		{"default/3", DefaultTiming(), 3}, {"default/16", DefaultTiming(), 16},
-		{"fast/3", FastTiming(), 3}, {"fast/16", FastTiming(), 16},
+		{"default/3", ownership.DefaultTiming(), 3}, {"default/16", ownership.DefaultTiming(), 16},
+		{"fast/3", ownership.FastTiming(), 3}, {"fast/16", ownership.FastTiming(), 16},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			bound := tc.timing.Lease + 10*time.Millisecond
@@ -129,7 +131,7 @@ func TestSimPowerCutFailover(t *testing.T) {
 // node afterwards as planned moves, which drain).
 func TestSimNetworkFlap(t *testing.T) {
 	for seed := int64(1); seed <= 20; seed++ {
-		w := converged(t, seed, 3, 6, DefaultTiming(), false)
+		w := converged(t, seed, 3, 6, ownership.DefaultTiming(), false)
 		cut := int(seed % 3)
 		w.isolate(cut, true)
 		w.runUntil(w.now + int64(800*time.Millisecond))
@@ -153,7 +155,7 @@ func TestSimNetworkFlap(t *testing.T) {
 // reorder), nothing moves once the cluster has settled.
 func TestSimNoFalseFailover(t *testing.T) {
 	for _, nodes := range []int{3, 5, 9} {
-		w := converged(t, int64(nodes), nodes, 2*nodes, DefaultTiming(), false)
+		w := converged(t, int64(nodes), nodes, 2*nodes, ownership.DefaultTiming(), false)
 		takes, drops := w.takes, w.drops
 		for a := range w.links {
 			for b := range w.links[a] {
@@ -172,9 +174,9 @@ func TestSimNoFalseFailover(t *testing.T) {
 // TestSimConfigSkew: a node whose public addresses differ (one VIP more,
 // lines reordered) holds nothing, and every node's snapshot says why.
 func TestSimConfigSkew(t *testing.T) {
-	w := newSimWorld(7, 3, 4, DefaultTiming(), false)
+	w := newSimWorld(7, 3, 4, ownership.DefaultTiming(), false)
 	n := w.nodes[1]
-	n.vips = append([]VIP{{Addr: netip.MustParseAddr("198.18.1.250")}}, n.vips...)
+	n.vips = append([]ownership.VIP{{Addr: netip.MustParseAddr("198.18.1.250")}}, n.vips...)
 	n.fp = simFingerprint(n.vips)
 	w.startAll(100 * time.Millisecond)
 	w.runUntil(int64(3 * time.Second))
@@ -200,7 +202,7 @@ func TestSimConfigSkew(t *testing.T) {
 // answering at its deadline, its VIPs are answered by others only after
 // that, and it lets them go once it hears of their newer epochs.
 func TestSimIsolatedOwner7(t *testing.T) {
-	w := converged(t, 3, 7, 14, DefaultTiming(), false)
+	w := converged(t, 3, 7, 14, ownership.DefaultTiming(), false)
 	vip := w.vips[0].Addr
 	old := w.holderOf(vip)
 	oldEpoch := w.nodes[old].dp[vip].epoch
@@ -215,9 +217,10 @@ func TestSimIsolatedOwner7(t *testing.T) {
 	w.isolate(old, false)
 	w.runUntil(w.now + int64(time.Second))
 	w.ok(t)
-	if s := w.nodes[old].eng.slots[w.nodes[old].eng.index[vip]]; s.state == held && s.epoch == oldEpoch {
+	// a slot held (or lapsed) is its own node's: its view's epoch is the slot's
+	if s := vipView(w.nodes[old], vip); (s.State == "held" || s.State == "lapsed") && s.Epoch == oldEpoch {
 		w.dumpLog(t)
-		t.Errorf("n%d, back, still holds %s at its old epoch %d", old, vip, s.epoch)
+		t.Errorf("n%d, back, still holds %s at its old epoch %d", old, vip, s.Epoch)
 	}
 }
 
@@ -230,7 +233,7 @@ func TestSimRestart(t *testing.T) {
 		moves bool
 	}{{800 * time.Millisecond, false}, {4 * time.Second, true}} {
 		t.Run(fmt.Sprint(tc.down), func(t *testing.T) {
-			timing := DefaultTiming()
+			timing := ownership.DefaultTiming()
 			timing.Grace = 2 * time.Second
 			w := converged(t, 11, 3, 6, timing, false)
 			before := w.holders()
@@ -275,7 +278,7 @@ func TestSimRestart(t *testing.T) {
 // TestSimShutdownDrains: a stop without restart hands every VIP over as a
 // planned move (connections drain) and then reports Stopped.
 func TestSimShutdownDrains(t *testing.T) {
-	w := converged(t, 5, 3, 6, DefaultTiming(), false)
+	w := converged(t, 5, 3, 6, ownership.DefaultTiming(), false)
 	n := w.nodes[1]
 	n.stopping = true
 	n.eng.Stop(n.local2(w.now), false)
@@ -310,12 +313,12 @@ func TestSimShutdownDrains(t *testing.T) {
 // the VIP always reaches its target.
 func TestSimMovesKeepConnections(t *testing.T) {
 	for seed := int64(1); seed <= 20; seed++ {
-		w := converged(t, 700+seed, 3, 3, DefaultTiming(), false)
+		w := converged(t, 700+seed, 3, 3, ownership.DefaultTiming(), false)
 		vip := w.vips[0].Addr
 		for round := range 8 {
 			from := w.holderOf(vip)
 			to := (from + 1 + w.rng.Intn(2)) % 3
-			pins := []int{to, None, None}
+			pins := []int{to, ownership.None, ownership.None}
 			for _, n := range w.nodes {
 				n.eng.SetPins(n.local2(w.now), pins, nil)
 				w.drain(n)
@@ -341,7 +344,7 @@ func TestSimMovesKeepConnections(t *testing.T) {
 // holder answers for every VIP, never both.
 func TestSimTwoNodesLock(t *testing.T) {
 	for seed := int64(1); seed <= 10; seed++ {
-		w := converged(t, seed, 2, 4, DefaultTiming(), true)
+		w := converged(t, seed, 2, 4, ownership.DefaultTiming(), true)
 		w.isolate(0, true)
 		w.runUntil(w.now + int64(3*time.Second))
 		w.ok(t)
@@ -368,7 +371,7 @@ func TestSimTwoNodesLock(t *testing.T) {
 // TestSimFrozenHolder: a holder stopped (SIGSTOP) for two seconds stops
 // answering at its deadline, is replaced, and lets go when it wakes up.
 func TestSimFrozenHolder(t *testing.T) {
-	w := converged(t, 9, 3, 3, DefaultTiming(), false)
+	w := converged(t, 9, 3, 3, ownership.DefaultTiming(), false)
 	vip := w.vips[0].Addr
 	old := w.holderOf(vip)
 	n := w.nodes[old]
@@ -381,7 +384,7 @@ func TestSimFrozenHolder(t *testing.T) {
 	w.resume(n)
 	w.runUntil(w.now + int64(time.Second))
 	w.ok(t)
-	if st := n.eng.slots[w.nodes[old].eng.index[vip]].state; st != idle {
+	if st := vipView(n, vip).State; st != "idle" {
 		t.Errorf("the thawed holder still has the VIP in state %v", st)
 	}
 }
@@ -394,7 +397,7 @@ func TestSimRollingRestart(t *testing.T) {
 	for _, tc := range []struct{ nodes, vips int }{{3, 3}, {3, 6}, {5, 7}} {
 		for seed := int64(1); seed <= 8; seed++ {
 			t.Run(fmt.Sprintf("%dn%dv/seed%d", tc.nodes, tc.vips, seed), func(t *testing.T) {
-				w := converged(t, seed, tc.nodes, tc.vips, DefaultTiming(), false)
+				w := converged(t, seed, tc.nodes, tc.vips, ownership.DefaultTiming(), false)
 				w.runUntil(w.now + int64(2*time.Second))
 				before := w.holders()
 				takes, drops := w.takes, w.drops
@@ -405,12 +408,12 @@ func TestSimRollingRestart(t *testing.T) {
 					// the new daemon's health checks answer 300 ms after
 					// its start: until then it is not healthy, for want
 					// of an answer
-					n.local = Local{HealthPending: true}
+					n.local = ownership.Local{HealthPending: true}
 					w.runUntil(w.now + int64(1300*time.Millisecond))
 					if n.run < 2 || !n.running {
 						t.Fatalf("n%d did not restart", n.pnn)
 					}
-					n.local = Local{Healthy: true}
+					n.local = ownership.Local{Healthy: true}
 					n.eng.SetLocal(n.local2(w.now), n.local)
 					w.drain(n)
 					w.runUntil(w.now + int64(1700*time.Millisecond))
@@ -437,7 +440,7 @@ func TestSimRollingRestart(t *testing.T) {
 // the whole grace: a power cut up to 10 s after a restart left its VIPs
 // unanswered for the rest of it.)
 func TestSimPowerCutAfterRestart(t *testing.T) {
-	timing := DefaultTiming()
+	timing := ownership.DefaultTiming()
 	bound := timing.Lease + 10*time.Millisecond
 	for trial := range 5 {
 		w := converged(t, int64(300+trial), 3, 6, timing, false)
@@ -486,7 +489,7 @@ func TestSimPowerCutAfterRestart(t *testing.T) {
 // VIP stayed "held, draining by itself" for good and the cluster never
 // converged).
 func TestTakeEndsDrain(t *testing.T) {
-	w := converged(t, 7, 3, 3, DefaultTiming(), false)
+	w := converged(t, 7, 3, 3, ownership.DefaultTiming(), false)
 	n := w.nodes[0]
 	i := -1
 	for j, v := range n.vips {
@@ -500,8 +503,8 @@ func TestTakeEndsDrain(t *testing.T) {
 	now := n.local2(w.now)
 	// the drain's end came first, the release's result (drain) last
 	n.eng.SetDraining(now, i, false)
-	n.eng.slots[i].draining = true
-	n.eng.Done(now, Result{VIP: i, Epoch: n.eng.slots[i].epoch, Take: true})
+	n.eng.AdoptDraining(n.vips[i].Addr)
+	n.eng.Done(now, ownership.Result{VIP: i, Epoch: vipView(n, n.vips[i].Addr).Epoch, Take: true})
 	for _, v := range n.eng.Snapshot().VIPs {
 		if v.Addr == n.vips[i].Addr && len(v.Drainers) > 0 {
 			t.Fatalf("%s held by n0 after its take, drainers %v", v.Addr, v.Drainers)
@@ -515,7 +518,7 @@ func TestTakeEndsDrain(t *testing.T) {
 // would reset the ones it lacks), then gets its share back.
 func TestSimRejoinHoldDown(t *testing.T) {
 	for seed := int64(1); seed <= 10; seed++ {
-		timing := DefaultTiming()
+		timing := ownership.DefaultTiming()
 		w := converged(t, seed, 3, 3, timing, false)
 		cut := int(seed % 3)
 		w.isolate(cut, true)
@@ -537,6 +540,17 @@ func TestSimRejoinHoldDown(t *testing.T) {
 			t.Fatalf("seed %d: n%d answered for a VIP %v after the heal, within the hold-down (%v)", seed, cut, took, timing.HoldDown)
 		}
 	}
+}
+
+// vipView is node n's engine's view of vip (its own slot's state and, for
+// a slot it holds, its epoch).
+func vipView(n *simNode, vip netip.Addr) ownership.VIPView {
+	for _, v := range n.eng.Snapshot().VIPs {
+		if v.Addr == vip {
+			return v
+		}
+	}
+	return ownership.VIPView{}
 }
 
 // heldBy lists the VIPs node answers for alone.

@@ -1,4 +1,4 @@
-package ownership
+package sim
 
 import (
 	"fmt"
@@ -6,6 +6,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/fsha/fsha/control/ownership"
 )
 
 // TestSimRestartOfNeededVoter: ctdb reloadnodes with a node listed and not
@@ -39,7 +41,7 @@ func TestSimRestartOfNeededVoter(t *testing.T) {
 // operator's loop that waits for `fsha status` only), before the
 // holders have shortened the deadlines the last restart's grace gave.
 func restartNeededVoter(t *testing.T, seed int64, nodes, running int, lock, tight bool) {
-	w := newSimWorld(seed, nodes, 6, DefaultTiming(), lock)
+	w := newSimWorld(seed, nodes, 6, ownership.DefaultTiming(), lock)
 	w.keepLog = testing.Verbose()
 	for _, n := range w.nodes[running:] {
 		w.powerCut(n) // listed, never started
@@ -51,7 +53,7 @@ func restartNeededVoter(t *testing.T, seed int64, nodes, running int, lock, tigh
 		})
 	}
 	// a cold start waits for the listed nodes it has not heard
-	w.runUntil(int64(coldStartWait + 3*time.Second))
+	w.runUntil(int64(ownership.ColdStartWait + 3*time.Second))
 	w.ok(t)
 	if err := w.settled(200*time.Millisecond, -1); err != nil {
 		w.dumpLog(t)
@@ -74,16 +76,16 @@ func restartNeededVoter(t *testing.T, seed int64, nodes, running int, lock, tigh
 			n.stopping, n.restartIn = true, time.Second
 			n.eng.Stop(n.local2(w.now), true)
 			w.drain(n)
-			n.local = Local{HealthPending: true}
-			for i := 0; i < 3000 && !(n.run > run && n.running && n.eng.view.quorum); i++ {
+			n.local = ownership.Local{HealthPending: true}
+			for i := 0; i < 3000 && !(n.run > run && n.running && n.eng.Snapshot().Quorum); i++ {
 				step()
 			}
 			w.ok(t)
-			if n.run == run || !n.running || !n.eng.view.quorum {
+			if n.run == run || !n.running || !n.eng.Snapshot().Quorum {
 				w.dumpLog(t)
 				t.Fatalf("n%d did not restart with quorum within 3 s", n.pnn)
 			}
-			n.local = Local{Healthy: true}
+			n.local = ownership.Local{Healthy: true}
 			n.eng.SetLocal(n.local2(w.now), n.local)
 			w.drain(n)
 			if !tight {
