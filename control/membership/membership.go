@@ -109,6 +109,7 @@ type Member struct {
 type Membership struct {
 	log      *zap.Logger
 	ml       *memberlist.Memberlist
+	tr       *transport
 	delegate Delegate
 	queue    *memberlist.TransmitLimitedQueue
 	changed  chan struct{}
@@ -165,7 +166,7 @@ func New(log *zap.Logger, cfg Config, d Delegate) (*Membership, error) {
 	if err != nil {
 		return nil, err
 	}
-	mc.Transport = tr
+	mc.Transport, m.tr = tr, tr
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("start gossip on %s:%d: %w", cfg.Addr, cfg.Port, err), tr.Shutdown())
@@ -287,6 +288,20 @@ func (m *Membership) SendReliableTo(addr netip.Addr, msg []byte) error {
 	n := &memberlist.Node{Name: addr.String(), Addr: addr.AsSlice(), Port: uint16(m.port)}
 	return m.ml.SendReliable(n, msg)
 }
+
+// Traffic is what the gossip port carried since New, in bytes of UDP
+// and TCP payload (no IP or Ethernet headers): datagrams (probes and
+// their acks, gossip, and the ownership protocol's messages sent with
+// SendTo) and streams (joins, push/pull state exchanges, reliable sends).
+type Traffic struct {
+	PacketsSent, PacketsReceived         uint64
+	PacketBytesSent, PacketBytesReceived uint64
+	StreamsOpened, StreamsAccepted       uint64
+	StreamBytesSent, StreamBytesReceived uint64
+}
+
+// Traffic returns what the gossip port carried so far.
+func (m *Membership) Traffic() Traffic { return m.tr.traffic() }
 
 // Leave tells the cluster this node goes away, then stops gossip.
 func (m *Membership) Leave(timeout time.Duration) error {

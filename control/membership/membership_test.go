@@ -234,3 +234,47 @@ func TestSendReliableTo(t *testing.T) {
 		t.Errorf("a node with another key received %d messages", len(nodes[2].d.msgs))
 	}
 }
+
+// Traffic counts what the gossip port carries: a datagram sent with
+// SendTo is one packet of the message plus memberlist's envelope at each
+// end (the nodes are not members of each other: no probes, no CRC), and a
+// reliable send one stream.
+func TestTraffic(t *testing.T) {
+	key := KeyFromSecret([]byte("cluster secret"))
+	nodes := startNodes(t, freePort(), key, key)
+	before0, before1 := nodes[0].Traffic(), nodes[1].Traffic()
+	msg := make([]byte, 100)
+	if err := nodes[0].SendTo(netip.MustParseAddr("127.0.0.12"), msg); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "datagram delivered", 5*time.Second, func() bool {
+		nodes[1].d.mu.Lock()
+		defer nodes[1].d.mu.Unlock()
+		return len(nodes[1].d.msgs) == 1
+	})
+	// user message type 1, then AES-GCM: version 1, nonce 12, tag 16
+	const envelope = 1 + 1 + 12 + 16
+	sent, got := nodes[0].Traffic(), nodes[1].Traffic()
+	if d := sent.PacketsSent - before0.PacketsSent; d != 1 || sent.PacketBytesSent-before0.PacketBytesSent != 100+envelope {
+		t.Errorf("sender counted %d packets, %d bytes; want 1, %d", d, sent.PacketBytesSent-before0.PacketBytesSent, 100+envelope)
+	}
+	if d := got.PacketsReceived - before1.PacketsReceived; d != 1 || got.PacketBytesReceived-before1.PacketBytesReceived != 100+envelope {
+		t.Errorf("receiver counted %d packets, %d bytes; want 1, %d", d, got.PacketBytesReceived-before1.PacketBytesReceived, 100+envelope)
+	}
+	big := make([]byte, 10<<10)
+	if err := nodes[0].SendReliableTo(netip.MustParseAddr("127.0.0.12"), big); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "stream delivered", 5*time.Second, func() bool {
+		nodes[1].d.mu.Lock()
+		defer nodes[1].d.mu.Unlock()
+		return len(nodes[1].d.msgs) == 2
+	})
+	sent, got = nodes[0].Traffic(), nodes[1].Traffic()
+	if sent.StreamsOpened != 1 || sent.StreamBytesSent < uint64(len(big)) {
+		t.Errorf("sender: %d streams opened, %d bytes sent; want 1, at least %d", sent.StreamsOpened, sent.StreamBytesSent, len(big))
+	}
+	if got.StreamsAccepted != 1 || got.StreamBytesReceived != sent.StreamBytesSent {
+		t.Errorf("receiver: %d streams accepted, %d bytes received; want 1, %d", got.StreamsAccepted, got.StreamBytesReceived, sent.StreamBytesSent)
+	}
+}

@@ -41,6 +41,9 @@ type transport struct {
 	// a send must learn of the end some other way.
 	done chan struct{}
 	wg   sync.WaitGroup
+	// what the port carried (Membership.Traffic)
+	packetsOut, packetsIn, packetBytesOut, packetBytesIn atomic.Uint64
+	streamsOut, streamsIn, streamBytesOut, streamBytesIn atomic.Uint64
 }
 
 var _ memberlist.NodeAwareTransport = (*transport)(nil)
@@ -116,7 +119,11 @@ func (t *transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, e
 		}
 		to = ua.AddrPort()
 	}
-	_, err = t.udp.WriteToUDPAddrPort(b, netip.AddrPortFrom(to.Addr().Unmap(), to.Port()))
+	n, err := t.udp.WriteToUDPAddrPort(b, netip.AddrPortFrom(to.Addr().Unmap(), to.Port()))
+	if err == nil {
+		t.packetsOut.Add(1)
+		t.packetBytesOut.Add(uint64(n))
+	}
 	return time.Now(), err
 }
 
@@ -128,7 +135,40 @@ func (t *transport) DialTimeout(addr string, timeout time.Duration) (net.Conn, e
 
 func (t *transport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout}
-	return d.Dial("tcp", a.Addr)
+	c, err := d.Dial("tcp", a.Addr)
+	if err != nil {
+		return nil, err
+	}
+	t.streamsOut.Add(1)
+	return &countedConn{Conn: c, t: t}, nil
+}
+
+// countedConn counts a stream's bytes into its transport's totals.
+type countedConn struct {
+	net.Conn
+	t *transport
+}
+
+func (c *countedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.t.streamBytesIn.Add(uint64(n))
+	return n, err
+}
+
+func (c *countedConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.t.streamBytesOut.Add(uint64(n))
+	return n, err
+}
+
+// traffic reads the totals.
+func (t *transport) traffic() Traffic {
+	return Traffic{
+		PacketsSent: t.packetsOut.Load(), PacketsReceived: t.packetsIn.Load(),
+		PacketBytesSent: t.packetBytesOut.Load(), PacketBytesReceived: t.packetBytesIn.Load(),
+		StreamsOpened: t.streamsOut.Load(), StreamsAccepted: t.streamsIn.Load(),
+		StreamBytesSent: t.streamBytesOut.Load(), StreamBytesReceived: t.streamBytesIn.Load(),
+	}
 }
 
 func (t *transport) StreamCh() <-chan net.Conn { return t.streamCh }
@@ -161,6 +201,8 @@ func (t *transport) readPackets() {
 		if n == 0 {
 			continue
 		}
+		t.packetsIn.Add(1)
+		t.packetBytesIn.Add(uint64(n))
 		p := &memberlist.Packet{
 			Buf:       append([]byte(nil), buf[:n]...),
 			From:      net.UDPAddrFromAddrPort(netip.AddrPortFrom(from.Addr().Unmap(), from.Port())),
@@ -189,8 +231,9 @@ func (t *transport) acceptStreams() {
 			continue
 		}
 		backoff = 0
+		t.streamsIn.Add(1)
 		select {
-		case t.streamCh <- c:
+		case t.streamCh <- &countedConn{Conn: c, t: t}:
 		case <-t.done:
 			c.Close()
 			return
