@@ -42,45 +42,6 @@ func (w *simWorld) ok(t *testing.T) {
 	}
 }
 
-// holderOf returns the one node answering for vip, or -1.
-func (w *simWorld) holderOf(vip netip.Addr) int {
-	h := w.holders()[vip]
-	if len(h) != 1 {
-		return -1
-	}
-	return h[0]
-}
-
-// until runs in steps of 1 ms until cond holds or limit passes; it returns
-// how long it took.
-func (w *simWorld) until(limit time.Duration, cond func() bool) (time.Duration, bool) {
-	start := w.now
-	for w.now-start <= int64(limit) && len(w.violated) == 0 {
-		if cond() {
-			return time.Duration(w.now - start), true
-		}
-		w.runUntil(w.now + int64(time.Millisecond))
-	}
-	return time.Duration(w.now - start), false
-}
-
-func (w *simWorld) powerCut(n *simNode) {
-	w.crashDaemon(n)
-	n.powered = false
-	n.dp = map[netip.Addr]*dpEntry{}
-	n.persisted = nil
-}
-
-func (w *simWorld) isolate(pnn int, on bool) {
-	for a := range w.links {
-		for b := range w.links[a] {
-			if a != b && (a == pnn || b == pnn) {
-				w.links[a][b].blocked = on
-			}
-		}
-	}
-}
-
 // TestSimPowerCutFailover: a power cut of a VIP's holder has the VIP
 // answered by a survivor within the lease plus a few milliseconds, with
 // 3 nodes as with 16 (detection is the lease: it does not grow with the

@@ -252,27 +252,6 @@ func (w *simWorld) healAll() {
 	}
 }
 
-// settled checks that, from now for span, every VIP is answered by
-// exactly one node (sampled every 5 ms).
-func (w *simWorld) settled(span time.Duration, skewed int) error {
-	end := w.now + int64(span)
-	for w.now < end && len(w.violated) == 0 {
-		for vip, who := range w.holders() {
-			if len(who) != 1 {
-				return fmt.Errorf("at %.3f ms %s is answered by %v", float64(w.now)/1e6, vip, who)
-			}
-			if who[0] == skewed {
-				return fmt.Errorf("%s is held by n%d, whose configuration differs", vip, skewed)
-			}
-		}
-		if h := w.holders(); len(h) != len(w.vips) {
-			return fmt.Errorf("at %.3f ms only %d of %d VIPs are answered: %v", float64(w.now)/1e6, len(h), len(w.vips), h)
-		}
-		w.runUntil(w.now + int64(5*time.Millisecond))
-	}
-	return nil
-}
-
 // schedule is one random run: its shape comes from the seed alone.
 type schedule struct {
 	nodes, vips int

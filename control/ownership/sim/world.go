@@ -37,6 +37,7 @@ type simEvent struct {
 	// evDeliver
 	msg  any
 	from int
+	size int // encoded
 	// evWake
 	token int
 	// evExec
@@ -137,6 +138,10 @@ type simWorld struct {
 	// tickledBy: each (holder, VIP, epoch, orphan) tickle asked for
 	tickledBy       map[tickleKey]bool
 	delivered, lost int
+	// traffic[n]: node n's ownership messages sent and received
+	traffic []Traffic
+	// answered: check's count of the data planes answering per address
+	answered map[netip.Addr]int
 }
 
 func (w *simWorld) logf(format string, args ...any) {
@@ -433,6 +438,7 @@ func (w *simWorld) send(from, to int, msg any) {
 		w.violate("n%d cannot encode %T: %v", from, msg, err)
 		return
 	}
+	w.traffic[from].Sent.add(b)
 	l := w.links[from][to]
 	if l.blocked || w.rng.Float64() < l.loss {
 		w.lost++
@@ -449,7 +455,7 @@ func (w *simWorld) send(from, to int, msg any) {
 			w.violate("decode own %T: %v", msg, err)
 			return
 		}
-		w.push(&simEvent{at: w.now + int64(d), kind: evDeliver, node: to, from: from, msg: m})
+		w.push(&simEvent{at: w.now + int64(d), kind: evDeliver, node: to, from: from, msg: m, size: len(b)})
 	}
 }
 
@@ -491,6 +497,9 @@ func (w *simWorld) handle(e *simEvent) {
 		return
 	}
 	n := w.nodes[e.node]
+	if e.kind == evDeliver && n.powered {
+		w.traffic[n.pnn].Received.count(e.msg, e.size)
+	}
 	if !n.powered || !n.running {
 		return
 	}
@@ -521,8 +530,30 @@ func (w *simWorld) handle(e *simEvent) {
 	w.drain(n)
 }
 
-// check verifies the invariants at the current instant.
+// check verifies the invariants at the current instant. It runs after
+// every event, so it first counts the answering entries of the nodes'
+// data planes (a few each) and looks at every VIP of every node only
+// when some address has two.
 func (w *simWorld) check() {
+	if w.answered == nil {
+		w.answered = map[netip.Addr]int{}
+	}
+	clear(w.answered)
+	twice := false
+	for _, n := range w.nodes {
+		if !n.powered {
+			continue
+		}
+		for vip, d := range n.dp {
+			if d.held && n.local2(w.now) <= d.until {
+				w.answered[vip]++
+				twice = twice || w.answered[vip] > 1
+			}
+		}
+	}
+	if !twice {
+		return
+	}
 	for _, vip := range w.vips {
 		var who []int
 		for _, n := range w.nodes {
@@ -589,6 +620,7 @@ func newSimWorld(seed int64, nodes, vips int, timing ownership.Timing, lock bool
 			local: ownership.Local{Healthy: true}, vips: slices.Clone(list), fp: fp, draining: map[netip.Addr]bool{}, heardAt: map[int]int64{}, drainSince: map[netip.Addr]int64{}}
 		w.nodes = append(w.nodes, n)
 	}
+	w.traffic = make([]Traffic, nodes)
 	return w
 }
 
@@ -625,4 +657,64 @@ func (w *simWorld) tickleOnce(n *simNode, vip netip.Addr, epoch uint64, orphan i
 		w.violate("n%d tickles node %d's connections to %s again (epoch %d)", n.pnn, orphan, vip, epoch)
 	}
 	w.tickledBy[k] = true
+}
+
+// settled checks that, from now for span, every VIP is answered by
+// exactly one node (sampled every 5 ms).
+func (w *simWorld) settled(span time.Duration, skewed int) error {
+	end := w.now + int64(span)
+	for w.now < end && len(w.violated) == 0 {
+		for vip, who := range w.holders() {
+			if len(who) != 1 {
+				return fmt.Errorf("at %.3f ms %s is answered by %v", float64(w.now)/1e6, vip, who)
+			}
+			if who[0] == skewed {
+				return fmt.Errorf("%s is held by n%d, whose configuration differs", vip, skewed)
+			}
+		}
+		if h := w.holders(); len(h) != len(w.vips) {
+			return fmt.Errorf("at %.3f ms only %d of %d VIPs are answered: %v", float64(w.now)/1e6, len(h), len(w.vips), h)
+		}
+		w.runUntil(w.now + int64(5*time.Millisecond))
+	}
+	return nil
+}
+
+// holderOf returns the one node answering for vip, or -1.
+func (w *simWorld) holderOf(vip netip.Addr) int {
+	h := w.holders()[vip]
+	if len(h) != 1 {
+		return -1
+	}
+	return h[0]
+}
+
+// until runs in steps of 1 ms until cond holds or limit passes; it returns
+// how long it took.
+func (w *simWorld) until(limit time.Duration, cond func() bool) (time.Duration, bool) {
+	start := w.now
+	for w.now-start <= int64(limit) && len(w.violated) == 0 {
+		if cond() {
+			return time.Duration(w.now - start), true
+		}
+		w.runUntil(w.now + int64(time.Millisecond))
+	}
+	return time.Duration(w.now - start), false
+}
+
+func (w *simWorld) powerCut(n *simNode) {
+	w.crashDaemon(n)
+	n.powered = false
+	n.dp = map[netip.Addr]*dpEntry{}
+	n.persisted = nil
+}
+
+func (w *simWorld) isolate(pnn int, on bool) {
+	for a := range w.links {
+		for b := range w.links[a] {
+			if a != b && (a == pnn || b == pnn) {
+				w.links[a][b].blocked = on
+			}
+		}
+	}
 }
