@@ -44,6 +44,7 @@ var suites = []*suite{
 	iofreezeSuite(),
 	drainSuite(),
 	takeoverSuite(),
+	scaleSuite(),
 }
 
 func main() {
