@@ -191,56 +191,117 @@ type gossipCell struct {
 	joined   time.Duration // start -> every instance sees every other alive
 	window   time.Duration
 	traffic  []membership.Traffic // per instance, over the window
-	cpu      time.Duration        // this process over the window
 	suspects int64                // during the window
 	lost     int64
 	aliveEnd int // the fewest alive members an instance saw at the end
 	err      error
 }
 
-func (b *scaleBench) measureGossip(ctx context.Context, log *zap.Logger) ([]*gossipCell, error) {
-	var cells []*gossipCell
-	for _, name := range b.gossipSet {
-		for _, n := range b.nodes {
-			if ctx.Err() != nil {
-				return cells, ctx.Err()
-			}
-			g := &gossipCell{timing: name, t: gossipTimings[name], nodes: n}
-			g.err = b.gossipWindow(ctx, g)
-			log.Info("gossip measured", zap.String("timing", name), zap.Int("nodes", n), zap.Duration("window", g.window), zap.Error(g.err))
-			cells = append(cells, g)
-		}
-	}
-	return cells, nil
+// gossipRun is one timing profile: every size at once.
+type gossipRun struct {
+	timing string
+	cells  []*gossipCell
+	warm   time.Duration // the start -> the window
+	window time.Duration
+	cpu    time.Duration // this process over the window, every instance
 }
 
-func (b *scaleBench) gossipWindow(ctx context.Context, g *gossipCell) error {
+// measureGossip runs, per timing profile, a cluster of every size at
+// once (each on its own port), and counts them over the same window.
+// memberlist's first push/pull comes between one and two intervals after
+// an instance starts, then one every interval: the window begins two
+// intervals after the start (and gossipSettle after every cluster saw all
+// its members alive) and lasts a whole number of intervals, so that each
+// instance starts exactly window/interval state exchanges in it.
+func (b *scaleBench) measureGossip(ctx context.Context, log *zap.Logger) ([]*gossipRun, error) {
+	var runs []*gossipRun
+	for _, name := range b.gossipSet {
+		r, err := b.gossipProfile(ctx, name)
+		if err != nil {
+			return runs, err
+		}
+		for _, g := range r.cells {
+			log.Info("gossip measured", zap.String("timing", name), zap.Int("nodes", g.nodes), zap.Duration("window", g.window), zap.Error(g.err))
+		}
+		runs = append(runs, r)
+	}
+	return runs, nil
+}
+
+// gossipSpan is when the window starts (after the instances' start, at
+// least) and how long it lasts: with whole, two push/pull intervals after
+// the start and whole intervals long.
+func gossipSpan(t membership.Timing, window, settle time.Duration, whole bool) (warm, span time.Duration) {
+	if !whole {
+		return settle, window
+	}
+	return max(settle, 2*t.PushPullInterval), (window + t.PushPullInterval - 1) / t.PushPullInterval * t.PushPullInterval
+}
+
+func (b *scaleBench) gossipProfile(ctx context.Context, name string) (*gossipRun, error) {
+	t := gossipTimings[name]
+	r := &gossipRun{timing: name}
+	r.warm, r.window = gossipSpan(t, b.gossipFor, b.gossipSettle, b.gossipWhole)
 	start := time.Now()
-	c, err := startGossip(g.nodes, g.t)
-	if err != nil {
-		return err
+	var clusters []*gossipCluster
+	defer func() {
+		for _, c := range clusters {
+			if c != nil {
+				c.stop()
+			}
+		}
+	}()
+	for _, n := range b.nodes {
+		g := &gossipCell{timing: name, t: t, nodes: n}
+		r.cells = append(r.cells, g)
+		c, err := startGossip(n, t)
+		g.err = err
+		clusters = append(clusters, c)
 	}
-	defer c.stop()
-	if !waitUntil(ctx, 30*time.Second, func() bool { return c.alive() == g.nodes }) {
-		return fmt.Errorf("after 30 s an instance sees %d of %d members alive", c.alive(), g.nodes)
+	joined := time.Now()
+	for i, g := range r.cells {
+		if g.err != nil {
+			continue
+		}
+		c := clusters[i]
+		if !waitUntil(ctx, 30*time.Second-time.Since(start), func() bool { return c.alive() == g.nodes }) {
+			g.err = fmt.Errorf("30 s after the start an instance sees %d of %d members alive", c.alive(), g.nodes)
+			continue
+		}
+		g.joined = time.Since(start)
+		joined = time.Now()
 	}
-	g.joined = time.Since(start)
-	if err := sleepCtx(ctx, b.gossipSettle); err != nil {
-		return err
+	if err := sleepCtx(ctx, max(r.warm-time.Since(start), b.gossipSettle-time.Since(joined))); err != nil {
+		return r, err
 	}
-	before, cpu, t0 := c.traffic(), processCPU(), time.Now()
-	sus, lost := c.counts.suspects.Load(), c.counts.lost.Load()
-	if err := sleepCtx(ctx, b.gossipFor); err != nil {
-		return err
+	r.warm = time.Since(start)
+	before := make([][]membership.Traffic, len(clusters))
+	sus := make([][2]int64, len(clusters))
+	for i, c := range clusters {
+		if r.cells[i].err == nil {
+			before[i] = c.traffic()
+			sus[i] = [2]int64{c.counts.suspects.Load(), c.counts.lost.Load()}
+		}
 	}
-	after := c.traffic()
-	g.window, g.cpu = time.Since(t0), processCPU()-cpu
-	g.suspects, g.lost = c.counts.suspects.Load()-sus, c.counts.lost.Load()-lost
-	g.aliveEnd = c.alive()
-	for i := range after {
-		g.traffic = append(g.traffic, subTraffic(after[i], before[i]))
+	cpu, t0 := processCPU(), time.Now()
+	if err := sleepCtx(ctx, r.window); err != nil {
+		return r, err
 	}
-	return nil
+	r.window, r.cpu = time.Since(t0), processCPU()-cpu
+	for i, c := range clusters {
+		g := r.cells[i]
+		if g.err != nil {
+			continue
+		}
+		after := c.traffic()
+		g.window = r.window
+		g.suspects, g.lost = c.counts.suspects.Load()-sus[i][0], c.counts.lost.Load()-sus[i][1]
+		g.aliveEnd = c.alive()
+		for k := range after {
+			g.traffic = append(g.traffic, subTraffic(after[k], before[i][k]))
+		}
+	}
+	return r, nil
 }
 
 func subTraffic(a, b membership.Traffic) membership.Traffic {

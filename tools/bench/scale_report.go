@@ -250,30 +250,41 @@ func (m gossipMeans) wireEach() float64 {
 }
 
 func (b *scaleBench) reportGossip(out io.Writer, r *scaleResults) error {
-	fmt.Fprintf(out, "\nD. gossip (memberlist) per node. MEASURED: N instances of control/membership in this process (fsha's gossip\n")
-	fmt.Fprintf(out, "configuration: the timing profiles of fsha up --gossip-timing, tolerant its default; an AES-GCM key; the node's\n")
-	fmt.Fprintf(out, "metadata and push/pull state), on 127.0.80.1..N, one port. Counted by the gossip transport over %v, from\n", b.gossipFor)
-	fmt.Fprintf(out, "%v after every instance saw every other alive; means per instance. UDP = probes, acks and gossip (payload,\n", b.gossipSettle)
+	fmt.Fprintf(out, "\nD. gossip (memberlist) per node. MEASURED: a cluster of each size of control/membership instances in this\n")
+	fmt.Fprintf(out, "process (fsha's gossip configuration: the timing profiles of fsha up --gossip-timing, tolerant its default; an\n")
+	fmt.Fprintf(out, "AES-GCM key; the node's metadata and push/pull state), on 127.0.80.1..N, every size of a profile at once on its\n")
+	fmt.Fprintf(out, "own port, counted by the gossip transport over the same window: from two push/pull intervals after the start\n")
+	fmt.Fprintf(out, "(memberlist's first comes between one and two intervals after it starts), for whole intervals (each instance\n")
+	fmt.Fprintf(out, "starts window/interval state exchanges in it); means per instance. UDP = probes, acks and gossip (payload,\n")
 	fmt.Fprintf(out, "and wire = + %d B per datagram); TCP = push/pull state exchanges (payload only; each stream also costs about\n", udpHeaders)
 	fmt.Fprintf(out, "10 segments of 66 B of headers). streams = opened + accepted. suspicions: memberlist's \"Suspect\" lines in the\n")
-	fmt.Fprintf(out, "window, all instances; alive at end: the fewest alive members an instance saw. CPU: this process over the\n")
-	fmt.Fprintf(out, "window, all instances together, in %% of one CPU. No ownership messages here: they are B's, on the same port.\n")
-	fmt.Fprintf(out, "memberlist envelope around an ownership message (SendTo between two members), MEASURED: %.0f B (%d datagrams of a %d B message)\n\n",
-		r.envelope.perMsg, r.envelope.msgs, r.envelope.size)
-	t := &table{header: []string{"timing", "nodes", "datagrams/s sent", "recv", "UDP sent", "UDP recv", "UDP wire sent", "streams/s",
-		"TCP sent", "TCP recv", "Mbit/s", "of 1 GbE", "alive at end", "suspicions", "CPU"}}
-	var notes []string
-	for _, g := range r.gossip {
-		if g.err != nil {
-			t.add(gossipLabel(g.timing), fmt.Sprint(g.nodes), "FAILED")
-			notes = append(notes, fmt.Sprintf("  %s, %d nodes: %v", g.timing, g.nodes, g.err))
-			continue
+	fmt.Fprintf(out, "window, all instances; alive at end: the fewest alive members an instance saw. No ownership messages here:\n")
+	fmt.Fprintf(out, "they are B's, on the same port. The memberlist envelope around an ownership message (SendTo between two\n")
+	fmt.Fprintf(out, "members), MEASURED: %.0f B (%d datagrams of a %d B message).\n", r.envelope.perMsg, r.envelope.msgs, r.envelope.size)
+	for _, run := range r.gossip {
+		n := 0
+		for _, g := range run.cells {
+			n += g.nodes
 		}
-		m := meansOf(g)
-		t.add(gossipLabel(g.timing), fmt.Sprint(g.nodes), perSec(m.pktSent), perSec(m.pktRecv), rate(m.udpSent), rate(m.udpRecv),
-			rate(m.udpSent+m.pktSent*udpHeaders), fmt.Sprintf("%.2f", m.streams), rate(m.tcpSent), rate(m.tcpRecv),
-			mbit(m.wireEach()), ofGigabit(m.wireEach()), fmt.Sprintf("%d of %d", g.aliveEnd, g.nodes), fmt.Sprint(g.suspects),
-			fmt.Sprintf("%.0f%%", g.cpu.Seconds()/g.window.Seconds()*100))
+		fmt.Fprintf(out, "%s: window %.1f s from %.1f s after the start; CPU of this process over it, all %d instances: %.1f%% of one CPU\n",
+			run.timing, run.window.Seconds(), run.warm.Seconds(), n, run.cpu.Seconds()/run.window.Seconds()*100)
+	}
+	fmt.Fprintln(out)
+	t := &table{header: []string{"timing", "nodes", "datagrams/s sent", "recv", "UDP sent", "UDP recv", "UDP wire sent", "streams/s",
+		"TCP sent", "TCP recv", "Mbit/s", "of 1 GbE", "alive at end", "suspicions"}}
+	var notes []string
+	for _, run := range r.gossip {
+		for _, g := range run.cells {
+			if g.err != nil {
+				t.add(gossipLabel(g.timing), fmt.Sprint(g.nodes), "FAILED")
+				notes = append(notes, fmt.Sprintf("  %s, %d nodes: %v", g.timing, g.nodes, g.err))
+				continue
+			}
+			m := meansOf(g)
+			t.add(gossipLabel(g.timing), fmt.Sprint(g.nodes), perSec(m.pktSent), perSec(m.pktRecv), rate(m.udpSent), rate(m.udpRecv),
+				rate(m.udpSent+m.pktSent*udpHeaders), fmt.Sprintf("%.3f", m.streams), rate(m.tcpSent), rate(m.tcpRecv),
+				mbit(m.wireEach()), ofGigabit(m.wireEach()), fmt.Sprintf("%d of %d", g.aliveEnd, g.nodes), fmt.Sprint(g.suspects))
+		}
 	}
 	if err := t.write(out); err != nil {
 		return err
@@ -319,9 +330,11 @@ func (b *scaleBench) reportTotal(out io.Writer, r *scaleResults) error {
 				lease = max(s.bytesSent+s.msgsSent*over, s.bytesRecv+s.msgsRecv*over)
 			}
 		}
-		for _, g := range r.gossip {
-			if g.timing == gossip && g.nodes == n && g.err == nil {
-				gos = meansOf(g).wireEach()
+		for _, run := range r.gossip {
+			for _, g := range run.cells {
+				if g.timing == gossip && g.nodes == n && g.err == nil {
+					gos = meansOf(g).wireEach()
+				}
 			}
 		}
 		repl := replPerNode(n, b.connRate)

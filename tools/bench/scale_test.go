@@ -28,7 +28,7 @@ func TestScaleTinyRun(t *testing.T) {
 		t.Fatal("a part failed")
 	}
 	for _, want := range []string{"A. failure", "B. ownership", "C. lease", "D. gossip", "E. replication", "F. per node",
-		"memberlist envelope around an ownership message (SendTo between two members), MEASURED: 35 B"} {
+		"members), MEASURED: 35 B ("} {
 		if !strings.Contains(text, want) {
 			t.Errorf("no %q in the output", want)
 		}
@@ -53,6 +53,25 @@ func TestScaleTinyRun(t *testing.T) {
 		}
 		if s := steadyStats(c); s.hbSent < 0.95*20*float64(c.nodes-1) || s.hbSent > 1.05*20*float64(c.nodes-1) {
 			t.Errorf("%d nodes: %.1f heartbeats/s per node, want 20 per peer", c.nodes, s.hbSent)
+		}
+	}
+}
+
+// The gossip window of fsha's profiles: from two push/pull intervals after
+// the start, whole intervals long.
+func TestGossipSpan(t *testing.T) {
+	for _, tc := range []struct {
+		timing             string
+		window, warm, span time.Duration
+	}{
+		{"tolerant", 20 * time.Second, time.Minute, 30 * time.Second},
+		{"tolerant", 30 * time.Second, time.Minute, 30 * time.Second},
+		{"fast", 20 * time.Second, 10 * time.Second, 20 * time.Second},
+		{"fast", 21 * time.Second, 10 * time.Second, 25 * time.Second},
+	} {
+		warm, span := gossipSpan(gossipTimings[tc.timing], tc.window, 3*time.Second, true)
+		if warm != tc.warm || span != tc.span {
+			t.Errorf("%s, %v: warm %v, window %v; want %v, %v", tc.timing, tc.window, warm, span, tc.warm, tc.span)
 		}
 	}
 }

@@ -52,6 +52,9 @@ type scaleBench struct {
 	// gossipSettle: after every instance sees every other alive, before
 	// the window (the join's broadcasts drain meanwhile)
 	gossipSettle time.Duration
+	// gossipWhole: the window starts two push/pull intervals after the
+	// start and lasts whole intervals (measureGossip)
+	gossipWhole bool
 	// lastSims: the last run's simulated cells (for the test)
 	lastSims []*simCell
 }
@@ -70,7 +73,7 @@ var gossipTimings = map[string]membership.Timing{
 }
 
 func scaleSuite() *suite {
-	b := &scaleBench{gossipSettle: 3 * time.Second}
+	b := &scaleBench{gossipSettle: 3 * time.Second, gossipWhole: true}
 	var nodes, timings, failures, gossipSet string
 	return &suite{
 		name: "scale",
@@ -83,7 +86,7 @@ func scaleSuite() *suite {
 			fs.Int64Var(&b.seed, "scale-seed", 1, "scale: base seed of the simulated trials")
 			fs.IntVar(&b.workers, "scale-workers", 1, "scale: simulated trials run at once (each takes a CPU)")
 			fs.BoolVar(&b.gossip, "scale-gossip", true, "scale: measure the gossip (memberlist instances on 127.0.80.x)")
-			fs.DurationVar(&b.gossipFor, "scale-gossip-for", 20*time.Second, "scale: how long the gossip of each size is counted")
+			fs.DurationVar(&b.gossipFor, "scale-gossip-for", 20*time.Second, "scale: how long the gossip is counted (rounded up to whole push/pull intervals)")
 			fs.StringVar(&gossipSet, "scale-gossip-timings", "tolerant,fast", "scale: gossip timings (fsha up --gossip-timing) to measure")
 			fs.Float64Var(&b.connRate, "scale-conn-rate", 100, "scale: new client connections per second per node, for the derived replication bandwidth")
 		},
@@ -149,7 +152,7 @@ type scaleResults struct {
 	simCPU   time.Duration
 	simLoad  string
 	envelope envelopeResult
-	gossip   []*gossipCell
+	gossip   []*gossipRun
 	gosLoad  string
 	gosTook  time.Duration
 }
