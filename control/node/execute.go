@@ -1,7 +1,6 @@
 package node
 
 import (
-	"fmt"
 	"time"
 
 	"go.uber.org/zap"
@@ -95,7 +94,7 @@ func (n *Node) execute(out ownership.Output) (shortened []ownership.Deadline) {
 		if env.To < 0 || env.To >= len(n.cfg.Nodes) {
 			continue
 		}
-		b, err := encode(env.Msg)
+		b, err := ownership.Encode(env.Msg)
 		if err != nil {
 			n.log.Error("encode ownership message", zap.Error(err))
 			continue
@@ -111,16 +110,4 @@ func (n *Node) execute(out ownership.Output) (shortened []ownership.Deadline) {
 		n.log.Info(note)
 	}
 	return shortened
-}
-
-func encode(msg any) ([]byte, error) {
-	switch m := msg.(type) {
-	case *ownership.Heartbeat:
-		return m.MarshalBinary()
-	case *ownership.Reply:
-		return m.MarshalBinary()
-	case *ownership.Release:
-		return m.MarshalBinary()
-	}
-	return nil, fmt.Errorf("unknown message %T", msg)
 }
