@@ -619,15 +619,23 @@ func (l *tickleLab) vanish(t *testing.T, lc *labConn) {
 	lc.expectBlocked(t)
 }
 
-func TestTickleResetsClient(t *testing.T) {
-	l := newTickleLab(t)
+// tickler returns a Tickler on the lab's server side, closed when the
+// test ends.
+func (l *tickleLab) tickler(t *testing.T, opts ...TickleOption) *Tickler {
+	t.Helper()
 	var tk *Tickler
 	var err error
-	l.in(t, l.nsS, func() { tk, err = NewTickler(zaptest.NewLogger(t), l.ifS) })
+	l.in(t, l.nsS, func() { tk, err = NewTickler(zaptest.NewLogger(t), l.ifS, opts...) })
 	if err != nil {
 		t.Fatalf("NewTickler: %v", err)
 	}
 	t.Cleanup(func() { tk.Close() })
+	return tk
+}
+
+func TestTickleResetsClient(t *testing.T) {
+	l := newTickleLab(t)
+	tk := l.tickler(t)
 	if tk.Method() != TicklePacket {
 		t.Errorf("method %v, want %v", tk.Method(), TicklePacket)
 	}
@@ -816,13 +824,7 @@ func (l *tickleLab) waitTickles(t *testing.T, c *labCapture, want int) {
 // answers each tickle with a RST) and counts every round at the client.
 func TestTickleRepeats(t *testing.T) {
 	l := newTickleLab(t)
-	var tk *Tickler
-	var err error
-	l.in(t, l.nsS, func() { tk, err = NewTickler(zaptest.NewLogger(t), l.ifS) })
-	if err != nil {
-		t.Fatalf("NewTickler: %v", err)
-	}
-	t.Cleanup(func() { tk.Close() })
+	tk := l.tickler(t)
 	// The server resolves the client once, as the real connections did.
 	l.in(t, l.nsS, func() {
 		for _, a := range []netip.Addr{l.cli4, l.cli6} {
@@ -873,13 +875,7 @@ func TestTickleRepeats(t *testing.T) {
 // connection is asked for, tickles must already have reached the client.
 func TestTickleSendsAsItBuilds(t *testing.T) {
 	l := newTickleLab(t)
-	var tk *Tickler
-	var err error
-	l.in(t, l.nsS, func() { tk, err = NewTickler(zaptest.NewLogger(t), l.ifS) })
-	if err != nil {
-		t.Fatalf("NewTickler: %v", err)
-	}
-	t.Cleanup(func() { tk.Close() })
+	tk := l.tickler(t)
 	l.in(t, l.nsS, func() {
 		d := net.Dialer{Timeout: 3 * time.Second}
 		if c, err := d.Dial("tcp", netip.AddrPortFrom(l.cli4, 9).String()); err == nil {
@@ -921,13 +917,7 @@ func TestTickleSendsAsItBuilds(t *testing.T) {
 
 func TestTickleContextEndsRepeats(t *testing.T) {
 	l := newTickleLab(t)
-	var tk *Tickler
-	var err error
-	l.in(t, l.nsS, func() { tk, err = NewTickler(zaptest.NewLogger(t), l.ifS, WithTickleMethod(TickleRaw)) })
-	if err != nil {
-		t.Fatalf("NewTickler: %v", err)
-	}
-	t.Cleanup(func() { tk.Close() })
+	tk := l.tickler(t, WithTickleMethod(TickleRaw))
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	conns := []Conn{{VIP: l.vip4, VIPPort: 445, Client: l.cli4, ClientPort: 30000}}
