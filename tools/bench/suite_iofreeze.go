@@ -7,31 +7,51 @@ package main
 //
 // Each system gets its own 3-node lab cluster with clustered Samba: every
 // node runs ctdbd (Samba's databases) and smbd with `clustering = yes`.
+// The storage (-iofreeze-storage) is, by default, the GlusterFS HA guide's
+// layout: a replica 3 volume, a brick per node, FUSE-mounted on every node
+// in its namespace (so a cut node loses the storage too), smbd serving
+// each node's mount, CTDB's cluster lock and fsha's --lock files on the
+// volume; or, with "local", the lab's shared directory (every namespace
+// sees it, the locks too: a cut-off node keeps any lock it holds).
 //
 //   - fsha: fsha moves the VIPs (ctdbd for the databases only, with the
 //     tunables README recommends beside fsha: 1 s keepalives, leader
-//     timeout 3 s; fsha's CTDB kick on);
+//     timeout 3 s; fsha's CTDB kick and election call on);
 //   - ctdb-fast: CTDB moves the VIPs, with the same fast tunables;
 //   - ctdb: CTDB moves the VIPs with its defaults (5 s keepalives x 5).
 //
 // The client mounts //VIP/share with smbnetfs (FUSE on libsmbclient) and
 // an application loop writes 4 KiB and reads it back, checked, every
 // 20 ms (tools/lab/iorun.go). For each test and trial the suite finds the
-// node that holds the VIP (the kernel's addresses) and:
+// node that holds the VIP (the kernel's addresses) and who leads CTDB, and:
 //
-//   - power: cuts its power (link down, every process killed), waits until
-//     the application has done 10 good operations since, and powers it up
-//     again (a boot: ctdbd, smbd, fsha);
-//   - network: cuts it off at the switch (links up), then heals;
+//   - power: cuts its power (link down, every process killed: gluster's
+//     too), and powers it up again (a boot: glusterd, brick, mount, ctdbd,
+//     smbd, fsha);
+//   - network: takes its eth0 down inside it, its processes running (the
+//     OVD guide's network-down), then up;
+//   - cut: cuts it off at the switch (its link stays up), then heals;
 //   - move: moves the VIP to another node (`fsha move`, `ctdb moveip`);
 //
-// then waits until the cluster is settled (every VIP on one node as the
-// system says, CTDB healthy) and 2 s more. It reports per system and test
-// the freeze (the longest time without a good operation ending, from the
-// fault on), the errors the application saw and the reads that returned
-// other data than written, and separately the freeze while the failed node
-// came back (the failback: a move for fsha, a release and takeover for
-// CTDB).
+// A fault lasts until the application has done 10 good operations and at
+// least -iofreeze-outage. Meanwhile the suite writes a file of random
+// bytes through the VIP (a survivor holds it) and, before the node comes
+// back, looks at it: a cut-off node must not hold the VIP, nor have taken
+// CTDB's cluster lock, and its fsha must answer its admin API (its lock
+// I/O must not block it). Once the node is back the suite waits until the
+// cluster is settled (every VIP on one node as the system says, CTDB
+// healthy) and 2 s more, then checks the guides' OVD Test 5: the file
+// reached the node's brick (self-heal; timed from the node's return) and
+// reads back identical through the node's own address.
+//
+// It reports per system and test the freeze (the longest time without a
+// good operation ending, from the fault to the node's return), the errors
+// the application saw, the reads that returned other data than written,
+// whether the data came back, and separately the freeze while the failed
+// node came back (the failback: a move for fsha, a release and takeover
+// for CTDB); then every trial: the victim, whether it led CTDB, when a
+// survivor took CTDB's cluster lock, whether fsha called CTDB's election,
+// what the cut-off node did.
 //
 // Targets (issue 10): a crash freezes SMB I/O at most 1 s at p95, a move
 // 0.1 s, with no error; CTDB rows are the baseline, without a target.
@@ -56,11 +76,17 @@ type iofreezeBench struct {
 	trials  int
 	systems string
 	tests   string
+	storage string
 	// resume bounds the wait for the application after a fault
 	resume time.Duration
+	// outage is the shortest time a node stays out
+	outage time.Duration
 }
 
 var iofreeze iofreezeBench
+
+// iofreezeTests are the tests in the order a trial runs them.
+var iofreezeTests = []string{"power", "network", "cut", "move"}
 
 func iofreezeSuite() *suite {
 	return &suite{
@@ -69,8 +95,10 @@ func iofreezeSuite() *suite {
 			registerLabFlags(fs)
 			fs.IntVar(&iofreeze.trials, "iofreeze-trials", 5, "iofreeze: trials per system and test")
 			fs.StringVar(&iofreeze.systems, "iofreeze-systems", "fsha,ctdb-fast,ctdb", "iofreeze: systems (fsha, ctdb-fast, ctdb)")
-			fs.StringVar(&iofreeze.tests, "iofreeze-tests", "power,network,move", "iofreeze: tests (power, network, move)")
+			fs.StringVar(&iofreeze.tests, "iofreeze-tests", "power,network,move", "iofreeze: tests (power, network: eth0 down in the node, cut: at the switch, move)")
+			fs.StringVar(&iofreeze.storage, "iofreeze-storage", "gluster", "iofreeze: the share and the locks on a replica 3 GlusterFS volume (gluster) or on the lab's shared directory (local)")
 			fs.DurationVar(&iofreeze.resume, "iofreeze-resume-timeout", 120*time.Second, "iofreeze: how long to wait for the application's I/O after a fault")
+			fs.DurationVar(&iofreeze.outage, "iofreeze-outage", 10*time.Second, "iofreeze: the shortest time a failed node stays out")
 		},
 		run: func(ctx context.Context, log *zap.Logger, out io.Writer) error { return iofreeze.run(ctx, log, out) },
 	}
@@ -89,27 +117,51 @@ var freezeSystems = []freezeSystem{
 	{name: "ctdb", opts: lab.ClusterOptions{Nodes: 3, CTDB: true, CTDBMovesIPs: true}},
 }
 
+// withStorage is sys on the storage the flag names: with gluster, the
+// volume, and fsha's --lock on it beside CTDB's cluster lock.
+func (sys freezeSystem) withStorage(storage string) freezeSystem {
+	if storage == "gluster" {
+		sys.opts.Gluster = true
+		sys.opts.Lock = sys.fsha
+	}
+	return sys
+}
+
 // freezeTrial is what one trial measured.
 type freezeTrial struct {
 	fault, failback lab.IOReport
 	resumed         bool
+	victim          string
+	ctdb            ctdbView
+	cutOff          *cutOffView // network and cut
+	data            *ovdCheck   // every test but move
+}
+
+// freezeSystemRun is one system's lab and trials.
+type freezeSystemRun struct {
+	start  time.Duration // the cluster's start, volume included
+	took   time.Duration // the whole system, lab to close
+	trials map[string][]freezeTrial
 }
 
 func (b *iofreezeBench) run(ctx context.Context, log *zap.Logger, out io.Writer) error {
 	tests := strings.Split(b.tests, ",")
 	for _, t := range tests {
-		if !slices.Contains([]string{"power", "network", "move"}, t) {
+		if !slices.Contains(iofreezeTests, t) {
 			return fmt.Errorf("iofreeze: no test %q", t)
 		}
 	}
-	results := map[string]map[string][]freezeTrial{}
+	if b.storage != "gluster" && b.storage != "local" {
+		return fmt.Errorf("iofreeze: storage %q: want gluster or local", b.storage)
+	}
+	results := map[string]freezeSystemRun{}
 	var order []string
 	for _, name := range strings.Split(b.systems, ",") {
 		i := slices.IndexFunc(freezeSystems, func(s freezeSystem) bool { return s.name == name })
 		if i < 0 {
 			return fmt.Errorf("iofreeze: no system %q", name)
 		}
-		res, err := b.system(ctx, log.With(zap.String("system", name)), freezeSystems[i], tests)
+		res, err := b.system(ctx, log.With(zap.String("system", name)), freezeSystems[i].withStorage(b.storage), tests)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
@@ -120,48 +172,55 @@ func (b *iofreezeBench) run(ctx context.Context, log *zap.Logger, out io.Writer)
 }
 
 // system measures every test on one system, in a lab of its own.
-func (b *iofreezeBench) system(ctx context.Context, log *zap.Logger, sys freezeSystem, tests []string) (map[string][]freezeTrial, error) {
+func (b *iofreezeBench) system(ctx context.Context, log *zap.Logger, sys freezeSystem, tests []string) (freezeSystemRun, error) {
+	began := time.Now()
+	run := freezeSystemRun{trials: map[string][]freezeTrial{}}
 	l, err := benchLab(ctx, log)
 	if err != nil {
-		return nil, err
+		return run, err
 	}
 	defer l.Close()
 	c, err := lab.NewCluster(ctx, l, sys.opts)
 	if err != nil {
-		return nil, err
+		return run, err
 	}
+	run.start = time.Since(began)
+	log.Info("cluster up", zap.String("storage", b.storage), zap.Duration("took", run.start))
 	vip := c.VIPs[0]
 	m, err := c.Clients[0].MountSMB(ctx, vip.Addr())
 	if err != nil {
-		return nil, err
+		return run, err
 	}
 	app := lab.StartIO(m.Dir, "app.dat", 20*time.Millisecond)
 	defer app.Stop(5 * time.Second)
 	if err := waitGoodOps(ctx, app, 0, time.Time{}, 10, 30*time.Second); err != nil {
-		return nil, fmt.Errorf("the application does not run: %w", err)
+		return run, fmt.Errorf("the application does not run: %w", err)
 	}
-	res := map[string][]freezeTrial{}
 	for trial := range b.trials {
 		for _, test := range tests {
-			tr, err := b.trial(ctx, c, sys, app, vip, test)
+			tr, err := b.trial(ctx, c, sys, app, vip, test, trial+1)
 			if err != nil {
-				return nil, fmt.Errorf("%s trial %d: %w", test, trial+1, err)
+				return run, fmt.Errorf("%s trial %d: %w", test, trial+1, err)
 			}
-			log.Info("trial", zap.String("test", test), zap.Int("trial", trial+1),
-				zap.Stringer("fault", tr.fault), zap.Stringer("failback", tr.failback))
-			res[test] = append(res[test], tr)
+			log.Info("trial", zap.String("test", test), zap.Int("trial", trial+1), zap.String("victim", tr.victim),
+				zap.String("ctdb", tr.ctdb.String()), zap.Stringer("fault", tr.fault), zap.Stringer("failback", tr.failback),
+				zap.Stringer("cut_off", tr.cutOff), zap.Stringer("data", tr.data))
+			run.trials[test] = append(run.trials[test], tr)
 		}
 	}
-	return res, nil
+	run.took = time.Since(began)
+	return run, nil
 }
 
 // trial fails the VIP's holder one way, measures, restores and settles.
-func (b *iofreezeBench) trial(ctx context.Context, c *lab.Cluster, sys freezeSystem, app *lab.IORun, vip netip.Prefix, test string) (freezeTrial, error) {
+func (b *iofreezeBench) trial(ctx context.Context, c *lab.Cluster, sys freezeSystem, app *lab.IORun, vip netip.Prefix, test string, n int) (freezeTrial, error) {
 	var tr freezeTrial
 	holder, err := c.Owner(vip, c.Nodes...)
 	if err != nil {
 		return tr, err
 	}
+	tr.victim = holder.Role
+	tr.ctdb = ctdbBefore(ctx, c, holder)
 	from := len(app.Ops())
 	start := time.Now()
 	var restore func() error
@@ -172,6 +231,11 @@ func (b *iofreezeBench) trial(ctx context.Context, c *lab.Cluster, sys freezeSys
 		}
 		restore = func() error { return holder.PowerUp(ctx) }
 	case "network":
+		if err := holder.NetworkDown(); err != nil {
+			return tr, err
+		}
+		restore = holder.NetworkUp
+	case "cut":
 		if err := c.Lab.Cut(holder.Host); err != nil {
 			return tr, err
 		}
@@ -184,26 +248,41 @@ func (b *iofreezeBench) trial(ctx context.Context, c *lab.Cluster, sys freezeSys
 	}
 	err = waitGoodOps(ctx, app, from, start, 10, b.resume)
 	tr.resumed = err == nil
-	if test == "move" {
+	if restore == nil {
 		// the move is over when the system says so; the application
 		// must not have noticed anything in the meantime
 		time.Sleep(2 * time.Second)
+		tr.fault = lab.Report(app.Ops()[from:])
+		tr.ctdb.after(c, holder, start, time.Now())
+		return tr, settle(ctx, c, sys)
+	}
+	if tr.resumed {
+		tr.data = writeDuring(ctx, c, vip, holder, fmt.Sprintf("ovd5-%s-%s-%d.bin", sys.name, test, n))
+	}
+	time.Sleep(time.Until(start.Add(b.outage)))
+	if test != "power" {
+		v := observeCutOff(ctx, sys, holder, vip, tr.ctdb, start)
+		tr.cutOff = &v
 	}
 	tr.fault = lab.Report(app.Ops()[from:])
 	if !tr.resumed {
 		tr.fault.Freeze = time.Duration(math.MaxInt64)
 	}
-	if restore != nil {
-		from = len(app.Ops())
-		if err := restore(); err != nil {
-			return tr, err
-		}
-		if err := settle(ctx, c, sys); err != nil {
-			return tr, err
-		}
-		time.Sleep(2 * time.Second)
-		tr.failback = lab.Report(app.Ops()[from:])
+	from = len(app.Ops())
+	tr.ctdb.after(c, holder, start, time.Now())
+	// timed from the return's start: a power-up's boot (glusterd, the
+	// brick, the mount, ctdbd, smbd, fsha) lets self-heal run before it
+	// ends
+	tr.data.watchHeal(ctx, holder, time.Now())
+	if err := restore(); err != nil {
+		return tr, err
 	}
+	if err := settle(ctx, c, sys); err != nil {
+		return tr, err
+	}
+	time.Sleep(2 * time.Second)
+	tr.failback = lab.Report(app.Ops()[from:])
+	tr.data.readBack(ctx, c, holder)
 	return tr, settle(ctx, c, sys)
 }
 
@@ -253,50 +332,6 @@ func settle(ctx context.Context, c *lab.Cluster, sys freezeSystem) error {
 		})
 	}
 	return c.WaitCTDBIPs(ctx, 120*time.Second)
-}
-
-func (b *iofreezeBench) report(out io.Writer, systems, tests []string, results map[string]map[string][]freezeTrial) error {
-	fmt.Fprintf(out, "\n## I/O freeze of an application on an SMB mount (smbnetfs), 3 nodes, clustered Samba on CTDB\n\n")
-	fmt.Fprintf(out, "%d trials per row; freeze = longest time without a good write or read (every 20 ms), from the fault on.\n\n", b.trials)
-	t := &table{header: []string{"system", "test", "freeze p50", "p95", "max", "errors", "bad reads", "not resumed", "failback freeze p95", "failback errors", "target", ""}}
-	for _, sys := range systems {
-		for _, test := range tests {
-			trs := results[sys][test]
-			var fz, fb []float64
-			var errs, bad, stuck, fbErrs int
-			for _, tr := range trs {
-				fz = append(fz, seconds64(tr.fault.Freeze))
-				errs += tr.fault.Errors
-				bad += tr.fault.Mismatches + tr.failback.Mismatches
-				if !tr.resumed {
-					stuck++
-				}
-				if test != "move" {
-					fb = append(fb, seconds64(tr.failback.Freeze))
-					fbErrs += tr.failback.Errors
-				}
-			}
-			target, verdict := "-", ""
-			if sys == "fsha" {
-				bound := time.Second
-				if test == "move" {
-					bound = 100 * time.Millisecond
-				}
-				target = "p95 <= " + fmtDur(bound.Seconds(), 0)
-				verdict = "PASS"
-				if percentile(fz, 95) > bound.Seconds() || bad > 0 || stuck > 0 || (test == "move" && errs > 0) {
-					verdict = "MISS"
-				}
-			}
-			fbCell := "-"
-			if len(fb) > 0 {
-				fbCell = fmtDur(percentile(fb, 95), b.resume)
-			}
-			t.add(sys, test, fmtDur(percentile(fz, 50), b.resume), fmtDur(percentile(fz, 95), b.resume), fmtDur(percentile(fz, 100), b.resume),
-				fmt.Sprint(errs), fmt.Sprint(bad), fmt.Sprint(stuck), fbCell, fmt.Sprint(fbErrs), target, verdict)
-		}
-	}
-	return t.write(out)
 }
 
 // seconds64 is d in seconds, +Inf for a freeze that never ended.
