@@ -277,13 +277,35 @@ func killSession(sid int) error {
 			return err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("processes %v of session %d survive SIGKILL", pids, sid)
+			return fmt.Errorf("processes %s of session %d survive SIGKILL", describePids(pids), sid)
 		}
 		for _, pid := range pids {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// describePids names each process: its pid, command, state and where in
+// the kernel it waits (wchan), e.g. "7663 (smbd, D, request_wait_answer)".
+func describePids(pids []int) string {
+	var out []string
+	for _, pid := range pids {
+		d := strconv.Itoa(pid)
+		dir := filepath.Join("/proc", d)
+		comm, _ := os.ReadFile(filepath.Join(dir, "comm"))
+		wchan, _ := os.ReadFile(filepath.Join(dir, "wchan"))
+		state := "?"
+		if stat, err := os.ReadFile(filepath.Join(dir, "stat")); err == nil {
+			if i := bytes.LastIndexByte(stat, ')'); i >= 0 {
+				if f := strings.Fields(string(stat[i+1:])); len(f) > 0 {
+					state = f[0]
+				}
+			}
+		}
+		out = append(out, fmt.Sprintf("%s (%s, %s, %s)", d, strings.TrimSpace(string(comm)), state, strings.TrimSpace(string(wchan))))
+	}
+	return strings.Join(out, ", ")
 }
 
 func sessionMembers(sid int) ([]int, error) {
