@@ -12,6 +12,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -58,8 +59,9 @@ type ctdbView struct {
 	offsets map[*lab.ClusterNode]int64 // the ctdbd logs' sizes at the fault
 }
 
-// ctdbBefore asks who leads CTDB and notes where the ctdbd logs end.
-func ctdbBefore(ctx context.Context, c *lab.Cluster, victim *lab.ClusterNode) ctdbView {
+// ctdbBefore asks who leads CTDB (nil when the ctdbd do not agree) and
+// notes where the ctdbd logs end. The caller sets led.
+func ctdbBefore(ctx context.Context, c *lab.Cluster) (ctdbView, *lab.ClusterNode) {
 	v := ctdbView{offsets: map[*lab.ClusterNode]int64{}}
 	var leader *lab.ClusterNode
 	err := lab.Eventually(ctx, ctdbLeaderBound, "the ctdbd agree on a leader", func(ctx context.Context) error {
@@ -67,13 +69,14 @@ func ctdbBefore(ctx context.Context, c *lab.Cluster, victim *lab.ClusterNode) ct
 		leader, err = c.CTDBLeader(ctx)
 		return err
 	})
-	if err == nil {
-		v.known, v.led = true, leader == victim
+	v.known = err == nil
+	if !v.known {
+		leader = nil
 	}
 	for _, n := range c.Nodes {
 		v.offsets[n] = fileSize(n.CTDBLog())
 	}
-	return v
+	return v, leader
 }
 
 // after reads the survivors' logs for what followed the fault, up to
@@ -104,8 +107,12 @@ func fileSize(path string) int64 {
 
 // cutOffView is the node that was cut off, just before it comes back.
 type cutOffView struct {
-	// heldVIP: the VIP was still on its eth0
+	// heldVIP: a VIP was still on its eth0
 	heldVIP bool
+	// linkBack: its eth0, taken down by the test, was up again (CTDB's
+	// 10.interface monitor sets a public interface up when it finds no
+	// link: a CTDB node undoes an ifdown by itself)
+	linkBack bool
 	// tookLock: its own ctdbd logged taking CTDB's cluster lock while it
 	// was cut off
 	tookLock bool
@@ -117,12 +124,15 @@ type cutOffView struct {
 	quorum, lockHeld, locks bool
 }
 
-// observeCutOff looks at the cut-off node: its addresses, its ctdbd's log
-// since the fault, and (fsha) three calls of its admin API.
-func observeCutOff(ctx context.Context, sys freezeSystem, n *lab.ClusterNode, vip netip.Prefix, ctdb ctdbView, fault time.Time) cutOffView {
+// observeCutOff looks at the cut-off node: its addresses, its link, its
+// ctdbd's log since the fault, and (fsha) three calls of its admin API.
+func observeCutOff(ctx context.Context, sys freezeSystem, test string, n *lab.ClusterNode, ctdb ctdbView, fault time.Time) cutOffView {
 	var v cutOffView
-	if held, err := n.Holds(vip); err == nil {
-		v.heldVIP = held
+	if held, err := n.HeldVIPs(); err == nil {
+		v.heldVIP = len(held) > 0
+	}
+	if lk, err := n.Netlink().LinkByName(lab.HostIface); err == nil && test == "network" {
+		v.linkBack = lk.Attrs().Flags&net.FlagUp != 0
 	}
 	_, v.tookLock = lab.CTDBLogged(n.CTDBLog(), ctdb.offsets[n], ctdbTookLock, fault)
 	if !sys.fsha {
@@ -154,6 +164,9 @@ func (v *cutOffView) String() string {
 	s := "no VIP"
 	if v.heldVIP {
 		s = "HELD VIP"
+	}
+	if v.linkBack {
+		s = "eth0 UP AGAIN, " + s
 	}
 	if v.tookLock {
 		s += ", TOOK CTDB LOCK"

@@ -21,9 +21,15 @@ func (b *iofreezeBench) report(out io.Writer, systems, tests []string, results m
 		fmt.Fprintf(out, ", once self-heal put it on its brick")
 	}
 	fmt.Fprintf(out, " (OVD Test 5).\n")
+	victim := "the node that holds the application's VIP"
+	if b.victim == "leader" {
+		victim = "CTDB's leader (move: the VIP's holder)"
+	}
+	fmt.Fprintf(out, "The failed node is %s.\n", victim)
 	for _, sys := range systems {
 		r := results[sys]
-		fmt.Fprintf(out, "%s: cluster start %s, all its trials %s.\n", sys, seconds(r.start), seconds(r.took))
+		fmt.Fprintf(out, "%s: cluster start %s, all its trials %s; with no fault (%v): longest gap %s, an operation p50 %s, p99 %s.\n",
+			sys, seconds(r.start), seconds(r.took), quietWindow, fmtDur(r.quiet.Freeze.Seconds(), 0), fmtDur(r.quietP50.Seconds(), 0), fmtDur(r.quietP99.Seconds(), 0))
 	}
 	fmt.Fprintln(out)
 	t := &table{header: []string{"system", "test", "freeze p50", "p95", "max", "errors", "bad reads", "not resumed", "failback freeze p95", "failback errors", "data back", "victim led CTDB", "target", ""}}
@@ -53,7 +59,7 @@ func (b *iofreezeBench) report(out io.Writer, systems, tests []string, results m
 						led++
 					}
 				}
-				if tr.cutOff != nil && (tr.cutOff.heldVIP || tr.cutOff.tookLock) {
+				if tr.cutOff != nil && (tr.cutOff.heldVIP || tr.cutOff.tookLock || tr.cutOff.linkBack) {
 					held++
 				}
 			}

@@ -33,6 +33,7 @@ func TestIOFreezeReportVerdict(t *testing.T) {
 		{"bad read after the return", func(tr *freezeTrial) { tr.failback.Mismatches = 1 }, "MISS"},
 		{"cut-off node kept the VIP", func(tr *freezeTrial) { tr.cutOff.heldVIP = true }, "MISS"},
 		{"cut-off node took CTDB's lock", func(tr *freezeTrial) { tr.cutOff.tookLock = true }, "MISS"},
+		{"cut-off node's link up again", func(tr *freezeTrial) { tr.cutOff.linkBack = true }, "MISS"},
 		{"not healed", func(tr *freezeTrial) { tr.data.healErr = errors.New("no") }, "MISS"},
 		{"read back differs", func(tr *freezeTrial) { tr.data.mismatch = true }, "MISS"},
 		{"never written", func(tr *freezeTrial) { tr.data = nil }, "MISS"},
@@ -40,7 +41,7 @@ func TestIOFreezeReportVerdict(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			trs := []freezeTrial{good(), good()}
 			tc.spoil(&trs[1])
-			b := &iofreezeBench{trials: 2, storage: "gluster", outage: 10 * time.Second, resume: time.Minute}
+			b := &iofreezeBench{trials: 2, storage: "gluster", outage: 10 * time.Second, resume: time.Minute, victim: "holder"}
 			var out strings.Builder
 			err := b.report(&out, []string{"fsha"}, []string{"network"}, map[string]freezeSystemRun{
 				"fsha": {trials: map[string][]freezeTrial{"network": trs}},

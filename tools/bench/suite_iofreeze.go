@@ -22,14 +22,18 @@ package main
 //
 // The client mounts //VIP/share with smbnetfs (FUSE on libsmbclient) and
 // an application loop writes 4 KiB and reads it back, checked, every
-// 20 ms (tools/lab/iorun.go). For each test and trial the suite finds the
-// node that holds the VIP (the kernel's addresses) and who leads CTDB, and:
+// 20 ms (tools/lab/iorun.go); the suite first watches it for 10 s with
+// nothing failing. For each test and trial the suite finds the node that
+// holds the VIP (the kernel's addresses) and who leads CTDB, and fails the
+// holder (or, with -iofreeze-victim leader, CTDB's leader):
 //
 //   - power: cuts its power (link down, every process killed: gluster's
 //     too), and powers it up again (a boot: glusterd, brick, mount, ctdbd,
 //     smbd, fsha);
 //   - network: takes its eth0 down inside it, its processes running (the
-//     OVD guide's network-down), then up;
+//     OVD guide's network-down), then up (a ctdbd that moves IPs sets it
+//     up again itself: its 10.interface monitor does so for a public
+//     interface without link; the suite says when it found it up);
 //   - cut: cuts it off at the switch (its link stays up), then heals;
 //   - move: moves the VIP to another node (`fsha move`, `ctdb moveip`);
 //
@@ -58,6 +62,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -81,6 +86,8 @@ type iofreezeBench struct {
 	resume time.Duration
 	// outage is the shortest time a node stays out
 	outage time.Duration
+	// victim: the VIP's holder, or CTDB's leader (every test but move)
+	victim string
 }
 
 var iofreeze iofreezeBench
@@ -99,6 +106,7 @@ func iofreezeSuite() *suite {
 			fs.StringVar(&iofreeze.storage, "iofreeze-storage", "gluster", "iofreeze: the share and the locks on a replica 3 GlusterFS volume (gluster) or on the lab's shared directory (local)")
 			fs.DurationVar(&iofreeze.resume, "iofreeze-resume-timeout", 120*time.Second, "iofreeze: how long to wait for the application's I/O after a fault")
 			fs.DurationVar(&iofreeze.outage, "iofreeze-outage", 10*time.Second, "iofreeze: the shortest time a failed node stays out")
+			fs.StringVar(&iofreeze.victim, "iofreeze-victim", "holder", "iofreeze: the node power, network and cut fail: the application's VIP's holder (holder) or CTDB's leader (leader)")
 		},
 		run: func(ctx context.Context, log *zap.Logger, out io.Writer) error { return iofreeze.run(ctx, log, out) },
 	}
@@ -135,6 +143,9 @@ type freezeTrial struct {
 	ctdb            ctdbView
 	cutOff          *cutOffView // network and cut
 	data            *ovdCheck   // every test but move
+	// trouble lists the application's failed and slow operations from
+	// the fault to the end of the failback, for the log
+	trouble string
 }
 
 // freezeSystemRun is one system's lab and trials.
@@ -142,7 +153,15 @@ type freezeSystemRun struct {
 	start  time.Duration // the cluster's start, volume included
 	took   time.Duration // the whole system, lab to close
 	trials map[string][]freezeTrial
+	// quiet is the application before any fault, over quietWindow: its
+	// longest gap, and its operations' durations (p50, p99)
+	quiet              lab.IOReport
+	quietP50, quietP99 time.Duration
 }
+
+// quietWindow is how long the suite watches the application before the
+// first fault: what it does with nothing failing.
+const quietWindow = 10 * time.Second
 
 func (b *iofreezeBench) run(ctx context.Context, log *zap.Logger, out io.Writer) error {
 	tests := strings.Split(b.tests, ",")
@@ -153,6 +172,9 @@ func (b *iofreezeBench) run(ctx context.Context, log *zap.Logger, out io.Writer)
 	}
 	if b.storage != "gluster" && b.storage != "local" {
 		return fmt.Errorf("iofreeze: storage %q: want gluster or local", b.storage)
+	}
+	if b.victim != "holder" && b.victim != "leader" {
+		return fmt.Errorf("iofreeze: victim %q: want holder or leader", b.victim)
 	}
 	results := map[string]freezeSystemRun{}
 	var order []string
@@ -196,6 +218,17 @@ func (b *iofreezeBench) system(ctx context.Context, log *zap.Logger, sys freezeS
 	if err := waitGoodOps(ctx, app, 0, time.Time{}, 10, 30*time.Second); err != nil {
 		return run, fmt.Errorf("the application does not run: %w", err)
 	}
+	from := len(app.Ops())
+	time.Sleep(quietWindow)
+	quiet := app.Ops()[from:]
+	run.quiet = lab.Report(quiet)
+	var durs []float64
+	for _, op := range quiet {
+		durs = append(durs, op.End.Sub(op.Start).Seconds())
+	}
+	run.quietP50 = time.Duration(percentile(durs, 50) * float64(time.Second))
+	run.quietP99 = time.Duration(percentile(durs, 99) * float64(time.Second))
+	log.Info("no fault", zap.Stringer("app", run.quiet), zap.Duration("op_p50", run.quietP50), zap.Duration("op_p99", run.quietP99))
 	for trial := range b.trials {
 		for _, test := range tests {
 			tr, err := b.trial(ctx, c, sys, app, vip, test, trial+1)
@@ -204,7 +237,7 @@ func (b *iofreezeBench) system(ctx context.Context, log *zap.Logger, sys freezeS
 			}
 			log.Info("trial", zap.String("test", test), zap.Int("trial", trial+1), zap.String("victim", tr.victim),
 				zap.String("ctdb", tr.ctdb.String()), zap.Stringer("fault", tr.fault), zap.Stringer("failback", tr.failback),
-				zap.Stringer("cut_off", tr.cutOff), zap.Stringer("data", tr.data))
+				zap.Stringer("cut_off", tr.cutOff), zap.Stringer("data", tr.data), zap.String("trouble", tr.trouble))
 			run.trials[test] = append(run.trials[test], tr)
 		}
 	}
@@ -212,34 +245,44 @@ func (b *iofreezeBench) system(ctx context.Context, log *zap.Logger, sys freezeS
 	return run, nil
 }
 
-// trial fails the VIP's holder one way, measures, restores and settles.
-func (b *iofreezeBench) trial(ctx context.Context, c *lab.Cluster, sys freezeSystem, app *lab.IORun, vip netip.Prefix, test string, n int) (freezeTrial, error) {
-	var tr freezeTrial
+// trial fails the VIP's holder (or CTDB's leader) one way, measures,
+// restores and settles.
+func (b *iofreezeBench) trial(ctx context.Context, c *lab.Cluster, sys freezeSystem, app *lab.IORun, vip netip.Prefix, test string, n int) (tr freezeTrial, err error) {
 	holder, err := c.Owner(vip, c.Nodes...)
 	if err != nil {
 		return tr, err
 	}
-	tr.victim = holder.Role
-	tr.ctdb = ctdbBefore(ctx, c, holder)
+	victim := holder
+	var leader *lab.ClusterNode
+	tr.ctdb, leader = ctdbBefore(ctx, c)
+	if b.victim == "leader" && test != "move" {
+		if leader == nil {
+			return tr, errors.New("the ctdbd do not agree on a leader to fail")
+		}
+		victim = leader
+	}
+	tr.victim = victim.Role
+	tr.ctdb.led = leader == victim
 	from := len(app.Ops())
 	start := time.Now()
+	defer func() { tr.trouble = trouble(app.Ops()[from:], start) }()
 	var restore func() error
 	switch test {
 	case "power":
-		if err := holder.PowerDown(); err != nil {
+		if err := victim.PowerDown(); err != nil {
 			return tr, err
 		}
-		restore = func() error { return holder.PowerUp(ctx) }
+		restore = func() error { return victim.PowerUp(ctx) }
 	case "network":
-		if err := holder.NetworkDown(); err != nil {
+		if err := victim.NetworkDown(); err != nil {
 			return tr, err
 		}
-		restore = holder.NetworkUp
+		restore = victim.NetworkUp
 	case "cut":
-		if err := c.Lab.Cut(holder.Host); err != nil {
+		if err := c.Lab.Cut(victim.Host); err != nil {
 			return tr, err
 		}
-		restore = func() error { return uncut(ctx, c.Lab, holder) }
+		restore = func() error { return uncut(ctx, c.Lab, victim) }
 	case "move":
 		to := c.Others(holder)[0]
 		if err := moveVIP(ctx, c, sys, vip, holder, to); err != nil {
@@ -257,23 +300,23 @@ func (b *iofreezeBench) trial(ctx context.Context, c *lab.Cluster, sys freezeSys
 		return tr, settle(ctx, c, sys)
 	}
 	if tr.resumed {
-		tr.data = writeDuring(ctx, c, vip, holder, fmt.Sprintf("ovd5-%s-%s-%d.bin", sys.name, test, n))
+		tr.data = writeDuring(ctx, c, vip, victim, fmt.Sprintf("ovd5-%s-%s-%d.bin", sys.name, test, n))
 	}
 	time.Sleep(time.Until(start.Add(b.outage)))
 	if test != "power" {
-		v := observeCutOff(ctx, sys, holder, vip, tr.ctdb, start)
+		v := observeCutOff(ctx, sys, test, victim, tr.ctdb, start)
 		tr.cutOff = &v
 	}
 	tr.fault = lab.Report(app.Ops()[from:])
 	if !tr.resumed {
 		tr.fault.Freeze = time.Duration(math.MaxInt64)
 	}
-	from = len(app.Ops())
-	tr.ctdb.after(c, holder, start, time.Now())
+	fb := len(app.Ops())
+	tr.ctdb.after(c, victim, start, time.Now())
 	// timed from the return's start: a power-up's boot (glusterd, the
 	// brick, the mount, ctdbd, smbd, fsha) lets self-heal run before it
 	// ends
-	tr.data.watchHeal(ctx, holder, time.Now())
+	tr.data.watchHeal(ctx, victim, time.Now())
 	if err := restore(); err != nil {
 		return tr, err
 	}
@@ -281,9 +324,30 @@ func (b *iofreezeBench) trial(ctx context.Context, c *lab.Cluster, sys freezeSys
 		return tr, err
 	}
 	time.Sleep(2 * time.Second)
-	tr.failback = lab.Report(app.Ops()[from:])
-	tr.data.readBack(ctx, c, holder)
+	tr.failback = lab.Report(app.Ops()[fb:])
+	tr.data.readBack(ctx, c, victim)
 	return tr, settle(ctx, c, sys)
+}
+
+// trouble lists the operations that failed, read other data than written
+// or took more than 500 ms: kind, start from t0, duration, error.
+func trouble(ops []lab.IOOp, t0 time.Time) string {
+	var out []string
+	for _, op := range ops {
+		took := op.End.Sub(op.Start)
+		if op.Err == nil && !op.Mismatch && took <= 500*time.Millisecond {
+			continue
+		}
+		s := fmt.Sprintf("%s at +%.2fs took %.2fs", op.Kind, op.Start.Sub(t0).Seconds(), took.Seconds())
+		switch {
+		case op.Err != nil:
+			s += ": " + op.Err.Error()
+		case op.Mismatch:
+			s += ": other data"
+		}
+		out = append(out, s)
+	}
+	return strings.Join(out, "; ")
 }
 
 // waitGoodOps waits until the application has n good operations that
