@@ -42,14 +42,17 @@ package main
 // bytes through the VIP (a survivor holds it) and, before the node comes
 // back, looks at it: a cut-off node must not hold the VIP, nor have taken
 // CTDB's cluster lock, and its fsha must answer its admin API (its lock
-// I/O must not block it). Once the node is back the suite waits until the
-// cluster is settled (every VIP on one node as the system says, CTDB
-// healthy) and 2 s more, then checks the guides' OVD Test 5: the file
+// I/O must not block it). Once the node is back (or the move is done) the
+// suite waits until the cluster is settled (every VIP on one node as the
+// system says, CTDB healthy), 2 s more, and 10 good operations of the
+// application after that, then checks the guides' OVD Test 5: the file
 // reached the node's brick (self-heal; timed from the node's return) and
 // reads back identical through the node's own address.
 //
 // It reports per system and test the freeze (the longest time without a
-// good operation ending, from the fault to the node's return), the errors
+// good operation ending, from the fault to the node's return, or for a
+// move to the end of the wait above; an operation still hanging at the
+// window's end counts up to it), the errors
 // the application saw, the reads that returned other data than written,
 // whether the data came back, and separately the freeze while the failed
 // node came back (the failback: a move for fsha, a release and takeover
@@ -293,11 +296,13 @@ func (b *iofreezeBench) trial(ctx context.Context, c *lab.Cluster, sys freezeSys
 	tr.resumed = err == nil
 	if restore == nil {
 		// the move is over when the system says so; the application
-		// must not have noticed anything in the meantime
-		time.Sleep(2 * time.Second)
-		tr.fault = lab.Report(app.Ops()[from:])
+		// must not have noticed anything until then, nor just after
+		if err := b.settled(ctx, c, sys, app, from); err != nil {
+			return tr, err
+		}
+		tr.fault = lab.ReportUntil(app.Ops()[from:], time.Now())
 		tr.ctdb.after(c, holder, start, time.Now())
-		return tr, settle(ctx, c, sys)
+		return tr, nil
 	}
 	if tr.resumed {
 		tr.data = writeDuring(ctx, c, vip, victim, fmt.Sprintf("ovd5-%s-%s-%d.bin", sys.name, test, n))
@@ -307,7 +312,7 @@ func (b *iofreezeBench) trial(ctx context.Context, c *lab.Cluster, sys freezeSys
 		v := observeCutOff(ctx, sys, test, victim, tr.ctdb, start)
 		tr.cutOff = &v
 	}
-	tr.fault = lab.Report(app.Ops()[from:])
+	tr.fault = lab.ReportUntil(app.Ops()[from:], time.Now())
 	if !tr.resumed {
 		tr.fault.Freeze = time.Duration(math.MaxInt64)
 	}
@@ -320,13 +325,26 @@ func (b *iofreezeBench) trial(ctx context.Context, c *lab.Cluster, sys freezeSys
 	if err := restore(); err != nil {
 		return tr, err
 	}
-	if err := settle(ctx, c, sys); err != nil {
+	if err := b.settled(ctx, c, sys, app, fb); err != nil {
 		return tr, err
 	}
-	time.Sleep(2 * time.Second)
-	tr.failback = lab.Report(app.Ops()[fb:])
+	tr.failback = lab.ReportUntil(app.Ops()[fb:], time.Now())
 	tr.data.readBack(ctx, c, victim)
 	return tr, settle(ctx, c, sys)
+}
+
+// settled waits until the cluster is settled, 2 s more, and the
+// application's 10 good operations (among those from index from on) since
+// then: an operation that hangs across the settling is the trial's, not
+// the next one's.
+func (b *iofreezeBench) settled(ctx context.Context, c *lab.Cluster, sys freezeSystem, app *lab.IORun, from int) error {
+	if err := settle(ctx, c, sys); err != nil {
+		return err
+	}
+	time.Sleep(2 * time.Second)
+	// no error when it does not come: the report's tail gap says so
+	_ = waitGoodOps(ctx, app, from, time.Now(), 10, b.resume)
+	return nil
 }
 
 // trouble lists the operations that failed, read other data than written

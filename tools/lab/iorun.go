@@ -189,6 +189,28 @@ func Report(ops []IOOp) IOReport {
 	return rep
 }
 
+// ReportUntil is Report over the operations that ended by end, with the
+// time from the last good operation's end (or the first operation's
+// start) to end counted as a freeze too: an operation still hanging at
+// end is a freeze that Report, which sees only ended operations, misses.
+func ReportUntil(ops []IOOp, end time.Time) IOReport {
+	var done []IOOp
+	for _, op := range ops {
+		if !op.End.After(end) {
+			done = append(done, op)
+		}
+	}
+	rep := Report(done)
+	from := rep.LastOK
+	if from.IsZero() && len(done) > 0 {
+		from = done[0].Start
+	}
+	if !from.IsZero() && end.Sub(from) > rep.Freeze {
+		rep.Freeze, rep.FreezeFrom = end.Sub(from), from
+	}
+	return rep
+}
+
 func (r IOReport) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d operations, %d errors, %d mismatched reads, longest freeze %v", r.Ops, r.Errors, r.Mismatches, r.Freeze.Round(time.Millisecond))

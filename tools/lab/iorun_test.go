@@ -33,6 +33,19 @@ func TestIOReport(t *testing.T) {
 	if r := Report(nil); r.Ops != 0 || r.Freeze != 0 {
 		t.Errorf("empty: %+v", r)
 	}
+	// at +1000 ms the write that ends at 1200 still hangs: the freeze runs
+	// from the last good end (8 ms) to then
+	if r := ReportUntil(ops, at(1000)); r.Ops != 4 || r.Freeze != 992*time.Millisecond || !r.FreezeFrom.Equal(at(8)) {
+		t.Errorf("until +1000ms: %d operations, freeze %v from %v, want 4, 992ms from +8ms", r.Ops, r.Freeze, r.FreezeFrom.Sub(t0))
+	}
+	// at the end the tail gap is short, and the freeze is Report's
+	if r := ReportUntil(ops, at(1300)); r.Freeze != 1192*time.Millisecond {
+		t.Errorf("until +1300ms: freeze %v, want 1.192s", r.Freeze)
+	}
+	// nothing good at all: from the first start
+	if r := ReportUntil(ops[2:4], at(2000)); r.Freeze != 1980*time.Millisecond {
+		t.Errorf("only errors: freeze %v, want 1.98s", r.Freeze)
+	}
 }
 
 func TestReadBack(t *testing.T) {
