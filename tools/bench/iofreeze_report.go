@@ -13,6 +13,8 @@ func (b *iofreezeBench) report(out io.Writer, systems, tests []string, results m
 	storage := "a replica 3 GlusterFS volume (a brick per node, FUSE-mounted on each; CTDB's cluster lock and fsha's --lock on it)"
 	if b.storage == "local" {
 		storage = "the lab's shared directory (the locks too)"
+	} else if b.keepalive {
+		storage += ", the bricks' TCP keepalive 2 s, 1 s x 2, user timeout 5 s"
 	}
 	fmt.Fprintf(out, "\n## I/O freeze of an application on an SMB mount (smbnetfs), 3 nodes, clustered Samba on CTDB, share on %s\n\n", storage)
 	fmt.Fprintf(out, "%d trials per row; freeze = longest time without a good write or read (every 20 ms), from the fault to the node's return (at least %v out).\n", b.trials, b.outage)

@@ -91,6 +91,19 @@ type iofreezeBench struct {
 	outage time.Duration
 	// victim: the VIP's holder, or CTDB's leader (every test but move)
 	victim string
+	// keepalive: the bricks' short TCP keepalives (glusterKeepalive)
+	keepalive bool
+}
+
+// glusterKeepalive are the volume options README gives for the bricks to
+// drop a dead client's locks in seconds rather than 41-44 s: CTDB's
+// cluster lock, held by a leader that died, blocks every survivor's
+// election until they do.
+var glusterKeepalive = [][2]string{
+	{"server.keepalive-time", "2"},
+	{"server.keepalive-interval", "1"},
+	{"server.keepalive-count", "2"},
+	{"server.tcp-user-timeout", "5"},
 }
 
 var iofreeze iofreezeBench
@@ -110,6 +123,7 @@ func iofreezeSuite() *suite {
 			fs.DurationVar(&iofreeze.resume, "iofreeze-resume-timeout", 120*time.Second, "iofreeze: how long to wait for the application's I/O after a fault")
 			fs.DurationVar(&iofreeze.outage, "iofreeze-outage", 10*time.Second, "iofreeze: the shortest time a failed node stays out")
 			fs.StringVar(&iofreeze.victim, "iofreeze-victim", "holder", "iofreeze: the node power, network and cut fail: the application's VIP's holder (holder) or CTDB's leader (leader)")
+			fs.BoolVar(&iofreeze.keepalive, "iofreeze-gluster-keepalive", false, "iofreeze: the bricks' TCP keepalive and user timeout short (2 s, 1 s x 2, 5 s), as README advises, instead of GlusterFS's defaults")
 		},
 		run: func(ctx context.Context, log *zap.Logger, out io.Writer) error { return iofreeze.run(ctx, log, out) },
 	}
@@ -128,12 +142,15 @@ var freezeSystems = []freezeSystem{
 	{name: "ctdb", opts: lab.ClusterOptions{Nodes: 3, CTDB: true, CTDBMovesIPs: true}},
 }
 
-// withStorage is sys on the storage the flag names: with gluster, the
+// withStorage is sys on the storage the flags name: with gluster, the
 // volume, and fsha's --lock on it beside CTDB's cluster lock.
-func (sys freezeSystem) withStorage(storage string) freezeSystem {
+func (sys freezeSystem) withStorage(storage string, keepalive bool) freezeSystem {
 	if storage == "gluster" {
 		sys.opts.Gluster = true
 		sys.opts.Lock = sys.fsha
+		if keepalive {
+			sys.opts.GlusterOptions = glusterKeepalive
+		}
 	}
 	return sys
 }
@@ -186,7 +203,7 @@ func (b *iofreezeBench) run(ctx context.Context, log *zap.Logger, out io.Writer)
 		if i < 0 {
 			return fmt.Errorf("iofreeze: no system %q", name)
 		}
-		res, err := b.system(ctx, log.With(zap.String("system", name)), freezeSystems[i].withStorage(b.storage), tests)
+		res, err := b.system(ctx, log.With(zap.String("system", name)), freezeSystems[i].withStorage(b.storage, b.keepalive), tests)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}

@@ -100,6 +100,9 @@ type ClusterOptions struct {
 	// and PowerUp take the node's gluster down and up with it; Freeze
 	// and KillFsha leave it running.
 	Gluster bool
+	// GlusterOptions are volume options (name, value) set after the lab's
+	// own (gluster.go) and before the volume starts.
+	GlusterOptions [][2]string
 }
 
 // MaxClusterNodes bounds ClusterOptions.Nodes.

@@ -35,6 +35,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -378,7 +379,7 @@ func (c *Cluster) startGluster(ctx context.Context) error {
 	if _, err := first.cli(ctx, args...); err != nil {
 		return err
 	}
-	for _, o := range glusterVolumeOptions {
+	for _, o := range append(slices.Clone(glusterVolumeOptions), c.opts.GlusterOptions...) {
 		if _, err := first.cli(ctx, "volume", "set", GlusterVolume, o[0], o[1]); err != nil {
 			return err
 		}
