@@ -23,6 +23,8 @@ import (
 
 // Lines of the daemons' logs the suite counts.
 const (
+	// ctdbd: a recovery ended (every node logs it)
+	ctdbRecovered = "Recovery mode set to NORMAL"
 	// ctdbd (ctdb_recoverd.c, Samba 4.17): a node became CTDB's leader
 	ctdbTookLock = "Took cluster lock, leader="
 	// fsha (cmd/fsha/ctdbkick.go): it sent CTDB's election broadcast
@@ -55,6 +57,10 @@ type ctdbView struct {
 	tookLock time.Duration
 	// asked: a survivor's fsha sent CTDB's election broadcast
 	asked bool
+	// recovered: from the fault to the last "Recovery mode set to
+	// NORMAL" a survivor's ctdbd logged before the node's return: when
+	// CTDB had the databases back (0: no recovery logged)
+	recovered time.Duration
 
 	offsets map[*lab.ClusterNode]int64 // the ctdbd logs' sizes at the fault
 }
@@ -87,6 +93,14 @@ func (v *ctdbView) after(c *lab.Cluster, victim *lab.ClusterNode, fault, until t
 			if d := at.Sub(fault); v.tookLock == 0 || d < v.tookLock {
 				v.tookLock = d
 			}
+		}
+		for at := fault; ; {
+			t, ok := lab.CTDBLogged(n.CTDBLog(), v.offsets[n], ctdbRecovered, at)
+			if !ok || !t.Before(until) {
+				break
+			}
+			v.recovered = max(v.recovered, t.Sub(fault))
+			at = t.Add(time.Microsecond)
 		}
 		lines, _ := n.FshaLog(fshaAskedElection)
 		for _, l := range lines {

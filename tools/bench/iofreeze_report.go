@@ -94,14 +94,17 @@ func (b *iofreezeBench) report(out io.Writer, systems, tests []string, results m
 		return err
 	}
 
-	fmt.Fprintf(out, "\nPer trial. CTDB lock: from the fault to a survivor's ctdbd taking CTDB's cluster lock (a new leader), before the node's return; election: a survivor's fsha called CTDB's election. Cut-off node: what it had just before its return. Healed: from the node's power-up or link up to the file on its brick.\n\n")
-	t = &table{header: []string{"system", "test", "trial", "victim", "led CTDB", "CTDB lock", "election", "freeze", "errors", "bad reads", "failback freeze", "cut-off node", "data written during the outage"}}
+	fmt.Fprintf(out, "\nPer trial. CTDB lock: from the fault to a survivor's ctdbd taking CTDB's cluster lock (a new leader), before the node's return; CTDB recovered: to the last recovery a survivor's ctdbd ended before then; election: a survivor's fsha called CTDB's election. Cut-off node: what it had just before its return. Healed: from the node's power-up or link up to the file on its brick.\n\n")
+	t = &table{header: []string{"system", "test", "trial", "victim", "led CTDB", "CTDB lock", "CTDB recovered", "election", "freeze", "errors", "bad reads", "failback freeze", "cut-off node", "data written during the outage"}}
 	for _, sys := range systems {
 		for _, test := range tests {
 			for i, tr := range results[sys].trials[test] {
-				lock, asked := "-", "-"
+				lock, rec, asked := "-", "-", "-"
 				if tr.ctdb.tookLock > 0 {
 					lock = fmtDur(tr.ctdb.tookLock.Seconds(), 0)
+				}
+				if tr.ctdb.recovered > 0 {
+					rec = fmtDur(tr.ctdb.recovered.Seconds(), 0)
 				}
 				if sys == "fsha" && test != "move" {
 					asked = "no"
@@ -113,7 +116,7 @@ func (b *iofreezeBench) report(out io.Writer, systems, tests []string, results m
 				if test != "move" {
 					fb = fmtDur(seconds64(tr.failback.Freeze), b.resume)
 				}
-				t.add(sys, test, fmt.Sprint(i+1), tr.victim, tr.ctdb.String(), lock, asked,
+				t.add(sys, test, fmt.Sprint(i+1), tr.victim, tr.ctdb.String(), lock, rec, asked,
 					fmtDur(seconds64(tr.fault.Freeze), b.resume), fmt.Sprint(tr.fault.Errors), fmt.Sprint(tr.fault.Mismatches+tr.failback.Mismatches),
 					fb, tr.cutOff.String(), tr.data.String())
 			}
