@@ -66,17 +66,8 @@ func newMixRows(dp *dataplane.Unpinned, cases []*progCase, mix *flowMix, n4 int,
 			err = errors.Join(err, s.Close())
 		}
 	}()
-	for _, c := range cases {
-		switch {
-		case c.want != wantBaseline:
-		case c.hook == "xdp":
-			s.xdpEmpty = c
-		case c.hook == "tc":
-			s.tcEmpty = c
-		}
-	}
-	if s.xdpEmpty == nil || s.tcEmpty == nil {
-		return nil, errors.New("flow mix cases: no empty programs to compare with")
+	if s.xdpEmpty, s.tcEmpty, err = emptyCases(cases); err != nil {
+		return nil, fmt.Errorf("flow mix cases: %w", err)
 	}
 	vip := netip.AddrPortFrom(benchVIP4, trackedPort)
 	// the frame of client 0 with the sender's IP identification, toward

@@ -106,21 +106,30 @@ type steerRows struct {
 	link  link.Link
 }
 
-// newSteerRows builds the steering cases on the steering data plane dp and
-// finds the empty programs among cases. Close frees what it attached.
-func newSteerRows(dp *dataplane.Unpinned, cases []*progCase, n4 int) (_ *steerRows, err error) {
-	s := &steerRows{flows: n4 + flows6}
+// emptyCases finds the empty XDP and TC programs among cases: the
+// baselines the rows of fsha's programs are measured against.
+func emptyCases(cases []*progCase) (xdp, tc *progCase, err error) {
 	for _, c := range cases {
 		switch {
 		case c.want != wantBaseline:
 		case c.hook == "xdp":
-			s.xdpEmpty = c
+			xdp = c
 		case c.hook == "tc":
-			s.tcEmpty = c
+			tc = c
 		}
 	}
-	if s.xdpEmpty == nil || s.tcEmpty == nil {
-		return nil, errors.New("steering cases: no empty programs to compare with")
+	if xdp == nil || tc == nil {
+		return nil, nil, errors.New("no empty programs to compare with")
+	}
+	return xdp, tc, nil
+}
+
+// newSteerRows builds the steering cases on the steering data plane dp and
+// finds the empty programs among cases. Close frees what it attached.
+func newSteerRows(dp *dataplane.Unpinned, cases []*progCase, n4 int) (_ *steerRows, err error) {
+	s := &steerRows{flows: n4 + flows6}
+	if s.xdpEmpty, s.tcEmpty, err = emptyCases(cases); err != nil {
+		return nil, fmt.Errorf("steering cases: %w", err)
 	}
 	vip := netip.AddrPortFrom(benchVIP4, trackedPort)
 	steered, err := segment{src: steeredClient(n4), dst: vip, ack: true, payload: payloadLen}.build()
