@@ -16,51 +16,47 @@ type reader struct {
 	err error
 }
 
-func (r *reader) need(n int, what string) bool {
+// take consumes the next n bytes; it returns nil (and keeps the first
+// error) when fewer are left.
+func (r *reader) take(n int, what string) []byte {
 	if r.err != nil {
-		return false
+		return nil
 	}
 	if len(r.b) < n {
 		r.err = fmt.Errorf("%w: truncated at %s", ErrBadMessage, what)
-		return false
+		return nil
 	}
-	return true
+	v := r.b[:n:n]
+	r.b = r.b[n:]
+	return v
 }
 
 func (r *reader) u8(what string) uint8 {
-	if !r.need(1, what) {
-		return 0
+	if b := r.take(1, what); b != nil {
+		return b[0]
 	}
-	v := r.b[0]
-	r.b = r.b[1:]
-	return v
+	return 0
 }
 
 func (r *reader) u16(what string) uint16 {
-	if !r.need(2, what) {
-		return 0
+	if b := r.take(2, what); b != nil {
+		return binary.BigEndian.Uint16(b)
 	}
-	v := binary.BigEndian.Uint16(r.b)
-	r.b = r.b[2:]
-	return v
+	return 0
 }
 
 func (r *reader) u32(what string) uint32 {
-	if !r.need(4, what) {
-		return 0
+	if b := r.take(4, what); b != nil {
+		return binary.BigEndian.Uint32(b)
 	}
-	v := binary.BigEndian.Uint32(r.b)
-	r.b = r.b[4:]
-	return v
+	return 0
 }
 
 func (r *reader) u64(what string) uint64 {
-	if !r.need(8, what) {
-		return 0
+	if b := r.take(8, what); b != nil {
+		return binary.BigEndian.Uint64(b)
 	}
-	v := binary.BigEndian.Uint64(r.b)
-	r.b = r.b[8:]
-	return v
+	return 0
 }
 
 func (r *reader) addr(what string) netip.Addr {
@@ -68,19 +64,15 @@ func (r *reader) addr(what string) netip.Addr {
 	case r.err != nil:
 		return netip.Addr{}
 	case fam == 4:
-		if !r.need(4, what) {
-			return netip.Addr{}
+		if b := r.take(4, what); b != nil {
+			return netip.AddrFrom4([4]byte(b))
 		}
-		a := netip.AddrFrom4([4]byte(r.b[:4]))
-		r.b = r.b[4:]
-		return a
+		return netip.Addr{}
 	case fam == 6:
-		if !r.need(16, what) {
-			return netip.Addr{}
+		if b := r.take(16, what); b != nil {
+			return netip.AddrFrom16([16]byte(b)).Unmap()
 		}
-		a := netip.AddrFrom16([16]byte(r.b[:16])).Unmap()
-		r.b = r.b[16:]
-		return a
+		return netip.Addr{}
 	default:
 		r.err = fmt.Errorf("%w: address family %d in %s", ErrBadMessage, fam, what)
 		return netip.Addr{}
@@ -115,12 +107,12 @@ func (r *reader) ifaces() []IfaceMAC {
 		if r.err == nil && (l == 0 || l > maxIfaceName) {
 			r.err = fmt.Errorf("%w: interface name of %d bytes", ErrBadMessage, l)
 		}
-		if !r.need(l+6, "interface") {
+		b := r.take(l+6, "interface")
+		if b == nil {
 			break
 		}
-		f := IfaceMAC{Name: string(r.b[:l])}
-		copy(f.MAC[:], r.b[l:l+6])
-		r.b = r.b[l+6:]
+		f := IfaceMAC{Name: string(b[:l])}
+		copy(f.MAC[:], b[l:])
 		out = append(out, f)
 	}
 	return out
@@ -160,9 +152,8 @@ func (h *Heartbeat) UnmarshalBinary(b []byte) error {
 	out.Fingerprint.VIPs = r.u64("fingerprint")
 	out.Fingerprint.NVIPs = r.u16("fingerprint")
 	out.Lease = fromMicros(r.u32("lease"))
-	if r.need(6, "mac") {
-		copy(out.MAC[:], r.b[:6])
-		r.b = r.b[6:]
+	if b := r.take(6, "mac"); b != nil {
+		copy(out.MAC[:], b)
 	}
 	n := r.count("hears", maxNodes)
 	for i := 0; i < n && r.err == nil; i++ {
