@@ -159,7 +159,7 @@ func (t *Tickler) firstRound(ctx context.Context, n int, conn func(i int) Conn, 
 		results []firstResult
 		wg      sync.WaitGroup
 	)
-	if workers := min(runtime.GOMAXPROCS(0), runtime.NumCPU(), TickleMaxWorkers, n/TickleWorkerFrames); workers > 1 && hops != nil {
+	if workers := tickleWorkers(n); workers > 1 && hops != nil {
 		batches = make(chan *frameList, n/mmsgBatch+1)
 		results = make([]firstResult, workers)
 		for w := range workers {
@@ -247,11 +247,16 @@ const (
 	TickleMaxWorkers   = 4
 )
 
+// tickleWorkers is how many goroutines send a round of n frames.
+func tickleWorkers(n int) int {
+	return min(runtime.GOMAXPROCS(0), runtime.NumCPU(), TickleMaxWorkers, n/TickleWorkerFrames)
+}
+
 // sendParallel sends l on fd from up to one goroutine per CPU (each
 // kernel send path runs on its CPU, with its own transmit queue on a
 // multi-queue NIC), in contiguous shares.
 func sendParallel(ctx context.Context, fd int, l *frameList, named bool) (sent, failed int, err error) {
-	workers := min(runtime.GOMAXPROCS(0), runtime.NumCPU(), TickleMaxWorkers, l.n/TickleWorkerFrames)
+	workers := tickleWorkers(l.n)
 	if workers <= 1 {
 		return sendFrames(ctx, fd, l, named)
 	}
