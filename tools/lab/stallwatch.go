@@ -83,9 +83,28 @@ func (l *Lab) watchStalls(stop <-chan struct{}, done chan<- struct{}) {
 }
 
 // witness watches one CPU until stop is closed.
+//
+// Its thread goes back to the normal policy and every CPU before the
+// goroutine ends, and it ends locked, so the Go runtime ends the thread
+// (or, the main thread, parks it for good) instead of running other
+// goroutines on it. A witness that only unlocked its thread left it
+// real-time and bound to one CPU in the runtime's pool: every process the
+// lab started from it afterwards (glusterd, and the bricks it spawns)
+// inherited SCHED_RR, and a brick healing after a partition held a CPU
+// for seconds at fsha's priority; the daemons' renewals waited behind it
+// and leases lapsed (a CI run's TestGlusterPartitionTwoNodesLock).
 func (l *Lab) witness(cpu int, w *stallWindowWatch, stop <-chan struct{}) {
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+	var all unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &all); err != nil {
+		l.log.Info(fmt.Sprintf("stall watch of CPU %d: no CPU list, it records nothing: %v", cpu, err))
+		<-stop
+		return
+	}
+	defer func() {
+		_ = unix.SchedSetAttr(0, &unix.SchedAttr{Policy: unix.SCHED_NORMAL}, 0)
+		_ = unix.SchedSetaffinity(0, &all)
+	}()
 	var only unix.CPUSet
 	only.Set(cpu)
 	if err := unix.SchedSetaffinity(0, &only); err != nil {

@@ -1,9 +1,17 @@
 package lab
 
 import (
+	"os"
 	"slices"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/fsha/fsha/tools/testenv"
 )
 
 func TestStallWindowWatch(t *testing.T) {
@@ -59,4 +67,71 @@ func TestStallWindowWatch(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStallWatchLeavesNoRealtimeThread: once the watch stops, no thread
+// of this process runs real-time (nor bound to one CPU), so that nothing
+// the lab starts afterwards inherits either.
+func TestStallWatchLeavesNoRealtimeThread(t *testing.T) {
+	testenv.RequireRoot(t) // SCHED_RR
+	l := &Lab{log: zap.NewNop()}
+	for round := 0; round < 3; round++ {
+		stop, done := make(chan struct{}), make(chan struct{})
+		go l.watchStalls(stop, done)
+		time.Sleep(50 * time.Millisecond)
+		if n := realtimeThreads(t); n == 0 {
+			t.Fatal("no real-time thread while the watch runs: the check below proves nothing")
+		}
+		close(stop)
+		<-done
+		// goroutines that run now may land on any thread the runtime kept
+		var wg sync.WaitGroup
+		for i := 0; i < 8; i++ {
+			wg.Add(1)
+			go func() { defer wg.Done(); time.Sleep(time.Millisecond) }()
+		}
+		wg.Wait()
+		// a thread the runtime ends leaves /proc a moment later; one
+		// it kept stays real-time for good
+		n := realtimeThreads(t)
+		for end := time.Now().Add(time.Second); n > 0 && time.Now().Before(end); n = realtimeThreads(t) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n > 0 {
+			t.Fatalf("round %d: %d threads still real-time a second after the watch stopped", round, n)
+		}
+	}
+}
+
+// realtimeThreads counts this process's threads in SCHED_RR or SCHED_FIFO
+// or bound to fewer CPUs than the process may use.
+func realtimeThreads(t *testing.T) int {
+	t.Helper()
+	var all unix.CPUSet
+	if err := unix.SchedGetaffinity(os.Getpid(), &all); err != nil {
+		t.Fatal(err)
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, task := range tasks {
+		tid, err := strconv.Atoi(task.Name())
+		if err != nil {
+			continue
+		}
+		attr, err := unix.SchedGetAttr(tid, 0)
+		if err != nil {
+			continue // ended meanwhile
+		}
+		var cpus unix.CPUSet
+		if err := unix.SchedGetaffinity(tid, &cpus); err != nil {
+			continue
+		}
+		if attr.Policy == unix.SCHED_RR || attr.Policy == unix.SCHED_FIFO || cpus.Count() < all.Count() {
+			n++
+		}
+	}
+	return n
 }
