@@ -184,6 +184,51 @@ func (p *Process) Signal(sig os.Signal) error {
 	return p.cmd.Process.Signal(sig)
 }
 
+// WaitStopped waits, at most d, until every thread of the process is
+// stopped. kill(2) returns before a SIGSTOP has stopped each thread: one
+// still running, a FUSE daemon's reader say, may answer one more request
+// after Signal returned.
+func (p *Process) WaitStopped(d time.Duration) error {
+	task := fmt.Sprintf("/proc/%d/task", p.PID())
+	for end := time.Now().Add(d); ; {
+		running, err := runningThreads(task)
+		if err != nil {
+			return err
+		}
+		if running == 0 {
+			return nil
+		}
+		if time.Now().After(end) {
+			return fmt.Errorf("%s (pid %d): %d threads still not stopped after %v", p.Name, p.PID(), running, d)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// runningThreads counts the threads under task (a /proc/PID/task) that
+// are not stopped (state T or t).
+func runningThreads(task string) (int, error) {
+	ents, err := os.ReadDir(task)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(task, e.Name(), "stat"))
+		if err != nil {
+			continue // the thread ended
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 || i+2 >= len(b) {
+			return 0, fmt.Errorf("%s/%s/stat: no state in %q", task, e.Name(), b)
+		}
+		if st := b[i+2]; st != 'T' && st != 't' {
+			n++
+		}
+	}
+	return n, nil
+}
+
 // SignalSession sends sig, by PID, to the process and to everything left
 // in its session: a daemon's children too (smbd forks one per client).
 // SIGSTOP freezes the whole server, SIGCONT wakes it.

@@ -287,6 +287,9 @@ func TestGlusterPartitionTwoNodesLock(t *testing.T) {
 	if err := fuse.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	if err := fuse.WaitStopped(2 * time.Second); err != nil {
+		t.Fatal(err)
+	}
 	thawed := false
 	thaw := func() {
 		if !thawed {
