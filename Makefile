@@ -101,7 +101,8 @@ fuzz: deps
 # Long runs of the ownership checks: 50,000 simulated schedules, then the
 # lab's fault storms (50 faults on 3 and 5 nodes, judged from the wire),
 # five minutes of CPU hogs with no false failover, then the lab's long
-# runs (build tag longlab): CTDB left to its own ~30 s keepalives, three
+# runs (build tag longlab): CTDB and GlusterFS left to their own keepalives
+# (~30 s, ~40 s) after a power cut, three
 # power cuts of CTDB's leader with fsha's election kick and three without
 # (the survivors wait CTDB's leader timeout), ten rolling reloads of the
 # nodes file (TestReloadNodes), a restart of a node while it drains
@@ -113,7 +114,7 @@ chaos: deps build
 	FSHA_SIM_SCHEDULES=50000 $(GO) test -count=1 -timeout 120m -run TestSimRandomSchedules ./control/ownership/sim/
 	FSHA_LAB_ITERATIONS=50 $(GO) test -count=1 -p 1 -timeout 120m -run 'TestFaultStormWire|TestIsolatedOwner7|TestNetworkFlap' ./tools/lab/cluster/
 	FSHA_LAB_LOAD_FOR=5m $(GO) test -count=1 -p 1 -timeout 30m -run 'TestNoFalseFailoverUnderLoad' ./tools/lab/cluster/
-	$(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestCTDBKeepalivesWithoutKick' ./tools/lab/cluster/
+	$(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestCTDBKeepalivesWithoutKick|TestGlusterDeadNodeLocksWithoutKick' ./tools/lab/cluster/
 	FSHA_LAB_ITERATIONS=3 $(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestCTDBLeaderDeath' ./tools/lab/cluster/
 	$(GO) test -count=10 -p 1 -timeout 30m -tags longlab -run 'TestReloadNodes' ./tools/lab/failover/
 	$(GO) test -count=3 -p 1 -timeout 30m -tags longlab -run 'TestRestartDuringDrain' ./tools/lab/failover/

@@ -1,12 +1,15 @@
 package dataplane
 
-// Ending this node's TCP connections with one peer on one port: when fsha
-// has decided that a node is dead, the connections of a cluster service
-// with it (ctdbd's, port 4379) may still look alive to that service, which
-// then waits for its own, slower, keepalives. Destroying them makes the
+// Ending this node's TCP connections with one peer on some ports: when
+// fsha has decided that a node is dead, the connections of a cluster
+// service with it (ctdbd's, port 4379; GlusterFS's glusterd, 24007, and
+// bricks, 49152 and up) may still look alive to that service, which then
+// waits for its own, slower, keepalives. Destroying them makes the
 // service see the peer gone at once (CTDB marks a node disconnected when
-// its transport's socket fails), as `ss -K dst PEER '( sport = :PORT or
-// dport = :PORT )'` would. See docs/ctdb-lab/RESULTS.md for what it saves.
+// its transport's socket fails; a brick drops a disconnected client's
+// locks, a client gives up a disconnected brick), as `ss -K dst PEER '(
+// sport = :PORT or dport = :PORT )'` would. See docs/ctdb-lab/RESULTS.md
+// and BENCHMARKS.md (I/O freeze) for what it saves.
 
 import (
 	"encoding/binary"
@@ -21,16 +24,26 @@ import (
 // whose remote end is peer and whose local or remote port is port. It
 // needs CAP_NET_ADMIN.
 func KillPeerPort(log *zap.Logger, peer netip.Addr, port uint16) (KillStats, error) {
-	conns, err := peerConns(peer.Unmap(), port)
+	return KillPeerPorts(log, peer, PortSet{{port, port}})
+}
+
+// KillPeerPorts destroys the TCP connections of this network namespace
+// whose remote end is peer and whose local or remote port is in ports.
+// It needs CAP_NET_ADMIN.
+func KillPeerPorts(log *zap.Logger, peer netip.Addr, ports PortSet) (KillStats, error) {
+	if len(ports) == 0 {
+		return KillStats{}, nil
+	}
+	conns, err := peerConns(peer.Unmap(), ports)
 	if err != nil {
 		return KillStats{}, err
 	}
 	return killConns(log, conns, destroySockets)
 }
 
-// peerConns lists the live TCP connections with peer on port, each as a
+// peerConns lists the live TCP connections with peer on ports, each as a
 // Conn whose "VIP" side is the local socket (what destroySockets looks up).
-func peerConns(peer netip.Addr, port uint16) ([]Conn, error) {
+func peerConns(peer netip.Addr, ports PortSet) ([]Conn, error) {
 	s, err := openSockDiag()
 	if err != nil {
 		return nil, err
@@ -64,7 +77,7 @@ func peerConns(peer netip.Addr, port uint16) ([]Conn, error) {
 					return fmt.Errorf("sock_diag dump: %w", err)
 				}
 			case typ == unix.SOCK_DIAG_BY_FAMILY:
-				if c, ok := peerConn(p, peer, port); ok {
+				if c, ok := peerConn(p, peer, ports); ok {
 					out = append(out, c)
 				}
 			}
@@ -78,8 +91,8 @@ func peerConns(peer netip.Addr, port uint16) ([]Conn, error) {
 }
 
 // peerConn decodes one inet_diag_msg and keeps it when it is a live
-// connection with peer on port.
-func peerConn(p []byte, peer netip.Addr, port uint16) (Conn, bool) {
+// connection with peer on ports.
+func peerConn(p []byte, peer netip.Addr, ports PortSet) (Conn, bool) {
 	if len(p) < inetDiagMsgLen {
 		return Conn{}, false
 	}
@@ -94,7 +107,7 @@ func peerConn(p []byte, peer netip.Addr, port uint16) (Conn, bool) {
 	} else {
 		src, dst = netip.AddrFrom16([16]byte(p[8:24])).Unmap(), netip.AddrFrom16([16]byte(p[24:40])).Unmap()
 	}
-	if dst != peer || (sport != port && dport != port) {
+	if dst != peer || (!ports.Contains(sport) && !ports.Contains(dport)) {
 		return Conn{}, false
 	}
 	return Conn{VIP: src, VIPPort: sport, Client: dst, ClientPort: dport}, true

@@ -9,9 +9,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// KillPeerPort ends the connections with one peer on one port (the kick
-// that makes ctdbd see a dead node at once), and no other: not the same
-// client's IPv6 connection, nothing for a port without connections.
+// KillPeerPort(s) ends the connections with one peer on some ports (the
+// kick that makes ctdbd and GlusterFS see a dead node at once), and no
+// other: not the same client's IPv6 connection, nothing for ports without
+// connections.
 func TestKillPeerPort(t *testing.T) {
 	l := newTickleLab(t)
 	v4, v6 := l.dial(t, l.vip4), l.dial(t, l.vip6)
@@ -30,9 +31,16 @@ func TestKillPeerPort(t *testing.T) {
 	if err != nil || st.Conns != 0 {
 		t.Fatalf("kill on a port without connections: %+v, %v", st, err)
 	}
+	// ranges around the port, not over it: nothing
+	around := PortSet{{1, 444}, {446, 1023}} // the client's own port is ephemeral, above
+	l.in(t, l.nsS, func() { st, err = KillPeerPorts(zaptest.NewLogger(t), l.cli4, around) })
+	if err != nil || st.Conns != 0 {
+		t.Fatalf("kill on %s: %+v, %v", around, st, err)
+	}
 	v4.expectBlocked(t)
 
-	l.in(t, l.nsS, func() { st, err = KillPeerPort(zaptest.NewLogger(t), l.cli4, 445) })
+	// a range over the port
+	l.in(t, l.nsS, func() { st, err = KillPeerPorts(zaptest.NewLogger(t), l.cli4, PortSet{{4379, 4379}, {400, 500}}) })
 	if err != nil {
 		t.Fatalf("KillPeerPort: %v", err)
 	}

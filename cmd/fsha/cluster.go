@@ -73,6 +73,8 @@ func clusterFlags() []cli.Flag {
 			Usage: "override the gossip's suspicion multiplier"},
 		&cli.UintFlag{Name: "ctdb-port", Value: ctdbPort, EnvVars: []string{"FSHA_CTDB_PORT"},
 			Usage: "once a peer is judged dead, end this node's TCP connections with it on this port (ctdbd's), so that CTDB recovers Samba's databases now rather than after its keepalives (0: leave them)"},
+		&cli.StringFlag{Name: "dead-peer-ports", Value: glusterPorts, EnvVars: []string{"FSHA_DEAD_PEER_PORTS"},
+			Usage: "ports and ranges (a,b-c) of other cluster services whose TCP connections with a peer judged dead this node ends as --ctdb-port does ctdbd's: GlusterFS's glusterd and bricks by default, so that the surviving bricks drop the dead node's locks (CTDB's cluster lock among them) and the surviving clients its brick now rather than after GlusterFS's keepalives and ping timeout (about 40 s by default); empty: none"},
 		&cli.BoolFlag{Name: "ctdb-election", Value: true, EnvVars: []string{"FSHA_CTDB_ELECTION"},
 			Usage: "with --ctdb-port: when the peer judged dead was CTDB's leader (as its broadcasts, heard through --ctdb-socket, said), send CTDB's own unknown-leader broadcast so that the survivors elect a new leader now rather than after CTDB's leader timeout; only when CTDB runs with a cluster lock (--ctdb-election=false: wait for CTDB)"},
 		&cli.StringFlag{Name: "ctdb-socket", Value: ctdbclient.DefaultSocket, EnvVars: []string{"FSHA_CTDB_SOCKET", "CTDB_SOCKET"},
@@ -261,6 +263,9 @@ func checkRanges(c *cli.Context) error {
 	if p := c.Uint("ctdb-port"); p > 65535 {
 		return fmt.Errorf("--ctdb-port %d: want 1 to 65535, or 0 to leave CTDB's connections alone", p)
 	}
+	if _, err := dataplane.ParsePortSet(c.String("dead-peer-ports")); err != nil {
+		return fmt.Errorf("--dead-peer-ports: %w", err)
+	}
 	if p := c.String("lock"); p != "" {
 		if st, err := os.Stat(filepath.Dir(p)); err != nil || !st.IsDir() {
 			return fmt.Errorf("--lock %s: its directory does not exist (is the cluster file system mounted?)", p)
@@ -420,7 +425,11 @@ func runCluster(ctx context.Context, c *cli.Context, log *zap.Logger, dp *datapl
 			log.Warn("arp sysctls", zap.String("interface", iface), zap.Error(err))
 		}
 	}
-	kick := newCTDBKick(log, uint16(c.Uint("ctdb-port")), c.Bool("ctdb-election"), c.String("ctdb-socket"))
+	deadPeerPorts, err := dataplane.ParsePortSet(c.String("dead-peer-ports"))
+	if err != nil {
+		return fmt.Errorf("--dead-peer-ports: %w", err)
+	}
+	kick := newPeerKick(log, uint16(c.Uint("ctdb-port")), deadPeerPorts, c.Bool("ctdb-election"), c.String("ctdb-socket"))
 	nd, err := node.New(log, node.Config{
 		Nodes: cc.nodes, Self: cc.self, VIPs: cc.vips, Policy: cc.policy, Lock: cc.lock, Timing: cc.owner,
 		StateFile: filepath.Join(c.String("state-dir"), "state.json"), LegacyStateFile: filepath.Join(runDir, "state.json"), DrainTimeout: c.Duration("drain-timeout"), MAC: mac,

@@ -28,6 +28,8 @@ func TestCheckRanges(t *testing.T) {
 		{"--gossip-port", "65535", "--lock", filepath.Join(dir, "lock")},
 		{"--ctdb-port", "0"},
 		{"--ctdb-port", "4379"},
+		{"--dead-peer-ports", ""},
+		{"--dead-peer-ports", "24007, 49152-49251,7000"},
 	} {
 		if err := run(ok...); err != nil {
 			t.Errorf("%q refused: %v", ok, err)
@@ -46,6 +48,8 @@ func TestCheckRanges(t *testing.T) {
 		{[]string{"--gossip-port", "70000"}, "--gossip-port 70000"},
 		{[]string{"--ctdb-port", "65536"}, "--ctdb-port 65536: want 1 to 65535, or 0"},
 		{[]string{"--lock", filepath.Join(dir, "missing", "lock")}, "its directory does not exist"},
+		{[]string{"--dead-peer-ports", "49251-49152"}, `--dead-peer-ports: "49251-49152": the range runs backwards`},
+		{[]string{"--dead-peer-ports", "24007,0"}, `--dead-peer-ports: "0": "0" is not a port`},
 	} {
 		err := run(tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

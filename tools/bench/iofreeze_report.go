@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -106,7 +107,7 @@ func (b *iofreezeBench) report(out io.Writer, systems, tests []string, results m
 				if tr.ctdb.recovered > 0 {
 					rec = fmtDur(tr.ctdb.recovered.Seconds(), 0)
 				}
-				if sys == "fsha" && test != "move" {
+				if strings.HasPrefix(sys, "fsha") && test != "move" {
 					asked = "no"
 					if tr.ctdb.asked {
 						asked = "yes"

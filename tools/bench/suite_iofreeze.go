@@ -17,6 +17,9 @@ package main
 //   - fsha: fsha moves the VIPs (ctdbd for the databases only, with the
 //     tunables README recommends beside fsha: 1 s keepalives, leader
 //     timeout 3 s; fsha's CTDB kick and election call on);
+//   - fsha-nokick: the same with --dead-peer-ports "" (the survivors keep
+//     their GlusterFS connections with a dead node until GlusterFS's own
+//     keepalives end them): the baseline of that kick;
 //   - ctdb-fast: CTDB moves the VIPs, with the same fast tunables;
 //   - ctdb: CTDB moves the VIPs with its defaults (5 s keepalives x 5).
 //
@@ -117,7 +120,7 @@ func iofreezeSuite() *suite {
 		flags: func(fs *flag.FlagSet) {
 			registerLabFlags(fs)
 			fs.IntVar(&iofreeze.trials, "iofreeze-trials", 5, "iofreeze: trials per system and test")
-			fs.StringVar(&iofreeze.systems, "iofreeze-systems", "fsha,ctdb-fast,ctdb", "iofreeze: systems (fsha, ctdb-fast, ctdb)")
+			fs.StringVar(&iofreeze.systems, "iofreeze-systems", "fsha,ctdb-fast,ctdb", "iofreeze: systems (fsha, fsha-nokick: without the kick on GlusterFS's ports, ctdb-fast, ctdb)")
 			fs.StringVar(&iofreeze.tests, "iofreeze-tests", "power,network,move", "iofreeze: tests (power, network: eth0 down in the node, cut: at the switch, move)")
 			fs.StringVar(&iofreeze.storage, "iofreeze-storage", "gluster", "iofreeze: the share and the locks on a replica 3 GlusterFS volume (gluster) or on the lab's shared directory (local)")
 			fs.DurationVar(&iofreeze.resume, "iofreeze-resume-timeout", 120*time.Second, "iofreeze: how long to wait for the application's I/O after a fault")
@@ -138,6 +141,10 @@ type freezeSystem struct {
 
 var freezeSystems = []freezeSystem{
 	{name: "fsha", opts: lab.ClusterOptions{Nodes: 3, CTDB: true, CTDBFast: true}, fsha: true},
+	// the baseline of fsha's kick on GlusterFS's ports: the bricks keep a
+	// dead node's locks until their keepalives give it up
+	{name: "fsha-nokick", opts: lab.ClusterOptions{Nodes: 3, CTDB: true, CTDBFast: true,
+		FshaArgs: []string{"--dead-peer-ports", ""}}, fsha: true},
 	{name: "ctdb-fast", opts: lab.ClusterOptions{Nodes: 3, CTDB: true, CTDBFast: true, CTDBMovesIPs: true}},
 	{name: "ctdb", opts: lab.ClusterOptions{Nodes: 3, CTDB: true, CTDBMovesIPs: true}},
 }

@@ -1,0 +1,177 @@
+package cluster
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/fsha/fsha/tools/lab"
+)
+
+// deadLockRelease bounds, from a node's power cut, the wait for a lock
+// its client held on the volume to be free through a survivor. fsha
+// judges the node dead within a lease or two and ends the survivors'
+// GlusterFS connections with it (--dead-peer-ports); the volume's ping
+// timeout (3 s here) may hold the first probe. Without the kick the
+// surviving bricks keep the lock until their TCP keepalive gives the
+// dead client up, about 40 s (TestGlusterDeadNodeLocksWithoutKick).
+const deadLockRelease = 12 * time.Second
+
+// glusterLockPort tells whether p is one of fsha's default
+// --dead-peer-ports, for the kernel oracle below.
+func glusterLockPort(p uint16) bool { return p == lab.GlusterdPort || (p >= 49152 && p <= 60999) }
+
+// TestGlusterDeadNodeLocks: a dead node's locks on the volume go with it.
+// Through n3's mount (n3's FUSE client takes the lock on every brick) the
+// test holds an fcntl lock, as a CTDB leader holds CTDB's cluster lock;
+// n3's power is cut (link first: the survivors get no FIN). The surviving
+// bricks would keep the lock for n3's client until their TCP keepalive
+// gives it up; fsha's kick ends their connections with n3 once it judges
+// n3 dead, and a probe through a survivor's mount takes the lock within
+// deadLockRelease. Oracles: the volume (the probes) and the survivors'
+// kernels (no established connection with n3 on GlusterFS's ports).
+func TestGlusterDeadNodeLocks(t *testing.T) {
+	took := testGlusterDeadNodeLocks(t, nil, deadLockRelease)
+	if took < 0 {
+		t.Fatalf("the dead node's lock was still held %v after its power cut", deadLockRelease)
+	}
+}
+
+// testGlusterDeadNodeLocks runs the cut with fsha's extra args and
+// returns when, after the cut, a survivor took the dead node's lock (-1:
+// not within wait).
+func testGlusterDeadNodeLocks(t *testing.T, args []string, wait time.Duration) time.Duration {
+	requireGluster(t)
+	began := time.Now()
+	e := newEnvWithin(t, lab.ClusterOptions{Gluster: true, FshaArgs: args}, glusterBudget)
+	e.waitConverged(e.c.Nodes...)
+	t.Logf("cluster of 3 with the gluster volume up and converged after %v", time.Since(began).Round(time.Millisecond))
+	victim, survivor := e.c.Node(3), e.c.Node(1)
+
+	name := "dead-node.lock"
+	f, err := os.OpenFile(filepath.Join(victim.GlusterMount(), name), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// closed once n3's client is dead: the close fails, nothing waits
+	t.Cleanup(func() { _ = f.Close() })
+	lk := unix.Flock_t{Type: unix.F_WRLCK}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
+		t.Fatalf("lock %s through %s's mount: %v", name, victim.Role, err)
+	}
+	through := filepath.Join(survivor.GlusterMount(), name)
+	if err := lockProbe(through, 10*time.Second); !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EACCES) {
+		t.Fatalf("lock probe through %s's mount before the cut: %v, want EAGAIN (%s's client holds it)", survivor.Role, err, victim.Role)
+	}
+	before := glusterConnsWith(t, e, victim)
+	if len(before) == 0 {
+		t.Fatalf("no established GlusterFS connection with %s on the survivors before the cut: the oracle proves nothing", victim.Role)
+	}
+
+	cut := time.Now()
+	e.powerDown(victim)
+	var last error
+	probes := 0
+	for time.Since(cut) < wait {
+		probes++
+		if last = lockProbe(through, 4*time.Second); last == nil {
+			took := time.Since(cut)
+			t.Logf("%s's lock taken through %s's mount %v after its power cut (%d probes)", victim.Role, survivor.Role, took.Round(time.Millisecond), probes)
+			if left := glusterConnsWith(t, e, victim); len(left) != 0 {
+				t.Errorf("established GlusterFS connections with the dead %s left on the survivors: %v", victim.Role, left)
+			}
+			t.Logf("GlusterFS connections with %s on the survivors before the cut: %v; none once the lock was free", victim.Role, before)
+			return took
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("%s's lock still held through %s's mount %v after its power cut (%d probes, last: %v); GlusterFS connections with it on the survivors: %v before, %v now",
+		victim.Role, survivor.Role, wait, probes, last, before, glusterConnsWith(t, e, victim))
+	return -1
+}
+
+// glusterConnsWith lists the established TCP connections the survivors
+// of dead have with its address on GlusterFS's ports, from their kernels
+// (/proc/net/tcp of each namespace, read from inside it).
+func glusterConnsWith(t *testing.T, e *env, dead *lab.ClusterNode) []string {
+	t.Helper()
+	var all []string
+	for _, s := range e.c.Others(dead) {
+		var tcp []byte
+		err := s.Do(func() error {
+			var err error
+			tcp, err = os.ReadFile("/proc/thread-self/net/tcp") // this thread's namespace
+			return err
+		})
+		if err != nil {
+			t.Fatalf("read %s's TCP sockets: %v", s.Role, err)
+		}
+		conns, err := establishedWith(tcp, dead.IP(), glusterLockPort)
+		if err != nil {
+			t.Fatalf("%s's /proc/net/tcp: %v", s.Role, err)
+		}
+		for _, c := range conns {
+			all = append(all, s.Role+c)
+		}
+	}
+	return all
+}
+
+// establishedWith lists (":local-peer:remote") the established sockets of
+// a /proc/net/tcp with remote address peer and a local or remote port
+// that port accepts.
+func establishedWith(tcp []byte, peer netip.Addr, port func(uint16) bool) ([]string, error) {
+	want := peer.As4()
+	var conns []string
+	sc := bufio.NewScanner(bytes.NewReader(tcp))
+	sc.Scan() // the header
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 4 {
+			return nil, fmt.Errorf("short line %q", sc.Text())
+		}
+		if f[3] != "01" { // TCP_ESTABLISHED
+			continue
+		}
+		_, lport, err := procAddr(f[1])
+		if err != nil {
+			return nil, err
+		}
+		raddr, rport, err := procAddr(f[2])
+		if err != nil {
+			return nil, err
+		}
+		if raddr == want && (port(lport) || port(rport)) {
+			conns = append(conns, fmt.Sprintf(":%d-%s:%d", lport, peer, rport))
+		}
+	}
+	return conns, sc.Err()
+}
+
+// procAddr decodes /proc/net/tcp's "0100A8C0:1F90" (the address as the
+// host's 32-bit word, little-endian here; the port in hex).
+func procAddr(s string) ([4]byte, uint16, error) {
+	a, p, ok := strings.Cut(s, ":")
+	if !ok || len(a) != 8 {
+		return [4]byte{}, 0, fmt.Errorf("address %q", s)
+	}
+	w, err := strconv.ParseUint(a, 16, 32)
+	if err != nil {
+		return [4]byte{}, 0, fmt.Errorf("address %q: %w", s, err)
+	}
+	port, err := strconv.ParseUint(p, 16, 16)
+	if err != nil {
+		return [4]byte{}, 0, fmt.Errorf("port %q: %w", s, err)
+	}
+	return [4]byte{byte(w), byte(w >> 8), byte(w >> 16), byte(w >> 24)}, uint16(port), nil
+}
