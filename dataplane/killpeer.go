@@ -7,9 +7,10 @@ package dataplane
 // waits for its own, slower, keepalives. Destroying them makes the
 // service see the peer gone at once (CTDB marks a node disconnected when
 // its transport's socket fails; a brick drops a disconnected client's
-// locks, a client gives up a disconnected brick), as `ss -K dst PEER '(
-// sport = :PORT or dport = :PORT )'` would. See docs/ctdb-lab/RESULTS.md
-// and BENCHMARKS.md (I/O freeze) for what it saves.
+// locks, a client gives up a disconnected brick), much as `ss -K dst PEER
+// '( sport = :PORT or dport = :PORT )'` would, but only the service's end
+// of each port (KillPeerPorts). See docs/ctdb-lab/RESULTS.md and
+// BENCHMARKS.md (I/O freeze) for what it saves.
 
 import (
 	"encoding/binary"
@@ -28,27 +29,43 @@ func KillPeerPort(log *zap.Logger, peer netip.Addr, port uint16) (KillStats, err
 }
 
 // KillPeerPorts destroys the TCP connections of this network namespace
-// whose remote end is peer and whose local or remote port is in ports.
-// It needs CAP_NET_ADMIN.
+// with peer that belong to a service on ports: those this node accepted
+// on a port of the set (a local listener's) and those it opened to a
+// port of the set on peer. A connection's other end does not count:
+// GlusterFS's brick ports (49152-60999) overlap Linux's ephemeral ports,
+// and the peer's ssh session to this node's port 22 from its port 50000
+// is no brick's. It needs CAP_NET_ADMIN.
 func KillPeerPorts(log *zap.Logger, peer netip.Addr, ports PortSet) (KillStats, error) {
 	if len(ports) == 0 {
 		return KillStats{}, nil
 	}
-	conns, err := peerConns(peer.Unmap(), ports)
+	s, err := openSockDiag()
 	if err != nil {
 		return KillStats{}, err
 	}
-	return killConns(log, conns, destroySockets)
+	defer s.Close()
+	peer = peer.Unmap()
+	var socks []diagSock
+	// both families: an IPv6 listener on [::] accepts IPv4 connections
+	for _, family := range []uint8{unix.AF_INET, unix.AF_INET6} {
+		got, err := s.dumpTCP(family)
+		if err != nil {
+			return KillStats{}, err
+		}
+		socks = append(socks, got...)
+	}
+	return killConns(log, peerConns(socks, peer, ports), destroySockets)
 }
 
-// peerConns lists the live TCP connections with peer on ports, each as a
-// Conn whose "VIP" side is the local socket (what destroySockets looks up).
-func peerConns(peer netip.Addr, ports PortSet) ([]Conn, error) {
-	s, err := openSockDiag()
-	if err != nil {
-		return nil, err
-	}
-	defer s.Close()
+// diagSock is one TCP socket of a sock_diag dump.
+type diagSock struct {
+	state        uint8
+	src, dst     netip.Addr // unmapped
+	sport, dport uint16
+}
+
+// dumpTCP lists the TCP sockets of family in this namespace, every state.
+func (s *sockDiag) dumpTCP(family uint8) ([]diagSock, error) {
 	req := make([]byte, nlmsgHeaderLen+inetDiagReqV2Len)
 	ne := binary.NativeEndian
 	ne.PutUint32(req[0:], uint32(len(req)))
@@ -56,16 +73,13 @@ func peerConns(peer netip.Addr, ports PortSet) ([]Conn, error) {
 	ne.PutUint16(req[6:], unix.NLM_F_REQUEST|unix.NLM_F_DUMP)
 	ne.PutUint32(req[8:], 1)
 	r := req[nlmsgHeaderLen:]
-	r[0] = unix.AF_INET
-	if peer.Is6() {
-		r[0] = unix.AF_INET6
-	}
+	r[0] = family
 	r[1] = unix.IPPROTO_TCP
-	ne.PutUint32(r[4:], ^uint32(0)) // every state; filtered below
+	ne.PutUint32(r[4:], ^uint32(0)) // every state
 	if err := unix.Sendto(s.fd, req, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return nil, fmt.Errorf("sock_diag dump: %w", err)
 	}
-	var out []Conn
+	var out []diagSock
 	for done := false; !done; {
 		err := s.receive("sock_diag dump", func(typ uint16, _ uint32, p []byte) error {
 			switch {
@@ -77,8 +91,8 @@ func peerConns(peer netip.Addr, ports PortSet) ([]Conn, error) {
 					return fmt.Errorf("sock_diag dump: %w", err)
 				}
 			case typ == unix.SOCK_DIAG_BY_FAMILY:
-				if c, ok := peerConn(p, peer, ports); ok {
-					out = append(out, c)
+				if d, ok := decodeDiagSock(p); ok {
+					out = append(out, d)
 				}
 			}
 			return nil
@@ -90,25 +104,56 @@ func peerConns(peer netip.Addr, ports PortSet) ([]Conn, error) {
 	return out, nil
 }
 
-// peerConn decodes one inet_diag_msg and keeps it when it is a live
-// connection with peer on ports.
-func peerConn(p []byte, peer netip.Addr, ports PortSet) (Conn, bool) {
+// decodeDiagSock decodes one inet_diag_msg.
+func decodeDiagSock(p []byte) (diagSock, bool) {
 	if len(p) < inetDiagMsgLen {
-		return Conn{}, false
+		return diagSock{}, false
 	}
-	state := p[1]
-	if state == tcpStateListen || state == tcpStateTimeWait || state == tcpStateClose {
-		return Conn{}, false
+	d := diagSock{state: p[1], sport: binary.BigEndian.Uint16(p[4:]), dport: binary.BigEndian.Uint16(p[6:])}
+	switch p[0] {
+	case unix.AF_INET:
+		d.src, d.dst = netip.AddrFrom4([4]byte(p[8:12])), netip.AddrFrom4([4]byte(p[24:28]))
+	case unix.AF_INET6:
+		d.src, d.dst = netip.AddrFrom16([16]byte(p[8:24])).Unmap(), netip.AddrFrom16([16]byte(p[24:40])).Unmap()
+	default:
+		return diagSock{}, false
 	}
-	sport, dport := binary.BigEndian.Uint16(p[4:]), binary.BigEndian.Uint16(p[6:])
-	var src, dst netip.Addr
-	if p[0] == unix.AF_INET {
-		src, dst = netip.AddrFrom4([4]byte(p[8:12])), netip.AddrFrom4([4]byte(p[24:28]))
-	} else {
-		src, dst = netip.AddrFrom16([16]byte(p[8:24])).Unmap(), netip.AddrFrom16([16]byte(p[24:40])).Unmap()
+	return d, true
+}
+
+// peerConns picks, from a namespace's sockets, the live connections with
+// peer that belong to a service on ports (see KillPeerPorts), each as a
+// Conn whose "VIP" side is the local socket (what destroySockets looks
+// up). A connection is this node's service end when a listener holds its
+// local port (on its address or on all), and this node's client end
+// otherwise.
+func peerConns(socks []diagSock, peer netip.Addr, ports PortSet) []Conn {
+	type listener struct {
+		addr netip.Addr
+		port uint16
 	}
-	if dst != peer || (!ports.Contains(sport) && !ports.Contains(dport)) {
-		return Conn{}, false
+	listening := map[listener]bool{}
+	for _, d := range socks {
+		if d.state == tcpStateListen {
+			listening[listener{d.src, d.sport}] = true
+		}
 	}
-	return Conn{VIP: src, VIPPort: sport, Client: dst, ClientPort: dport}, true
+	serves := func(d diagSock) bool {
+		return listening[listener{d.src, d.sport}] ||
+			listening[listener{netip.IPv4Unspecified(), d.sport}] || listening[listener{netip.IPv6Unspecified(), d.sport}]
+	}
+	var out []Conn
+	for _, d := range socks {
+		if d.state == tcpStateListen || d.state == tcpStateTimeWait || d.state == tcpStateClose || d.dst != peer {
+			continue
+		}
+		service := d.dport // this node dialled peer's service
+		if serves(d) {
+			service = d.sport // peer dialled this node's
+		}
+		if ports.Contains(service) {
+			out = append(out, Conn{VIP: d.src, VIPPort: d.sport, Client: d.dst, ClientPort: d.dport})
+		}
+	}
+	return out
 }

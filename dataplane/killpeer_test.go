@@ -31,8 +31,9 @@ func TestKillPeerPort(t *testing.T) {
 	if err != nil || st.Conns != 0 {
 		t.Fatalf("kill on a port without connections: %+v, %v", st, err)
 	}
-	// ranges around the port, not over it: nothing
-	around := PortSet{{1, 444}, {446, 1023}} // the client's own port is ephemeral, above
+	// every port but 445: the client's own (ephemeral) port is in it, and
+	// does not count, the service's is 445
+	around := PortSet{{1, 444}, {446, 65535}}
 	l.in(t, l.nsS, func() { st, err = KillPeerPorts(zaptest.NewLogger(t), l.cli4, around) })
 	if err != nil || st.Conns != 0 {
 		t.Fatalf("kill on %s: %+v, %v", around, st, err)
@@ -63,4 +64,40 @@ func TestKillPeerPort(t *testing.T) {
 		t.Errorf("IPv6 kill: %+v, %v", st, err)
 	}
 	v6.expectReset(t, time.Second)
+}
+
+// peerConns keeps a connection by its service's port: the local one when
+// a listener holds it, the peer's otherwise; never by the other end's
+// port, which may be an ephemeral port inside the set.
+func TestPeerConnsByService(t *testing.T) {
+	a := netip.MustParseAddr
+	self, peer, other := a("198.18.0.11"), a("198.18.0.13"), a("198.18.0.12")
+	gluster := PortSet{{24007, 24007}, {49152, 60999}}
+	est := uint8(1) // TCP_ESTABLISHED
+	socks := []diagSock{
+		{state: tcpStateListen, src: self, sport: 56217},                 // a brick
+		{state: tcpStateListen, src: netip.IPv4Unspecified(), sport: 22}, // sshd on all
+		{state: tcpStateListen, src: netip.IPv6Unspecified(), sport: 24007},
+		{state: est, src: self, sport: 56217, dst: peer, dport: 49144},  // peer's client on our brick: kill
+		{state: est, src: self, sport: 49133, dst: peer, dport: 58753},  // our client on peer's brick: kill
+		{state: est, src: self, sport: 24007, dst: peer, dport: 49151},  // peer's glusterd on ours: kill
+		{state: est, src: self, sport: 22, dst: peer, dport: 50000},     // peer's ssh from a port in the set: keep
+		{state: est, src: self, sport: 55296, dst: peer, dport: 4400},   // ours from a port in the set: keep
+		{state: est, src: self, sport: 56217, dst: other, dport: 49144}, // another node on our brick: keep
+		{state: tcpStateTimeWait, src: self, sport: 49133, dst: peer, dport: 58754},
+	}
+	got := peerConns(socks, peer, gluster)
+	want := []Conn{
+		{VIP: self, VIPPort: 56217, Client: peer, ClientPort: 49144},
+		{VIP: self, VIPPort: 49133, Client: peer, ClientPort: 58753},
+		{VIP: self, VIPPort: 24007, Client: peer, ClientPort: 49151},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("peerConns = %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("conn %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
 }

@@ -22,8 +22,9 @@ const ctdbElectTimeout = 2 * time.Second
 // glusterPorts is GlusterFS's: glusterd's 24007, and the bricks', which
 // glusterd picks at random between its base-port and max-port (49152 and
 // 60999 by default). The range overlaps Linux's ephemeral ports (32768 to
-// 60999): connections with the dead node from its ephemeral ports there go
-// too, which costs nothing, since it is dead.
+// 60999), which is why a connection counts by its service's end only
+// (dataplane.KillPeerPorts): the peer's ssh session from its port 50000
+// stays.
 const glusterPorts = "24007,49152-60999"
 
 // peerKick is what the node does when it judges a peer dead: end this

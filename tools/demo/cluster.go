@@ -145,8 +145,8 @@ func runCluster(ctx context.Context, out io.Writer, newLab func() (*lab.Lab, err
 	f.print(p, old)
 	_ = sess.Close(ctx) // its connection is gone: whatever smbclient says
 	if full {
-		p.say("%-9s %s  c1's smbclient reads hello.txt again: smbd on %s waited for CTDB's recovery, and the volume's FUSE mounts for %ds (its ping timeout) before they gave up on %s's brick",
-			"+"+ms(firstRead.Sub(f.cut)), clock(firstRead), f.next.Role, lab.GlusterPingTimeout, old.Role)
+		p.say("%-9s %s  c1's smbclient reads hello.txt again: smbd on %s waited for CTDB's recovery; the volume's FUSE mounts gave %s's brick up when fsha ended their connections with it (else after the volume's %d s ping timeout)",
+			"+"+ms(firstRead.Sub(f.cut)), clock(firstRead), f.next.Role, old.Role, lab.GlusterPingTimeout)
 	} else {
 		p.say("%-9s %s  c1's smbclient reads hello.txt again (its attempt made during the gap waited for TCP's 1 s SYN retry)",
 			"+"+ms(firstRead.Sub(f.cut)), clock(firstRead))

@@ -27,10 +27,6 @@ import (
 // dead client up, about 40 s (TestGlusterDeadNodeLocksWithoutKick).
 const deadLockRelease = 12 * time.Second
 
-// glusterLockPort tells whether p is one of fsha's default
-// --dead-peer-ports, for the kernel oracle below.
-func glusterLockPort(p uint16) bool { return p == lab.GlusterdPort || (p >= 49152 && p <= 60999) }
-
 // TestGlusterDeadNodeLocks: a dead node's locks on the volume go with it.
 // Through n3's mount (n3's FUSE client takes the lock on every brick) the
 // test holds an fcntl lock, as a CTDB leader holds CTDB's cluster lock;
@@ -39,7 +35,7 @@ func glusterLockPort(p uint16) bool { return p == lab.GlusterdPort || (p >= 4915
 // gives it up; fsha's kick ends their connections with n3 once it judges
 // n3 dead, and a probe through a survivor's mount takes the lock within
 // deadLockRelease. Oracles: the volume (the probes) and the survivors'
-// kernels (no established connection with n3 on GlusterFS's ports).
+// kernels (no established connection of a GlusterFS process with n3).
 func TestGlusterDeadNodeLocks(t *testing.T) {
 	took := testGlusterDeadNodeLocks(t, nil, deadLockRelease)
 	if took < 0 {
@@ -100,23 +96,29 @@ func testGlusterDeadNodeLocks(t *testing.T, args []string, wait time.Duration) t
 	return -1
 }
 
-// glusterConnsWith lists the established TCP connections the survivors
-// of dead have with its address on GlusterFS's ports, from their kernels
-// (/proc/net/tcp of each namespace, read from inside it).
+// glusterConnsWith lists the established TCP connections that the
+// survivors' GlusterFS processes (glusterd, bricks, clients, self-heal)
+// have with dead's address, from the survivors' kernels: the sockets of
+// /proc/net/tcp read inside each namespace whose inode a process named
+// gluster* of that namespace holds open.
 func glusterConnsWith(t *testing.T, e *env, dead *lab.ClusterNode) []string {
 	t.Helper()
 	var all []string
 	for _, s := range e.c.Others(dead) {
 		var tcp []byte
+		var ns string
 		err := s.Do(func() error {
 			var err error
+			if ns, err = os.Readlink("/proc/thread-self/ns/net"); err != nil {
+				return err
+			}
 			tcp, err = os.ReadFile("/proc/thread-self/net/tcp") // this thread's namespace
 			return err
 		})
 		if err != nil {
 			t.Fatalf("read %s's TCP sockets: %v", s.Role, err)
 		}
-		conns, err := establishedWith(tcp, dead.IP(), glusterLockPort)
+		conns, err := establishedWith(tcp, dead.IP(), glusterSockets(ns))
 		if err != nil {
 			t.Fatalf("%s's /proc/net/tcp: %v", s.Role, err)
 		}
@@ -127,20 +129,47 @@ func glusterConnsWith(t *testing.T, e *env, dead *lab.ClusterNode) []string {
 	return all
 }
 
+// glusterSockets is the socket inodes that processes named gluster* in
+// network namespace ns (as /proc/PID/ns/net reads) hold open.
+func glusterSockets(ns string) map[string]bool {
+	inodes := map[string]bool{}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		if _, err := strconv.Atoi(p.Name()); err != nil {
+			continue
+		}
+		dir := filepath.Join("/proc", p.Name())
+		comm, err := os.ReadFile(filepath.Join(dir, "comm"))
+		if err != nil || !strings.HasPrefix(string(comm), "gluster") {
+			continue
+		}
+		if got, err := os.Readlink(filepath.Join(dir, "ns", "net")); err != nil || got != ns {
+			continue
+		}
+		fds, _ := os.ReadDir(filepath.Join(dir, "fd"))
+		for _, fd := range fds {
+			l, err := os.Readlink(filepath.Join(dir, "fd", fd.Name()))
+			if inode, ok := strings.CutPrefix(l, "socket:["); err == nil && ok {
+				inodes[strings.TrimSuffix(inode, "]")] = true
+			}
+		}
+	}
+	return inodes
+}
+
 // establishedWith lists (":local-peer:remote") the established sockets of
-// a /proc/net/tcp with remote address peer and a local or remote port
-// that port accepts.
-func establishedWith(tcp []byte, peer netip.Addr, port func(uint16) bool) ([]string, error) {
+// a /proc/net/tcp with remote address peer whose inode is in inodes.
+func establishedWith(tcp []byte, peer netip.Addr, inodes map[string]bool) ([]string, error) {
 	want := peer.As4()
 	var conns []string
 	sc := bufio.NewScanner(bytes.NewReader(tcp))
 	sc.Scan() // the header
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) < 4 {
+		if len(f) < 10 {
 			return nil, fmt.Errorf("short line %q", sc.Text())
 		}
-		if f[3] != "01" { // TCP_ESTABLISHED
+		if f[3] != "01" || !inodes[f[9]] { // TCP_ESTABLISHED, a gluster process's
 			continue
 		}
 		_, lport, err := procAddr(f[1])
@@ -151,7 +180,7 @@ func establishedWith(tcp []byte, peer netip.Addr, port func(uint16) bool) ([]str
 		if err != nil {
 			return nil, err
 		}
-		if raddr == want && (port(lport) || port(rport)) {
+		if raddr == want {
 			conns = append(conns, fmt.Sprintf(":%d-%s:%d", lport, peer, rport))
 		}
 	}

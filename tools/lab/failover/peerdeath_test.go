@@ -15,12 +15,15 @@ import (
 	"github.com/fsha/fsha/tools/lab"
 )
 
-// TestPeerDeathEndsCTDBConnections stands in for ctdbd on every node: TCP
-// connections between n1 and n3 on CTDB's port 4379, both ways, the way
-// each ctdbd connects to every other one. When n3 dies (a power cut), n1
-// must end its two at once (CTDB then sees n3 disconnected and recovers
-// now rather than after its keepalives), and only those: n1's connection
-// to n3 on another port and its connection to n2 on 4379 stay. A restart
+// TestPeerDeathEndsCTDBConnections stands in for ctdbd and GlusterFS on
+// every node: TCP connections between n1 and n3 on CTDB's port 4379, both
+// ways, the way each ctdbd connects to every other one, and on brick
+// ports (49152-60999: n1's client on n3's brick, n3's on n1's). When n3
+// dies (a power cut), n1 must end those four at once (CTDB then sees n3
+// disconnected and recovers now rather than after its keepalives; a brick
+// drops the dead client's locks), and only those: n1's connections with
+// n3 on other ports whose other end is a port of the range (an ephemeral
+// one: 55555, 55556) and its connection to n2 on 4379 stay. A restart
 // of n3's fsha (SIGTERM, back within the grace) ends nothing: ctdbd on n3
 // runs on. The oracle is n1's kernel: a destroyed socket fails its reads
 // with ECONNABORTED.
@@ -42,12 +45,20 @@ func TestPeerDeathEndsCTDBConnections(t *testing.T) {
 		}()
 		return ch
 	}
-	dial := func(from, to *lab.Host, port int) (net.Conn, net.Conn) {
+	// dialFrom connects from a chosen local port (0: the kernel's pick)
+	dialFrom := func(from, to *lab.Host, port, local int) (net.Conn, net.Conn) {
 		ch := accepted(to, port)
-		c, err := from.Dial(e.ctx, "tcp", netip.AddrPortFrom(to.IP(), uint16(port)).String())
+		var c net.Conn
+		err := from.Do(func() error {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: from.IP().AsSlice(), Port: local}}
+			var err error
+			c, err = d.DialContext(e.ctx, "tcp", netip.AddrPortFrom(to.IP(), uint16(port)).String())
+			return err
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { c.Close() })
 		select {
 		case other := <-ch:
 			t.Cleanup(func() { other.Close() })
@@ -57,13 +68,20 @@ func TestPeerDeathEndsCTDBConnections(t *testing.T) {
 			return nil, nil
 		}
 	}
-	// n1's ends of each connection
+	dial := func(from, to *lab.Host, port int) (net.Conn, net.Conn) { return dialFrom(from, to, port, 0) }
+	// n1's ends of each connection: ctdbd's both ways, and GlusterFS's
+	// (fsha's default --dead-peer-ports: 24007, bricks 49152-60999) both
+	// ways; kept, connections on other ports whose other end is a port in
+	// that range (an ephemeral port)
 	out, _ := dial(n1.Host, n3.Host, 4379) // n1 -> n3:4379
 	_, in := dial(n3.Host, n1.Host, 4379)  // n3 -> n1:4379, n1's accepted end
-	other, _ := dial(n1.Host, n3.Host, 4400)
+	toBrick, _ := dial(n1.Host, n3.Host, 50001)
+	_, fromClient := dialFrom(n3.Host, n1.Host, 50000, 1000) // n3's client on n1's brick
+	other, _ := dialFrom(n1.Host, n3.Host, 4400, 55555)
+	_, otherIn := dialFrom(n3.Host, n1.Host, 4401, 55556)
 	toN2, _ := dial(n1.Host, n2.Host, 4379)
-	kicked := map[string]net.Conn{"n1->n3:4379": out, "n3->n1:4379": in}
-	kept := map[string]net.Conn{"n1->n3:4400": other, "n1->n2:4379": toN2}
+	kicked := map[string]net.Conn{"n1->n3:4379": out, "n3->n1:4379": in, "n1->n3:50001": toBrick, "n3:1000->n1:50000": fromClient}
+	kept := map[string]net.Conn{"n1:55555->n3:4400": other, "n3:55556->n1:4401": otherIn, "n1->n2:4379": toN2}
 	// open: a read waits (deadline); ended: it fails with ECONNABORTED
 	state := func(c net.Conn) error {
 		if err := c.SetReadDeadline(time.Now().Add(20 * time.Millisecond)); err != nil {
@@ -109,7 +127,7 @@ func TestPeerDeathEndsCTDBConnections(t *testing.T) {
 		t.Fatalf("n3 holds %v after its restart, want one VIP", vip)
 	}
 	cut := e.powerDown(n3)
-	e.eventually("n1 ends its connections with n3 on 4379", func(context.Context) error {
+	e.eventually("n1 ends its connections with n3 on 4379 and the brick ports", func(context.Context) error {
 		for name, c := range kicked {
 			if err := state(c); err == nil {
 				return fmt.Errorf("%s still open", name)
@@ -119,7 +137,7 @@ func TestPeerDeathEndsCTDBConnections(t *testing.T) {
 		}
 		return nil
 	})
-	t.Logf("n1 ended its ctdbd connections with n3 within %v of the power cut", time.Since(cut).Round(time.Millisecond))
+	t.Logf("n1 ended its ctdbd and brick connections with n3 within %v of the power cut", time.Since(cut).Round(time.Millisecond))
 	allOpen("after n3's death", kept)
 	// n3 restarted a few seconds ago: its VIP moves as after any crash,
 	// not at the end of the restart's grace (the renewals gave it back)
