@@ -26,12 +26,36 @@ type fakeBackend struct {
 	calls []string
 	// refuse: the configuration Reload refuses, if any
 	refuse string
+	// order, if set, gets "name call" of every call, across backends
+	order *callOrder
+	name  string
+}
+
+// callOrder is the order of calls across several fake nodes.
+type callOrder struct {
+	mu    sync.Mutex
+	calls []string
+}
+
+func (o *callOrder) add(s string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.calls = append(o.calls, s)
+}
+
+func (o *callOrder) get() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.calls...)
 }
 
 func (f *fakeBackend) record(s string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, s)
+	if f.order != nil {
+		f.order.add(f.name + " " + s)
+	}
 }
 
 func (f *fakeBackend) Calls() []string {

@@ -78,7 +78,17 @@ type nodeResult struct {
 // onNodes runs run where -n says. On one node its output is the
 // command's, unchanged; on several, each node's is a section of its own
 // (printSections), and the command fails if any node failed.
-func onNodes(c *cli.Context, e env, run nodeRun) error {
+func onNodes(c *cli.Context, e env, run nodeRun) error { return onNodesOrdered(c, e, run, false) }
+
+// onNodesThisLast is onNodes for a command that restarts the daemon it
+// reaches (fsha reload): on several nodes, this node's runs once every
+// other node has answered, since the others' requests go through this
+// node's daemon, which would be restarting under them.
+func onNodesThisLast(c *cli.Context, e env, run nodeRun) error {
+	return onNodesOrdered(c, e, run, true)
+}
+
+func onNodesOrdered(c *cli.Context, e env, run nodeRun, thisLast bool) error {
 	t, err := parseTarget(c.String("node"))
 	if err != nil {
 		return err
@@ -102,9 +112,18 @@ func onNodes(c *cli.Context, e env, run nodeRun) error {
 	if err != nil {
 		return err
 	}
-	results := runOnNodes(c.Context, nodes, func(_ context.Context, n nodeResult, w io.Writer) error {
+	each := func(_ context.Context, n nodeResult, w io.Writer) error {
 		return run(cl.On(n.PNN), n.PNN == st.ThisPNN, w)
-	})
+	}
+	if !thisLast {
+		return printSections(e.stdout, runOnNodes(c.Context, nodes, each), c.Bool("json"))
+	}
+	isThis := func(n nodeResult) bool { return n.PNN == st.ThisPNN }
+	results := runOnNodes(c.Context, slices.DeleteFunc(slices.Clone(nodes), isThis), each)
+	if i := slices.IndexFunc(nodes, isThis); i >= 0 {
+		results = append(results, runOnNodes(c.Context, nodes[i:i+1], each)...)
+		slices.SortFunc(results, func(a, b nodeResult) int { return a.PNN - b.PNN })
+	}
 	return printSections(e.stdout, results, c.Bool("json"))
 }
 

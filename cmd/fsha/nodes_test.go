@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
@@ -118,9 +119,12 @@ func (p peerNode) Status(ctx context.Context) (admin.Status, error) {
 // admin server, node 2 never does.
 type fakeChannel struct {
 	peers map[int]*admin.Server
+	// delay: a forward's trip to the peer
+	delay time.Duration
 }
 
 func (f fakeChannel) Forward(ctx context.Context, pnn int, req admin.ForwardRequest) (admin.ForwardResponse, error) {
+	time.Sleep(f.delay)
 	if s, ok := f.peers[pnn]; ok {
 		return s.ServeForwarded(ctx, req), nil
 	}
@@ -218,5 +222,31 @@ func TestNodeFlagRefusedByLocalCommands(t *testing.T) {
 	err := app.Run([]string{"fsha", "-n", "2", "flows"})
 	if err == nil || !strings.Contains(err.Error(), "fsha flows works on this machine only") {
 		t.Errorf("fsha -n 2 flows: %v", err)
+	}
+}
+
+// TestReloadThisNodeLast: fsha -n 0,1 reload reloads node 1 through this
+// node's daemon before this node's: reloaded first, this daemon would be
+// restarting while it forwards (TestReloadNodes in the lab: "fsha is not
+// running here" for a node whose forward came late). The forward takes
+// 100 ms, so that all at once would reach this node first.
+func TestReloadThisNodeLast(t *testing.T) {
+	order := &callOrder{}
+	here := &fakeBackend{order: order, name: "node0"}
+	peer := &fakeBackend{order: order, name: "node1"}
+	peerSrv := admin.NewServer(zap.NewNop(), peerNode{peer, 1})
+	srv := admin.NewServer(zap.NewNop(), here)
+	srv.SetForwarder(0, fakeChannel{peers: map[int]*admin.Server{1: peerSrv}, delay: 100 * time.Millisecond})
+	dir := serveServer(t, srv)
+	out, err := runAdmin(t, "-n", "0,1", "reload", "--run-dir", dir)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if got, want := order.get(), []string{"node1 reload", "node0 reload"}; !slices.Equal(got, want) {
+		t.Errorf("reloads in the order %q, want %q", got, want)
+	}
+	want := "PNN:0 198.18.0.1\nconfiguration checked: restarting in place with it\n\nPNN:1 198.18.0.2\nconfiguration checked: restarting in place with it\n"
+	if out != want {
+		t.Errorf("printed %q, want %q", out, want)
 	}
 }

@@ -13,7 +13,8 @@ import (
 // checks its configuration files and restarts in place with them, as
 // SIGHUP and systemctl reload do; -n all reloads every node at once, which
 // keeps the time the nodes run different files short (a node whose files
-// differ from the majority's holds no VIP meanwhile).
+// differ from the majority's holds no VIP meanwhile): the others first,
+// through this node's daemon, then this node.
 func reloadCommand(e env) *cli.Command {
 	return &cli.Command{
 		Name:  "reload",
@@ -23,7 +24,7 @@ func reloadCommand(e env) *cli.Command {
 			if _, err := wantArgs(c); err != nil {
 				return err
 			}
-			return onNodes(c, e, func(cl *admin.Client, _ bool, w io.Writer) error {
+			return onNodesThisLast(c, e, func(cl *admin.Client, _ bool, w io.Writer) error {
 				if err := cl.Reload(c.Context); err != nil {
 					return err
 				}
