@@ -21,9 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// KillPeerPort destroys the TCP connections of this network namespace
-// whose remote end is peer and whose local or remote port is port. It
-// needs CAP_NET_ADMIN.
+// KillPeerPort is KillPeerPorts for one port.
 func KillPeerPort(log *zap.Logger, peer netip.Addr, port uint16) (KillStats, error) {
 	return KillPeerPorts(log, peer, PortSet{{port, port}})
 }
