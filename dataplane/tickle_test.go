@@ -12,7 +12,6 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
 	"github.com/fsha/fsha/tools/testenv"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
@@ -577,14 +576,7 @@ func TestTickleBypassesEgressHook(t *testing.T) {
 		t.Fatalf("load counting program: %v", err)
 	}
 	defer prog.Close()
-	var lk link.Link
-	l.in(t, l.nsS, func() {
-		lk, err = link.AttachTCX(link.TCXOptions{Program: prog, Interface: l.idxS, Attach: ebpf.AttachTCXEgress})
-	})
-	if err != nil {
-		t.Fatalf("attach counting program: %v", err)
-	}
-	defer lk.Close()
+	defer l.attachServerEgress(t, prog).Close()
 	if err := l.hS.NeighAdd(&netlink.Neigh{LinkIndex: l.idxS, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
 		IP: l.cli4.AsSlice(), HardwareAddr: net.HardwareAddr{0x02, 0, 0, 0, 0, 0x02}}); err != nil {
 		t.Fatalf("add neighbour: %v", err)

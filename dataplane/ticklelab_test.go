@@ -242,13 +242,7 @@ func (l *tickleLab) vanish(t *testing.T, lc *labConn) {
 		t.Fatalf("load drop program: %v", err)
 	}
 	defer prog.Close()
-	var lk link.Link
-	l.in(t, l.nsS, func() {
-		lk, err = link.AttachTCX(link.TCXOptions{Program: prog, Interface: l.idxS, Attach: ebpf.AttachTCXEgress})
-	})
-	if err != nil {
-		t.Fatalf("attach drop program: %v", err)
-	}
+	lk := l.attachServerEgress(t, prog)
 	if err := lc.server.SetLinger(0); err != nil {
 		t.Fatal(err)
 	}
@@ -438,4 +432,18 @@ func (l *tickleLab) tcpCounters(t *testing.T) map[string]int64 {
 	}
 	t.Fatalf("no Tcp counters in snmp")
 	return nil
+}
+
+// attachServerEgress attaches prog (TCX) to the server side's egress.
+func (l *tickleLab) attachServerEgress(t *testing.T, prog *ebpf.Program) link.Link {
+	t.Helper()
+	var lk link.Link
+	var err error
+	l.in(t, l.nsS, func() {
+		lk, err = link.AttachTCX(link.TCXOptions{Program: prog, Interface: l.idxS, Attach: ebpf.AttachTCXEgress})
+	})
+	if err != nil {
+		t.Fatalf("attach %s to the server's egress: %v", prog, err)
+	}
+	return lk
 }

@@ -1,7 +1,6 @@
 package lab
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -13,8 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -255,42 +252,13 @@ func (h *Host) WaitListening(ctx context.Context, port uint16) error {
 
 // listening reads the calling thread's namespace's TCP tables.
 func listening(port uint16) (bool, error) {
-	for _, f := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
-		ok, err := listeningIn(f, port)
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return false, err
-		}
-		if ok {
+	socks, err := tcpSockets()
+	for _, s := range socks {
+		if s.State == TCPListen && s.Local.Port() == port {
 			return true, nil
 		}
 	}
-	return false, nil
-}
-
-func listeningIn(file string, port uint16) (bool, error) {
-	f, err := os.Open(file)
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	const tcpListen = "0A"
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		// sl local_address rem_address st ...; local_address is HEXADDR:HEXPORT
-		fields := strings.Fields(sc.Text())
-		if len(fields) < 4 || fields[3] != tcpListen {
-			continue
-		}
-		i := strings.LastIndexByte(fields[1], ':')
-		if i < 0 {
-			continue
-		}
-		p, err := strconv.ParseUint(fields[1][i+1:], 16, 16)
-		if err == nil && uint16(p) == port {
-			return true, nil
-		}
-	}
-	return false, sc.Err()
+	return false, err
 }
 
 // logger is the lab logger with the host's namespace.

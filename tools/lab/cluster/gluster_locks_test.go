@@ -1,11 +1,8 @@
 package cluster
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -99,31 +96,30 @@ func testGlusterDeadNodeLocks(t *testing.T, args []string, wait time.Duration) t
 // glusterConnsWith lists the established TCP connections that the
 // survivors' GlusterFS processes (glusterd, bricks, clients, self-heal)
 // have with dead's address, from the survivors' kernels: the sockets of
-// /proc/net/tcp read inside each namespace whose inode a process named
-// gluster* of that namespace holds open.
+// each namespace's TCP tables whose inode a process named gluster* of
+// that namespace holds open.
 func glusterConnsWith(t *testing.T, e *env, dead *lab.ClusterNode) []string {
 	t.Helper()
 	var all []string
 	for _, s := range e.c.Others(dead) {
-		var tcp []byte
 		var ns string
 		err := s.Do(func() error {
 			var err error
-			if ns, err = os.Readlink("/proc/thread-self/ns/net"); err != nil {
-				return err
-			}
-			tcp, err = os.ReadFile("/proc/thread-self/net/tcp") // this thread's namespace
+			ns, err = os.Readlink("/proc/thread-self/ns/net")
 			return err
 		})
 		if err != nil {
-			t.Fatalf("read %s's TCP sockets: %v", s.Role, err)
+			t.Fatalf("%s's namespace: %v", s.Role, err)
 		}
-		conns, err := establishedWith(tcp, dead.IP(), glusterSockets(ns))
+		socks, err := s.TCPSockets()
 		if err != nil {
-			t.Fatalf("%s's /proc/net/tcp: %v", s.Role, err)
+			t.Fatalf("%s's TCP sockets: %v", s.Role, err)
 		}
-		for _, c := range conns {
-			all = append(all, s.Role+c)
+		gluster := glusterSockets(ns)
+		for _, c := range socks {
+			if c.State == lab.TCPEstablished && gluster[c.Inode] && c.Remote.Addr() == dead.IP() {
+				all = append(all, fmt.Sprintf("%s:%d-%s", s.Role, c.Local.Port(), c.Remote))
+			}
 		}
 	}
 	return all
@@ -155,52 +151,4 @@ func glusterSockets(ns string) map[string]bool {
 		}
 	}
 	return inodes
-}
-
-// establishedWith lists (":local-peer:remote") the established sockets of
-// a /proc/net/tcp with remote address peer whose inode is in inodes.
-func establishedWith(tcp []byte, peer netip.Addr, inodes map[string]bool) ([]string, error) {
-	want := peer.As4()
-	var conns []string
-	sc := bufio.NewScanner(bytes.NewReader(tcp))
-	sc.Scan() // the header
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 10 {
-			return nil, fmt.Errorf("short line %q", sc.Text())
-		}
-		if f[3] != "01" || !inodes[f[9]] { // TCP_ESTABLISHED, a gluster process's
-			continue
-		}
-		_, lport, err := procAddr(f[1])
-		if err != nil {
-			return nil, err
-		}
-		raddr, rport, err := procAddr(f[2])
-		if err != nil {
-			return nil, err
-		}
-		if raddr == want {
-			conns = append(conns, fmt.Sprintf(":%d-%s:%d", lport, peer, rport))
-		}
-	}
-	return conns, sc.Err()
-}
-
-// procAddr decodes /proc/net/tcp's "0100A8C0:1F90" (the address as the
-// host's 32-bit word, little-endian here; the port in hex).
-func procAddr(s string) ([4]byte, uint16, error) {
-	a, p, ok := strings.Cut(s, ":")
-	if !ok || len(a) != 8 {
-		return [4]byte{}, 0, fmt.Errorf("address %q", s)
-	}
-	w, err := strconv.ParseUint(a, 16, 32)
-	if err != nil {
-		return [4]byte{}, 0, fmt.Errorf("address %q: %w", s, err)
-	}
-	port, err := strconv.ParseUint(p, 16, 16)
-	if err != nil {
-		return [4]byte{}, 0, fmt.Errorf("port %q: %w", s, err)
-	}
-	return [4]byte{byte(w), byte(w >> 8), byte(w >> 16), byte(w >> 24)}, uint16(port), nil
 }
