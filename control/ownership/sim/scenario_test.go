@@ -13,6 +13,32 @@ import (
 // the invariants of the random schedules (no VIP answered twice, no tickle
 // of a node that answers) are checked at every instant here too.
 
+// unmovedMark is where the cluster stood, for expectUnmoved: every VIP's
+// holders, and the takes and drops so far.
+type unmovedMark struct {
+	holders      map[netip.Addr][]int
+	takes, drops int
+}
+
+func (w *simWorld) unmovedMark() unmovedMark {
+	return unmovedMark{holders: w.holders(), takes: w.takes, drops: w.drops}
+}
+
+// expectUnmoved fails t if, since m, a VIP changed holder or any VIP was
+// taken or dropped during what.
+func (w *simWorld) expectUnmoved(t *testing.T, m unmovedMark, what string) {
+	t.Helper()
+	for vip, h := range m.holders {
+		if now := w.holders()[vip]; len(now) != 1 || now[0] != h[0] {
+			t.Errorf("%s was on n%d, now on %v", vip, h[0], now)
+		}
+	}
+	if w.takes != m.takes || w.drops != m.drops {
+		w.dumpLog(t)
+		t.Errorf("%s took %d VIPs and dropped %d", what, w.takes-m.takes, w.drops-m.drops)
+	}
+}
+
 // converged starts a cluster and runs it until every VIP is answered.
 func converged(t *testing.T, seed int64, nodes, vips int, timing ownership.Timing, lock bool) *simWorld {
 	t.Helper()
@@ -360,8 +386,7 @@ func TestSimRollingRestart(t *testing.T) {
 			t.Run(fmt.Sprintf("%dn%dv/seed%d", tc.nodes, tc.vips, seed), func(t *testing.T) {
 				w := converged(t, seed, tc.nodes, tc.vips, ownership.DefaultTiming(), false)
 				w.runUntil(w.now + int64(2*time.Second))
-				before := w.holders()
-				takes, drops := w.takes, w.drops
+				since := w.unmovedMark()
 				for _, n := range w.nodes {
 					n.stopping, n.restartIn = true, time.Second
 					n.eng.Stop(n.local2(w.now), true)
@@ -380,15 +405,7 @@ func TestSimRollingRestart(t *testing.T) {
 					w.runUntil(w.now + int64(1700*time.Millisecond))
 				}
 				w.ok(t)
-				for vip, h := range before {
-					if now := w.holders()[vip]; len(now) != 1 || now[0] != h[0] {
-						t.Errorf("%s was on n%d, now on %v", vip, h[0], now)
-					}
-				}
-				if w.takes != takes || w.drops != drops {
-					w.dumpLog(t)
-					t.Errorf("the rolling restart took %d VIPs and dropped %d", w.takes-takes, w.drops-drops)
-				}
+				w.expectUnmoved(t, since, "the rolling restart")
 			})
 		}
 	}
