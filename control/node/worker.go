@@ -109,11 +109,42 @@ func (w *worker) held() (bool, string) {
 	return w.state == vipHeld, w.iface
 }
 
+// workerTick is how often a held VIP's lease and a drain are checked.
+const workerTick = 50 * time.Millisecond
+
+// watched says whether the worker has a lease or a drain to check on its
+// tick: a VIP held (and up) or draining. The others' workers sleep, so that
+// an idle node with many VIPs does not wake 20 times a second per VIP (64
+// VIPs: 1,280 wake-ups a second, most of a small machine's CPU at 16 nodes).
+func (w *worker) watched() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.state == vipHeld && !w.down || w.state == vipDraining
+}
+
 func (w *worker) run(ctx context.Context) {
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
+	// the ticker runs only while watched(); every change of state is made
+	// on this goroutine (a job or a tick), so it is re-armed after each
+	var tick *time.Ticker
+	var tickC <-chan time.Time
+	defer func() {
+		if tick != nil {
+			tick.Stop()
+		}
+	}()
+	arm := func() {
+		switch need := w.watched(); {
+		case need && tick == nil:
+			tick = time.NewTicker(workerTick)
+			tickC = tick.C
+		case !need && tick != nil:
+			tick.Stop()
+			tick, tickC = nil, nil
+		}
+	}
 	var lastDrainCheck time.Time
 	for {
+		arm()
 		select {
 		case <-ctx.Done():
 			return
@@ -134,7 +165,7 @@ func (w *worker) run(ctx context.Context) {
 			case j.relocate:
 				w.relocate(ctx)
 			}
-		case now := <-tick.C:
+		case now := <-tickC:
 			if now.Sub(lastDrainCheck) >= time.Second/4 {
 				lastDrainCheck = now
 				w.checkDrain()

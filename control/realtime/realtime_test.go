@@ -67,6 +67,14 @@ func TestRealtime(t *testing.T) {
 		}
 		// goroutines blocked in system calls: the runtime makes threads
 		// to run the others
+		// one descriptor read again and again, as Keep reads it: each
+		// read must say how many threads there are now
+		stat, err := openStat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stat.Close()
+		threadCount := stat.threadCount
 		before, err := threadCount()
 		if err != nil {
 			t.Fatal(err)
@@ -132,5 +140,26 @@ func TestRealtime(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "PASS") {
 		t.Fatalf("child: %v\n%s", err, out)
+	}
+}
+
+func TestParseThreadCount(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int
+		ok   bool
+	}{
+		{"30890 (fsha) S 30825 30890 30890 0 -1 4194560 2052 0 0 0 104 63 0 0 -2 0 11 0 4163 1263732 3268", 11, true},
+		// a name with spaces and a parenthesis in it
+		{"7 (a ) b) S 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 3 0 1 2 3", 3, true},
+		{"7 (fsha S 1", 0, false},
+		{"7 (fsha) S 1 2 3", 0, false},
+		{"7 (fsha) S 1 7 7 0 -1 0 0 0 0 0 0 0 0 0 20 0 x 0", 0, false},
+		{"", 0, false},
+	} {
+		got, err := parseThreadCount([]byte(tc.in))
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseThreadCount(%q) = %d, %v; want %d (ok %v)", tc.in, got, err, tc.want, tc.ok)
+		}
 	}
 }
