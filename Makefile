@@ -104,7 +104,9 @@ fuzz: deps
 # runs (build tag longlab): CTDB and GlusterFS left to their own keepalives
 # (~30 s, ~40 s) after a power cut, three
 # power cuts of CTDB's leader with fsha's election kick and three without
-# (the survivors wait CTDB's leader timeout), ten rolling reloads of the
+# (the survivors wait CTDB's leader timeout), three power cuts in a
+# 16-node cluster with 64 VIPs (TestSixteenNodes, renewals four times
+# rarer than the defaults: see the test), ten rolling reloads of the
 # nodes file (TestReloadNodes), a restart of a node while it drains
 # (TestRestartDuringDrain), a drain on a second
 # network whose nodes have addresses there, and the planned-move,
@@ -116,6 +118,7 @@ chaos: deps build
 	FSHA_LAB_LOAD_FOR=5m $(GO) test -count=1 -p 1 -timeout 30m -run 'TestNoFalseFailoverUnderLoad' ./tools/lab/cluster/
 	$(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestCTDBKeepalivesWithoutKick|TestGlusterDeadNodeLocksWithoutKick' ./tools/lab/cluster/
 	FSHA_LAB_ITERATIONS=3 $(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestCTDBLeaderDeath' ./tools/lab/cluster/
+	$(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestSixteenNodes' ./tools/lab/cluster/
 	$(GO) test -count=10 -p 1 -timeout 30m -tags longlab -run 'TestReloadNodes' ./tools/lab/failover/
 	$(GO) test -count=3 -p 1 -timeout 30m -tags longlab -run 'TestRestartDuringDrain' ./tools/lab/failover/
 	$(GO) test -count=1 -p 1 -timeout 30m -tags longlab -run 'TestDrainOnSecondNetwork$$' ./tools/lab/failover/

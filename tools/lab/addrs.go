@@ -6,7 +6,7 @@ import (
 )
 
 // Subnet is the lab's one broadcast domain. Node i (from 1) is .10+i,
-// client i is .100+i and VIP i is .200+i.
+// client i is .100+i and VIP i is .200+i (past 50: .150+(i-50)).
 var Subnet = netip.MustParsePrefix("198.18.0.0/24")
 
 // NodeAddr is the address of the i-th node (from 1), prefix included.
@@ -15,8 +15,19 @@ func NodeAddr(i int) netip.Prefix { return hostAddr(10 + i) }
 // ClientAddr is the address of the i-th client (from 1), prefix included.
 func ClientAddr(i int) netip.Prefix { return hostAddr(100 + i) }
 
-// VIP is the i-th public address (from 1), prefix included.
-func VIP(i int) netip.Prefix { return hostAddr(200 + i) }
+// VIP is the i-th public address (from 1, to MaxClusterVIPs), prefix
+// included: .200+i for the first 50, then .150+(i-50) (.151 to .199), so
+// that a 16-node cluster gets its 64 VIPs on the one subnet.
+func VIP(i int) netip.Prefix {
+	if i > 50 {
+		return hostAddr(100 + i)
+	}
+	return hostAddr(200 + i)
+}
+
+// MaxClusterVIPs is the most IPv4 VIPs a lab cluster has on Subnet
+// (PublicNet and the IPv6 VIPs: 50).
+const MaxClusterVIPs = 99
 
 // PublicSubnet is a cluster's public network when it has its own
 // (ClusterOptions.PublicNet): VIP i is .200+i there, client i also has

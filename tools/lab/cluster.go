@@ -178,8 +178,12 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 	if opts.VIPs == 0 {
 		opts.VIPs = opts.Nodes
 	}
-	if opts.VIPs < 0 || opts.VIPs > 50 {
-		return nil, fmt.Errorf("%d VIPs: want 1 to 50", opts.VIPs)
+	maxVIPs := MaxClusterVIPs
+	if opts.PublicNet {
+		maxVIPs = 50 // .201 to .250 of PublicSubnet
+	}
+	if opts.VIPs < 0 || opts.VIPs > maxVIPs {
+		return nil, fmt.Errorf("%d VIPs: want 1 to %d", opts.VIPs, maxVIPs)
 	}
 	if opts.IPv6VIPs < 0 || opts.IPv6VIPs > 50 || (opts.IPv6VIPs > 0 && !l.IPv6()) {
 		return nil, fmt.Errorf("%d IPv6 VIPs: want 0 to 50, on a dual-stack lab (Options.IPv6)", opts.IPv6VIPs)
