@@ -65,8 +65,6 @@ func TestRealtime(t *testing.T) {
 		for _, s := range notRealtime(t, nil) {
 			t.Error(s)
 		}
-		// goroutines blocked in system calls: the runtime makes threads
-		// to run the others
 		// one descriptor read again and again, as Keep reads it: each
 		// read must say how many threads there are now
 		stat, err := openStat()
@@ -75,6 +73,8 @@ func TestRealtime(t *testing.T) {
 		}
 		defer stat.Close()
 		threadCount := stat.threadCount
+		// goroutines blocked in system calls: the runtime makes threads
+		// to run the others
 		before, err := threadCount()
 		if err != nil {
 			t.Fatal(err)

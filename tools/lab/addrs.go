@@ -26,7 +26,7 @@ func VIP(i int) netip.Prefix {
 }
 
 // MaxClusterVIPs is the most IPv4 VIPs a lab cluster has on Subnet
-// (PublicNet and the IPv6 VIPs: 50).
+// (with PublicNet or SecondNet, and of IPv6 VIPs: 50).
 const MaxClusterVIPs = 99
 
 // PublicSubnet is a cluster's public network when it has its own

@@ -179,8 +179,8 @@ func NewCluster(ctx context.Context, l *Lab, opts ClusterOptions) (_ *Cluster, e
 		opts.VIPs = opts.Nodes
 	}
 	maxVIPs := MaxClusterVIPs
-	if opts.PublicNet {
-		maxVIPs = 50 // .201 to .250 of PublicSubnet
+	if opts.PublicNet || opts.SecondNet {
+		maxVIPs = 50 // VIP i is .200+i of PublicSubnet there
 	}
 	if opts.VIPs < 0 || opts.VIPs > maxVIPs {
 		return nil, fmt.Errorf("%d VIPs: want 1 to %d", opts.VIPs, maxVIPs)
