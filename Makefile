@@ -75,8 +75,8 @@ test: deps lint check-generate build
 # Every suite, then the failover suite again with 10,000 client
 # connections on the failed node (5 power cuts of fsha's default, under
 # a minute): every one must be reset (see BENCHMARKS.md, Failover).
-# BENCH_ARGS keeps the whole run near an hour on a 2-vCPU machine: 10
-# trials per failover row (the suite's default, 20, doubles its ~30 min)
+# BENCH_ARGS keeps the whole run near 35 minutes on a 2-vCPU machine: 10
+# trials per failover row (13 min here; the suite's default, 20, doubles it)
 # and the I/O freeze beside CTDB with its fast tunables only, 3 trials
 # (CTDB at its defaults waits ~45 s per power cut: add it with
 # BENCH_ARGS= for the suites' own defaults).
