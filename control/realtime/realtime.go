@@ -107,23 +107,22 @@ func Keep(ctx context.Context, log *zap.Logger) {
 		return
 	}
 	log.Info("real-time scheduling (SCHED_RR)", zap.Int("priority", Priority))
+	// without the descriptor (it opens wherever /proc is mounted) the
+	// threads are scanned every threadScanEvery, not every 5 ms
 	stat, err := openStat()
+	every := threadWatchEvery
 	if err != nil {
-		log.Warn("real-time scheduling of new threads: only checked every "+threadScanEvery.String(), zap.Error(err))
-	}
-	count := func() (int, error) {
-		if stat == nil {
-			return 0, err
-		}
-		return stat.threadCount()
+		log.Warn("real-time scheduling of new threads: they are checked every "+threadScanEvery.String()+" only", zap.Error(err))
+		every = threadScanEvery
 	}
 	go func() {
-		t := time.NewTicker(threadWatchEvery)
+		t := time.NewTicker(every)
 		defer t.Stop()
+		var threads int
 		if stat != nil {
 			defer stat.Close()
+			threads, _ = stat.threadCount()
 		}
-		threads, _ := count()
 		scanned := time.Now()
 		for {
 			select {
@@ -131,11 +130,14 @@ func Keep(ctx context.Context, log *zap.Logger) {
 				return
 			case <-t.C:
 			}
-			n, err := count()
-			if err == nil && n == threads && time.Since(scanned) < threadScanEvery {
-				continue
+			if stat != nil {
+				n, err := stat.threadCount()
+				if err == nil && n == threads && time.Since(scanned) < threadScanEvery {
+					continue
+				}
+				threads = n
 			}
-			threads, scanned = n, time.Now()
+			scanned = time.Now()
 			if _, err := setRealtime(); err != nil {
 				log.Debug("real-time scheduling", zap.Error(err))
 			}

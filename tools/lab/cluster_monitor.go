@@ -9,19 +9,31 @@ import (
 // naming each answering MAC by its node (tcp adds TCP probes to the ARP
 // and NDP ones): the tests' independent judge of who answers for a VIP.
 func (c *Cluster) StartMonitor(client *Client, tcp bool) (*Monitor, error) {
+	opts, err := c.MonitorOptions()
+	if err != nil {
+		return nil, err
+	}
+	opts.TCP = tcp
+	return client.StartMonitor(opts)
+}
+
+// MonitorOptions are the options of a monitor of every VIP of the
+// cluster with every node's MAC named, for a test to change (the
+// interval, say) before Client.StartMonitor.
+func (c *Cluster) MonitorOptions() (MonitorOptions, error) {
 	var hosts []*Host
 	for _, n := range c.Nodes {
 		hosts = append(hosts, n.Host)
 	}
 	names, err := MACNames(hosts...)
 	if err != nil {
-		return nil, err
+		return MonitorOptions{}, err
 	}
 	var vips []netip.Addr
 	for _, v := range c.VIPs {
 		vips = append(vips, v.Addr())
 	}
-	return client.StartMonitor(MonitorOptions{VIPs: vips, Names: names, TCP: tcp})
+	return MonitorOptions{VIPs: vips, Names: names}, nil
 }
 
 // Finish stops the monitor and says whether its verdicts hold: it fails
