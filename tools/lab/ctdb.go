@@ -336,7 +336,7 @@ func (n *ClusterNode) StartCTDB(ctx context.Context) (*Process, error) {
 		}
 	}
 	logStart := fileSize(n.CTDBLog())
-	p, err := n.StartWith("ctdbd", StartOptions{Env: n.ctdbEnv()}, "ctdbd")
+	p, err := n.StartWith("ctdbd", StartOptions{Env: n.ctdbEnv(), LogPath: n.CTDBLog()}, "ctdbd")
 	if err != nil {
 		return nil, err
 	}

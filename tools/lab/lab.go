@@ -196,6 +196,9 @@ func NewT(t TB, opts Options) *Lab {
 		if t.Failed() {
 			for _, p := range l.Processes() {
 				t.Logf("--- %s in %s (pid %d) output:\n%s", p.Name, p.host.NS, p.PID(), p.Tail(3000))
+				if p.LogPath != "" {
+					t.Logf("--- %s in %s (pid %d) log %s:\n%s", p.Name, p.host.NS, p.PID(), p.LogPath, p.LogTail(4000))
+				}
 			}
 			kept := "removed with the test's TempDir; FSHA_LAB_KEEP=1 keeps it"
 			if os.Getenv("FSHA_LAB_KEEP") == "1" {

@@ -32,6 +32,10 @@ type StartOptions struct {
 	Env []string
 	// StopTimeout overrides DefaultStopTimeout.
 	StopTimeout time.Duration
+	// LogPath is a log the daemon writes itself (smbd's log.smbd,
+	// ctdbd's, ganesha's), shown with its output when a test fails: the
+	// run dir is gone then, unless FSHA_LAB_KEEP=1.
+	LogPath string
 }
 
 // Process is a command running inside a namespace in its own session, its
@@ -46,6 +50,8 @@ type Process struct {
 	// StdoutPath and StderrPath are the log files (StdoutPath is empty
 	// when StartOptions.Stdout replaced it).
 	StdoutPath, StderrPath string
+	// LogPath is StartOptions.LogPath.
+	LogPath string
 
 	host        *Host
 	cmd         *exec.Cmd
@@ -74,7 +80,7 @@ func (h *Host) StartWith(name string, opts StartOptions, argv ...string) (_ *Pro
 	}
 	base := h.logBase(name)
 	p := &Process{
-		Name: filepath.Base(base), Args: argv, StderrPath: base + ".stderr",
+		Name: filepath.Base(base), Args: argv, StderrPath: base + ".stderr", LogPath: opts.LogPath,
 		host: h, stopTimeout: opts.StopTimeout, done: make(chan struct{}),
 	}
 	if p.stopTimeout <= 0 {
@@ -404,6 +410,19 @@ func (p *Process) Tail(n int) string {
 		s = "..." + s[len(s)-n:]
 	}
 	return s
+}
+
+// LogTail returns the last n bytes of the daemon's own log (LogPath), or
+// "" without one.
+func (p *Process) LogTail(n int) string {
+	if p.LogPath == "" {
+		return ""
+	}
+	data, err := os.ReadFile(p.LogPath)
+	if err != nil {
+		return err.Error()
+	}
+	return tail(string(data), n)
 }
 
 // WaitLog waits until the process's logs contain substr. It fails early
