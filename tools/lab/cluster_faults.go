@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"syscall"
 )
@@ -53,14 +54,18 @@ func (n *ClusterNode) PowerDown() error {
 }
 
 // PowerUp boots a powered-down node: what a reboot clears goes (the VIPs
-// on eth0, the data plane), the link comes up, then the servers (with
-// CTDB: ctdbd first, smbd once ctdbd is back in the cluster) and fsha
-// start again (fsha with the options of its last StartFsha).
+// on eth0, the data plane, the run dir: /run is a tmpfs), the link comes
+// up, then the servers (with CTDB: ctdbd first, smbd once ctdbd is back in
+// the cluster) and fsha start again (fsha with the options of its last
+// StartFsha). The node's state dir (/var/lib/fsha) stays, as on a disk.
 func (n *ClusterNode) PowerUp(ctx context.Context) error {
 	if len(n.Processes()) > 0 {
 		return fmt.Errorf("power up %s: processes still run", n.Role)
 	}
 	n.logger().Info("power up")
+	if err := emptyDir(n.RunDir); err != nil {
+		return fmt.Errorf("power up %s: %w", n.Role, err)
+	}
 	held, err := n.HeldVIPs()
 	if err != nil {
 		return err
@@ -115,5 +120,18 @@ func (n *ClusterNode) Thaw() error {
 		errs = append(errs, p.SignalSession(syscall.SIGCONT))
 	}
 	n.lab.endFault("freeze/" + n.Role)
+	return errors.Join(errs...)
+}
+
+// emptyDir removes what dir holds and keeps dir.
+func emptyDir(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("empty %s: %w", dir, err)
+	}
+	var errs []error
+	for _, e := range entries {
+		errs = append(errs, os.RemoveAll(filepath.Join(dir, e.Name())))
+	}
 	return errors.Join(errs...)
 }
