@@ -1,4 +1,5 @@
-# fsha: see README.md. Every target installs what it needs (make deps).
+# fsha: see README.md. Every target installs what it needs (make deps-build,
+# make deps).
 SHELL := /bin/bash
 # Debian's Go lives outside the default PATH on these machines.
 export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
@@ -8,25 +9,37 @@ CLANG_FORMAT ?= clang-format-19
 GO ?= go
 BIN := bin/fsha
 
-# Debian packages: the BPF toolchain, the lab's file servers and clients,
-# and the tools the tests drive.
-APT_PACKAGES := clang-19 llvm-19 clang-format-19 libbpf-dev bpftool iproute2 ethtool \
+# Debian packages, in two sets. Building fsha needs only Go (the BPF
+# objects bpf2go made are committed); the BPF toolchain regenerates and
+# lints them (make generate, lint, vmlinux): make deps-build. The lab's file
+# servers and clients and the tools the tests drive come on top: make deps
+# (what test, bench, chaos, fuzz and demo install).
+BUILD_PACKAGES := clang-19 llvm-19 clang-format-19 libbpf-dev bpftool
+LAB_PACKAGES := iproute2 ethtool \
 	hping3 samba smbclient smbnetfs ctdb nfs-ganesha nfs-ganesha-vfs libnfs-utils keepalived \
 	libnfs-dev dbus-daemon dbus-bin iputils-arping glusterfs-server glusterfs-client \
 	util-linux procps nftables curl
 
-.PHONY: all deps generate check-generate vmlinux build test test-unit lint bench chaos fuzz demo clean
+.PHONY: all deps deps-build generate check-generate vmlinux build test test-unit lint bench chaos fuzz demo clean
 
 all: build
 
-deps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+# apt_install installs the Debian packages of $(1) that are missing.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
 
-generate: deps
+deps-build:
+	$(call apt_install,$(BUILD_PACKAGES))
+
+deps: deps-build
+	$(call apt_install,$(LAB_PACKAGES))
+
+generate: deps-build
 	cd dataplane && BPF2GO_CC=$(CLANG) BPF2GO_STRIP=$(STRIP) $(GO) generate ./...
 
 # The committed bpf2go output must be what bpf/ compiles to.
@@ -36,16 +49,16 @@ check-generate: generate
 		echo "generated files are stale: run 'make generate' and commit them"; exit 1; \
 	fi
 
-vmlinux: deps
+vmlinux: deps-build
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > vmlinux.h
 
 # The version fsha --version prints: the checkout's git describe.
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 
-build: deps
+build:
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/fsha
 
-lint: deps
+lint: deps-build
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
 	$(GO) vet ./...
 	$(GO) vet -tags longlab ./tools/lab/...
