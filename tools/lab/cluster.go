@@ -141,6 +141,11 @@ type Cluster struct {
 
 	opts    ClusterOptions
 	gluster *glusterCluster // nil without ClusterOptions.Gluster
+
+	// smbdGate and smbdClaimed order the starts of clustered smbd
+	// (startClusteredSmbd).
+	smbdGate    sync.Mutex
+	smbdClaimed *Process
 }
 
 // ClusterNode is one node of a Cluster.
@@ -488,14 +493,18 @@ func (n *ClusterNode) StartServers(ctx context.Context) error {
 	if c.opts.NoServers {
 		return nil
 	}
-	var smbOpts SmbdOptions
+	var (
+		smbd *Process
+		err  error
+	)
 	if c.opts.CTDB {
 		if err := n.JoinCTDB(ctx); err != nil {
 			return err
 		}
-		smbOpts = SmbdOptions{CTDBSocket: n.CTDBSocket(), NetbiosName: CTDBNetbiosName}
+		smbd, err = n.startClusteredSmbd(ctx)
+	} else {
+		smbd, err = n.StartSmbdWith(ctx, n.ShareDir(), SmbdOptions{})
 	}
-	smbd, err := n.StartSmbdWith(ctx, n.ShareDir(), smbOpts)
 	if err != nil {
 		return err
 	}
@@ -507,6 +516,33 @@ func (n *ClusterNode) StartServers(ctx context.Context) error {
 	n.smbd, n.ganesha = smbd, ganesha
 	n.mu.Unlock()
 	return nil
+}
+
+// startClusteredSmbd starts the node's smbd on its ctdbd, alone while no
+// other node's clustered smbd runs. A clustered smbd claims its version in
+// CTDB's g_lock.tdb as it starts: it takes the record's read lock and,
+// finding no version there (the first smbd of the cluster), upgrades to a
+// write lock to set it; two first smbds that start together both hold the
+// read lock, both ask for the write lock, and one gets
+// NT_STATUS_POSSIBLE_DEADLOCK and exits 255 ("smbd_claim_version: smbd
+// (null) already running, refusing to start"; Samba 4.17, source3/smbd/
+// server.c). That failed the lab's set-up 1 time in 4 with GlusterFS and
+// CTDB (ci49's TestGlusterPowerCut). Once one runs, the version is there
+// and the others only take the read lock: they start together.
+func (n *ClusterNode) startClusteredSmbd(ctx context.Context) (*Process, error) {
+	c := n.cluster
+	opts := SmbdOptions{CTDBSocket: n.CTDBSocket(), NetbiosName: CTDBNetbiosName}
+	c.smbdGate.Lock()
+	if p := c.smbdClaimed; p != nil && !p.Exited() {
+		c.smbdGate.Unlock()
+		return n.StartSmbdWith(ctx, n.ShareDir(), opts)
+	}
+	defer c.smbdGate.Unlock()
+	p, err := n.StartSmbdWith(ctx, n.ShareDir(), opts)
+	if err == nil {
+		c.smbdClaimed = p
+	}
+	return p, err
 }
 
 // Processes returns the node's daemons (fsha, smbd, nfs-ganesha, ctdbd, dbus-daemon)
