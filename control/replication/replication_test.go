@@ -122,6 +122,12 @@ func addrOf(pnn int) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, 2, byte
 
 func startNodes(t *testing.T, port int, keys ...[]byte) []*testNode {
 	t.Helper()
+	return startNodesWith(t, port, Config{}, keys...)
+}
+
+// startNodesWith is startNodes with base's settings (FlushInterval...).
+func startNodesWith(t *testing.T, port int, base Config, keys ...[]byte) []*testNode {
+	t.Helper()
 	nodes := map[int]netip.Addr{}
 	for i := range keys {
 		nodes[i] = addrOf(i)
@@ -129,7 +135,9 @@ func startNodes(t *testing.T, port int, keys ...[]byte) []*testNode {
 	var out []*testNode
 	for i, k := range keys {
 		n := &testNode{store: &fakeStore{flows: map[string]dataplane.PeerFlow{}}, local: &localFlows{}}
-		n.r = New(zaptest.NewLogger(t), Config{Self: i, Addr: addrOf(i), Port: port, Key: k, Nodes: nodes}, n.store, n.local.each)
+		cfg := base
+		cfg.Self, cfg.Addr, cfg.Port, cfg.Key, cfg.Nodes = i, addrOf(i), port, k, nodes
+		n.r = New(zaptest.NewLogger(t), cfg, n.store, n.local.each)
 		n.ctx, n.stop = context.WithCancel(context.Background())
 		errc := make(chan error, 1)
 		go func() { errc <- n.r.Run(n.ctx) }()

@@ -111,7 +111,9 @@ type Config struct {
 	// Nodes maps every PNN to its address: a stream is accepted only from
 	// the address of the node it claims to be.
 	Nodes map[int]netip.Addr
-	// FlushInterval batches deltas; it bounds the replication delay.
+	// FlushInterval batches deltas: at most one flush per interval (a
+	// record after a quiet one goes at once); it bounds the replication
+	// delay.
 	FlushInterval time.Duration
 	// QueueLen is how many messages may wait for a slow peer before it is
 	// resynced instead (a digest round, or a full snapshot).
@@ -179,9 +181,11 @@ type Replicator struct {
 	digestFor map[int]bool
 	peers     map[int]*peerConn
 	owners    map[int]*ownerState
-	wake      chan struct{}
-	genSeq    atomic.Uint32
-	round     atomic.Uint32
+	// wake asks the flush loop to send at once (a full delta pending);
+	// dirty that there is something to send (kick).
+	wake, dirty chan struct{}
+	genSeq      atomic.Uint32
+	round       atomic.Uint32
 
 	recordsSent, bytesSent, recordsReceived, snapshots, resyncs atomic.Uint64
 	badMessages, badStreams, storeErrors, staleMessages         atomic.Uint64
@@ -225,7 +229,7 @@ func New(log *zap.Logger, cfg Config, store Store, local LocalFlows) *Replicator
 	r := &Replicator{
 		log: log.Named("replication"), cfg: cfg, store: store, local: local,
 		peers: map[int]*peerConn{}, owners: map[int]*ownerState{}, digestFor: map[int]bool{},
-		wake: make(chan struct{}, 1),
+		wake: make(chan struct{}, 1), dirty: make(chan struct{}, 1),
 	}
 	if pi, ok := store.(PeerIndex); ok {
 		r.peerIdx = pi
@@ -300,6 +304,7 @@ func (r *Replicator) Publish(ev dataplane.Event) {
 		rec.Op = OpClose
 	}
 	r.mu.Lock()
+	first := len(r.pending) == 0
 	r.pending = append(r.pending, rec)
 	r.published = max(r.published, ev.Seq)
 	if w := r.waiting; w != nil && r.published >= w.seq {
@@ -313,11 +318,14 @@ func (r *Replicator) Publish(ev dataplane.Event) {
 	}
 	flush := len(r.pending) >= MaxRecords
 	r.mu.Unlock()
-	if flush {
+	switch {
+	case flush:
 		select {
 		case r.wake <- struct{}{}:
 		default:
 		}
+	case first:
+		r.kick()
 	}
 }
 
@@ -325,12 +333,13 @@ func (r *Replicator) Publish(ev dataplane.Event) {
 // pnn < 0; the flush loop sends it.
 func (r *Replicator) requestDigest(pnn int) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
 	if pnn < 0 {
 		r.requestDigestLocked(nil)
 	} else {
 		r.requestDigestLocked(map[int]bool{pnn: true})
 	}
+	r.mu.Unlock()
+	r.kick()
 }
 
 func (r *Replicator) requestDigestLocked(to map[int]bool) {
@@ -450,86 +459,6 @@ func (r *Replicator) Run(ctx context.Context) error {
 		}
 		go r.serve(ctx, conn)
 	}
-}
-
-// epochCheck is how often the local index is asked whether it was rebuilt
-// (and whether the ring buffer lost events).
-const epochCheck = time.Second
-
-func (r *Replicator) flushLoop(ctx context.Context) {
-	t := time.NewTicker(r.cfg.FlushInterval)
-	defer t.Stop()
-	var digestTick <-chan time.Time
-	if r.cfg.DigestInterval > 0 && r.localIdx != nil {
-		dt := time.NewTicker(r.cfg.DigestInterval)
-		defer dt.Stop()
-		digestTick = dt.C
-	}
-	var epochTick <-chan time.Time
-	var epoch uint64
-	if r.localIdx != nil {
-		et := time.NewTicker(epochCheck)
-		defer et.Stop()
-		epochTick = et.C
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-r.wake:
-		case <-digestTick:
-			r.requestDigest(-1)
-		case <-epochTick:
-			if e := r.localIdx.IndexEpoch(); e != epoch {
-				// rebuilt (at start, or after lost events): the peers
-				// may lack what the events would have told them
-				epoch = e
-				r.requestDigest(-1)
-			}
-		}
-		r.flush()
-	}
-}
-
-// flush encodes the pending records once and queues them, and the digests
-// placed among them, for every peer.
-func (r *Replicator) flush() {
-	r.mu.Lock()
-	r.placeDigestLocked()
-	recs, marks := r.pending, r.marks
-	r.pending, r.marks = nil, nil
-	peers := make([]*peerConn, 0, len(r.peers))
-	for _, pc := range r.peers {
-		peers = append(peers, pc)
-	}
-	r.mu.Unlock()
-	queue := func(msg []byte, records int, to map[int]bool) {
-		for _, pc := range peers {
-			if to == nil || to[pc.peer.PNN] {
-				pc.enqueue(msg, records, r)
-			}
-		}
-	}
-	deltas := func(recs []Record) {
-		for len(recs) > 0 {
-			n := min(len(recs), MaxRecords)
-			msg, err := AppendMessage(nil, &Message{Kind: KindDelta, Owner: uint16(r.cfg.Self), Records: recs[:n]})
-			if err != nil {
-				r.log.Error("encode delta", zap.Error(err))
-				return
-			}
-			queue(msg, n, nil)
-			recs = recs[n:]
-		}
-	}
-	pos := 0
-	for _, mk := range marks {
-		deltas(recs[pos:mk.pos])
-		queue(mk.msg, 0, mk.to)
-		pos = mk.pos
-	}
-	deltas(recs[pos:])
 }
 
 func mustEncode(m *Message) []byte {
