@@ -86,10 +86,7 @@ func (n *ClusterNode) CTDBLeader(ctx context.Context) (int, error) {
 // an error when they do not agree (an election is on).
 func (c *Cluster) CTDBLeader(ctx context.Context) (*ClusterNode, error) {
 	leader := -1
-	for _, n := range c.Nodes {
-		if !n.CTDBRuns() {
-			continue
-		}
+	for _, n := range c.CTDBRunning() {
 		pnn, err := n.CTDBLeader(ctx)
 		if err != nil {
 			return nil, err
@@ -105,16 +102,22 @@ func (c *Cluster) CTDBLeader(ctx context.Context) (*ClusterNode, error) {
 	return c.Nodes[leader], nil
 }
 
-// CTDBHealthy checks, once, that each of nodes (every node whose ctdbd
-// runs when none) sees itself and every node whose ctdbd runs OK, and its
-// databases out of recovery.
-func (c *Cluster) CTDBHealthy(ctx context.Context, nodes ...*ClusterNode) error {
+// CTDBRunning returns the nodes whose ctdbd runs.
+func (c *Cluster) CTDBRunning() []*ClusterNode {
 	var running []*ClusterNode
 	for _, n := range c.Nodes {
 		if n.CTDBRuns() {
 			running = append(running, n)
 		}
 	}
+	return running
+}
+
+// CTDBHealthy checks, once, that each of nodes (every node whose ctdbd
+// runs when none) sees itself and every node whose ctdbd runs OK, and its
+// databases out of recovery.
+func (c *Cluster) CTDBHealthy(ctx context.Context, nodes ...*ClusterNode) error {
+	running := c.CTDBRunning()
 	if len(nodes) == 0 {
 		nodes = running
 	}

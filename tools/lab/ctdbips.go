@@ -119,21 +119,13 @@ func (c *Cluster) WaitCTDBIPs(ctx context.Context, timeout time.Duration) error 
 	if err := c.WaitCTDB(ctx, timeout); err != nil {
 		return err
 	}
-	for _, n := range c.Nodes {
-		if n.CTDBRuns() {
-			if out, err := n.CTDB(ctx, "ipreallocate"); err != nil {
-				return fmt.Errorf("ctdb ipreallocate on %s: %w: %s", n.Role, err, out)
-			}
-			break
+	if up := c.CTDBRunning(); len(up) > 0 {
+		if out, err := up[0].CTDB(ctx, "ipreallocate"); err != nil {
+			return fmt.Errorf("ctdb ipreallocate on %s: %w: %s", up[0].Role, err, out)
 		}
 	}
 	return Eventually(ctx, timeout, "CTDB places every VIP", func(ctx context.Context) error {
-		var up []*ClusterNode
-		for _, n := range c.Nodes {
-			if n.CTDBRuns() {
-				up = append(up, n)
-			}
-		}
+		up := c.CTDBRunning()
 		for _, v := range c.VIPs {
 			o, err := c.Owner(v, up...)
 			if err != nil {

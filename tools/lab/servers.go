@@ -156,7 +156,7 @@ func (n *Node) StartSmbdWith(ctx context.Context, share string, opts SmbdOptions
 	if err != nil {
 		return nil, err
 	}
-	if err := n.waitServer(ctx, p, SMBPort, log); err != nil {
+	if err := n.waitServer(ctx, p, SMBPort); err != nil {
 		return nil, errors.Join(err, p.Stop())
 	}
 	n.daemonBack("smbd")
@@ -259,7 +259,7 @@ func (n *Node) StartGanesha(ctx context.Context, share string, opts GaneshaOptio
 	if err != nil {
 		return nil, err
 	}
-	if err := n.waitServer(ctx, p, NFSPort, log); err != nil {
+	if err := n.waitServer(ctx, p, NFSPort); err != nil {
 		return nil, errors.Join(err, p.Stop())
 	}
 	n.daemonBack("ganesha")
@@ -278,8 +278,9 @@ func writeTemplate(path string, t *template.Template, data any) error {
 	return f.Close()
 }
 
-// waitServer waits, within ServerStartTimeout, until p listens on port.
-func (n *Node) waitServer(ctx context.Context, p *Process, port uint16, logFile string) error {
+// waitServer waits, within ServerStartTimeout, until p listens on port;
+// its error holds the tails of p's output and of its own log (LogPath).
+func (n *Node) waitServer(ctx context.Context, p *Process, port uint16) error {
 	ctx, cancel := context.WithTimeout(ctx, ServerStartTimeout)
 	defer cancel()
 	ctx, stop := context.WithCancel(ctx)
@@ -292,11 +293,10 @@ func (n *Node) waitServer(ctx context.Context, p *Process, port uint16, logFile 
 		}
 	}()
 	if err := n.WaitListening(ctx, port); err != nil {
-		log, _ := os.ReadFile(logFile)
 		if p.Exited() {
 			err = fmt.Errorf("%s exited: %v", p.Name, p.ExitErr())
 		}
-		return fmt.Errorf("%s in %s: %w\n%s\n%s", p.Name, n.NS, err, p.Tail(2000), tail(string(log), 2000))
+		return fmt.Errorf("%s in %s: %w\n%s\n%s", p.Name, n.NS, err, p.Tail(2000), p.LogTail(2000))
 	}
 	return nil
 }

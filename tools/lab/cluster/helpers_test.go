@@ -174,6 +174,24 @@ func (e *env) status(n *lab.ClusterNode) admin.Status {
 	return st
 }
 
+// allSee checks that every node has quorum and names of in state in its
+// `fsha status`.
+func (e *env) allSee(ctx context.Context, of *lab.ClusterNode, state string) error {
+	for _, n := range e.c.Nodes {
+		st, err := n.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if s := nodeState(st, of); s != state {
+			return fmt.Errorf("%s sees %s %s, want %s", n.Role, of.Role, s, state)
+		}
+		if !st.Quorum {
+			return fmt.Errorf("%s has no quorum", n.Role)
+		}
+	}
+	return nil
+}
+
 // nodeState is the state n reports for other in `fsha status`.
 func nodeState(st admin.Status, other *lab.ClusterNode) string {
 	for _, ns := range st.Nodes {

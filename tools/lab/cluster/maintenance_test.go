@@ -41,17 +41,8 @@ func TestMaintenanceSurvivesReboot(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.eventually("n3 back from the reboot, DISABLED by every node's account", func(ctx context.Context) error {
-		for _, n := range e.c.Nodes {
-			st, err := n.Status(ctx)
-			if err != nil {
-				return err
-			}
-			if !st.Quorum {
-				return fmt.Errorf("%s has no quorum", n.Role)
-			}
-			if s := nodeState(st, n3); s != admin.StateDisabled {
-				return fmt.Errorf("%s sees n3 %s, want %s", n.Role, s, admin.StateDisabled)
-			}
+		if err := e.allSee(ctx, n3, admin.StateDisabled); err != nil {
+			return err
 		}
 		return e.c.Converged(ctx, n1, n2)
 	})

@@ -146,19 +146,7 @@ func TestOVD3Maintenance(t *testing.T) {
 		if h := e.held(n2); len(h) > 0 {
 			return fmt.Errorf("disabled n2 has %v", h)
 		}
-		for _, n := range e.c.Nodes {
-			st, err := n.Status(ctx)
-			if err != nil {
-				return err
-			}
-			if s := nodeState(st, n2); s != admin.StateDisabled {
-				return fmt.Errorf("%s sees n2 %s, want %s", n.Role, s, admin.StateDisabled)
-			}
-			if !st.Quorum {
-				return fmt.Errorf("%s has no quorum", n.Role)
-			}
-		}
-		return nil
+		return e.allSee(ctx, n2, admin.StateDisabled)
 	})
 	e.inSync()
 	e.works("maintenance")
